@@ -1,0 +1,25 @@
+"""Plain softmax cross-entropy: a linear head, logits = W z + b."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from robench.defenses.base import DEFENSES, Defense, LossTerms
+
+
+@DEFENSES.register("softmax")
+@dataclass(frozen=True)
+class SoftmaxDefense(Defense):
+    name: ClassVar[str] = "softmax"
+    description: ClassVar[str] = "linear head trained with softmax cross-entropy (the baseline)"
+
+    def make_head(self, feature_dim: int, num_classes: int) -> nn.Module:
+        return nn.Linear(feature_dim, num_classes)
+
+    def loss(self, head: nn.Module, z: Tensor, y: Tensor) -> LossTerms:
+        ce = F.cross_entropy(head(z), y)
+        return LossTerms(total=ce, parts={"ce": ce})

@@ -1,0 +1,221 @@
+"""The ``robench`` command line.
+
+Every user error ends as one line on stderr (``robench: error: ...``) and a
+non-zero exit; a traceback appears only with ``ROBENCH_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from robench.config import parse_assignments
+from robench.errors import ConfigError, RobenchError
+from robench.registry import did_you_mean
+
+
+class _Group(click.Group):
+    """A click group whose unknown-command error suggests the closest command."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):  # type: ignore[override]
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            raise click.UsageError(f"unknown command '{name}'{did_you_mean(name, self.list_commands(ctx))}")
+        return super().resolve_command(ctx, args)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="robench")
+def cli() -> None:
+    """Adversarial-robustness evaluation harness for PyTorch image classifiers."""
+
+
+def _echo_err(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@cli.command()
+@click.option("--dataset", default="mnist-5k", show_default=True, help="Registered dataset (see 'robench list').")
+@click.option("--arch", default="cnn", show_default=True, help="Registered architecture.")
+@click.option("--defense", default="softmax", show_default=True, help="Registered defense (head + loss).")
+@click.option("--epochs", type=int, default=None, help="Training epochs [default: the dataset family's].")
+@click.option("--batch-size", type=int, default=None, help="Mini-batch size [default: the dataset family's].")
+@click.option("--lr", type=float, default=None, help="Learning rate [default: the dataset family's].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for init, shuffling, augmentation and dropout.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Bundle file to write.")
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None, help="Folder of on-disk datasets.")
+@click.option("--download", is_flag=True, help="Let torchvision download the dataset into --data-root first.")
+@click.option("--split-seed", type=int, default=0, show_default=True, help="Seed of the train/test split for carved datasets.")
+@click.option("--arch-param", multiple=True, metavar="KEY=VALUE", help="Architecture keyword argument (repeatable).")
+@click.option("--defense-param", multiple=True, metavar="KEY=VALUE", help="Defense hyper-parameter, e.g. alpha=0.5 (repeatable).")
+@click.option("--train-param", multiple=True, metavar="KEY=VALUE", help="Training setting, e.g. shift=0 (repeatable).")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+def train(
+    dataset: str,
+    arch: str,
+    defense: str,
+    epochs: int | None,
+    batch_size: int | None,
+    lr: float | None,
+    seed: int,
+    out: Path,
+    force: bool,
+    device: str,
+    data_root: Path | None,
+    download: bool,
+    split_seed: int,
+    arch_param: tuple[str, ...],
+    defense_param: tuple[str, ...],
+    train_param: tuple[str, ...],
+    progress: bool,
+) -> None:
+    """Train a model and write a checkpoint bundle."""
+    from robench.bundle import save_bundle
+    from robench.data import DATASETS
+    from robench.defenses import DEFENSES
+    from robench.devices import resolve_device
+    from robench.models import ARCHITECTURES
+    from robench.train_bundle import train_bundle
+
+    DATASETS.get(dataset), ARCHITECTURES.get(arch), DEFENSES.get(defense)  # fail fast on unknown names
+    if out.exists() and not force:
+        raise ConfigError(f"{out} exists; pass --force to overwrite it")
+    overrides: dict[str, Any] = dict(parse_assignments(train_param, "--train-param"))
+    for key, value in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)):
+        if value is not None:
+            overrides[key] = value
+    bundle = train_bundle(
+        dataset=dataset,
+        arch=arch,
+        defense=defense,
+        seed=seed,
+        device=resolve_device(device),
+        arch_kwargs=_typed(parse_assignments(arch_param, "--arch-param")),
+        defense_params=parse_assignments(defense_param, "--defense-param"),
+        train_overrides=overrides,
+        data_root=data_root,
+        download=download,
+        split_seed=split_seed,
+        progress=progress,
+    )
+    content_hash = save_bundle(out, bundle.model, bundle.meta)
+    meta = bundle.meta
+    click.echo(
+        f"trained {meta.defense} {meta.arch} on {meta.dataset}: clean test accuracy {100 * meta.clean_accuracy:.2f}% "
+        f"in {meta.train_seconds:.1f} s; wrote {out} (content hash {content_hash[:12]})"
+    )
+
+
+def _typed(raw: dict[str, str]) -> dict[str, Any]:
+    """Architecture kwargs come as strings; read them as JSON where they parse (ints, floats, null)."""
+    typed: dict[str, Any] = {}
+    for key, value in raw.items():
+        try:
+            typed[key] = json.loads(value)
+        except ValueError:
+            typed[key] = value
+    return typed
+
+
+@cli.command()
+@click.argument("bundle_path", metavar="BUNDLE", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def info(bundle_path: Path, as_json: bool) -> None:
+    """Show a checkpoint bundle's metadata (verifying it first)."""
+    import dataclasses
+
+    from robench.bundle import load_bundle
+
+    bundle = load_bundle(bundle_path)
+    meta = dataclasses.asdict(bundle.meta)
+    history = meta["train_config"].pop("history", [])
+    record = {
+        "path": str(bundle_path),
+        "content_hash": bundle.content_hash,
+        "n_parameters": sum(p.numel() for p in bundle.model.parameters()),
+        **meta,
+        "epochs_trained": len(history),
+    }
+    if as_json:
+        click.echo(json.dumps(record, sort_keys=True))
+        return
+    width = max(len(k) for k in record)
+    for key, value in record.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        elif key == "clean_accuracy" and value is not None:
+            value = f"{100 * value:.2f}%"
+        click.echo(f"{key:<{width}}  {value}")
+
+
+@cli.command(name="list")
+@click.argument("kind", required=False)
+def list_(kind: str | None) -> None:
+    """List registered datasets, architectures and defenses."""
+    from robench.data import DATASETS
+    from robench.defenses import DEFENSES
+    from robench.models import ARCHITECTURES
+
+    sections = {
+        "datasets": [(n, s.description + (" [--data-root]" if s.needs_data_root else "")) for n, s in DATASETS.items()],
+        "architectures": [(n, s.description) for n, s in ARCHITECTURES.items()],
+        "defenses": [(n, f"{c.description}; params: {c().params() or 'none'}") for n, c in DEFENSES.items()],
+    }
+    if kind is not None and kind not in sections:
+        raise ConfigError(f"unknown kind '{kind}'{did_you_mean(kind, list(sections))}; known: {', '.join(sections)}")
+    for name, rows in sections.items():
+        if kind not in (None, name):
+            continue
+        click.echo(f"{name}:")
+        width = max(len(r[0]) for r in rows)
+        for row_name, text in rows:
+            click.echo(f"  {row_name:<{width}}  {text}")
+
+
+@cli.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/demo"), show_default=True)
+@click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/models"), show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def demo(out: Path, models_dir: Path, device: str, seed: int, progress: bool) -> None:
+    """The main job on the embedded default: train the bundled models if needed and write the tables."""
+    from robench.demo import run_demo
+    from robench.devices import resolve_device
+
+    run_demo(out=out, models_dir=models_dir, device=resolve_device(device), seed=seed, progress=progress, echo=click.echo)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the CLI and turn every failure into one line and an exit code."""
+    debug = os.environ.get("ROBENCH_DEBUG") == "1"
+    try:
+        result = cli.main(args=argv, prog_name="robench", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except click.ClickException as exc:
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path if ctx else 'robench'} --help')" if isinstance(exc, click.UsageError) else ""
+        _echo_err(f"robench: error: {exc.format_message()}{hint}")
+        code = exc.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        _echo_err("robench: interrupted")
+        code = 130
+    except RobenchError as exc:
+        if debug:
+            raise
+        _echo_err(f"robench: error: {exc}")
+        code = exc.exit_code
+    except Exception as exc:  # a bug: still one line, with a way to see more
+        if debug:
+            raise
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        _echo_err(f"robench: internal error: {type(exc).__name__}: {text} (rerun with ROBENCH_DEBUG=1 for the traceback)")
+        code = 1
+    sys.exit(code)

@@ -1,0 +1,174 @@
+"""Checkpoint bundles: round trip, and every kind of bad file refused with a one-line BundleError."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import pickle
+
+import pytest
+import torch
+from tiny import make_tiny
+
+from robench.bundle import BundleMeta, load_bundle, save_bundle
+from robench.errors import BundleError
+from robench.provenance import state_dict_hash
+
+
+@pytest.mark.parametrize("defense", ["softmax", "gm"])
+def test_round_trip_gives_identical_logits_and_metadata(tmp_path, defense):
+    model, meta = make_tiny(defense)
+    path = tmp_path / "m.pt"
+    written_hash = save_bundle(path, model, meta)
+    bundle = load_bundle(path)
+    x = torch.rand(7, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(model(x), bundle.model(x))
+        assert torch.equal(model.features(x), bundle.model.features(x))
+    assert bundle.meta == meta
+    assert bundle.content_hash == written_hash
+    assert bundle.defense.params() == meta.defense_params
+    if defense == "gm":
+        torch.testing.assert_close(bundle.model.head.means, model.head.means)
+
+
+def test_content_hash_depends_on_weights_not_on_serialisation(tmp_path):
+    model, meta = make_tiny("softmax", seed=0)
+    other, _ = make_tiny("softmax", seed=1)
+    assert save_bundle(tmp_path / "a.pt", model, meta) == save_bundle(tmp_path / "b.pt", model, meta)
+    assert save_bundle(tmp_path / "c.pt", other, meta) != save_bundle(tmp_path / "a.pt", model, meta)
+
+
+def _write_payload(path, meta: BundleMeta, state, content_hash=None):
+    payload = {
+        "format": "robench-bundle",
+        "version": 1,
+        "meta": meta.to_json(),
+        "state_dict": state,
+        "content_hash": content_hash or state_dict_hash(state, meta.identity()),
+    }
+    torch.save(payload, path)
+
+
+class Payload:
+    """Unpickling this would run a shell command that creates a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def assert_refused(path, match):
+    with pytest.raises(BundleError, match=match) as info:
+        load_bundle(path)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+def test_missing_file_and_directory(tmp_path):
+    assert_refused(tmp_path / "nope.pt", "no such file")
+    assert_refused(tmp_path, "not a file")
+
+
+def test_random_bytes_and_text_are_not_bundles(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(os.urandom(2000))
+    assert_refused(tmp_path / "junk.pt", "not a readable checkpoint")
+    (tmp_path / "text.pt").write_text("hello")
+    assert_refused(tmp_path / "text.pt", "not a readable checkpoint")
+
+
+def test_plain_torch_checkpoint_is_not_a_bundle(tmp_path):
+    model, _ = make_tiny()
+    torch.save(model.state_dict(), tmp_path / "plain.pt")
+    assert_refused(tmp_path / "plain.pt", "not a robench bundle")
+
+
+def test_truncated_file_is_refused(tmp_path):
+    model, meta = make_tiny()
+    save_bundle(tmp_path / "m.pt", model, meta)
+    data = (tmp_path / "m.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    assert_refused(tmp_path / "cut.pt", "not a readable checkpoint")
+
+
+def test_edited_weights_fail_the_content_hash(tmp_path):
+    model, meta = make_tiny()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    honest_hash = state_dict_hash(state, meta.identity())
+    state["head.weight"][0, 0] += 1.0
+    _write_payload(tmp_path / "edited.pt", meta, state, content_hash=honest_hash)
+    assert_refused(tmp_path / "edited.pt", "content hash mismatch")
+
+
+def test_unknown_architecture_gets_did_you_mean(tmp_path):
+    model, meta = make_tiny()
+    bad = dataclasses.replace(meta, arch="cnm")
+    _write_payload(tmp_path / "arch.pt", bad, model.state_dict())
+    message = assert_refused(tmp_path / "arch.pt", "unknown architecture 'cnm'")
+    assert "did you mean 'cnn'" in message
+
+
+def test_unknown_defense_is_refused(tmp_path):
+    model, meta = make_tiny()
+    _write_payload(tmp_path / "d.pt", dataclasses.replace(meta, defense="magic"), model.state_dict())
+    assert_refused(tmp_path / "d.pt", "unknown defense 'magic'")
+
+
+def test_mismatched_shapes_are_refused(tmp_path):
+    model, meta = make_tiny()
+    wider = dataclasses.replace(meta, arch_kwargs={**meta.arch_kwargs, "width": 6})
+    _write_payload(tmp_path / "shape.pt", wider, model.state_dict())
+    assert_refused(tmp_path / "shape.pt", "do not fit architecture 'cnn'")
+    other_input = dataclasses.replace(meta, input_shape=(3, 32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    _write_payload(tmp_path / "input.pt", other_input, model.state_dict())
+    assert_refused(tmp_path / "input.pt", "do not fit architecture 'cnn'")
+
+
+def test_malformed_metadata_is_refused(tmp_path):
+    model, meta = make_tiny()
+    state = model.state_dict()
+    payload = {"format": "robench-bundle", "version": 1, "meta": "{not json", "state_dict": state, "content_hash": "x"}
+    torch.save(payload, tmp_path / "j.pt")
+    assert_refused(tmp_path / "j.pt", "not valid JSON")
+    raw = json.loads(meta.to_json())
+    del raw["arch"]
+    payload["meta"] = json.dumps(raw)
+    torch.save(payload, tmp_path / "k.pt")
+    assert_refused(tmp_path / "k.pt", "lacks arch")
+    raw = json.loads(meta.to_json())
+    raw["num_classes"] = "ten"
+    payload["meta"] = json.dumps(raw)
+    torch.save(payload, tmp_path / "l.pt")
+    assert_refused(tmp_path / "l.pt", "'num_classes' has the wrong type")
+    torch.save({**payload, "version": 99}, tmp_path / "v.pt")
+    assert_refused(tmp_path / "v.pt", "version 99 is not supported")
+
+
+def test_raw_pickle_payload_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    for protocol in (2, pickle.DEFAULT_PROTOCOL):
+        (tmp_path / "evil.pt").write_bytes(pickle.dumps(Payload(marker), protocol=protocol))
+        assert_refused(tmp_path / "evil.pt", "refused")
+    assert not marker.exists()
+
+
+def test_payload_inside_a_torch_zip_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    model, meta = make_tiny()
+    buffer = io.BytesIO()
+    torch.save({"format": "robench-bundle", "version": 1, "meta": meta.to_json(), "state_dict": model.state_dict(),
+                "content_hash": "x", "extra": Payload(marker)}, buffer)
+    (tmp_path / "evil.pt").write_bytes(buffer.getvalue())
+    assert_refused(tmp_path / "evil.pt", r"refused: the file references \S*system")
+    assert not marker.exists()
+
+
+def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path):
+    model, meta = make_tiny()
+    save_bundle(tmp_path / "m.pt", model, meta)
+    save_bundle(tmp_path / "m.pt", model, meta)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
