@@ -1,9 +1,28 @@
-"""The defense interface: a classification head plus the loss that trains it.
+"""The defense interface: a classification head, the loss that trains it, and the objective that attacks it.
 
-A defense is a typed dataclass of its hyper-parameters. ``for_dataset`` picks
-the paper's defaults for a dataset family; ``make_head`` builds the module that
-maps features z to test-time logits; ``loss`` is the training objective on
-(z, y). Later work adds each defense's adaptive attack objective here.
+A defense is a typed, frozen dataclass of its hyper-parameters. ``for_dataset``
+picks the paper's defaults for a dataset family; ``make_head`` builds the module
+mapping features z to test-time logits (``argmax`` is the prediction for every
+defense); ``loss`` is the training objective.
+
+Adaptive attacks (paper 004, App. B.4) do not hard-code cross-entropy: they ask
+the defense for ``adaptive_objective``, built from the defense's own per-sample
+classification loss L(z, y) (``attack_loss``):
+
+====================  ==========================  ==========================
+form                  untargeted                  targeted (target t)
+====================  ==========================  ==========================
+``gradient`` (PGD,    -L(z, y)                    L(z, t)
+MIM, SPSA)
+``margin`` (C&W)      L(z, y~) - L(z, y)          L(z, t) - L(z, y)
+====================  ==========================  ==========================
+
+where y~ is the highest-scoring label other than y. All objectives are to be
+*minimised* by the attacker. For softmax, L is cross-entropy and the margin
+form is exactly the C&W logit difference Z_y~ - Z_y. Defenses with a
+likelihood term (GM, L-GM, MMC, ...) also expose it through ``likelihood_term``
+so an attack can add it (``likelihood_weight``), e.g. to stay undetected by a
+likelihood detector.
 """
 
 from __future__ import annotations
@@ -12,12 +31,15 @@ import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from torch import Tensor, nn
 
 from robench.config import replace_fields
+from robench.errors import ConfigError
 from robench.registry import Registry
+
+ObjectiveForm = Literal["gradient", "margin"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +50,13 @@ class LossTerms:
     parts: dict[str, Tensor]
 
 
+def best_other_label(logits: Tensor, y: Tensor) -> Tensor:
+    """argmax over labels other than ``y`` (the y~ of paper 004, Sec. 3.2)."""
+    masked = logits.detach().clone()
+    masked.scatter_(1, y[:, None], float("-inf"))
+    return masked.argmax(1)
+
+
 @dataclass(frozen=True)
 class Defense(ABC):
     """Base class; subclasses are frozen dataclasses whose fields are the hyper-parameters."""
@@ -36,6 +65,8 @@ class Defense(ABC):
     description: ClassVar[str]
     # Per dataset-family defaults, e.g. {"mnist": {"alpha": 1.0}}; families not listed use the field defaults.
     family_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    # Training settings this defense needs per family (e.g. a lower lr), applied before the user's overrides.
+    train_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
 
     @classmethod
     def for_dataset(cls, family: str, overrides: Mapping[str, Any] | None = None) -> Defense:
@@ -59,5 +90,59 @@ class Defense(ABC):
     def loss(self, head: nn.Module, z: Tensor, y: Tensor) -> LossTerms:
         """The training loss on a batch of features and labels."""
 
+    @abstractmethod
+    def attack_loss(self, head: nn.Module, z: Tensor, labels: Tensor) -> Tensor:
+        """Per-sample classification loss L(z, labels) (N,), low when z is classified as ``labels``.
+
+        The test-time form: training-only devices (margins, label smoothing) are left out.
+        """
+
+    def likelihood_term(self, head: nn.Module, z: Tensor, labels: Tensor) -> Tensor | None:
+        """Per-sample negative log-likelihood term of the defense (N,), or None if it has none."""
+        return None
+
+    def class_log_likelihood(self, head: nn.Module, z: Tensor) -> Tensor | None:
+        """log p(z | class k) under the defense's generative model (N x K), or None for discriminative heads."""
+        return None
+
+    def adaptive_objective(
+        self,
+        head: nn.Module,
+        z: Tensor,
+        y: Tensor,
+        target: Tensor | None = None,
+        form: ObjectiveForm = "gradient",
+        likelihood_weight: float = 0.0,
+    ) -> Tensor:
+        """The per-sample objective an adaptive attacker minimises (paper 004, App. B.4; table above).
+
+        ``likelihood_weight`` > 0 adds the defense's likelihood term for the
+        label the attacker wants (``target``, or y~ for untargeted margin attacks).
+        """
+        if form == "gradient":
+            objective = -self.attack_loss(head, z, y) if target is None else self.attack_loss(head, z, target)
+            wanted = target
+        elif form == "margin":
+            wanted = best_other_label(head(z), y) if target is None else target
+            objective = self.attack_loss(head, z, wanted) - self.attack_loss(head, z, y)
+        else:
+            raise ConfigError(f"unknown objective form '{form}' (use gradient or margin)")
+        if likelihood_weight:
+            if wanted is None:
+                raise ConfigError("the likelihood term needs a target or the margin form")
+            term = self.likelihood_term(head, z, wanted)
+            if term is None:
+                raise ConfigError(f"defense '{self.name}' has no likelihood term to add")
+            objective = objective + likelihood_weight * term
+        return objective
+
+
+def mean_terms(per_sample: Tensor, name: str) -> LossTerms:
+    """LossTerms for a loss that is the batch mean of a per-sample loss."""
+    total = per_sample.mean()
+    return LossTerms(total=total, parts={name: total})
+
 
 DEFENSES: Registry[type[Defense]] = Registry("defense")
+
+__all__ = ["DEFENSES", "Defense", "LossTerms", "ObjectiveForm", "best_other_label", "mean_terms"]

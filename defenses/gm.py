@@ -24,6 +24,7 @@ in the paper; we use CIFAR-10's 0.3.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -90,3 +91,17 @@ class GMDefense(Defense):
     def loss(self, head: nn.Module, z: Tensor, y: Tensor) -> LossTerms:
         assert isinstance(head, GMHead)
         return gm_loss(head.half_sq_distances(z), y, self.alpha, self.lam)
+
+    def attack_loss(self, head: nn.Module, z: Tensor, labels: Tensor) -> Tensor:
+        """Eq. 4 per sample on the test-time logits -s (no margin)."""
+        return F.cross_entropy(head(z), labels, reduction="none")
+
+    def likelihood_term(self, head: nn.Module, z: Tensor, labels: Tensor) -> Tensor:
+        """||z - mu_label||^2 / 2, the negative log-likelihood under the label's Gaussian up to a constant."""
+        assert isinstance(head, GMHead)
+        return head.half_sq_distances(z).gather(1, labels[:, None]).squeeze(1)
+
+    def class_log_likelihood(self, head: nn.Module, z: Tensor) -> Tensor:
+        """log N(z; mu_k, I) = -s_k - (d/2) log(2 pi) (Eq. 2 with identity covariance)."""
+        assert isinstance(head, GMHead)
+        return -head.half_sq_distances(z) - 0.5 * z.shape[1] * math.log(2 * math.pi)

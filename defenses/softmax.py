@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robench.defenses.base import DEFENSES, Defense, LossTerms
+from robench.defenses.base import DEFENSES, Defense, mean_terms
 
 
 @DEFENSES.register("softmax")
@@ -21,5 +21,7 @@ class SoftmaxDefense(Defense):
         return nn.Linear(feature_dim, num_classes)
 
     def loss(self, head: nn.Module, z: Tensor, y: Tensor) -> LossTerms:
-        ce = F.cross_entropy(head(z), y)
-        return LossTerms(total=ce, parts={"ce": ce})
+        return mean_terms(self.attack_loss(head, z, y), "ce")
+
+    def attack_loss(self, head: nn.Module, z: Tensor, labels: Tensor) -> Tensor:
+        return F.cross_entropy(head(z), labels, reduction="none")

@@ -36,8 +36,12 @@ def train_bundle(
     """Train a model with the paper defaults for ``dataset`` (overridable) and return it with its metadata."""
     device = torch.device(device)
     data = load_dataset(dataset, data_root=data_root, download=download, split_seed=split_seed)
-    defense_obj = DEFENSES.get(defense).for_dataset(data.spec.family, defense_params)
-    config = train_config_for(data.spec.family, {**dict(train_overrides or {}), "seed": seed})
+    defense_cls = DEFENSES.get(defense)
+    defense_obj = defense_cls.for_dataset(data.spec.family, defense_params)
+    config = train_config_for(
+        data.spec.family,
+        {**defense_cls.train_defaults.get(data.spec.family, {}), **dict(train_overrides or {}), "seed": seed},
+    )
     model, resolved = build_classifier(
         arch, arch_kwargs, data.input_shape, data.spec.mean, data.spec.std, defense_obj, data.num_classes, seed=seed
     )
