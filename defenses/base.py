@@ -27,7 +27,6 @@ likelihood detector.
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from typing import Any, ClassVar, Literal
 
 from torch import Tensor, nn
 
-from robench.config import replace_fields
+from robench.config import Configurable
 from robench.errors import ConfigError
 from robench.registry import Registry
 
@@ -58,29 +57,14 @@ def best_other_label(logits: Tensor, y: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True)
-class Defense(ABC):
+class Defense(Configurable, ABC):
     """Base class; subclasses are frozen dataclasses whose fields are the hyper-parameters."""
 
     name: ClassVar[str]
     description: ClassVar[str]
-    # Per dataset-family defaults, e.g. {"mnist": {"alpha": 1.0}}; families not listed use the field defaults.
-    family_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    kind: ClassVar[str] = "defense"
     # Training settings this defense needs per family (e.g. a lower lr), applied before the user's overrides.
     train_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
-
-    @classmethod
-    def for_dataset(cls, family: str, overrides: Mapping[str, Any] | None = None) -> Defense:
-        """The paper's defaults for ``family``, then ``overrides`` (type-checked, did-you-mean on typos)."""
-        base = replace_fields(cls(), cls.family_defaults.get(family, {}), f"defense '{cls.name}'")
-        return replace_fields(base, overrides or {}, f"defense '{cls.name}'")
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> Defense:
-        """Rebuild from the ``params()`` stored in a checkpoint bundle."""
-        return replace_fields(cls(), params, f"defense '{cls.name}'")
-
-    def params(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     @abstractmethod
     def make_head(self, feature_dim: int, num_classes: int) -> nn.Module:

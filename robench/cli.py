@@ -158,15 +158,17 @@ def info(bundle_path: Path, as_json: bool) -> None:
 @cli.command(name="list")
 @click.argument("kind", required=False)
 def list_(kind: str | None) -> None:
-    """List registered datasets, architectures and defenses."""
+    """List registered datasets, architectures, defenses and detectors."""
     from robench.data import DATASETS
     from robench.defenses import DEFENSES
+    from robench.detectors import DETECTORS
     from robench.models import ARCHITECTURES
 
     sections = {
         "datasets": [(n, s.description + (" [--data-root]" if s.needs_data_root else "")) for n, s in DATASETS.items()],
         "architectures": [(n, s.description) for n, s in ARCHITECTURES.items()],
         "defenses": [(n, f"{c.description}; params: {c().params() or 'none'}") for n, c in DEFENSES.items()],
+        "detectors": [(n, f"{c.description}; params: {c().params() or 'none'}") for n, c in DETECTORS.items()],
     }
     if kind is not None and kind not in sections:
         raise ConfigError(f"unknown kind '{kind}'{did_you_mean(kind, list(sections))}; known: {', '.join(sections)}")
@@ -177,6 +179,38 @@ def list_(kind: str | None) -> None:
         width = max(len(r[0]) for r in rows)
         for row_name, text in rows:
             click.echo(f"  {row_name:<{width}}  {text}")
+
+
+@cli.command()
+@click.option("--model", "model_path", type=click.Path(path_type=Path), required=True, help="Checkpoint bundle.")
+@click.option("--detector", "detector_names", multiple=True, help="Detector to fit (repeatable) [default: all that apply].")
+@click.option("--set", "settings", multiple=True, metavar="DETECTOR.PARAM=VALUE", help="Detector parameter, e.g. kd.bandwidth=1.0.")
+@click.option("--fpr", type=float, default=0.05, show_default=True, help="False-positive rate to set thresholds at.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--cache/--no-cache", default=True, show_default=True, help="Reuse fits cached next to the bundle.")
+def detect(
+    model_path: Path, detector_names: tuple[str, ...], settings: tuple[str, ...], fpr: float, device: str, data_root: Path | None, cache: bool
+) -> None:
+    """Fit a model's detectors (cached next to the bundle) and calibrate thresholds on held-out clean data."""
+    from robench.bundle import load_bundle
+    from robench.data import load_dataset
+    from robench.detector_report import applicable_detectors, build_detectors, calibrate
+    from robench.devices import resolve_device
+
+    torch_device = resolve_device(device)
+    bundle = load_bundle(model_path, device=torch_device)
+    data = load_dataset(bundle.meta.dataset, data_root=data_root, split_seed=bundle.meta.split_seed)
+    overrides: dict[str, dict[str, str]] = {}
+    for key, value in parse_assignments(settings, "--set").items():
+        detector, dot, param = key.partition(".")
+        if not dot:
+            raise ConfigError(f"--set '{key}={value}' must name DETECTOR.PARAM")
+        overrides.setdefault(detector, {})[param] = value
+    names = applicable_detectors(bundle, detector_names)
+    detectors = build_detectors(names, data.spec.family, overrides)
+    table = calibrate(bundle, detectors, data.train, data.test, torch_device, fpr, use_cache=cache)
+    click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
 
 @cli.command()

@@ -11,7 +11,7 @@ import dataclasses
 import types
 import typing
 from collections.abc import Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from robench.errors import ConfigError
 from robench.registry import did_you_mean
@@ -77,3 +77,31 @@ def replace_fields(obj: C, overrides: Mapping[str, Any], what: str) -> C:
             raise ConfigError(f"{what} has no parameter '{key}'{did_you_mean(key, names)}; known: {', '.join(names)}")
         changes[key] = _coerce(value, hints[key], key)
     return dataclasses.replace(obj, **changes)  # type: ignore[type-var]
+
+
+class Configurable:
+    """Mixin for registered dataclasses whose init fields are hyper-parameters (defenses, detectors, ...).
+
+    ``family_defaults`` maps a dataset family to the paper's values for it;
+    ``for_dataset`` applies them, then the user's overrides.
+    """
+
+    name: ClassVar[str]
+    kind: ClassVar[str] = "config"  # what it is, for error messages: "defense", "detector", ...
+    family_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+
+    @classmethod
+    def for_dataset(cls, family: str, overrides: Mapping[str, Any] | None = None):
+        """The defaults for ``family``, then ``overrides`` (type-checked, did-you-mean on typos)."""
+        what = f"{cls.kind} '{cls.name}'"
+        base = replace_fields(cls(), cls.family_defaults.get(family, {}), what)
+        return replace_fields(base, overrides or {}, what)
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]):
+        """Rebuild from stored ``params()``."""
+        return replace_fields(cls(), params, f"{cls.kind} '{cls.name}'")
+
+    def params(self) -> dict[str, Any]:
+        """The hyper-parameters (init fields) as plain values."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}  # type: ignore[arg-type]

@@ -111,7 +111,10 @@ def train(
     rng_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(config.seed)
-        bar = tqdm(total=config.epochs * steps_per_epoch, desc="train", unit="batch", disable=not progress, leave=False)
+        # disable=None: tqdm shows the bar on a terminal and stays silent in logs.
+        bar = tqdm(
+            total=config.epochs * steps_per_epoch, desc="train", unit="batch", disable=None if progress else True, leave=False, mininterval=0.5
+        )
         for epoch in range(config.epochs):
             model.train()
             order = torch.randperm(len(y_train), generator=generator)

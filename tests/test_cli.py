@@ -118,3 +118,19 @@ def test_console_script_runs_in_a_subprocess(tmp_path):
     assert result.stderr.strip().startswith("robench: error:") and "Traceback" not in result.stderr
     result = subprocess.run([sys.executable, "-m", "robench", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "train" in result.stdout
+
+
+def test_detect_fits_caches_and_refuses_inapplicable_detectors(tmp_path, capsys):
+    model, meta = make_tiny("softmax")
+    save_bundle(tmp_path / "m.pt", model, meta)
+    args = ["detect", "--model", str(tmp_path / "m.pt"), "--detector", "kd", "--detector", "max-prob", "--device", "cpu"]
+    code, stdout, _ = run(capsys, *args)
+    assert code == 0 and "fitted" in stdout and "max-prob" in stdout
+    code, stdout, _ = run(capsys, *args)
+    assert code == 0 and "cached" in stdout
+    code, _, err = run(capsys, "detect", "--model", str(tmp_path / "m.pt"), "--detector", "gm-likelihood")
+    assert_one_line_error(code, err, "needs a Gaussian head")
+    code, _, err = run(capsys, "detect", "--model", str(tmp_path / "m.pt"), "--detector", "kd", "--set", "kd.bandwdith=1")
+    assert_one_line_error(code, err, "did you mean 'bandwidth'")
+    code, _, err = run(capsys, "detect", "--model", str(tmp_path / "m.pt"), "--detector", "bu")
+    assert_one_line_error(code, err, "no dropout")

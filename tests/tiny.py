@@ -9,10 +9,10 @@ from robench.model_factory import build_classifier
 TINY_CNN = {"width": 4, "hidden": 16, "feature_dim": 8, "dropout": 0.0}
 
 
-def make_tiny(defense_name: str = "softmax", seed: int = 0, **defense_params):
+def make_tiny(defense_name: str = "softmax", seed: int = 0, dropout: float = 0.0, **defense_params):
     """A tiny untrained mnist-shaped classifier and its bundle metadata."""
     defense = DEFENSES.get(defense_name).for_dataset("mnist", defense_params)
-    model, resolved = build_classifier("cnn", TINY_CNN, (1, 28, 28), (0.1307,), (0.3081,), defense, 10, seed=seed)
+    model, resolved = build_classifier("cnn", {**TINY_CNN, "dropout": dropout}, (1, 28, 28), (0.1307,), (0.3081,), defense, 10, seed=seed)
     meta = BundleMeta(
         arch="cnn",
         arch_kwargs=resolved,

@@ -1,0 +1,70 @@
+"""Fitted detectors cached next to the bundle, keyed by the model's content hash and the detector's config.
+
+``gm.pt`` gets ``gm.pt.detectors/kd-<key>.pt``, where the key hashes the
+detector's name and parameters, the bundle's content hash, and the training
+split it was fitted on. A changed model or config gives a new key, so a stale
+fit is never reused. The cache is derived data: an unreadable or mismatching
+file is refitted and atomically replaced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from pathlib import Path
+
+import torch
+
+from robench.bundle import ModelBundle
+from robench.data import Split
+from robench.detectors.base import Detector
+from robench.provenance import atomic_write_bytes, canonical_json
+
+CACHE_FORMAT = "robench-detector"
+
+
+def cache_key(detector: Detector, content_hash: str, dataset: str, split_seed: int) -> str:
+    identity = {"detector": detector.name, "params": detector.params(), "model": content_hash, "dataset": dataset, "split_seed": split_seed}
+    return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:20]
+
+
+def cache_path(bundle_path: Path, detector: Detector, key: str) -> Path:
+    return bundle_path.parent / f"{bundle_path.name}.detectors" / f"{detector.name}-{key}.pt"
+
+
+def _read(path: Path, key: str) -> dict[str, torch.Tensor] | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - any unreadable cache file is simply refitted
+        return None
+    if not isinstance(payload, dict) or payload.get("format") != CACHE_FORMAT or payload.get("key") != key:
+        return None
+    state = payload.get("state")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return None
+    return state
+
+
+def fit_or_load(
+    detector: Detector, bundle: ModelBundle, train: Split, device: torch.device, use_cache: bool = True
+) -> bool:
+    """Make ``detector`` ready for ``bundle``: load its cached fit or fit it (and cache it). Returns True if reused."""
+    detector.check_applicable(bundle.model, bundle.defense)
+    if not detector.needs_fit:
+        return False
+    key = cache_key(detector, bundle.content_hash, bundle.meta.dataset, bundle.meta.split_seed)
+    path = cache_path(bundle.path, detector, key) if (use_cache and bundle.path is not None) else None
+    if path is not None and path.exists():
+        state = _read(path, key)
+        if state is not None:
+            detector.load_fitted_state(state, device)
+            return True
+    detector.fit(bundle.model, bundle.defense, train, device)
+    if path is not None:
+        buffer = io.BytesIO()
+        torch.save({"format": CACHE_FORMAT, "key": key, "state": detector.fitted_state()}, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+    return False
