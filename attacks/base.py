@@ -1,0 +1,136 @@
+"""The attack interface (foolbox-3 style): a final ``__call__`` that checks and scores, subclasses write ``run``.
+
+An :class:`AttackTarget` is what the attacker knows: the model, its defense
+(whose adaptive objective it may use, paper 004 App. B.4), the input bounds the
+model declares, and optionally a detector (white-box C&W-wb). ``Attack.__call__``
+
+1. checks that the inputs lie in the bounds, labels are valid, and targets differ from labels;
+2. calls ``run`` (the subclass's algorithm), which returns adversarial inputs;
+3. checks that they are finite and in the bounds (never clamps a buggy attack's output silently);
+4. recomputes success from the model's own prediction on the returned inputs
+   (misclassified, or classified as the target), never trusting the attack's claim.
+
+Randomness comes only from the ``torch.Generator`` passed in; the global RNG is never touched.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar, final
+
+import torch
+from torch import Tensor
+
+from robench.config import Configurable
+from robench.defenses import Defense
+from robench.detectors import Detector, Forward
+from robench.errors import ConfigError
+from robench.models import Classifier
+from robench.registry import Registry
+
+_BOUND_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The input domain the model declares (its dataset's value range); attacks clip to it."""
+
+    low: float
+    high: float
+
+    def __post_init__(self) -> None:
+        if not self.low < self.high:
+            raise ConfigError(f"bounds need low < high, got ({self.low}, {self.high})")
+
+    def clip(self, x: Tensor) -> Tensor:
+        return x.clamp(self.low, self.high)
+
+    def contains(self, x: Tensor) -> bool:
+        return bool(x.min() >= self.low - _BOUND_TOLERANCE and x.max() <= self.high + _BOUND_TOLERANCE)
+
+    @property
+    def width(self) -> float:
+        return self.high - self.low
+
+
+@dataclass
+class AttackTarget:
+    """What the attacker attacks and knows: model, defense, input bounds, optionally a fitted detector."""
+
+    model: Classifier
+    defense: Defense
+    bounds: Bounds
+    detector: Detector | None = None
+
+    def forward(self, x: Tensor) -> Forward:
+        return Forward.of(self.model, x)
+
+    def predict(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self.model(x).argmax(1)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.model.head(torch.zeros(1, self.model.feature_dim, device=self.device)).shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """Adversarial inputs and per-sample success as judged by the model (not by the attack)."""
+
+    x_adv: Tensor
+    success: Tensor
+    predicted: Tensor
+
+
+@dataclass(frozen=True)
+class Attack(Configurable, ABC):
+    """Base class; subclasses are frozen dataclasses whose fields are the attack's parameters."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    kind: ClassVar[str] = "attack"
+    # "linf", "l2" or "none" (noise, rotation): the norm the budget is measured in.
+    norm: ClassVar[str] = "none"
+
+    @final
+    def __call__(
+        self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None = None, *, generator: torch.Generator
+    ) -> AttackResult:
+        if x.ndim != 4 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+            raise ConfigError(f"attack inputs need x of shape N x C x H x W and y of shape N, got {tuple(x.shape)} and {tuple(y.shape)}")
+        if not target.bounds.contains(x):
+            raise ConfigError(f"attack inputs fall outside the model's bounds ({target.bounds.low}, {target.bounds.high})")
+        k = target.num_classes
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= k):
+            raise ConfigError(f"labels must lie in 0..{k - 1}")
+        if targets is not None:
+            if targets.shape != y.shape or (targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= k)):
+                raise ConfigError(f"targets must have the labels' shape and lie in 0..{k - 1}")
+            if bool((targets == y).any()):
+                raise ConfigError("a target equals the true label; targets must be wrong classes")
+        was_training = target.model.training
+        target.model.eval()
+        try:
+            x_adv = self.run(target, x.detach(), y, targets, generator).detach()
+        finally:
+            target.model.train(was_training)
+        if x_adv.shape != x.shape or not torch.isfinite(x_adv).all():
+            raise RuntimeError(f"attack '{self.name}' returned non-finite or mis-shaped inputs")
+        if not target.bounds.contains(x_adv):
+            raise RuntimeError(f"attack '{self.name}' left the input bounds")
+        predicted = target.predict(x_adv)
+        success = predicted == targets if targets is not None else predicted != y
+        return AttackResult(x_adv=x_adv, success=success, predicted=predicted)
+
+    @abstractmethod
+    def run(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator) -> Tensor:
+        """Return adversarial inputs for the batch (same shape as x, inside ``target.bounds``)."""
+
+
+ATTACKS: Registry[type[Attack]] = Registry("attack")
