@@ -158,17 +158,21 @@ def info(bundle_path: Path, as_json: bool) -> None:
 @cli.command(name="list")
 @click.argument("kind", required=False)
 def list_(kind: str | None) -> None:
-    """List registered datasets, architectures, defenses and detectors."""
+    """List registered datasets, architectures, defenses, detectors, attacks and threat models."""
     from robench.data import DATASETS
     from robench.defenses import DEFENSES
+    from robench.attacks import ATTACKS
     from robench.detectors import DETECTORS
     from robench.models import ARCHITECTURES
+    from robench.threats import THREATS
 
     sections = {
         "datasets": [(n, s.description + (" [--data-root]" if s.needs_data_root else "")) for n, s in DATASETS.items()],
         "architectures": [(n, s.description) for n, s in ARCHITECTURES.items()],
         "defenses": [(n, f"{c.description}; params: {c().params() or 'none'}") for n, c in DEFENSES.items()],
         "detectors": [(n, f"{c.description}; params: {c().params() or 'none'}") for n, c in DETECTORS.items()],
+        "attacks": [(n, f"{c.description}; params: {c().params() or 'none'}") for n, c in ATTACKS.items()],
+        "threats": [(n, f"{t.description}; attacks: {', '.join(t.labels())}") for n, t in THREATS.items()],
     }
     if kind is not None and kind not in sections:
         raise ConfigError(f"unknown kind '{kind}'{did_you_mean(kind, list(sections))}; known: {', '.join(sections)}")
@@ -211,6 +215,71 @@ def detect(
     detectors = build_detectors(names, data.spec.family, overrides)
     table = calibrate(bundle, detectors, data.train, data.test, torch_device, fpr, use_cache=cache)
     click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+
+
+def _settings(items: tuple[str, ...], option: str) -> dict[str, str]:
+    return parse_assignments(items, option)
+
+
+def _detector_settings(items: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    nested: dict[str, dict[str, str]] = {}
+    for key, value in parse_assignments(items, "--detector-set").items():
+        detector, dot, param = key.partition(".")
+        if not dot:
+            raise ConfigError(f"--detector-set '{key}={value}' must name DETECTOR.PARAM")
+        nested.setdefault(detector, {})[param] = value
+    return nested
+
+
+@cli.command(name="run")
+@click.option("--model", "model_path", type=click.Path(path_type=Path), required=True, help="Checkpoint bundle to attack.")
+@click.option("--threat", required=True, help="Threat model (see 'robench list threats').")
+@click.option("--n", type=int, default=1000, show_default=True, help="Test samples to attack (a seeded random subset).")
+@click.option("--batch-size", type=int, default=250, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Output folder [default: reports/runs/MODEL-THREAT].")
+@click.option("--set", "settings", multiple=True, metavar="ATTACK.PARAM=VALUE", help="Attack parameter, e.g. BIM.steps=10 (repeatable).")
+@click.option("--attack", "attacks", multiple=True, help="Run only these attacks of the threat model (repeatable).")
+@click.option("--detector", "detectors", multiple=True, help="Detectors to score [default: all that apply].")
+@click.option("--detector-set", "detector_settings", multiple=True, metavar="DETECTOR.PARAM=VALUE")
+@click.option("--dataset", default=None, help="Evaluate on this dataset instead of the bundle's.")
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def run_command(
+    model_path: Path, threat: str, n: int, batch_size: int, seed: int, device: str, out: Path | None,
+    settings: tuple[str, ...], attacks: tuple[str, ...], detectors: tuple[str, ...], detector_settings: tuple[str, ...],
+    dataset: str | None, data_root: Path | None, progress: bool,
+) -> None:
+    """Attack a model under a threat model; write records.parquet, summary.csv and run.json."""
+    from robench.runner import RunConfig, format_summary, run
+
+    config = RunConfig(
+        model=model_path, threat=threat, n=n, batch_size=batch_size, seed=seed, device=device,
+        settings=_settings(settings, "--set"), attacks=attacks, detectors=detectors or None,
+        detector_settings=_detector_settings(detector_settings), dataset=dataset, data_root=data_root,
+    )
+    out = out or Path("reports/runs") / f"{model_path.stem}-{threat}"
+    result = run(config, out, progress=progress, echo=click.echo)
+    click.echo(format_summary(result.summary))
+    click.echo(f"wrote {out}/records.parquet, summary.csv, run.json ({result.info['timings_seconds']['total']:.1f} s)")
+
+
+@cli.command()
+@click.argument("suite_file", metavar="SUITE", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--n", type=int, default=None, help="Override the suite's sample count.")
+@click.option("--device", default=None)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def suite(suite_file: Path, out: Path, n: int | None, device: str | None, progress: bool) -> None:
+    """Run every model x threat pair of a TOML suite into one combined summary."""
+    from robench.runner import format_summary
+    from robench.suite import run_suite
+
+    overrides = {k: v for k, v in (("n", n), ("device", device)) if v is not None}
+    combined = run_suite(suite_file, out, overrides, progress=progress, echo=click.echo)
+    click.echo(format_summary(combined))
+    click.echo(f"wrote {out}/summary.csv")
 
 
 @cli.command()

@@ -1,0 +1,124 @@
+"""Suites: one TOML file pairs models with threat models; every pair runs into one combined summary.
+
+::
+
+    [defaults]                 # any run setting: n, batch_size, seed, device, detectors
+    n = 200
+
+    [[model]]
+    name = "gm"
+    path = "models/gm.pt"      # relative to the suite file
+
+    [[threat]]
+    name = "semi-white-box"
+    attacks = ["FGSM", "BIM"]  # optional subset
+    models = ["gm"]            # optional: only these models
+    [threat.set]
+    "BIM.steps" = 10
+
+Each pair writes ``OUT/<model>/<threat>/`` (records, summary, run.json); the
+combined ``OUT/summary.csv`` concatenates their summaries.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from robench.errors import ConfigError
+from robench.provenance import atomic_write_text
+from robench.registry import did_you_mean
+from robench.runner import RunConfig, run
+
+_DEFAULT_KEYS = {"n", "batch_size", "seed", "device", "detectors", "data_root"}
+_MODEL_KEYS = {"name", "path"}
+_THREAT_KEYS = {"name", "set", "attacks", "models", "detectors"}
+
+
+@dataclass(frozen=True)
+class SuitePair:
+    model_name: str
+    config: RunConfig
+
+
+def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown key '{key}'{did_you_mean(key, sorted(allowed))}; allowed: {', '.join(sorted(allowed))}")
+
+
+def load_suite(path: Path, overrides: dict[str, Any] | None = None) -> list[SuitePair]:
+    """Parse and validate a suite file into run configs (one per model x threat pair)."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such suite file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    _check_keys(raw, {"defaults", "model", "threat"}, str(path))
+    defaults = dict(raw.get("defaults", {}))
+    _check_keys(defaults, _DEFAULT_KEYS, f"{path} [defaults]")
+    defaults.update(overrides or {})
+    models = raw.get("model", [])
+    threats = raw.get("threat", [])
+    if not models or not threats:
+        raise ConfigError(f"{path}: a suite needs at least one [[model]] and one [[threat]]")
+    names = []
+    for model in models:
+        _check_keys(model, _MODEL_KEYS, f"{path} [[model]]")
+        if "name" not in model or "path" not in model:
+            raise ConfigError(f"{path}: every [[model]] needs a name and a path")
+        names.append(model["name"])
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: model names must be unique")
+    valid = {f.name for f in fields(RunConfig)}
+    pairs = []
+    for threat in threats:
+        _check_keys(threat, _THREAT_KEYS, f"{path} [[threat]]")
+        if "name" not in threat:
+            raise ConfigError(f"{path}: every [[threat]] needs a name")
+        only = threat.get("models", names)
+        for unknown in set(only) - set(names):
+            raise ConfigError(f"{path}: threat '{threat['name']}' names unknown model '{unknown}'{did_you_mean(unknown, names)}")
+        for model in models:
+            if model["name"] not in only:
+                continue
+            settings = {k: v for k, v in defaults.items() if k in valid}
+            if "detectors" in threat:
+                settings["detectors"] = threat["detectors"]
+            if settings.get("detectors") is not None:
+                settings["detectors"] = tuple(settings["detectors"])
+            if settings.get("data_root") is not None:
+                settings["data_root"] = Path(settings["data_root"])
+            config = RunConfig(
+                model=(path.parent / model["path"]),
+                threat=threat["name"],
+                settings=dict(threat.get("set", {})),
+                attacks=tuple(threat.get("attacks", ())),
+                model_name=model["name"],
+                **settings,
+            )
+            pairs.append(SuitePair(model["name"], config))
+    return pairs
+
+
+def run_suite(path: Path, out: Path, overrides: dict[str, Any] | None = None, progress: bool = True, echo: Callable[[str], None] = print) -> pd.DataFrame:
+    pairs = load_suite(path, overrides)
+    from robench.runner import prepare
+
+    for pair in pairs:  # validate every pair before spending time on any
+        prepare(pair.config)
+    summaries = []
+    for pair in pairs:
+        echo(f"running {pair.model_name} x {pair.config.threat}")
+        result = run(pair.config, out / pair.model_name / pair.config.threat, progress=progress, echo=echo)
+        summaries.append(result.summary)
+    combined = pd.concat(summaries, ignore_index=True)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "summary.csv", combined.to_csv(index=False))
+    return combined

@@ -1,0 +1,133 @@
+"""Threat models: typed, registered descriptions of what the attacker knows and which attacks it runs.
+
+A threat model is a list of :class:`AttackSpec` (a registered attack, its
+parameters, and how targets are chosen) plus what the attacker knows. Defaults
+come from the papers; ``with_overrides`` applies ``LABEL.PARAM=VALUE`` settings
+from the CLI or a suite file, type-checked against the attack's fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from robench.attacks.base import ATTACKS, Attack
+from robench.config import replace_fields
+from robench.errors import ConfigError
+from robench.registry import Registry, did_you_mean
+
+TARGET_MODES = ("none", "random", "least-likely")
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack of a threat model: ``label`` names it in records and tables (e.g. ``C&W-hc``)."""
+
+    label: str
+    attack: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    target_mode: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.target_mode not in TARGET_MODES:
+            raise ConfigError(f"target mode '{self.target_mode}' is not one of {', '.join(TARGET_MODES)}{did_you_mean(self.target_mode, list(TARGET_MODES))}")
+
+    def build(self) -> Attack:
+        cls = ATTACKS.get(self.attack)
+        return replace_fields(cls(), dict(self.params), f"attack '{self.label}'")
+
+    def config(self) -> dict[str, Any]:
+        """Everything that determines this attack's output (for run.json and cache keys)."""
+        return {"label": self.label, "attack": self.attack, "params": self.build().params(), "target_mode": self.target_mode}
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    name: str
+    description: str
+    attacks: tuple[AttackSpec, ...]
+    knows_detector: bool = False
+    source: str = ""
+
+    def labels(self) -> list[str]:
+        return [a.label for a in self.attacks]
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> ThreatModel:
+        """Apply ``{"LABEL.PARAM": value}`` (and ``LABEL.target_mode``); unknown labels or params get did-you-mean errors."""
+        specs = {a.label: a for a in self.attacks}
+        for key, value in overrides.items():
+            label, dot, param = key.rpartition(".")
+            if not dot or not label:
+                raise ConfigError(f"setting '{key}' must be ATTACK.PARAM (attacks of '{self.name}': {', '.join(specs)})")
+            if label not in specs:
+                raise ConfigError(f"threat '{self.name}' has no attack '{label}'{did_you_mean(label, list(specs))}; its attacks: {', '.join(specs)}")
+            spec = specs[label]
+            if param == "target_mode":
+                specs[label] = replace(spec, target_mode=str(value))
+            else:
+                params = {**spec.params, param: value}
+                replace_fields(ATTACKS.get(spec.attack)(), params, f"attack '{label}'")  # validate now
+                specs[label] = replace(spec, params=params)
+        return replace(self, attacks=tuple(specs[a.label] for a in self.attacks))
+
+    def only(self, labels: list[str]) -> ThreatModel:
+        """Keep the named attacks only (``--attack``)."""
+        known = self.labels()
+        for label in labels:
+            if label not in known:
+                raise ConfigError(f"threat '{self.name}' has no attack '{label}'{did_you_mean(label, known)}; its attacks: {', '.join(known)}")
+        return replace(self, attacks=tuple(a for a in self.attacks if a.label in labels))
+
+
+THREATS: Registry[ThreatModel] = Registry("threat model")
+
+# Paper 001 Sec. 4.4.1 (FGSM eps 0.1; BIM/ILCM 20 iterations of 0.01; C&W 5 binary-search steps, kappa 0 / 10),
+# targets drawn at random among the wrong classes (ILCM: the least-likely class); paper 004 Sec. 4.3
+# (PGD and MIM, eps 8/255, step 2/255, 10 and 50 steps, untargeted and targeted).
+THREATS.register(
+    "semi-white-box",
+    ThreatModel(
+        name="semi-white-box",
+        description="attacker knows the model but not the detector (001 Sec. 4.4.1; PGD/MIM from 004 Sec. 4.3)",
+        attacks=(
+            AttackSpec("FGSM", "fgsm", {}, "random"),
+            AttackSpec("BIM", "bim", {}, "random"),
+            AttackSpec("ILCM", "ilcm", {}, "least-likely"),
+            AttackSpec("C&W", "cw-l2", {}, "random"),
+            AttackSpec("C&W-hc", "cw-hc", {}, "random"),
+            AttackSpec("PGD-10-un", "pgd", {"steps": 10}, "none"),
+            AttackSpec("PGD-50-un", "pgd", {"steps": 50}, "none"),
+            AttackSpec("PGD-10-tar", "pgd", {"steps": 10}, "random"),
+            AttackSpec("MIM-10-un", "mim", {"steps": 10}, "none"),
+            AttackSpec("MIM-10-tar", "mim", {"steps": 10}, "random"),
+        ),
+        source="001 Sec. 4.4.1; 004 Sec. 4.3",
+    ),
+)
+
+THREATS.register(
+    "noise",
+    ThreatModel(
+        name="noise",
+        description="Gaussian noise, sigma 0.05 of the input range, clipped (004 Sec. 4.5)",
+        attacks=(AttackSpec("noise-0.05", "gaussian-noise", {"sigma": 0.05}, "none"),),
+        source="004 Sec. 4.5",
+    ),
+)
+
+THREATS.register(
+    "rotation",
+    ThreatModel(
+        name="rotation",
+        description="uniform random rotation within +-30 degrees (004 Sec. 4.5)",
+        attacks=(AttackSpec("rotation-30", "rotation", {"max_degrees": 30.0}, "none"),),
+        source="004 Sec. 4.5",
+    ),
+)
+
+
+def noise_threat(sigmas: list[float]) -> ThreatModel:
+    """The noise threat with one attack per sigma (``--sigma 0.05 --sigma 0.1``)."""
+    base = THREATS.get("noise")
+    return replace(base, attacks=tuple(AttackSpec(f"noise-{s:g}", "gaussian-noise", {"sigma": s}, "none") for s in sigmas))

@@ -1,0 +1,135 @@
+"""The runner and suites end to end on tiny bundles, and their one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from test_cli import assert_one_line_error, run as run_cli
+from tiny import make_tiny
+
+from robench.bundle import save_bundle
+from robench.errors import ConfigError, UnknownNameError
+from robench.metrics import summarize
+from robench.runner import RunConfig, run
+
+
+@pytest.fixture
+def bundles(tmp_path):
+    paths = {}
+    for name in ("softmax", "gm"):
+        model, meta = make_tiny(name)
+        paths[name] = tmp_path / f"{name}.pt"
+        save_bundle(paths[name], model, meta)
+    return paths
+
+
+def test_run_writes_records_summary_and_run_json(bundles, tmp_path):
+    out = tmp_path / "out"
+    config = RunConfig(model=bundles["gm"], threat="semi-white-box", n=30, batch_size=16, attacks=("FGSM", "PGD-10-un"), device="cpu", detectors=("kd", "max-prob", "gm-likelihood"))
+    result = run(config, out, progress=False)
+    records = pd.read_parquet(out / "records.parquet")
+    assert len(records) == 60 and set(records["attack"]) == {"FGSM", "PGD-10-un"}
+    for column in ["sample", "label", "target", "clean_pred", "adv_pred", "success", "l2", "linf", "distortion", "score_clean:kd", "score_adv:kd"]:
+        assert column in records
+    fgsm = records[records["attack"] == "FGSM"]
+    assert (fgsm["target"] != fgsm["label"]).all() and (fgsm["target"] >= 0).all()  # random wrong-class targets
+    assert (fgsm["linf"] <= 0.1 + 1e-5).all()
+    assert (records.loc[records["attack"] == "PGD-10-un", "target"] == -1).all()
+    assert (records["distortion"] - records["l2"] / 28).abs().max() < 1e-6
+    summary = pd.read_csv(out / "summary.csv")
+    pd.testing.assert_frame_equal(summary, summarize(records), check_dtype=False)
+    info = json.loads((out / "run.json").read_text())
+    assert info["model"]["content_hash"] == result.info["model"]["content_hash"] and len(info["model"]["content_hash"]) == 64
+    assert info["config"]["seed"] == 0 and info["versions"]["torch"] and "git_revision" in info
+    assert {a["label"] for a in info["threat"]["attacks"]} == {"FGSM", "PGD-10-un"}
+
+
+def test_same_seed_same_records(bundles):
+    config = RunConfig(model=bundles["softmax"], threat="rotation", n=20, batch_size=8, device="cpu", detectors=("max-prob",))
+    a = run(config, progress=False).records
+    b = run(config, progress=False).records
+    pd.testing.assert_frame_equal(a, b)
+    c = run(RunConfig(**{**config.__dict__, "seed": 1}), progress=False).records
+    assert not a["sample"].equals(c["sample"])
+
+
+def test_noise_reports_flag_rate_on_noisy_inputs(bundles):
+    result = run(RunConfig(model=bundles["gm"], threat="noise", n=20, device="cpu", detectors=("gm-likelihood",)), progress=False)
+    row = result.summary.iloc[0]
+    assert row["attack"] == "noise-0.05" and 0.0 <= row["flagged_rate"] <= 1.0
+    assert pd.isna(row["auc_roc"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "fragment"),
+    [
+        ({"threat": "semi-whitebox"}, UnknownNameError, "did you mean 'semi-white-box'"),
+        ({"threat": "semi-white-box", "attacks": ("FGMS",)}, ConfigError, "did you mean 'FGSM'"),
+        ({"threat": "semi-white-box", "settings": {"FGSM.epsilon": "0.2"}}, ConfigError, "did you mean 'eps'"),
+        ({"threat": "semi-white-box", "settings": {"BIMM.steps": "2"}}, ConfigError, "did you mean 'BIM'"),
+        ({"threat": "noise", "dataset": "digits"}, ConfigError, "expects inputs of shape (1, 28, 28)"),
+        ({"threat": "noise", "detectors": ("bu",)}, ConfigError, "no dropout"),
+        ({"threat": "noise", "n": 0}, ConfigError, "--n"),
+    ],
+)
+def test_bad_runs_fail_before_attacking(bundles, kwargs, error, fragment):
+    with pytest.raises(error, match=None) as info:
+        run(RunConfig(model=bundles["softmax"], device="cpu", **kwargs), progress=False)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_cli_run_and_errors(bundles, tmp_path, capsys):
+    out = tmp_path / "cli-run"
+    code, stdout, _ = run_cli(capsys, "run", "--model", str(bundles["gm"]), "--threat", "rotation", "--n", "16", "--device", "cpu", "--out", str(out), "--no-progress")
+    assert code == 0 and "rotation-30" in stdout and (out / "records.parquet").exists()
+    code, _, err = run_cli(capsys, "run", "--model", str(bundles["gm"]), "--threat", "rotatoin")
+    assert_one_line_error(code, err, "did you mean 'rotation'")
+    code, _, err = run_cli(capsys, "run", "--model", str(bundles["gm"]), "--threat", "semi-white-box", "--set", "FGSM.nope=1")
+    assert_one_line_error(code, err, "has no parameter 'nope'")
+
+
+def test_suite_of_two_models_and_three_threats(bundles, tmp_path, capsys):
+    suite = tmp_path / "suite.toml"
+    suite.write_text(
+        """
+[defaults]
+n = 12
+batch_size = 12
+device = "cpu"
+detectors = ["max-prob"]
+
+[[model]]
+name = "softmax"
+path = "softmax.pt"
+
+[[model]]
+name = "gm"
+path = "gm.pt"
+
+[[threat]]
+name = "semi-white-box"
+attacks = ["FGSM", "BIM"]
+[threat.set]
+"BIM.steps" = 3
+
+[[threat]]
+name = "noise"
+
+[[threat]]
+name = "rotation"
+"""
+    )
+    code, stdout, _ = run_cli(capsys, "suite", str(suite), "--out", str(tmp_path / "suite-out"), "--no-progress")
+    assert code == 0
+    combined = pd.read_csv(tmp_path / "suite-out" / "summary.csv")
+    assert set(combined["model"]) == {"softmax", "gm"}
+    assert set(combined["threat"]) == {"semi-white-box", "noise", "rotation"}
+    assert len(combined) == 2 * (2 + 1 + 1)
+    assert (tmp_path / "suite-out" / "gm" / "noise" / "run.json").exists()
+    bad = tmp_path / "bad.toml"
+    bad.write_text(suite.read_text().replace('name = "noise"', 'name = "noize"'))
+    code, _, err = run_cli(capsys, "suite", str(bad), "--out", str(tmp_path / "bad-out"))
+    assert_one_line_error(code, err, "did you mean 'noise'")
+    assert not (tmp_path / "bad-out").exists()
