@@ -6,7 +6,7 @@ from robench.bundle import BundleMeta
 from robench.defenses import DEFENSES
 from robench.model_factory import build_classifier
 
-TINY_CNN = {"width": 4, "hidden": 16, "feature_dim": 8, "dropout": 0.0}
+TINY_CNN = {"width": 4, "hidden": 16, "feature_dim": 12, "dropout": 0.0}
 
 
 def make_tiny(defense_name: str = "softmax", seed: int = 0, dropout: float = 0.0, **defense_params):
