@@ -47,6 +47,8 @@ class Bounds:
         return x.clamp(self.low, self.high)
 
     def contains(self, x: Tensor) -> bool:
+        if x.numel() == 0:
+            return True
         return bool(x.min() >= self.low - _BOUND_TOLERANCE and x.max() <= self.high + _BOUND_TOLERANCE)
 
     @property
@@ -72,7 +74,8 @@ class AttackTarget:
 
     @property
     def num_classes(self) -> int:
-        return int(self.model.head(torch.zeros(1, self.model.feature_dim, device=self.device)).shape[1])
+        weight = next(self.model.parameters())
+        return int(self.model.head(torch.zeros(1, self.model.feature_dim, device=weight.device, dtype=weight.dtype)).shape[1])
 
     @property
     def device(self) -> torch.device:
