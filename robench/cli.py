@@ -287,13 +287,14 @@ def suite(suite_file: Path, out: Path, n: int | None, device: str | None, progre
 @click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/models"), show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--n", type=int, default=200, show_default=True, help="Test samples per attack.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def demo(out: Path, models_dir: Path, device: str, seed: int, progress: bool) -> None:
-    """The main job on the embedded default: train the bundled models if needed and write the tables."""
+def demo(out: Path, models_dir: Path, device: str, seed: int, n: int, progress: bool) -> None:
+    """The main job on the embedded default: train the bundled models if needed, run the threat models, write the tables."""
     from robench.demo import run_demo
     from robench.devices import resolve_device
 
-    run_demo(out=out, models_dir=models_dir, device=resolve_device(device), seed=seed, progress=progress, echo=click.echo)
+    run_demo(out=out, models_dir=models_dir, device=resolve_device(device), seed=seed, progress=progress, echo=click.echo, n=n)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,12 +1,15 @@
 """``robench demo``: the main job on the embedded default data.
 
 Trains the bundled models (softmax and GM on ``mnist-5k``, default settings)
-unless valid bundles already exist, then writes the table of models. Threat
-models and their tables join this job as they are built.
+unless valid bundles already exist, writes the table of models, then runs the
+suite ``OUT/suite.toml`` (both models x semi-white-box, noise and rotation, on a
+seeded subset of the test set, with C&W shortened so it fits a CPU) and writes
+its combined summary. Rerun the suite alone with ``robench suite OUT/suite.toml --out OUT``.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,11 +19,33 @@ import torch
 from robench.bundle import ModelBundle, load_bundle, save_bundle
 from robench.errors import BundleError
 from robench.provenance import atomic_write_text
+from robench.runner import format_summary
+from robench.suite import run_suite
 from robench.train_bundle import train_bundle
 
 DEMO_DATASET = "mnist-5k"
 DEMO_ARCH = "cnn"
 DEMO_DEFENSES = ("softmax", "gm")
+DEMO_N = 200
+DEMO_SUITE = """# Written by robench demo. Paths are relative to this file.
+[defaults]
+n = {n}
+seed = {seed}
+device = "{device}"
+{models}
+[[threat]]
+name = "semi-white-box"
+[threat.set]
+# 5 binary-search steps of 100 Adam steps instead of the default 1,000, so that the demo fits a CPU.
+"C&W.steps" = 100
+"C&W-hc.steps" = 100
+
+[[threat]]
+name = "noise"
+
+[[threat]]
+name = "rotation"
+"""
 
 
 def ensure_model(path: Path, defense: str, seed: int, device: torch.device, progress: bool, echo: Callable[[str], None]) -> ModelBundle:
@@ -57,7 +82,9 @@ def models_table(bundles: dict[str, ModelBundle]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run_demo(out: Path, models_dir: Path, device: torch.device, seed: int, progress: bool, echo: Callable[[str], None]) -> pd.DataFrame:
+def run_demo(
+    out: Path, models_dir: Path, device: torch.device, seed: int, progress: bool, echo: Callable[[str], None], n: int = DEMO_N
+) -> pd.DataFrame:
     bundles = {
         defense: ensure_model(models_dir / f"{defense}.pt", defense, seed, device, progress, echo) for defense in DEMO_DEFENSES
     }
@@ -65,5 +92,12 @@ def run_demo(out: Path, models_dir: Path, device: torch.device, seed: int, progr
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "models.csv", table.to_csv(index=False))
     echo(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    echo(f"wrote {out / 'models.csv'}")
-    return table
+    models = "".join(
+        f'\n[[model]]\nname = "{name}"\npath = "{os.path.relpath(models_dir.resolve() / f"{name}.pt", out.resolve())}"\n' for name in bundles
+    )
+    suite_path = out / "suite.toml"
+    atomic_write_text(suite_path, DEMO_SUITE.format(n=n, seed=seed, device=device.type, models=models))
+    summary = run_suite(suite_path, out, progress=progress, echo=echo)
+    echo(format_summary(summary))
+    echo(f"wrote {out / 'models.csv'}, {suite_path}, {out / 'summary.csv'} and per-pair records under {out}/")
+    return summary
