@@ -228,6 +228,9 @@ class PGD(LinfGradientAttack):
     steps: int = 10
     random_start: bool = True
 
+    # 8/255 is 004's CIFAR budget; on MNIST 004 (Fig. 3, after Madry et al.) uses eps 0.3, step 0.01.
+    family_defaults: ClassVar = {"mnist": {"eps": 0.3, "step": 0.01}}
+
 
 @ATTACKS.register("mim")
 @dataclass(frozen=True)
@@ -241,6 +244,8 @@ class MIM(LinfGradientAttack):
     step: float | None = 2 / 255
     steps: int = 10
     decay: float = 1.0
+
+    family_defaults: ClassVar = {"mnist": {"eps": 0.3, "step": 0.01}}  # as PGD
 
 
 LINF_ATTACKS: tuple[type[LinfGradientAttack], ...] = (FGSM, BIM, ILCM, PGD, MIM)

@@ -36,9 +36,11 @@ device = "{device}"
 [[threat]]
 name = "semi-white-box"
 [threat.set]
-# 5 binary-search steps of 100 Adam steps instead of the default 1,000, so that the demo fits a CPU.
+# 5 binary-search steps of 100 Adam steps (lr 0.1) instead of 1,000 (lr 0.01), so that the demo fits a CPU.
 "C&W.steps" = 100
+"C&W.lr" = 0.1
 "C&W-hc.steps" = 100
+"C&W-hc.lr" = 0.1
 
 [[threat]]
 name = "noise"

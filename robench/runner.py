@@ -101,7 +101,7 @@ def prepare(config: RunConfig) -> tuple[ModelBundle, Dataset, ThreatModel, torch
     if config.attacks:
         threat = threat.only(list(config.attacks))
     for spec in threat.attacks:
-        spec.build()
+        spec.build(data.spec.family)
     return bundle, data, threat, device
 
 
@@ -118,7 +118,7 @@ def run(config: RunConfig, out: Path | None = None, progress: bool = True, echo:
     target = AttackTarget(bundle.model, bundle.defense, Bounds(*bundle.meta.value_range))
     samples = select_samples(len(data.test), config.n, config.seed)
     batches = [samples[i : i + config.batch_size] for i in range(0, len(samples), config.batch_size)]
-    attacks = [(spec, spec.build()) for spec in threat.attacks]
+    attacks = [(spec, spec.build(data.spec.family)) for spec in threat.attacks]
     timings = {spec.label: 0.0 for spec in threat.attacks}
     hwc = float(np.prod(bundle.meta.input_shape))
     parts: list[pd.DataFrame] = []
@@ -177,7 +177,7 @@ def run(config: RunConfig, out: Path | None = None, progress: bool = True, echo:
             "clean_accuracy_at_training": bundle.meta.clean_accuracy,
         },
         "dataset": data.name,
-        "threat": {"name": threat.name, "source": threat.source, "attacks": [spec.config() for spec, _ in attacks]},
+        "threat": {"name": threat.name, "source": threat.source, "attacks": [spec.config(data.spec.family) for spec, _ in attacks]},
         "detectors": {name: {"params": d.params(), "fit": "cached" if reused[name] else "fitted"} for name, d in detectors.items()},
         "samples": len(samples),
         "device": str(device),

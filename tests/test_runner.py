@@ -44,6 +44,9 @@ def test_run_writes_records_summary_and_run_json(bundles, tmp_path):
     assert info["model"]["content_hash"] == result.info["model"]["content_hash"] and len(info["model"]["content_hash"]) == 64
     assert info["config"]["seed"] == 0 and info["versions"]["torch"] and "git_revision" in info
     assert {a["label"] for a in info["threat"]["attacks"]} == {"FGSM", "PGD-10-un"}
+    pgd = next(a for a in info["threat"]["attacks"] if a["label"] == "PGD-10-un")
+    assert pgd["params"]["eps"] == 0.3 and pgd["params"]["step"] == 0.01  # MNIST family defaults (004 Fig. 3)
+    assert records.loc[records["attack"] == "PGD-10-un", "linf"].max() <= 0.3 + 1e-5
 
 
 def test_same_seed_same_records(bundles):
