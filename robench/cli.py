@@ -245,11 +245,12 @@ def _detector_settings(items: tuple[str, ...]) -> dict[str, dict[str, str]]:
 @click.option("--detector-set", "detector_settings", multiple=True, metavar="DETECTOR.PARAM=VALUE")
 @click.option("--dataset", default=None, help="Evaluate on this dataset instead of the bundle's.")
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--sigma", "sigmas", type=float, multiple=True, help="Noise threat: one attack per sigma (repeatable).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def run_command(
     model_path: Path, threat: str, n: int, batch_size: int, seed: int, device: str, out: Path | None,
     settings: tuple[str, ...], attacks: tuple[str, ...], detectors: tuple[str, ...], detector_settings: tuple[str, ...],
-    dataset: str | None, data_root: Path | None, progress: bool,
+    dataset: str | None, data_root: Path | None, sigmas: tuple[float, ...], progress: bool,
 ) -> None:
     """Attack a model under a threat model; write records.parquet, summary.csv and run.json."""
     from robench.runner import RunConfig, format_summary, run
@@ -257,7 +258,7 @@ def run_command(
     config = RunConfig(
         model=model_path, threat=threat, n=n, batch_size=batch_size, seed=seed, device=device,
         settings=_settings(settings, "--set"), attacks=attacks, detectors=detectors or None,
-        detector_settings=_detector_settings(detector_settings), dataset=dataset, data_root=data_root,
+        detector_settings=_detector_settings(detector_settings), dataset=dataset, data_root=data_root, sigmas=sigmas,
     )
     out = out or Path("reports/runs") / f"{model_path.stem}-{threat}"
     result = run(config, out, progress=progress, echo=click.echo)

@@ -34,7 +34,7 @@ from robench.devices import resolve_device
 from robench.errors import ConfigError
 from robench.metrics import summarize
 from robench.provenance import atomic_write_bytes, atomic_write_text, git_revision, package_versions
-from robench.threats import THREATS, ThreatModel
+from robench.threats import THREATS, ThreatModel, noise_threat
 
 CORRUPTIONS = ("gaussian-noise", "rotation")
 
@@ -56,10 +56,13 @@ class RunConfig:
     dataset: str | None = None
     data_root: Path | None = None
     model_name: str | None = None
+    sigmas: tuple[float, ...] = ()  # the noise threat with one attack per sigma
 
     def __post_init__(self) -> None:
         if self.n < 1 or self.batch_size < 1:
             raise ConfigError("--n and --batch-size must be at least 1")
+        if self.sigmas and self.threat != "noise":
+            raise ConfigError(f"--sigma applies to the noise threat, not '{self.threat}'")
 
 
 @dataclass
@@ -97,7 +100,8 @@ def prepare(config: RunConfig) -> tuple[ModelBundle, Dataset, ThreatModel, torch
         )
     if data.num_classes != bundle.meta.num_classes:
         raise ConfigError(f"model has {bundle.meta.num_classes} classes but dataset '{dataset_name}' has {data.num_classes}")
-    threat = THREATS.get(config.threat).with_overrides(config.settings)
+    threat = noise_threat(list(config.sigmas)) if config.sigmas else THREATS.get(config.threat)
+    threat = threat.with_overrides(config.settings)
     if config.attacks:
         threat = threat.only(list(config.attacks))
     for spec in threat.attacks:

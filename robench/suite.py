@@ -11,7 +11,7 @@
 
     [[threat]]
     name = "semi-white-box"
-    attacks = ["FGSM", "BIM"]  # optional subset
+    attacks = ["FGSM", "BIM"]  # optional subset (noise: sigmas = [0.05, 0.1])
     models = ["gm"]            # optional: only these models
     [threat.set]
     "BIM.steps" = 10
@@ -37,7 +37,7 @@ from robench.runner import RunConfig, run
 
 _DEFAULT_KEYS = {"n", "batch_size", "seed", "device", "detectors", "data_root"}
 _MODEL_KEYS = {"name", "path"}
-_THREAT_KEYS = {"name", "set", "attacks", "models", "detectors"}
+_THREAT_KEYS = {"name", "set", "attacks", "models", "detectors", "sigmas"}
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,7 @@ def load_suite(path: Path, overrides: dict[str, Any] | None = None) -> list[Suit
                 threat=threat["name"],
                 settings=dict(threat.get("set", {})),
                 attacks=tuple(threat.get("attacks", ())),
+                sigmas=tuple(float(v) for v in threat.get("sigmas", ())),
                 model_name=model["name"],
                 **settings,
             )

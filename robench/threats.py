@@ -133,4 +133,6 @@ THREATS.register(
 def noise_threat(sigmas: list[float]) -> ThreatModel:
     """The noise threat with one attack per sigma (``--sigma 0.05 --sigma 0.1``)."""
     base = THREATS.get("noise")
+    if any(sigma < 0 for sigma in sigmas):
+        raise ConfigError(f"noise sigmas must be >= 0, got {sigmas}")
     return replace(base, attacks=tuple(AttackSpec(f"noise-{s:g}", "gaussian-noise", {"sigma": s}, "none") for s in sigmas))

@@ -58,6 +58,16 @@ def test_same_seed_same_records(bundles):
     assert not a["sample"].equals(c["sample"])
 
 
+def test_noise_takes_a_list_of_sigmas(bundles):
+    result = run(RunConfig(model=bundles["gm"], threat="noise", n=10, device="cpu", detectors=("max-prob",), sigmas=(0.0, 0.3)), progress=False)
+    assert list(result.summary["attack"]) == ["noise-0", "noise-0.3"]
+    records = result.records
+    assert records.loc[records["attack"] == "noise-0", "l2"].max() == 0.0
+    assert records.loc[records["attack"] == "noise-0.3", "l2"].min() > 0.0
+    with pytest.raises(ConfigError, match="--sigma applies to the noise threat"):
+        RunConfig(model=bundles["gm"], threat="rotation", sigmas=(0.1,))
+
+
 def test_noise_reports_flag_rate_on_noisy_inputs(bundles):
     result = run(RunConfig(model=bundles["gm"], threat="noise", n=20, device="cpu", detectors=("gm-likelihood",)), progress=False)
     row = result.summary.iloc[0]
