@@ -121,13 +121,13 @@ class Attack(Configurable, ABC):
         target.model.eval()
         try:
             x_adv = self.run(target, x.detach(), y, targets, generator).detach()
+            if x_adv.shape != x.shape or not torch.isfinite(x_adv).all():
+                raise RuntimeError(f"attack '{self.name}' returned non-finite or mis-shaped inputs")
+            if not target.bounds.contains(x_adv):
+                raise RuntimeError(f"attack '{self.name}' left the input bounds")
+            predicted = target.predict(x_adv)
         finally:
             target.model.train(was_training)
-        if x_adv.shape != x.shape or not torch.isfinite(x_adv).all():
-            raise RuntimeError(f"attack '{self.name}' returned non-finite or mis-shaped inputs")
-        if not target.bounds.contains(x_adv):
-            raise RuntimeError(f"attack '{self.name}' left the input bounds")
-        predicted = target.predict(x_adv)
         success = predicted == targets if targets is not None else predicted != y
         return AttackResult(x_adv=x_adv, success=success, predicted=predicted)
 

@@ -33,7 +33,7 @@ class GaussianNoise(Attack):
             raise ConfigError(f"gaussian-noise needs sigma >= 0, got {self.sigma}")
 
     def run(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator) -> Tensor:
-        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=generator.device).to(x.device)
         return target.bounds.clip(x + self.sigma * target.bounds.width * noise)
 
 
@@ -76,6 +76,6 @@ class RandomRotation(Attack):
             raise ConfigError(f"rotation needs 0 <= max_degrees <= 180, got {self.max_degrees}")
 
     def run(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator) -> Tensor:
-        angles = (torch.rand(x.shape[0], generator=generator) * 2 - 1) * self.max_degrees
+        angles = (torch.rand(x.shape[0], generator=generator, device=generator.device) * 2 - 1) * self.max_degrees
         fill = target.bounds.low if self.fill is None else self.fill
         return target.bounds.clip(rotate(x, angles, fill))

@@ -1,7 +1,12 @@
 """Pluggable attack objectives: per-sample losses the attacker *minimises*.
 
 - ``ce``: cross-entropy on the test-time logits (the non-adaptive default of
-  FGSM/BIM/PGD/MIM): -CE(Z, y) untargeted, CE(Z, t) targeted.
+  FGSM/BIM/PGD/MIM): CE(Z, t) targeted; untargeted, the numerically stable
+  equivalent of -CE(Z, y), Z_y - logsumexp_{k != y} Z_k. -CE(Z, y) equals
+  -softplus of minus that, so both share the gradient's direction, but -CE's
+  gradient underflows to exactly zero once the softmax saturates (logit gaps of
+  ~100, usual for MMC heads with C_MM = 10), which would freeze sign-gradient
+  attacks and report false robustness.
 - ``margin``: the C&W logit margin (Carlini & Wagner 2017, f_6), clamped at
   -kappa: max(Z_y - max_{i != y} Z_i, -kappa) untargeted,
   max(max_{i != t} Z_i - Z_t, -kappa) targeted. The "other" maximum masks the
@@ -11,13 +16,16 @@
 - ``adaptive`` / ``adaptive-margin``: the defense's own objective (paper 004,
   App. B.4), gradient resp. margin form, see
   :meth:`robench.defenses.Defense.adaptive_objective`; the margin form is
-  clamped at -kappa like ``margin``.
+  clamped at -kappa like ``margin``, and the likelihood term (weight
+  ``likelihood_weight``) is added after the clamp, so the clamp acts on the
+  margin alone (as in C&W-wb's max(margin, -kappa) + c * f_2).
 """
 
 from __future__ import annotations
 
-from torch import Tensor
+import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from robench.defenses.base import best_other_label
 from robench.detectors import Forward
@@ -50,14 +58,24 @@ def objective_value(
     """The per-sample objective ``name`` (one of OBJECTIVES) at ``forward``."""
     if name == "ce":
         if targets is None:
-            return -F.cross_entropy(forward.logits, y, reduction="none")
+            true = forward.logits.gather(1, y[:, None]).squeeze(1)
+            others = forward.logits.scatter(1, y[:, None], float("-inf"))
+            return true - torch.logsumexp(others, dim=1)
         return F.cross_entropy(forward.logits, targets, reduction="none")
     if name == "margin":
         return logit_margin(forward.logits, y, targets, kappa)
-    if name in ("adaptive", "adaptive-margin"):
-        form = "gradient" if name == "adaptive" else "margin"
-        value = target.defense.adaptive_objective(
-            target.model.head, forward.z, y, target=targets, form=form, likelihood_weight=likelihood_weight
+    if name == "adaptive":
+        return target.defense.adaptive_objective(
+            target.model.head, forward.z, y, target=targets, form="gradient", likelihood_weight=likelihood_weight
         )
-        return value.clamp_min(-kappa) if form == "margin" else value
+    if name == "adaptive-margin":
+        head, defense = target.model.head, target.defense
+        margin = defense.adaptive_objective(head, forward.z, y, target=targets, form="margin").clamp_min(-kappa)
+        if not likelihood_weight:
+            return margin
+        wanted = best_other_label(forward.logits, y) if targets is None else targets
+        term = defense.likelihood_term(head, forward.z, wanted)
+        if term is None:
+            raise ConfigError(f"defense '{defense.name}' has no likelihood term to add")
+        return margin + likelihood_weight * term
     raise ConfigError(f"unknown objective '{name}' (use one of {', '.join(OBJECTIVES)})")

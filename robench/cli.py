@@ -205,15 +205,10 @@ def detect(
     torch_device = resolve_device(device)
     bundle = load_bundle(model_path, device=torch_device)
     data = load_dataset(bundle.meta.dataset, data_root=data_root, split_seed=bundle.meta.split_seed)
-    overrides: dict[str, dict[str, str]] = {}
-    for key, value in parse_assignments(settings, "--set").items():
-        detector, dot, param = key.partition(".")
-        if not dot:
-            raise ConfigError(f"--set '{key}={value}' must name DETECTOR.PARAM")
-        overrides.setdefault(detector, {})[param] = value
+    overrides = _detector_settings(settings, "--set")
     names = applicable_detectors(bundle, detector_names)
     detectors = build_detectors(names, data.spec.family, overrides)
-    table = calibrate(bundle, detectors, data.train, data.test, torch_device, fpr, use_cache=cache)
+    table = calibrate(bundle, detectors, data.train, data.test, torch_device, fpr, use_cache=cache, train_name=f"{data.name}:{data.split_seed}")
     click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
 
@@ -221,12 +216,13 @@ def _settings(items: tuple[str, ...], option: str) -> dict[str, str]:
     return parse_assignments(items, option)
 
 
-def _detector_settings(items: tuple[str, ...]) -> dict[str, dict[str, str]]:
+def _detector_settings(items: tuple[str, ...], option: str = "--detector-set") -> dict[str, dict[str, str]]:
+    """``("kd.bandwidth=1",)`` -> ``{"kd": {"bandwidth": "1"}}``."""
     nested: dict[str, dict[str, str]] = {}
-    for key, value in parse_assignments(items, "--detector-set").items():
+    for key, value in parse_assignments(items, option).items():
         detector, dot, param = key.partition(".")
         if not dot:
-            raise ConfigError(f"--detector-set '{key}={value}' must name DETECTOR.PARAM")
+            raise ConfigError(f"{option} '{key}={value}' must name DETECTOR.PARAM")
         nested.setdefault(detector, {})[param] = value
     return nested
 
@@ -309,6 +305,11 @@ def main(argv: list[str] | None = None) -> None:
         hint = f" (see '{ctx.command_path if ctx else 'robench'} --help')" if isinstance(exc, click.UsageError) else ""
         _echo_err(f"robench: error: {exc.format_message()}{hint}")
         code = exc.exit_code
+    except OSError as exc:  # unwritable --out, a folder where a file was expected, a full disk, ...
+        if debug:
+            raise
+        _echo_err(f"robench: error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}")
+        code = 1
     except (click.exceptions.Abort, KeyboardInterrupt):
         _echo_err("robench: interrupted")
         code = 130

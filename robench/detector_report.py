@@ -56,22 +56,31 @@ def clean_scores(bundle: ModelBundle, detector: Detector, split: Split, device: 
 
 
 def calibrate(
-    bundle: ModelBundle, detectors: Mapping[str, Detector], train: Split, test: Split, device: torch.device, fpr: float, use_cache: bool = True
+    bundle: ModelBundle,
+    detectors: Mapping[str, Detector],
+    train: Split,
+    test: Split,
+    device: torch.device,
+    fpr: float,
+    use_cache: bool = True,
+    train_name: str | None = None,
 ) -> pd.DataFrame:
     """One row per detector: whether its fit was reused, its threshold at ``fpr``, and the held-out FPR it gives."""
-    half = len(test) // 2
+    # A seeded permutation, because the splits are ordered by class and scores depend on the class.
+    order = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))
+    calibration, heldout = order[: len(test) // 2], order[len(test) // 2 :]
     rows = []
     for name, detector in detectors.items():
-        reused = fit_or_load(detector, bundle, train, device, use_cache=use_cache)
+        reused = fit_or_load(detector, bundle, train, device, use_cache=use_cache, train_name=train_name)
         scores = clean_scores(bundle, detector, test, device)
-        threshold = threshold_at_fpr(scores[:half], fpr)
+        threshold = threshold_at_fpr(scores[calibration], fpr)
         rows.append(
             {
                 "detector": name,
                 "fit": "cached" if reused else ("fitted" if detector.needs_fit else "none needed"),
                 "threshold": threshold,
                 "target_fpr": fpr,
-                "heldout_fpr": float(flagged(scores[half:], threshold).float().mean()),
+                "heldout_fpr": float(flagged(scores[heldout], threshold).float().mean()),
                 "clean_score_median": float(scores.median()),
             }
         )

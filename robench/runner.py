@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,9 +35,6 @@ from robench.errors import ConfigError
 from robench.metrics import summarize
 from robench.provenance import atomic_write_bytes, atomic_write_text, git_revision, package_versions
 from robench.threats import THREATS, ThreatModel, noise_threat
-
-CORRUPTIONS = ("gaussian-noise", "rotation")
-
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -88,7 +85,16 @@ def _scores(detectors: Mapping[str, Detector], bundle: ModelBundle, forward: For
         return {name: d.score(bundle.model, bundle.defense, forward).float().cpu().numpy() for name, d in detectors.items()}
 
 
-def prepare(config: RunConfig) -> tuple[ModelBundle, Dataset, ThreatModel, torch.device]:
+@dataclass
+class Prepared:
+    bundle: ModelBundle
+    data: Dataset
+    threat: ThreatModel
+    device: torch.device
+    detectors: dict[str, Detector]
+
+
+def prepare(config: RunConfig) -> Prepared:
     """Load and validate everything before any attack runs (bad input fails fast, in one line)."""
     device = resolve_device(config.device)
     bundle = load_bundle(config.model, device=device)
@@ -106,18 +112,24 @@ def prepare(config: RunConfig) -> tuple[ModelBundle, Dataset, ThreatModel, torch
         threat = threat.only(list(config.attacks))
     for spec in threat.attacks:
         spec.build(data.spec.family)
-    return bundle, data, threat, device
+    names = applicable_detectors(bundle, config.detectors)
+    if "kd+bu" in names:
+        raise ConfigError("detector 'kd+bu' needs adversarial examples to fit its combiner; the runner does not fit it yet")
+    detectors = build_detectors(names, data.spec.family, config.detector_settings)
+    for detector in detectors.values():
+        detector.check_applicable(bundle.model, bundle.defense)
+    return Prepared(bundle, data, threat, device, detectors)
 
 
 def run(config: RunConfig, out: Path | None = None, progress: bool = True, echo: Callable[[str], None] = print) -> RunResult:
     """Attack the model under the threat model and return (and, with ``out``, write) records and summary."""
     started = time.perf_counter()
-    bundle, data, threat, device = prepare(config)
+    prepared = prepare(config)
+    bundle, data, threat, device, detectors = prepared.bundle, prepared.data, prepared.threat, prepared.device, prepared.detectors
     model_name = config.model_name or Path(config.model).stem
-    names = applicable_detectors(bundle, config.detectors)
-    detectors = build_detectors(names, data.spec.family, config.detector_settings)
     fit_seconds = time.perf_counter()
-    reused = {name: fit_or_load(d, bundle, data.train, device) for name, d in detectors.items()}
+    train_name = f"{data.name}:{data.split_seed}"
+    reused = {name: fit_or_load(d, bundle, data.train, device, train_name=train_name) for name, d in detectors.items()}
     fit_seconds = time.perf_counter() - fit_seconds
     target = AttackTarget(bundle.model, bundle.defense, Bounds(*bundle.meta.value_range))
     samples = select_samples(len(data.test), config.n, config.seed)
@@ -149,7 +161,7 @@ def run(config: RunConfig, out: Path | None = None, progress: bool = True, echo:
                 "model": model_name,
                 "threat": threat.name,
                 "attack": spec.label,
-                "corruption": spec.attack in CORRUPTIONS,
+                "corruption": attack.norm == "none",
                 "sample": index.numpy(),
                 "label": y.cpu().numpy(),
                 "target": targets.cpu().numpy() if targets is not None else np.full(len(index), -1),

@@ -78,23 +78,33 @@ def load_suite(path: Path, overrides: dict[str, Any] | None = None) -> list[Suit
         raise ConfigError(f"{path}: model names must be unique")
     valid = {f.name for f in fields(RunConfig)}
     pairs = []
+    seen: set[tuple[str, str]] = set()
     for threat in threats:
         _check_keys(threat, _THREAT_KEYS, f"{path} [[threat]]")
         if "name" not in threat:
             raise ConfigError(f"{path}: every [[threat]] needs a name")
+        for key in ("attacks", "models", "detectors", "sigmas"):
+            if key in threat and not isinstance(threat[key], list):
+                raise ConfigError(f"{path}: threat '{threat['name']}': '{key}' must be a list, e.g. {key} = [\"...\"]")
         only = threat.get("models", names)
         for unknown in set(only) - set(names):
             raise ConfigError(f"{path}: threat '{threat['name']}' names unknown model '{unknown}'{did_you_mean(unknown, names)}")
         for model in models:
             if model["name"] not in only:
                 continue
+            if (model["name"], threat["name"]) in seen:
+                raise ConfigError(f"{path}: model '{model['name']}' meets threat '{threat['name']}' twice; their outputs would overwrite each other")
+            seen.add((model["name"], threat["name"]))
             settings = {k: v for k, v in defaults.items() if k in valid}
             if "detectors" in threat:
                 settings["detectors"] = threat["detectors"]
             if settings.get("detectors") is not None:
                 settings["detectors"] = tuple(settings["detectors"])
             if settings.get("data_root") is not None:
-                settings["data_root"] = Path(settings["data_root"])
+                settings["data_root"] = path.parent / settings["data_root"]  # relative to the suite file, like models
+            for key in ("n", "batch_size", "seed"):
+                if key in settings and (not isinstance(settings[key], int) or isinstance(settings[key], bool)):
+                    raise ConfigError(f"{path}: '{key}' must be an integer, got {settings[key]!r}")
             config = RunConfig(
                 model=(path.parent / model["path"]),
                 threat=threat["name"],

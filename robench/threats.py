@@ -13,11 +13,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from robench.attacks.base import ATTACKS, Attack
+from robench.attacks.targets import TARGET_MODES
 from robench.config import replace_fields
 from robench.errors import ConfigError
 from robench.registry import Registry, did_you_mean
 
-TARGET_MODES = ("none", "random", "least-likely")
 
 
 @dataclass(frozen=True)
@@ -58,19 +58,22 @@ class ThreatModel:
     def with_overrides(self, overrides: Mapping[str, Any]) -> ThreatModel:
         """Apply ``{"LABEL.PARAM": value}`` (and ``LABEL.target_mode``); unknown labels or params get did-you-mean errors."""
         specs = {a.label: a for a in self.attacks}
+        collected: dict[str, dict[str, Any]] = {}
         for key, value in overrides.items():
             label, dot, param = key.rpartition(".")
             if not dot or not label:
                 raise ConfigError(f"setting '{key}' must be ATTACK.PARAM (attacks of '{self.name}': {', '.join(specs)})")
             if label not in specs:
                 raise ConfigError(f"threat '{self.name}' has no attack '{label}'{did_you_mean(label, list(specs))}; its attacks: {', '.join(specs)}")
-            spec = specs[label]
             if param == "target_mode":
-                specs[label] = replace(spec, target_mode=str(value))
+                specs[label] = replace(specs[label], target_mode=str(value))
             else:
-                params = {**spec.params, param: value}
-                replace_fields(ATTACKS.get(spec.attack)(), params, f"attack '{label}'")  # validate now
-                specs[label] = replace(spec, params=params)
+                collected.setdefault(label, {})[param] = value
+        for label, params in collected.items():  # validated together: one setting may depend on another
+            spec = specs[label]
+            merged = {**spec.params, **params}
+            replace_fields(ATTACKS.get(spec.attack)(), merged, f"attack '{label}'")
+            specs[label] = replace(spec, params=merged)
         return replace(self, attacks=tuple(specs[a.label] for a in self.attacks))
 
     def only(self, labels: list[str]) -> ThreatModel:

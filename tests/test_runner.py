@@ -146,3 +146,34 @@ name = "rotation"
     code, _, err = run_cli(capsys, "suite", str(bad), "--out", str(tmp_path / "bad-out"))
     assert_one_line_error(code, err, "did you mean 'noise'")
     assert not (tmp_path / "bad-out").exists()
+
+
+def test_settings_are_validated_together_whatever_their_order():
+    from robench.threats import THREATS
+
+    threat = THREATS.get("semi-white-box")
+    for order in (["C&W.likelihood_weight", "C&W.objective"], ["C&W.objective", "C&W.likelihood_weight"]):
+        values = {"C&W.likelihood_weight": "1", "C&W.objective": "adaptive-margin"}
+        updated = threat.with_overrides({key: values[key] for key in order})
+        cw = next(a for a in updated.attacks if a.label == "C&W").build("mnist")
+        assert cw.objective == "adaptive-margin" and cw.likelihood_weight == 1.0
+
+
+def test_kd_bu_is_refused_before_any_fit(bundles):
+    with pytest.raises(ConfigError, match="kd\\+bu"):
+        run(RunConfig(model=bundles["gm"], threat="noise", n=4, device="cpu", detectors=("kd+bu",)), progress=False)
+    assert not (bundles["gm"].parent / "gm.pt.detectors").exists()
+
+
+def test_suite_refuses_a_pair_twice_and_non_list_fields(bundles, tmp_path):
+    from robench.suite import load_suite
+
+    base = '[[model]]\nname = "gm"\npath = "gm.pt"\n'
+    twice = tmp_path / "twice.toml"
+    twice.write_text(base + '[[threat]]\nname = "noise"\n[[threat]]\nname = "noise"\n')
+    with pytest.raises(ConfigError, match="twice"):
+        load_suite(twice)
+    scalar = tmp_path / "scalar.toml"
+    scalar.write_text(base + '[[threat]]\nname = "semi-white-box"\nattacks = "FGSM"\n')
+    with pytest.raises(ConfigError, match="must be a list"):
+        load_suite(scalar)

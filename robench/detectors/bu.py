@@ -35,8 +35,9 @@ def mc_dropout_uncertainty(model: Classifier, x: Tensor, passes: int, seed: int)
     """U(x) from ``passes`` dropout samples; batched over x, one loop over passes."""
     layers = dropout_layers(model)
     devices = [x.device] if x.device.type == "cuda" else []
-    was = [m.training for m in layers]
+    was_training = model.training
     try:
+        model.eval()  # batch norm and everything else in eval mode; only dropout samples
         for m in layers:
             m.train()
         with torch.random.fork_rng(devices=devices):
@@ -48,8 +49,7 @@ def mc_dropout_uncertainty(model: Classifier, x: Tensor, passes: int, seed: int)
                 first = first + (p * p).sum(1)
                 mean = p if mean is None else mean + p
     finally:
-        for m, w in zip(layers, was):
-            m.train(w)
+        model.train(was_training)
     mean = mean / passes
     return first / passes - (mean * mean).sum(1)
 

@@ -49,13 +49,21 @@ def _read(path: Path, key: str) -> dict[str, torch.Tensor] | None:
 
 
 def fit_or_load(
-    detector: Detector, bundle: ModelBundle, train: Split, device: torch.device, use_cache: bool = True
+    detector: Detector,
+    bundle: ModelBundle,
+    train: Split,
+    device: torch.device,
+    use_cache: bool = True,
+    train_name: str | None = None,
 ) -> bool:
-    """Make ``detector`` ready for ``bundle``: load its cached fit or fit it (and cache it). Returns True if reused."""
+    """Make ``detector`` ready for ``bundle``: load its cached fit or fit it (and cache it). Returns True if reused.
+
+    ``train_name`` names the training data actually used ("DATASET:SPLIT_SEED"); by default the bundle's own.
+    """
     detector.check_applicable(bundle.model, bundle.defense)
     if not detector.needs_fit:
         return False
-    key = cache_key(detector, bundle.content_hash, bundle.meta.dataset, bundle.meta.split_seed)
+    key = cache_key(detector, bundle.content_hash, train_name or bundle.meta.dataset, bundle.meta.split_seed)
     path = cache_path(bundle.path, detector, key) if (use_cache and bundle.path is not None) else None
     if path is not None and path.exists():
         state = _read(path, key)
@@ -66,5 +74,8 @@ def fit_or_load(
     if path is not None:
         buffer = io.BytesIO()
         torch.save({"format": CACHE_FORMAT, "key": key, "state": detector.fitted_state()}, buffer)
-        atomic_write_bytes(path, buffer.getvalue())
+        try:
+            atomic_write_bytes(path, buffer.getvalue())
+        except OSError as exc:  # a read-only model folder must not cost the fit
+            warnings.warn(f"could not cache detector '{detector.name}' at {path}: {exc}", stacklevel=2)
     return False

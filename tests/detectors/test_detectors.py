@@ -170,3 +170,13 @@ def test_every_detector_scores_a_gm_model_with_dropout(name):
     score = detector.score(model, defense, forward)
     assert score.shape == (7,) and torch.isfinite(score).all()
     assert detector.higher_is_clean
+
+
+def test_cache_key_names_the_training_data_actually_used(tmp_path):
+    model, meta = make_tiny("gm")
+    save_bundle(tmp_path / "gm.pt", model, meta)
+    bundle = load_bundle(tmp_path / "gm.pt")
+    cpu = torch.device("cpu")
+    assert fit_or_load(KernelDensityDetector(), bundle, tiny_split(), cpu, train_name="mnist-5k:0") is False
+    assert fit_or_load(KernelDensityDetector(), bundle, tiny_split(seed=1), cpu, train_name="other:0") is False
+    assert fit_or_load(KernelDensityDetector(), bundle, tiny_split(), cpu, train_name="mnist-5k:0") is True
