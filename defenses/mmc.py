@@ -44,7 +44,7 @@ class MMCDefense(Defense):
 
     def __post_init__(self) -> None:
         if not self.c_mm > 0:
-            raise ConfigError(f"mmc needs c_mm > 0, got c_mm={self.c_mm}")
+            raise ConfigError(f"{self.name} needs c_mm > 0, got c_mm={self.c_mm}")
 
     def make_head(self, feature_dim: int, num_classes: int) -> nn.Module:
         return MMHead(feature_dim, num_classes, self.c_mm)

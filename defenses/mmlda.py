@@ -25,27 +25,20 @@ from typing import ClassVar
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robench.defenses.base import DEFENSES, Defense, LossTerms, mean_terms
-from robench.defenses.mm_centers import MMHead
-from robench.errors import ConfigError
+from robench.defenses.base import DEFENSES, LossTerms, mean_terms
+from robench.defenses.mmc import MMCDefense
 
 
 @DEFENSES.register("mmlda")
 @dataclass(frozen=True)
-class MMLDADefense(Defense):
-    """Softmax cross-entropy on the quadratic logits of fixed MM centres (paper 004, Eq. 10)."""
+class MMLDADefense(MMCDefense):
+    """Softmax cross-entropy on the quadratic logits of fixed MM centres (paper 004, Eq. 10).
 
-    c_mm: float = 10.0
+    Shares MMC's head, centres, ``c_mm`` and Gaussian likelihood; only the loss differs.
+    """
 
     name: ClassVar[str] = "mmlda"
     description: ClassVar[str] = "Max-Mahalanobis LDA: cross-entropy on fixed MM centres (Pang et al., ICML 2018; paper 004 Eq. 10)"
-
-    def __post_init__(self) -> None:
-        if not self.c_mm > 0:
-            raise ConfigError(f"mmlda needs c_mm > 0, got c_mm={self.c_mm}")
-
-    def make_head(self, feature_dim: int, num_classes: int) -> nn.Module:
-        return MMHead(feature_dim, num_classes, self.c_mm)
 
     def loss(self, head: nn.Module, z: Tensor, y: Tensor) -> LossTerms:
         """Eq. 10, batch mean."""
@@ -54,13 +47,3 @@ class MMLDADefense(Defense):
     def attack_loss(self, head: nn.Module, z: Tensor, labels: Tensor) -> Tensor:
         """Eq. 10 per sample: cross-entropy on the logits -||z - mu*_k||^2 / 2."""
         return F.cross_entropy(head(z), labels, reduction="none")
-
-    def likelihood_term(self, head: nn.Module, z: Tensor, labels: Tensor) -> Tensor:
-        """||z - mu*_label||^2 / 2, i.e. -log N(z; mu*_label, I) up to a constant."""
-        assert isinstance(head, MMHead)
-        return head.half_sq_distance_to(z, labels)
-
-    def class_log_likelihood(self, head: nn.Module, z: Tensor) -> Tensor:
-        """log N(z; mu*_k, I), the MMD class conditionals."""
-        assert isinstance(head, MMHead)
-        return head.log_likelihood(z)
