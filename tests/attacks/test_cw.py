@@ -191,7 +191,9 @@ def test_other_bounds_give_the_shifted_result_inside_them(trained_tiny, float64)
     centred = attack(AttackTarget(centred_model, defense, Bounds(-0.5, 0.5)), x - 0.5, y, generator=torch.Generator())
     assert centred.x_adv.min() >= -0.5 and centred.x_adv.max() <= 0.5
     assert torch.equal(centred.success, unit.success) and unit.success.all()
-    assert (centred.x_adv + 0.5 - unit.x_adv).abs().max() < 1e-6
+    # Equal up to float rounding, which 60 Adam steps amplify and which depends on the thread count
+    # (seen: 2e-3 with 2 threads); an attack hard-coding [0, 1] would be off by 0.5.
+    assert (centred.x_adv + 0.5 - unit.x_adv).abs().max() < 2e-2
     # a wider range than the data's: the output stays inside it and uses it
     wide = attack(AttackTarget(model, defense, Bounds(-1.0, 2.0)), x, y, generator=torch.Generator())
     assert wide.x_adv.min() >= -1.0 and wide.x_adv.max() <= 2.0
