@@ -89,6 +89,7 @@ class AttackResult:
     x_adv: Tensor
     success: Tensor
     predicted: Tensor
+    forward: Forward  # the model's eval-mode pass on x_adv (no graph), reused for detector scores
 
 
 @dataclass(frozen=True)
@@ -125,11 +126,13 @@ class Attack(Configurable, ABC):
                 raise RuntimeError(f"attack '{self.name}' returned non-finite or mis-shaped inputs")
             if not target.bounds.contains(x_adv):
                 raise RuntimeError(f"attack '{self.name}' left the input bounds")
-            predicted = target.predict(x_adv)
+            with torch.no_grad():
+                forward = target.forward(x_adv)
         finally:
             target.model.train(was_training)
+        predicted = forward.predicted
         success = predicted == targets if targets is not None else predicted != y
-        return AttackResult(x_adv=x_adv, success=success, predicted=predicted)
+        return AttackResult(x_adv=x_adv, success=success, predicted=predicted, forward=forward)
 
     @abstractmethod
     def run(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator) -> Tensor:

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import torch
 
+from robench.detectors.base import threshold_at_fpr
 from robench.registry import Registry
 
 FLAG_FPR = 0.05
@@ -86,11 +88,10 @@ def auc_roc(records: pd.DataFrame, detector: str) -> float:
 def flagged_rate(records: pd.DataFrame, detector: str, corruption: bool, fpr: float = FLAG_FPR) -> float:
     """Fraction of attacked inputs below the threshold that flags ``fpr`` of all evaluated clean inputs."""
     clean = records[f"score_clean:{detector}"].to_numpy(dtype=float)
-    clean = np.sort(clean[np.isfinite(clean)])
+    clean = clean[np.isfinite(clean)]
     if len(clean) == 0:
         return float("nan")
-    k = int(np.floor(fpr * len(clean)))
-    threshold = np.inf if k >= len(clean) else clean[k]
+    threshold = threshold_at_fpr(torch.from_numpy(clean), fpr)
     attacked = records if corruption else _clean_correct(records)
     attacked = attacked if corruption else attacked[attacked["success"]]
     scores = attacked[f"score_adv:{detector}"].to_numpy(dtype=float)

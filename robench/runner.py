@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from robench.attacks.base import AttackTarget, Bounds
+from robench.attacks.base import Attack, AttackTarget, Bounds
 from robench.attacks.targets import choose_targets
 from robench.bundle import ModelBundle, load_bundle
 from robench.data import Dataset, load_dataset
@@ -34,7 +34,7 @@ from robench.devices import resolve_device
 from robench.errors import ConfigError
 from robench.metrics import summarize
 from robench.provenance import atomic_write_bytes, atomic_write_text, git_revision, package_versions
-from robench.threats import THREATS, ThreatModel, noise_threat
+from robench.threats import THREATS, AttackSpec, ThreatModel, noise_threat
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -92,6 +92,7 @@ class Prepared:
     threat: ThreatModel
     device: torch.device
     detectors: dict[str, Detector]
+    attacks: list[tuple[AttackSpec, Attack]]
 
 
 def prepare(config: RunConfig) -> Prepared:
@@ -110,15 +111,14 @@ def prepare(config: RunConfig) -> Prepared:
     threat = threat.with_overrides(config.settings)
     if config.attacks:
         threat = threat.only(list(config.attacks))
-    for spec in threat.attacks:
-        spec.build(data.spec.family)
+    attacks = [(spec, spec.build(data.spec.family)) for spec in threat.attacks]
     names = applicable_detectors(bundle, config.detectors)
     if "kd+bu" in names:
         raise ConfigError("detector 'kd+bu' needs adversarial examples to fit its combiner; the runner does not fit it yet")
     detectors = build_detectors(names, data.spec.family, config.detector_settings)
     for detector in detectors.values():
         detector.check_applicable(bundle.model, bundle.defense)
-    return Prepared(bundle, data, threat, device, detectors)
+    return Prepared(bundle, data, threat, device, detectors, attacks)
 
 
 def run(config: RunConfig, out: Path | None = None, progress: bool = True, echo: Callable[[str], None] = print) -> RunResult:
@@ -134,7 +134,7 @@ def run(config: RunConfig, out: Path | None = None, progress: bool = True, echo:
     target = AttackTarget(bundle.model, bundle.defense, Bounds(*bundle.meta.value_range))
     samples = select_samples(len(data.test), config.n, config.seed)
     batches = [samples[i : i + config.batch_size] for i in range(0, len(samples), config.batch_size)]
-    attacks = [(spec, spec.build(data.spec.family)) for spec in threat.attacks]
+    attacks = prepared.attacks
     timings = {spec.label: 0.0 for spec in threat.attacks}
     hwc = float(np.prod(bundle.meta.input_shape))
     parts: list[pd.DataFrame] = []
@@ -152,9 +152,7 @@ def run(config: RunConfig, out: Path | None = None, progress: bool = True, echo:
             targets = choose_targets(spec.target_mode, clean_forward.logits, y, generator)
             result = attack(target, x, y, targets, generator=generator)
             timings[spec.label] += time.perf_counter() - tic
-            with torch.no_grad():
-                adv_forward = Forward.of(bundle.model, result.x_adv)
-            adv_scores = _scores(detectors, bundle, adv_forward)
+            adv_scores = _scores(detectors, bundle, result.forward)
             delta = (result.x_adv - x).flatten(1).double()
             l2 = delta.norm(dim=1).cpu().numpy()
             part = {
