@@ -64,6 +64,8 @@ class AttackTarget:
     defense: Defense
     bounds: Bounds
     detector: Detector | None = None
+    # The -log KD level eta a white-box attack on a kernel-density detector must reach (C&W-wb, paper 001 Sec. 4.4.2).
+    detector_eta: float | None = None
 
     def forward(self, x: Tensor) -> Forward:
         return Forward.of(self.model, x)

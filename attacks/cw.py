@@ -180,9 +180,13 @@ class CarliniWagnerL2(Attack):
         low, width = target.bounds.low, target.bounds.width
         best_l2 = torch.full((n,), math.inf, dtype=x.dtype, device=device)
 
+        context = self._context(target, x, y, targets)
         with torch.no_grad():
             forward = target.forward(x)
             already = self._reached(target, forward, y, targets, self._margin(target, forward, y, targets))
+            penalty = self._penalty(target, forward, targets, context)
+            if penalty is not None:
+                already &= penalty <= 0
         best_l2[already] = 0.0
         w_start = torch.atanh(((x - low) / width * 2.0 - 1.0).clamp(-_ATANH_LIMIT, _ATANH_LIMIT))
 
@@ -214,14 +218,17 @@ class CarliniWagnerL2(Attack):
                 y_i = y[idx]
                 t_i = None if targets is None else targets[idx]
                 value = objective_value(self.objective, target, forward, y_i, t_i, self.kappa, self.likelihood_weight)
+                penalty = self._penalty(target, forward, t_i, None if context is None else context[idx])
                 sq_dist = (x_i - x[idx]).flatten(1).square().sum(1)
-                loss = sq_dist + c[idx] * value
+                loss = sq_dist + c[idx] * (value if penalty is None else value + penalty)
                 (grad,) = torch.autograd.grad(loss.sum(), w_i)
 
                 with torch.no_grad():
                     detached = Forward(x=x_i.detach(), z=forward.z.detach(), logits=forward.logits.detach())
                     margin = value.detach() if not self.likelihood_weight else self._margin(target, detached, y_i, t_i)
                     success = self._reached(target, detached, y_i, t_i, margin)
+                    if penalty is not None:
+                        success &= penalty.detach() <= 0
                     dist = sq_dist.detach().sqrt()
                     found[idx[success]] = True
                     better = success & (dist < best_l2[idx])
@@ -258,6 +265,17 @@ class CarliniWagnerL2(Attack):
     def _to_input(w: Tensor, low: float, width: float, target: AttackTarget) -> Tensor:
         # mathematically inside the bounds; the clip only absorbs float rounding (it passes gradients at the bound)
         return target.bounds.clip(low + width * (torch.tanh(w) + 1.0) / 2.0)
+
+    def _context(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None) -> Tensor | None:
+        """Per-sample constants a subclass's penalty needs (computed once per batch); None here."""
+        return None
+
+    def _penalty(self, target: AttackTarget, forward: Forward, targets: Tensor | None, context: Tensor | None) -> Tensor | None:
+        """An extra per-sample term f_2 >= 0 added to the objective (weighted by c); success needs f_2 = 0.
+
+        None here; C&W-wb (``cw-wb``) adds the kernel-density term of paper 001 Sec. 4.4.2.
+        """
+        return None
 
     def _margin(self, target: AttackTarget, forward: Forward, y: Tensor, targets: Tensor | None) -> Tensor:
         """The margin objective without the likelihood term, clamped at -kappa."""

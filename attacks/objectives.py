@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robench.defenses.base import best_other_label
+from robench.defenses.base import best_other_label, stable_negative_cross_entropy
 from robench.detectors import Forward
 from robench.errors import ConfigError
 
@@ -58,9 +58,7 @@ def objective_value(
     """The per-sample objective ``name`` (one of OBJECTIVES) at ``forward``."""
     if name == "ce":
         if targets is None:
-            true = forward.logits.gather(1, y[:, None]).squeeze(1)
-            others = forward.logits.scatter(1, y[:, None], float("-inf"))
-            return true - torch.logsumexp(others, dim=1)
+            return stable_negative_cross_entropy(forward.logits, y)
         return F.cross_entropy(forward.logits, targets, reduction="none")
     if name == "margin":
         return logit_margin(forward.logits, y, targets, kappa)

@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+import torch
 from torch import Tensor, nn
 
 from robench.config import Configurable
@@ -65,6 +66,10 @@ class Defense(Configurable, ABC):
     kind: ClassVar[str] = "defense"
     # Training settings this defense needs per family (e.g. a lower lr), applied before the user's overrides.
     train_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    # True when ``attack_loss`` is cross-entropy on ``head(z)``: the untargeted gradient form then uses
+    # the stable Z_y - logsumexp_{k != y} Z_k instead of -CE, whose gradient underflows to 0 once the
+    # softmax saturates (it has the same sign; see ``robench.attacks.objectives``).
+    attack_loss_is_cross_entropy: ClassVar[bool] = False
 
     @abstractmethod
     def make_head(self, feature_dim: int, num_classes: int) -> nn.Module:
@@ -104,7 +109,12 @@ class Defense(Configurable, ABC):
         label the attacker wants (``target``, or y~ for untargeted margin attacks).
         """
         if form == "gradient":
-            objective = -self.attack_loss(head, z, y) if target is None else self.attack_loss(head, z, target)
+            if target is not None:
+                objective = self.attack_loss(head, z, target)
+            elif self.attack_loss_is_cross_entropy:
+                objective = stable_negative_cross_entropy(head(z), y)
+            else:
+                objective = -self.attack_loss(head, z, y)
             wanted = target
         elif form == "margin":
             wanted = best_other_label(head(z), y) if target is None else target
@@ -121,6 +131,14 @@ class Defense(Configurable, ABC):
         return objective
 
 
+def stable_negative_cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
+    """Z_y - logsumexp_{k != y} Z_k: decreasing in -CE(Z, y) (-CE = -softplus(-this)), so minimising it
+    is minimising -CE, but its gradient does not underflow when the softmax saturates."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.scatter(1, y[:, None], float("-inf"))
+    return true - torch.logsumexp(others, dim=1)
+
+
 def mean_terms(per_sample: Tensor, name: str) -> LossTerms:
     """LossTerms for a loss that is the batch mean of a per-sample loss."""
     total = per_sample.mean()
@@ -129,4 +147,4 @@ def mean_terms(per_sample: Tensor, name: str) -> LossTerms:
 
 DEFENSES: Registry[type[Defense]] = Registry("defense")
 
-__all__ = ["DEFENSES", "Defense", "LossTerms", "ObjectiveForm", "best_other_label", "mean_terms"]
+__all__ = ["DEFENSES", "Defense", "LossTerms", "ObjectiveForm", "best_other_label", "mean_terms", "stable_negative_cross_entropy"]

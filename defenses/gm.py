@@ -72,6 +72,7 @@ class GMDefense(Defense):
 
     name: ClassVar[str] = "gm"
     description: ClassVar[str] = "large-margin Gaussian-mixture loss (Wan et al., TPAMI; paper 001)"
+    attack_loss_is_cross_entropy: ClassVar[bool] = True
     family_defaults: ClassVar = {
         "mnist": {"alpha": 1.0},
         "cifar10": {"alpha": 0.3},

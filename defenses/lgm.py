@@ -88,6 +88,7 @@ class LGMDefense(Defense):
 
     name: ClassVar[str] = "lgm"
     description: ClassVar[str] = "large-margin Gaussian-mixture loss with diagonal covariances (Wan et al., CVPR 2018; paper 002)"
+    attack_loss_is_cross_entropy: ClassVar[bool] = True
     family_defaults: ClassVar = {
         "mnist": {"alpha": 1.0},
         "cifar10": {"alpha": 0.3},

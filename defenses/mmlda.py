@@ -39,6 +39,7 @@ class MMLDADefense(MMCDefense):
 
     name: ClassVar[str] = "mmlda"
     description: ClassVar[str] = "Max-Mahalanobis LDA: cross-entropy on fixed MM centres (Pang et al., ICML 2018; paper 004 Eq. 10)"
+    attack_loss_is_cross_entropy: ClassVar[bool] = True
 
     def loss(self, head: nn.Module, z: Tensor, y: Tensor) -> LossTerms:
         """Eq. 10, batch mean."""

@@ -16,6 +16,7 @@ from robench.defenses.base import DEFENSES, Defense, mean_terms
 class SoftmaxDefense(Defense):
     name: ClassVar[str] = "softmax"
     description: ClassVar[str] = "linear head trained with softmax cross-entropy (the baseline)"
+    attack_loss_is_cross_entropy: ClassVar[bool] = True
 
     def make_head(self, feature_dim: int, num_classes: int) -> nn.Module:
         return nn.Linear(feature_dim, num_classes)

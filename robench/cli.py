@@ -229,7 +229,8 @@ def _detector_settings(items: tuple[str, ...], option: str = "--detector-set") -
 
 @cli.command(name="run")
 @click.option("--model", "model_path", type=click.Path(path_type=Path), required=True, help="Checkpoint bundle to attack.")
-@click.option("--threat", required=True, help="Threat model (see 'robench list threats').")
+@click.option("--threat", required=True, help="Threat model (see 'robench list threats'), or 'all' for every one that applies.")
+@click.option("--substitute", "substitute_path", type=click.Path(path_type=Path), default=None, help="Black-box threat: the model the attacks are crafted on.")
 @click.option("--n", type=int, default=1000, show_default=True, help="Test samples to attack (a seeded random subset).")
 @click.option("--batch-size", type=int, default=250, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -242,23 +243,34 @@ def _detector_settings(items: tuple[str, ...], option: str = "--detector-set") -
 @click.option("--dataset", default=None, help="Evaluate on this dataset instead of the bundle's.")
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None)
 @click.option("--sigma", "sigmas", type=float, multiple=True, help="Noise threat: one attack per sigma (repeatable).")
+@click.option("--sanity/--no-sanity", default=True, show_default=True, help="Run the sanity probes (gradient masking, determinism, unbounded budget).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def run_command(
-    model_path: Path, threat: str, n: int, batch_size: int, seed: int, device: str, out: Path | None,
+    model_path: Path, threat: str, substitute_path: Path | None, n: int, batch_size: int, seed: int, device: str, out: Path | None,
     settings: tuple[str, ...], attacks: tuple[str, ...], detectors: tuple[str, ...], detector_settings: tuple[str, ...],
-    dataset: str | None, data_root: Path | None, sigmas: tuple[float, ...], progress: bool,
+    dataset: str | None, data_root: Path | None, sigmas: tuple[float, ...], sanity: bool, progress: bool,
 ) -> None:
-    """Attack a model under a threat model; write records.parquet, summary.csv and run.json."""
+    """Attack a model under a threat model; write records.parquet, summary.csv, sanity.csv and run.json.
+
+    Finished parts are kept in OUT/parts: rerunning the same command resumes an interrupted run.
+    """
     from robench.runner import RunConfig, format_summary, run
 
     config = RunConfig(
         model=model_path, threat=threat, n=n, batch_size=batch_size, seed=seed, device=device,
         settings=_settings(settings, "--set"), attacks=attacks, detectors=detectors or None,
         detector_settings=_detector_settings(detector_settings), dataset=dataset, data_root=data_root, sigmas=sigmas,
+        substitute=substitute_path, sanity=sanity,
     )
     out = out or Path("reports/runs") / f"{model_path.stem}-{threat}"
     result = run(config, out, progress=progress, echo=click.echo)
     click.echo(format_summary(result.summary))
+    if len(result.sanity):
+        flagged = result.sanity[result.sanity["flagged"]]
+        for row in flagged.itertuples():
+            click.echo(f"sanity: {row.model} {row.threat}: {row.check} flagged ({row.detail})")
+        if not len(flagged):
+            click.echo(f"sanity: all {len(result.sanity)} checks quiet")
     click.echo(f"wrote {out}/records.parquet, summary.csv, run.json ({result.info['timings_seconds']['total']:.1f} s)")
 
 
@@ -292,6 +304,18 @@ def demo(out: Path, models_dir: Path, device: str, seed: int, n: int, progress: 
     from robench.devices import resolve_device
 
     run_demo(out=out, models_dir=models_dir, device=resolve_device(device), seed=seed, progress=progress, echo=click.echo, n=n)
+
+
+def _register_subcommands() -> None:
+    """Commands that live in their own modules (reports, regression), attached to the group."""
+    from robench.cli_regression import baseline, check
+    from robench.cli_report import report
+
+    for command in (report, baseline, check):
+        cli.add_command(command)
+
+
+_register_subcommands()
 
 
 def main(argv: list[str] | None = None) -> None:

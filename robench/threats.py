@@ -51,6 +51,8 @@ class ThreatModel:
     attacks: tuple[AttackSpec, ...]
     knows_detector: bool = False
     source: str = ""
+    # Black-box transfer: the attacks run on a substitute model (``--substitute``) and are evaluated on the target.
+    needs_substitute: bool = False
 
     def labels(self) -> list[str]:
         return [a.label for a in self.attacks]
@@ -112,6 +114,61 @@ THREATS.register(
     ),
 )
 
+# Paper 001 Sec. 4.4.2 (C&W-wb, Tables 9-10) and paper 004 Sec. 4.3 + App. B.4: the attacker knows the
+# defense and attacks it through its own loss (PGD: L_Ada^1, C&W: L_Ada^2, the margin form), and C&W-wb
+# also attacks the kernel-density detector.
+THREATS.register(
+    "white-box",
+    ThreatModel(
+        name="white-box",
+        description="attacker knows the model, its defense's loss and the KD detector (001 Sec. 4.4.2; 004 Sec. 4.3, App. B.4)",
+        attacks=(
+            AttackSpec("C&W-wb", "cw-wb", {}, "random"),
+            AttackSpec("PGD-10-un", "pgd", {"steps": 10, "objective": "adaptive"}, "none"),
+            AttackSpec("PGD-50-un", "pgd", {"steps": 50, "objective": "adaptive"}, "none"),
+            AttackSpec("PGD-10-tar", "pgd", {"steps": 10, "objective": "adaptive"}, "random"),
+            AttackSpec("PGD-50-tar", "pgd", {"steps": 50, "objective": "adaptive"}, "random"),
+            AttackSpec("C&W-un", "cw-l2", {"objective": "adaptive-margin"}, "none"),
+            AttackSpec("C&W-tar", "cw-l2", {"objective": "adaptive-margin"}, "random"),
+        ),
+        knows_detector=True,
+        source="001 Sec. 4.4.2; 004 Sec. 4.3, App. B.4",
+    ),
+)
+
+# Paper 001 Sec. 4.4.3 (Table 11: C&W-wb crafted on a substitute against the substitute's own KD) and
+# paper 004 Sec. 4.4 (Fig. 4: untargeted PGD and MIM transferred; targeted ones transfer poorly).
+# Success is judged on the target: misclassified by it, whatever the crafting target was.
+THREATS.register(
+    "black-box",
+    ThreatModel(
+        name="black-box",
+        description="transfer: crafted on a substitute model (--substitute) knowing the defense, evaluated on the target (001 Sec. 4.4.3; 004 Sec. 4.4)",
+        attacks=(
+            AttackSpec("C&W-wb", "cw-wb", {}, "random"),
+            AttackSpec("PGD-10-un", "pgd", {"steps": 10, "objective": "adaptive"}, "none"),
+            AttackSpec("MIM-10-un", "mim", {"steps": 10, "objective": "adaptive"}, "none"),
+        ),
+        knows_detector=True,
+        source="001 Sec. 4.4.3, Table 11; 004 Sec. 4.4, Fig. 4",
+        needs_substitute=True,
+    ),
+)
+
+# Paper 004 Sec. 4.4 (Table 2 Part II, Table 3): gradient-free SPSA on the adaptive objective.
+THREATS.register(
+    "spsa",
+    ThreatModel(
+        name="spsa",
+        description="gradient-free SPSA on the adaptive objective, 128 samples, Adam lr 0.01, delta 0.01 (004 Sec. 4.4)",
+        attacks=(
+            AttackSpec("SPSA-un", "spsa", {}, "none"),
+            AttackSpec("SPSA-tar", "spsa", {}, "random"),
+        ),
+        source="004 Sec. 4.4, Tables 2-3",
+    ),
+)
+
 THREATS.register(
     "noise",
     ThreatModel(
@@ -139,3 +196,46 @@ def noise_threat(sigmas: list[float]) -> ThreatModel:
     if any(sigma < 0 for sigma in sigmas):
         raise ConfigError(f"noise sigmas must be >= 0, got {sigmas}")
     return replace(base, attacks=tuple(AttackSpec(f"noise-{s:g}", "gaussian-noise", {"sigma": s}, "none") for s in sigmas))
+
+
+ALL = "all"
+
+
+def select_threats(name: str, substitute: bool) -> list[ThreatModel]:
+    """``name``'s threat model, or for ``all`` every registered one that applies (black-box only with a substitute)."""
+    if name != ALL:
+        threat = THREATS.get(name)
+        if threat.needs_substitute and not substitute:
+            raise ConfigError(f"threat '{name}' crafts on a substitute model: pass --substitute MODEL.pt")
+        if substitute and not threat.needs_substitute:
+            raise ConfigError(f"--substitute applies to the black-box threat (or 'all'), not '{name}'")
+        return [threat]
+    return [THREATS.get(n) for n in THREATS.names() if substitute or not THREATS.get(n).needs_substitute]
+
+
+def distribute(threats: list[ThreatModel], overrides: Mapping[str, Any], labels: tuple[str, ...]) -> list[ThreatModel]:
+    """Apply ``LABEL.PARAM`` settings and ``--attack`` labels to every threat that has the label.
+
+    A label no selected threat has is an error (with the labels there are); threats left with no
+    attack after ``--attack`` are dropped.
+    """
+    known = sorted({a.label for t in threats for a in t.attacks})
+    for key in overrides:
+        label = key.rpartition(".")[0]
+        if len(threats) > 1 and label and label not in known:
+            raise ConfigError(f"no selected threat has an attack '{label}'{did_you_mean(label, known)}")
+    for label in labels:
+        if label not in known:
+            raise ConfigError(f"no selected threat has an attack '{label}'{did_you_mean(label, known)}; attacks: {', '.join(known)}")
+    out = []
+    for threat in threats:
+        own = {a.label for a in threat.attacks}
+        mine = overrides if len(threats) == 1 else {k: v for k, v in overrides.items() if k.rpartition(".")[0] in own}
+        threat = threat.with_overrides(mine)
+        if labels:
+            wanted = [label for label in labels if label in own]
+            if not wanted:
+                continue
+            threat = threat.only(wanted)
+        out.append(threat)
+    return out

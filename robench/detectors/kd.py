@@ -103,5 +103,34 @@ class KernelDensityDetector(Detector):
             out = out.index_put((rows,), gaussian_kde_log_density(z[rows], self._points[k], self.bandwidth))
         return out
 
+    def median_training_nll(self, z: Tensor, labels: Tensor, chunk: int = 1024) -> float:
+        """eta of C&W-wb (paper 001 Sec. 4.4.2): the median over training features of -log KD_y(z).
+
+        Each point is scored under its own class and leaves itself out: a point's own kernel
+        (exp(0) = 1) outweighs every other term in a high-dimensional feature space, so with
+        itself included every training density would look far higher than a new input's.
+        A point is matched to its stored copy by (numerically) zero distance.
+        """
+        if not self._points:
+            raise ConfigError("kd detector is not fitted")
+        values = []
+        d = z.shape[1]
+        const = 0.5 * d * math.log(2 * math.pi * self.bandwidth**2)
+        for k, points in enumerate(self._points):
+            zk = z[labels == k].to(points.device, points.dtype)
+            for i in range(0, len(zk), chunk):
+                part = zk[i : i + chunk]
+                sq = ((part * part).sum(1, keepdim=True) - 2.0 * part @ points.t() + (points * points).sum(1)).clamp_min(0.0)
+                # float rounding differs between batchings of the same inputs, so "itself" is matched within a
+                # tolerance far below any distance between two distinct images' features
+                distance = torch.cdist(part, points, compute_mode="donot_use_mm_for_euclid_dist")
+                exact = distance <= 1e-5 * (1.0 + part.norm(dim=1, keepdim=True))
+                log_kernel = (-sq / (2.0 * self.bandwidth**2)).masked_fill(exact, float("-inf"))
+                count = (~exact).sum(1).clamp_min(1)
+                values.append(-(torch.logsumexp(log_kernel, dim=1) - count.log() - const))
+        if not values:
+            raise ConfigError("kd: no training features to compute eta from")
+        return float(torch.cat(values).median())
+
     def score(self, model: Classifier, defense: Defense, forward: Forward) -> Tensor:
         return self.log_density(forward.z, forward.predicted)

@@ -49,7 +49,21 @@ def test_softmax_margin_form_is_the_cw_logit_difference():
         expected = logits.gather(1, y[:, None]).squeeze(1) - logits.gather(1, t[:, None]).squeeze(1)
         torch.testing.assert_close(objective, expected, atol=1e-5, rtol=1e-5)
         untargeted = defense.adaptive_objective(model.head, z, y, form="gradient")
-        torch.testing.assert_close(untargeted, -F.cross_entropy(logits, y, reduction="none"))
+        # the gradient form is Z_y - logsumexp_{k != y} Z_k, a monotone transform of -CE: -CE = -softplus(-it)
+        torch.testing.assert_close(-F.softplus(-untargeted), -F.cross_entropy(logits, y, reduction="none"))
+
+
+def test_untargeted_cross_entropy_objective_keeps_its_gradient_when_softmax_saturates():
+    """With confidently classified inputs, autograd through -CE returns exactly zero in float32 (p_y rounds
+    to 1); the stable form's gradient stays at full size, so PGD's sign step is not a no-op."""
+    from robench.defenses.base import stable_negative_cross_entropy
+
+    logits = torch.tensor([[120.0, 0.0, -5.0], [0.0, 150.0, 1.0]], requires_grad=True)
+    y = torch.tensor([0, 1])
+    (naive,) = torch.autograd.grad(-F.cross_entropy(logits, y, reduction="sum"), logits)
+    assert naive.abs().max() == 0
+    (stable,) = torch.autograd.grad(stable_negative_cross_entropy(logits, y).sum(), logits)
+    assert stable[0].tolist() == pytest.approx([1.0, -1.0, 0.0], abs=0.01) and stable[1, 1] == pytest.approx(1.0)
 
 
 def test_gm_margin_form_is_difference_of_half_squared_distances_and_likelihood_term_adds():

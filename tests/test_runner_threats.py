@@ -1,0 +1,160 @@
+"""The runner with the hard threat models (white-box, black-box, SPSA, all) and resumable runs."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from test_cli import assert_one_line_error, run as run_cli
+from tiny import make_tiny
+
+import robench.runner as runner_module
+from robench.bundle import save_bundle
+from robench.errors import ConfigError
+from robench.runner import PARTS_DIR, RunConfig, run
+from robench.threats import THREATS, select_threats
+
+FAST = {"C&W-wb.steps": 5, "C&W-wb.binary_search_steps": 2, "C&W-wb.kd_per_class": 20, "SPSA-un.steps": 2, "SPSA-un.samples": 8, "SPSA-tar.steps": 2, "SPSA-tar.samples": 8}
+
+
+@pytest.fixture
+def bundles(tmp_path):
+    paths = {}
+    for name in ("softmax", "gm"):
+        model, meta = make_tiny(name)
+        paths[name] = tmp_path / f"{name}.pt"
+        save_bundle(paths[name], model, meta)
+    return paths
+
+
+def _fast(threat):
+    """FAST's settings for the attacks ``threat`` has (a one-threat run refuses settings for attacks it lacks)."""
+    labels = {a.label for t in select_threats(threat, substitute=True) for a in t.attacks} if threat == "all" else set(THREATS.get(threat).labels())
+    return {k: v for k, v in FAST.items() if k.rpartition(".")[0] in labels}
+
+
+def _config(model, threat, **kwargs):
+    base = dict(model=model, threat=threat, n=12, batch_size=6, device="cpu", detectors=("kd", "max-prob"), settings=_fast(threat), sanity=False)
+    base.update(kwargs)
+    return RunConfig(**base)
+
+
+def test_white_box_cw_wb_records_and_attacker_density(bundles, tmp_path):
+    out = tmp_path / "wb"
+    result = run(_config(bundles["gm"], "white-box", attacks=("C&W-wb", "PGD-10-un")), out, progress=False)
+    records = result.records
+    assert set(records["attack"]) == {"C&W-wb", "PGD-10-un"} and (records["threat"] == "white-box").all()
+    wb = records[records["attack"] == "C&W-wb"]
+    assert (wb["target"] != wb["label"]).all()  # targeted at a random wrong class
+    assert (wb.loc[wb["success"], "adv_pred"] == wb.loc[wb["success"], "target"]).all()
+    assert (records["crafted_on"] == "gm").all() and (records["success"] == records["crafted_success"]).all()
+    info = json.loads((out / "run.json").read_text())
+    (density,) = info["attacker_density"]
+    assert density["kd_per_class"] == 20 and density["eta"] == pytest.approx(density["eta"]) and density["bandwidth"] > 0
+    assert info["threat"]["name"] == "white-box"
+
+
+def test_black_box_is_judged_on_the_target(bundles, tmp_path):
+    config = _config(bundles["gm"], "black-box", substitute=bundles["softmax"], attacks=("PGD-10-un", "C&W-wb"))
+    records = run(config, tmp_path / "bb", progress=False).records
+    assert (records["crafted_on"] == "softmax").all() and (records["model"] == "gm").all()
+    assert ((records["adv_pred"] != records["label"]) == records["success"]).all()
+    info = json.loads((tmp_path / "bb" / "run.json").read_text())
+    assert info["substitute"]["name"] == "softmax" and info["attacker_density"][0]["crafted_on"] != info["model"]["content_hash"]
+
+
+def test_black_box_with_the_model_as_its_own_substitute_matches_white_box(bundles):
+    """Transfer from the model itself is the white-box attack: same adversarial predictions."""
+    bb = run(_config(bundles["gm"], "black-box", substitute=bundles["gm"], attacks=("PGD-10-un",)), progress=False).records
+    wb = run(_config(bundles["gm"], "white-box", attacks=("PGD-10-un",)), progress=False).records
+    assert bb["adv_pred"].tolist() == wb["adv_pred"].tolist()
+    assert bb["l2"].to_numpy() == pytest.approx(wb["l2"].to_numpy())
+
+
+def test_spsa_threat_runs_both_modes(bundles):
+    records = run(_config(bundles["softmax"], "spsa"), progress=False).records
+    assert set(records["attack"]) == {"SPSA-un", "SPSA-tar"}
+    assert (records["linf"] <= 0.3 + 1e-5).all()  # MNIST-family eps
+    tar = records[records["attack"] == "SPSA-tar"]
+    assert (tar["target"] >= 0).all() and (records.loc[records["attack"] == "SPSA-un", "target"] == -1).all()
+
+
+def test_threat_all_runs_every_applicable_threat(bundles, tmp_path):
+    config = _config(bundles["softmax"], "all", attacks=("FGSM", "C&W-wb", "SPSA-un", "noise-0.05", "rotation-30"))
+    result = run(config, tmp_path / "all", progress=False)
+    pairs = set(zip(result.records["threat"], result.records["attack"]))
+    assert pairs == {("semi-white-box", "FGSM"), ("white-box", "C&W-wb"), ("spsa", "SPSA-un"), ("noise", "noise-0.05"), ("rotation", "rotation-30")}
+    assert set(result.summary["threat"]) == {"semi-white-box", "white-box", "spsa", "noise", "rotation"}
+    assert "threat" not in result.info and len(result.info["threats"]) == 5
+    with_sub = _config(bundles["softmax"], "all", attacks=("MIM-10-un",), substitute=bundles["gm"])
+    records = run(with_sub, progress=False).records
+    assert set(zip(records["threat"], records["crafted_on"])) == {("semi-white-box", "softmax"), ("black-box", "gm")}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"threat": "black-box"}, "pass --substitute"),
+        ({"threat": "white-box", "substitute": "gm"}, "--substitute applies to the black-box threat"),
+        ({"threat": "white-box", "attacks": ("C&W-wbb",)}, "did you mean 'C&W-wb'"),
+        ({"threat": "all", "attacks": ("PGD-10-unn",)}, "no selected threat has an attack"),
+    ],
+)
+def test_threat_configuration_errors(bundles, kwargs, message):
+    if "substitute" in kwargs:
+        kwargs = {**kwargs, "substitute": bundles[kwargs["substitute"]]}
+    with pytest.raises(ConfigError, match=message):
+        run(_config(bundles["softmax"], **{"settings": {}, **kwargs}), progress=False)
+
+
+def test_cli_black_box_without_substitute_is_one_line(bundles, capsys):
+    code, _, err = run_cli(capsys, "run", "--model", str(bundles["gm"]), "--threat", "black-box", "--n", "4")
+    assert_one_line_error(code, err, "--substitute")
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_without_recomputing(bundles, tmp_path, monkeypatch):
+    """Kill after two parts; the rerun reuses them and ends with the records of an uninterrupted run."""
+    config = _config(bundles["gm"], "semi-white-box", attacks=("FGSM", "PGD-10-un"), n=18)  # 3 batches x 2 attacks
+    out = tmp_path / "resumed"
+    real_write = runner_module._write_part
+    written = []
+
+    def write_then_die(path, part):
+        if len(written) == 2:
+            raise _Interrupted
+        real_write(path, part)
+        written.append(path)
+
+    monkeypatch.setattr(runner_module, "_write_part", write_then_die)
+    with pytest.raises(_Interrupted):
+        run(config, out, progress=False)
+    assert len(list((out / PARTS_DIR).glob("*.parquet"))) == 2 and not (out / "summary.csv").exists()
+    monkeypatch.setattr(runner_module, "_write_part", real_write)
+    messages: list[str] = []
+    resumed = run(config, out, progress=False, echo=messages.append)
+    assert resumed.info["parts"] == {"reused": 2, "computed": 4}
+    assert any("reused 2 of 6 finished parts" in m for m in messages)
+    fresh = run(config, tmp_path / "fresh", progress=False)
+    pd.testing.assert_frame_equal(resumed.records, fresh.records)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "summary.csv"), pd.read_csv(tmp_path / "fresh" / "summary.csv"))
+    again = run(config, out, progress=False)
+    assert again.info["parts"] == {"reused": 6, "computed": 0}
+
+
+def test_changed_config_or_corrupt_part_is_recomputed(bundles, tmp_path):
+    config = _config(bundles["gm"], "semi-white-box", attacks=("FGSM",))
+    out = tmp_path / "out"
+    run(config, out, progress=False)
+    changed = run(RunConfig(**{**config.__dict__, "settings": {"FGSM.eps": 0.2}}), out, progress=False)
+    assert changed.info["parts"] == {"reused": 0, "computed": 2}
+    assert len(list((out / PARTS_DIR).glob("*.parquet"))) == 2  # stale parts pruned at the end
+    victim = sorted((out / PARTS_DIR).glob("*.parquet"))[0]
+    victim.write_bytes(b"not parquet")
+    healed = run(RunConfig(**{**config.__dict__, "settings": {"FGSM.eps": 0.2}}), out, progress=False)
+    assert healed.info["parts"] == {"reused": 1, "computed": 1}
+    pd.testing.assert_frame_equal(healed.records, changed.records)
