@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from robench.errors import ConfigError
-from robench.metrics import FLAG_FPR, SUMMARY_KEYS, detectors_in
+from robench.metrics import FLAG_FPR, SUMMARY_KEYS, detectors_in, with_crafted_on
 from robench.rundir import scored_columns
 
 INTERVAL_METRICS = ("clean_accuracy", "robust_accuracy", "success_rate", "distortion", "auc_roc", "flagged_rate")
@@ -141,13 +141,13 @@ def bootstrap_intervals(records: pd.DataFrame, n_resamples: int = 1000, level: f
         raise ConfigError(f"the confidence level must be strictly between 0 and 1, got {level!r}")
     quantiles = [(1.0 - level) / 2.0, (1.0 + level) / 2.0]
     rows = []
-    for (model, threat, attack), group in records.groupby(SUMMARY_KEYS, sort=False):
+    for key, group in with_crafted_on(records).groupby(SUMMARY_KEYS, sort=False):
         group = scored_columns(group)
-        rng = np.random.default_rng(_group_seed(seed, model, threat, attack))
+        rng = np.random.default_rng(_group_seed(seed, *key))
         # Row 0 is the full sample (all counts 1): the point estimate decides whether the interval is NaN.
         counts = np.vstack([np.ones((1, len(group))), resample_counts(len(group), int(n_resamples), rng)])
         for detector, values in group_metrics(group, counts).items():
-            row = {"model": model, "threat": threat, "attack": attack, "detector": detector, "n": int(len(group))}
+            row = {**dict(zip(SUMMARY_KEYS, key)), "detector": detector, "n": int(len(group))}
             for metric in INTERVAL_METRICS:
                 point, draws = values[metric][0], values[metric][1:]
                 low, high = (math.nan, math.nan) if not np.isfinite(point) or not np.isfinite(draws).any() else np.nanquantile(draws, quantiles)

@@ -8,6 +8,7 @@ import click
 
 from robench.config import parse_assignments
 from robench.errors import ConfigError
+from robench.metrics import SUMMARY_KEYS
 from robench.regression import CheckReport, check_run, write_baseline
 
 SHOWN_COLUMNS = ["model", "threat", "attack", "detector", "metric", "status", "baseline", "current", "delta", "allowed_low", "allowed_high", "note"]
@@ -42,7 +43,7 @@ def format_report(report: CheckReport, verbose: bool = False) -> str:
 def baseline(run_dir: Path, out: Path, resamples: int, seed: int) -> None:
     """Write every summary metric of RUN_DIR with its 95% bootstrap interval to a baseline file."""
     rows = write_baseline(run_dir, out, n_resamples=resamples, seed=seed)
-    groups = rows[["model", "threat", "attack"]].drop_duplicates()
+    groups = rows[SUMMARY_KEYS].drop_duplicates()
     click.echo(f"wrote {len(rows)} baseline values ({groups['model'].nunique()} model(s), {len(groups)} attack(s)) to {out}")
 
 

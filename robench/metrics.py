@@ -103,18 +103,24 @@ def detectors_in(records: pd.DataFrame) -> list[str]:
     return sorted(c.split(":", 1)[1] for c in records.columns if c.startswith("score_clean:"))
 
 
-SUMMARY_KEYS = ["model", "threat", "attack"]
+# crafted_on: the model the attack ran on (the model itself, or a black-box threat's substitute), so that
+# one target attacked from two substitutes gives two summary rows.
+SUMMARY_KEYS = ["model", "threat", "attack", "crafted_on"]
+SUMMARY_COLUMNS = [*SUMMARY_KEYS, "detector", "n", "clean_accuracy", "robust_accuracy", "success_rate", "distortion", "auc_roc", "flagged_rate"]
+
+
+def with_crafted_on(records: pd.DataFrame) -> pd.DataFrame:
+    """Records of runs made before transfer attacks existed were all crafted on the model itself."""
+    return records if "crafted_on" in records.columns else records.assign(crafted_on=records["model"])
 
 
 def summarize(records: pd.DataFrame) -> pd.DataFrame:
-    """One row per model x threat x attack x detector (detector ``-`` when none was scored)."""
+    """One row per model x threat x attack x crafting model x detector (detector ``-`` when none was scored)."""
     rows = []
-    for (model, threat, attack), group in records.groupby(SUMMARY_KEYS, sort=False):
+    for key, group in with_crafted_on(records).groupby(SUMMARY_KEYS, sort=False):
         corruption = bool(group["corruption"].iloc[0]) if "corruption" in group else False
         base = {
-            "model": model,
-            "threat": threat,
-            "attack": attack,
+            **dict(zip(SUMMARY_KEYS, key)),
             "n": int(len(group)),
             "clean_accuracy": clean_accuracy(group),
             "robust_accuracy": robust_accuracy(group),
@@ -132,5 +138,4 @@ def summarize(records: pd.DataFrame) -> pd.DataFrame:
                     "flagged_rate": flagged_rate(group, detector, corruption) if scored else float("nan"),
                 }
             )
-    columns = ["model", "threat", "attack", "detector", "n", "clean_accuracy", "robust_accuracy", "success_rate", "distortion", "auc_roc", "flagged_rate"]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)

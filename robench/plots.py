@@ -170,8 +170,9 @@ def budget_table(summary: pd.DataFrame, runs: Sequence[Mapping[str, Any]]) -> pd
     """
     rows = []
     for run in runs:
-        model, threat = run.get("model", {}).get("name"), run.get("threat", {})
-        for spec in threat.get("attacks", []):
+        model = run.get("model", {}).get("name")
+        threats = run.get("threats") or [run.get("threat", {})]  # runs of one threat before --threat all existed
+        for threat, spec in ((t, s) for t in threats for s in t.get("attacks", [])):
             budget = _budget(spec.get("params", {}))
             if model is None or budget is None:
                 continue

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from robench.errors import ConfigError
-from robench.metrics import SUMMARY_KEYS, summarize
+from robench.metrics import SUMMARY_KEYS, summarize, with_crafted_on
 
 RECORDS_FILE = "records.parquet"
 RUN_FILE = "run.json"
@@ -58,7 +58,7 @@ def scored_columns(group: pd.DataFrame) -> pd.DataFrame:
 
 def summarize_run(records: pd.DataFrame) -> pd.DataFrame:
     """Like ``metrics.summarize``, but correct for records concatenated from runs with different detectors."""
-    parts = [summarize(scored_columns(group)) for _, group in records.groupby(SUMMARY_KEYS, sort=False)]
+    parts = [summarize(scored_columns(group)) for _, group in with_crafted_on(records).groupby(SUMMARY_KEYS, sort=False)]
     if not parts:
         return summarize(records)
     return pd.concat(parts, ignore_index=True)
@@ -72,7 +72,7 @@ def _read_records(file: Path) -> pd.DataFrame:
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise ConfigError(f"records file {file} lacks column(s) {', '.join(missing)}")
-    return frame
+    return with_crafted_on(frame)
 
 
 def _read_run(file: Path) -> dict[str, Any]:

@@ -56,6 +56,7 @@ class RunConfig:
     model_name: str | None = None
     sigmas: tuple[float, ...] = ()  # the noise threat with one attack per sigma
     substitute: Path | None = None  # the black-box threat's crafting model
+    substitute_name: str | None = None  # its name in records [default: the file's stem]
     sanity: bool = True  # run the model probes of robench.sanity
 
     def __post_init__(self) -> None:
@@ -201,7 +202,7 @@ def run(config: RunConfig, out: Path | None = None, progress: bool = True, echo:
     prepared = prepare(config)
     bundle, data, device, detectors = prepared.bundle, prepared.data, prepared.device, prepared.detectors
     model_name = config.model_name or Path(config.model).stem
-    substitute_name = Path(config.substitute).stem if config.substitute is not None else None
+    substitute_name = (config.substitute_name or Path(config.substitute).stem) if config.substitute is not None else None
     family = data.spec.family
     train_name = f"{data.name}:{data.split_seed}"
     tic = time.perf_counter()

@@ -30,7 +30,7 @@ from robench.attacks.linf import PGD
 from robench.attacks.objectives import OBJECTIVES, objective_value
 from robench.detectors import Forward
 from robench.errors import ConfigError
-from robench.metrics import success_rate
+from robench.metrics import SUMMARY_KEYS, success_rate, with_crafted_on
 from robench.registry import Registry
 
 # Probe thresholds. A few exactly-zero gradients can be honest (a saturated
@@ -256,7 +256,7 @@ def _attack_stats(records: pd.DataFrame, budgets: Mapping[str, float]) -> pd.Dat
     if "corruption" in records.columns:
         records = records[~records["corruption"].astype(bool)]
     rows = []
-    for (model, threat, attack), group in records.groupby(["model", "threat", "attack"], sort=False):
+    for (model, threat, attack, _crafted_on), group in with_crafted_on(records).groupby(SUMMARY_KEYS, sort=False):
         budget = budgets.get(str(attack), float(group["linf"].max()))
         rows.append(
             {

@@ -16,8 +16,14 @@
     [threat.set]
     "BIM.steps" = 10
 
-Each pair writes ``OUT/<model>/<threat>/`` (records, summary, run.json); the
-combined ``OUT/summary.csv`` concatenates their summaries.
+    [[threat]]
+    name = "black-box"
+    substitute = ["softmax"]   # craft on these suite models, evaluate on each other model
+
+Each pair writes ``OUT/<model>/<threat>/`` (``OUT/<model>/<threat>-from-<substitute>/``
+for transfer; records, summary, run.json); the combined ``OUT/summary.csv``
+concatenates their summaries. A model is never paired with itself as substitute
+(that is the white-box threat).
 """
 
 from __future__ import annotations
@@ -37,13 +43,19 @@ from robench.runner import RunConfig, run
 
 _DEFAULT_KEYS = {"n", "batch_size", "seed", "device", "detectors", "data_root"}
 _MODEL_KEYS = {"name", "path"}
-_THREAT_KEYS = {"name", "set", "attacks", "models", "detectors", "sigmas"}
+_THREAT_KEYS = {"name", "set", "attacks", "models", "detectors", "sigmas", "substitute"}
 
 
 @dataclass(frozen=True)
 class SuitePair:
     model_name: str
     config: RunConfig
+    substitute: str | None = None
+
+    @property
+    def folder(self) -> str:
+        """The pair's output folder under OUT/<model>/."""
+        return self.config.threat if self.substitute is None else f"{self.config.threat}-from-{self.substitute}"
 
 
 def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
@@ -83,18 +95,22 @@ def load_suite(path: Path, overrides: dict[str, Any] | None = None) -> list[Suit
         _check_keys(threat, _THREAT_KEYS, f"{path} [[threat]]")
         if "name" not in threat:
             raise ConfigError(f"{path}: every [[threat]] needs a name")
-        for key in ("attacks", "models", "detectors", "sigmas"):
+        for key in ("attacks", "models", "detectors", "sigmas", "substitute"):
             if key in threat and not isinstance(threat[key], list):
                 raise ConfigError(f"{path}: threat '{threat['name']}': '{key}' must be a list, e.g. {key} = [\"...\"]")
         only = threat.get("models", names)
-        for unknown in set(only) - set(names):
-            raise ConfigError(f"{path}: threat '{threat['name']}' names unknown model '{unknown}'{did_you_mean(unknown, names)}")
-        for model in models:
-            if model["name"] not in only:
+        substitutes: list[str | None] = list(threat.get("substitute", [None]))
+        for unknown in (set(only) | set(substitutes) - {None}) - set(names):
+            raise ConfigError(f"{path}: threat '{threat['name']}' names unknown model '{unknown}'{did_you_mean(str(unknown), names)}")
+        paths = {m["name"]: path.parent / m["path"] for m in models}
+        found = 0
+        for model, substitute in ((m, s) for m in models for s in substitutes):
+            if model["name"] not in only or substitute == model["name"]:
                 continue
-            if (model["name"], threat["name"]) in seen:
+            found += 1
+            if (model["name"], threat["name"], substitute) in seen:
                 raise ConfigError(f"{path}: model '{model['name']}' meets threat '{threat['name']}' twice; their outputs would overwrite each other")
-            seen.add((model["name"], threat["name"]))
+            seen.add((model["name"], threat["name"], substitute))
             settings = {k: v for k, v in defaults.items() if k in valid}
             if "detectors" in threat:
                 settings["detectors"] = threat["detectors"]
@@ -112,9 +128,13 @@ def load_suite(path: Path, overrides: dict[str, Any] | None = None) -> list[Suit
                 attacks=tuple(threat.get("attacks", ())),
                 sigmas=tuple(float(v) for v in threat.get("sigmas", ())),
                 model_name=model["name"],
+                substitute=paths[substitute] if substitute is not None else None,
+                substitute_name=substitute,
                 **settings,
             )
-            pairs.append(SuitePair(model["name"], config))
+            pairs.append(SuitePair(model["name"], config, substitute))
+        if not found:
+            raise ConfigError(f"{path}: threat '{threat['name']}' pairs no model (a model is not its own substitute)")
     return pairs
 
 
@@ -126,8 +146,8 @@ def run_suite(path: Path, out: Path, overrides: dict[str, Any] | None = None, pr
         prepare(pair.config)
     summaries = []
     for pair in pairs:
-        echo(f"running {pair.model_name} x {pair.config.threat}")
-        result = run(pair.config, out / pair.model_name / pair.config.threat, progress=progress, echo=echo)
+        echo(f"running {pair.model_name} x {pair.folder}")
+        result = run(pair.config, out / pair.model_name / pair.folder, progress=progress, echo=echo)
         summaries.append(result.summary)
     combined = pd.concat(summaries, ignore_index=True)
     out.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from robench.errors import ConfigError
-from robench.metrics import METRICS
+from robench.metrics import METRICS, SUMMARY_KEYS, with_crafted_on
 from robench.registry import Registry, did_you_mean
 
 FORMATS = ("latex", "markdown", "csv", "html")
@@ -189,7 +189,7 @@ def _ordered(summary: pd.DataFrame, infos: Mapping[str, ModelInfo]) -> pd.DataFr
 
 
 def _cells(frame: pd.DataFrame, metric: str, **levels: pd.Series | str) -> pd.DataFrame:
-    keys = frame[["model", "threat", "attack", "detector"]]
+    keys = frame[[*SUMMARY_KEYS, "detector"]]
     return keys.assign(**levels, metric=metric, value=frame[metric].astype(float))
 
 
@@ -219,6 +219,15 @@ def _white_box_cells(selected: pd.DataFrame, infos: Mapping[str, ModelInfo]) -> 
     return pd.concat(parts).sort_index(kind="stable")
 
 
+def _substitute_note(frame: pd.DataFrame, infos: Mapping[str, ModelInfo]) -> pd.Series:
+    """`` (from SUB)`` where the attack was crafted on another model, so two substitutes give two rows."""
+    if "crafted_on" not in frame:
+        return pd.Series("", index=frame.index)
+    crafted = frame["crafted_on"].astype(str)
+    label = crafted.map(lambda m: infos[m].label if m in infos else m)
+    return (" (from " + label + ")").where(crafted != frame["model"].astype(str), "")
+
+
 def _black_box_cells(selected: pd.DataFrame, infos: Mapping[str, ModelInfo]) -> pd.DataFrame:
     ordered = _ordered(selected, infos)
     attack_rank = {a: i for i, a in enumerate(dict.fromkeys(selected["attack"]))}
@@ -228,7 +237,7 @@ def _black_box_cells(selected: pd.DataFrame, infos: Mapping[str, ModelInfo]) -> 
         "auc_roc",
         Attack=ordered["attack"],
         Detector=ordered["detector"].map(detector_label),
-        **{"Target Model": _model_label(ordered, infos)},
+        **{"Target Model": _model_label(ordered, infos) + _substitute_note(ordered, infos)},
     )
 
 
@@ -237,7 +246,7 @@ ACCURACY_THREATS = ("white-box", "spsa", "noise", "rotation")
 
 def _accuracy_cells(selected: pd.DataFrame, infos: Mapping[str, ModelInfo]) -> pd.DataFrame:
     # accuracies do not depend on the detector: one summary row per model x threat x attack
-    per_attack = _ordered(selected, infos).drop_duplicates(["model", "threat", "attack"])
+    per_attack = _ordered(selected, infos).drop_duplicates(SUMMARY_KEYS)
     threat_rank = per_attack["threat"].map({t: i for i, t in enumerate(ACCURACY_THREATS)})
     per_attack = per_attack.iloc[np.argsort(threat_rank.to_numpy(), kind="stable")]
     # clean accuracy from the model's largest evaluation (its threats may have used different n)
@@ -336,6 +345,8 @@ def build_table(
     Raises ConfigError when the layout's threat, attack or detectors are absent.
     """
     spec = LAYOUTS.get(layout) if isinstance(layout, str) else layout
+    summary = with_crafted_on(summary)
+    intervals = with_crafted_on(intervals) if intervals is not None else None
     if spec.threats:
         reason = spec.missing(summary)
         if reason:
@@ -378,7 +389,7 @@ def _caption(spec: Layout, selected: pd.DataFrame) -> str:
 
 
 def _join_intervals(cells: pd.DataFrame, intervals: pd.DataFrame) -> pd.DataFrame:
-    keys = ["model", "threat", "attack", "detector"]
+    keys = [*SUMMARY_KEYS, "detector"]
     merged = cells.merge(intervals, on=keys, how="left", validate="many_to_one")
     low, high = np.full(len(cells), np.nan), np.full(len(cells), np.nan)
     for metric in merged["metric"].unique():

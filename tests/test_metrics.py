@@ -83,3 +83,12 @@ def test_no_detector_gives_one_row_with_dash():
     records = hand_records().drop(columns=["score_clean:d", "score_adv:d"])
     summary = summarize(records)
     assert list(summary["detector"]) == ["-"] and math.isnan(summary.iloc[0]["auc_roc"])
+
+
+def test_transfer_from_two_substitutes_gives_two_rows_and_old_records_are_crafted_on_the_model():
+    old = hand_records()
+    assert summarize(old)["crafted_on"].tolist() == ["m"]  # records without the column: crafted on the model itself
+    a, b = old.assign(crafted_on="sub-a"), old.assign(crafted_on="sub-b", adv_pred=old["label"], success=False)
+    summary = summarize(pd.concat([a, b], ignore_index=True))
+    assert summary["crafted_on"].tolist() == ["sub-a", "sub-b"]
+    assert summary["success_rate"].tolist() == [pytest.approx(0.6), 0.0]

@@ -158,3 +158,44 @@ def test_changed_config_or_corrupt_part_is_recomputed(bundles, tmp_path):
     healed = run(RunConfig(**{**config.__dict__, "settings": {"FGSM.eps": 0.2}}), out, progress=False)
     assert healed.info["parts"] == {"reused": 1, "computed": 1}
     pd.testing.assert_frame_equal(healed.records, changed.records)
+
+
+def test_suite_pairs_targets_with_substitutes(bundles, tmp_path):
+    from robench.suite import load_suite, run_suite
+
+    suite = tmp_path / "suite.toml"
+    suite.write_text(
+        """
+[defaults]
+n = 6
+batch_size = 6
+device = "cpu"
+detectors = ["max-prob"]
+
+[[model]]
+name = "soft"
+path = "softmax.pt"
+
+[[model]]
+name = "gm"
+path = "gm.pt"
+
+[[threat]]
+name = "black-box"
+attacks = ["PGD-10-un"]
+substitute = ["soft", "gm"]
+"""
+    )
+    pairs = load_suite(suite)
+    assert [(p.model_name, p.substitute, p.folder) for p in pairs] == [("soft", "gm", "black-box-from-gm"), ("gm", "soft", "black-box-from-soft")]
+    combined = run_suite(suite, tmp_path / "out", progress=False, echo=lambda _: None)
+    assert sorted(zip(combined["model"], combined["crafted_on"])) == [("gm", "soft"), ("soft", "gm")]
+    assert (tmp_path / "out" / "gm" / "black-box-from-soft" / "records.parquet").exists()
+    bad = tmp_path / "bad.toml"
+    bad.write_text(suite.read_text().replace('substitute = ["soft", "gm"]', 'substitute = ["sofft"]'))
+    with pytest.raises(ConfigError, match="did you mean 'soft'"):
+        load_suite(bad)
+    alone = tmp_path / "alone.toml"
+    alone.write_text(suite.read_text().replace('substitute = ["soft", "gm"]', 'substitute = ["gm"]\nmodels = ["gm"]'))
+    with pytest.raises(ConfigError, match="pairs no model"):
+        load_suite(alone)
