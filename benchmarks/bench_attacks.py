@@ -1,4 +1,4 @@
-"""Time robench's semi-white-box attacks against torchattacks and foolbox on the same model and inputs.
+"""Time robench's attacks against torchattacks and foolbox on the same model and inputs.
 
 Usage::
 
@@ -46,6 +46,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cw-steps", type=int, default=100)
     parser.add_argument("--cw-search", type=int, default=5)
+    parser.add_argument("--spsa-steps", type=int, default=10)
+    parser.add_argument("--spsa-samples", type=int, default=128)
     args = parser.parse_args()
 
     import foolbox
@@ -63,6 +65,14 @@ def main() -> None:
     def ours(name, tgt=None, **params):
         attack = ATTACKS.get(name).from_params(params)
         return lambda: attack(target, x, y, tgt, generator=torch.Generator().manual_seed(0)).success.float().mean().item()
+
+    def torchattacks_global_rng(go):
+        # torchattacks' SPSA draws from the global RNG: fork it so the benchmark leaves it as it was
+        def wrapped():
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(0)
+                return go()
+        return wrapped
 
     def theirs(attack, tgt=None):
         if tgt is not None:
@@ -89,6 +99,13 @@ def main() -> None:
         ("PGD-50 8/255", ours("pgd", eps=8 / 255, step=2 / 255, steps=50), "torchattacks", theirs(torchattacks.PGD(model, eps=8 / 255, alpha=2 / 255, steps=50))),
         ("MIM-10 8/255", ours("mim", eps=8 / 255, step=2 / 255, steps=10), "torchattacks", theirs(torchattacks.MIFGSM(model, eps=8 / 255, alpha=2 / 255, steps=10))),
         (f"C&W-L2 {args.cw_search}x{args.cw_steps} (untargeted)", ours("cw-l2", **cw), "foolbox", foolbox_cw),
+        # the margin objective on both sides (torchattacks' loss); 8/255 as for PGD
+        (
+            f"SPSA {args.spsa_steps}x{args.spsa_samples} 8/255",
+            ours("spsa", eps=8 / 255, steps=args.spsa_steps, samples=args.spsa_samples, objective="margin", early_stop=False),
+            "torchattacks",
+            torchattacks_global_rng(theirs(torchattacks.SPSA(model, eps=8 / 255, delta=0.01, lr=0.01, nb_iter=args.spsa_steps, nb_sample=args.spsa_samples, max_batch_size=args.spsa_samples))),
+        ),
     ]
     print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), model: {args.model}, n = {len(x)}, repeats = {args.repeats}")
     print(f"{'attack':32} {'robench s':>10} {'peer':>13} {'peer s':>10} {'ratio':>7} {'ours ok':>8} {'peer ok':>8}")

@@ -2,15 +2,19 @@
 
 Trains the bundled models (softmax and GM on ``mnist-5k``, default settings)
 unless valid bundles already exist, writes the table of models, then runs the
-suite ``OUT/suite.toml`` (both models x semi-white-box, noise and rotation, on a
-seeded subset of the test set, with C&W shortened so it fits a CPU) and writes
-its combined summary. Rerun the suite alone with ``robench suite OUT/suite.toml --out OUT``.
+suite ``OUT/suite.toml`` (both models x every threat model: semi-white-box,
+white-box, black-box from the other model, SPSA, noise and rotation, on a seeded
+subset of the test set, with the iterative optimisers shortened so that it fits
+a CPU) and writes its combined summary, the paper-layout tables (LaTeX and
+Markdown), the figures and a regression baseline of the run. Rerun the suite
+alone with ``robench suite OUT/suite.toml --out OUT``; it resumes from finished parts.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -27,6 +31,17 @@ DEMO_DATASET = "mnist-5k"
 DEMO_ARCH = "cnn"
 DEMO_DEFENSES = ("softmax", "gm")
 DEMO_N = 200
+
+
+@dataclass(frozen=True)
+class DemoBudget:
+    """How far the demo shortens the optimisers so that it fits a CPU (the registered defaults are the papers')."""
+
+    slow_n: int = 100  # samples for white-box and black-box: the iterative attacks cost 100-1000x FGSM
+    spsa_n: int = 32
+    cw_steps: int = 100  # Adam steps per binary-search step of C&W, C&W-hc, C&W-un, C&W-tar (lr 0.1)
+    cw_wb_steps: int = 150  # the same for C&W-wb (lr 0.05)
+    spsa_steps: int = 15  # SPSA iterations of 128 samples each (lr 0.05)
 DEMO_SUITE = """# Written by robench demo. Paths are relative to this file.
 [defaults]
 n = {n}
@@ -36,11 +51,42 @@ device = "{device}"
 [[threat]]
 name = "semi-white-box"
 [threat.set]
-# 5 binary-search steps of 100 Adam steps (lr 0.1) instead of 1,000 (lr 0.01), so that the demo fits a CPU.
-"C&W.steps" = 100
+# 5 binary-search steps of {cw_steps} Adam steps (lr 0.1) instead of 1,000 (lr 0.01), so that the demo fits a CPU.
+"C&W.steps" = {cw_steps}
 "C&W.lr" = 0.1
-"C&W-hc.steps" = 100
+"C&W-hc.steps" = {cw_steps}
 "C&W-hc.lr" = 0.1
+
+[[threat]]
+name = "white-box"
+n = {n_slow}
+[threat.set]
+# As above: C&W-un and C&W-tar shortened; C&W-wb with 5 binary-search steps of {cw_wb_steps} Adam steps (lr 0.05).
+"C&W-wb.steps" = {cw_wb_steps}
+"C&W-wb.lr" = 0.05
+"C&W-un.steps" = {cw_steps}
+"C&W-un.lr" = 0.1
+"C&W-tar.steps" = {cw_steps}
+"C&W-tar.lr" = 0.1
+
+[[threat]]
+name = "black-box"
+n = {n_slow}
+substitute = [{substitutes}]
+[threat.set]
+"C&W-wb.steps" = {cw_wb_steps}
+"C&W-wb.lr" = 0.05
+
+[[threat]]
+name = "spsa"
+n = {n_spsa}
+[threat.set]
+# {spsa_steps} SPSA steps of 128 samples at lr 0.05 instead of 100 at lr 0.01, so that the demo fits a CPU
+# (Adam moves a pixel by about lr per step: 100 x 0.01 and {spsa_steps} x 0.05 both reach eps 0.3).
+"SPSA-un.steps" = {spsa_steps}
+"SPSA-un.lr" = 0.05
+"SPSA-tar.steps" = {spsa_steps}
+"SPSA-tar.lr" = 0.05
 
 [[threat]]
 name = "noise"
@@ -85,7 +131,15 @@ def models_table(bundles: dict[str, ModelBundle]) -> pd.DataFrame:
 
 
 def run_demo(
-    out: Path, models_dir: Path, device: torch.device, seed: int, progress: bool, echo: Callable[[str], None], n: int = DEMO_N
+    out: Path,
+    models_dir: Path,
+    device: torch.device,
+    seed: int,
+    progress: bool,
+    echo: Callable[[str], None],
+    n: int = DEMO_N,
+    budget: DemoBudget = DemoBudget(),
+    reports: bool = True,
 ) -> pd.DataFrame:
     bundles = {
         defense: ensure_model(models_dir / f"{defense}.pt", defense, seed, device, progress, echo) for defense in DEMO_DEFENSES
@@ -98,8 +152,37 @@ def run_demo(
         f'\n[[model]]\nname = "{name}"\npath = "{os.path.relpath(models_dir.resolve() / f"{name}.pt", out.resolve())}"\n' for name in bundles
     )
     suite_path = out / "suite.toml"
-    atomic_write_text(suite_path, DEMO_SUITE.format(n=n, seed=seed, device=device.type, models=models))
+    text = DEMO_SUITE.format(
+        n=n,
+        n_slow=min(n, budget.slow_n),
+        n_spsa=min(n, budget.spsa_n),
+        cw_steps=budget.cw_steps,
+        cw_wb_steps=budget.cw_wb_steps,
+        spsa_steps=budget.spsa_steps,
+        seed=seed,
+        device=device.type,
+        models=models,
+        substitutes=", ".join(f'"{name}"' for name in bundles),
+    )
+    atomic_write_text(suite_path, text)
     summary = run_suite(suite_path, out, progress=progress, echo=echo)
     echo(format_summary(summary))
-    echo(f"wrote {out / 'models.csv'}, {suite_path}, {out / 'summary.csv'} and per-pair records under {out}/")
+    written = [str(p) for p in write_reports(out)] if reports else []
+    echo(f"wrote {', '.join([str(out / 'models.csv'), str(suite_path), str(out / 'summary.csv'), *written])} and per-pair records under {out}/")
     return summary
+
+
+def write_reports(out: Path) -> list[Path]:
+    """The paper-layout tables (standalone LaTeX and Markdown), the figures and a baseline of the run in ``out``."""
+    from robench.plots import plot_run_dir
+    from robench.regression import write_baseline
+    from robench.rundir import load_run_dir
+    from robench.tables import PAPER_LAYOUTS, build_tables, render_tables
+
+    run = load_run_dir(out)
+    tables, _ = build_tables(run.summary(), run.model_meta(), None, None, PAPER_LAYOUTS)
+    atomic_write_text(out / "tables.tex", render_tables(tables, "latex", standalone=True))
+    atomic_write_text(out / "tables.md", render_tables(tables, "markdown"))
+    plot_run_dir(run, out / "plots")
+    write_baseline(out, out / "baseline.json")
+    return [out / "tables.tex", out / "tables.md", out / "plots", out / "baseline.json"]

@@ -67,6 +67,8 @@ def save_figure(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
             path = out_dir / f"{stem}.{fmt}"
             atomic_write_bytes(path, buffer.getvalue())
             paths.append(path)
+            # the constrained layout is solved at every draw (seconds for a big grid); keep the first solution
+            fig.set_layout_engine("none")
     finally:
         plt.close(fig)
     return paths
@@ -116,7 +118,8 @@ def roc_figures(records: pd.DataFrame, out_dir: Path) -> PlotResult:
                     ax.plot(*points, lw=1.2, label=f"{attack} ({100 * auc(*points):.1f})")
             ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--")
             ax.set(title=f"{detector}", xlabel="false positive rate (clean flagged)", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
-            ax.legend(fontsize=6, loc="lower right", title="attack (AUC %)", title_fontsize=6)
+            if ax.get_legend_handles_labels()[0]:  # an attack with no success has no curve
+                ax.legend(fontsize=6, loc="lower right", title="attack (AUC %)", title_fontsize=6)
         fig.suptitle(f"ROC: {model}, {threat}")
         result.files += save_figure(fig, out_dir, _slug("roc", model, threat))
     return result
@@ -143,11 +146,13 @@ def kd_histograms(records: pd.DataFrame, out_dir: Path, detector: str = KD_DETEC
             clean, adversarial = clean[np.isfinite(clean)], adversarial[np.isfinite(adversarial)]
             both = np.r_[clean, adversarial]
             edges = np.histogram_bin_edges(both, bins=bins) if len(both) else bins
-            ax.hist(clean, bins=edges, alpha=0.6, density=True, label=f"clean ({len(clean)})")
-            ax.hist(adversarial, bins=edges, alpha=0.6, density=True, label=f"adversarial ({len(adversarial)})")
+            for values, name, color in ((clean, "clean", "C0"), (adversarial, "adversarial", "C1")):
+                if len(values):  # a density of nothing divides by zero
+                    ax.hist(values, bins=edges, alpha=0.6, density=True, color=color, label=f"{name} ({len(values)})")
             ax.set_title(f"{model}: {attack}", fontsize=8)
             ax.tick_params(labelsize=6)
-            ax.legend(fontsize=6)
+            if len(clean) or len(adversarial):
+                ax.legend(fontsize=6)
         for ax in axes[-1]:
             ax.set_xlabel(f"{detector} score (higher = more clean-like)", fontsize=7)
         fig.suptitle(f"K-density ({detector}) scores, {threat}")

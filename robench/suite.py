@@ -12,6 +12,7 @@
     [[threat]]
     name = "semi-white-box"
     attacks = ["FGSM", "BIM"]  # optional subset (noise: sigmas = [0.05, 0.1])
+    n = 100                    # optional: this threat's own n / batch_size / detectors
     models = ["gm"]            # optional: only these models
     [threat.set]
     "BIM.steps" = 10
@@ -43,7 +44,7 @@ from robench.runner import RunConfig, run
 
 _DEFAULT_KEYS = {"n", "batch_size", "seed", "device", "detectors", "data_root"}
 _MODEL_KEYS = {"name", "path"}
-_THREAT_KEYS = {"name", "set", "attacks", "models", "detectors", "sigmas", "substitute"}
+_THREAT_KEYS = {"name", "set", "attacks", "models", "detectors", "sigmas", "substitute", "n", "batch_size"}
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,9 @@ def load_suite(path: Path, overrides: dict[str, Any] | None = None) -> list[Suit
                 raise ConfigError(f"{path}: model '{model['name']}' meets threat '{threat['name']}' twice; their outputs would overwrite each other")
             seen.add((model["name"], threat["name"], substitute))
             settings = {k: v for k, v in defaults.items() if k in valid}
-            if "detectors" in threat:
-                settings["detectors"] = threat["detectors"]
+            for key in ("detectors", "n", "batch_size"):  # a threat's own value beats [defaults]
+                if key in threat:
+                    settings[key] = threat[key]
             if settings.get("detectors") is not None:
                 settings["detectors"] = tuple(settings["detectors"])
             if settings.get("data_root") is not None:

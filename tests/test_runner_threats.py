@@ -199,3 +199,14 @@ substitute = ["soft", "gm"]
     alone.write_text(suite.read_text().replace('substitute = ["soft", "gm"]', 'substitute = ["gm"]\nmodels = ["gm"]'))
     with pytest.raises(ConfigError, match="pairs no model"):
         load_suite(alone)
+
+
+def test_suite_threat_may_set_its_own_n(bundles, tmp_path):
+    from robench.suite import load_suite
+
+    suite = tmp_path / "suite.toml"
+    suite.write_text('[defaults]\nn = 50\n[[model]]\nname = "gm"\npath = "gm.pt"\n[[threat]]\nname = "noise"\n[[threat]]\nname = "spsa"\nn = 8\n')
+    assert [p.config.n for p in load_suite(suite)] == [50, 8]
+    suite.write_text(suite.read_text().replace("n = 8", 'n = "8"'))
+    with pytest.raises(ConfigError, match="'n' must be an integer"):
+        load_suite(suite)
