@@ -211,7 +211,6 @@ def run(config: RunConfig, out: Path | None = None, progress: bool = True, echo:
     bounds = Bounds(*bundle.meta.value_range)
     samples = select_samples(len(data.test), config.n, config.seed)
     batches = [samples[i : i + config.batch_size] for i in range(0, len(samples), config.batch_size)]
-    hwc = float(np.prod(bundle.meta.input_shape))
     parts_dir = out / PARTS_DIR if out is not None else None
     densities: dict[tuple[str, int], _AttackerDensity] = {}
     timings: dict[str, float] = {}
@@ -255,57 +254,29 @@ def run(config: RunConfig, out: Path | None = None, progress: bool = True, echo:
                     with torch.no_grad():
                         clean_forward = Forward.of(bundle.model, x)
                     clean_cache = {b: (clean_forward, _scores(detectors, bundle, clean_forward))}
-                clean_forward, clean_scores = clean_cache[b]
                 density = None
                 if getattr(attack, "needs_density", False):
                     density_key = (crafting.content_hash, int(attack.kd_per_class))  # type: ignore[attr-defined]
                     if density_key not in densities:
                         densities[density_key] = _attacker_density(crafting, data, int(attack.kd_per_class), device)  # type: ignore[attr-defined]
                     density = densities[density_key]
-                target = AttackTarget(
-                    crafting.model,
-                    crafting.defense,
-                    bounds,
-                    detector=density.detector if density else None,
-                    detector_eta=density.eta if density else None,
-                )
                 generator = torch.Generator().manual_seed(derive_seed(config.seed, spec.label, b))
                 tic = time.perf_counter()
-                crafting_logits = clean_forward.logits if crafting is bundle else Forward.of(crafting.model, x).logits.detach()
-                targets = choose_targets(spec.target_mode, crafting_logits, y, generator)
-                result = attack(target, x, y, targets, generator=generator)
+                columns = _attack_batch(
+                    bundle, crafting, attack, spec, bounds, density, x, y, generator, clean_cache[b], detectors
+                )
                 timings[f"{threat.name}/{spec.label}"] = timings.get(f"{threat.name}/{spec.label}", 0.0) + time.perf_counter() - tic
-                if crafting is bundle:
-                    adv_forward, adv_pred, success = result.forward, result.predicted, result.success
-                else:  # transfer: judged on the target model, misclassification whatever the crafting target
-                    with torch.no_grad():
-                        adv_forward = Forward.of(bundle.model, result.x_adv)
-                    adv_pred = adv_forward.predicted
-                    success = adv_pred != y
-                adv_scores = _scores(detectors, bundle, adv_forward)
-                delta = (result.x_adv - x).flatten(1).double()
-                l2 = delta.norm(dim=1).cpu().numpy()
-                columns = {
-                    "model": model_name,
-                    "threat": threat.name,
-                    "attack": spec.label,
-                    "corruption": attack.norm == "none",
-                    "crafted_on": model_name if crafting is bundle else substitute_name,
-                    "sample": index.numpy(),
-                    "label": y.cpu().numpy(),
-                    "target": targets.cpu().numpy() if targets is not None else np.full(len(index), -1),
-                    "clean_pred": clean_forward.predicted.cpu().numpy(),
-                    "adv_pred": adv_pred.cpu().numpy(),
-                    "success": success.cpu().numpy(),
-                    "crafted_success": result.success.cpu().numpy(),
-                    "l2": l2,
-                    "linf": delta.abs().max(dim=1).values.cpu().numpy(),
-                    "distortion": l2 / np.sqrt(hwc),
-                }
-                for name in detectors:
-                    columns[f"score_clean:{name}"] = clean_scores[name]
-                    columns[f"score_adv:{name}"] = adv_scores[name]
-                part = pd.DataFrame(columns)
+                part = pd.DataFrame(
+                    {
+                        "model": model_name,
+                        "threat": threat.name,
+                        "attack": spec.label,
+                        "corruption": attack.norm == "none",
+                        "crafted_on": model_name if crafting is bundle else substitute_name,
+                        "sample": index.numpy(),
+                        **columns,
+                    }
+                )
                 if path is not None:
                     _write_part(path, part)
                 parts.append(part)
@@ -345,6 +316,66 @@ def run(config: RunConfig, out: Path | None = None, progress: bool = True, echo:
         write_run(out, records, summary, info, sanity)
         _prune_parts(parts_dir, used_keys)
     return RunResult(records=records, summary=summary, info=info, sanity=sanity)
+
+
+def _attack_batch(
+    bundle: ModelBundle,
+    crafting: ModelBundle,
+    attack: Attack,
+    spec: AttackSpec,
+    bounds: Bounds,
+    density: _AttackerDensity | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    generator: torch.Generator,
+    clean: tuple[Forward, dict[str, np.ndarray]],
+    detectors: Mapping[str, Detector],
+) -> dict[str, np.ndarray]:
+    """One attack on one batch, crafted on ``crafting`` and judged and scored on ``bundle``: the per-sample columns.
+
+    Transfer (``crafting`` is not ``bundle``): success is misclassification by the target model,
+    whatever target the attack aimed at on the substitute (001 Sec. 4.4.3; 004 Sec. 4.4).
+    """
+    clean_forward, clean_scores = clean
+    target = AttackTarget(
+        crafting.model,
+        crafting.defense,
+        bounds,
+        detector=density.detector if density else None,
+        detector_eta=density.eta if density else None,
+    )
+    if crafting is bundle:
+        crafting_logits = clean_forward.logits
+    else:
+        with torch.no_grad():
+            crafting_logits = Forward.of(crafting.model, x).logits
+    targets = choose_targets(spec.target_mode, crafting_logits, y, generator)
+    result = attack(target, x, y, targets, generator=generator)
+    if crafting is bundle:
+        adv_forward, adv_pred, success = result.forward, result.predicted, result.success
+    else:
+        with torch.no_grad():
+            adv_forward = Forward.of(bundle.model, result.x_adv)
+        adv_pred = adv_forward.predicted
+        success = adv_pred != y
+    adv_scores = _scores(detectors, bundle, adv_forward)
+    delta = (result.x_adv - x).flatten(1).double()
+    l2 = delta.norm(dim=1).cpu().numpy()
+    columns = {
+        "label": y.cpu().numpy(),
+        "target": targets.cpu().numpy() if targets is not None else np.full(len(y), -1),
+        "clean_pred": clean_forward.predicted.cpu().numpy(),
+        "adv_pred": adv_pred.cpu().numpy(),
+        "success": success.cpu().numpy(),
+        "crafted_success": result.success.cpu().numpy(),
+        "l2": l2,
+        "linf": delta.abs().max(dim=1).values.cpu().numpy(),
+        "distortion": l2 / np.sqrt(float(np.prod(bundle.meta.input_shape))),
+    }
+    for name in detectors:
+        columns[f"score_clean:{name}"] = clean_scores[name]
+        columns[f"score_adv:{name}"] = adv_scores[name]
+    return columns
 
 
 def _model_info(path: Path | None, name: str | None, bundle: ModelBundle) -> dict[str, Any]:

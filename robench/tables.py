@@ -465,7 +465,9 @@ def best_mask(table: Table) -> pd.DataFrame:
         in_group = np.asarray(groups == group)
         block = np.where(comparable[in_group] & np.isfinite(signed[in_group]), signed[in_group], -np.inf)
         top = block.max(axis=0)
-        marked[in_group] = np.isfinite(block) & (block == top)
+        # a value alone in its column is not "best" of anything: mark only where two or more compete
+        competing = np.isfinite(block).sum(axis=0) >= 2
+        marked[in_group] = np.isfinite(block) & (block == top) & competing
     return pd.DataFrame(marked.T if along_rows else marked, index=values.index, columns=values.columns)
 
 

@@ -144,3 +144,16 @@ def test_registered_with_reference_defaults():
     attack = ATTACKS.get("cw-wb")()
     assert attack.initial_const == 1.0 and attack.kd_per_class == 100 and attack.eta_mode == "train-median"
     assert attack.norm == "l2" and attack.needs_density
+
+
+def test_without_the_density_term_it_is_exactly_targeted_cw_l2(trained_tiny):
+    """With eta above every -log KD, f_2 is 0 everywhere and C&W-wb is cw-l2 (itself cross-checked against
+    foolbox's L2CarliniWagnerAttack in test_cw.py) with the same settings: the same adversarial inputs."""
+    bundle, data, x, y, targets = attack_inputs(trained_tiny, 8, seed=5)
+    kd, _ = fitted_kd(bundle, data)
+    settings = {**FAST, "steps": 40, "initial_const": 1.0}
+    wb = CarliniWagnerWhiteBox(**settings)(AttackTarget(bundle.model, bundle.defense, UNIT, detector=kd, detector_eta=1e30), x, y, targets, generator=torch.Generator())
+    plain = ATTACKS.get("cw-l2")(**settings)(AttackTarget(bundle.model, bundle.defense, UNIT), x, y, targets, generator=torch.Generator())
+    assert wb.success.sum() >= 4
+    assert torch.equal(wb.success, plain.success)
+    assert (wb.x_adv - plain.x_adv).abs().max() < 1e-6
