@@ -40,7 +40,7 @@ import pandas as pd
 from robench.errors import ConfigError
 from robench.provenance import atomic_write_text
 from robench.registry import did_you_mean
-from robench.runner import RunConfig, run
+from robench.runner import RunConfig, RunResult, run, with_sanity_flags
 
 _DEFAULT_KEYS = {"n", "batch_size", "seed", "device", "detectors", "data_root"}
 _MODEL_KEYS = {"name", "path"}
@@ -146,12 +146,30 @@ def run_suite(path: Path, out: Path, overrides: dict[str, Any] | None = None, pr
 
     for pair in pairs:  # validate every pair before spending time on any
         prepare(pair.config)
-    summaries = []
+    results = []
     for pair in pairs:
         echo(f"running {pair.model_name} x {pair.folder}")
-        result = run(pair.config, out / pair.model_name / pair.folder, progress=progress, echo=echo)
-        summaries.append(result.summary)
-    combined = pd.concat(summaries, ignore_index=True)
+        results.append(run(pair.config, out / pair.model_name / pair.folder, progress=progress, echo=echo))
+    sanity = suite_sanity(results)
+    combined = with_sanity_flags(pd.concat([r.summary for r in results], ignore_index=True).drop(columns="sanity_flags"), sanity)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "summary.csv", combined.to_csv(index=False))
+    atomic_write_text(out / "sanity.csv", sanity.to_csv(index=False))
+    for row in sanity[sanity["flagged"]].itertuples() if len(sanity) else ():
+        echo(f"sanity: {row.model} {row.threat}: {row.check} flagged ({row.detail})")
     return combined
+
+
+def suite_sanity(results: list[RunResult]) -> pd.DataFrame:
+    """Every pair's model probes, plus the record checks over all pairs at once: a model's black-box and
+    white-box attacks run as separate pairs, and only together can the black-box one be seen to beat the other."""
+    from robench.sanity import SANITY_CHECKS, record_flags, sanity_table
+
+    model_checks = [name for name in SANITY_CHECKS.names() if SANITY_CHECKS.get(name).kind == "model"]
+    probes = [r.sanity[r.sanity["check"].isin(model_checks)] for r in results if len(r.sanity)]
+    records = pd.concat([r.records for r in results], ignore_index=True)
+    combined = sanity_table(record_flags(records))
+    frames = [f for f in (*probes, combined) if len(f)]
+    if not frames:
+        return combined
+    return pd.concat(frames, ignore_index=True).drop_duplicates(subset=["model", "threat", "check"]).reset_index(drop=True)

@@ -210,3 +210,23 @@ def test_suite_threat_may_set_its_own_n(bundles, tmp_path):
     suite.write_text(suite.read_text().replace("n = 8", 'n = "8"'))
     with pytest.raises(ConfigError, match="'n' must be an integer"):
         load_suite(suite)
+
+
+def test_suite_sanity_compares_black_box_and_white_box_pairs(bundles, tmp_path, monkeypatch):
+    """The black-box and white-box attacks of a model run as separate pairs; the suite checks them together."""
+    import numpy as np
+
+    from robench.runner import RunResult
+    from robench.suite import suite_sanity
+
+    def records(threat, success):
+        n = 20
+        return pd.DataFrame({"model": "gm", "threat": threat, "attack": "PGD-10-un", "crafted_on": "gm" if threat == "white-box" else "soft",
+                             "label": np.zeros(n, int), "clean_pred": np.zeros(n, int), "adv_pred": np.where(success, 1, 0),
+                             "success": success, "target": -1, "linf": 0.3, "corruption": False})  # fmt: skip
+    weak_white = RunResult(records("white-box", np.arange(20) < 2), pd.DataFrame(), {})
+    strong_black = RunResult(records("black-box", np.arange(20) < 18), pd.DataFrame(), {})
+    alone = [suite_sanity([r]) for r in (weak_white, strong_black)]
+    assert not any(len(t) and t["flagged"].any() for t in alone)
+    together = suite_sanity([weak_white, strong_black])
+    assert together.loc[together["flagged"], "check"].tolist() == ["black-box-beats-white-box"]
