@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--cw-search", type=int, default=5)
     parser.add_argument("--spsa-steps", type=int, default=10)
     parser.add_argument("--spsa-samples", type=int, default=128)
+    parser.add_argument("--only", action="append", default=[], help="Run only the cases whose label starts with this (repeatable).")
     args = parser.parse_args()
 
     import foolbox
@@ -110,6 +111,8 @@ def main() -> None:
     print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), model: {args.model}, n = {len(x)}, repeats = {args.repeats}")
     print(f"{'attack':32} {'robench s':>10} {'peer':>13} {'peer s':>10} {'ratio':>7} {'ours ok':>8} {'peer ok':>8}")
     for label, mine, peer_name, peer in cases:
+        if args.only and not any(label.startswith(prefix) for prefix in args.only):
+            continue
         t_ours, s_ours = timed(mine, device, args.repeats)
         t_peer, s_peer = timed(peer, device, args.repeats)
         print(f"{label:32} {t_ours:10.3f} {peer_name:>13} {t_peer:10.3f} {t_peer / t_ours:7.2f} {s_ours:8.3f} {s_peer:8.3f}")
