@@ -9,9 +9,9 @@ import click
 from robench.config import parse_assignments
 from robench.errors import ConfigError
 from robench.metrics import SUMMARY_KEYS
-from robench.regression import CheckReport, check_run, write_baseline
+from robench.regression import KEYS, CheckReport, check_run, write_baseline
 
-SHOWN_COLUMNS = ["model", "threat", "attack", "crafted_on", "detector", "metric", "status", "baseline", "current", "delta", "allowed_low", "allowed_high", "note"]
+SHOWN_COLUMNS = [*KEYS, "status", "baseline", "current", "delta", "allowed_low", "allowed_high", "note"]
 
 
 def parse_tolerances(items: tuple[str, ...]) -> dict[str, float]:

@@ -263,7 +263,9 @@ def _accuracy_cells(selected: pd.DataFrame, infos: Mapping[str, ModelInfo]) -> p
 
 def _summary_cells(selected: pd.DataFrame, infos: Mapping[str, ModelInfo]) -> pd.DataFrame:
     metrics = ["n", *[c for c in selected.columns if c in METRICS]]  # unknown extra columns are ignored
-    levels = {"Model": selected["model"], "Threat": selected["threat"], "Attack": selected["attack"], "Detector": selected["detector"]}
+    # transfer rows name their substitute, so one target attacked from two substitutes keeps two rows
+    threat = selected["threat"] + _substitute_note(selected, infos)
+    levels = {"Model": selected["model"], "Threat": threat, "Attack": selected["attack"], "Detector": selected["detector"]}
     parts = [_cells(selected, m, **levels, Metric=metric_header(m)) for m in metrics]
     return pd.concat(parts).sort_index(kind="stable")
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from synthetic import synthetic_records
 
 from robench.bundle import BundleMeta, save_bundle
 from robench.cli_report import report
@@ -17,19 +17,7 @@ from robench.runner import write_run
 
 
 def records(model: str, threat: str, attack: str, n: int = 40, seed: int = 0, corruption: bool = False, detectors=("kd",)) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    label = np.arange(n) % 10
-    clean_pred = np.where(np.arange(n) < n - 3, label, (label + 1) % 10)
-    success = rng.random(n) < 0.5
-    frame = {
-        "model": model, "threat": threat, "attack": attack, "corruption": corruption, "sample": np.arange(n), "label": label,
-        "target": -1, "clean_pred": clean_pred, "adv_pred": np.where(success, (label + 2) % 10, clean_pred), "success": success,
-        "l2": rng.random(n), "linf": rng.random(n), "distortion": rng.random(n) / 10,
-    }  # fmt: skip
-    for detector in detectors:
-        frame[f"score_clean:{detector}"] = rng.normal(1.5, 1.0, n)
-        frame[f"score_adv:{detector}"] = rng.normal(0.0, 1.0, n)
-    return pd.DataFrame(frame)
+    return synthetic_records(model, threat, attack, n=n, seed=seed, wrong=3, success_p=0.5, adv_offset=2, shift=1.5, corruption=corruption, detectors=detectors)
 
 
 def assert_figures(files, stems):

@@ -7,10 +7,10 @@ import re
 import shutil
 import subprocess
 
-import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from synthetic import synthetic_records
 
 from robench.cli_report import report, resolve_format
 from robench.errors import ConfigError, UnknownNameError
@@ -283,19 +283,7 @@ def test_standalone_latex_compiles(tmp_path):
 
 
 def records(model: str, threat: str, attack: str, n: int = 30, seed: int = 0, shift: float = 2.0, detectors=("kd",)) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    label = np.arange(n) % 10
-    clean_pred = np.where(np.arange(n) < n - 2, label, (label + 1) % 10)  # the last two clean inputs are wrong
-    success = rng.random(n) < 0.6
-    frame = {
-        "model": model, "threat": threat, "attack": attack, "corruption": False, "sample": np.arange(n), "label": label,
-        "target": -1, "clean_pred": clean_pred, "adv_pred": np.where(success, (label + 3) % 10, clean_pred), "success": success,
-        "l2": rng.random(n), "linf": rng.random(n), "distortion": rng.random(n) / 10,
-    }  # fmt: skip
-    for detector in detectors:
-        frame[f"score_clean:{detector}"] = rng.normal(shift, 1.0, n)
-        frame[f"score_adv:{detector}"] = rng.normal(0.0, 1.0, n)
-    return pd.DataFrame(frame)
+    return synthetic_records(model, threat, attack, n=n, seed=seed, wrong=2, success_p=0.6, adv_offset=3, shift=shift, detectors=detectors)
 
 
 def write_pair(root, model: str, defense: str, threat: str, attacks: list[str], shift: float) -> None:
@@ -356,3 +344,15 @@ def test_report_bad_input_raises_one_line_errors(run_dir, args, error, fragment)
 def test_report_on_a_missing_folder_is_a_config_error(tmp_path):
     result = CliRunner().invoke(report, [str(tmp_path / "nowhere")])
     assert isinstance(result.exception, ConfigError)
+
+
+def test_one_target_from_two_substitutes_keeps_two_rows_in_black_box_and_summary():
+    frame = summary(
+        {**row("gm", "black-box", "PGD-10-un", auc=0.91), "crafted_on": "soft"},
+        {**row("gm", "black-box", "PGD-10-un", auc=0.97), "crafted_on": "mmc"},
+    )
+    black = build_table("black-box", frame, META).values()
+    assert [c[0] for c in black.columns] == ["GM (from soft)", "GM (from mmc)"]  # substitutes that are not rows are named as in the records
+    assert black.to_numpy().ravel().tolist() == [pytest.approx(0.91), pytest.approx(0.97)]
+    rows = build_table("summary", frame, META).values()
+    assert sorted({r[1] for r in rows.index}) == ["black-box (from mmc)", "black-box (from soft)"]
