@@ -17,17 +17,19 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, final
+from typing import TYPE_CHECKING, ClassVar, final
 
 import torch
 from torch import Tensor
 
-from robench.config import Configurable
+from robench.core.config import Configurable
+from robench.core.errors import ConfigError
+from robench.core.models import Classifier, Forward
+from robench.core.registry import Registry
 from robench.defenses import Defense
-from robench.detectors import Detector, Forward
-from robench.errors import ConfigError
-from robench.models import Classifier
-from robench.registry import Registry
+
+if TYPE_CHECKING:  # only C&W-wb uses a detector, and imports it itself
+    from robench.detectors import Detector
 
 _BOUND_TOLERANCE = 1e-6
 
@@ -76,8 +78,7 @@ class AttackTarget:
 
     @property
     def num_classes(self) -> int:
-        weight = next(self.model.parameters())
-        return int(self.model.head(torch.zeros(1, self.model.feature_dim, device=weight.device, dtype=weight.dtype)).shape[1])
+        return self.model.num_classes
 
     @property
     def device(self) -> torch.device:
@@ -95,14 +96,34 @@ class AttackResult:
 
 
 @dataclass(frozen=True)
+class AttackNeeds:
+    """What an attack needs the runner to provide beyond the model (see :meth:`Attack.needs`).
+
+    ``kd_per_class``: an attacker-side kernel density over this many seeded training points per
+    class (0 = all) of the crafting model, with its eta, in ``AttackTarget.detector`` /
+    ``detector_eta`` (C&W-wb, 001 Sec. 4.4.2); None = no density.
+    """
+
+    kd_per_class: int | None = None
+
+
+@dataclass(frozen=True)
 class Attack(Configurable, ABC):
-    """Base class; subclasses are frozen dataclasses whose fields are the attack's parameters."""
+    """Base class; subclasses are frozen dataclasses whose fields are the attack's parameters.
+
+    The fields' constraints are field metadata (:mod:`robench.core.config`), checked on construction.
+    """
 
     name: ClassVar[str]
     description: ClassVar[str]
     kind: ClassVar[str] = "attack"
     # "linf", "l2" or "none" (noise, rotation): the norm the budget is measured in.
     norm: ClassVar[str] = "none"
+    # For tables and sanity checks: an optimiser that takes several steps (BIM, PGD, C&W, SPSA, ...),
+    # one that takes a single gradient step (FGSM), and the field that sizes the attack (None: unbounded, C&W).
+    iterative: ClassVar[bool] = False
+    single_step: ClassVar[bool] = False
+    budget_param: ClassVar[str | None] = None
 
     @final
     def __call__(
@@ -136,9 +157,13 @@ class Attack(Configurable, ABC):
         success = predicted == targets if targets is not None else predicted != y
         return AttackResult(x_adv=x_adv, success=success, predicted=predicted, forward=forward)
 
+    def needs(self) -> AttackNeeds:
+        """What the runner must provide in the AttackTarget; most attacks need nothing beyond the model."""
+        return AttackNeeds()
+
     @abstractmethod
     def run(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator) -> Tensor:
         """Return adversarial inputs for the batch (same shape as x, inside ``target.bounds``)."""
 
 
-ATTACKS: Registry[type[Attack]] = Registry("attack")
+ATTACKS: Registry[type[Attack]] = Registry("attack", base=Attack)

@@ -15,22 +15,19 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from robench.attacks.base import ATTACKS, Attack, AttackTarget
-from robench.errors import ConfigError
+from robench.core.config import finite
 
 
-@ATTACKS.register("gaussian-noise")
+@ATTACKS.register
 @dataclass(frozen=True)
 class GaussianNoise(Attack):
     """x + N(0, sigma^2) per pixel, clipped to the model's bounds; sigma in units of the input range (004 uses 0.05)."""
 
-    sigma: float = 0.05
+    sigma: float = finite(0.05, low=0, note="in units of the input range")
 
     name: ClassVar[str] = "gaussian-noise"
     description: ClassVar[str] = "additive Gaussian noise, clipped to the input range (004 Sec. 4.5)"
-
-    def __post_init__(self) -> None:
-        if self.sigma < 0:
-            raise ConfigError(f"gaussian-noise needs sigma >= 0, got {self.sigma}")
+    budget_param: ClassVar[str | None] = "sigma"
 
     def run(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator) -> Tensor:
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=generator.device).to(x.device)
@@ -60,20 +57,17 @@ def rotate(x: Tensor, degrees: Tensor, fill: float) -> Tensor:
     return image * mask + (1.0 - mask) * fill  # torchvision's blend of the fill at the border
 
 
-@ATTACKS.register("rotation")
+@ATTACKS.register
 @dataclass(frozen=True)
 class RandomRotation(Attack):
     """A uniform random rotation in [-max_degrees, max_degrees] per image (004 Sec. 4.5 uses 30)."""
 
-    max_degrees: float = 30.0
-    fill: float | None = None
+    max_degrees: float = finite(30.0, low=0, high=180)
+    fill: float | None = finite(None, optional=True, note="None: the lower input bound")
 
     name: ClassVar[str] = "rotation"
     description: ClassVar[str] = "uniform random rotation within +-max_degrees (004 Sec. 4.5)"
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.max_degrees <= 180:
-            raise ConfigError(f"rotation needs 0 <= max_degrees <= 180, got {self.max_degrees}")
+    budget_param: ClassVar[str | None] = "max_degrees"
 
     def run(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator) -> Tensor:
         angles = (torch.rand(x.shape[0], generator=generator, device=generator.device) * 2 - 1) * self.max_degrees

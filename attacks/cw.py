@@ -62,8 +62,9 @@ clean input are returned unchanged (distortion 0) and not optimised; samples
 for which no adversarial example is ever found are returned unchanged too, so
 ``Attack.__call__`` reports them as failures.
 
-Adam is written out (Kingma & Ba, the same update as ``torch.optim.Adam``)
-because a sample that aborts must keep its state frozen while others move.
+Adam (Kingma & Ba, the same update as ``torch.optim.Adam``) is
+:class:`robench.attacks.optim.MaskedAdam`, with per-sample state, because a
+sample that aborts must keep its state frozen while others move.
 No randomness is used; the generator is ignored.
 
 Cost: the defaults (5 search steps x up to 1,000 Adam iterations, one forward
@@ -84,8 +85,10 @@ from torch import Tensor
 
 from robench.attacks.base import ATTACKS, Attack, AttackTarget
 from robench.attacks.objectives import objective_value
-from robench.detectors import Forward
-from robench.errors import ConfigError
+from robench.attacks.optim import MaskedAdam
+from robench.core.config import boolean, choice, finite, positive_int
+from robench.core.errors import ConfigError
+from robench.core.models import Forward
 
 # The atanh argument is clamped to +-(1 - 1e-6), as Carlini's reference scales it by 0.999999:
 # inputs exactly on a bound map to |w| ~ 7.25 instead of infinity.
@@ -94,13 +97,11 @@ _ATANH_LIMIT = 1.0 - 1e-6
 _CONST_UPPER = 1e10
 # Early abort: stop a sample whose loss has not dropped below (1 - 1e-4) of its previous check (reference: 0.9999).
 _ABORT_RELATIVE_DROP = 1e-4
-_ADAM_BETAS = (0.9, 0.999)
-_ADAM_EPS = 1e-8
 
 CW_OBJECTIVES = ("margin", "adaptive-margin")
 
 
-@ATTACKS.register("cw-l2")
+@ATTACKS.register
 @dataclass(frozen=True)
 class CarliniWagnerL2(Attack):
     """Carlini & Wagner L2 with a per-sample binary search over c (see the module docstring).
@@ -129,46 +130,24 @@ class CarliniWagnerL2(Attack):
       likelihood term); it shapes the optimisation, not the success criterion.
     """
 
-    binary_search_steps: int = 5
-    steps: int = 1000
-    lr: float = 0.01
-    initial_const: float = 1e-3
-    kappa: float = 0.0
-    abort_early: bool = True
-    objective: str = "margin"
-    likelihood_weight: float = 0.0
+    binary_search_steps: int = positive_int(5)
+    steps: int = positive_int(1000)
+    lr: float = finite(0.01, low=0, low_open=True)
+    initial_const: float = finite(1e-3, low=0, low_open=True)
+    kappa: float = finite(0.0, low=0)
+    abort_early: bool = boolean(True)
+    objective: str = choice("margin", *CW_OBJECTIVES, note="C&W needs a margin objective")
+    likelihood_weight: float = finite(0.0, low=0)
 
     name: ClassVar[str] = "cw-l2"
     description: ClassVar[str] = "Carlini & Wagner L2, Adam in tanh space, per-sample binary search over c (001 Sec. 4.4, 004 Sec. 4.3)"
     norm: ClassVar[str] = "l2"
+    iterative: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        def positive_int(key: str) -> None:
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{self.name} needs an integer {key} >= 1, got {value!r}")
-
-        def finite(key: str, minimum: float, strict: bool) -> None:
-            value = getattr(self, key)
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            if not ok or value < minimum or (strict and value == minimum):
-                relation = ">" if strict else ">="
-                raise ConfigError(f"{self.name} needs a finite {key} {relation} {minimum:g}, got {value!r}")
-
-        positive_int("binary_search_steps")
-        positive_int("steps")
-        finite("lr", 0.0, strict=True)
-        finite("initial_const", 0.0, strict=True)
-        finite("kappa", 0.0, strict=False)
-        finite("likelihood_weight", 0.0, strict=False)
-        if not isinstance(self.abort_early, bool):
-            raise ConfigError(f"{self.name} needs abort_early to be true or false, got {self.abort_early!r}")
-        if self.objective not in CW_OBJECTIVES:
-            raise ConfigError(
-                f"{self.name} needs a margin objective (one of {', '.join(CW_OBJECTIVES)}), got '{self.objective}'"
-            )
+        super().__post_init__()
         if self.likelihood_weight and self.objective != "adaptive-margin":
-            raise ConfigError(f"{self.name}: likelihood_weight needs objective=adaptive-margin")
+            raise ConfigError(f"{self.describe()}: likelihood_weight needs objective=adaptive-margin")
 
     def run(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator) -> Tensor:
         del generator  # deterministic
@@ -194,15 +173,13 @@ class CarliniWagnerL2(Attack):
         lower = torch.zeros(n, dtype=torch.float64, device=device)
         upper = torch.full((n,), _CONST_UPPER, dtype=torch.float64, device=device)
         check_every = max(self.steps // 10, 1)
-        beta1, beta2 = _ADAM_BETAS
 
         for search_step in range(self.binary_search_steps):
             if self.binary_search_steps >= 10 and search_step == self.binary_search_steps - 1:
                 consts = upper.clone()  # the reference's final repeat at the best c found
             c = consts.to(x.dtype)
             w = w_start.clone()
-            adam_m = torch.zeros_like(w)
-            adam_v = torch.zeros_like(w)
+            adam = MaskedAdam(w, self.lr)
             moving = ~already
             found = torch.zeros(n, dtype=torch.bool, device=device)
             previous = torch.full((n,), math.inf, dtype=x.dtype, device=device)
@@ -246,13 +223,8 @@ class CarliniWagnerL2(Attack):
                         moving[idx[stalled]] = False
                         step_now = ~stalled
                     j = idx[step_now]
-                    g = grad[step_now]
-                    t = iteration + 1  # every sample still moving has taken exactly `iteration` steps
-                    adam_m[j] = beta1 * adam_m[j] + (1 - beta1) * g
-                    adam_v[j] = beta2 * adam_v[j] + (1 - beta2) * g.square()
-                    m_hat = adam_m[j] / (1 - beta1**t)
-                    v_hat = adam_v[j] / (1 - beta2**t)
-                    w[j] = w[j] - self.lr * m_hat / (v_hat.sqrt() + _ADAM_EPS)
+                    # every sample still moving has taken exactly `iteration` steps
+                    w[j] = w[j] - adam.step(j, grad[step_now], iteration + 1)
 
             # per-sample binary search (the reference's update rule)
             upper = torch.where(found, torch.minimum(upper, consts), upper)
@@ -288,7 +260,7 @@ class CarliniWagnerL2(Attack):
         return hit & (margin <= -self.kappa)
 
 
-@ATTACKS.register("cw-hc")
+@ATTACKS.register
 @dataclass(frozen=True)
 class CarliniWagnerHighConfidence(CarliniWagnerL2):
     """C&W-hc of paper 001 Sec. 4.4: ``cw-l2`` with kappa = 10 (high-confidence adversarial examples)."""

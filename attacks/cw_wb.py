@@ -48,16 +48,17 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from robench.attacks.base import ATTACKS, AttackTarget
+from robench.attacks.base import ATTACKS, AttackNeeds, AttackTarget
 from robench.attacks.cw import CarliniWagnerL2
-from robench.detectors import Forward
+from robench.core.config import choice, integer
+from robench.core.errors import ConfigError
+from robench.core.models import Forward
 from robench.detectors.kd import KernelDensityDetector
-from robench.errors import ConfigError
 
 ETA_MODES = ("train-median", "clean")
 
 
-@ATTACKS.register("cw-wb")
+@ATTACKS.register
 @dataclass(frozen=True)
 class CarliniWagnerWhiteBox(CarliniWagnerL2):
     """C&W-wb (paper 001 Sec. 4.4.2): ``cw-l2`` plus the kernel-density term f_2; targeted only.
@@ -70,20 +71,15 @@ class CarliniWagnerWhiteBox(CarliniWagnerL2):
     """
 
     initial_const: float = 1.0
-    eta_mode: str = "train-median"
-    kd_per_class: int = 100
+    eta_mode: str = choice("train-median", *ETA_MODES)
+    kd_per_class: int = integer(100, low=0, note="0 = all")
 
     name: ClassVar[str] = "cw-wb"
     description: ClassVar[str] = "white-box C&W against the classifier and the KD detector, f_2 = max(-log KD_t - eta, 0) (001 Sec. 4.4.2)"
     # The runner gives this attack a fitted KD estimator (AttackTarget.detector) and eta.
-    needs_density: ClassVar[bool] = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.eta_mode not in ETA_MODES:
-            raise ConfigError(f"{self.name} needs eta_mode to be one of {', '.join(ETA_MODES)}, got {self.eta_mode!r}")
-        if isinstance(self.kd_per_class, bool) or not isinstance(self.kd_per_class, int) or self.kd_per_class < 0:
-            raise ConfigError(f"{self.name} needs an integer kd_per_class >= 0 (0 = all), got {self.kd_per_class!r}")
+    def needs(self) -> AttackNeeds:
+        """The attacker's own KD over ``kd_per_class`` training points per class, and its eta."""
+        return AttackNeeds(kd_per_class=self.kd_per_class)
 
     def run(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator) -> Tensor:
         if targets is None:

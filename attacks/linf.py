@@ -53,7 +53,6 @@ Choices the papers leave open:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -62,8 +61,8 @@ from torch import Tensor
 
 from robench.attacks.base import ATTACKS, Attack, AttackTarget
 from robench.attacks.objectives import OBJECTIVES, objective_value
-from robench.errors import ConfigError
-from robench.registry import did_you_mean
+from robench.core.config import boolean, choice, finite, positive_int
+from robench.core.errors import ConfigError
 
 _ADAPTIVE = ("adaptive", "adaptive-margin")
 _L1_FLOOR = 1e-12  # per-sample L1 norm floor: a zero gradient stays zero instead of becoming NaN
@@ -89,37 +88,22 @@ class LinfGradientAttack(Attack):
     # The target mode the papers run this attack with; None leaves it to the caller.
     default_target_mode: ClassVar[str | None] = None
     requires_targets: ClassVar[bool] = False
+    iterative: ClassVar[bool] = True
+    budget_param: ClassVar[str | None] = "eps"
 
-    eps: float = 8 / 255
-    step: float | None = 2 / 255
-    steps: int = 10
-    random_start: bool = False
-    decay: float = 0.0
-    objective: str = "ce"
-    likelihood_weight: float = 0.0
+    eps: float = finite(8 / 255, low=0, low_open=True)
+    step: float | None = finite(2 / 255, low=0, low_open=True, optional=True, note="None: step = eps")
+    steps: int = positive_int(10)
+    random_start: bool = boolean(False)
+    decay: float = finite(0.0, low=0)
+    objective: str = choice("ce", *OBJECTIVES)
+    likelihood_weight: float = finite(0.0, low=0)
 
     def __post_init__(self) -> None:
-        what = f"attack '{self.name}'"
-        if not _positive_finite(self.eps):
-            raise ConfigError(f"{what}: eps must be a positive finite number, got {self.eps!r}")
-        if self.step is not None and not _positive_finite(self.step):
-            raise ConfigError(f"{what}: step must be a positive finite number (or None for step = eps), got {self.step!r}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ConfigError(f"{what}: steps must be an integer >= 1, got {self.steps!r}")
-        if not isinstance(self.random_start, bool):
-            raise ConfigError(f"{what}: random_start must be a bool, got {self.random_start!r}")
-        if not _real(self.decay) or not math.isfinite(self.decay) or self.decay < 0:
-            raise ConfigError(f"{what}: decay must be a finite number >= 0, got {self.decay!r}")
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(
-                f"{what}: unknown objective '{self.objective}'{did_you_mean(str(self.objective), list(OBJECTIVES))}; "
-                f"known: {', '.join(OBJECTIVES)}"
-            )
-        if not _real(self.likelihood_weight) or not math.isfinite(self.likelihood_weight) or self.likelihood_weight < 0:
-            raise ConfigError(f"{what}: likelihood_weight must be a finite number >= 0, got {self.likelihood_weight!r}")
+        super().__post_init__()
         if self.likelihood_weight and self.objective not in _ADAPTIVE:
             raise ConfigError(
-                f"{what}: likelihood_weight needs an adaptive objective ({' or '.join(_ADAPTIVE)}), "
+                f"{self.describe()}: likelihood_weight needs an adaptive objective ({' or '.join(_ADAPTIVE)}), "
                 f"not '{self.objective}', which would ignore it"
             )
 
@@ -160,26 +144,20 @@ class LinfGradientAttack(Attack):
         return x_adv.detach()
 
 
-def _real(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _positive_finite(value: object) -> bool:
-    return _real(value) and math.isfinite(value) and value > 0  # type: ignore[operator, arg-type]
-
-
 def _uniform_like(x: Tensor, generator: torch.Generator) -> Tensor:
     """U[0, 1) noise shaped like ``x``, drawn from ``generator`` only (on its device, then moved to x's)."""
     noise = torch.rand(x.shape, generator=generator, device=generator.device, dtype=x.dtype)
     return noise.to(x.device)
 
 
-@ATTACKS.register("fgsm")
+@ATTACKS.register
 @dataclass(frozen=True)
 class FGSM(LinfGradientAttack):
     """Fast gradient sign method (Goodfellow et al. 2015): one step of size eps; paper 001, Sec. 4.4 (eps 0.1)."""
 
     name: ClassVar[str] = "fgsm"
+    iterative: ClassVar[bool] = False
+    single_step: ClassVar[bool] = True
     description: ClassVar[str] = "fast gradient sign method, one step of size eps (Goodfellow et al. 2015; 001: eps 0.1)"
 
     eps: float = 0.1
@@ -187,7 +165,7 @@ class FGSM(LinfGradientAttack):
     steps: int = 1
 
 
-@ATTACKS.register("bim")
+@ATTACKS.register
 @dataclass(frozen=True)
 class BIM(LinfGradientAttack):
     """Basic iterative method (Kurakin et al. 2017): 20 clipped steps of 0.01, paper 001 Sec. 4.4; eps 0.2 = 20 * 0.01."""
@@ -200,7 +178,7 @@ class BIM(LinfGradientAttack):
     steps: int = 20
 
 
-@ATTACKS.register("ilcm")
+@ATTACKS.register
 @dataclass(frozen=True)
 class ILCM(BIM):
     """Iterative least-likely class method (Kurakin et al. 2017): BIM targeted at the least-likely class.
@@ -215,37 +193,38 @@ class ILCM(BIM):
     requires_targets: ClassVar[bool] = True
 
 
-@ATTACKS.register("pgd")
 @dataclass(frozen=True)
-class PGD(LinfGradientAttack):
-    """Projected gradient descent (Madry et al. 2018) with a uniform random start; paper 004 Sec. 4.3 (8/255, 2/255, 10 or 50 steps)."""
-
-    name: ClassVar[str] = "pgd"
-    description: ClassVar[str] = "projected gradient descent with random start, eps 8/255, step 2/255, 10 steps (Madry et al. 2018; 004)"
+class _Paper004Budget(LinfGradientAttack):
+    """Paper 004's L-inf budget, shared by PGD and MIM (not registered): eps 8/255, step 2/255, 10 steps."""
 
     eps: float = 8 / 255
     step: float | None = 2 / 255
     steps: int = 10
-    random_start: bool = True
 
     # 8/255 is 004's CIFAR budget; on MNIST 004 (Fig. 3, after Madry et al.) uses eps 0.3, step 0.01.
     family_defaults: ClassVar = {"mnist": {"eps": 0.3, "step": 0.01}}
 
 
-@ATTACKS.register("mim")
+@ATTACKS.register
 @dataclass(frozen=True)
-class MIM(LinfGradientAttack):
+class PGD(_Paper004Budget):
+    """Projected gradient descent (Madry et al. 2018) with a uniform random start; paper 004 Sec. 4.3 (8/255, 2/255, 10 or 50 steps)."""
+
+    name: ClassVar[str] = "pgd"
+    description: ClassVar[str] = "projected gradient descent with random start, eps 8/255, step 2/255, 10 steps (Madry et al. 2018; 004)"
+
+    random_start: bool = True
+
+
+@ATTACKS.register
+@dataclass(frozen=True)
+class MIM(_Paper004Budget):
     """Momentum iterative method (Dong et al. 2018): decay 1.0, L1-normalised gradients; paper 004's budget."""
 
     name: ClassVar[str] = "mim"
     description: ClassVar[str] = "momentum iterative method, decay 1.0, eps 8/255, step 2/255, 10 steps (Dong et al. 2018; 004)"
 
-    eps: float = 8 / 255
-    step: float | None = 2 / 255
-    steps: int = 10
     decay: float = 1.0
-
-    family_defaults: ClassVar = {"mnist": {"eps": 0.3, "step": 0.01}}  # as PGD
 
 
 LINF_ATTACKS: tuple[type[LinfGradientAttack], ...] = (FGSM, BIM, ILCM, PGD, MIM)

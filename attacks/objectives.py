@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from robench.core.errors import ConfigError
+from robench.core.models import Forward
 from robench.defenses.base import best_other_label, stable_negative_cross_entropy
-from robench.detectors import Forward
-from robench.errors import ConfigError
 
 OBJECTIVES = ("ce", "margin", "adaptive", "adaptive-margin")
 

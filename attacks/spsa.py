@@ -52,7 +52,6 @@ copied across each iteration.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -62,12 +61,8 @@ from torch import Tensor
 
 from robench.attacks.base import ATTACKS, Attack, AttackTarget
 from robench.attacks.objectives import OBJECTIVES, objective_value
-from robench.errors import ConfigError
-from robench.registry import did_you_mean
-
-# Adam (Kingma & Ba 2015) with torch.optim.Adam's defaults, written out so frozen samples keep their state.
-_ADAM_BETAS = (0.9, 0.999)
-_ADAM_EPS = 1e-8
+from robench.attacks.optim import MaskedAdam
+from robench.core.config import boolean, choice, finite, integer, positive_int
 
 LossFn = Callable[[Tensor], Tensor]
 
@@ -101,7 +96,7 @@ def _rademacher(shape: tuple[int, ...], generator: torch.Generator, like: Tensor
     return bits.to(device=like.device, dtype=like.dtype).mul_(2).sub_(1)
 
 
-@ATTACKS.register("spsa")
+@ATTACKS.register
 @dataclass(frozen=True)
 class SPSA(Attack):
     """Gradient-free SPSA with Adam (Uesato et al. 2018; 004 Sec. 4.4), see the module docstring.
@@ -119,37 +114,21 @@ class SPSA(Attack):
     - ``early_stop`` = True: freeze a sample at its first adversarial iterate.
     """
 
-    eps: float = 8 / 255
-    lr: float = 0.01
-    delta: float = 0.01
-    samples: int = 128
-    steps: int = 100
-    objective: str = "adaptive"
-    max_batch: int = 4096
-    early_stop: bool = True
+    eps: float = finite(8 / 255, low=0, low_open=True)
+    lr: float = finite(0.01, low=0, low_open=True)
+    delta: float = finite(0.01, low=0, low_open=True)
+    samples: int = positive_int(128)
+    steps: int = positive_int(100)
+    objective: str = choice("adaptive", *OBJECTIVES)
+    max_batch: int = integer(4096, low=2, note="both probes of an image go through one forward")
+    early_stop: bool = boolean(True)
 
     name: ClassVar[str] = "spsa"
     description: ClassVar[str] = "gradient-free SPSA with Adam, lr 0.01, delta 0.01, 128 samples (Uesato et al. 2018; 004 Sec. 4.4)"
     norm: ClassVar[str] = "linf"
+    iterative: ClassVar[bool] = True
+    budget_param: ClassVar[str | None] = "eps"
     family_defaults: ClassVar = {"mnist": {"eps": 0.3}}  # Madry et al.'s MNIST budget, as PGD's and 004 Fig. 3
-
-    def __post_init__(self) -> None:
-        what = f"attack '{self.name}'"
-        for key in ("eps", "lr", "delta"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ConfigError(f"{what}: {key} must be a positive finite number, got {value!r}")
-        for key, minimum in (("samples", 1), ("steps", 1), ("max_batch", 2)):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ConfigError(f"{what}: {key} must be an integer >= {minimum}, got {value!r}")
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(
-                f"{what}: unknown objective '{self.objective}'{did_you_mean(str(self.objective), list(OBJECTIVES))}; "
-                f"known: {', '.join(OBJECTIVES)}"
-            )
-        if not isinstance(self.early_stop, bool):
-            raise ConfigError(f"{what}: early_stop must be true or false, got {self.early_stop!r}")
 
     def run(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator) -> Tensor:
         n = x.shape[0]
@@ -160,8 +139,7 @@ class SPSA(Attack):
         bounds = target.bounds
         lower = (x_adv - self.eps).clamp_min(bounds.low)
         upper = (x_adv + self.eps).clamp_max(bounds.high)
-        adam_m, adam_v = torch.zeros_like(x_adv), torch.zeros_like(x_adv)
-        beta1, beta2 = _ADAM_BETAS
+        adam = MaskedAdam(x_adv, self.lr)
         moving = torch.ones(n, dtype=torch.bool, device=x.device)
         # A central difference needs both probes of an image in one forward, so images go in groups of max_batch // 2.
         group = self.max_batch // 2
@@ -176,12 +154,8 @@ class SPSA(Attack):
             grad = torch.cat(
                 [self._gradient(target, x_adv, y, targets, chunk, generator) for chunk in idx.split(group)]
             )
-            adam_m[idx] = beta1 * adam_m[idx] + (1 - beta1) * grad
-            adam_v[idx] = beta2 * adam_v[idx] + (1 - beta2) * grad.square()
             # every moving sample has taken exactly t - 1 steps: frozen samples never move again
-            m_hat = adam_m[idx] / (1 - beta1**t)
-            v_hat = adam_v[idx] / (1 - beta2**t)
-            step = x_adv[idx] - self.lr * m_hat / (v_hat.sqrt() + _ADAM_EPS)
+            step = x_adv[idx] - adam.step(idx, grad, t)
             x_adv[idx] = torch.maximum(torch.minimum(step, upper[idx]), lower[idx])
         return x_adv
 

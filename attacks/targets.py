@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from robench.errors import ConfigError
-from robench.registry import did_you_mean
+from robench.core.errors import ConfigError
+from robench.core.registry import did_you_mean
 
 TARGET_MODES = ("none", "random", "least-likely")
 

@@ -21,8 +21,8 @@ import torch
 import robench
 from robench.attacks import ATTACKS, AttackTarget, Bounds
 from robench.attacks.targets import choose_targets
-from robench.data import load_dataset
-from robench.devices import resolve_device
+from robench.core.data import load_dataset
+from robench.core.devices import resolve_device
 
 
 def timed(fn, device: torch.device, repeats: int):

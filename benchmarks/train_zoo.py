@@ -15,7 +15,7 @@ from pathlib import Path
 
 import robench
 from robench.defenses import DEFENSES
-from robench.devices import resolve_device
+from robench.core.devices import resolve_device
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     print("| defense | clean test accuracy | training time (s) |")
     print("|---|---|---|")
     for name in args.defense or DEFENSES.names():
-        bundle = robench.train_bundle(defense=name, seed=args.seed, device=device, progress=False)
+        bundle = robench.core.train_bundle(defense=name, seed=args.seed, device=device, progress=False)
         robench.save_bundle(args.out_dir / f"{name}.pt", bundle.model, bundle.meta)
         print(f"| `{name}` | {100 * bundle.meta.clean_accuracy:.2f}% | {bundle.meta.train_seconds:.1f} |", flush=True)
 

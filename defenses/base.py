@@ -1,9 +1,11 @@
 """The defense interface: a classification head, the loss that trains it, and the objective that attacks it.
 
-A defense is a typed, frozen dataclass of its hyper-parameters. ``for_dataset``
-picks the paper's defaults for a dataset family; ``make_head`` builds the module
-mapping features z to test-time logits (``argmax`` is the prediction for every
-defense); ``loss`` is the training objective.
+A defense is a typed, frozen dataclass of its hyper-parameters (constraints as
+field metadata, :mod:`robench.core.config`). ``for_dataset`` picks the paper's
+defaults for a dataset family; ``make_head`` builds the module mapping features
+z to test-time logits (``argmax`` is the prediction for every defense), which
+declares its ``num_classes``; ``loss`` is the training objective. ``label`` and
+``table_rank`` give its row name and position in the paper-layout tables.
 
 Adaptive attacks (paper 004, App. B.4) do not hard-code cross-entropy: they ask
 the defense for ``adaptive_objective``, built from the defense's own per-sample
@@ -33,11 +35,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robench.config import Configurable
-from robench.errors import ConfigError
-from robench.registry import Registry
+from robench.core.config import Configurable
+from robench.core.errors import ConfigError
+from robench.core.registry import Registry
 
 ObjectiveForm = Literal["gradient", "margin"]
 
@@ -57,6 +60,14 @@ def best_other_label(logits: Tensor, y: Tensor) -> Tensor:
     return masked.argmax(1)
 
 
+class LinearHead(nn.Linear):
+    """``nn.Linear`` that declares ``num_classes`` (its ``out_features``), as every defense head does."""
+
+    @property
+    def num_classes(self) -> int:
+        return self.out_features
+
+
 @dataclass(frozen=True)
 class Defense(Configurable, ABC):
     """Base class; subclasses are frozen dataclasses whose fields are the hyper-parameters."""
@@ -64,6 +75,9 @@ class Defense(Configurable, ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     kind: ClassVar[str] = "defense"
+    # Tables: the row label, and the row position (lower first; the built-ins take 0..7, baselines first, GM last).
+    label: ClassVar[str]
+    table_rank: ClassVar[int] = 100
     # Training settings this defense needs per family (e.g. a lower lr), applied before the user's overrides.
     train_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     # True when ``attack_loss`` is cross-entropy on ``head(z)``: the untargeted gradient form then uses
@@ -73,7 +87,7 @@ class Defense(Configurable, ABC):
 
     @abstractmethod
     def make_head(self, feature_dim: int, num_classes: int) -> nn.Module:
-        """The module mapping features z (N x d) to test-time logits (N x K)."""
+        """The module mapping features z (N x d) to test-time logits (N x K); it has an int ``num_classes`` (K)."""
 
     @abstractmethod
     def loss(self, head: nn.Module, z: Tensor, y: Tensor) -> LossTerms:
@@ -131,6 +145,19 @@ class Defense(Configurable, ABC):
         return objective
 
 
+@dataclass(frozen=True)
+class CrossEntropyDefense(Defense):
+    """Base of the defenses attacked through cross-entropy on their test-time logits ``head(z)``.
+
+    Training-only devices (margins, regularisers) stay in each subclass's ``loss``.
+    """
+
+    attack_loss_is_cross_entropy: ClassVar[bool] = True
+
+    def attack_loss(self, head: nn.Module, z: Tensor, labels: Tensor) -> Tensor:
+        return F.cross_entropy(head(z), labels, reduction="none")
+
+
 def stable_negative_cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
     """Z_y - logsumexp_{k != y} Z_k: decreasing in -CE(Z, y) (-CE = -softplus(-this)), so minimising it
     is minimising -CE, but its gradient does not underflow when the softmax saturates."""
@@ -145,6 +172,16 @@ def mean_terms(per_sample: Tensor, name: str) -> LossTerms:
     return LossTerms(total=total, parts={name: total})
 
 
-DEFENSES: Registry[type[Defense]] = Registry("defense")
+DEFENSES: Registry[type[Defense]] = Registry("defense", base=Defense)
 
-__all__ = ["DEFENSES", "Defense", "LossTerms", "ObjectiveForm", "best_other_label", "mean_terms", "stable_negative_cross_entropy"]
+__all__ = [
+    "DEFENSES",
+    "CrossEntropyDefense",
+    "Defense",
+    "LinearHead",
+    "LossTerms",
+    "ObjectiveForm",
+    "best_other_label",
+    "mean_terms",
+    "stable_negative_cross_entropy",
+]

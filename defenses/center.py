@@ -37,12 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robench.defenses.base import DEFENSES, LossTerms
+from robench.core.config import finite
+from robench.defenses.base import DEFENSES, LinearHead, LossTerms
 from robench.defenses.softmax import SoftmaxDefense
-from robench.errors import ConfigError
 
 
-class CenterHead(nn.Linear):
+class CenterHead(LinearHead):
     """A linear head that also carries the class centres (K x d buffer, saved with the model)."""
 
     def __init__(self, feature_dim: int, num_classes: int) -> None:
@@ -58,19 +58,17 @@ def update_centers(centers: Tensor, z: Tensor, y: Tensor, alpha: float) -> None:
     centers -= alpha * (counts * centers - sums) / (1.0 + counts)
 
 
-@DEFENSES.register("center")
+@DEFENSES.register
 @dataclass(frozen=True)
 class CenterDefense(SoftmaxDefense):
-    lam: float = 0.003
-    alpha: float = 0.5
+    lam: float = finite(0.003, low=0)
+    # alpha <= 1 moves a centre at most n_j / (1 + n_j) of the way to its batch mean; above 1 it can overshoot.
+    alpha: float = finite(0.5, low=0, high=1, note="the centres' update rate")
 
     name: ClassVar[str] = "center"
+    label: ClassVar[str] = "Center"
+    table_rank: ClassVar[int] = 1
     description: ClassVar[str] = "softmax + centre loss (Wen et al., ECCV 2016)"
-
-    def __post_init__(self) -> None:
-        # alpha <= 1 moves a centre at most n_j / (1 + n_j) of the way to its batch mean; above 1 it can overshoot.
-        if not (self.lam >= 0 and 0 <= self.alpha <= 1):
-            raise ConfigError(f"center needs lam >= 0 and 0 <= alpha <= 1, got lam={self.lam} alpha={self.alpha}")
 
     def make_head(self, feature_dim: int, num_classes: int) -> nn.Module:
         return CenterHead(feature_dim, num_classes)

@@ -53,8 +53,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from robench.core.config import finite
 from robench.defenses.base import DEFENSES, Defense, LossTerms
-from robench.errors import ConfigError
 
 # Floor for variances and squared distances, so degenerate inputs give large finite values and gradients, not inf/nan.
 _FLOOR = 1e-12
@@ -67,6 +67,10 @@ class GCCSHead(nn.Module):
         super().__init__()
         self.mapper = nn.Linear(feature_dim, num_classes)
         self.mu_t = float(mu_t)
+
+    @property
+    def num_classes(self) -> int:
+        return self.mapper.out_features
 
     def latent(self, z: Tensor) -> Tensor:
         return self.mapper(z)
@@ -105,19 +109,17 @@ def gccs_loss(u: Tensor, y: Tensor, mu_t: float, sigma_t: float, lam: float) -> 
     return LossTerms(total=kl + lam * kurt, parts={"kl": kl, "kurtosis": kurt})
 
 
-@DEFENSES.register("gccs")
+@DEFENSES.register
 @dataclass(frozen=True)
 class GCCSDefense(Defense):
-    lam: float = 0.2
-    mu_t: float = 70.0
-    sigma_t: float = 1.0
+    lam: float = finite(0.2, low=0)
+    mu_t: float = finite(70.0, low=0, low_open=True)
+    sigma_t: float = finite(1.0, low=0, low_open=True)
 
     name: ClassVar[str] = "gccs"
+    label: ClassVar[str] = "GCCS"
+    table_rank: ClassVar[int] = 6
     description: ClassVar[str] = "Gaussian class-conditional simplex loss: KL + kurtosis to simplex-centred Gaussians (Ali et al.; paper 003)"
-
-    def __post_init__(self) -> None:
-        if not (self.lam >= 0 and self.mu_t > 0 and self.sigma_t > 0):
-            raise ConfigError(f"gccs needs lam >= 0, mu_t > 0 and sigma_t > 0, got lam={self.lam} mu_t={self.mu_t} sigma_t={self.sigma_t}")
 
     def make_head(self, feature_dim: int, num_classes: int) -> nn.Module:
         return GCCSHead(feature_dim, num_classes, self.mu_t)

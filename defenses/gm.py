@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robench.defenses.base import DEFENSES, Defense, LossTerms
+from robench.core.config import finite
+from robench.defenses.base import DEFENSES, CrossEntropyDefense, LossTerms
 
 
 class GMHead(nn.Module):
@@ -41,6 +42,10 @@ class GMHead(nn.Module):
     def __init__(self, feature_dim: int, num_classes: int) -> None:
         super().__init__()
         self.means = nn.Parameter(torch.randn(num_classes, feature_dim))
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.means.shape[0])
 
     def half_sq_distances(self, z: Tensor) -> Tensor:
         """s_k = ||z - mu_k||^2 / 2 for every class (N x K), Eq. 18 with identity covariance."""
@@ -64,27 +69,36 @@ def gm_loss(s: Tensor, y: Tensor, alpha: float, lam: float) -> LossTerms:
     return LossTerms(total=cls + lam * lkd, parts={"cls": cls, "lkd": lkd})
 
 
-@DEFENSES.register("gm")
 @dataclass(frozen=True)
-class GMDefense(Defense):
-    alpha: float = 1.0
-    lam: float = 0.1
+class GaussianMixtureDefense(CrossEntropyDefense):
+    """What GM and L-GM (``lgm``) share: ``alpha`` (the adaptive margin) and ``lam`` (the weight of the
+    likelihood regulariser), and test-time logits (no margin) that are log N(z; mu_k, Sigma_k) up to
+    the constant (d/2) log(2 pi). The attack loss is their per-sample cross-entropy (GM: Eq. 4 on -s;
+    L-GM: Eq. 12).
+    """
 
+    alpha: float = finite(1.0, low=0)
+    lam: float = finite(0.1, low=0)
+
+    def class_log_likelihood(self, head: nn.Module, z: Tensor) -> Tensor:
+        """log N(z; mu_k, Sigma_k) = logits - (d/2) log(2 pi): for GM -s_k - (d/2) log(2 pi) (Eq. 2, identity
+        covariance), for L-GM -d_k - 1/2 log|Lambda_k| - (d/2) log(2 pi) (paper 002, Eq. 5, diagonal Lambda_k)."""
+        return head(z) - 0.5 * z.shape[1] * math.log(2 * math.pi)
+
+
+@DEFENSES.register
+@dataclass(frozen=True)
+class GMDefense(GaussianMixtureDefense):
     name: ClassVar[str] = "gm"
+    label: ClassVar[str] = "GM"
+    table_rank: ClassVar[int] = 7
     description: ClassVar[str] = "large-margin Gaussian-mixture loss (Wan et al., TPAMI; paper 001)"
-    attack_loss_is_cross_entropy: ClassVar[bool] = True
     family_defaults: ClassVar = {
         "mnist": {"alpha": 1.0},
         "cifar10": {"alpha": 0.3},
         "cifar100": {"alpha": 0.3},
         "svhn": {"alpha": 0.3},
     }
-
-    def __post_init__(self) -> None:
-        from robench.errors import ConfigError
-
-        if self.alpha < 0 or self.lam < 0:
-            raise ConfigError(f"gm needs alpha >= 0 and lam >= 0, got alpha={self.alpha} lam={self.lam}")
 
     def make_head(self, feature_dim: int, num_classes: int) -> nn.Module:
         return GMHead(feature_dim, num_classes)
@@ -93,16 +107,7 @@ class GMDefense(Defense):
         assert isinstance(head, GMHead)
         return gm_loss(head.half_sq_distances(z), y, self.alpha, self.lam)
 
-    def attack_loss(self, head: nn.Module, z: Tensor, labels: Tensor) -> Tensor:
-        """Eq. 4 per sample on the test-time logits -s (no margin)."""
-        return F.cross_entropy(head(z), labels, reduction="none")
-
     def likelihood_term(self, head: nn.Module, z: Tensor, labels: Tensor) -> Tensor:
         """||z - mu_label||^2 / 2, the negative log-likelihood under the label's Gaussian up to a constant."""
         assert isinstance(head, GMHead)
         return head.half_sq_distances(z).gather(1, labels[:, None]).squeeze(1)
-
-    def class_log_likelihood(self, head: nn.Module, z: Tensor) -> Tensor:
-        """log N(z; mu_k, I) = -s_k - (d/2) log(2 pi) (Eq. 2 with identity covariance)."""
-        assert isinstance(head, GMHead)
-        return -head.half_sq_distances(z) - 0.5 * z.shape[1] * math.log(2 * math.pi)

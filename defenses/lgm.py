@@ -37,7 +37,6 @@ we use CIFAR-10's 0.3 (as ``gm`` does).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -45,9 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robench.defenses.base import DEFENSES, Defense, LossTerms
-from robench.defenses.gm import margined_logits
-from robench.errors import ConfigError
+from robench.defenses.base import DEFENSES, LossTerms
+from robench.defenses.gm import GaussianMixtureDefense, margined_logits
 
 
 class LGMHead(nn.Module):
@@ -57,6 +55,10 @@ class LGMHead(nn.Module):
         super().__init__()
         self.means = nn.Parameter(torch.randn(num_classes, feature_dim))
         self.log_var = nn.Parameter(torch.zeros(num_classes, feature_dim))
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.means.shape[0])
 
     def half_mahalanobis(self, z: Tensor) -> Tensor:
         """d_k for every class (N x K), Eq. 18, without an N x K x d intermediate."""
@@ -80,25 +82,19 @@ def lgm_loss(d: Tensor, half_log_det: Tensor, y: Tensor, alpha: float, lam: floa
     return LossTerms(total=cls + lam * lkd, parts={"cls": cls, "lkd": lkd})
 
 
-@DEFENSES.register("lgm")
+@DEFENSES.register
 @dataclass(frozen=True)
-class LGMDefense(Defense):
-    alpha: float = 1.0
-    lam: float = 0.1
-
+class LGMDefense(GaussianMixtureDefense):
     name: ClassVar[str] = "lgm"
+    label: ClassVar[str] = "L-GM"
+    table_rank: ClassVar[int] = 2
     description: ClassVar[str] = "large-margin Gaussian-mixture loss with diagonal covariances (Wan et al., CVPR 2018; paper 002)"
-    attack_loss_is_cross_entropy: ClassVar[bool] = True
     family_defaults: ClassVar = {
         "mnist": {"alpha": 1.0},
         "cifar10": {"alpha": 0.3},
         "cifar100": {"alpha": 0.1},
         "svhn": {"alpha": 0.3},
     }
-
-    def __post_init__(self) -> None:
-        if not (self.alpha >= 0 and self.lam >= 0):
-            raise ConfigError(f"lgm needs alpha >= 0 and lam >= 0, got alpha={self.alpha} lam={self.lam}")
 
     def make_head(self, feature_dim: int, num_classes: int) -> nn.Module:
         return LGMHead(feature_dim, num_classes)
@@ -107,16 +103,7 @@ class LGMDefense(Defense):
         assert isinstance(head, LGMHead)
         return lgm_loss(head.half_mahalanobis(z), head.half_log_det(), y, self.alpha, self.lam)
 
-    def attack_loss(self, head: nn.Module, z: Tensor, labels: Tensor) -> Tensor:
-        """Eq. 12 per sample on the test-time logits (no margin)."""
-        return F.cross_entropy(head(z), labels, reduction="none")
-
     def likelihood_term(self, head: nn.Module, z: Tensor, labels: Tensor) -> Tensor:
         """d_label + 1/2 log|Lambda_label|: the per-sample term of Eq. 10 (NLL up to (d/2) log 2 pi)."""
         assert isinstance(head, LGMHead)
         return head.half_mahalanobis(z).gather(1, labels[:, None]).squeeze(1) + head.half_log_det()[labels]
-
-    def class_log_likelihood(self, head: nn.Module, z: Tensor) -> Tensor:
-        """log N(z; mu_k, Lambda_k) = -d_k - 1/2 log|Lambda_k| - (d/2) log(2 pi) (Eq. 5, diagonal Lambda_k)."""
-        assert isinstance(head, LGMHead)
-        return head(z) - 0.5 * z.shape[1] * math.log(2 * math.pi)

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from robench.errors import ConfigError
+from robench.core.errors import ConfigError
 
 
 def max_mahalanobis_centers(num_classes: int, dim: int, c_mm: float) -> Tensor:
@@ -58,6 +58,10 @@ class MMHead(nn.Module):
     def __init__(self, feature_dim: int, num_classes: int, c_mm: float) -> None:
         super().__init__()
         self.register_buffer("centers", max_mahalanobis_centers(num_classes, feature_dim, c_mm))
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.centers.shape[0])
 
     def half_sq_distances(self, z: Tensor) -> Tensor:
         """s_k = ||z - mu*_k||^2 / 2 for every class (N x K).

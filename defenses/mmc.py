@@ -22,12 +22,12 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
+from robench.core.config import finite
 from robench.defenses.base import DEFENSES, Defense, LossTerms, mean_terms
 from robench.defenses.mm_centers import MMHead
-from robench.errors import ConfigError
 
 
-@DEFENSES.register("mmc")
+@DEFENSES.register
 @dataclass(frozen=True)
 class MMCDefense(Defense):
     """MMC loss on fixed Max-Mahalanobis centres (paper 004, Eq. 8).
@@ -37,14 +37,12 @@ class MMCDefense(Defense):
     loss (||z - mu*_y|| ~ C_MM = 10 at initialisation) need no lower rate.
     """
 
-    c_mm: float = 10.0
+    c_mm: float = finite(10.0, low=0, low_open=True)
 
     name: ClassVar[str] = "mmc"
+    label: ClassVar[str] = "MMC"
+    table_rank: ClassVar[int] = 5
     description: ClassVar[str] = "Max-Mahalanobis center loss on fixed MM centres (Pang et al., ICLR 2020; paper 004)"
-
-    def __post_init__(self) -> None:
-        if not self.c_mm > 0:
-            raise ConfigError(f"{self.name} needs c_mm > 0, got c_mm={self.c_mm}")
 
     def make_head(self, feature_dim: int, num_classes: int) -> nn.Module:
         return MMHead(feature_dim, num_classes, self.c_mm)

@@ -22,29 +22,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robench.defenses.base import DEFENSES, LossTerms, mean_terms
+from robench.defenses.base import DEFENSES, CrossEntropyDefense, LossTerms, mean_terms
 from robench.defenses.mmc import MMCDefense
 
 
-@DEFENSES.register("mmlda")
+@DEFENSES.register
 @dataclass(frozen=True)
-class MMLDADefense(MMCDefense):
+class MMLDADefense(CrossEntropyDefense, MMCDefense):
     """Softmax cross-entropy on the quadratic logits of fixed MM centres (paper 004, Eq. 10).
 
-    Shares MMC's head, centres, ``c_mm`` and Gaussian likelihood; only the loss differs.
+    Shares MMC's head, centres, ``c_mm`` and Gaussian likelihood; only the losses differ: the attack
+    loss is Eq. 10 per sample, cross-entropy on the logits -||z - mu*_k||^2 / 2 (``CrossEntropyDefense``).
     """
 
     name: ClassVar[str] = "mmlda"
+    label: ClassVar[str] = "MMLDA"
+    table_rank: ClassVar[int] = 4
     description: ClassVar[str] = "Max-Mahalanobis LDA: cross-entropy on fixed MM centres (Pang et al., ICML 2018; paper 004 Eq. 10)"
-    attack_loss_is_cross_entropy: ClassVar[bool] = True
 
     def loss(self, head: nn.Module, z: Tensor, y: Tensor) -> LossTerms:
         """Eq. 10, batch mean."""
         return mean_terms(self.attack_loss(head, z, y), "ce")
-
-    def attack_loss(self, head: nn.Module, z: Tensor, labels: Tensor) -> Tensor:
-        """Eq. 10 per sample: cross-entropy on the logits -||z - mu*_k||^2 / 2."""
-        return F.cross_entropy(head(z), labels, reduction="none")

@@ -35,11 +35,11 @@ from typing import ClassVar
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robench.defenses.base import DEFENSES, Defense, LossTerms, mean_terms
-from robench.errors import ConfigError
+from robench.core.errors import ConfigError
+from robench.defenses.base import DEFENSES, Defense, LinearHead, LossTerms, mean_terms
 
 
-class NegatedLinear(nn.Linear):
+class NegatedLinear(LinearHead):
     """``forward(z) = -(W z + b)``; :meth:`reverse_logits` gives the trained logits Z = W z + b."""
 
     def reverse_logits(self, z: Tensor) -> Tensor:
@@ -59,10 +59,12 @@ def rce_per_sample(Z: Tensor, y: Tensor) -> Tensor:
     return -(reverse_labels(y, Z.shape[1]).to(Z.dtype) * F.log_softmax(Z, dim=1)).sum(1)
 
 
-@DEFENSES.register("rce")
+@DEFENSES.register
 @dataclass(frozen=True)
 class RCEDefense(Defense):
     name: ClassVar[str] = "rce"
+    label: ClassVar[str] = "RCE"
+    table_rank: ClassVar[int] = 3
     description: ClassVar[str] = "reverse cross-entropy training, negated logits at test time (Pang et al., NeurIPS 2018)"
 
     def make_head(self, feature_dim: int, num_classes: int) -> nn.Module:

@@ -3,20 +3,21 @@
 Python API::
 
     import robench
-    bundle = robench.train_bundle(dataset="mnist-5k", defense="gm")
+    bundle = robench.core.train_bundle(dataset="mnist-5k", defense="gm")
     robench.save_bundle("gm.pt", bundle.model, bundle.meta)
     bundle = robench.load_bundle("gm.pt")
     result = robench.run(robench.RunConfig(model="gm.pt", threat="noise", n=500))
     result.summary, result.records                     # pandas DataFrames
 
 New attacks, threat models, defenses and detectors register themselves in
-``robench.attacks.ATTACKS``, ``robench.threats.THREATS``,
+``robench.attacks.ATTACKS``, ``robench.eval.threats.THREATS``,
 ``robench.defenses.DEFENSES`` and ``robench.detectors.DETECTORS``.
 """
 
-from robench.bundle import BundleMeta, ModelBundle, load_bundle, save_bundle
-from robench.runner import RunConfig, RunResult, run
-from robench.train_bundle import train_bundle
+from robench.core.bundle import BundleMeta, ModelBundle, load_bundle, save_bundle
+from robench.eval.run_config import RunConfig
+from robench.eval.runner import RunResult, run
+from robench.core.train_bundle import train_bundle
 
 __all__ = ["BundleMeta", "ModelBundle", "RunConfig", "RunResult", "load_bundle", "run", "save_bundle", "train_bundle"]
 __version__ = "0.1.0"

@@ -1,3 +1,3 @@
-from robench.cli import main
+from robench.cli.commands import main
 
 main()

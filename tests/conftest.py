@@ -9,6 +9,8 @@ import torch
 
 from tiny import make_tiny
 
+from robench.core.bundle import save_bundle
+
 
 def pytest_collection_modifyitems(config, items):
     run_slow = os.environ.get("ROBENCH_SLOW") == "1"
@@ -30,14 +32,25 @@ def tiny_gm():
     return make_tiny("gm")
 
 
+@pytest.fixture
+def bundles(tmp_path):
+    """Tiny untrained softmax and GM bundles saved as tmp_path / "softmax.pt" and "gm.pt": {name: path}."""
+    paths = {}
+    for name in ("softmax", "gm"):
+        model, meta = make_tiny(name)
+        paths[name] = tmp_path / f"{name}.pt"
+        save_bundle(paths[name], model, meta)
+    return paths
+
+
 @pytest.fixture(scope="session")
 def trained_tiny():
     """A small softmax and a small GM cnn trained briefly on mnist-5k (~85-90% clean accuracy), once per session.
 
     Returns {"softmax": ModelBundle, "gm": ModelBundle, "data": Dataset}.
     """
-    from robench.data import load_dataset
-    from robench.train_bundle import train_bundle
+    from robench.core.data import load_dataset
+    from robench.core.train_bundle import train_bundle
 
     arch = {"width": 8, "hidden": 32, "feature_dim": 16, "dropout": 0.0}
     overrides = {"epochs": 2, "lr": 3e-3, "shift": 0}

@@ -1,4 +1,4 @@
-"""Bootstrap intervals: the weighted (count-matrix) metrics equal robench.metrics on the explicit resample."""
+"""Bootstrap intervals: the weighted (count-matrix) metrics equal robench.eval.metrics on the explicit resample."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from robench.bootstrap import INTERVAL_METRICS, bootstrap_intervals, group_metrics, resample_counts
-from robench.errors import ConfigError
-from robench.metrics import summarize
+from robench.eval.metrics import metric_names
+from robench.report.bootstrap import bootstrap_intervals, group_metrics, resample_counts
+from robench.core.errors import ConfigError
+from robench.eval.metrics import summarize
 from test_rundir import synthetic_records
 
 KEY = ["model", "threat", "attack", "detector"]
@@ -25,7 +26,7 @@ def test_one_row_per_summary_row_and_point_inside_interval() -> None:
     records = synthetic_records(n=300, attacks=("FGSM", "BIM", "PGD-10-un"))
     table = _with_summary(records, n_resamples=400)
     assert len(table) == len(summarize(records)) == 6
-    for metric in INTERVAL_METRICS:
+    for metric in metric_names():
         assert (table[f"{metric}_low"] <= table[metric]).all() and (table[metric] <= table[f"{metric}_high"]).all(), metric
         assert (table[f"{metric}_low"] < table[f"{metric}_high"]).all(), metric
     assert table[["auc_roc_low", "auc_roc_high"]].stack().between(0, 1).all()
@@ -34,7 +35,7 @@ def test_one_row_per_summary_row_and_point_inside_interval() -> None:
 def test_width_shrinks_with_more_samples() -> None:
     def width(n: int) -> pd.Series:
         table = bootstrap_intervals(synthetic_records(n=n, attacks=("PGD-10-un",), detectors=("kd",)), n_resamples=500)
-        return (table[[f"{m}_high" for m in INTERVAL_METRICS]].to_numpy() - table[[f"{m}_low" for m in INTERVAL_METRICS]].to_numpy())[0]
+        return (table[[f"{m}_high" for m in metric_names()]].to_numpy() - table[[f"{m}_low" for m in metric_names()]].to_numpy())[0]
 
     small, large = width(100), width(1600)
     assert (large < small / 2).all()  # ~ 1/sqrt(n): a quarter, with room for noise
@@ -60,7 +61,7 @@ def test_weighted_metrics_equal_the_metrics_of_the_expanded_resample() -> None:
         expanded = group.iloc[np.repeat(np.arange(len(group)), row)]
         expected = summarize(expanded).set_index("detector")
         for detector, metrics in values.items():
-            for metric in INTERVAL_METRICS:
+            for metric in metric_names():
                 assert metrics[metric][b] == pytest.approx(expected.loc[detector, metric], abs=1e-12), (b, detector, metric)
 
 

@@ -10,11 +10,11 @@ import pickle
 
 import pytest
 import torch
-from tiny import make_tiny
+from tiny import Payload, make_tiny
 
-from robench.bundle import BundleMeta, load_bundle, save_bundle
-from robench.errors import BundleError
-from robench.provenance import state_dict_hash
+from robench.core.bundle import BundleMeta, load_bundle, save_bundle
+from robench.core.errors import BundleError
+from robench.core.provenance import state_dict_hash
 
 
 @pytest.mark.parametrize("defense", ["softmax", "gm"])
@@ -50,16 +50,6 @@ def _write_payload(path, meta: BundleMeta, state, content_hash=None):
         "content_hash": content_hash or state_dict_hash(state, meta.identity()),
     }
     torch.save(payload, path)
-
-
-class Payload:
-    """Unpickling this would run a shell command that creates a marker file."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def assert_refused(path, match):

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import subprocess
 import sys
 
 import pytest
-from tiny import make_tiny
+from tiny import Payload, make_tiny
 
-from robench.bundle import save_bundle
-from robench.cli import main
+from robench.core.bundle import save_bundle
+from robench.cli.commands import main
 
 TINY_TRAIN = [
     "--epochs", "1", "--arch-param", "width=4", "--arch-param", "hidden=16", "--arch-param", "feature_dim=8",
@@ -85,14 +84,6 @@ def test_bad_input_is_one_line_and_non_zero(tmp_path, capsys, monkeypatch, args,
     code, _, err = run(capsys, *args)
     assert_one_line_error(code, err, *fragments)
     assert not (tmp_path / "x.pt").exists()
-
-
-class Payload:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def test_info_on_bad_files(tmp_path, capsys):

@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from robench.metrics import METRICS, auc_roc, summarize
+from robench.eval.metrics import METRICS, metric_value, summarize
 
 
 def hand_records() -> pd.DataFrame:
@@ -58,9 +58,9 @@ def test_auc_ties_count_half_and_empty_sets_give_nan():
     records = hand_records()
     records["score_adv:d"] = 5.0  # every adversarial score ties or beats...
     # positives {5,4,3,2,6} vs three negatives of 5.0: 5 ties (0.5 each x3), 6 wins x3 -> (1.5 + 3) / 15
-    assert auc_roc(records, "d") == pytest.approx(4.5 / 15)
+    assert metric_value("auc_roc", records, "d") == pytest.approx(4.5 / 15)
     records["success"] = False
-    assert math.isnan(auc_roc(records, "d"))
+    assert math.isnan(metric_value("auc_roc", records, "d"))
     assert math.isnan(summarize(records).iloc[0]["distortion"])
 
 
@@ -92,3 +92,10 @@ def test_transfer_from_two_substitutes_gives_two_rows_and_old_records_are_crafte
     summary = summarize(pd.concat([a, b], ignore_index=True))
     assert summary["crafted_on"].tolist() == ["sub-a", "sub-b"]
     assert summary["success_rate"].tolist() == [pytest.approx(0.6), 0.0]
+
+
+def test_metrics_carry_label_direction_and_percent_and_reject_unknown_names():
+    assert METRICS.get("auc_roc").label == "AUC (%)" and METRICS.get("auc_roc").percent and METRICS.get("auc_roc").per_detector
+    assert not METRICS.get("distortion").percent and not METRICS.get("distortion").per_detector
+    with pytest.raises(Exception, match="did you mean 'auc_roc'"):
+        metric_value("auc_rok", hand_records(), "d")

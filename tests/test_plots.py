@@ -7,13 +7,13 @@ import pytest
 from click.testing import CliRunner
 from synthetic import synthetic_records
 
-from robench.bundle import BundleMeta, save_bundle
-from robench.cli_report import report
+from robench.core.bundle import BundleMeta, save_bundle
+from robench.cli.report import report
 from robench.defenses import DEFENSES
-from robench.metrics import auc_roc, summarize
-from robench.model_factory import build_classifier
-from robench.plots import accuracy_vs_budget, budget_table, feature_embeddings, kd_histograms, roc_figures, roc_points
-from robench.runner import write_run
+from robench.eval.metrics import metric_value, roc_points, summarize
+from robench.core.model_factory import build_classifier
+from robench.report.plots import accuracy_vs_budget, budget_table, feature_embeddings, kd_histograms, roc_figures
+from robench.eval.output import write_run
 
 
 def records(model: str, threat: str, attack: str, n: int = 40, seed: int = 0, corruption: bool = False, detectors=("kd",)) -> pd.DataFrame:
@@ -34,7 +34,7 @@ def test_roc_points_match_the_metric_definition():
 
     frame = records("m", "semi-white-box", "FGSM")
     fpr, tpr = roc_points(frame, "kd")
-    assert auc(fpr, tpr) == pytest.approx(auc_roc(frame, "kd"))
+    assert auc(fpr, tpr) == pytest.approx(metric_value("auc_roc", frame, "kd"))
     none_succeed = frame.assign(success=False)
     assert roc_points(none_succeed, "kd") is None
 

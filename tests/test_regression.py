@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from robench.cli_regression import baseline as baseline_command
-from robench.cli_regression import check as check_command
-from robench.errors import ConfigError
-from robench.regression import check_run, judge, read_baseline, write_baseline
+from robench.cli.regression import baseline as baseline_command
+from robench.cli.regression import check as check_command
+from robench.core.errors import ConfigError
+from robench.report.regression import check_run, judge, read_baseline, write_baseline
 from test_rundir import synthetic_records, write_synthetic_run
 
 ATTACKS = ("FGSM", "PGD-10-un")

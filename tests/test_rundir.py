@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from robench.errors import ConfigError
-from robench.metrics import summarize
-from robench.rundir import load_run_dir, summarize_run
-from robench.runner import write_run
+from robench.core.errors import ConfigError
+from robench.eval.metrics import summarize
+from robench.report.rundir import load_run_dir, summarize_run
+from robench.eval.output import write_run
 
 
 def synthetic_records(

@@ -7,22 +7,11 @@ import json
 import pandas as pd
 import pytest
 from test_cli import assert_one_line_error, run as run_cli
-from tiny import make_tiny
+from tiny import two_model_suite
 
-from robench.bundle import save_bundle
-from robench.errors import ConfigError, UnknownNameError
-from robench.metrics import summarize
-from robench.runner import RunConfig, run
-
-
-@pytest.fixture
-def bundles(tmp_path):
-    paths = {}
-    for name in ("softmax", "gm"):
-        model, meta = make_tiny(name)
-        paths[name] = tmp_path / f"{name}.pt"
-        save_bundle(paths[name], model, meta)
-    return paths
+from robench.core.errors import ConfigError, UnknownNameError
+from robench.eval.metrics import summarize
+from robench.eval.runner import RunConfig, run
 
 
 def test_run_writes_records_summary_and_run_json(bundles, tmp_path):
@@ -107,21 +96,9 @@ def test_cli_run_and_errors(bundles, tmp_path, capsys):
 def test_suite_of_two_models_and_three_threats(bundles, tmp_path, capsys):
     suite = tmp_path / "suite.toml"
     suite.write_text(
-        """
-[defaults]
-n = 12
-batch_size = 12
-device = "cpu"
-detectors = ["max-prob"]
-
-[[model]]
-name = "softmax"
-path = "softmax.pt"
-
-[[model]]
-name = "gm"
-path = "gm.pt"
-
+        two_model_suite(
+            12,
+            """
 [[threat]]
 name = "semi-white-box"
 attacks = ["FGSM", "BIM"]
@@ -133,7 +110,8 @@ name = "noise"
 
 [[threat]]
 name = "rotation"
-"""
+""",
+        )
     )
     code, stdout, _ = run_cli(capsys, "suite", str(suite), "--out", str(tmp_path / "suite-out"), "--no-progress")
     assert code == 0
@@ -150,7 +128,7 @@ name = "rotation"
 
 
 def test_settings_are_validated_together_whatever_their_order():
-    from robench.threats import THREATS
+    from robench.eval.threats import THREATS
 
     threat = THREATS.get("semi-white-box")
     for order in (["C&W.likelihood_weight", "C&W.objective"], ["C&W.objective", "C&W.likelihood_weight"]):
@@ -167,7 +145,7 @@ def test_kd_bu_is_refused_before_any_fit(bundles):
 
 
 def test_suite_refuses_a_pair_twice_and_non_list_fields(bundles, tmp_path):
-    from robench.suite import load_suite
+    from robench.eval.suite import load_suite
 
     base = '[[model]]\nname = "gm"\npath = "gm.pt"\n'
     twice = tmp_path / "twice.toml"

@@ -7,25 +7,14 @@ import json
 import pandas as pd
 import pytest
 from test_cli import assert_one_line_error, run as run_cli
-from tiny import make_tiny
+from tiny import two_model_suite
 
-import robench.runner as runner_module
-from robench.bundle import save_bundle
-from robench.errors import ConfigError
-from robench.runner import PARTS_DIR, RunConfig, run
-from robench.threats import THREATS, select_threats
+from robench.core.errors import ConfigError
+from robench.eval.parts import PARTS_DIR, PartStore
+from robench.eval.runner import RunConfig, run
+from robench.eval.threats import THREATS, select_threats
 
 FAST = {"C&W-wb.steps": 5, "C&W-wb.binary_search_steps": 2, "C&W-wb.kd_per_class": 20, "SPSA-un.steps": 2, "SPSA-un.samples": 8, "SPSA-tar.steps": 2, "SPSA-tar.samples": 8}
-
-
-@pytest.fixture
-def bundles(tmp_path):
-    paths = {}
-    for name in ("softmax", "gm"):
-        model, meta = make_tiny(name)
-        paths[name] = tmp_path / f"{name}.pt"
-        save_bundle(paths[name], model, meta)
-    return paths
 
 
 def _fast(threat):
@@ -121,20 +110,20 @@ def test_interrupted_run_resumes_without_recomputing(bundles, tmp_path, monkeypa
     """Kill after two parts; the rerun reuses them and ends with the records of an uninterrupted run."""
     config = _config(bundles["gm"], "semi-white-box", attacks=("FGSM", "PGD-10-un"), n=18)  # 3 batches x 2 attacks
     out = tmp_path / "resumed"
-    real_write = runner_module._write_part
+    real_put = PartStore.put
     written = []
 
-    def write_then_die(path, part):
+    def write_then_die(store, key, part):
         if len(written) == 2:
             raise _Interrupted
-        real_write(path, part)
-        written.append(path)
+        real_put(store, key, part)
+        written.append(key)
 
-    monkeypatch.setattr(runner_module, "_write_part", write_then_die)
+    monkeypatch.setattr(PartStore, "put", write_then_die)
     with pytest.raises(_Interrupted):
         run(config, out, progress=False)
     assert len(list((out / PARTS_DIR).glob("*.parquet"))) == 2 and not (out / "summary.csv").exists()
-    monkeypatch.setattr(runner_module, "_write_part", real_write)
+    monkeypatch.setattr(PartStore, "put", real_put)
     messages: list[str] = []
     resumed = run(config, out, progress=False, echo=messages.append)
     assert resumed.info["parts"] == {"reused": 2, "computed": 4}
@@ -161,30 +150,20 @@ def test_changed_config_or_corrupt_part_is_recomputed(bundles, tmp_path):
 
 
 def test_suite_pairs_targets_with_substitutes(bundles, tmp_path):
-    from robench.suite import load_suite, run_suite
+    from robench.eval.suite import load_suite, run_suite
 
     suite = tmp_path / "suite.toml"
     suite.write_text(
-        """
-[defaults]
-n = 6
-batch_size = 6
-device = "cpu"
-detectors = ["max-prob"]
-
-[[model]]
-name = "soft"
-path = "softmax.pt"
-
-[[model]]
-name = "gm"
-path = "gm.pt"
-
+        two_model_suite(
+            6,
+            """
 [[threat]]
 name = "black-box"
 attacks = ["PGD-10-un"]
 substitute = ["soft", "gm"]
-"""
+""",
+            softmax_name="soft",
+        )
     )
     pairs = load_suite(suite)
     assert [(p.model_name, p.substitute, p.folder) for p in pairs] == [("soft", "gm", "black-box-from-gm"), ("gm", "soft", "black-box-from-soft")]
@@ -202,7 +181,7 @@ substitute = ["soft", "gm"]
 
 
 def test_suite_threat_may_set_its_own_n(bundles, tmp_path):
-    from robench.suite import load_suite
+    from robench.eval.suite import load_suite
 
     suite = tmp_path / "suite.toml"
     suite.write_text('[defaults]\nn = 50\n[[model]]\nname = "gm"\npath = "gm.pt"\n[[threat]]\nname = "noise"\n[[threat]]\nname = "spsa"\nn = 8\n')
@@ -216,8 +195,8 @@ def test_suite_sanity_compares_black_box_and_white_box_pairs(bundles, tmp_path, 
     """The black-box and white-box attacks of a model run as separate pairs; the suite checks them together."""
     import numpy as np
 
-    from robench.runner import RunResult
-    from robench.suite import suite_sanity
+    from robench.eval.runner import RunResult
+    from robench.eval.suite import suite_sanity
 
     def records(threat, success):
         n = 20

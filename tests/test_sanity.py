@@ -12,9 +12,9 @@ import torch.nn.functional as F
 
 from robench.attacks.base import AttackTarget, Bounds
 from robench.defenses import DEFENSES
-from robench.errors import ConfigError
-from robench.models import Classifier
-from robench.sanity import (
+from robench.core.errors import ConfigError
+from robench.core.models import Classifier
+from robench.eval.sanity import (
     SANITY_CHECKS,
     TABLE_COLUMNS,
     SanityResult,

@@ -12,11 +12,11 @@ import pytest
 from click.testing import CliRunner
 from synthetic import synthetic_records
 
-from robench.cli_report import report, resolve_format
-from robench.errors import ConfigError, UnknownNameError
-from robench.metrics import summarize
-from robench.runner import write_run
-from robench.tables import build_table, build_tables, cell_text, best_mask, format_value, render, render_tables
+from robench.cli.report import report, resolve_format
+from robench.core.errors import ConfigError, UnknownNameError
+from robench.eval.metrics import summarize
+from robench.eval.output import write_run
+from robench.report.tables import build_table, build_tables, cell_text, best_mask, format_value, render, render_tables
 
 META = {
     "soft": {"name": "soft", "defense": "softmax", "dataset": "mnist-5k"},

@@ -4,10 +4,10 @@ import pytest
 import torch
 from tiny import TINY_CNN
 
-from robench.data import load_dataset
-from robench.errors import ConfigError
-from robench.train_bundle import train_bundle
-from robench.training import TrainConfig, augment, train_config_for
+from robench.core.data import load_dataset
+from robench.core.errors import ConfigError
+from robench.core.train_bundle import train_bundle
+from robench.core.training import TrainConfig, augment, train_config_for
 
 FAST = {"epochs": 1, "batch_size": 256}
 

@@ -1,10 +1,14 @@
-"""Tiny untrained models and their bundle metadata, for tests (build in milliseconds)."""
+"""Tiny untrained models and their bundle metadata, for tests (build in milliseconds), and small helpers tests share."""
 
 from __future__ import annotations
 
-from robench.bundle import BundleMeta
+import os
+
+import torch
+
+from robench.core.bundle import BundleMeta
 from robench.defenses import DEFENSES
-from robench.model_factory import build_classifier
+from robench.core.model_factory import build_classifier
 
 TINY_CNN = {"width": 4, "hidden": 16, "feature_dim": 12, "dropout": 0.0}
 
@@ -31,3 +35,44 @@ def make_tiny(defense_name: str = "softmax", seed: int = 0, dropout: float = 0.0
         clean_accuracy=0.1,
     )
     return model.eval(), meta
+
+
+def two_model_suite(n: int, threats: str, softmax_name: str = "softmax") -> str:
+    """A suite's TOML over the ``bundles`` fixture's softmax.pt (named ``softmax_name``) and gm.pt: ``n`` samples
+    in one batch on the cpu, the max-prob detector, then the ``[[threat]]`` tables in ``threats``."""
+    return f"""
+[defaults]
+n = {n}
+batch_size = {n}
+device = "cpu"
+detectors = ["max-prob"]
+
+[[model]]
+name = "{softmax_name}"
+path = "softmax.pt"
+
+[[model]]
+name = "gm"
+path = "gm.pt"
+{threats}"""
+
+
+def assert_target_success_close(model, ours, theirs: torch.Tensor, targets: torch.Tensor, what: str, tolerance: float) -> None:
+    """robench's targeted success rate (``ours``, an AttackResult) within ``tolerance`` of a reference attack's
+    (its adversarial inputs ``theirs`` on ``model``), and above 0.2."""
+    with torch.no_grad():
+        rate_theirs = float((model(theirs).argmax(1) == targets).float().mean())
+    rate_ours = float(ours.success.float().mean())
+    print(f"{what}: target success robench {rate_ours:.4f} torchattacks {rate_theirs:.4f}")
+    assert abs(rate_ours - rate_theirs) <= tolerance
+    assert rate_ours > 0.2
+
+
+class Payload:
+    """Unpickling this would run a shell command that creates a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))

@@ -1,7 +1,8 @@
 """The detector interface: fit on clean training data, score inputs (higher = looks clean).
 
-Scores are computed from a :class:`Forward` (input, features z, logits) that the
-caller computes once and shares between detectors. A detector that can be
+Scores are computed from a :class:`~robench.core.models.Forward` (input,
+features z, logits) that the caller computes once and shares between detectors
+(``Forward`` lives beside the classifier; it is re-exported here for older imports). A detector that can be
 differentiated (KD, GM likelihood, max-prob) returns a score with a graph when
 the forward pass has one, so adaptive attacks can descend on it.
 """
@@ -16,30 +17,12 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from robench.config import Configurable
-from robench.data import Split
+from robench.core.config import Configurable
+from robench.core.data import Split
 from robench.defenses import Defense
-from robench.errors import ConfigError
-from robench.models import Classifier
-from robench.registry import Registry
-
-
-@dataclass(frozen=True)
-class Forward:
-    """One forward pass shared by all detectors: inputs ``x``, features ``z``, test-time ``logits``."""
-
-    x: Tensor
-    z: Tensor
-    logits: Tensor
-
-    @classmethod
-    def of(cls, model: Classifier, x: Tensor) -> Forward:
-        z = model.features(x)
-        return cls(x=x, z=z, logits=model.head(z))
-
-    @property
-    def predicted(self) -> Tensor:
-        return self.logits.argmax(1)
+from robench.core.errors import ConfigError
+from robench.core.models import Classifier, Forward
+from robench.core.registry import Registry
 
 
 @dataclass
@@ -54,6 +37,9 @@ class Detector(Configurable, ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     kind: ClassVar[str] = "detector"
+    # Tables: the detector's column header, and its position (lower first; the built-ins take 0..4).
+    label: ClassVar[str]
+    table_rank: ClassVar[int] = 100
     higher_is_clean: ClassVar[bool] = True
     needs_fit: ClassVar[bool] = False
 
@@ -97,4 +83,6 @@ def flagged(scores: Tensor, threshold: float) -> Tensor:
     return scores < threshold
 
 
-DETECTORS: Registry[type[Detector]] = Registry("detector")
+DETECTORS: Registry[type[Detector]] = Registry("detector", base=Detector)
+
+__all__ = ["DETECTORS", "Detector", "Forward", "flagged", "threshold_at_fpr"]

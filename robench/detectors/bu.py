@@ -21,10 +21,11 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from robench.core.config import integer
+from robench.core.errors import ConfigError
+from robench.core.models import Classifier, Forward
 from robench.defenses import Defense
-from robench.detectors.base import DETECTORS, Detector, Forward
-from robench.errors import ConfigError
-from robench.models import Classifier
+from robench.detectors.base import DETECTORS, Detector
 
 
 def dropout_layers(model: nn.Module) -> list[nn.Module]:
@@ -54,18 +55,16 @@ def mc_dropout_uncertainty(model: Classifier, x: Tensor, passes: int, seed: int)
     return first / passes - (mean * mean).sum(1)
 
 
-@DETECTORS.register("bu")
+@DETECTORS.register
 @dataclass
 class BayesianUncertaintyDetector(Detector):
-    passes: int = 50
-    seed: int = 0
+    passes: int = integer(50, low=2, note="Monte-Carlo dropout passes")
+    seed: int = integer(0)
 
     name: ClassVar[str] = "bu"
+    label: ClassVar[str] = "BU"
+    table_rank: ClassVar[int] = 1
     description: ClassVar[str] = "Bayesian uncertainty from MC dropout, 50 passes (Feinman et al. 2017); needs dropout"
-
-    def __post_init__(self) -> None:
-        if self.passes < 2:
-            raise ConfigError(f"bu needs at least 2 passes, got {self.passes}")
 
     def check_applicable(self, model: Classifier, defense: Defense) -> None:
         if not dropout_layers(model):

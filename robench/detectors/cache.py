@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from robench.bundle import ModelBundle
-from robench.data import Split
+from robench.core.bundle import ModelBundle
+from robench.core.data import Split
 from robench.detectors.base import Detector
-from robench.provenance import atomic_write_bytes, canonical_json
+from robench.core.provenance import atomic_write_bytes, canonical_json
 
 CACHE_FORMAT = "robench-detector"
 

@@ -16,13 +16,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from robench.data import Split
+from robench.core.config import field_like, finite
+from robench.core.data import Split
+from robench.core.errors import ConfigError
+from robench.core.models import Classifier, Forward
 from robench.defenses import Defense
-from robench.detectors.base import DETECTORS, Detector, Forward
+from robench.detectors.base import DETECTORS, Detector
 from robench.detectors.bu import BayesianUncertaintyDetector
 from robench.detectors.kd import KernelDensityDetector
-from robench.errors import ConfigError
-from robench.models import Classifier
 
 
 def fit_logistic(clean: np.ndarray, adversarial: np.ndarray, seed: int) -> dict[str, Tensor]:
@@ -51,24 +52,26 @@ def holdout_split(n: int, fraction: float, generator: torch.Generator) -> tuple[
     return order[:cut], order[cut:]
 
 
-@DETECTORS.register("kd+bu")
+@DETECTORS.register
 @dataclass
 class KDBUDetector(Detector):
-    bandwidth: float = 1.20
-    per_class: int = 0
-    passes: int = 50
-    seed: int = 0
-    fit_fraction: float = 0.5
+    # KD's and BU's parameters, with their defaults and constraints
+    bandwidth: float = field_like(KernelDensityDetector, "bandwidth")
+    per_class: int = field_like(KernelDensityDetector, "per_class")
+    passes: int = field_like(BayesianUncertaintyDetector, "passes")
+    seed: int = field_like(KernelDensityDetector, "seed")
+    fit_fraction: float = finite(0.5, low=0, high=1, low_open=True, high_open=True)
 
     name: ClassVar[str] = "kd+bu"
+    label: ClassVar[str] = "KD+BU"
+    table_rank: ClassVar[int] = 2
     description: ClassVar[str] = "logistic regression on z-scored [KD, BU], fitted on a held-out split (Feinman et al. 2017)"
     needs_fit: ClassVar[bool] = True
     family_defaults: ClassVar = KernelDensityDetector.family_defaults
     combiner: dict[str, Tensor] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.fit_fraction < 1.0:
-            raise ConfigError(f"kd+bu fit_fraction must be in (0, 1), got {self.fit_fraction}")
+        super().__post_init__()
         self.kd = KernelDensityDetector(bandwidth=self.bandwidth, per_class=self.per_class, seed=self.seed)
         self.bu = BayesianUncertaintyDetector(passes=self.passes, seed=self.seed)
 

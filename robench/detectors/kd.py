@@ -26,11 +26,12 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from robench.data import Split
+from robench.core.config import finite, integer
+from robench.core.data import Split
+from robench.core.errors import ConfigError
+from robench.core.models import Classifier, Forward
 from robench.defenses import Defense
-from robench.detectors.base import DETECTORS, Detector, Forward
-from robench.errors import ConfigError
-from robench.models import Classifier
+from robench.detectors.base import DETECTORS, Detector
 
 
 def features_of(model: Classifier, x: Tensor, device: torch.device, batch_size: int = 500) -> Tensor:
@@ -48,28 +49,29 @@ def gaussian_kde_log_density(z: Tensor, points: Tensor, bandwidth: float) -> Ten
     return torch.logsumexp(log_kernel, dim=1) - math.log(points.shape[0]) - 0.5 * d * math.log(2 * math.pi * bandwidth**2)
 
 
-@DETECTORS.register("kd")
+@DETECTORS.register
 @dataclass
 class KernelDensityDetector(Detector):
-    bandwidth: float = 1.20
-    per_class: int = 0
-    seed: int = 0
+    bandwidth: float = finite(1.20, low=0, low_open=True)
+    per_class: int = integer(0, low=0, note="0 = all training points")
+    seed: int = integer(0)
 
     name: ClassVar[str] = "kd"
+    label: ClassVar[str] = "KD"
+    table_rank: ClassVar[int] = 0
     description: ClassVar[str] = "kernel density of the features under the predicted class (Feinman et al. 2017)"
     needs_fit: ClassVar[bool] = True
     family_defaults: ClassVar = {"mnist": {"bandwidth": 1.20}, "cifar10": {"bandwidth": 0.26}, "cifar100": {"bandwidth": 0.26}, "svhn": {"bandwidth": 1.00}}
 
     def __post_init__(self) -> None:
-        if self.bandwidth <= 0 or self.per_class < 0:
-            raise ConfigError(f"kd needs bandwidth > 0 and per_class >= 0, got {self.bandwidth} and {self.per_class}")
+        super().__post_init__()
         self._points: list[Tensor] = []
 
     def fit(self, model: Classifier, defense: Defense, train: Split, device: torch.device) -> None:
         generator = torch.Generator().manual_seed(self.seed)
         z = features_of(model, train.x, device)
         labels = train.y.to(device)
-        num_classes = int(model.head(z[:1]).shape[1])
+        num_classes = model.num_classes
         points = []
         for k in range(num_classes):
             zk = z[labels == k]

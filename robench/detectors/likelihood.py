@@ -8,13 +8,13 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from robench.core.errors import ConfigError
+from robench.core.models import Classifier, Forward
 from robench.defenses import Defense
-from robench.detectors.base import DETECTORS, Detector, Forward
-from robench.errors import ConfigError
-from robench.models import Classifier
+from robench.detectors.base import DETECTORS, Detector
 
 
-@DETECTORS.register("gm-likelihood")
+@DETECTORS.register
 @dataclass
 class GMLikelihoodDetector(Detector):
     """log p(z | predicted class) under the defense's Gaussian model (paper 002, Sec. 4.3, "adversarial verification").
@@ -24,6 +24,8 @@ class GMLikelihoodDetector(Detector):
     """
 
     name: ClassVar[str] = "gm-likelihood"
+    label: ClassVar[str] = "Likelihood"
+    table_rank: ClassVar[int] = 4
     description: ClassVar[str] = "log-likelihood of z under the predicted class's Gaussian (GM, L-GM, MMC, MMLDA heads)"
 
     def check_applicable(self, model: Classifier, defense: Defense) -> None:
@@ -40,12 +42,14 @@ class GMLikelihoodDetector(Detector):
         return log_lik.gather(1, forward.predicted[:, None]).squeeze(1)
 
 
-@DETECTORS.register("max-prob")
+@DETECTORS.register
 @dataclass
 class MaxProbabilityDetector(Detector):
     """The maximum softmax probability of the test-time logits (Hendrycks & Gimpel 2017), the trivial baseline."""
 
     name: ClassVar[str] = "max-prob"
+    label: ClassVar[str] = "MaxProb"
+    table_rank: ClassVar[int] = 3
     description: ClassVar[str] = "maximum softmax probability (baseline)"
 
     def score(self, model: Classifier, defense: Defense, forward: Forward) -> Tensor:

@@ -6,7 +6,7 @@ from torchvision.transforms.v2 import functional as TF
 from robench.attacks.base import AttackTarget, Bounds
 from robench.attacks.corruptions import GaussianNoise, RandomRotation, rotate
 from robench.defenses import DEFENSES
-from robench.errors import ConfigError
+from robench.core.errors import ConfigError
 
 
 @pytest.mark.parametrize("angle", [0.0, 17.0, -30.0, 90.0])

@@ -22,8 +22,8 @@ import robench.attacks.cw  # noqa: F401  (registers cw-l2 and cw-hc)
 from robench.attacks.base import ATTACKS, AttackTarget, Bounds
 from robench.attacks.cw import CarliniWagnerHighConfidence, CarliniWagnerL2
 from robench.attacks.objectives import logit_margin
-from robench.errors import ConfigError
-from robench.models import Classifier, Normalize
+from robench.core.errors import ConfigError
+from robench.core.models import Classifier, Normalize
 
 FAST = {"steps": 100, "binary_search_steps": 3, "lr": 0.1, "initial_const": 1.0}
 UNIT = Bounds(0.0, 1.0)

@@ -11,7 +11,7 @@ from robench.attacks.base import ATTACKS, AttackTarget, Bounds
 from robench.attacks.cw_wb import CarliniWagnerWhiteBox, density_penalty
 from robench.attacks.targets import choose_targets
 from robench.detectors.kd import KernelDensityDetector, features_of
-from robench.errors import ConfigError
+from robench.core.errors import ConfigError
 
 FAST = {"steps": 100, "binary_search_steps": 3, "lr": 0.1}
 UNIT = Bounds(0.0, 1.0)
@@ -115,7 +115,8 @@ def test_batched_equals_one_at_a_time(trained_tiny, float64):
     x = x.double()
     attack = CarliniWagnerWhiteBox(**{**FAST, "steps": 60})
     batched = attack(target, x, y, targets, generator=torch.Generator())
-    assert batched.success.sum() >= 3
+    # The point is equality below; it must cover a success (how many of 5 succeed depends on the briefly trained model).
+    assert batched.success.any()
     for i in range(len(x)):
         alone = attack(target, x[i : i + 1], y[i : i + 1], targets[i : i + 1], generator=torch.Generator())
         assert bool(alone.success[0]) == bool(batched.success[i])
@@ -143,7 +144,7 @@ def test_bad_parameters(params):
 def test_registered_with_reference_defaults():
     attack = ATTACKS.get("cw-wb")()
     assert attack.initial_const == 1.0 and attack.kd_per_class == 100 and attack.eta_mode == "train-median"
-    assert attack.norm == "l2" and attack.needs_density
+    assert attack.norm == "l2" and attack.needs().kd_per_class == attack.kd_per_class
 
 
 def test_without_the_density_term_it_is_exactly_targeted_cw_l2(trained_tiny):

@@ -6,8 +6,8 @@ from tiny import make_tiny
 
 from robench.attacks.base import AttackTarget, Bounds
 from robench.attacks.objectives import objective_value
+from robench.core.models import Forward
 from robench.defenses import DEFENSES
-from robench.detectors import Forward
 
 
 def test_untargeted_ce_keeps_its_gradient_when_the_softmax_saturates():

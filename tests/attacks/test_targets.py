@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from robench.attacks.targets import TARGET_MODES, choose_targets
-from robench.errors import ConfigError
+from robench.core.errors import ConfigError
 
 
 def _gen(seed: int = 0) -> torch.Generator:

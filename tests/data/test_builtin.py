@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from robench.data import DATASETS, load_dataset
-from robench.errors import DatasetError, UnknownNameError
+from robench.core.data import DATASETS, load_dataset
+from robench.core.errors import DatasetError, UnknownNameError
 
 
 def test_mnist_5k_is_balanced_stratified_and_in_range():

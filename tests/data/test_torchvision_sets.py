@@ -13,9 +13,9 @@ import pytest
 import scipy.io
 import torch
 
-import robench.data
-from robench.data import DATASETS, load_dataset
-from robench.errors import DatasetError
+import robench.core.data
+from robench.core.data import DATASETS, load_dataset
+from robench.core.errors import DatasetError
 
 N_TRAIN, N_TEST = 20, 10
 IDX_FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
@@ -132,7 +132,7 @@ def test_specs_are_registered(name: str, shape: tuple[int, int, int], classes: i
     assert spec.input_shape == shape and spec.num_classes == classes and spec.family == family
     assert spec.value_range == (0.0, 1.0)
     assert len(spec.mean) == len(spec.std) == shape[0]
-    assert robench.data.DATASETS is DATASETS
+    assert robench.core.data.DATASETS is DATASETS
 
 
 def test_normalization_constants() -> None:
@@ -455,7 +455,7 @@ def test_no_data_root(name: str) -> None:
 
 def test_no_data_root_when_called_directly() -> None:
     with pytest.raises(DatasetError, match="--data-root"):
-        DATASETS.get("cifar10").load_splits(robench.data.LoadOptions())
+        DATASETS.get("cifar10").load_splits(robench.core.data.LoadOptions())
 
 
 def test_missing_mnist_lists_expected_files(tmp_path: Path) -> None:

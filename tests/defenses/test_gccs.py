@@ -8,7 +8,7 @@ import torch
 import robench.defenses.gccs  # noqa: F401  (registration)
 from robench.defenses import DEFENSES
 from robench.defenses.gccs import GCCSDefense, GCCSHead, gccs_loss
-from robench.errors import ConfigError
+from robench.core.errors import ConfigError
 
 
 def identity_head(num_classes=2, mu_t=2.0):

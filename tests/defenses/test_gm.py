@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from robench.defenses import DEFENSES
 from robench.defenses.gm import GMDefense, GMHead, gm_loss, margined_logits
-from robench.errors import ConfigError
+from robench.core.errors import ConfigError
 
 
 def head_with(means):

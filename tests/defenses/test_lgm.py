@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import robench.defenses.lgm  # noqa: F401  (registration)
 from robench.defenses import DEFENSES
 from robench.defenses.lgm import LGMDefense, LGMHead, lgm_loss
-from robench.errors import ConfigError
+from robench.core.errors import ConfigError
 
 
 def head_with(means, variances):

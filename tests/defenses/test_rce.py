@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import robench.defenses.rce  # noqa: F401  (registration)
 from robench.defenses import DEFENSES
 from robench.defenses.rce import NegatedLinear, RCEDefense, reverse_labels, rce_per_sample
-from robench.errors import ConfigError
+from robench.core.errors import ConfigError
 
 
 def identity_head(num_classes=3):

@@ -10,14 +10,15 @@ import torch
 from sklearn.neighbors import KernelDensity
 from tiny import make_tiny
 
-from robench.bundle import load_bundle, save_bundle
-from robench.data import Split
+from robench.core.bundle import load_bundle, save_bundle
+from robench.core.data import Split
+from robench.core.models import Forward
 from robench.defenses import DEFENSES
-from robench.detectors import DETECTORS, Forward, fit_or_load, flagged, threshold_at_fpr
+from robench.detectors import DETECTORS, fit_or_load, flagged, threshold_at_fpr
 from robench.detectors.cache import cache_path
 from robench.detectors.combined import KDBUDetector
 from robench.detectors.kd import KernelDensityDetector, gaussian_kde_log_density
-from robench.errors import ConfigError
+from robench.core.errors import ConfigError
 
 
 def tiny_split(n: int = 60, seed: int = 0) -> Split:

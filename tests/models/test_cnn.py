@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from robench.errors import ConfigError
-from robench.models import ARCHITECTURES, Classifier, Normalize, build_backbone
+from robench.core.errors import ConfigError
+from robench.core.models import ARCHITECTURES, Classifier, Normalize, build_backbone
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (1, 8, 8), (3, 32, 32)])

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from robench.errors import ConfigError
-from robench.models import ARCHITECTURES, Classifier, Normalize, build_backbone
+from robench.core.errors import ConfigError
+from robench.core.models import ARCHITECTURES, Classifier, Normalize, build_backbone
 
 BLOCKS = {"resnet20": 3, "resnet32": 5, "resnet56": 9, "resnet110": 18}
 

@@ -1,0 +1,353 @@
+"""The ``robench`` command line.
+
+Every user error ends as one line on stderr (``robench: error: ...``) and a
+non-zero exit; a traceback appears only with ``ROBENCH_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from robench.core.config import parse_assignments
+from robench.core.errors import ConfigError, RobenchError
+from robench.core.registry import did_you_mean
+
+
+class _Group(click.Group):
+    """A click group whose unknown-command error suggests the closest command."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):  # type: ignore[override]
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            raise click.UsageError(f"unknown command '{name}'{did_you_mean(name, self.list_commands(ctx))}")
+        return super().resolve_command(ctx, args)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="robench")
+def cli() -> None:
+    """Adversarial-robustness evaluation harness for PyTorch image classifiers."""
+
+
+def _echo_err(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@cli.command()
+@click.option("--dataset", default="mnist-5k", show_default=True, help="Registered dataset (see 'robench list').")
+@click.option("--arch", default="cnn", show_default=True, help="Registered architecture.")
+@click.option("--defense", default="softmax", show_default=True, help="Registered defense (head + loss).")
+@click.option("--epochs", type=int, default=None, help="Training epochs [default: the dataset family's].")
+@click.option("--batch-size", type=int, default=None, help="Mini-batch size [default: the dataset family's].")
+@click.option("--lr", type=float, default=None, help="Learning rate [default: the dataset family's].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for init, shuffling, augmentation and dropout.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Bundle file to write.")
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None, help="Folder of on-disk datasets.")
+@click.option("--download", is_flag=True, help="Let torchvision download the dataset into --data-root first.")
+@click.option("--split-seed", type=int, default=0, show_default=True, help="Seed of the train/test split for carved datasets.")
+@click.option("--arch-param", multiple=True, metavar="KEY=VALUE", help="Architecture keyword argument (repeatable).")
+@click.option("--defense-param", multiple=True, metavar="KEY=VALUE", help="Defense hyper-parameter, e.g. alpha=0.5 (repeatable).")
+@click.option("--train-param", multiple=True, metavar="KEY=VALUE", help="Training setting, e.g. shift=0 (repeatable).")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+def train(
+    dataset: str,
+    arch: str,
+    defense: str,
+    epochs: int | None,
+    batch_size: int | None,
+    lr: float | None,
+    seed: int,
+    out: Path,
+    force: bool,
+    device: str,
+    data_root: Path | None,
+    download: bool,
+    split_seed: int,
+    arch_param: tuple[str, ...],
+    defense_param: tuple[str, ...],
+    train_param: tuple[str, ...],
+    progress: bool,
+) -> None:
+    """Train a model and write a checkpoint bundle."""
+    from robench.core.bundle import save_bundle
+    from robench.core.data import DATASETS
+    from robench.defenses import DEFENSES
+    from robench.core.devices import resolve_device
+    from robench.core.models import ARCHITECTURES
+    from robench.core.train_bundle import train_bundle
+
+    DATASETS.get(dataset), ARCHITECTURES.get(arch), DEFENSES.get(defense)  # fail fast on unknown names
+    if out.exists() and not force:
+        raise ConfigError(f"{out} exists; pass --force to overwrite it")
+    overrides: dict[str, Any] = dict(parse_assignments(train_param, "--train-param"))
+    for key, value in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)):
+        if value is not None:
+            overrides[key] = value
+    bundle = train_bundle(
+        dataset=dataset,
+        arch=arch,
+        defense=defense,
+        seed=seed,
+        device=resolve_device(device),
+        arch_kwargs=_typed(parse_assignments(arch_param, "--arch-param")),
+        defense_params=parse_assignments(defense_param, "--defense-param"),
+        train_overrides=overrides,
+        data_root=data_root,
+        download=download,
+        split_seed=split_seed,
+        progress=progress,
+    )
+    content_hash = save_bundle(out, bundle.model, bundle.meta)
+    meta = bundle.meta
+    click.echo(
+        f"trained {meta.defense} {meta.arch} on {meta.dataset}: clean test accuracy {100 * meta.clean_accuracy:.2f}% "
+        f"in {meta.train_seconds:.1f} s; wrote {out} (content hash {content_hash[:12]})"
+    )
+
+
+def _typed(raw: dict[str, str]) -> dict[str, Any]:
+    """Architecture kwargs come as strings; read them as JSON where they parse (ints, floats, null)."""
+    typed: dict[str, Any] = {}
+    for key, value in raw.items():
+        try:
+            typed[key] = json.loads(value)
+        except ValueError:
+            typed[key] = value
+    return typed
+
+
+@cli.command()
+@click.argument("bundle_path", metavar="BUNDLE", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def info(bundle_path: Path, as_json: bool) -> None:
+    """Show a checkpoint bundle's metadata (verifying it first)."""
+    import dataclasses
+
+    from robench.core.bundle import load_bundle
+
+    bundle = load_bundle(bundle_path)
+    meta = dataclasses.asdict(bundle.meta)
+    history = meta["train_config"].pop("history", [])
+    record = {
+        "path": str(bundle_path),
+        "content_hash": bundle.content_hash,
+        "n_parameters": sum(p.numel() for p in bundle.model.parameters()),
+        **meta,
+        "epochs_trained": len(history),
+    }
+    if as_json:
+        click.echo(json.dumps(record, sort_keys=True))
+        return
+    width = max(len(k) for k in record)
+    for key, value in record.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        elif key == "clean_accuracy" and value is not None:
+            value = f"{100 * value:.2f}%"
+        click.echo(f"{key:<{width}}  {value}")
+
+
+@cli.command(name="list")
+@click.argument("kind", required=False)
+def list_(kind: str | None) -> None:
+    """List registered datasets, architectures, defenses, detectors, attacks and threat models."""
+    from robench.core.data import DATASETS
+    from robench.defenses import DEFENSES
+    from robench.attacks import ATTACKS
+    from robench.detectors import DETECTORS
+    from robench.core.models import ARCHITECTURES
+    from robench.eval.threats import THREATS
+
+    sections = {
+        "datasets": [(n, s.description + (" [--data-root]" if s.needs_data_root else "")) for n, s in DATASETS.items()],
+        "architectures": [(n, s.description) for n, s in ARCHITECTURES.items()],
+        "defenses": [(n, f"{c.description}; params: {c().params() or 'none'}") for n, c in DEFENSES.items()],
+        "detectors": [(n, f"{c.description}; params: {c().params() or 'none'}") for n, c in DETECTORS.items()],
+        "attacks": [(n, f"{c.description}; params: {c().params() or 'none'}") for n, c in ATTACKS.items()],
+        "threats": [(n, f"{t.description}; attacks: {', '.join(t.labels())}") for n, t in THREATS.items()],
+    }
+    if kind is not None and kind not in sections:
+        raise ConfigError(f"unknown kind '{kind}'{did_you_mean(kind, list(sections))}; known: {', '.join(sections)}")
+    for name, rows in sections.items():
+        if kind not in (None, name):
+            continue
+        click.echo(f"{name}:")
+        width = max(len(r[0]) for r in rows)
+        for row_name, text in rows:
+            click.echo(f"  {row_name:<{width}}  {text}")
+
+
+@cli.command()
+@click.option("--model", "model_path", type=click.Path(path_type=Path), required=True, help="Checkpoint bundle.")
+@click.option("--detector", "detector_names", multiple=True, help="Detector to fit (repeatable) [default: all that apply].")
+@click.option("--set", "settings", multiple=True, metavar="DETECTOR.PARAM=VALUE", help="Detector parameter, e.g. kd.bandwidth=1.0.")
+@click.option("--fpr", type=float, default=0.05, show_default=True, help="False-positive rate to set thresholds at.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--cache/--no-cache", default=True, show_default=True, help="Reuse fits cached next to the bundle.")
+def detect(
+    model_path: Path, detector_names: tuple[str, ...], settings: tuple[str, ...], fpr: float, device: str, data_root: Path | None, cache: bool
+) -> None:
+    """Fit a model's detectors (cached next to the bundle) and calibrate thresholds on held-out clean data."""
+    from robench.core.bundle import load_bundle
+    from robench.core.data import load_dataset
+    from robench.eval.detection import applicable_detectors, build_detectors, calibrate
+    from robench.core.devices import resolve_device
+
+    torch_device = resolve_device(device)
+    bundle = load_bundle(model_path, device=torch_device)
+    data = load_dataset(bundle.meta.dataset, data_root=data_root, split_seed=bundle.meta.split_seed)
+    overrides = _detector_settings(settings, "--set")
+    names = applicable_detectors(bundle, detector_names)
+    detectors = build_detectors(names, data.spec.family, overrides)
+    table = calibrate(bundle, detectors, data.train, data.test, torch_device, fpr, use_cache=cache, train_name=f"{data.name}:{data.split_seed}")
+    click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+
+
+def _settings(items: tuple[str, ...], option: str) -> dict[str, str]:
+    return parse_assignments(items, option)
+
+
+def _detector_settings(items: tuple[str, ...], option: str = "--detector-set") -> dict[str, dict[str, str]]:
+    """``("kd.bandwidth=1",)`` -> ``{"kd": {"bandwidth": "1"}}``."""
+    nested: dict[str, dict[str, str]] = {}
+    for key, value in parse_assignments(items, option).items():
+        detector, dot, param = key.partition(".")
+        if not dot:
+            raise ConfigError(f"{option} '{key}={value}' must name DETECTOR.PARAM")
+        nested.setdefault(detector, {})[param] = value
+    return nested
+
+
+@cli.command(name="run")
+@click.option("--model", "model_path", type=click.Path(path_type=Path), required=True, help="Checkpoint bundle to attack.")
+@click.option("--threat", required=True, help="Threat model (see 'robench list threats'), or 'all' for every one that applies.")
+@click.option("--substitute", "substitute_path", type=click.Path(path_type=Path), default=None, help="Black-box threat: the model the attacks are crafted on.")
+@click.option("--n", type=int, default=1000, show_default=True, help="Test samples to attack (a seeded random subset).")
+@click.option("--batch-size", type=int, default=250, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Output folder [default: reports/runs/MODEL-THREAT].")
+@click.option("--set", "settings", multiple=True, metavar="ATTACK.PARAM=VALUE", help="Attack parameter, e.g. BIM.steps=10 (repeatable).")
+@click.option("--attack", "attacks", multiple=True, help="Run only these attacks of the threat model (repeatable).")
+@click.option("--detector", "detectors", multiple=True, help="Detectors to score [default: all that apply].")
+@click.option("--detector-set", "detector_settings", multiple=True, metavar="DETECTOR.PARAM=VALUE")
+@click.option("--dataset", default=None, help="Evaluate on this dataset instead of the bundle's.")
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--sigma", "sigmas", type=float, multiple=True, help="Noise threat: one attack per sigma (repeatable).")
+@click.option("--sanity/--no-sanity", default=True, show_default=True, help="Run the sanity probes (gradient masking, determinism, unbounded budget).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def run_command(
+    model_path: Path, threat: str, substitute_path: Path | None, n: int, batch_size: int, seed: int, device: str, out: Path | None,
+    settings: tuple[str, ...], attacks: tuple[str, ...], detectors: tuple[str, ...], detector_settings: tuple[str, ...],
+    dataset: str | None, data_root: Path | None, sigmas: tuple[float, ...], sanity: bool, progress: bool,
+) -> None:
+    """Attack a model under a threat model; write records.parquet, summary.csv, sanity.csv and run.json.
+
+    Finished parts are kept in OUT/parts: rerunning the same command resumes an interrupted run.
+    """
+    from robench.eval.output import format_summary
+    from robench.eval.run_config import RunConfig
+    from robench.eval.runner import run
+
+    config = RunConfig(
+        model=model_path, threat=threat, n=n, batch_size=batch_size, seed=seed, device=device,
+        settings=_settings(settings, "--set"), attacks=attacks, detectors=detectors or None,
+        detector_settings=_detector_settings(detector_settings), dataset=dataset, data_root=data_root, sigmas=sigmas,
+        substitute=substitute_path, sanity=sanity,
+    )
+    out = out or Path("reports/runs") / f"{model_path.stem}-{threat}"
+    result = run(config, out, progress=progress, echo=click.echo)
+    click.echo(format_summary(result.summary))
+    if len(result.sanity):
+        flagged = result.sanity[result.sanity["flagged"]]
+        for row in flagged.itertuples():
+            click.echo(f"sanity: {row.model} {row.threat}: {row.check} flagged ({row.detail})")
+        if not len(flagged):
+            click.echo(f"sanity: all {len(result.sanity)} checks quiet")
+    click.echo(f"wrote {out}/records.parquet, summary.csv, run.json ({result.info['timings_seconds']['total']:.1f} s)")
+
+
+@cli.command()
+@click.argument("suite_file", metavar="SUITE", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--n", type=int, default=None, help="Override the suite's sample count.")
+@click.option("--device", default=None)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def suite(suite_file: Path, out: Path, n: int | None, device: str | None, progress: bool) -> None:
+    """Run every model x threat pair of a TOML suite into one combined summary."""
+    from robench.eval.output import format_summary
+    from robench.eval.suite import run_suite
+
+    overrides = {k: v for k, v in (("n", n), ("device", device)) if v is not None}
+    combined = run_suite(suite_file, out, overrides, progress=progress, echo=click.echo)
+    click.echo(format_summary(combined))
+    click.echo(f"wrote {out}/summary.csv")
+
+
+@cli.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/demo"), show_default=True)
+@click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/models"), show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--n", type=int, default=200, show_default=True, help="Test samples per attack.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def demo(out: Path, models_dir: Path, device: str, seed: int, n: int, progress: bool) -> None:
+    """The main job on the embedded default: train the bundled models if needed, run the threat models, write the tables."""
+    from robench.eval.demo import run_demo
+    from robench.core.devices import resolve_device
+
+    run_demo(out=out, models_dir=models_dir, device=resolve_device(device), seed=seed, progress=progress, echo=click.echo, n=n)
+
+
+def _register_subcommands() -> None:
+    """Commands that live in their own modules (reports, regression), attached to the group."""
+    from robench.cli.regression import baseline, check
+    from robench.cli.report import report
+
+    for command in (report, baseline, check):
+        cli.add_command(command)
+
+
+_register_subcommands()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the CLI and turn every failure into one line and an exit code."""
+    debug = os.environ.get("ROBENCH_DEBUG") == "1"
+    try:
+        result = cli.main(args=argv, prog_name="robench", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except click.ClickException as exc:
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path if ctx else 'robench'} --help')" if isinstance(exc, click.UsageError) else ""
+        _echo_err(f"robench: error: {exc.format_message()}{hint}")
+        code = exc.exit_code
+    except OSError as exc:  # unwritable --out, a folder where a file was expected, a full disk, ...
+        if debug:
+            raise
+        _echo_err(f"robench: error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}")
+        code = 1
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        _echo_err("robench: interrupted")
+        code = 130
+    except RobenchError as exc:
+        if debug:
+            raise
+        _echo_err(f"robench: error: {exc}")
+        code = exc.exit_code
+    except Exception as exc:  # a bug: still one line, with a way to see more
+        if debug:
+            raise
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        _echo_err(f"robench: internal error: {type(exc).__name__}: {text} (rerun with ROBENCH_DEBUG=1 for the traceback)")
+        code = 1
+    sys.exit(code)

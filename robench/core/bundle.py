@@ -1,0 +1,219 @@
+"""Checkpoint bundles: one file with the weights and everything needed to rebuild and evaluate the model.
+
+Format: ``torch.save`` of a dict holding only plain data and tensors::
+
+    {"format": "robench-bundle", "version": 1,
+     "meta": <JSON string of BundleMeta>, "state_dict": {name: tensor}, "content_hash": <sha256>}
+
+A checkpoint is untrusted input. It is read with ``torch.load(weights_only=True)``,
+which refuses any pickled object other than tensors and containers of plain
+values, so a code payload never runs. The metadata is JSON and validated field
+by field; the content hash is recomputed and must match, which catches
+corruption that still unpickles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import pickle
+import re
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robench.defenses import DEFENSES, Defense
+from robench.core.errors import BundleError, RobenchError
+from robench.core.model_factory import build_classifier
+from robench.core.models import Classifier
+from robench.core.provenance import atomic_write_bytes, state_dict_hash
+
+BUNDLE_FORMAT = "robench-bundle"
+BUNDLE_VERSION = 1
+_UNREADABLE = (
+    "refused: not a readable checkpoint (truncated, corrupt, not a torch file, "
+    "or holding objects other than tensors and plain data)"
+)
+
+
+@dataclass(frozen=True)
+class BundleMeta:
+    """Everything about a trained model except its weights."""
+
+    arch: str
+    arch_kwargs: dict[str, Any]
+    defense: str
+    defense_params: dict[str, Any]
+    dataset: str
+    split_seed: int
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    value_range: tuple[float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    feature_layer: str
+    feature_dim: int
+    seed: int
+    train_config: dict[str, Any] = field(default_factory=dict)
+    clean_accuracy: float | None = None
+    train_seconds: float | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    git_revision: str = "unknown"
+    created_at: str = ""
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that determine the function the model computes (hashed with the weights)."""
+        return {
+            "arch": self.arch,
+            "arch_kwargs": self.arch_kwargs,
+            "defense": self.defense,
+            "defense_params": self.defense_params,
+            "num_classes": self.num_classes,
+            "input_shape": list(self.input_shape),
+            "value_range": list(self.value_range),
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: str) -> BundleMeta:
+        try:
+            raw = json.loads(text)
+        except (TypeError, ValueError):
+            raise BundleError(f"{source}: bundle metadata is not valid JSON") from None
+        if not isinstance(raw, dict):
+            raise BundleError(f"{source}: bundle metadata is not a JSON object")
+        return _meta_from_dict(raw, source)
+
+
+def _meta_from_dict(raw: dict[str, Any], source: str) -> BundleMeta:
+    fields = {f.name: f for f in dataclasses.fields(BundleMeta)}
+    required = [n for n, f in fields.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [n for n in required if n not in raw]
+    if missing:
+        raise BundleError(f"{source}: bundle metadata lacks {', '.join(missing)}")
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise BundleError(f"{source}: bundle metadata has unknown fields {', '.join(unknown)}")
+
+    def expect(name: str, kinds: tuple[type, ...]) -> Any:
+        value = raw.get(name)
+        if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:
+            raise BundleError(f"{source}: bundle metadata field '{name}' has the wrong type")
+        return value
+
+    def numbers(name: str, length: int | None, kind: type) -> tuple:
+        value = expect(name, (list, tuple))
+        if length is not None and len(value) != length or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise BundleError(f"{source}: bundle metadata field '{name}' is malformed")
+        return tuple(kind(v) for v in value)
+
+    for name in ("arch", "defense", "dataset", "feature_layer"):
+        expect(name, (str,))
+    for name in ("arch_kwargs", "defense_params"):
+        expect(name, (dict,))
+    for name in ("split_seed", "num_classes", "feature_dim", "seed"):
+        expect(name, (int,))
+    values = dict(raw)
+    values["input_shape"] = numbers("input_shape", 3, int)
+    values["value_range"] = numbers("value_range", 2, float)
+    values["mean"] = numbers("mean", None, float)
+    values["std"] = numbers("std", None, float)
+    if values["num_classes"] < 2 or min(values["input_shape"]) < 1:
+        raise BundleError(f"{source}: bundle metadata has impossible shapes")
+    return BundleMeta(**values)
+
+
+@dataclass
+class ModelBundle:
+    """A loaded, verified checkpoint."""
+
+    model: Classifier
+    meta: BundleMeta
+    defense: Defense
+    content_hash: str
+    path: Path | None = None
+
+
+def save_bundle(path: str | Path, model: Classifier, meta: BundleMeta) -> str:
+    """Write the bundle atomically; returns the content hash."""
+    state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+    content_hash = state_dict_hash(state, meta.identity())
+    payload = {
+        "format": BUNDLE_FORMAT,
+        "version": BUNDLE_VERSION,
+        "meta": meta.to_json(),
+        "state_dict": state,
+        "content_hash": content_hash,
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    return content_hash
+
+
+def _read_payload(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise BundleError(f"{path}: no such file")
+    if not path.is_file():
+        raise BundleError(f"{path}: not a file")
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols; the error below says enough
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's weights-only unpickler names the forbidden global when there is one.
+        match = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if match:
+            raise BundleError(f"{path}: refused: the file references {match.group(1)}, which could run code; not a robench bundle") from None
+        raise BundleError(f"{path}: {_UNREADABLE}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, UnicodeDecodeError, KeyError, IndexError):
+        raise BundleError(f"{path}: {_UNREADABLE}") from None
+    if not isinstance(payload, dict) or payload.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{path}: not a robench bundle (a plain torch checkpoint? train one with 'robench train')")
+    if payload.get("version") != BUNDLE_VERSION:
+        raise BundleError(f"{path}: bundle format version {payload.get('version')!r} is not supported (expected {BUNDLE_VERSION})")
+    for key, kind in (("meta", str), ("state_dict", dict), ("content_hash", str)):
+        if not isinstance(payload.get(key), kind):
+            raise BundleError(f"{path}: bundle field '{key}' is missing or malformed")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in payload["state_dict"].items()):
+        raise BundleError(f"{path}: bundle weights are malformed")
+    return payload
+
+
+def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
+    """Load, validate and rebuild a bundle; every failure is a one-line :class:`BundleError`."""
+    path = Path(path)
+    payload = _read_payload(path)
+    meta = BundleMeta.from_json(payload["meta"], str(path))
+    state = payload["state_dict"]
+    try:
+        defense_cls = DEFENSES.get(meta.defense)
+        defense = defense_cls.from_params(meta.defense_params)
+        model, resolved = build_classifier(
+            meta.arch, meta.arch_kwargs, meta.input_shape, meta.mean, meta.std, defense, meta.num_classes
+        )
+    except RobenchError as exc:
+        raise BundleError(f"{path}: {exc}") from None
+    if resolved != meta.arch_kwargs:
+        raise BundleError(f"{path}: architecture kwargs {meta.arch_kwargs} are incomplete for this robench version")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc).splitlines()[0])
+        raise BundleError(f"{path}: the weights do not fit architecture '{meta.arch}': {first}") from None
+    actual = state_dict_hash(state, meta.identity())
+    if actual != payload["content_hash"]:
+        raise BundleError(f"{path}: content hash mismatch (the file is corrupt or was edited)")
+    if model.feature_dim != meta.feature_dim:
+        raise BundleError(f"{path}: feature dimension {model.feature_dim} differs from the recorded {meta.feature_dim}")
+    model.eval().to(device)
+    return ModelBundle(model=model, meta=meta, defense=defense, content_hash=actual, path=path)

@@ -1,0 +1,36 @@
+"""One forward pass of a :class:`~robench.core.models.Classifier`: inputs, features z and test-time logits.
+
+Computed once and shared by the attacks (which descend on it) and the
+detectors (which score it); it carries the autograd graph when the pass had one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from robench.core.models.base import Classifier
+
+
+@dataclass(frozen=True)
+class Forward:
+    """One forward pass shared by attacks and detectors: inputs ``x``, features ``z``, test-time ``logits``."""
+
+    x: Tensor
+    z: Tensor
+    logits: Tensor
+
+    @classmethod
+    def of(cls, model: Classifier, x: Tensor) -> Forward:
+        z = model.features(x)
+        return cls(x=x, z=z, logits=model.head(z))
+
+    @property
+    def predicted(self) -> Tensor:
+        return self.logits.argmax(1)
+
+
+__all__ = ["Forward"]

@@ -1,0 +1,54 @@
+"""A run's output folder: records.parquet, summary.csv, run.json and sanity.csv, each written atomically."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from robench.core.provenance import atomic_write_bytes, atomic_write_text, jsonable
+from robench.eval import records as R
+
+SANITY_FLAGS = "sanity_flags"  # the summary column naming the flagged sanity checks of its model (and threat)
+
+
+def write_run(out: Path, records: pd.DataFrame, summary: pd.DataFrame, info: Mapping[str, Any], sanity: pd.DataFrame | None = None) -> None:
+    """records.parquet, summary.csv, run.json (and sanity.csv), each written atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    records.to_parquet(buffer, index=False)
+    atomic_write_bytes(out / "records.parquet", buffer.getvalue())
+    atomic_write_text(out / "summary.csv", summary.to_csv(index=False))
+    if sanity is not None and len(sanity):
+        atomic_write_text(out / "sanity.csv", sanity.to_csv(index=False))
+    atomic_write_text(out / "run.json", json.dumps(jsonable(info), indent=2, sort_keys=True))
+
+
+def with_sanity_flags(summary: pd.DataFrame, sanity: pd.DataFrame) -> pd.DataFrame:
+    """The summary plus a ``sanity_flags`` column: the flagged checks of its model (and threat)."""
+    from robench.eval.sanity import flags_by_model_threat
+
+    summary = summary.copy()
+    if sanity is None or not len(sanity):
+        summary[SANITY_FLAGS] = ""
+        return summary
+    flags = flags_by_model_threat(sanity)
+
+    def flagged(row: pd.Series) -> str:
+        names = [n for key in ((row[R.MODEL], "-"), (row[R.MODEL], row[R.THREAT])) for n in flags.get(key, "").split(",") if n]
+        return ",".join(dict.fromkeys(names))
+
+    summary[SANITY_FLAGS] = summary.apply(flagged, axis=1) if len(summary) else ""
+    return summary
+
+
+def format_summary(summary: pd.DataFrame) -> str:
+    """The summary as a fixed-width table for the terminal (sanity flags are printed separately)."""
+    shown = summary.drop(columns=[SANITY_FLAGS], errors="ignore")
+    if shown[R.MODEL].nunique() == 1 and shown[R.THREAT].nunique() == 1:
+        shown = shown.drop(columns=[R.MODEL, R.THREAT])
+    return shown.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-")

@@ -1,0 +1,109 @@
+"""Preparation: load and validate everything a run needs before any attack runs (bad input fails fast, in one line).
+
+A suite prepares each of its pairs once, through one :class:`Loader` that loads every bundle
+and dataset once however many pairs use it, and hands the prepared pair to the runner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from robench.attacks.base import Attack
+from robench.core.bundle import ModelBundle, load_bundle
+from robench.core.data import Dataset, load_dataset
+from robench.core.devices import resolve_device
+from robench.core.errors import ConfigError
+from robench.detectors import Detector
+from robench.eval.detection import applicable_detectors, build_detectors
+from robench.eval.run_config import RunConfig
+from robench.eval.threats import AttackSpec, ThreatModel, distribute, noise_threat, select_threats
+
+
+@dataclass
+class Loader:
+    """Loads each bundle and dataset once (a suite's pairs share them)."""
+
+    bundles: dict[tuple[str, str], ModelBundle] = field(default_factory=dict)
+    datasets: dict[tuple[str, str, int], Dataset] = field(default_factory=dict)
+
+    def bundle(self, path: Path, device: torch.device) -> ModelBundle:
+        key = (str(Path(path).resolve()), str(device))
+        if key not in self.bundles:
+            self.bundles[key] = load_bundle(path, device=device)
+        return self.bundles[key]
+
+    def dataset(self, name: str, data_root: Path | None, split_seed: int) -> Dataset:
+        key = (name, str(data_root), split_seed)
+        if key not in self.datasets:
+            self.datasets[key] = load_dataset(name, data_root=data_root, split_seed=split_seed)
+        return self.datasets[key]
+
+
+@dataclass
+class PreparedThreat:
+    threat: ThreatModel
+    attacks: list[tuple[AttackSpec, Attack]]
+
+
+@dataclass
+class Prepared:
+    """A validated run: its config, the loaded bundle(s) and dataset, the built threats, attacks and detectors."""
+
+    config: RunConfig
+    bundle: ModelBundle
+    data: Dataset
+    threats: list[PreparedThreat]
+    device: torch.device
+    detectors: dict[str, Detector]
+    substitute: ModelBundle | None = None
+
+    @property
+    def threat(self) -> ThreatModel:  # the single threat of a one-threat run
+        return self.threats[0].threat
+
+    @property
+    def attacks(self) -> list[tuple[AttackSpec, Attack]]:
+        return [pair for t in self.threats for pair in t.attacks]
+
+    @property
+    def train_name(self) -> str:
+        """The training split's identity, for detector caches and part keys."""
+        return f"{self.data.name}:{self.data.split_seed}"
+
+
+def _check_compatible(bundle: ModelBundle, data: Dataset, what: str, path: Path) -> None:
+    if tuple(data.input_shape) != tuple(bundle.meta.input_shape):
+        raise ConfigError(f"{what} {path} expects inputs of shape {tuple(bundle.meta.input_shape)} but dataset '{data.name}' has {tuple(data.input_shape)}")
+    if data.num_classes != bundle.meta.num_classes:
+        raise ConfigError(f"{what} {path} has {bundle.meta.num_classes} classes but dataset '{data.name}' has {data.num_classes}")
+
+
+def prepare(config: RunConfig, loader: Loader | None = None) -> Prepared:
+    """Load and validate everything before any attack runs."""
+    loader = loader or Loader()
+    device = resolve_device(config.device)
+    threats = select_threats(config.threat, substitute=config.substitute is not None)
+    if config.sigmas:
+        threats = [noise_threat(list(config.sigmas)) if t.name == "noise" else t for t in threats]
+    threats = distribute(threats, config.settings, tuple(config.attacks))
+    bundle = loader.bundle(config.model, device)
+    data = loader.dataset(config.dataset or bundle.meta.dataset, config.data_root, bundle.meta.split_seed)
+    _check_compatible(bundle, data, "model", config.model)
+    substitute = None
+    if config.substitute is not None:
+        substitute = loader.bundle(config.substitute, device)
+        _check_compatible(substitute, data, "substitute", config.substitute)
+        if tuple(substitute.meta.value_range) != tuple(bundle.meta.value_range):
+            raise ConfigError(f"substitute's input range {tuple(substitute.meta.value_range)} differs from the model's {tuple(bundle.meta.value_range)}")
+    family = data.spec.family
+    prepared_threats = [PreparedThreat(t, [(spec, spec.build(family)) for spec in t.attacks]) for t in threats]
+    names = applicable_detectors(bundle, config.detectors)
+    if "kd+bu" in names:
+        raise ConfigError("detector 'kd+bu' needs adversarial examples to fit its combiner; the runner does not fit it yet")
+    detectors = build_detectors(names, family, config.detector_settings)
+    for detector in detectors.values():
+        detector.check_applicable(bundle.model, bundle.defense)
+    return Prepared(config, bundle, data, prepared_threats, device, detectors, substitute)

@@ -1,0 +1,236 @@
+"""The per-sample record schema: the one place that names a record column.
+
+A run's records hold one row per (model, threat, attack, crafting model, test sample). Every
+number robench reports is a metric (:mod:`robench.eval.metrics`) computed from these rows;
+every other module reads and writes them through the names and selectors defined here, so a
+column is renamed, retyped or reinterpreted in one place. Bump :data:`FORMAT` when a column's
+name or meaning changes: finished parts of older runs are then recomputed, never reused.
+
+Populations (paper 001 Sec. 4.4 and Tables 7-11):
+
+- *clean-correct*: samples whose clean input the evaluated model classifies correctly;
+- *successful*: clean-correct samples whose attack succeeded (untargeted: misclassified;
+  targeted: classified as the target; transfer: misclassified by the evaluated model);
+- *attacked*: the inputs a detector's flagged rate is measured on: the successful ones for an
+  attack, every noisy or rotated input for a corruption (004 Sec. 4.5, a false-positive rate).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+FORMAT = 2  # bump when the records' columns or meaning change: old parts are then never reused
+
+
+@dataclass(frozen=True)
+class Column:
+    """One record column: its name, its pandas dtype kind and what it holds."""
+
+    name: str
+    dtype: str  # "str", "bool", "int" or "float"
+    description: str
+
+
+MODEL = "model"
+THREAT = "threat"
+ATTACK = "attack"
+CORRUPTION = "corruption"
+CRAFTED_ON = "crafted_on"
+SAMPLE = "sample"
+LABEL = "label"
+TARGET = "target"
+CLEAN_PRED = "clean_pred"
+ADV_PRED = "adv_pred"
+SUCCESS = "success"
+CRAFTED_SUCCESS = "crafted_success"
+L2 = "l2"
+LINF = "linf"
+DISTORTION = "distortion"
+_SCORE_CLEAN = "score_clean:"
+_SCORE_ADV = "score_adv:"
+
+COLUMNS: tuple[Column, ...] = (
+    Column(MODEL, "str", "the evaluated model's name"),
+    Column(THREAT, "str", "the threat model"),
+    Column(ATTACK, "str", "the attack's label within the threat (e.g. C&W-hc)"),
+    Column(CORRUPTION, "bool", "a corruption (noise, rotation) rather than an attack: no AUC, flagged rate on every input"),
+    Column(CRAFTED_ON, "str", "the model the attack ran on: the model itself, or a black-box threat's substitute"),
+    Column(SAMPLE, "int", "index of the test sample in the dataset's test split"),
+    Column(LABEL, "int", "the true class"),
+    Column(TARGET, "int", "the attack's target class, -1 when untargeted"),
+    Column(CLEAN_PRED, "int", "the evaluated model's prediction on the clean input"),
+    Column(ADV_PRED, "int", "the evaluated model's prediction on the attacked input"),
+    Column(SUCCESS, "bool", "the attack succeeded on the evaluated model (see the module docstring)"),
+    Column(CRAFTED_SUCCESS, "bool", "the attack succeeded on the crafting model (its own criterion)"),
+    Column(L2, "float", "||x_adv - x||_2"),
+    Column(LINF, "float", "||x_adv - x||_inf"),
+    Column(DISTORTION, "float", "||x_adv - x||_2 / sqrt(h w c) (001 Sec. 4.4.2)"),
+)
+# Plus, per detector D, ``score_clean:D`` and ``score_adv:D`` (float, higher = looks clean).
+
+# A summary row's group: one target attacked from two substitutes gives two rows.
+KEYS: tuple[str, ...] = (MODEL, THREAT, ATTACK, CRAFTED_ON)
+SAMPLE_KEYS: tuple[str, ...] = (*KEYS, SAMPLE)  # unique per record
+REQUIRED: tuple[str, ...] = (MODEL, THREAT, ATTACK, SAMPLE, LABEL, CLEAN_PRED, ADV_PRED, SUCCESS, DISTORTION)
+# The per-sample columns an attacked batch yields, in record order (after the identifying columns).
+BATCH_COLUMNS: tuple[str, ...] = (LABEL, TARGET, CLEAN_PRED, ADV_PRED, SUCCESS, CRAFTED_SUCCESS, L2, LINF, DISTORTION)
+
+
+def score_clean(detector: str) -> str:
+    """The column of a detector's score on the clean input."""
+    return _SCORE_CLEAN + detector
+
+
+def score_adv(detector: str) -> str:
+    """The column of a detector's score on the attacked input."""
+    return _SCORE_ADV + detector
+
+
+def is_score_column(column: str) -> bool:
+    return column.startswith((_SCORE_CLEAN, _SCORE_ADV))
+
+
+def detectors_in(records: pd.DataFrame) -> list[str]:
+    """The detectors the records hold scores of, sorted by name."""
+    return sorted(c[len(_SCORE_CLEAN) :] for c in records.columns if c.startswith(_SCORE_CLEAN))
+
+
+def with_crafted_on(records: pd.DataFrame) -> pd.DataFrame:
+    """Records of runs made before transfer attacks existed were all crafted on the model itself."""
+    return records if CRAFTED_ON in records.columns else records.assign(**{CRAFTED_ON: records[MODEL]})
+
+
+def scored_columns(group: pd.DataFrame) -> pd.DataFrame:
+    """``group`` without the detector columns that are empty in it.
+
+    Concatenating runs scored by different detectors (gm-likelihood applies to GM models only)
+    leaves all-NaN score columns on the other runs' rows; they must not turn into detector rows
+    of NaN in a summary.
+    """
+    empty = [c for c in group.columns if is_score_column(c) and group[c].isna().all()]
+    return group.drop(columns=empty) if empty else group
+
+
+def groups(records: pd.DataFrame) -> Iterator[tuple[dict[str, object], pd.DataFrame]]:
+    """(key, rows) per summary group (model x threat x attack x crafting model), in first-appearance order."""
+    for key, group in with_crafted_on(records).groupby(list(KEYS), sort=False):
+        yield dict(zip(KEYS, key)), group
+
+
+def is_corruption(group: pd.DataFrame) -> bool:
+    """Whether one group's rows are a corruption (noise, rotation); records without the column hold attacks."""
+    return bool(group[CORRUPTION].iloc[0]) if CORRUPTION in group and len(group) else False
+
+
+def corruption_mask(records: pd.DataFrame) -> np.ndarray:
+    return records[CORRUPTION].to_numpy(dtype=bool) if CORRUPTION in records else np.zeros(len(records), dtype=bool)
+
+
+def clean_correct(records: pd.DataFrame) -> np.ndarray:
+    """Per row: the clean input is classified correctly."""
+    return records[CLEAN_PRED].to_numpy() == records[LABEL].to_numpy()
+
+
+def robust(records: pd.DataFrame) -> np.ndarray:
+    """Per row: the attacked input is classified correctly."""
+    return records[ADV_PRED].to_numpy() == records[LABEL].to_numpy()
+
+
+def successful(records: pd.DataFrame) -> np.ndarray:
+    """Per row: clean-correct and the attack succeeded."""
+    return clean_correct(records) & records[SUCCESS].to_numpy(dtype=bool)
+
+
+def attacked(records: pd.DataFrame) -> np.ndarray:
+    """Per row: an input a detector's flagged rate counts (successful attacks; every corrupted input)."""
+    return successful(records) | corruption_mask(records)
+
+
+def targeted(records: pd.DataFrame) -> np.ndarray:
+    """Per row: the attack aimed at a target class."""
+    return records[TARGET].to_numpy() >= 0
+
+
+def hit_target(records: pd.DataFrame) -> np.ndarray:
+    """Per row: the attacked input is classified as the target."""
+    return records[ADV_PRED].to_numpy() == records[TARGET].to_numpy()
+
+
+def success(records: pd.DataFrame) -> np.ndarray:
+    return records[SUCCESS].to_numpy(dtype=bool)
+
+
+def distortion(records: pd.DataFrame) -> np.ndarray:
+    return records[DISTORTION].to_numpy(dtype=float)
+
+
+def linf(records: pd.DataFrame) -> np.ndarray:
+    return records[LINF].to_numpy(dtype=float)
+
+
+def clean_scores(records: pd.DataFrame, detector: str) -> np.ndarray:
+    """A detector's scores of the clean inputs (NaN where it did not score)."""
+    return records[score_clean(detector)].to_numpy(dtype=float)
+
+
+def adv_scores(records: pd.DataFrame, detector: str) -> np.ndarray:
+    """A detector's scores of the attacked inputs (NaN where it did not score)."""
+    return records[score_adv(detector)].to_numpy(dtype=float)
+
+
+def has_scores(records: pd.DataFrame, detector: str) -> bool:
+    column = score_clean(detector)
+    return column in records and not records[column].isna().all()
+
+
+def identify(frame: pd.DataFrame, **values: object) -> pd.DataFrame:
+    """``frame`` with identifying columns set (``model=..., threat=...``), given by keyword as record names."""
+    unknown = set(values) - {c.name for c in COLUMNS}
+    if unknown:
+        raise KeyError(f"not record columns: {', '.join(sorted(unknown))}")
+    return frame.assign(**values)
+
+
+def part(
+    *,
+    model: str,
+    threat: str,
+    attack: str,
+    corruption: bool,
+    crafted_on: str,
+    samples: np.ndarray,
+    columns: Mapping[str, np.ndarray],
+    scores_clean: Mapping[str, np.ndarray],
+    scores_adv: Mapping[str, np.ndarray],
+) -> pd.DataFrame:
+    """One attacked batch as records: the identifying columns, ``columns`` (:data:`BATCH_COLUMNS`), then the scores."""
+    missing = [c for c in BATCH_COLUMNS if c not in columns]
+    if missing:
+        raise KeyError(f"an attacked batch lacks record column(s) {', '.join(missing)}")
+    data: dict[str, object] = {
+        MODEL: model,
+        THREAT: threat,
+        ATTACK: attack,
+        CORRUPTION: corruption,
+        CRAFTED_ON: crafted_on,
+        SAMPLE: samples,
+        **{c: columns[c] for c in BATCH_COLUMNS},
+    }
+    for detector in scores_clean:
+        data[score_clean(detector)] = scores_clean[detector]
+        data[score_adv(detector)] = scores_adv[detector]
+    return pd.DataFrame(data)
+
+
+def missing_columns(frame: pd.DataFrame) -> list[str]:
+    """The required record columns ``frame`` lacks."""
+    return [c for c in REQUIRED if c not in frame.columns]
+
+
+def duplicated(records: pd.DataFrame) -> pd.Series:
+    """True for every row whose (group, sample) occurs more than once."""
+    return with_crafted_on(records).duplicated(subset=list(SAMPLE_KEYS), keep=False)

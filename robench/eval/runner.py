@@ -1,0 +1,225 @@
+"""The runner: a prepared pair (bundle + dataset + threat models) -> attacks in batches -> per-sample records -> summary.
+
+Records are the single source of truth: ``summary.csv`` is ``metrics.summarize(records)``,
+and every later table or regression check reads the records or the summary.
+Each (attack, batch) draws its randomness (targets, random starts, noise) from
+its own generator, seeded from the run seed, the attack's label and the batch
+index, so a batch's result does not depend on which other batches or attacks ran.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from robench.attacks.base import AttackTarget, Bounds
+from robench.core.bundle import ModelBundle
+from robench.core.provenance import git_revision, jsonable, package_versions
+from robench.detectors import fit_or_load
+from robench.eval import records as R
+from robench.eval.attack_batch import CleanBatch, attack_batch
+from robench.eval.density import AttackerDensity, attacker_density
+from robench.eval.metrics import summarize
+from robench.eval.output import format_summary, with_sanity_flags, write_run
+from robench.eval.parts import PARTS_DIR, PartStore, part_key
+from robench.eval.prepare import Prepared, prepare
+from robench.eval.run_config import RunConfig
+
+__all__ = ["PARTS_DIR", "RunConfig", "RunResult", "derive_seed", "format_summary", "part_key", "prepare", "run", "select_samples", "with_sanity_flags", "write_run"]
+
+
+@dataclass
+class RunResult:
+    records: pd.DataFrame
+    summary: pd.DataFrame
+    info: dict[str, Any]
+    sanity: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    digest = hashlib.sha256("|".join(map(str, (seed, *parts))).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def select_samples(n_test: int, n: int, seed: int) -> torch.Tensor:
+    """The first n of a seeded permutation of the test split (all of it if n >= its size)."""
+    order = torch.randperm(n_test, generator=torch.Generator().manual_seed(seed))
+    return order[: min(n, n_test)]
+
+
+class _Densities:
+    """The attacker-side densities of a run, built once per (crafting model, subset size)."""
+
+    def __init__(self, prepared: Prepared) -> None:
+        self.prepared = prepared
+        self.built: dict[tuple[str, int], AttackerDensity] = {}
+
+    def get(self, crafting: ModelBundle, per_class: int | None) -> AttackerDensity | None:
+        if per_class is None:
+            return None
+        key = (crafting.content_hash, int(per_class))
+        if key not in self.built:
+            self.built[key] = attacker_density(crafting, self.prepared.data, int(per_class), self.prepared.device)
+        return self.built[key]
+
+    def info(self) -> list[dict[str, Any]]:
+        return [
+            {"crafted_on": h, "kd_per_class": k, "eta": d.eta, "bandwidth": d.detector.bandwidth, "fit": "cached" if d.reused else "fitted"}
+            for (h, k), d in self.built.items()
+        ]
+
+
+def run(
+    config: RunConfig,
+    out: Path | None = None,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+    prepared: Prepared | None = None,
+) -> RunResult:
+    """Attack the model under the threat model(s) and return (and, with ``out``, write) records and summary.
+
+    ``prepared`` (from :func:`robench.eval.prepare.prepare` of the same config) skips the
+    preparation, so a suite loads and validates each pair once. With ``out``, every (threat,
+    attack, batch) part of the records goes through the part store in ``out/parts/`` as soon as it
+    is computed (:mod:`robench.eval.parts`): rerunning the same command reuses finished parts.
+    """
+    started = time.perf_counter()
+    if prepared is None:
+        prepared = prepare(config)
+    elif prepared.config != config:
+        raise ValueError("run() was given a prepared pair of another config")
+    bundle, data, device, detectors = prepared.bundle, prepared.data, prepared.device, prepared.detectors
+    model_name, substitute_name = config.name, config.crafting_name
+    family = data.spec.family
+    tic = time.perf_counter()
+    reused_fit = {name: fit_or_load(d, bundle, data.train, device, train_name=prepared.train_name) for name, d in detectors.items()}
+    fit_seconds = time.perf_counter() - tic
+    bounds = Bounds(*bundle.meta.value_range)
+    samples = select_samples(len(data.test), config.n, config.seed)
+    batches = [samples[i : i + config.batch_size] for i in range(0, len(samples), config.batch_size)]
+    store = PartStore(out / PARTS_DIR if out is not None else None)
+    densities = _Densities(prepared)
+    timings: dict[str, float] = {}
+    parts: list[pd.DataFrame] = []
+    detector_identity = {name: d.params() for name, d in detectors.items()}
+    total = len(batches) * sum(len(t.attacks) for t in prepared.threats)
+    bar = tqdm(total=total, desc=f"{model_name}/{config.threat}", unit="part", disable=None if progress else True, leave=False)
+    clean_cache: dict[int, CleanBatch] = {}
+    for pt in prepared.threats:
+        threat = pt.threat
+        crafting = prepared.substitute if threat.needs_substitute else bundle
+        assert crafting is not None
+        for b, index in enumerate(batches):
+            x = data.test.x[index].to(device)
+            y = data.test.y[index].to(device)
+            for spec, attack in pt.attacks:
+                key = part_key(
+                    {
+                        "format": R.FORMAT,
+                        "model": bundle.content_hash,
+                        "crafted_on": crafting.content_hash,
+                        "dataset": prepared.train_name,
+                        "threat": threat.name,
+                        "attack": spec.config(family),
+                        "detectors": detector_identity,
+                        "seed": config.seed,
+                        "batch": b,
+                        "samples": hashlib.sha256(index.numpy().tobytes()).hexdigest(),
+                    }
+                )
+                part = store.get(key)
+                if part is None:
+                    if b not in clean_cache:
+                        clean_cache = {b: CleanBatch.of(bundle, x, detectors)}
+                    density = densities.get(crafting, attack.needs().kd_per_class)
+                    generator = torch.Generator().manual_seed(derive_seed(config.seed, spec.label, b))
+                    tic = time.perf_counter()
+                    result = attack_batch(bundle, crafting, attack, spec, bounds, density, x, y, generator, clean_cache[b], detectors)
+                    label = f"{threat.name}/{spec.label}"
+                    timings[label] = timings.get(label, 0.0) + time.perf_counter() - tic
+                    part = R.part(
+                        model=model_name,
+                        threat=threat.name,
+                        attack=spec.label,
+                        corruption=attack.norm == "none",
+                        crafted_on=model_name if crafting is bundle else substitute_name,
+                        samples=index.numpy(),
+                        columns=result.columns,
+                        scores_clean=result.scores_clean,
+                        scores_adv=result.scores_adv,
+                    )
+                    store.put(key, part)
+                parts.append(part)
+                bar.update(1)
+    bar.close()
+    if store.reused:
+        echo(f"{model_name}/{config.threat}: reused {store.reused} of {store.reused + store.computed} finished parts (threat x attack x batch) from {store.root}")
+    records = pd.concat(parts, ignore_index=True)
+    sanity = _sanity(prepared, records, model_name, samples, bounds) if config.sanity else pd.DataFrame()
+    summary = with_sanity_flags(summarize(records), sanity)
+    info = {
+        "config": jsonable(dataclasses.asdict(config)),
+        "model": _model_info(config.model, model_name, bundle),
+        "substitute": _model_info(config.substitute, substitute_name, prepared.substitute) if prepared.substitute is not None else None,
+        "dataset": data.name,
+        "threats": [
+            {"name": t.threat.name, "source": t.threat.source, "attacks": [spec.config(family) for spec, _ in t.attacks]} for t in prepared.threats
+        ],
+        "detectors": {name: {"params": d.params(), "fit": "cached" if reused_fit[name] else "fitted"} for name, d in detectors.items()},
+        "attacker_density": densities.info(),
+        "samples": len(samples),
+        "parts": {"reused": store.reused, "computed": store.computed},
+        "sanity": sanity.to_dict(orient="records") if len(sanity) else [],
+        "device": str(device),
+        "versions": package_versions(),
+        "git_revision": git_revision(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "timings_seconds": {"detector_fit": round(fit_seconds, 3), **{k: round(v, 3) for k, v in timings.items()}, "total": round(time.perf_counter() - started, 3)},
+    }
+    if len(prepared.threats) == 1:  # the one-threat layout of earlier runs
+        info["threat"] = info["threats"][0]
+    if out is not None:
+        write_run(out, records, summary, info, sanity)
+        store.prune()
+    return RunResult(records=records, summary=summary, info=info, sanity=sanity)
+
+
+def _model_info(path: Path | None, name: str | None, bundle: ModelBundle) -> dict[str, Any]:
+    return {
+        "path": str(path),
+        "name": name,
+        "content_hash": bundle.content_hash,
+        "defense": bundle.meta.defense,
+        "defense_params": bundle.meta.defense_params,
+        "arch": bundle.meta.arch,
+        "dataset": bundle.meta.dataset,
+        "feature_dim": bundle.meta.feature_dim,
+        "clean_accuracy_at_training": bundle.meta.clean_accuracy,
+    }
+
+
+SANITY_PROBE_SAMPLES = 64
+
+
+def _sanity(prepared: Prepared, records: pd.DataFrame, model_name: str, samples: torch.Tensor, bounds: Bounds) -> pd.DataFrame:
+    """Model probes on the first samples plus the checks that read the records (robench.eval.sanity)."""
+    from robench.eval.sanity import probe_model, record_flags, sanity_table
+
+    bundle, data, device = prepared.bundle, prepared.data, prepared.device
+    index = samples[:SANITY_PROBE_SAMPLES]
+    x, y = data.test.x[index].to(device), data.test.y[index].to(device)
+    target = AttackTarget(bundle.model, bundle.defense, bounds)
+    generator = torch.Generator().manual_seed(derive_seed(prepared.config.seed, "sanity"))
+    results = probe_model(target, x, y, generator=generator, objective="adaptive", model_name=model_name, threat="-")
+    results += record_flags(records)
+    return sanity_table(results)

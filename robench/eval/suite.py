@@ -1,0 +1,176 @@
+"""Suites: one TOML file pairs models with threat models; every pair runs into one combined summary.
+
+::
+
+    [defaults]                 # any run setting: n, batch_size, seed, device, detectors
+    n = 200
+
+    [[model]]
+    name = "gm"
+    path = "models/gm.pt"      # relative to the suite file
+
+    [[threat]]
+    name = "semi-white-box"
+    attacks = ["FGSM", "BIM"]  # optional subset (noise: sigmas = [0.05, 0.1])
+    n = 100                    # optional: this threat's own n / batch_size / detectors
+    models = ["gm"]            # optional: only these models
+    [threat.set]
+    "BIM.steps" = 10
+
+    [[threat]]
+    name = "black-box"
+    substitute = ["softmax"]   # craft on these suite models, evaluate on each other model
+
+Each pair writes ``OUT/<model>/<threat>/`` (``OUT/<model>/<threat>-from-<substitute>/``
+for transfer; records, summary, run.json); the combined ``OUT/summary.csv``
+concatenates their summaries. A model is never paired with itself as substitute
+(that is the white-box threat).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from robench.core.errors import ConfigError
+from robench.core.provenance import atomic_write_text
+from robench.core.registry import did_you_mean
+from robench.eval.output import SANITY_FLAGS, with_sanity_flags
+from robench.eval.prepare import Loader, prepare
+from robench.eval.run_config import RunConfig
+from robench.eval.runner import RunResult, run
+
+_DEFAULT_KEYS = {"n", "batch_size", "seed", "device", "detectors", "data_root"}
+_MODEL_KEYS = {"name", "path"}
+_THREAT_KEYS = {"name", "set", "attacks", "models", "detectors", "sigmas", "substitute", "n", "batch_size"}
+
+
+@dataclass(frozen=True)
+class SuitePair:
+    model_name: str
+    config: RunConfig
+    substitute: str | None = None
+
+    @property
+    def folder(self) -> str:
+        """The pair's output folder under OUT/<model>/."""
+        return self.config.threat if self.substitute is None else f"{self.config.threat}-from-{self.substitute}"
+
+
+def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown key '{key}'{did_you_mean(key, sorted(allowed))}; allowed: {', '.join(sorted(allowed))}")
+
+
+def load_suite(path: Path, overrides: dict[str, Any] | None = None) -> list[SuitePair]:
+    """Parse and validate a suite file into run configs (one per model x threat pair)."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such suite file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    _check_keys(raw, {"defaults", "model", "threat"}, str(path))
+    defaults = dict(raw.get("defaults", {}))
+    _check_keys(defaults, _DEFAULT_KEYS, f"{path} [defaults]")
+    defaults.update(overrides or {})
+    models = raw.get("model", [])
+    threats = raw.get("threat", [])
+    if not models or not threats:
+        raise ConfigError(f"{path}: a suite needs at least one [[model]] and one [[threat]]")
+    names = []
+    for model in models:
+        _check_keys(model, _MODEL_KEYS, f"{path} [[model]]")
+        if "name" not in model or "path" not in model:
+            raise ConfigError(f"{path}: every [[model]] needs a name and a path")
+        names.append(model["name"])
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: model names must be unique")
+    valid = {f.name for f in fields(RunConfig)}
+    pairs = []
+    seen: set[tuple[str, str]] = set()
+    for threat in threats:
+        _check_keys(threat, _THREAT_KEYS, f"{path} [[threat]]")
+        if "name" not in threat:
+            raise ConfigError(f"{path}: every [[threat]] needs a name")
+        for key in ("attacks", "models", "detectors", "sigmas", "substitute"):
+            if key in threat and not isinstance(threat[key], list):
+                raise ConfigError(f"{path}: threat '{threat['name']}': '{key}' must be a list, e.g. {key} = [\"...\"]")
+        only = threat.get("models", names)
+        substitutes: list[str | None] = list(threat.get("substitute", [None]))
+        for unknown in (set(only) | set(substitutes) - {None}) - set(names):
+            raise ConfigError(f"{path}: threat '{threat['name']}' names unknown model '{unknown}'{did_you_mean(str(unknown), names)}")
+        paths = {m["name"]: path.parent / m["path"] for m in models}
+        found = 0
+        for model, substitute in ((m, s) for m in models for s in substitutes):
+            if model["name"] not in only or substitute == model["name"]:
+                continue
+            found += 1
+            if (model["name"], threat["name"], substitute) in seen:
+                raise ConfigError(f"{path}: model '{model['name']}' meets threat '{threat['name']}' twice; their outputs would overwrite each other")
+            seen.add((model["name"], threat["name"], substitute))
+            settings = {k: v for k, v in defaults.items() if k in valid}
+            for key in ("detectors", "n", "batch_size"):  # a threat's own value beats [defaults]
+                if key in threat:
+                    settings[key] = threat[key]
+            if settings.get("detectors") is not None:
+                settings["detectors"] = tuple(settings["detectors"])
+            if settings.get("data_root") is not None:
+                settings["data_root"] = path.parent / settings["data_root"]  # relative to the suite file, like models
+            for key in ("n", "batch_size", "seed"):
+                if key in settings and (not isinstance(settings[key], int) or isinstance(settings[key], bool)):
+                    raise ConfigError(f"{path}: '{key}' must be an integer, got {settings[key]!r}")
+            config = RunConfig(
+                model=(path.parent / model["path"]),
+                threat=threat["name"],
+                settings=dict(threat.get("set", {})),
+                attacks=tuple(threat.get("attacks", ())),
+                sigmas=tuple(float(v) for v in threat.get("sigmas", ())),
+                model_name=model["name"],
+                substitute=paths[substitute] if substitute is not None else None,
+                substitute_name=substitute,
+                **settings,
+            )
+            pairs.append(SuitePair(model["name"], config, substitute))
+        if not found:
+            raise ConfigError(f"{path}: threat '{threat['name']}' pairs no model (a model is not its own substitute)")
+    return pairs
+
+
+def run_suite(path: Path, out: Path, overrides: dict[str, Any] | None = None, progress: bool = True, echo: Callable[[str], None] = print) -> pd.DataFrame:
+    pairs = load_suite(path, overrides)
+    loader = Loader()  # every bundle and dataset is loaded once, however many pairs use it
+    prepared = [prepare(pair.config, loader) for pair in pairs]  # validate every pair before spending time on any
+    results = []
+    for pair, ready in zip(pairs, prepared):
+        echo(f"running {pair.model_name} x {pair.folder}")
+        results.append(run(pair.config, out / pair.model_name / pair.folder, progress=progress, echo=echo, prepared=ready))
+    sanity = suite_sanity(results)
+    combined = with_sanity_flags(pd.concat([r.summary for r in results], ignore_index=True).drop(columns=SANITY_FLAGS), sanity)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "summary.csv", combined.to_csv(index=False))
+    atomic_write_text(out / "sanity.csv", sanity.to_csv(index=False))
+    for row in sanity[sanity["flagged"]].itertuples() if len(sanity) else ():
+        echo(f"sanity: {row.model} {row.threat}: {row.check} flagged ({row.detail})")
+    return combined
+
+
+def suite_sanity(results: list[RunResult]) -> pd.DataFrame:
+    """Every pair's model probes, plus the record checks over all pairs at once: a model's black-box and
+    white-box attacks run as separate pairs, and only together can the black-box one be seen to beat the other."""
+    from robench.eval.sanity import SANITY_CHECKS, record_flags, sanity_table
+
+    model_checks = [name for name in SANITY_CHECKS.names() if SANITY_CHECKS.get(name).kind == "model"]
+    probes = [r.sanity[r.sanity["check"].isin(model_checks)] for r in results if len(r.sanity)]
+    records = pd.concat([r.records for r in results], ignore_index=True)
+    combined = sanity_table(record_flags(records))
+    frames = [f for f in (*probes, combined) if len(f)]
+    if not frames:
+        return combined
+    return pd.concat(frames, ignore_index=True).drop_duplicates(subset=["model", "threat", "check"]).reset_index(drop=True)

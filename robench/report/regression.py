@@ -1,0 +1,261 @@
+"""The regression gate: a baseline file of every summary metric with its bootstrap interval, and a check against it.
+
+A baseline row is one metric of one model x threat x attack (x detector for
+the detector metrics auc_roc and flagged_rate; the others are stored once per
+group with detector ``-``). A checked value is
+
+- ``worse``: moved in the direction that is worse for the defense
+  (``METRICS[metric].higher_is_better``) beyond the tolerance,
+- ``better``: moved the other way beyond it,
+- ``ok``: within it, or NaN in both,
+- ``missing``: in the baseline but not in the run; ``new``: the reverse (informational).
+
+The tolerance is an absolute ``--tolerance METRIC=VALUE`` where given, else the
+baseline's bootstrap interval (widened to include the baseline value). A value
+that becomes NaN, or stops being NaN, counts as worse.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from robench.report.bootstrap import bootstrap_intervals
+from robench.core.errors import ConfigError
+from robench.eval.metrics import COUNT, DETECTOR, METRICS, NO_DETECTOR, SUMMARY_KEYS
+from robench.core.provenance import atomic_write_text
+from robench.core.registry import did_you_mean
+from robench.report.rundir import RunDir, load_run_dir
+
+FORMAT = "robench-baseline"
+VERSION = 1
+KEYS = [*SUMMARY_KEYS, DETECTOR, "metric"]
+ROW_FIELDS = [*KEYS, "value", "low", "high", "n"]
+STATUS_ORDER = ("worse", "missing", "better", "new", "ok")
+# Recomputing the same records on another machine may change the last bits of a mean; that is not a move.
+SAME = 1e-9
+
+
+def metric_rows(summary: pd.DataFrame, intervals: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per metric value of a summary (``ROW_FIELDS``; low/high NaN without ``intervals``), sorted by key."""
+    metrics = [m for m in METRICS.names() if m in summary.columns]
+    table = summary if intervals is None else summary.merge(intervals, on=[*SUMMARY_KEYS, DETECTOR, COUNT], how="left")
+    parts = []
+    for metric in metrics:
+        if METRICS.get(metric).per_detector:
+            chosen = table[table[DETECTOR] != NO_DETECTOR]
+        else:  # the same for every detector of a group: keep one copy, under detector "-"
+            chosen = table.drop_duplicates(subset=SUMMARY_KEYS).assign(**{DETECTOR: NO_DETECTOR})
+        part = chosen[[*SUMMARY_KEYS, DETECTOR, COUNT]].assign(metric=metric, value=chosen[metric].astype(float))
+        for side in ("low", "high"):
+            column = f"{metric}_{side}"
+            part[side] = chosen[column].astype(float) if column in chosen else math.nan
+        parts.append(part)
+    if not parts:
+        return pd.DataFrame(columns=ROW_FIELDS)
+    rows = pd.concat(parts, ignore_index=True)[ROW_FIELDS]
+    return rows.sort_values(KEYS, kind="stable").reset_index(drop=True)
+
+
+def _revision(run_dir: RunDir) -> str:
+    revisions = sorted({str(run["git_revision"]) for run in run_dir.runs if run.get("git_revision")})
+    return ",".join(revisions) or "unknown"
+
+
+def _models(run_dir: RunDir) -> dict[str, dict[str, Any]]:
+    return {
+        name: {key: meta.get(key) for key in ("content_hash", "defense", "dataset")}
+        for name, meta in sorted(run_dir.model_meta().items())
+    }
+
+
+def _json_number(value: Any) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+def format_baseline(header: Mapping[str, Any], rows: pd.DataFrame) -> str:
+    """JSON with one baseline row per line, so that a changed value is a one-line diff."""
+    lines = [f"  {json.dumps(key)}: {json.dumps(value, sort_keys=True)}," for key, value in header.items()]
+    records = []
+    for row in rows.itertuples(index=False):
+        item = {k: getattr(row, k) for k in KEYS}
+        item.update(value=_json_number(row.value), low=_json_number(row.low), high=_json_number(row.high), n=int(row.n))
+        records.append("    " + json.dumps(item))
+    return "{\n" + "\n".join(lines) + '\n  "rows": [\n' + ",\n".join(records) + "\n  ]\n}\n"
+
+
+def write_baseline(run_dir: Path, out: Path, *, n_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
+    """Write the baseline of every metric in the run's summary, with its bootstrap interval, to ``out``; return its rows."""
+    run = load_run_dir(run_dir)
+    intervals = bootstrap_intervals(run.records, n_resamples=n_resamples, level=level, seed=seed)
+    rows = metric_rows(run.summary(), intervals)
+    header = {
+        "format": FORMAT,
+        "version": VERSION,
+        "source": str(run_dir),
+        "git_revision": _revision(run),
+        "bootstrap": {"n_resamples": int(n_resamples), "level": float(level), "seed": int(seed)},
+        "models": _models(run),
+    }
+    atomic_write_text(out, format_baseline(header, rows))
+    return rows
+
+
+def _number(value: Any, where: str) -> float:
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where} must be a number or null, got {value!r}")
+    return float(value)
+
+
+def read_baseline(path: Path) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The header and rows of a baseline file; any defect is a one-line ConfigError."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"baseline file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read baseline file {path}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"baseline file {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ConfigError(f"{path} is not a robench baseline (no \"format\": \"{FORMAT}\"); write one with 'robench baseline'")
+    if data.get("version") != VERSION:
+        raise ConfigError(f"baseline file {path} has version {data.get('version')!r}; this robench reads version {VERSION}")
+    items = data.get("rows")
+    if not isinstance(items, list):
+        raise ConfigError(f"baseline file {path} has no list of \"rows\"")
+    rows = []
+    for i, item in enumerate(items):
+        where = f"baseline file {path}, row {i + 1}"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where} is not a JSON object")
+        absent = [k for k in ROW_FIELDS if k not in item]
+        if absent:
+            raise ConfigError(f"{where} lacks {', '.join(repr(k) for k in absent)}")
+        for key in KEYS:
+            if not isinstance(item[key], str):
+                raise ConfigError(f"{where}: {key!r} must be a string, got {item[key]!r}")
+        if item["metric"] not in METRICS:
+            raise ConfigError(f"{where} has unknown metric '{item['metric']}'{did_you_mean(item['metric'], METRICS.names())}")
+        if isinstance(item["n"], bool) or not isinstance(item["n"], int):
+            raise ConfigError(f"{where}: 'n' must be an integer, got {item['n']!r}")
+        rows.append({**{k: item[k] for k in KEYS}, **{k: _number(item[k], f"{where}: {k!r}") for k in ("value", "low", "high")}, "n": item["n"]})
+    table = pd.DataFrame(rows, columns=ROW_FIELDS)
+    duplicated = table.duplicated(subset=KEYS)
+    if duplicated.any():
+        first = table.loc[duplicated].iloc[0]
+        raise ConfigError(f"baseline file {path} lists {'/'.join(str(first[k]) for k in KEYS)} more than once")
+    return {k: v for k, v in data.items() if k != "rows"}, table
+
+
+def check_tolerances(tolerances: Mapping[str, float]) -> dict[str, float]:
+    """Validated absolute tolerances: known metric names, finite non-negative numbers."""
+    checked = {}
+    for metric, value in tolerances.items():
+        if metric not in METRICS:
+            raise ConfigError(f"unknown metric '{metric}' in --tolerance{did_you_mean(metric, METRICS.names())}; known: {', '.join(METRICS.names())}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ConfigError(f"the tolerance of {metric} must be a non-negative number, got {value!r}")
+        checked[metric] = float(value)
+    return checked
+
+
+def judge(metric: str, value: float, low: float, high: float, current: float, tolerance: float | None) -> tuple[str, float, float, str]:
+    """(status, allowed low, allowed high, note) of one baseline value against the current one."""
+    higher_is_better = METRICS.get(metric).higher_is_better
+    if tolerance is not None:
+        allowed = (value - tolerance, value + tolerance)
+    else:
+        # Widened to the baseline value: a percentile interval need not contain its point estimate.
+        allowed = (np.nanmin([low, value]), np.nanmax([high, value])) if np.isfinite(value) else (math.nan, math.nan)
+    if math.isnan(value) and math.isnan(current):
+        return "ok", *allowed, ""
+    if math.isnan(value) or math.isnan(current):
+        return "worse", *allowed, "was NaN" if math.isnan(value) else "became NaN"
+    if abs(current - value) <= SAME or allowed[0] - SAME <= current <= allowed[1] + SAME:
+        return "ok", *allowed, ""
+    went_up = current > allowed[1]
+    return ("better" if went_up == higher_is_better else "worse"), *allowed, ""
+
+
+TABLE_COLUMNS = [*KEYS, "status", "baseline", "current", "delta", "allowed_low", "allowed_high", "n_baseline", "n", "note"]
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """Every baseline value (and every new one) with its status; ``failed`` is the gate's verdict."""
+
+    rows: pd.DataFrame
+    two_sided: bool = False
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def counts(self) -> dict[str, int]:
+        found = self.rows["status"].value_counts()
+        return {status: int(found.get(status, 0)) for status in STATUS_ORDER}
+
+    @property
+    def failed(self) -> bool:
+        counts = self.counts()
+        return bool(counts["worse"] or counts["missing"] or (self.two_sided and counts["better"]))
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """The rows that moved (every status but ``ok``), most serious first."""
+        return self.rows[self.rows["status"] != "ok"].reset_index(drop=True)
+
+    def verdict(self) -> str:
+        counts = self.counts()
+        compared = sum(counts[s] for s in ("worse", "missing", "better", "ok"))
+        parts = [f"{counts[s]} {s}" for s in STATUS_ORDER if counts[s] and s != "ok"]
+        mode = "two-sided" if self.two_sided else "one-sided"
+        return f"{'FAIL' if self.failed else 'PASS'}: {', '.join(parts) or 'nothing moved'} ({compared} baseline values, {mode})"
+
+
+def check_run(run_dir: Path, baseline: Path, tolerances: Mapping[str, float] | None = None, two_sided: bool = False) -> CheckReport:
+    """Compare the run's summary metrics with a baseline file (see the module docstring for the statuses)."""
+    tolerance_of = check_tolerances(tolerances or {})
+    header, expected = read_baseline(baseline)
+    run = load_run_dir(run_dir)
+    current = metric_rows(run.summary())[[*KEYS, "value", "n"]].rename(columns={"value": "current"})
+    merged = expected.merge(current, on=KEYS, how="outer", suffixes=("_baseline", ""), indicator="found")
+    out = []
+    for row in merged.itertuples(index=False):
+        item = {k: getattr(row, k) for k in KEYS}
+        item.update(baseline=row.value, current=row.current, n_baseline=row.n_baseline, n=row.n, note="")
+        if row.found == "left_only":
+            item.update(status="missing", allowed_low=math.nan, allowed_high=math.nan, note="not in the run")
+        elif row.found == "right_only":
+            item.update(status="new", allowed_low=math.nan, allowed_high=math.nan, note="not in the baseline")
+        else:
+            status, low, high, note = judge(row.metric, row.value, row.low, row.high, row.current, tolerance_of.get(row.metric))
+            if row.n != row.n_baseline:
+                note = "; ".join(filter(None, [note, f"n {int(row.n_baseline)} -> {int(row.n)}"]))
+            item.update(status=status, allowed_low=low, allowed_high=high, note=note)
+        out.append(item)
+    table = pd.DataFrame(out, columns=TABLE_COLUMNS)
+    table["delta"] = table["current"] - table["baseline"]
+    table[["n_baseline", "n"]] = table[["n_baseline", "n"]].astype("Int64")
+    table["_order"] = table["status"].map(STATUS_ORDER.index)
+    table = table.sort_values(["_order", *KEYS], kind="stable").drop(columns="_order").reset_index(drop=True)
+    return CheckReport(rows=table, two_sided=two_sided, notes=tuple(_model_notes(header, run)))
+
+
+def _model_notes(header: Mapping[str, Any], run: RunDir) -> list[str]:
+    """Models whose weights differ from the baseline's: their moves may be expected."""
+    before = header.get("models") if isinstance(header.get("models"), dict) else {}
+    notes = []
+    for name, meta in _models(run).items():
+        old = before.get(name)
+        if isinstance(old, dict) and old.get("content_hash") and meta.get("content_hash") and old["content_hash"] != meta["content_hash"]:
+            notes.append(f"model '{name}' has different weights than in the baseline (content hash changed)")
+    return notes

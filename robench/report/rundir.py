@@ -1,0 +1,111 @@
+"""Loading a run directory: every ``records.parquet`` and ``run.json`` below a folder, as one table.
+
+``robench run`` writes one records file per folder; suites and the demo nest
+them as ``OUT/MODEL/THREAT/``. Tables, plots, bootstrap intervals and the
+regression gate all start from the concatenated records, which stay the single
+source of truth (summaries are recomputed from them, never read).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from robench.core.errors import ConfigError
+from robench.eval import records as R
+from robench.eval.metrics import summarize
+
+RECORDS_FILE = "records.parquet"
+RUN_FILE = "run.json"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The concatenated records below ``path`` and the parsed run.json files that came with them."""
+
+    path: Path
+    records: pd.DataFrame
+    runs: list[dict]
+
+    def model_meta(self) -> dict[str, dict]:
+        """Model name -> the ``model`` entry of its run.json (the first one, in sorted path order)."""
+        meta: dict[str, dict] = {}
+        for run in self.runs:
+            model = run.get("model")
+            if isinstance(model, dict) and isinstance(model.get("name"), str):
+                meta.setdefault(model["name"], model)
+        return meta
+
+    def summary(self) -> pd.DataFrame:
+        """``metrics.summarize`` of the records, each group with only the detectors it was scored by."""
+        return summarize_run(self.records)
+
+
+def summarize_run(records: pd.DataFrame) -> pd.DataFrame:
+    """``metrics.summarize`` for records concatenated from runs with different detectors."""
+    return summarize(records, drop_unscored=True)
+
+
+_SOURCE = "_source"  # a temporary column: which file a record came from
+
+
+def _read_records(file: Path) -> pd.DataFrame:
+    try:
+        frame = pd.read_parquet(file)
+    except Exception as exc:  # pyarrow raises several unrelated types for a corrupt or truncated file
+        raise ConfigError(f"cannot read records file {file}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
+    missing = R.missing_columns(frame)
+    if missing:
+        raise ConfigError(f"records file {file} lacks column(s) {', '.join(missing)}")
+    return R.with_crafted_on(frame)
+
+
+def _read_run(file: Path) -> dict[str, Any]:
+    try:
+        run = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read run file {file}: {exc}") from None
+    if not isinstance(run, dict):
+        raise ConfigError(f"run file {file} does not hold a JSON object")
+    return run
+
+
+def _files(path: Path) -> tuple[list[Path], list[Path]]:
+    if path.is_file():
+        if path.suffix != ".parquet":
+            raise ConfigError(f"{path} is neither a run directory nor a records .parquet file")
+        sibling = path.parent / RUN_FILE
+        return [path], [sibling] if sibling.is_file() else []
+    return sorted(path.rglob(RECORDS_FILE)), sorted(path.rglob(RUN_FILE))
+
+
+def _check_duplicates(records: pd.DataFrame, sources: list[Path]) -> None:
+    keys = list(R.SAMPLE_KEYS)
+    duplicated = R.duplicated(records)
+    if not duplicated.any():
+        return
+    rows = records.loc[duplicated]
+    first = rows.iloc[0]
+    files = sorted({str(sources[i]) for i in rows.loc[(rows[keys] == first[keys]).all(axis=1), _SOURCE]})
+    example = ", ".join(f"{k} {first[k]!r}" for k in keys)
+    raise ConfigError(f"{int(duplicated.sum())} records are duplicated, e.g. {example} in {' and '.join(files)}")
+
+
+def load_run_dir(path: Path) -> RunDir:
+    """Gather every records.parquet below ``path`` (or the single records file ``path``) and every run.json."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"run directory {path} does not exist")
+    record_files, run_files = _files(path)
+    if not record_files:
+        raise ConfigError(f"no {RECORDS_FILE} found below {path}")
+    frames = [_read_records(file).assign(**{_SOURCE: i}) for i, file in enumerate(record_files)]
+    records = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    if records.empty:
+        raise ConfigError(f"the records below {path} hold no rows")
+    _check_duplicates(records, record_files)
+    return RunDir(path=path, records=records.drop(columns=_SOURCE), runs=[_read_run(f) for f in run_files])

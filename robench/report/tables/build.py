@@ -1,0 +1,109 @@
+"""Building tables: a layout applied to a summary (and run.json model entries), with intervals joined on."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from robench.core.errors import ConfigError
+from robench.eval import records as R
+from robench.eval.metrics import SUMMARY_KEYS
+from robench.report.tables.labels import model_infos
+from robench.report.tables.layouts import DEFAULT_ORDER, LAYOUTS, Layout
+from robench.report.tables.table import COUNT, DETECTOR, HIGH, LOW, METRIC, Table
+
+DATASET_LEVEL = "Dataset"
+
+
+def build_table(
+    layout: str | Layout,
+    summary: pd.DataFrame,
+    model_meta: Mapping[str, Mapping[str, Any]] | None = None,
+    intervals: pd.DataFrame | None = None,
+) -> Table:
+    """Build one layout from a summary (``metrics.summarize``) and run.json model entries.
+
+    ``intervals`` (``bootstrap.bootstrap_intervals``) adds ``low``/``high`` to each cell.
+    Raises ConfigError when the layout's threat, attack or detectors are absent.
+    """
+    spec = LAYOUTS.get(layout) if isinstance(layout, str) else layout
+    summary = R.with_crafted_on(summary)
+    intervals = R.with_crafted_on(intervals) if intervals is not None else None
+    if spec.threats:
+        reason = spec.missing(summary)
+        if reason:
+            raise ConfigError(reason)
+        selected = spec.select(summary)
+    else:
+        selected = summary
+    if selected.empty:
+        raise ConfigError(f"layout '{spec.name}': the summary holds no rows")
+    selected = selected.reset_index(drop=True)
+    infos = model_infos(list(dict.fromkeys(selected[R.MODEL])), model_meta or {})
+    cells = spec.cells(selected, infos).reset_index(drop=True)
+    rows, columns, group = spec.rows, spec.columns, None
+    datasets = {infos[m].dataset for m in cells[R.MODEL]}
+    if spec.mark_best and len(datasets) > 1:
+        # models from several datasets: add a Dataset level on the model axis and compare within it
+        cells.insert(0, DATASET_LEVEL, cells[R.MODEL].map(lambda m: infos[m].dataset or "?"))
+        group = DATASET_LEVEL
+        if spec.model_axis == "rows":  # cells come ordered by dataset already (layouts._ordered)
+            rows = (DATASET_LEVEL, *rows)
+        else:
+            columns = (DATASET_LEVEL, *columns)
+    key = [*rows, *columns]
+    if cells.duplicated(key).any():
+        first = cells.loc[cells.duplicated(key), key].iloc[0].tolist()
+        raise ConfigError(f"layout '{spec.name}': two summary rows fill the same cell {first}")
+    if intervals is not None:
+        cells = _join_intervals(cells, intervals)
+    best_along = None if not spec.mark_best else ("columns" if spec.model_axis == "rows" else "rows")
+    return Table(spec.name, _caption(spec, selected), f"tab:robench-{spec.name}", cells, rows, columns, best_along, group)
+
+
+def _caption(spec: Layout, selected: pd.DataFrame) -> str:
+    counts = sorted(set(selected[COUNT].astype(int)))
+    n = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    present = set(selected[R.THREAT])
+    threats = [t for t in spec.threats if t in present] or sorted(present)
+    listed = ", ".join(threats[:-1]) + (" and " if len(threats) > 1 else "") + threats[-1]
+    return f"{spec.caption.format(threats=listed)} n = {n} test samples per attack."
+
+
+def _join_intervals(cells: pd.DataFrame, intervals: pd.DataFrame) -> pd.DataFrame:
+    """``low`` / ``high`` per cell from the intervals' ``METRIC_low`` / ``METRIC_high`` columns (NaN where absent)."""
+    keys = [*SUMMARY_KEYS, DETECTOR]
+    merged = cells.merge(intervals, on=keys, how="left", validate="many_to_one")
+    low, high = np.full(len(cells), np.nan), np.full(len(cells), np.nan)
+    for metric in merged[METRIC].unique():
+        at = (merged[METRIC] == metric).to_numpy()
+        if f"{metric}_{LOW}" in merged and f"{metric}_{HIGH}" in merged:
+            low[at] = merged.loc[at, f"{metric}_{LOW}"].to_numpy(dtype=float)
+            high[at] = merged.loc[at, f"{metric}_{HIGH}"].to_numpy(dtype=float)
+    return cells.assign(**{LOW: low, HIGH: high})
+
+
+def build_tables(
+    summary: pd.DataFrame,
+    model_meta: Mapping[str, Mapping[str, Any]] | None = None,
+    layouts: Sequence[str] | None = None,
+    intervals: pd.DataFrame | None = None,
+    defaults: Sequence[str] = DEFAULT_ORDER,
+) -> tuple[list[Table], list[str]]:
+    """The named layouts (each must apply), or every one of ``defaults`` that applies; returns (tables, notes on skipped ones)."""
+    if layouts:
+        for name in layouts:
+            LAYOUTS.get(name)  # unknown names fail with did-you-mean before anything is built
+        return [build_table(name, summary, model_meta, intervals) for name in dict.fromkeys(layouts)], []
+    tables, notes = [], []
+    for name in defaults:
+        layout = LAYOUTS.get(name)
+        reason = layout.missing(summary) if layout.threats else None
+        if reason:
+            notes.append(f"skipped: {reason}")
+            continue
+        tables.append(build_table(layout, summary, model_meta, intervals))
+    return tables, notes

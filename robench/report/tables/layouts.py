@@ -1,0 +1,234 @@
+"""The registered paper layouts: which summary rows each table reads and how they become long cells.
+
+A layout's cell builder returns one row per table cell, keyed by the summary's keys (model,
+threat, attack, crafting model), its detector and metric, with the layout's row and column
+levels beside them (so bootstrap intervals can be joined on the keys; see :mod:`.build`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from robench.core.registry import Registry
+from robench.eval import records as R
+from robench.eval.metrics import METRICS, NO_DETECTOR, SUMMARY_KEYS
+from robench.report.tables.labels import ModelInfo, detector_label, detector_rank, metric_header
+from robench.report.tables.table import COUNT, DETECTOR, METRIC, VALUE
+
+CellBuilder = Callable[[pd.DataFrame, Mapping[str, ModelInfo]], pd.DataFrame]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A paper table's shape: which summary rows it reads and how they become cells.
+
+    ``cells(selected_summary, infos)`` returns one row per cell with the row-level
+    columns ``rows``, the column-level columns ``columns``, and ``model, threat,
+    attack, detector, metric, value``. ``model_axis`` says where the models are:
+    the best value is marked among them (per column when they are rows, per row
+    when they are columns), only within one dataset.
+    """
+
+    name: str
+    description: str
+    caption: str
+    threats: tuple[str, ...]
+    rows: tuple[str, ...]
+    columns: tuple[str, ...]
+    cells: CellBuilder
+    attacks: tuple[str, ...] = ()  # only these attacks (empty: all)
+    needs_detectors: bool = False
+    model_axis: Literal["rows", "columns"] = "rows"
+    mark_best: bool = True
+
+    def select(self, summary: pd.DataFrame) -> pd.DataFrame:
+        selected = summary[summary[R.THREAT].isin(self.threats)]
+        if self.attacks:
+            selected = selected[selected[R.ATTACK].isin(self.attacks)]
+        if self.needs_detectors:
+            selected = selected[selected[DETECTOR] != NO_DETECTOR]
+        return selected
+
+    def missing(self, summary: pd.DataFrame) -> str | None:
+        """Why this layout does not apply to ``summary`` (``None`` when it does)."""
+        wanted = " or ".join(f"'{t}'" for t in self.threats)
+        rows = summary[summary[R.THREAT].isin(self.threats)]
+        if rows.empty:
+            present = ", ".join(dict.fromkeys(summary[R.THREAT])) or "none"
+            return f"layout '{self.name}' needs threat {wanted}; the run holds {present}"
+        if self.attacks:
+            rows = rows[rows[R.ATTACK].isin(self.attacks)]
+            if rows.empty:
+                return f"layout '{self.name}' needs attack {' or '.join(self.attacks)} of threat {wanted}, which the run does not hold"
+        if self.needs_detectors and (rows[DETECTOR] == NO_DETECTOR).all():
+            return f"layout '{self.name}' needs detector scores, and threat {wanted} was run without detectors"
+        return None
+
+
+# ----------------------------------------------------------------------------- cell builders
+
+
+def _ordered(summary: pd.DataFrame, infos: Mapping[str, ModelInfo]) -> pd.DataFrame:
+    """Rows by dataset, defense rank (softmax first, GM last), model, then detector; attacks keep the run's order."""
+    keys = pd.DataFrame(
+        {
+            "dataset": summary[R.MODEL].map(lambda m: infos[m].dataset),
+            "rank": summary[R.MODEL].map(lambda m: infos[m].rank),
+            "name": summary[R.MODEL],
+            "det": summary[DETECTOR].map(detector_rank),
+            DETECTOR: summary[DETECTOR],
+        },
+        index=summary.index,
+    )
+    order = keys.sort_values(["dataset", "rank", "name", "det", DETECTOR], kind="stable").index
+    return summary.loc[order].reset_index(drop=True)  # a fresh index: cell builders interleave parts by it
+
+
+def _cells(frame: pd.DataFrame, metric: str, **levels: pd.Series | str) -> pd.DataFrame:
+    keys = frame[[*SUMMARY_KEYS, DETECTOR]]
+    return keys.assign(**levels, **{METRIC: metric, VALUE: frame[metric].astype(float)})
+
+
+def _model_label(frame: pd.DataFrame, infos: Mapping[str, ModelInfo]) -> pd.Series:
+    return frame[R.MODEL].map(lambda m: infos[m].label)
+
+
+def _method_label(frame: pd.DataFrame, infos: Mapping[str, ModelInfo]) -> pd.Series:
+    model = _model_label(frame, infos)
+    detector = frame[DETECTOR].map(lambda d: "" if d == NO_DETECTOR else "+" + detector_label(d))
+    return model + detector
+
+
+def _detection_cells(selected: pd.DataFrame, infos: Mapping[str, ModelInfo]) -> pd.DataFrame:
+    ordered = _ordered(selected, infos)
+    return _cells(ordered, "auc_roc", **{"Detection Method": _method_label(ordered, infos), "Attack": ordered[R.ATTACK]})
+
+
+WHITE_BOX_METRICS = ("auc_roc", "distortion", "success_rate")
+
+
+def _white_box_cells(selected: pd.DataFrame, infos: Mapping[str, ModelInfo]) -> pd.DataFrame:
+    ordered = _ordered(selected, infos)
+    method = _method_label(ordered, infos)
+    parts = [_cells(ordered, m, **{"Detection Method": method, "Metric": metric_header(m)}) for m in WHITE_BOX_METRICS]
+    # interleave so each row's three cells are adjacent and rows keep their order
+    return pd.concat(parts).sort_index(kind="stable")
+
+
+def _substitute_note(frame: pd.DataFrame, infos: Mapping[str, ModelInfo]) -> pd.Series:
+    """`` (from SUB)`` where the attack was crafted on another model, so two substitutes give two rows."""
+    if R.CRAFTED_ON not in frame:
+        return pd.Series("", index=frame.index)
+    crafted = frame[R.CRAFTED_ON].astype(str)
+    label = crafted.map(lambda m: infos[m].label if m in infos else m)
+    return (" (from " + label + ")").where(crafted != frame[R.MODEL].astype(str), "")
+
+
+def _black_box_cells(selected: pd.DataFrame, infos: Mapping[str, ModelInfo]) -> pd.DataFrame:
+    ordered = _ordered(selected, infos)
+    attack_rank = {a: i for i, a in enumerate(dict.fromkeys(selected[R.ATTACK]))}
+    ordered = ordered.iloc[np.argsort(ordered[R.ATTACK].map(attack_rank).to_numpy(), kind="stable")]
+    return _cells(
+        ordered,
+        "auc_roc",
+        Attack=ordered[R.ATTACK],
+        Detector=ordered[DETECTOR].map(detector_label),
+        **{"Target Model": _model_label(ordered, infos) + _substitute_note(ordered, infos)},
+    )
+
+
+ACCURACY_THREATS = ("white-box", "spsa", "noise", "rotation")
+
+
+def _accuracy_cells(selected: pd.DataFrame, infos: Mapping[str, ModelInfo]) -> pd.DataFrame:
+    # accuracies do not depend on the detector: one summary row per model x threat x attack
+    per_attack = _ordered(selected, infos).drop_duplicates(SUMMARY_KEYS)
+    threat_rank = per_attack[R.THREAT].map({t: i for i, t in enumerate(ACCURACY_THREATS)})
+    per_attack = per_attack.iloc[np.argsort(threat_rank.to_numpy(), kind="stable")]
+    # clean accuracy from the model's largest evaluation (its threats may have used different n)
+    largest = per_attack.sort_values(COUNT, ascending=False, kind="stable").drop_duplicates(R.MODEL)
+    clean = _ordered(largest, infos)
+    return pd.concat(
+        [
+            _cells(clean, "clean_accuracy", Model=_model_label(clean, infos), Threat="", Attack="Clean"),
+            _cells(per_attack, "robust_accuracy", Model=_model_label(per_attack, infos), Threat=per_attack[R.THREAT], Attack=per_attack[R.ATTACK]),
+        ],
+        ignore_index=True,
+    )
+
+
+def _summary_cells(selected: pd.DataFrame, infos: Mapping[str, ModelInfo]) -> pd.DataFrame:
+    metrics = [COUNT, *[c for c in selected.columns if c in METRICS]]  # unknown extra columns are ignored
+    # transfer rows name their substitute, so one target attacked from two substitutes keeps two rows
+    threat = selected[R.THREAT] + _substitute_note(selected, infos)
+    levels = {"Model": selected[R.MODEL], "Threat": threat, "Attack": selected[R.ATTACK], "Detector": selected[DETECTOR]}
+    parts = [_cells(selected, m, **levels, Metric=metric_header(m)) for m in metrics]
+    return pd.concat(parts).sort_index(kind="stable")
+
+
+# ----------------------------------------------------------------------------- the registry
+
+LAYOUTS: Registry[Layout] = Registry("table layout", base=Layout)
+for _layout in (
+    Layout(
+        name="detection",
+        description="detection AUC-ROC (%) per defense+detector and attack, semi-white-box (001 Tables 7-8)",
+        caption="Detection AUC-ROC scores (%) for semi-white-box attacks (layout of 001 Tables 7-8).",
+        threats=("semi-white-box",),
+        rows=("Detection Method",),
+        columns=("Attack",),
+        cells=_detection_cells,
+        needs_detectors=True,
+    ),
+    Layout(
+        name="white-box",
+        description="AUC-ROC, distortion and success rate of C&W-wb per model+detector (001 Tables 9-10)",
+        caption="Results under white-box attacks; adversarial examples generated with C&W-wb (layout of 001 Tables 9-10).",
+        threats=("white-box",),
+        attacks=("C&W-wb",),
+        rows=("Detection Method",),
+        columns=("Metric",),
+        cells=_white_box_cells,
+    ),
+    Layout(
+        name="black-box",
+        description="AUC-ROC (%) per target model of attacks crafted on a substitute model (001 Table 11)",
+        caption="AUC-ROC scores (%) for black-box attacks crafted on a substitute model (layout of 001 Table 11).",
+        threats=("black-box",),
+        rows=("Attack", "Detector"),
+        columns=("Target Model",),
+        cells=_black_box_cells,
+        needs_detectors=True,
+        model_axis="columns",
+    ),
+    Layout(
+        name="accuracy",
+        description="clean and robust accuracy (%) under white-box, SPSA, noise and rotation attacks (004 Tables 1-2)",
+        caption="Classification accuracy (%) on clean inputs and under {threats} attacks (layout of 004 Tables 1-2).",
+        threats=ACCURACY_THREATS,
+        rows=("Model",),
+        columns=("Threat", "Attack"),
+        cells=_accuracy_cells,
+    ),
+):
+    LAYOUTS.register(_layout)
+LAYOUTS.register(
+    Layout(
+        name="summary",
+        description="every metric per model, threat, attack and detector",
+        caption="Every metric per model, threat, attack and detector.",
+        threats=(),  # every threat: see build_table
+        rows=("Model", "Threat", "Attack", "Detector"),
+        columns=("Metric",),
+        cells=_summary_cells,
+        mark_best=False,
+    ),
+)
+# The order in which "every layout that applies" is built; the whole summary suits CSV and HTML more than a paper.
+DEFAULT_ORDER = ("detection", "white-box", "black-box", "accuracy", "summary")
+PAPER_LAYOUTS = DEFAULT_ORDER[:-1]

@@ -1,0 +1,51 @@
+"""A built table: long cells (one row per table cell) and how they pivot into rows x columns."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from robench.eval.metrics import COUNT, DETECTOR  # noqa: F401 - the summary's detector and count columns, re-exported
+
+METRIC, VALUE, LOW, HIGH = "metric", "value", "low", "high"  # a cell's metric, value and interval
+
+
+@dataclass(frozen=True)
+class Table:
+    """A built layout: long ``cells`` (with ``low``/``high`` when intervals were joined) and how to pivot them."""
+
+    layout: str
+    caption: str
+    label: str
+    cells: pd.DataFrame
+    rows: tuple[str, ...]
+    columns: tuple[str, ...]
+    best_along: Literal["rows", "columns"] | None
+    group: str | None = None  # a level (e.g. Dataset) within which values are compared
+
+    @property
+    def has_intervals(self) -> bool:
+        return LOW in self.cells and HIGH in self.cells
+
+    def values(self, field: str = VALUE) -> pd.DataFrame:
+        """The cells' ``field`` pivoted: rows x columns in first-appearance order (raw units, fractions for %)."""
+        return pivot(self.cells, self.rows, self.columns, field)
+
+
+def pivot(cells: pd.DataFrame, rows: Sequence[str], columns: Sequence[str], field: str) -> pd.DataFrame:
+    """``cells[field]`` as a rows x columns frame, both in first-appearance order; no cell: NaN (None for ``metric``)."""
+    row_keys = list(zip(*(cells[level] for level in rows)))
+    col_keys = list(zip(*(cells[level] for level in columns)))
+    row_order, col_order = list(dict.fromkeys(row_keys)), list(dict.fromkeys(col_keys))
+    row_at, col_at = {k: i for i, k in enumerate(row_order)}, {k: i for i, k in enumerate(col_order)}
+    out = np.full((len(row_order), len(col_order)), np.nan if field != METRIC else None, dtype=object if field == METRIC else float)
+    out[[row_at[k] for k in row_keys], [col_at[k] for k in col_keys]] = cells[field].to_numpy()
+    return pd.DataFrame(
+        out,
+        index=pd.MultiIndex.from_tuples(row_order, names=list(rows)),
+        columns=pd.MultiIndex.from_tuples(col_order, names=list(columns)),
+    )
