@@ -13,18 +13,23 @@ from click.testing import CliRunner
 from robench.cli.regression import baseline as baseline_command
 from robench.cli.regression import check as check_command
 from robench.core.errors import ConfigError
+from robench.eval.metrics import METRICS
 from robench.report.regression import check_run, judge, read_baseline, write_baseline
 from test_rundir import synthetic_records, write_synthetic_run
 
 ATTACKS = ("FGSM", "PGD-10-un")
 
 
+def two_model_run(root: Path, n: int = 150, gm_detectors: tuple[str, ...] = ("kd", "gm-likelihood")) -> Path:
+    """A softmax and a GM model under the semi-white-box threat, as a suite writes them (OUT/MODEL/THREAT)."""
+    write_synthetic_run(root / "soft" / "semi-white-box", synthetic_records(model="soft", attacks=ATTACKS, n=n))
+    write_synthetic_run(root / "gm" / "semi-white-box", synthetic_records(model="gm", attacks=ATTACKS, n=n, seed=1, detectors=gm_detectors), defense="gm")
+    return root
+
+
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
-    root = tmp_path / "run"
-    write_synthetic_run(root / "soft" / "semi-white-box", synthetic_records(model="soft", attacks=ATTACKS, n=150))
-    write_synthetic_run(root / "gm" / "semi-white-box", synthetic_records(model="gm", attacks=ATTACKS, n=150, seed=1, detectors=("kd", "gm-likelihood")), defense="gm")
-    return root
+    return two_model_run(tmp_path / "run")
 
 
 @pytest.fixture
@@ -35,12 +40,14 @@ def baseline(run_dir: Path, tmp_path: Path) -> Path:
 
 
 def _edit(path: Path, out: Path, model: str, attack: str, metric: str, detector: str = "-", shift: float = 0.0, **values) -> Path:
-    """A copy of a baseline with one row's value (and interval) shifted or replaced."""
+    """A copy of a baseline with one row's value (and interval) shifted (within [0, 1] for a fraction) or replaced."""
     data = json.loads(path.read_text())
     hits = [r for r in data["rows"] if (r["model"], r["attack"], r["metric"], r["detector"]) == (model, attack, metric, detector)]
     assert len(hits) == 1
     for key in ("value", "low", "high"):
         hits[0][key] += shift
+        if METRICS.get(metric).percent:
+            hits[0][key] = min(max(hits[0][key], 0.0), 1.0)
     hits[0].update(values)
     out.write_text(json.dumps(data))
     return out

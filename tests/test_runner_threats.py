@@ -113,10 +113,10 @@ def test_interrupted_run_resumes_without_recomputing(bundles, tmp_path, monkeypa
     real_put = PartStore.put
     written = []
 
-    def write_then_die(store, key, part):
+    def write_then_die(store, key, part, samples):
         if len(written) == 2:
             raise _Interrupted
-        real_put(store, key, part)
+        real_put(store, key, part, samples)
         written.append(key)
 
     monkeypatch.setattr(PartStore, "put", write_then_die)

@@ -17,6 +17,7 @@ import click
 from robench.core.config import parse_assignments
 from robench.core.errors import ConfigError, RobenchError
 from robench.core.registry import did_you_mean
+from robench.core.training import SEED_RANGE
 
 
 class _Group(click.Group):
@@ -39,6 +40,18 @@ def _echo_err(message: str) -> None:
     click.echo(message, err=True)
 
 
+class _OutPath(click.Path):
+    """A path option that refuses the empty string (which would mean the current folder)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("must not be empty (name a file or folder; '.' for the current folder)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+SEED = click.IntRange(*SEED_RANGE)  # what torch.Generator.manual_seed accepts
+
+
 @cli.command()
 @click.option("--dataset", default="mnist-5k", show_default=True, help="Registered dataset (see 'robench list').")
 @click.option("--arch", default="cnn", show_default=True, help="Registered architecture.")
@@ -46,13 +59,13 @@ def _echo_err(message: str) -> None:
 @click.option("--epochs", type=int, default=None, help="Training epochs [default: the dataset family's].")
 @click.option("--batch-size", type=int, default=None, help="Mini-batch size [default: the dataset family's].")
 @click.option("--lr", type=float, default=None, help="Learning rate [default: the dataset family's].")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for init, shuffling, augmentation and dropout.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Bundle file to write.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for init, shuffling, augmentation and dropout.")
+@click.option("--out", type=_OutPath(dir_okay=False, path_type=Path), required=True, help="Bundle file to write.")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None, help="Folder of on-disk datasets.")
 @click.option("--download", is_flag=True, help="Let torchvision download the dataset into --data-root first.")
-@click.option("--split-seed", type=int, default=0, show_default=True, help="Seed of the train/test split for carved datasets.")
+@click.option("--split-seed", type=SEED, default=0, show_default=True, help="Seed of the train/test split for carved datasets.")
 @click.option("--arch-param", multiple=True, metavar="KEY=VALUE", help="Architecture keyword argument (repeatable).")
 @click.option("--defense-param", multiple=True, metavar="KEY=VALUE", help="Defense hyper-parameter, e.g. alpha=0.5 (repeatable).")
 @click.option("--train-param", multiple=True, metavar="KEY=VALUE", help="Training setting, e.g. shift=0 (repeatable).")
@@ -233,9 +246,9 @@ def _detector_settings(items: tuple[str, ...], option: str = "--detector-set") -
 @click.option("--substitute", "substitute_path", type=click.Path(path_type=Path), default=None, help="Black-box threat: the model the attacks are crafted on.")
 @click.option("--n", type=int, default=1000, show_default=True, help="Test samples to attack (a seeded random subset).")
 @click.option("--batch-size", type=int, default=250, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Output folder [default: reports/runs/MODEL-THREAT].")
+@click.option("--out", type=_OutPath(file_okay=False, path_type=Path), default=None, help="Output folder [default: reports/runs/MODEL-THREAT].")
 @click.option("--set", "settings", multiple=True, metavar="ATTACK.PARAM=VALUE", help="Attack parameter, e.g. BIM.steps=10 (repeatable).")
 @click.option("--attack", "attacks", multiple=True, help="Run only these attacks of the threat model (repeatable).")
 @click.option("--detector", "detectors", multiple=True, help="Detectors to score [default: all that apply].")
@@ -245,16 +258,18 @@ def _detector_settings(items: tuple[str, ...], option: str = "--detector-set") -
 @click.option("--sigma", "sigmas", type=float, multiple=True, help="Noise threat: one attack per sigma (repeatable).")
 @click.option("--sanity/--no-sanity", default=True, show_default=True, help="Run the sanity probes (gradient masking, determinism, unbounded budget).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--wait", is_flag=True, help="If another robench process is writing into --out, wait for it instead of stopping.")
 def run_command(
     model_path: Path, threat: str, substitute_path: Path | None, n: int, batch_size: int, seed: int, device: str, out: Path | None,
     settings: tuple[str, ...], attacks: tuple[str, ...], detectors: tuple[str, ...], detector_settings: tuple[str, ...],
-    dataset: str | None, data_root: Path | None, sigmas: tuple[float, ...], sanity: bool, progress: bool,
+    dataset: str | None, data_root: Path | None, sigmas: tuple[float, ...], sanity: bool, progress: bool, wait: bool,
 ) -> None:
     """Attack a model under a threat model; write records.parquet, summary.csv, sanity.csv and run.json.
 
     Finished parts are kept in OUT/parts: rerunning the same command resumes an interrupted run.
     """
     from robench.eval.output import format_summary
+    from robench.eval.prepare import prepare
     from robench.eval.run_config import RunConfig
     from robench.eval.runner import run
 
@@ -265,7 +280,13 @@ def run_command(
         substitute=substitute_path, sanity=sanity,
     )
     out = out or Path("reports/runs") / f"{model_path.stem}-{threat}"
-    result = run(config, out, progress=progress, echo=click.echo)
+    prepared = prepare(config)
+    if prepared.substitute is not None and prepared.substitute.content_hash == prepared.bundle.content_hash:
+        # The Python API allows it (transfer from the model itself reproduces white-box, a consistency check).
+        raise ConfigError(f"--substitute {substitute_path} is the model {model_path} itself (same content hash): that is the white-box threat; pass another model")
+    for note in prepared.notes:
+        _echo_err(f"robench: note: {note}")
+    result = run(config, out, progress=progress, echo=click.echo, prepared=prepared, wait=wait)
     click.echo(format_summary(result.summary))
     if len(result.sanity):
         flagged = result.sanity[result.sanity["flagged"]]
@@ -278,27 +299,28 @@ def run_command(
 
 @cli.command()
 @click.argument("suite_file", metavar="SUITE", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--n", type=int, default=None, help="Override the suite's sample count.")
+@click.option("--out", type=_OutPath(file_okay=False, path_type=Path), required=True)
+@click.option("--n", type=click.IntRange(min=1), default=None, help="Override the suite's sample count.")
 @click.option("--device", default=None)
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def suite(suite_file: Path, out: Path, n: int | None, device: str | None, progress: bool) -> None:
+@click.option("--wait", is_flag=True, help="If another robench process is writing into --out, wait for it instead of stopping.")
+def suite(suite_file: Path, out: Path, n: int | None, device: str | None, progress: bool, wait: bool) -> None:
     """Run every model x threat pair of a TOML suite into one combined summary."""
     from robench.eval.output import format_summary
     from robench.eval.suite import run_suite
 
     overrides = {k: v for k, v in (("n", n), ("device", device)) if v is not None}
-    combined = run_suite(suite_file, out, overrides, progress=progress, echo=click.echo)
+    combined = run_suite(suite_file, out, overrides, progress=progress, echo=click.echo, wait=wait)
     click.echo(format_summary(combined))
     click.echo(f"wrote {out}/summary.csv")
 
 
 @cli.command()
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/demo"), show_default=True)
-@click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/models"), show_default=True)
+@click.option("--out", type=_OutPath(file_okay=False, path_type=Path), default=Path("reports/demo"), show_default=True)
+@click.option("--models-dir", type=_OutPath(file_okay=False, path_type=Path), default=Path("reports/models"), show_default=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--n", type=int, default=200, show_default=True, help="Test samples per attack.")
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--n", type=click.IntRange(min=1), default=200, show_default=True, help="Test samples per attack.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def demo(out: Path, models_dir: Path, device: str, seed: int, n: int, progress: bool) -> None:
     """The main job on the embedded default: train the bundled models if needed, run the threat models, write the tables."""

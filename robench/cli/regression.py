@@ -1,4 +1,8 @@
-"""``robench baseline`` and ``robench check``: record a run's metrics with bootstrap intervals, and gate later runs on them."""
+"""``robench baseline`` and ``robench check``: record a run's metrics with bootstrap intervals, and gate later runs on them.
+
+``check`` exits 0 on a pass, 1 on a real regression only, and 2 (one line,
+``robench: error: ...``) on anything it cannot judge; see :mod:`robench.report.regression`.
+"""
 
 from __future__ import annotations
 
@@ -40,8 +44,11 @@ def format_report(report: CheckReport, verbose: bool = False) -> str:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Baseline JSON file to write.")
 @click.option("--resamples", type=click.IntRange(min=1), default=1000, show_default=True, help="Bootstrap resamples per attack.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap resampling.")
-def baseline(run_dir: Path, out: Path, resamples: int, seed: int) -> None:
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+def baseline(run_dir: Path, out: Path, resamples: int, seed: int, force: bool) -> None:
     """Write every summary metric of RUN_DIR with its 95% bootstrap interval to a baseline file."""
+    if out.exists() and not force:
+        raise ConfigError(f"{out} exists; pass --force to overwrite it")
     rows = write_baseline(run_dir, out, n_resamples=resamples, seed=seed)
     groups = rows[SUMMARY_KEYS].drop_duplicates()
     click.echo(f"wrote {len(rows)} baseline values ({groups['model'].nunique()} model(s), {len(groups)} attack(s)) to {out}")
@@ -53,10 +60,18 @@ def baseline(run_dir: Path, out: Path, resamples: int, seed: int) -> None:
 @click.option("--tolerance", multiple=True, metavar="METRIC=VALUE", help="Absolute tolerance of a metric instead of its bootstrap interval (repeatable).")
 @click.option("--two-sided", is_flag=True, help="Fail on moves beyond tolerance in either direction (a broken attack makes a defense look better).")
 @click.option("--verbose", is_flag=True, help="Show every baseline value, not only those that moved.")
+@click.option("--allow-changed-models", is_flag=True, help="Compare models whose weights (content hash) differ from the baseline's, with a note, instead of exit 2.")
 @click.pass_context
-def check(ctx: click.Context, run_dir: Path, baseline_file: Path, tolerance: tuple[str, ...], two_sided: bool, verbose: bool) -> None:
-    """Compare RUN_DIR's metrics with a baseline; exit 1 when a metric got worse or went missing."""
-    report = check_run(run_dir, baseline_file, parse_tolerances(tolerance), two_sided=two_sided)
+def check(
+    ctx: click.Context, run_dir: Path, baseline_file: Path, tolerance: tuple[str, ...], two_sided: bool, verbose: bool, allow_changed_models: bool
+) -> None:
+    """Compare RUN_DIR's metrics with a baseline.
+
+    Exit 0 on a pass, 1 when a metric got worse or went missing (or, with --two-sided, better), 2 when the run
+    cannot be judged against the baseline: a malformed or empty baseline, an unreadable run, other models,
+    threats, weights, seeds or sample counts.
+    """
+    report = check_run(run_dir, baseline_file, parse_tolerances(tolerance), two_sided=two_sided, allow_changed_models=allow_changed_models)
     table = format_report(report, verbose=verbose)
     if table:
         click.echo(table)

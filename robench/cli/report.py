@@ -19,19 +19,30 @@ DEFAULT_FORMAT = "markdown"
 
 
 def resolve_format(fmt: str | None, out: Path | None) -> str:
-    """``--format``, else the one ``--out``'s suffix implies, else Markdown."""
+    """``--format``, else the one ``--out``'s suffix implies, else (on stdout) Markdown.
+
+    An ``--out`` whose suffix implies no format (``x.pdf``, ``tables``) without ``--format``
+    is an error naming the formats to pass, rather than Markdown in a file that claims otherwise.
+    """
     if fmt is not None:
         return fmt
-    if out is not None and out.suffix.lower() in SUFFIX_FORMATS:
-        return SUFFIX_FORMATS[out.suffix.lower()]
-    return DEFAULT_FORMAT
+    if out is None:
+        return DEFAULT_FORMAT
+    suffix = out.suffix.lower()
+    if suffix in SUFFIX_FORMATS:
+        return SUFFIX_FORMATS[suffix]
+    known = ", ".join(f"{s} {f}" for s, f in SUFFIX_FORMATS.items())
+    what = f"suffix '{out.suffix}'" if out.suffix else "no suffix"
+    hint = f" (for a PDF: --out {out.with_suffix('.tex')} --standalone, then pdflatex)" if suffix == ".pdf" else ""
+    raise ConfigError(f"--out {out} has {what}, which names no table format; pass --format {'|'.join(FORMATS)}, or use a suffix ({known}){hint}")
 
 
 @click.command(name="report")
 @click.argument("run_dir", metavar="RUN_DIR", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None, help="Table format [default: from --out's suffix, else markdown].")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None, help="Table format [default: from --out's suffix; markdown on stdout].")
 @click.option("--layout", "layouts", multiple=True, metavar="NAME", help=f"Layout (repeatable): {', '.join(LAYOUTS.names())} [default: all that apply; summary for csv/html only].")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="File to write the tables to [default: stdout].")
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 @click.option("--ci/--no-ci", default=False, show_default=True, help="Show 95% bootstrap confidence intervals, e.g. 84.3 [82.1, 86.0].")
 @click.option("--resamples", type=int, default=1000, show_default=True, help="Bootstrap resamples for --ci.")
 @click.option("--best/--no-best", default=True, show_default=True, help="Mark the best value among the models in bold.")
@@ -39,7 +50,7 @@ def resolve_format(fmt: str | None, out: Path | None) -> str:
 @click.option("--plots", is_flag=True, help="Also write figures (PNG and PDF).")
 @click.option("--plots-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Folder for figures (implies --plots) [default: RUN_DIR/plots].")
 def report(
-    run_dir: Path, fmt: str | None, layouts: tuple[str, ...], out: Path | None, ci: bool, resamples: int,
+    run_dir: Path, fmt: str | None, layouts: tuple[str, ...], out: Path | None, force: bool, ci: bool, resamples: int,
     best: bool, standalone: bool, plots: bool, plots_dir: Path | None,
 ) -> None:
     """Tables in the layouts of the papers (001 Tables 7-11, 004 Tables 1-2) from a run directory."""
@@ -48,6 +59,8 @@ def report(
     from robench.report.tables import build_tables, render_tables
 
     fmt = resolve_format(fmt, out)
+    if out is not None and out.exists() and not force:
+        raise ConfigError(f"{out} exists; pass --force to overwrite it")
     if resamples < 1:
         raise ConfigError(f"--resamples must be at least 1, got {resamples}")
     if standalone and fmt not in ("latex", "html"):

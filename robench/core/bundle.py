@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import pickle
 import re
 import warnings
@@ -29,9 +30,11 @@ import torch
 
 from robench.defenses import DEFENSES, Defense
 from robench.core.errors import BundleError, RobenchError
-from robench.core.model_factory import build_classifier
+from robench.core.model_factory import build_classifier, plan_backbone
 from robench.core.models import Classifier
+from robench.core.models.base import MAX_UNITS
 from robench.core.provenance import atomic_write_bytes, state_dict_hash
+from robench.core.training import SEED_RANGE
 
 BUNDLE_FORMAT = "robench-bundle"
 BUNDLE_VERSION = 1
@@ -39,6 +42,10 @@ _UNREADABLE = (
     "refused: not a readable checkpoint (truncated, corrupt, not a torch file, "
     "or holding objects other than tensors and plain data)"
 )
+# Bounds on the sizes metadata may declare, checked before anything is built (a bundle is untrusted input).
+MAX_CLASSES = 100_000
+MAX_INPUT_CHANNELS = 64
+MAX_INPUT_SIDE = 4096
 
 
 @dataclass(frozen=True)
@@ -112,9 +119,17 @@ def _meta_from_dict(raw: dict[str, Any], source: str) -> BundleMeta:
 
     def numbers(name: str, length: int | None, kind: type) -> tuple:
         value = expect(name, (list, tuple))
-        if length is not None and len(value) != length or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        if (
+            length is not None and len(value) != length
+            or length is None and len(value) > MAX_INPUT_CHANNELS
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+        ):
             raise BundleError(f"{source}: bundle metadata field '{name}' is malformed")
         return tuple(kind(v) for v in value)
+
+    def bounded(name: str, value: int, low: int, high: int) -> None:
+        if not low <= value <= high:
+            raise BundleError(f"{source}: bundle metadata field '{name}' is {value}, outside [{low}, {high}]: refused")
 
     for name in ("arch", "defense", "dataset", "feature_layer"):
         expect(name, (str,))
@@ -129,6 +144,13 @@ def _meta_from_dict(raw: dict[str, Any], source: str) -> BundleMeta:
     values["std"] = numbers("std", None, float)
     if values["num_classes"] < 2 or min(values["input_shape"]) < 1:
         raise BundleError(f"{source}: bundle metadata has impossible shapes")
+    bounded("num_classes", values["num_classes"], 2, MAX_CLASSES)
+    bounded("input_shape channels", values["input_shape"][0], 1, MAX_INPUT_CHANNELS)
+    for side in values["input_shape"][1:]:
+        bounded("input_shape side", side, 1, MAX_INPUT_SIDE)
+    bounded("feature_dim", values["feature_dim"], 1, MAX_UNITS)
+    for name in ("seed", "split_seed"):
+        bounded(name, values[name], *SEED_RANGE)
     return BundleMeta(**values)
 
 
@@ -143,9 +165,20 @@ class ModelBundle:
     path: Path | None = None
 
 
+def _first_non_finite(state: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor holding NaN or inf, or None."""
+    for name, tensor in state.items():
+        if (tensor.is_floating_point() or tensor.is_complex()) and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
 def save_bundle(path: str | Path, model: Classifier, meta: BundleMeta) -> str:
-    """Write the bundle atomically; returns the content hash."""
+    """Write the bundle atomically; returns the content hash. A model with NaN or inf weights is refused."""
     state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+    bad = _first_non_finite(state)
+    if bad is not None:
+        raise BundleError(f"{path}: refused to save: weight '{bad}' holds NaN or inf values (training diverged?)")
     content_hash = state_dict_hash(state, meta.identity())
     payload = {
         "format": BUNDLE_FORMAT,
@@ -189,18 +222,41 @@ def _read_payload(path: Path) -> dict[str, Any]:
     return payload
 
 
+def _check_backbone_shapes(planned: dict[str, tuple[int, ...]], state: dict[str, torch.Tensor], arch: str, path: Path) -> None:
+    """Refuse weights whose backbone tensors differ from the planned ones (before the real build allocates)."""
+    actual = {k: tuple(v.shape) for k, v in state.items() if k.startswith("backbone.")}
+    for key in sorted(set(planned) | set(actual)):
+        if key not in actual:
+            problem = f"missing {key}"
+        elif key not in planned:
+            problem = f"unexpected {key}"
+        elif actual[key] != planned[key]:
+            problem = f"{key} has shape {list(actual[key])} in the file but {list(planned[key])} in the architecture"
+        else:
+            continue
+        raise BundleError(f"{path}: the weights do not fit architecture '{arch}': {problem}")
+
+
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
     """Load, validate and rebuild a bundle; every failure is a one-line :class:`BundleError`."""
     path = Path(path)
     payload = _read_payload(path)
     meta = BundleMeta.from_json(payload["meta"], str(path))
     state = payload["state_dict"]
+    bad = _first_non_finite(state)
+    if bad is not None:
+        raise BundleError(f"{path}: refused: weight '{bad}' holds NaN or inf values")
     try:
         defense_cls = DEFENSES.get(meta.defense)
         defense = defense_cls.from_params(meta.defense_params)
+        plan = plan_backbone(meta.arch, meta.arch_kwargs, meta.input_shape, meta.num_classes)
+        if plan is not None:  # the weights must fit before the real build allocates anything
+            _check_backbone_shapes(plan.shapes, state, meta.arch, path)
         model, resolved = build_classifier(
             meta.arch, meta.arch_kwargs, meta.input_shape, meta.mean, meta.std, defense, meta.num_classes
         )
+    except BundleError:
+        raise
     except RobenchError as exc:
         raise BundleError(f"{path}: {exc}") from None
     if resolved != meta.arch_kwargs:

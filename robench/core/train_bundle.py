@@ -11,11 +11,12 @@ from typing import Any
 import torch
 
 from robench.core.bundle import BundleMeta, ModelBundle
-from robench.core.data import load_dataset
+from robench.core.data import DATASETS, load_dataset
+from robench.core.errors import ConfigError
 from robench.defenses import DEFENSES
-from robench.core.model_factory import build_classifier
+from robench.core.model_factory import build_classifier, plan_backbone
 from robench.core.provenance import git_revision, package_versions, state_dict_hash
-from robench.core.training import train, train_config_for
+from robench.core.training import SEED, train, train_config_for
 
 
 def train_bundle(
@@ -35,13 +36,18 @@ def train_bundle(
 ) -> ModelBundle:
     """Train a model with the paper defaults for ``dataset`` (overridable) and return it with its metadata."""
     device = torch.device(device)
-    data = load_dataset(dataset, data_root=data_root, download=download, split_seed=split_seed)
+    spec = DATASETS.get(dataset)
     defense_cls = DEFENSES.get(defense)
-    defense_obj = defense_cls.for_dataset(data.spec.family, defense_params)
+    defense_obj = defense_cls.for_dataset(spec.family, defense_params)
     config = train_config_for(
-        data.spec.family,
-        {**defense_cls.train_defaults.get(data.spec.family, {}), **dict(train_overrides or {}), "seed": seed},
+        spec.family,
+        {**defense_cls.train_defaults.get(spec.family, {}), **dict(train_overrides or {}), "seed": seed},
     )
+    problem = SEED.problem("split_seed", split_seed)
+    if problem is not None:
+        raise ConfigError(problem)
+    plan_backbone(arch, arch_kwargs, spec.input_shape, spec.num_classes)  # bad or oversized kwargs fail before the data loads
+    data = load_dataset(dataset, data_root=data_root, download=download, split_seed=split_seed)
     model, resolved = build_classifier(
         arch, arch_kwargs, data.input_shape, data.spec.mean, data.spec.std, defense_obj, data.num_classes, seed=seed
     )

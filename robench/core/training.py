@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from robench.core.config import replace_fields
+from robench.core.config import Constraint, boolean, choice, constrained, finite, integer, positive_int, replace_fields, validate_fields
 from robench.core.data import Dataset
 from robench.defenses import Defense
 from robench.core.errors import ConfigError
@@ -26,25 +26,36 @@ from robench.core.inference import accuracy
 from robench.core.models import Classifier
 
 
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
+SEED = Constraint(
+    "an integer in [-2**63, 2**64 - 1] (a torch generator seed)",
+    lambda v: isinstance(v, int) and not isinstance(v, bool) and SEED_RANGE[0] <= v <= SEED_RANGE[1],
+)
+
+
+def seed_field(default: int = 0) -> Any:
+    """A dataclass field holding a seed (:data:`SEED`)."""
+    return constrained(default, SEED)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings. ``shift`` is random translation in pixels; ``hflip`` random horizontal flips."""
 
-    epochs: int = 20
-    batch_size: int = 64
-    optimizer: str = "adam"
-    lr: float = 2e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    shift: int = 2
-    hflip: bool = False
-    seed: int = 0
+    epochs: int = positive_int(20)
+    batch_size: int = positive_int(64)
+    optimizer: str = choice("adam", "adam", "sgd")
+    lr: float = finite(2e-3, low=0, low_open=True)
+    momentum: float = finite(0.9, low=0, high=1, high_open=True)
+    weight_decay: float = finite(0.0, low=0)
+    shift: int = integer(2, low=0, high=64, note="pixels")
+    hflip: bool = boolean(False)
+    seed: int = seed_field(0)
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.shift < 0:
-            raise ConfigError("training needs epochs >= 1, batch_size >= 1, lr > 0 and shift >= 0")
-        if self.optimizer not in ("adam", "sgd"):
-            raise ConfigError(f"unknown optimizer '{self.optimizer}' (use adam or sgd)")
+        validate_fields(self, "training config")
+        if self.optimizer == "sgd" and self.momentum == 0:
+            raise ConfigError("training config: sgd uses Nesterov momentum, which needs momentum > 0")
 
 
 # Per dataset family; CIFAR-style settings follow He et al. 2016 / paper 001 Sec. 4.1 in spirit

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import sys
 import warnings
 from pathlib import Path
 
@@ -76,6 +77,7 @@ def fit_or_load(
         torch.save({"format": CACHE_FORMAT, "key": key, "state": detector.fitted_state()}, buffer)
         try:
             atomic_write_bytes(path, buffer.getvalue())
-        except OSError as exc:  # a read-only model folder must not cost the fit
-            warnings.warn(f"could not cache detector '{detector.name}' at {path}: {exc}", stacklevel=2)
+        except OSError as exc:  # a read-only model folder must not cost the fit: one line on stderr, and go on
+            reason = " ".join(str(exc.strerror or exc).split())
+            print(f"robench: note: cannot cache detector '{detector.name}' next to {bundle.path} ({reason}); fitting it again next time", file=sys.stderr)
     return False

@@ -10,10 +10,21 @@ from typing import Any
 
 import pandas as pd
 
+from robench.core.errors import ConfigError
 from robench.core.provenance import atomic_write_bytes, atomic_write_text, jsonable
 from robench.eval import records as R
 
 SANITY_FLAGS = "sanity_flags"  # the summary column naming the flagged sanity checks of its model (and threat)
+
+
+def contained(root: Path, *parts: str) -> Path:
+    """``root / parts...``, refused with a one-line error if it would lie outside ``root`` (``..``, absolute parts, links)."""
+    root = Path(root)
+    path = root.joinpath(*parts)
+    base, target = root.resolve(), path.resolve()
+    if target == base or base not in target.parents:
+        raise ConfigError(f"refusing to write {path}: it is not inside the output folder {root}")
+    return path
 
 
 def write_run(out: Path, records: pd.DataFrame, summary: pd.DataFrame, info: Mapping[str, Any], sanity: pd.DataFrame | None = None) -> None:

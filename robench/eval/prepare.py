@@ -59,6 +59,7 @@ class Prepared:
     device: torch.device
     detectors: dict[str, Detector]
     substitute: ModelBundle | None = None
+    notes: list[str] = field(default_factory=list)  # one-line remarks for the user (e.g. fewer samples than requested)
 
     @property
     def threat(self) -> ThreatModel:  # the single threat of a one-threat run
@@ -106,4 +107,10 @@ def prepare(config: RunConfig, loader: Loader | None = None) -> Prepared:
     detectors = build_detectors(names, family, config.detector_settings)
     for detector in detectors.values():
         detector.check_applicable(bundle.model, bundle.defense)
-    return Prepared(config, bundle, data, prepared_threats, device, detectors, substitute)
+    notes = []
+    if config.n > len(data.test):
+        notes.append(
+            f"--n {config.n} is more than the {len(data.test)} test samples of '{data.name}': "
+            f"running on all {len(data.test)} (run.json records samples = {len(data.test)})"
+        )
+    return Prepared(config, bundle, data, prepared_threats, device, detectors, substitute, notes)

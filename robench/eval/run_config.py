@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import math
+import os
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from robench.core.config import boolean, positive_int, validate_fields
 from robench.core.errors import ConfigError
+from robench.core.training import seed_field
 from robench.eval.threats import ALL
+
+_WHAT = "run config"
 
 
 @dataclass(frozen=True)
@@ -17,9 +24,9 @@ class RunConfig:
 
     model: Path
     threat: str
-    n: int = 1000
-    batch_size: int = 250
-    seed: int = 0
+    n: int = positive_int(1000, note="--n")
+    batch_size: int = positive_int(250, note="--batch-size")
+    seed: int = seed_field(0)
     device: str = "auto"
     settings: Mapping[str, Any] = field(default_factory=dict)
     attacks: tuple[str, ...] = ()
@@ -31,11 +38,23 @@ class RunConfig:
     sigmas: tuple[float, ...] = ()  # the noise threat with one attack per sigma
     substitute: Path | None = None  # the black-box threat's crafting model
     substitute_name: str | None = None  # its name in records [default: the file's stem]
-    sanity: bool = True  # run the model probes of robench.eval.sanity
+    sanity: bool = boolean(True)  # run the model probes of robench.eval.sanity
 
     def __post_init__(self) -> None:
-        if self.n < 1 or self.batch_size < 1:
-            raise ConfigError("--n and --batch-size must be at least 1")
+        """Check every field's type and value (one-line ConfigError); lists become tuples."""
+        validate_fields(self, _WHAT)
+        for key in ("model", "threat", "device", "dataset", "data_root", "model_name", "substitute", "substitute_name"):
+            _check_scalar(key, getattr(self, key))
+        _check_mapping("settings", self.settings, "{'BIM.steps': 10}")
+        _check_mapping("detector_settings", self.detector_settings, "{'kd': {'bandwidth': 1.0}}", nested=True)
+        object.__setattr__(self, "attacks", _names("attacks", self.attacks))
+        if self.detectors is not None:
+            object.__setattr__(self, "detectors", _names("detectors", self.detectors))
+        if not isinstance(self.sigmas, (tuple, list)) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in self.sigmas
+        ):
+            raise ConfigError(f"{_WHAT}: sigmas (--sigma) must be a tuple or list of finite numbers >= 0, got {_shown(self.sigmas)}")
+        object.__setattr__(self, "sigmas", tuple(self.sigmas))
         if self.sigmas and self.threat not in ("noise", ALL):
             raise ConfigError(f"--sigma applies to the noise threat, not '{self.threat}'")
 
@@ -50,3 +69,38 @@ class RunConfig:
         if self.substitute is None:
             return None
         return self.substitute_name or Path(self.substitute).stem
+
+
+_PATH_FIELDS = {"model", "data_root", "substitute"}  # str or path; the others str
+_OPTIONAL_FIELDS = {"dataset", "data_root", "model_name", "substitute", "substitute_name"}
+
+
+def _shown(value: Any) -> str:
+    """``value``'s type and a short one-line repr, for error messages."""
+    return f"{type(value).__name__} {reprlib.repr(value)}".replace("\n", " ")
+
+
+def _check_scalar(key: str, value: Any) -> None:
+    if value is None and key in _OPTIONAL_FIELDS:
+        return
+    kinds = (str, os.PathLike) if key in _PATH_FIELDS else (str,)
+    if not isinstance(value, kinds):
+        kind = "a str or Path" if key in _PATH_FIELDS else "a str"
+        raise ConfigError(f"{_WHAT}: {key} must be {kind}{' or None' if key in _OPTIONAL_FIELDS else ''}, got {_shown(value)}")
+
+
+def _check_mapping(key: str, value: Any, example: str, nested: bool = False) -> None:
+    if (
+        not isinstance(value, Mapping)
+        or not all(isinstance(k, str) for k in value)
+        or nested and not all(isinstance(v, Mapping) and all(isinstance(k, str) for k in v) for v in value.values())
+    ):
+        raise ConfigError(f"{_WHAT}: {key} must be a mapping like {example}, got {_shown(value)}")
+
+
+def _names(key: str, value: Any) -> tuple[str, ...]:
+    """A tuple or list of names as a tuple; a lone string is refused (it would be split into characters)."""
+    if isinstance(value, (tuple, list)) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    hint = f" (pass {key}=({value!r},) for one)" if isinstance(value, str) else ""
+    raise ConfigError(f"{_WHAT}: {key} must be a tuple or list of names, got {_shown(value)}{hint}")

@@ -29,6 +29,7 @@ from robench.detectors import fit_or_load
 from robench.eval import records as R
 from robench.eval.attack_batch import CleanBatch, attack_batch
 from robench.eval.density import AttackerDensity, attacker_density
+from robench.eval.lock import output_lock
 from robench.eval.metrics import summarize
 from robench.eval.output import format_summary, with_sanity_flags, write_run
 from robench.eval.parts import PARTS_DIR, PartStore, part_key
@@ -85,6 +86,7 @@ def run(
     progress: bool = True,
     echo: Callable[[str], None] = print,
     prepared: Prepared | None = None,
+    wait: bool = False,
 ) -> RunResult:
     """Attack the model under the threat model(s) and return (and, with ``out``, write) records and summary.
 
@@ -92,7 +94,16 @@ def run(
     preparation, so a suite loads and validates each pair once. With ``out``, every (threat,
     attack, batch) part of the records goes through the part store in ``out/parts/`` as soon as it
     is computed (:mod:`robench.eval.parts`): rerunning the same command reuses finished parts.
+    The run holds ``out``'s lock (:mod:`robench.eval.lock`) while it writes; a second process
+    writing there gets a one-line error, or waits with ``wait=True``.
     """
+    if out is None:
+        return _run(config, None, progress, echo, prepared)
+    with output_lock(out, wait=wait):
+        return _run(config, out, progress, echo, prepared)
+
+
+def _run(config: RunConfig, out: Path | None, progress: bool, echo: Callable[[str], None], prepared: Prepared | None) -> RunResult:
     started = time.perf_counter()
     if prepared is None:
         prepared = prepare(config)
@@ -137,7 +148,7 @@ def run(
                         "samples": hashlib.sha256(index.numpy().tobytes()).hexdigest(),
                     }
                 )
-                part = store.get(key)
+                part = store.get(key, index.numpy(), R.SAMPLE)
                 if part is None:
                     if b not in clean_cache:
                         clean_cache = {b: CleanBatch.of(bundle, x, detectors)}
@@ -158,10 +169,12 @@ def run(
                         scores_clean=result.scores_clean,
                         scores_adv=result.scores_adv,
                     )
-                    store.put(key, part)
+                    store.put(key, part, index.numpy())
                 parts.append(part)
                 bar.update(1)
     bar.close()
+    if store.rejected:
+        echo(f"{model_name}/{config.threat}: recomputed {len(store.rejected)} finished part(s) that did not prove to be this run's ({'; '.join(store.rejected[:3])}{'; ...' if len(store.rejected) > 3 else ''})")
     if store.reused:
         echo(f"{model_name}/{config.threat}: reused {store.reused} of {store.reused + store.computed} finished parts (threat x attack x batch) from {store.root}")
     records = pd.concat(parts, ignore_index=True)

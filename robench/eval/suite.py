@@ -29,6 +29,7 @@ concatenates their summaries. A model is never paired with itself as substitute
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -40,7 +41,8 @@ import pandas as pd
 from robench.core.errors import ConfigError
 from robench.core.provenance import atomic_write_text
 from robench.core.registry import did_you_mean
-from robench.eval.output import SANITY_FLAGS, with_sanity_flags
+from robench.eval.lock import output_lock
+from robench.eval.output import SANITY_FLAGS, contained, with_sanity_flags
 from robench.eval.prepare import Loader, prepare
 from robench.eval.run_config import RunConfig
 from robench.eval.runner import RunResult, run
@@ -62,6 +64,31 @@ class SuitePair:
         return self.config.threat if self.substitute is None else f"{self.config.threat}-from-{self.substitute}"
 
 
+# A name that becomes a folder: a letter or digit first (no ".", "..", "/" or absolute paths), at most 64 characters.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+
+
+def safe_name(name: Any, where: str) -> str:
+    """``name`` if it is safe as one path component (letters, digits, ``.``, ``_``, ``+``, ``-``), else a one-line error."""
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
+        raise ConfigError(
+            f"{where}: name {name!r} cannot name a folder: use 1-64 letters, digits, '.', '_', '+' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def _table(value: Any, where: str, example: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a TOML table, e.g. {example}; got {type(value).__name__} {value!r}")
+    return value
+
+
+def _tables(value: Any, where: str, example: str) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ConfigError(f"{where} must be an array of tables, each written {example}; got {type(value).__name__} {value!r}")
+    return value
+
+
 def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
     for key in table:
         if key not in allowed:
@@ -77,11 +104,11 @@ def load_suite(path: Path, overrides: dict[str, Any] | None = None) -> list[Suit
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     _check_keys(raw, {"defaults", "model", "threat"}, str(path))
-    defaults = dict(raw.get("defaults", {}))
+    defaults = dict(_table(raw.get("defaults", {}), f"{path}: [defaults]", "[defaults] with n = 200 below it"))
     _check_keys(defaults, _DEFAULT_KEYS, f"{path} [defaults]")
     defaults.update(overrides or {})
-    models = raw.get("model", [])
-    threats = raw.get("threat", [])
+    models = _tables(raw.get("model", []), f"{path}: model", '[[model]] with name = "..." and path = "..." below it')
+    threats = _tables(raw.get("threat", []), f"{path}: threat", '[[threat]] with name = "..." below it')
     if not models or not threats:
         raise ConfigError(f"{path}: a suite needs at least one [[model]] and one [[threat]]")
     names = []
@@ -89,9 +116,14 @@ def load_suite(path: Path, overrides: dict[str, Any] | None = None) -> list[Suit
         _check_keys(model, _MODEL_KEYS, f"{path} [[model]]")
         if "name" not in model or "path" not in model:
             raise ConfigError(f"{path}: every [[model]] needs a name and a path")
-        names.append(model["name"])
-    if len(set(names)) != len(names):
-        raise ConfigError(f"{path}: model names must be unique")
+        names.append(safe_name(model["name"], f"{path} [[model]]"))
+        if not isinstance(model["path"], str) or not model["path"]:
+            raise ConfigError(f"{path}: model '{model['name']}': path must be a non-empty string, got {model['path']!r}")
+    folded = [n.casefold() for n in names]  # case-insensitive file systems would merge 'GM' and 'gm'
+    if len(set(folded)) != len(folded):
+        raise ConfigError(f"{path}: model names must be unique (ignoring case): {', '.join(sorted(names, key=str.casefold))}")
+    if "detectors" in defaults and defaults["detectors"] is not None and not _is_strings(defaults["detectors"]):
+        raise ConfigError(f"{path} [defaults]: 'detectors' must be a list of names, e.g. detectors = [\"kd\"], got {defaults['detectors']!r}")
     valid = {f.name for f in fields(RunConfig)}
     pairs = []
     seen: set[tuple[str, str]] = set()
@@ -99,9 +131,13 @@ def load_suite(path: Path, overrides: dict[str, Any] | None = None) -> list[Suit
         _check_keys(threat, _THREAT_KEYS, f"{path} [[threat]]")
         if "name" not in threat:
             raise ConfigError(f"{path}: every [[threat]] needs a name")
-        for key in ("attacks", "models", "detectors", "sigmas", "substitute"):
-            if key in threat and not isinstance(threat[key], list):
-                raise ConfigError(f"{path}: threat '{threat['name']}': '{key}' must be a list, e.g. {key} = [\"...\"]")
+        safe_name(threat["name"], f"{path} [[threat]]")
+        for key in ("attacks", "models", "detectors", "substitute"):
+            if key in threat and not _is_strings(threat[key]):
+                raise ConfigError(f"{path}: threat '{threat['name']}': '{key}' must be a list of names, e.g. {key} = [\"...\"], got {threat[key]!r}")
+        if "sigmas" in threat and not (isinstance(threat["sigmas"], list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in threat["sigmas"])):
+            raise ConfigError(f"{path}: threat '{threat['name']}': 'sigmas' must be a list of numbers, e.g. sigmas = [0.05, 0.1], got {threat['sigmas']!r}")
+        _table(threat.get("set", {}), f"{path}: threat '{threat['name']}': set", '[threat.set] with "BIM.steps" = 10 below it')
         only = threat.get("models", names)
         substitutes: list[str | None] = list(threat.get("substitute", [None]))
         for unknown in (set(only) | set(substitutes) - {None}) - set(names):
@@ -143,14 +179,30 @@ def load_suite(path: Path, overrides: dict[str, Any] | None = None) -> list[Suit
     return pairs
 
 
-def run_suite(path: Path, out: Path, overrides: dict[str, Any] | None = None, progress: bool = True, echo: Callable[[str], None] = print) -> pd.DataFrame:
+def _is_strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def run_suite(
+    path: Path, out: Path, overrides: dict[str, Any] | None = None, progress: bool = True, echo: Callable[[str], None] = print, wait: bool = False
+) -> pd.DataFrame:
+    """Run every pair of the suite file into ``out`` (holding its lock, :mod:`robench.eval.lock`) and return the combined summary."""
     pairs = load_suite(path, overrides)
     loader = Loader()  # every bundle and dataset is loaded once, however many pairs use it
     prepared = [prepare(pair.config, loader) for pair in pairs]  # validate every pair before spending time on any
-    results = []
     for pair, ready in zip(pairs, prepared):
+        for note in ready.notes:
+            echo(f"{pair.model_name} x {pair.folder}: {note}")
+    with output_lock(out, wait=wait):
+        return _run_pairs(pairs, prepared, out, progress, echo)
+
+
+def _run_pairs(pairs: list[SuitePair], prepared: list, out: Path, progress: bool, echo: Callable[[str], None]) -> pd.DataFrame:
+    results = []
+    folders = [contained(out, pair.model_name, pair.folder) for pair in pairs]  # every write stays inside OUT
+    for pair, ready, folder in zip(pairs, prepared, folders):
         echo(f"running {pair.model_name} x {pair.folder}")
-        results.append(run(pair.config, out / pair.model_name / pair.folder, progress=progress, echo=echo, prepared=ready))
+        results.append(run(pair.config, folder, progress=progress, echo=echo, prepared=ready))
     sanity = suite_sanity(results)
     combined = with_sanity_flags(pd.concat([r.summary for r in results], ignore_index=True).drop(columns=SANITY_FLAGS), sanity)
     out.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,27 @@ group with detector ``-``). A checked value is
 The tolerance is an absolute ``--tolerance METRIC=VALUE`` where given, else the
 baseline's bootstrap interval (widened to include the baseline value). A value
 that becomes NaN, or stops being NaN, counts as worse.
+
+``robench check`` exits
+
+- **0** (PASS): every baseline value is ``ok`` (or ``better``, one-sided),
+- **1** (FAIL): a real regression only: a value ``worse``, ``missing``, or
+  ``better`` with ``--two-sided``,
+- **2** (cannot judge, one line ``robench: error: ...``, raised here as
+  :class:`CannotJudge` or another ``ConfigError``): a baseline that is not
+  readable or not well-formed (not JSON, wrong format or version, a row without a
+  field, a non-numeric, infinite or, for a percent metric, out-of-[0, 1] value or
+  interval bound, low above high), a baseline with no rows, an unreadable run
+  directory or records of the wrong column types, a baseline of other models or
+  threats (no model x threat pair, or no group, in common), a model whose weights
+  (content hash) differ from the baseline's (unless ``--allow-changed-models``:
+  then it is a note), another seed (run.json's config seed against the
+  header's ``seeds``) or another sample count ``n`` for a group. Emptiness is never
+  a pass, and bad input is never a regression.
+
+The baseline header records ``seeds`` (model -> threat -> the seeds of the runs,
+from run.json). A version-1 file written before that still reads: a missing
+``seeds`` entry means "not recorded" and is not compared, nor is a run without one.
 """
 
 from __future__ import annotations
@@ -29,10 +50,18 @@ import pandas as pd
 
 from robench.report.bootstrap import bootstrap_intervals
 from robench.core.errors import ConfigError
+from robench.eval import records as R
 from robench.eval.metrics import COUNT, DETECTOR, METRICS, NO_DETECTOR, SUMMARY_KEYS
 from robench.core.provenance import atomic_write_text
 from robench.core.registry import did_you_mean
 from robench.report.rundir import RunDir, load_run_dir
+
+
+class CannotJudge(ConfigError):
+    """The run cannot be judged against the baseline (exit 2): they measure different things, or one is not usable."""
+
+    exit_code = 2
+
 
 FORMAT = "robench-baseline"
 VERSION = 1
@@ -76,6 +105,24 @@ def _models(run_dir: RunDir) -> dict[str, dict[str, Any]]:
     }
 
 
+def _run_seeds(run_dir: RunDir) -> dict[str, dict[str, list[int]]]:
+    """Model -> threat -> the sorted seeds of the run.json files that ran it (runs without a recorded seed left out)."""
+    seeds: dict[str, dict[str, set[int]]] = {}
+    for run in run_dir.runs:
+        config = run.get("config") if isinstance(run.get("config"), dict) else {}
+        seed, model = config.get("seed"), run.get("model")
+        name = model.get("name") if isinstance(model, dict) else None
+        if isinstance(seed, bool) or not isinstance(seed, int) or not isinstance(name, str):
+            continue
+        threats = [t.get("name") for t in run.get("threats") or [] if isinstance(t, dict)]
+        if not threats and isinstance(run.get("threat"), dict):
+            threats = [run["threat"].get("name")]
+        for threat in threats:
+            if isinstance(threat, str):
+                seeds.setdefault(name, {}).setdefault(threat, set()).add(seed)
+    return {m: {t: sorted(s) for t, s in sorted(by_threat.items())} for m, by_threat in sorted(seeds.items())}
+
+
 def _json_number(value: Any) -> float | None:
     return None if value is None or not np.isfinite(value) else float(value)
 
@@ -103,17 +150,47 @@ def write_baseline(run_dir: Path, out: Path, *, n_resamples: int = 1000, seed: i
         "git_revision": _revision(run),
         "bootstrap": {"n_resamples": int(n_resamples), "level": float(level), "seed": int(seed)},
         "models": _models(run),
+        "seeds": _run_seeds(run),
     }
     atomic_write_text(out, format_baseline(header, rows))
     return rows
 
 
 def _number(value: Any, where: str) -> float:
+    """A baseline number: finite, or null/NaN (an undefined metric); infinities are defects."""
     if value is None:
         return math.nan
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{where} must be a number or null, got {value!r}")
+    if math.isinf(value):
+        raise ConfigError(f"{where} is {value!r}; a baseline holds finite numbers or null")
     return float(value)
+
+
+def _check_row(metric: str, value: float, low: float, high: float, where: str) -> None:
+    """A percent metric and its interval lie in [0, 1]; an interval's low end is not above its high end."""
+    if METRICS.get(metric).percent:
+        for key, number in (("value", value), ("low", low), ("high", high)):
+            if not math.isnan(number) and not 0.0 <= number <= 1.0:
+                raise ConfigError(f"{where}: {key!r} of {metric} is {number!r}, outside [0, 1] (a fraction)")
+    if not (math.isnan(low) or math.isnan(high)) and low > high:
+        raise ConfigError(f"{where}: 'low' {low!r} is above 'high' {high!r}")
+
+
+def _check_seeds(seeds: Any, path: Path) -> dict[str, dict[str, list[int]]]:
+    """The header's ``seeds`` (model -> threat -> list of ints); absent means not recorded."""
+    if seeds is None:
+        return {}
+    where = f"baseline file {path}: \"seeds\""
+    if not isinstance(seeds, dict):
+        raise ConfigError(f"{where} must map model -> threat -> list of seeds, got {seeds!r}")
+    for model, by_threat in seeds.items():
+        if not isinstance(by_threat, dict):
+            raise ConfigError(f"{where} of model '{model}' must map threat -> list of seeds, got {by_threat!r}")
+        for threat, values in by_threat.items():
+            if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+                raise ConfigError(f"{where} of {model}/{threat} must be a list of integers, got {values!r}")
+    return seeds
 
 
 def read_baseline(path: Path) -> tuple[dict[str, Any], pd.DataFrame]:
@@ -147,14 +224,17 @@ def read_baseline(path: Path) -> tuple[dict[str, Any], pd.DataFrame]:
                 raise ConfigError(f"{where}: {key!r} must be a string, got {item[key]!r}")
         if item["metric"] not in METRICS:
             raise ConfigError(f"{where} has unknown metric '{item['metric']}'{did_you_mean(item['metric'], METRICS.names())}")
-        if isinstance(item["n"], bool) or not isinstance(item["n"], int):
-            raise ConfigError(f"{where}: 'n' must be an integer, got {item['n']!r}")
-        rows.append({**{k: item[k] for k in KEYS}, **{k: _number(item[k], f"{where}: {k!r}") for k in ("value", "low", "high")}, "n": item["n"]})
+        if isinstance(item["n"], bool) or not isinstance(item["n"], int) or item["n"] < 1:
+            raise ConfigError(f"{where}: 'n' must be a positive integer, got {item['n']!r}")
+        numbers = {k: _number(item[k], f"{where}: {k!r}") for k in ("value", "low", "high")}
+        _check_row(item["metric"], numbers["value"], numbers["low"], numbers["high"], where)
+        rows.append({**{k: item[k] for k in KEYS}, **numbers, "n": item["n"]})
     table = pd.DataFrame(rows, columns=ROW_FIELDS)
     duplicated = table.duplicated(subset=KEYS)
     if duplicated.any():
         first = table.loc[duplicated].iloc[0]
         raise ConfigError(f"baseline file {path} lists {'/'.join(str(first[k]) for k in KEYS)} more than once")
+    _check_seeds(data.get("seeds"), path)
     return {k: v for k, v in data.items() if k != "rows"}, table
 
 
@@ -221,12 +301,20 @@ class CheckReport:
         return f"{'FAIL' if self.failed else 'PASS'}: {', '.join(parts) or 'nothing moved'} ({compared} baseline values, {mode})"
 
 
-def check_run(run_dir: Path, baseline: Path, tolerances: Mapping[str, float] | None = None, two_sided: bool = False) -> CheckReport:
-    """Compare the run's summary metrics with a baseline file (see the module docstring for the statuses)."""
+def check_run(
+    run_dir: Path, baseline: Path, tolerances: Mapping[str, float] | None = None, two_sided: bool = False, allow_changed_models: bool = False
+) -> CheckReport:
+    """Compare the run's summary metrics with a baseline file (see the module docstring for the statuses).
+
+    Raises :class:`CannotJudge` (or another ``ConfigError``) where the two cannot be compared.
+    """
     tolerance_of = check_tolerances(tolerances or {})
     header, expected = read_baseline(baseline)
+    if expected.empty:
+        raise CannotJudge(f"cannot judge: baseline file {baseline} holds no rows, so there is nothing to check against; write one with 'robench baseline'")
     run = load_run_dir(run_dir)
     current = metric_rows(run.summary())[[*KEYS, "value", "n"]].rename(columns={"value": "current"})
+    _check_comparable(header, expected, current, run, baseline, allow_changed_models)
     merged = expected.merge(current, on=KEYS, how="outer", suffixes=("_baseline", ""), indicator="found")
     out = []
     for row in merged.itertuples(index=False):
@@ -238,8 +326,6 @@ def check_run(run_dir: Path, baseline: Path, tolerances: Mapping[str, float] | N
             item.update(status="new", allowed_low=math.nan, allowed_high=math.nan, note="not in the baseline")
         else:
             status, low, high, note = judge(row.metric, row.value, row.low, row.high, row.current, tolerance_of.get(row.metric))
-            if row.n != row.n_baseline:
-                note = "; ".join(filter(None, [note, f"n {int(row.n_baseline)} -> {int(row.n)}"]))
             item.update(status=status, allowed_low=low, allowed_high=high, note=note)
         out.append(item)
     table = pd.DataFrame(out, columns=TABLE_COLUMNS)
@@ -250,12 +336,69 @@ def check_run(run_dir: Path, baseline: Path, tolerances: Mapping[str, float] | N
     return CheckReport(rows=table, two_sided=two_sided, notes=tuple(_model_notes(header, run)))
 
 
-def _model_notes(header: Mapping[str, Any], run: RunDir) -> list[str]:
-    """Models whose weights differ from the baseline's: their moves may be expected."""
+def _listed(items: list[str], limit: int = 4) -> str:
+    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _pairs(rows: pd.DataFrame) -> set[tuple[str, str]]:
+    return set(zip(rows[R.MODEL], rows[R.THREAT]))
+
+
+def _check_comparable(
+    header: Mapping[str, Any], expected: pd.DataFrame, current: pd.DataFrame, run: RunDir, baseline: Path, allow_changed_models: bool
+) -> None:
+    """A CannotJudge unless the run measures what the baseline measured: the same pairs, weights, seeds and n."""
+    against = f"{run.path} against {baseline}"
+    before, now = _pairs(expected), _pairs(current)
+    common = before & now
+    if not common:
+        raise CannotJudge(
+            f"cannot judge {against}: no model x threat pair in common (baseline: {_listed(sorted(map('/'.join, before)))}; "
+            f"run: {_listed(sorted(map('/'.join, now)))})"
+        )
+    groups = expected[[*SUMMARY_KEYS, COUNT]].drop_duplicates().merge(current[[*SUMMARY_KEYS, COUNT]].drop_duplicates(), on=SUMMARY_KEYS, suffixes=("_baseline", ""))
+    if groups.empty:
+        raise CannotJudge(f"cannot judge {against}: no model x threat x attack x crafting-model group in common")
+    models = sorted({model for model, _ in common})
+    changed = _changed_models(header, run, models)
+    if changed and not allow_changed_models:
+        names = ", ".join(f"'{name}'" for name in changed)
+        raise CannotJudge(
+            f"cannot judge {against}: {'model' if len(changed) == 1 else 'models'} {names} {'has' if len(changed) == 1 else 'have'} different weights than in the baseline "
+            "(content hash changed); pass --allow-changed-models to compare anyway, or write a new baseline"
+        )
+    recorded = header.get("seeds") or {}
+    used = _run_seeds(run)
+    for model, threat in sorted(common):
+        old, new = recorded.get(model, {}).get(threat), used.get(model, {}).get(threat)
+        if old is not None and new is not None and sorted(set(old)) != sorted(set(new)):
+            raise CannotJudge(
+                f"cannot judge {against}: {model}/{threat} ran with seed {_listed([str(v) for v in new])}, the baseline with seed "
+                f"{_listed([str(v) for v in sorted(set(old))])} (other test samples); rerun with the baseline's --seed, or write a new baseline"
+            )
+    differ = groups[groups[COUNT] != groups[f"{COUNT}_baseline"]]
+    if len(differ):
+        first = differ.iloc[0]
+        raise CannotJudge(
+            f"cannot judge {against}: {len(differ)} group(s) hold another number of samples than in the baseline, e.g. "
+            f"{'/'.join(str(first[k]) for k in SUMMARY_KEYS)} n {int(first[COUNT])} (baseline {int(first[f'{COUNT}_baseline'])}); "
+            "rerun with the baseline's --n, or write a new baseline"
+        )
+
+
+def _changed_models(header: Mapping[str, Any], run: RunDir, names: list[str] | None = None) -> list[str]:
+    """The models (of ``names``, default all) whose content hash in the run differs from the baseline header's."""
     before = header.get("models") if isinstance(header.get("models"), dict) else {}
-    notes = []
+    changed = []
     for name, meta in _models(run).items():
+        if names is not None and name not in names:
+            continue
         old = before.get(name)
         if isinstance(old, dict) and old.get("content_hash") and meta.get("content_hash") and old["content_hash"] != meta["content_hash"]:
-            notes.append(f"model '{name}' has different weights than in the baseline (content hash changed)")
-    return notes
+            changed.append(name)
+    return changed
+
+
+def _model_notes(header: Mapping[str, Any], run: RunDir) -> list[str]:
+    """Models whose weights differ from the baseline's (compared anyway with ``--allow-changed-models``): their moves may be expected."""
+    return [f"model '{name}' has different weights than in the baseline (content hash changed)" for name in _changed_models(header, run)]

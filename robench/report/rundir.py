@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from robench.core.errors import ConfigError
@@ -53,6 +54,67 @@ def summarize_run(records: pd.DataFrame) -> pd.DataFrame:
 _SOURCE = "_source"  # a temporary column: which file a record came from
 
 
+_DTYPES = {column.name: column.dtype for column in R.COLUMNS}
+_KIND_WORDS = {"str": "strings", "bool": "booleans", "int": "integers", "float": "numbers", "other": "mixed values"}
+_EXPECTED_WORDS = {"str": "strings", "bool": "booleans", "int": "integers", "float": "numbers"}
+
+
+def _kind(values: pd.Series) -> str:
+    """What a column holds: "str", "bool", "int", "float", "empty" or "other" (object columns by their values)."""
+    dtype = values.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        return _kind(pd.Series(np.asarray(values.cat.categories))) if len(values.cat.categories) else "empty"
+    if pd.api.types.is_bool_dtype(dtype):
+        return "bool"
+    if pd.api.types.is_integer_dtype(dtype):
+        return "int"
+    if pd.api.types.is_float_dtype(dtype):
+        return "float"
+    if pd.api.types.is_string_dtype(dtype) or pd.api.types.is_object_dtype(dtype):
+        inferred = pd.api.types.infer_dtype(values, skipna=True)
+        return {"string": "str", "boolean": "bool", "integer": "int", "floating": "float", "mixed-integer-float": "float", "empty": "empty"}.get(inferred, "other")
+    return "other"
+
+
+def _column_error(values: pd.Series, expected: str) -> str | None:
+    """Why a record column does not hold the schema's type (``R.COLUMNS``' dtype), or None when it does.
+
+    Numbers may be missing (NaN: an undefined distortion, an unscored detector); strings,
+    booleans and integers may not. Bool-like is booleans or numbers that are all 0 or 1;
+    integer-valued floats (an int column that went through a float) count as integers.
+    """
+    if expected != "float" and values.isna().any():
+        return f"has {int(values.isna().sum())} missing value(s), expected {_EXPECTED_WORDS[expected]}"
+    kind = _kind(values)
+    if kind == "empty":
+        return None
+    numeric = pd.to_numeric(values.dropna(), errors="coerce") if kind in ("bool", "int", "float") else None
+    if expected == "float":
+        ok = kind in ("int", "float")
+    elif expected == "int":
+        ok = kind == "int" or (kind == "float" and bool(np.isfinite(numeric).all() and (numeric == np.round(numeric)).all()))
+    elif expected == "bool":
+        ok = kind == "bool" or (kind in ("int", "float") and bool(numeric.isin([0, 1]).all()))
+    else:
+        ok = kind == "str"
+    if ok:
+        return None
+    example = values.dropna().iloc[0]
+    example = example.item() if isinstance(example, np.generic) else example
+    return f"holds {_KIND_WORDS.get(kind, 'mixed values')} (e.g. {example!r}), expected {_EXPECTED_WORDS[expected]}"
+
+
+def check_record_types(frame: pd.DataFrame, where: str) -> None:
+    """A one-line ConfigError naming the first column of ``frame`` whose values are not of the schema's type."""
+    for column in frame.columns:
+        expected = _DTYPES.get(column, "float" if R.is_score_column(column) else None)
+        if expected is None:
+            continue  # not a record column (a later format's extra): left alone
+        problem = _column_error(frame[column], expected)
+        if problem:
+            raise ConfigError(f"{where}: column '{column}' {problem}")
+
+
 def _read_records(file: Path) -> pd.DataFrame:
     try:
         frame = pd.read_parquet(file)
@@ -61,6 +123,7 @@ def _read_records(file: Path) -> pd.DataFrame:
     missing = R.missing_columns(frame)
     if missing:
         raise ConfigError(f"records file {file} lacks column(s) {', '.join(missing)}")
+    check_record_types(frame, f"records file {file}")
     return R.with_crafted_on(frame)
 
 
@@ -98,9 +161,12 @@ def _check_duplicates(records: pd.DataFrame, sources: list[Path]) -> None:
 def load_run_dir(path: Path) -> RunDir:
     """Gather every records.parquet below ``path`` (or the single records file ``path``) and every run.json."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"run directory {path} does not exist")
-    record_files, run_files = _files(path)
+    try:
+        if not path.exists():
+            raise ConfigError(f"run directory {path} does not exist")
+        record_files, run_files = _files(path)
+    except OSError as exc:  # a folder that cannot be listed
+        raise ConfigError(f"cannot read run directory {path}: {exc.strerror or exc}") from None
     if not record_files:
         raise ConfigError(f"no {RECORDS_FILE} found below {path}")
     frames = [_read_records(file).assign(**{_SOURCE: i}) for i, file in enumerate(record_files)]

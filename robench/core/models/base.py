@@ -109,6 +109,18 @@ class ArchSpec:
 
 ARCHITECTURES: Registry[ArchSpec] = Registry("architecture", base=ArchSpec)
 
+# Caps on the layer sizes an architecture's kwargs may ask for (they come from the command line and from
+# bundles, which are untrusted); the model's total size is bounded separately (robench.core.model_factory).
+MAX_CHANNELS = 4096  # conv filters (width)
+MAX_UNITS = 65536  # hidden units and feature dimensions
+
+
+def layer_size(name: str, value: object, cap: int) -> int:
+    """``value`` checked as a layer size, an int in [1, cap]; a ValueError (one line) otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= cap:
+        raise ValueError(f"{name} must be an integer in [1, {cap}], got {value!r}")
+    return value
+
 
 def build_backbone(arch: str, input_shape: tuple[int, int, int], kwargs: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Build a registered backbone; returns it with the fully resolved kwargs (to store in the bundle)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from robench.core.models.base import ARCHITECTURES, ArchSpec
+from robench.core.models.base import ARCHITECTURES, MAX_CHANNELS, MAX_UNITS, ArchSpec, layer_size
 
 
 class SmallCNN(nn.Module):
@@ -27,7 +27,10 @@ class SmallCNN(nn.Module):
         channels, height, width_px = input_shape
         if height < 4 or width_px < 4:
             raise ValueError("the cnn needs images of at least 4 x 4 pixels")
-        if not 0.0 <= dropout < 1.0:
+        layer_size("width", width, MAX_CHANNELS)
+        layer_size("hidden", hidden, MAX_UNITS)
+        layer_size("feature_dim", feature_dim, MAX_UNITS)
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.feature_dim = int(feature_dim)
         self.conv = nn.Sequential(

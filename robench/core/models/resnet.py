@@ -26,7 +26,7 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robench.core.models.base import ARCHITECTURES, ArchSpec
+from robench.core.models.base import ARCHITECTURES, MAX_CHANNELS, MAX_UNITS, ArchSpec, layer_size
 
 SHORTCUTS = ("A", "B")
 DEPTHS = {20: 3, 32: 5, 56: 9, 110: 18}  # depth = 6n + 2
@@ -91,10 +91,9 @@ class CifarResNet(nn.Module):
             raise ValueError(f"resnets need images of at least 8 x 8 pixels, got {height} x {width_px}")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"blocks per stage must be a positive integer, got {n!r}")
-        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise ValueError(f"width must be a positive integer, got {width!r}")
-        if feature_dim is not None and (isinstance(feature_dim, bool) or not isinstance(feature_dim, int) or feature_dim < 1):
-            raise ValueError(f"feature_dim must be a positive integer or None, got {feature_dim!r}")
+        layer_size("width", width, MAX_CHANNELS)
+        if feature_dim is not None:
+            layer_size("feature_dim", feature_dim, MAX_UNITS)
         if shortcut not in SHORTCUTS:
             raise ValueError(f"shortcut must be 'A' (zero-padding identity) or 'B' (1x1 projection), got {shortcut!r}")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
