@@ -31,14 +31,7 @@ batch_size = 8
 device = "cpu"
 detectors = ["max-prob"]
 
-[[model]]
-name = "softmax"
-path = "{models}/softmax.pt"
-
-[[model]]
-name = "gm"
-path = "{models}/gm.pt"
-
+{models}
 [[threat]]
 name = "semi-white-box"
 attacks = ["FGSM", "BIM"]
@@ -54,7 +47,8 @@ def _robench(*args: str) -> list[str]:
 
 def commands(work: Path, n: int) -> dict[str, list[str]]:
     suite = work / "suite.toml"
-    suite.write_text(SUITE.format(n=n, models=MODELS))
+    models = "".join(f'[[model]]\nname = "{m}"\npath = "{MODELS / m}.pt"\n\n' for m in ("softmax", "gm"))
+    suite.write_text(SUITE.format(n=n, models=models))
     run = _robench(
         "run", "--model", str(MODELS / "gm.pt"), "--threat", "semi-white-box", "--attack", "FGSM", "--attack", "BIM",
         "--n", str(n), "--batch-size", "8", "--detector", "max-prob", "--device", "cpu", "--no-progress", "--out", "{out}",
@@ -95,14 +89,17 @@ def main() -> int:
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="n = 16 and the run only (the test's smoke mode)")
+    parser.add_argument("--only", choices=("run", "suite"), default=None, help="Kill only the run or only the suite.")
+    parser.add_argument("--n", type=int, default=48, help="Samples per attack.")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="robench-kill-"))
     passed = failed = 0
     try:
-        todo = commands(work, 16 if args.quick else 48)
-        if args.quick:
-            todo = {"run": todo["run"]}
+        todo = commands(work, 16 if args.quick else args.n)
+        only = "run" if args.quick else args.only
+        if only:
+            todo = {only: todo[only]}
         for what, command in todo.items():
             reference = work / f"{what}-reference"
             duration = _run(command, reference)

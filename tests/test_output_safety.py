@@ -109,12 +109,18 @@ def _hold(out: str, ready, release) -> None:
         release.wait(30)
 
 
-def test_one_writer_per_output_folder_and_a_killed_holders_lock_is_taken_over(tmp_path):
+def _holder(tmp_path: Path):
+    """A child process holding ``tmp_path``'s lock until its ``release`` event is set: (process, release)."""
     ctx = multiprocessing.get_context("fork")
     ready, release = ctx.Event(), ctx.Event()
     holder = ctx.Process(target=_hold, args=(str(tmp_path), ready, release))
     holder.start()
     assert ready.wait(20)
+    return holder, release
+
+
+def test_one_writer_per_output_folder_and_a_killed_holders_lock_is_taken_over(tmp_path):
+    holder, _ = _holder(tmp_path)
     with pytest.raises(OutputLockedError, match=f"in use by robench process {holder.pid}") as info:
         with output_lock(tmp_path):
             pass
@@ -127,13 +133,9 @@ def test_one_writer_per_output_folder_and_a_killed_holders_lock_is_taken_over(tm
 
 
 def test_a_second_process_can_wait_for_the_lock(tmp_path):
-    ctx = multiprocessing.get_context("fork")
-    ready, release = ctx.Event(), ctx.Event()
-    holder = ctx.Process(target=_hold, args=(str(tmp_path), ready, release))
-    holder.start()
-    assert ready.wait(20)
+    holder, release = _holder(tmp_path)
     started = time.monotonic()
-    ctx.Process(target=lambda: (time.sleep(0.5), release.set())).start()
+    multiprocessing.get_context("fork").Process(target=lambda: (time.sleep(0.5), release.set())).start()
     with output_lock(tmp_path, wait=True):
         assert time.monotonic() - started >= 0.4
     holder.join(10)

@@ -7,12 +7,15 @@ non-zero exit; a traceback appears only with ``ROBENCH_DEBUG=1``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
+
+from robench.cli.params import NonEmptyPath
 
 from robench.core.config import parse_assignments
 from robench.core.errors import ConfigError, RobenchError
@@ -40,15 +43,6 @@ def _echo_err(message: str) -> None:
     click.echo(message, err=True)
 
 
-class _OutPath(click.Path):
-    """A path option that refuses the empty string (which would mean the current folder)."""
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, str) and not value.strip():
-            self.fail("must not be empty (name a file or folder; '.' for the current folder)", param, ctx)
-        return super().convert(value, param, ctx)
-
-
 SEED = click.IntRange(*SEED_RANGE)  # what torch.Generator.manual_seed accepts
 
 
@@ -60,7 +54,7 @@ SEED = click.IntRange(*SEED_RANGE)  # what torch.Generator.manual_seed accepts
 @click.option("--batch-size", type=int, default=None, help="Mini-batch size [default: the dataset family's].")
 @click.option("--lr", type=float, default=None, help="Learning rate [default: the dataset family's].")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for init, shuffling, augmentation and dropout.")
-@click.option("--out", type=_OutPath(dir_okay=False, path_type=Path), required=True, help="Bundle file to write.")
+@click.option("--out", type=NonEmptyPath(dir_okay=False, path_type=Path), required=True, help="Bundle file to write.")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None, help="Folder of on-disk datasets.")
@@ -215,6 +209,8 @@ def detect(
     from robench.eval.detection import applicable_detectors, build_detectors, calibrate
     from robench.core.devices import resolve_device
 
+    if not (math.isfinite(fpr) and 0.0 <= fpr <= 1.0):  # before anything is fitted or cached
+        raise ConfigError(f"--fpr must be a false-positive rate in [0, 1], got {fpr}")
     torch_device = resolve_device(device)
     bundle = load_bundle(model_path, device=torch_device)
     data = load_dataset(bundle.meta.dataset, data_root=data_root, split_seed=bundle.meta.split_seed)
@@ -248,7 +244,7 @@ def _detector_settings(items: tuple[str, ...], option: str = "--detector-set") -
 @click.option("--batch-size", type=int, default=250, show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--out", type=_OutPath(file_okay=False, path_type=Path), default=None, help="Output folder [default: reports/runs/MODEL-THREAT].")
+@click.option("--out", type=NonEmptyPath(file_okay=False, path_type=Path), default=None, help="Output folder [default: reports/runs/MODEL-THREAT].")
 @click.option("--set", "settings", multiple=True, metavar="ATTACK.PARAM=VALUE", help="Attack parameter, e.g. BIM.steps=10 (repeatable).")
 @click.option("--attack", "attacks", multiple=True, help="Run only these attacks of the threat model (repeatable).")
 @click.option("--detector", "detectors", multiple=True, help="Detectors to score [default: all that apply].")
@@ -299,7 +295,7 @@ def run_command(
 
 @cli.command()
 @click.argument("suite_file", metavar="SUITE", type=click.Path(path_type=Path))
-@click.option("--out", type=_OutPath(file_okay=False, path_type=Path), required=True)
+@click.option("--out", type=NonEmptyPath(file_okay=False, path_type=Path), required=True)
 @click.option("--n", type=click.IntRange(min=1), default=None, help="Override the suite's sample count.")
 @click.option("--device", default=None)
 @click.option("--progress/--no-progress", default=True, show_default=True)
@@ -316,8 +312,8 @@ def suite(suite_file: Path, out: Path, n: int | None, device: str | None, progre
 
 
 @cli.command()
-@click.option("--out", type=_OutPath(file_okay=False, path_type=Path), default=Path("reports/demo"), show_default=True)
-@click.option("--models-dir", type=_OutPath(file_okay=False, path_type=Path), default=Path("reports/models"), show_default=True)
+@click.option("--out", type=NonEmptyPath(file_okay=False, path_type=Path), default=Path("reports/demo"), show_default=True)
+@click.option("--models-dir", type=NonEmptyPath(file_okay=False, path_type=Path), default=Path("reports/models"), show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--n", type=click.IntRange(min=1), default=200, show_default=True, help="Test samples per attack.")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from robench.cli.params import NonEmptyPath
+
 from robench.core.config import parse_assignments
 from robench.core.errors import ConfigError
 from robench.eval.metrics import SUMMARY_KEYS
@@ -41,8 +43,8 @@ def format_report(report: CheckReport, verbose: bool = False) -> str:
 
 @click.command("baseline")
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Baseline JSON file to write.")
-@click.option("--resamples", type=click.IntRange(min=1), default=1000, show_default=True, help="Bootstrap resamples per attack.")
+@click.option("--out", type=NonEmptyPath(dir_okay=False, path_type=Path), required=True, help="Baseline JSON file to write.")
+@click.option("--resamples", type=click.IntRange(1, 1_000_000), default=1000, show_default=True, help="Bootstrap resamples per attack.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap resampling.")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 def baseline(run_dir: Path, out: Path, resamples: int, seed: int, force: bool) -> None:

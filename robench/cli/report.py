@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from robench.cli.params import NonEmptyPath
+
 from robench.core.errors import ConfigError
 from robench.report.tables import DEFAULT_ORDER, FORMATS, LAYOUTS, PAPER_LAYOUTS
 
@@ -41,10 +43,10 @@ def resolve_format(fmt: str | None, out: Path | None) -> str:
 @click.argument("run_dir", metavar="RUN_DIR", type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None, help="Table format [default: from --out's suffix; markdown on stdout].")
 @click.option("--layout", "layouts", multiple=True, metavar="NAME", help=f"Layout (repeatable): {', '.join(LAYOUTS.names())} [default: all that apply; summary for csv/html only].")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="File to write the tables to [default: stdout].")
+@click.option("--out", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None, help="File to write the tables to [default: stdout].")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 @click.option("--ci/--no-ci", default=False, show_default=True, help="Show 95% bootstrap confidence intervals, e.g. 84.3 [82.1, 86.0].")
-@click.option("--resamples", type=int, default=1000, show_default=True, help="Bootstrap resamples for --ci.")
+@click.option("--resamples", type=click.IntRange(1, 1_000_000), default=1000, show_default=True, help="Bootstrap resamples for --ci.")
 @click.option("--best/--no-best", default=True, show_default=True, help="Mark the best value among the models in bold.")
 @click.option("--standalone", is_flag=True, help="Wrap LaTeX (or HTML) in a complete, compilable document.")
 @click.option("--plots", is_flag=True, help="Also write figures (PNG and PDF).")

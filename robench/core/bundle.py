@@ -239,6 +239,8 @@ def _check_backbone_shapes(planned: dict[str, tuple[int, ...]], state: dict[str,
 
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
     """Load, validate and rebuild a bundle; every failure is a one-line :class:`BundleError`."""
+    if not isinstance(path, (str, Path)):
+        raise BundleError(f"a bundle path must be a str or Path, got {type(path).__name__}")
     path = Path(path)
     payload = _read_payload(path)
     meta = BundleMeta.from_json(payload["meta"], str(path))

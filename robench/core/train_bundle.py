@@ -35,6 +35,11 @@ def train_bundle(
     progress: bool = True,
 ) -> ModelBundle:
     """Train a model with the paper defaults for ``dataset`` (overridable) and return it with its metadata."""
+    for what, value in (("arch_kwargs", arch_kwargs), ("defense_params", defense_params), ("train_overrides", train_overrides)):
+        if value is not None and not isinstance(value, Mapping):
+            raise ConfigError(f"{what} must be a mapping of parameter names to values, got {type(value).__name__}")
+    if train_overrides and "seed" in train_overrides:
+        raise ConfigError("the training seed is set with seed= (--seed), not as a training parameter")
     device = torch.device(device)
     spec = DATASETS.get(dataset)
     defense_cls = DEFENSES.get(defense)

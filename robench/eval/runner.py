@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from robench.attacks.base import AttackTarget, Bounds
 from robench.core.bundle import ModelBundle
+from robench.core.errors import ConfigError
 from robench.core.provenance import git_revision, jsonable, package_versions
 from robench.detectors import fit_or_load
 from robench.eval import records as R
@@ -97,6 +98,14 @@ def run(
     The run holds ``out``'s lock (:mod:`robench.eval.lock`) while it writes; a second process
     writing there gets a one-line error, or waits with ``wait=True``.
     """
+    if not isinstance(config, RunConfig):
+        raise ConfigError(f"run() takes a RunConfig (robench.RunConfig(model=..., threat=...)), got {type(config).__name__}")
+    if out is not None and not isinstance(out, (str, Path)):
+        raise ConfigError(f"run()'s out must be a folder path (str or Path), got {type(out).__name__}")
+    if prepared is not None and not isinstance(prepared, Prepared):
+        raise ConfigError(f"run()'s prepared must come from robench.eval.prepare.prepare, got {type(prepared).__name__}")
+    if out is not None:
+        out = Path(out)
     if out is None:
         return _run(config, None, progress, echo, prepared)
     with output_lock(out, wait=wait):

@@ -122,6 +122,8 @@ def load_suite(path: Path, overrides: dict[str, Any] | None = None) -> list[Suit
     folded = [n.casefold() for n in names]  # case-insensitive file systems would merge 'GM' and 'gm'
     if len(set(folded)) != len(folded):
         raise ConfigError(f"{path}: model names must be unique (ignoring case): {', '.join(sorted(names, key=str.casefold))}")
+    if "data_root" in defaults and not isinstance(defaults["data_root"], str):
+        raise ConfigError(f"{path} [defaults]: 'data_root' must be a folder path string, got {defaults['data_root']!r}")
     if "detectors" in defaults and defaults["detectors"] is not None and not _is_strings(defaults["detectors"]):
         raise ConfigError(f"{path} [defaults]: 'detectors' must be a list of names, e.g. detectors = [\"kd\"], got {defaults['detectors']!r}")
     valid = {f.name for f in fields(RunConfig)}

@@ -228,7 +228,12 @@ def noise_threat(sigmas: list[float]) -> ThreatModel:
     base = THREATS.get("noise")
     if any(sigma < 0 for sigma in sigmas):
         raise ConfigError(f"noise sigmas must be >= 0, got {sigmas}")
-    return replace(base, attacks=tuple(AttackSpec(f"noise-{s:g}", "gaussian-noise", {"sigma": s}, "none") for s in sigmas))
+    specs = tuple(AttackSpec(f"noise-{s:g}", "gaussian-noise", {"sigma": s}, "none") for s in sigmas)
+    labels = [spec.label for spec in specs]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:  # two attacks of one label would write the same records twice
+        raise ConfigError(f"noise sigmas must differ (as labels): {', '.join(twice)} given more than once")
+    return replace(base, attacks=specs)
 
 
 ALL = "all"
