@@ -39,6 +39,9 @@ def resolve_format(fmt: str | None, out: Path | None) -> str:
     raise ConfigError(f"--out {out} has {what}, which names no table format; pass --format {'|'.join(FORMATS)}, or use a suffix ({known}){hint}")
 
 
+MAX_RESAMPLES = 1_000_000  # the count matrix is resamples x samples
+
+
 @click.command(name="report")
 @click.argument("run_dir", metavar="RUN_DIR", type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None, help="Table format [default: from --out's suffix; markdown on stdout].")
@@ -46,7 +49,7 @@ def resolve_format(fmt: str | None, out: Path | None) -> str:
 @click.option("--out", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None, help="File to write the tables to [default: stdout].")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 @click.option("--ci/--no-ci", default=False, show_default=True, help="Show 95% bootstrap confidence intervals, e.g. 84.3 [82.1, 86.0].")
-@click.option("--resamples", type=click.IntRange(1, 1_000_000), default=1000, show_default=True, help="Bootstrap resamples for --ci.")
+@click.option("--resamples", type=int, default=1000, show_default=True, help="Bootstrap resamples for --ci.")
 @click.option("--best/--no-best", default=True, show_default=True, help="Mark the best value among the models in bold.")
 @click.option("--standalone", is_flag=True, help="Wrap LaTeX (or HTML) in a complete, compilable document.")
 @click.option("--plots", is_flag=True, help="Also write figures (PNG and PDF).")
@@ -63,8 +66,8 @@ def report(
     fmt = resolve_format(fmt, out)
     if out is not None and out.exists() and not force:
         raise ConfigError(f"{out} exists; pass --force to overwrite it")
-    if resamples < 1:
-        raise ConfigError(f"--resamples must be at least 1, got {resamples}")
+    if not 1 <= resamples <= MAX_RESAMPLES:
+        raise ConfigError(f"--resamples must be between 1 and {MAX_RESAMPLES:,}, got {resamples}")
     if standalone and fmt not in ("latex", "html"):
         raise ConfigError(f"--standalone applies to --format latex or html, not {fmt}")
     for name in layouts:
