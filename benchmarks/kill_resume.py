@@ -91,6 +91,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="n = 16 and the run only (the test's smoke mode)")
     parser.add_argument("--only", choices=("run", "suite"), default=None, help="Kill only the run or only the suite.")
     parser.add_argument("--n", type=int, default=48, help="Samples per attack.")
+    parser.add_argument("--latest", type=float, default=1.0, help="Kill no later than this fraction of the uninterrupted run's duration.")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="robench-kill-"))
@@ -106,7 +107,7 @@ def main() -> int:
             print(f"{what}: uninterrupted run {duration:.1f} s")
             for k in range(args.kills):
                 out = work / f"{what}-{k}"
-                ok, detail = trial(command, reference, out, rng.uniform(0.2, duration))
+                ok, detail = trial(command, reference, out, rng.uniform(0.2, max(0.2, args.latest * duration)))
                 passed, failed = passed + ok, failed + (not ok)
                 print(f"{what} kill {k + 1}: {'ok' if ok else 'FAILED'}: {detail}", flush=True)
                 shutil.rmtree(out, ignore_errors=True)
