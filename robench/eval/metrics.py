@@ -64,10 +64,6 @@ class Weighted:
     def resamples(self) -> int:
         return int(self.counts.shape[0])
 
-    def total(self, mask: np.ndarray) -> np.ndarray:
-        """Per resample, the weighted number of records where ``mask``."""
-        return self.counts[:, mask].sum(axis=1)
-
     def mean(self, values: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Per resample, the weighted mean of ``values`` over the records where ``mask`` (NaN where none is drawn)."""
         drawn = self.counts[:, mask]

@@ -187,14 +187,6 @@ def has_scores(records: pd.DataFrame, detector: str) -> bool:
     return column in records and not records[column].isna().all()
 
 
-def identify(frame: pd.DataFrame, **values: object) -> pd.DataFrame:
-    """``frame`` with identifying columns set (``model=..., threat=...``), given by keyword as record names."""
-    unknown = set(values) - {c.name for c in COLUMNS}
-    if unknown:
-        raise KeyError(f"not record columns: {', '.join(sorted(unknown))}")
-    return frame.assign(**values)
-
-
 def part(
     *,
     model: str,
