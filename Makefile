@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.robench-installed
 
-.PHONY: install demo test test-all regression regression-baseline clean
+.PHONY: install demo test test-all regression regression-baseline reproduce ablation clean
 
 install: $(STAMP)
 
@@ -30,6 +30,17 @@ regression: $(STAMP)
 regression-baseline: $(STAMP)
 	$(VENV)/bin/robench suite reports/regression/suite.toml --out $(REGRESSION_OUT) --no-progress
 	$(VENV)/bin/robench baseline $(REGRESSION_OUT) --out reports/baselines/regression.json --force
+
+# The bundled-data reproduction suites of 001 Tables 7, 10, 11 and 004 Tables 1-3 (reports/reproduce/),
+# each rendered beside its paper table into reports/reproduce/results/.
+reproduce: $(STAMP)
+	ROBENCH=$(VENV)/bin/robench reports/reproduce/run_bundled.sh
+
+# The README's C&W-wb ablation: eta modes x two budgets x softmax / GM, every AUC population.
+ABLATION_OUT ?= build/ablation
+ablation: $(STAMP)
+	$(VENV)/bin/robench suite reports/reproduce/ablation.toml --out $(ABLATION_OUT) --no-progress
+	$(VENV)/bin/robench report $(ABLATION_OUT) --layout white-box-ablation --ci --scale 255 --out reports/reproduce/results/ablation.md --force
 
 # Also the tests marked slow (long training runs).
 test-all: $(STAMP)

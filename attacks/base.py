@@ -8,7 +8,11 @@ model declares, and optionally a detector (white-box C&W-wb). ``Attack.__call__`
 2. calls ``run`` (the subclass's algorithm), which returns adversarial inputs;
 3. checks that they are finite and in the bounds (never clamps a buggy attack's output silently);
 4. recomputes success from the model's own prediction on the returned inputs
-   (misclassified, or classified as the target), never trusting the attack's claim.
+   (misclassified, or classified as the target), never trusting the attack's claim. An attack
+   with a criterion of its own (C&W's confidence kappa, C&W-wb's f_2 = 0) returns
+   :class:`Crafted` with that criterion per sample; success then needs both, so the attack
+   can only make success stricter. Where the criterion failed and the attack returned
+   something other than the clean input (its best attempt), ``AttackResult.best_attempt`` says so.
 
 Randomness comes only from the ``torch.Generator`` passed in; the global RNG is never touched.
 """
@@ -66,8 +70,10 @@ class AttackTarget:
     defense: Defense
     bounds: Bounds
     detector: Detector | None = None
-    # The -log KD level eta a white-box attack on a kernel-density detector must reach (C&W-wb, paper 001 Sec. 4.4.2).
+    # The -log KD level eta a white-box attack on a kernel-density detector must reach (C&W-wb, paper 001 Sec. 4.4.2):
+    # the leave-one-out median over the training set, and the same median per class (K,).
     detector_eta: float | None = None
+    detector_eta_per_class: Tensor | None = None
 
     def forward(self, x: Tensor) -> Forward:
         return Forward.of(self.model, x)
@@ -86,25 +92,48 @@ class AttackTarget:
 
 
 @dataclass(frozen=True)
+class Crafted:
+    """What ``run`` may return instead of a bare tensor: the inputs and whether the attack's own criterion was met.
+
+    ``reached[i]`` False means sample i failed the attack's criterion (C&W: no iterate reached
+    the target with margin kappa, C&W-wb: and f_2 = 0); ``x_adv[i]`` is then the clean input or,
+    for an attack that returns its best attempt, the best iterate it found.
+    """
+
+    x_adv: Tensor
+    reached: Tensor
+
+
+@dataclass(frozen=True)
 class AttackResult:
-    """Adversarial inputs and per-sample success as judged by the model (not by the attack)."""
+    """Adversarial inputs and per-sample success as judged by the model (not by the attack).
+
+    ``success`` is the model's judgement (misclassified, or the target), and the attack's own
+    criterion where it has one; ``best_attempt`` marks failures returned as an attempt other
+    than the clean input (they may be misclassified without counting as successes).
+    """
 
     x_adv: Tensor
     success: Tensor
     predicted: Tensor
     forward: Forward  # the model's eval-mode pass on x_adv (no graph), reused for detector scores
+    best_attempt: Tensor
 
 
 @dataclass(frozen=True)
 class AttackNeeds:
     """What an attack needs the runner to provide beyond the model (see :meth:`Attack.needs`).
 
-    ``kd_per_class``: an attacker-side kernel density over this many seeded training points per
-    class (0 = all) of the crafting model, with its eta, in ``AttackTarget.detector`` /
-    ``detector_eta`` (C&W-wb, 001 Sec. 4.4.2); None = no density.
+    ``density``: an attacker-side kernel density over the crafting model's training features,
+    with its eta levels, in ``AttackTarget.detector`` / ``detector_eta`` /
+    ``detector_eta_per_class`` (C&W-wb, 001 Sec. 4.4.2). Its settings follow the run's scored
+    ``kd`` detector (bandwidth, training points per class, seed) unless the attack sets them:
+    ``kd_per_class`` (0 = all) and ``kd_bandwidth``, None = the scored detector's.
     """
 
+    density: bool = False
     kd_per_class: int | None = None
+    kd_bandwidth: float | None = None
 
 
 @dataclass(frozen=True)
@@ -144,7 +173,13 @@ class Attack(Configurable, ABC):
         was_training = target.model.training
         target.model.eval()
         try:
-            x_adv = self.run(target, x.detach(), y, targets, generator).detach()
+            crafted = self.run(target, x.detach(), y, targets, generator)
+            if isinstance(crafted, Crafted):
+                x_adv, reached = crafted.x_adv.detach(), crafted.reached.to(torch.bool)
+                if reached.shape != y.shape:
+                    raise RuntimeError(f"attack '{self.name}' returned a criterion of shape {tuple(reached.shape)} for {len(y)} inputs")
+            else:
+                x_adv, reached = crafted.detach(), None
             if x_adv.shape != x.shape or not torch.isfinite(x_adv).all():
                 raise RuntimeError(f"attack '{self.name}' returned non-finite or mis-shaped inputs")
             if not target.bounds.contains(x_adv):
@@ -155,15 +190,19 @@ class Attack(Configurable, ABC):
             target.model.train(was_training)
         predicted = forward.predicted
         success = predicted == targets if targets is not None else predicted != y
-        return AttackResult(x_adv=x_adv, success=success, predicted=predicted, forward=forward)
+        best_attempt = torch.zeros_like(success)
+        if reached is not None:
+            success = success & reached
+            best_attempt = ~reached & (x_adv != x).flatten(1).any(1)
+        return AttackResult(x_adv=x_adv, success=success, predicted=predicted, forward=forward, best_attempt=best_attempt)
 
     def needs(self) -> AttackNeeds:
         """What the runner must provide in the AttackTarget; most attacks need nothing beyond the model."""
         return AttackNeeds()
 
     @abstractmethod
-    def run(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator) -> Tensor:
-        """Return adversarial inputs for the batch (same shape as x, inside ``target.bounds``)."""
+    def run(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator) -> Tensor | Crafted:
+        """Return adversarial inputs for the batch (same shape as x, inside ``target.bounds``), or :class:`Crafted`."""
 
 
 ATTACKS: Registry[type[Attack]] = Registry("attack", base=Attack)

@@ -58,9 +58,14 @@ the reference: the model predicts a wrong class (untargeted) or the target
 (targeted), *and* the margin objective (without the likelihood term) has
 reached -kappa, i.e. the winning logit leads by at least kappa. The likelihood
 term only shapes the optimisation. Samples that are already adversarial on the
-clean input are returned unchanged (distortion 0) and not optimised; samples
-for which no adversarial example is ever found are returned unchanged too, so
-``Attack.__call__`` reports them as failures.
+clean input are returned unchanged (distortion 0) and not optimised. For a
+sample for which no adversarial example is ever found the attack returns its
+best attempt (``return_attempt``, the default, as the references do: an iterate
+classified as wanted if there was one, else the one with the smallest
+objective; for C&W-wb the target-classified iterate with the smallest f_2),
+with its criterion marked as not reached, so ``Attack.__call__`` reports it as
+a failure and the record flags it (``best_attempt``); with
+``return_attempt=False`` it returns the clean input.
 
 Adam (Kingma & Ba, the same update as ``torch.optim.Adam``) is
 :class:`robench.attacks.optim.MaskedAdam`, with per-sample state, because a
@@ -83,7 +88,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from robench.attacks.base import ATTACKS, Attack, AttackTarget
+from robench.attacks.base import ATTACKS, Attack, AttackTarget, Crafted
 from robench.attacks.objectives import objective_value
 from robench.attacks.optim import MaskedAdam
 from robench.core.config import boolean, choice, finite, positive_int
@@ -128,6 +133,11 @@ class CarliniWagnerL2(Attack):
     - ``likelihood_weight`` = 0: weight of the defense's likelihood term added to the
       adaptive objective (needs ``objective="adaptive-margin"`` and a defense with a
       likelihood term); it shapes the optimisation, not the success criterion.
+    - ``return_attempt`` = True: for a sample never reached, return the best attempt
+      (classified as wanted if any iterate was, then the smallest objective), as
+      Carlini's and the RCE reference code do, instead of the clean input; the record
+      marks it (``best_attempt``) and it never counts as a success. False returns the
+      clean input, so detector AUCs over every attempt see failures as clean inputs.
     """
 
     binary_search_steps: int = positive_int(5)
@@ -138,6 +148,7 @@ class CarliniWagnerL2(Attack):
     abort_early: bool = boolean(True)
     objective: str = choice("margin", *CW_OBJECTIVES, note="C&W needs a margin objective")
     likelihood_weight: float = finite(0.0, low=0)
+    return_attempt: bool = boolean(True)
 
     name: ClassVar[str] = "cw-l2"
     description: ClassVar[str] = "Carlini & Wagner L2, Adam in tanh space, per-sample binary search over c (001 Sec. 4.4, 004 Sec. 4.3)"
@@ -149,15 +160,28 @@ class CarliniWagnerL2(Attack):
         if self.likelihood_weight and self.objective != "adaptive-margin":
             raise ConfigError(f"{self.describe()}: likelihood_weight needs objective=adaptive-margin")
 
-    def run(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator) -> Tensor:
+    def run(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator) -> Crafted:
         del generator  # deterministic
+        return self._search(target, x, y, targets)
+
+    def _search(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, start: Tensor | None = None) -> Crafted:
+        """The binary search over c from ``start`` (default: the clean input); distances are always to ``x``.
+
+        Returns the smallest successful perturbation per sample and, where none was found, the
+        best attempt (``return_attempt``) or the clean input, with the criterion per sample.
+        """
         n = x.shape[0]
         best_adv = x.clone()
         if n == 0:
-            return best_adv
+            return Crafted(best_adv, torch.zeros(0, dtype=torch.bool, device=x.device))
         device = x.device
         low, width = target.bounds.low, target.bounds.width
         best_l2 = torch.full((n,), math.inf, dtype=x.dtype, device=device)
+        # The best attempt of a sample never reached: classified as wanted (target / wrong class) first,
+        # then the smallest objective f = margin term + penalty (for C&W-wb: the smallest f_2 among those).
+        attempt_adv = x.clone()
+        attempt_hit = torch.zeros(n, dtype=torch.bool, device=device)
+        attempt_value = torch.full((n,), math.inf, dtype=x.dtype, device=device)
 
         context = self._context(target, x, y, targets)
         with torch.no_grad():
@@ -167,7 +191,8 @@ class CarliniWagnerL2(Attack):
             if penalty is not None:
                 already &= penalty <= 0
         best_l2[already] = 0.0
-        w_start = torch.atanh(((x - low) / width * 2.0 - 1.0).clamp(-_ATANH_LIMIT, _ATANH_LIMIT))
+        origin = x if start is None else start
+        w_start = torch.atanh(((origin - low) / width * 2.0 - 1.0).clamp(-_ATANH_LIMIT, _ATANH_LIMIT))
 
         consts = torch.full((n,), float(self.initial_const), dtype=torch.float64, device=device)
         lower = torch.zeros(n, dtype=torch.float64, device=device)
@@ -203,7 +228,10 @@ class CarliniWagnerL2(Attack):
                 with torch.no_grad():
                     detached = Forward(x=x_i.detach(), z=forward.z.detach(), logits=forward.logits.detach())
                     margin = value.detach() if not self.likelihood_weight else self._margin(target, detached, y_i, t_i)
-                    success = self._reached(target, detached, y_i, t_i, margin)
+                    predicted = detached.logits.argmax(1)
+                    hit = predicted != y_i if t_i is None else predicted == t_i
+                    success = hit & (margin <= -self.kappa)
+                    objective = margin if penalty is None else margin + penalty.detach()
                     if penalty is not None:
                         success &= penalty.detach() <= 0
                     dist = sq_dist.detach().sqrt()
@@ -211,6 +239,13 @@ class CarliniWagnerL2(Attack):
                     better = success & (dist < best_l2[idx])
                     best_l2[idx[better]] = dist[better]
                     best_adv[idx[better]] = detached.x[better]
+                    if self.return_attempt:
+                        seen_hit = attempt_hit[idx]
+                        improves = (hit & ~seen_hit) | ((hit == seen_hit) & (objective < attempt_value[idx]))
+                        j = idx[improves]
+                        attempt_hit[j] = hit[improves]
+                        attempt_value[j] = objective[improves]
+                        attempt_adv[j] = detached.x[improves]
 
                     loss = loss.detach()
                     step_now = torch.ones_like(success)
@@ -231,7 +266,10 @@ class CarliniWagnerL2(Attack):
             lower = torch.where(found, lower, torch.maximum(lower, consts))
             consts = torch.where(upper < _CONST_UPPER * 0.1, (lower + upper) / 2, consts * 10)
 
-        return best_adv
+        reached = torch.isfinite(best_l2)
+        if self.return_attempt:
+            best_adv = torch.where(reached.view(-1, *([1] * (x.ndim - 1))), best_adv, attempt_adv)
+        return Crafted(best_adv, reached)
 
     @staticmethod
     def _to_input(w: Tensor, low: float, width: float, target: AttackTarget) -> Tensor:

@@ -8,31 +8,40 @@ among the wrong classes; per sample it minimises
 
 where f_cw is the C&W margin (``objective``, as ``cw-l2``), KD_t the Gaussian kernel density of
 the *target* class over training features in the model's feature layer F
-(:class:`robench.detectors.kd.KernelDensityDetector`, differentiable), and eta a density level:
+(:class:`robench.detectors.kd.KernelDensityDetector`, differentiable), and eta a density level
+(``eta_mode``, :data:`ETA_MODES`):
 
-- ``eta_mode="train-median"`` (paper 001's definition, the default): the median of -log KD over the
+- ``global`` (paper 001 Sec. 4.4.2's definition, the default): the median of -log KD over the
   training set, each training point under its own class, leaving itself out
-  (:meth:`KernelDensityDetector.median_training_nll`); the runner computes it once per model and
+  (:meth:`KernelDensityDetector.training_nll`); the runner computes it once per model and
   passes it as ``AttackTarget.detector_eta``;
-- ``eta_mode="clean"`` (Carlini's reference code): -log KD of the clean input under its predicted
-  class, so the adversarial input must look at least as dense as the image it came from.
+- ``class``: the same median taken per class, and eta the target class's (the RCE reference
+  code's ``median_for_attack``, Pang et al. 2018), ``AttackTarget.detector_eta_per_class``;
+- ``clean`` (Carlini & Wagner 2017b's reference code): -log KD of the clean input under its
+  predicted class, so the adversarial input must look at least as dense as the image it came from.
 
 Success, for the binary search, for keeping a candidate and in the records, is as in 001: classified
 as the target *and* f_2 = 0 (and the margin at -kappa). Everything else (Adam in tanh space, the
 per-sample binary search over c, per-sample early abort, batching) is ``cw-l2``'s, through its
 ``_context`` / ``_penalty`` hooks, so a test can check batched against one-at-a-time runs.
 
-The density the attacker descends on is its own estimator, fitted by the runner with ``kd_per_class``
-training points per class (Carlini's reference keeps the first 100 per class; here a seeded random
-100, 0 for all of them): a smaller sum is cheaper per step, and the detector that *scores* the
-result keeps all training points, so an attacker that overfits its subset is not rewarded.
+The density the attacker descends on is the estimator the runner gives it. By default it has the
+scored ``kd`` detector's settings (bandwidth, training points per class, seed), so the attacker
+attacks exactly the detector that scores it (the protocol of 001 Sec. 4.4.2); ``kd_per_class``
+(0 = all; Carlini's reference keeps the first 100 per class) and ``kd_bandwidth`` set it apart,
+and a sanity flag (``attacker-estimator-differs``) then says the attacker's estimator is not the
+scored one.
+
+Two phases (``two_phase=True``), as both reference codes do: a plain targeted C&W first
+(``first_search_steps`` search steps at ``first_lr``, starting at c = ``first_initial_const``), then the density
+phase starting from its output (distances still measured to the clean input). A sample the first
+phase did not move starts from the clean input.
 
 Differences from the reference, and why:
 
 - it runs batched (the reference attacks one image at a time);
-- no separate first phase: the reference first runs a plain C&W (3 search steps, lr 0.1) and starts
-  the density phase from its output; here the search starts from the clean input with the
-  reference's initial constant c = 1 for the density phase, and the binary search over c does the rest;
+- by default one phase: the search starts from the clean input with the reference's initial
+  constant c = 1 for the density phase, and the binary search over c does the rest;
 - the kernel is the normalised Gaussian of the KD detector (bandwidth per dataset, Feinman et al.)
   rather than the reference's exp(-d/20), so the attacked density is exactly the detected one.
 
@@ -48,14 +57,15 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from robench.attacks.base import ATTACKS, AttackNeeds, AttackTarget
+
+from robench.attacks.base import ATTACKS, AttackNeeds, AttackTarget, Crafted
 from robench.attacks.cw import CarliniWagnerL2
-from robench.core.config import choice, integer
+from robench.core.config import boolean, choice, finite, integer, positive_int
 from robench.core.errors import ConfigError
 from robench.core.models import Forward
 from robench.detectors.kd import KernelDensityDetector
 
-ETA_MODES = ("train-median", "clean")
+ETA_MODES = ("global", "class", "clean")
 
 
 @ATTACKS.register
@@ -65,35 +75,69 @@ class CarliniWagnerWhiteBox(CarliniWagnerL2):
 
     Fields beyond ``cw-l2``'s:
 
-    - ``eta_mode`` = "train-median": how eta is set (module docstring).
-    - ``kd_per_class`` = 100: training points per class in the attacker's density estimator (0 = all).
+    - ``eta_mode`` = "global": how eta is set, one of ``global``, ``class``, ``clean`` (module docstring).
+    - ``kd_per_class`` = -1: training points per class in the attacker's estimator; -1 = the
+      scored ``kd`` detector's (all points when the run scores no KD), 0 = all.
+    - ``kd_bandwidth`` = 0: the attacker's kernel bandwidth; 0 = the scored ``kd`` detector's
+      (the dataset family's default when the run scores no KD).
     - ``initial_const`` = 1.0: the reference's constant for the density phase.
+    - ``two_phase`` = False: a plain C&W first (``first_search_steps`` = 3 search steps at
+      ``first_lr`` = 0.1 from c = ``first_initial_const`` = 1e-3, the RCE reference's), then
+      the density phase from its output.
     """
 
     initial_const: float = 1.0
-    eta_mode: str = choice("train-median", *ETA_MODES)
-    kd_per_class: int = integer(100, low=0, note="0 = all")
+    eta_mode: str = choice("global", *ETA_MODES)
+    kd_per_class: int = integer(-1, low=-1, note="-1 = the scored kd detector's, 0 = all")
+    kd_bandwidth: float = finite(0.0, low=0, note="0 = the scored kd detector's")
+    two_phase: bool = boolean(False)
+    first_search_steps: int = positive_int(3)
+    first_lr: float = finite(0.1, low=0, low_open=True)
+    first_initial_const: float = finite(1e-3, low=0, low_open=True)
 
     name: ClassVar[str] = "cw-wb"
     description: ClassVar[str] = "white-box C&W against the classifier and the KD detector, f_2 = max(-log KD_t - eta, 0) (001 Sec. 4.4.2)"
     # The runner gives this attack a fitted KD estimator (AttackTarget.detector) and eta.
     def needs(self) -> AttackNeeds:
-        """The attacker's own KD over ``kd_per_class`` training points per class, and its eta."""
-        return AttackNeeds(kd_per_class=self.kd_per_class)
+        """An attacker-side KD (the scored detector's settings unless ``kd_per_class`` / ``kd_bandwidth`` set them) and its eta."""
+        return AttackNeeds(
+            density=True,
+            kd_per_class=None if self.kd_per_class < 0 else self.kd_per_class,
+            kd_bandwidth=self.kd_bandwidth or None,
+        )
 
-    def run(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator) -> Tensor:
+    def run(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator) -> Crafted:
         if targets is None:
             raise ConfigError(f"attack '{self.name}' is targeted: give it a target mode such as 'random'")
         if not isinstance(target.detector, KernelDensityDetector):
             raise ConfigError(f"attack '{self.name}' needs a fitted 'kd' detector in its AttackTarget")
-        if self.eta_mode == "train-median" and target.detector_eta is None:
-            raise ConfigError(f"attack '{self.name}' with eta_mode=train-median needs AttackTarget.detector_eta")
-        return super().run(target, x, y, targets, generator)
+        if self.eta_mode == "global" and target.detector_eta is None:
+            raise ConfigError(f"attack '{self.name}' with eta_mode=global needs AttackTarget.detector_eta")
+        if self.eta_mode == "class" and target.detector_eta_per_class is None:
+            raise ConfigError(f"attack '{self.name}' with eta_mode=class needs AttackTarget.detector_eta_per_class")
+        start = None
+        if self.two_phase:
+            first = CarliniWagnerL2(
+                binary_search_steps=self.first_search_steps,
+                steps=self.steps,
+                lr=self.first_lr,
+                initial_const=self.first_initial_const,
+                kappa=self.kappa,
+                abort_early=self.abort_early,
+                objective=self.objective,
+                likelihood_weight=self.likelihood_weight,
+                return_attempt=False,
+            )
+            start = first._search(target, x, y, targets).x_adv
+        return self._search(target, x, y, targets, start)
 
     def _context(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None) -> Tensor:
         """eta per sample."""
-        if self.eta_mode == "train-median":
+        if self.eta_mode == "global":
             return torch.full((x.shape[0],), float(target.detector_eta), dtype=x.dtype, device=x.device)  # type: ignore[arg-type]
+        if self.eta_mode == "class":
+            assert targets is not None and target.detector_eta_per_class is not None
+            return target.detector_eta_per_class.to(device=x.device, dtype=x.dtype)[targets]
         with torch.no_grad():
             forward = target.forward(x)
             return -target.detector.log_density(forward.z, forward.predicted).to(x.dtype)  # type: ignore[union-attr]

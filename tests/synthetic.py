@@ -29,7 +29,7 @@ def synthetic_records(
     frame = {
         "model": model, "threat": threat, "attack": attack, "corruption": corruption, "sample": np.arange(n), "label": label,
         "target": -1, "clean_pred": clean_pred, "adv_pred": np.where(success, (label + adv_offset) % 10, clean_pred), "success": success,
-        "l2": rng.random(n), "linf": rng.random(n), "distortion": rng.random(n) / 10,
+        "l2": rng.random(n), "linf": rng.random(n), "distortion": rng.random(n) / 10, "input_range": 1.0,
     }  # fmt: skip
     for detector in detectors:
         frame[f"score_clean:{detector}"] = rng.normal(shift, 1.0, n)

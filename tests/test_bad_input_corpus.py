@@ -37,6 +37,7 @@ from test_cli import run as run_cli
 
 import robench
 from robench.attacks import ATTACKS
+from robench.attacks.cw_wb import ETA_MODES
 from robench.cli.commands import cli
 from robench.core.data import DATASETS
 from robench.core.errors import ConfigError, RobenchError
@@ -44,7 +45,7 @@ from robench.core.models import ARCHITECTURES
 from robench.core.training import TrainConfig
 from robench.defenses import DEFENSES
 from robench.detectors import DETECTORS
-from robench.eval.metrics import METRICS
+from robench.eval.metrics import POPULATIONS, METRICS
 from robench.eval.run_config import RunConfig
 from robench.eval.threats import THREATS
 from robench.report.tables import FORMATS, LAYOUTS
@@ -179,6 +180,11 @@ def _names() -> None:
         case(f"report--layout:{name}", CONTEXTS["report"] + ["--layout", misspell(name, LAYOUTS.names())], fragments=did_you_mean(name))
     for name in FORMATS:
         case(f"report--format:{name}", CONTEXTS["report"] + ["--format", misspell(name, FORMATS)], fragments=("--format",))
+    for name in POPULATIONS:
+        case(f"report--population:{name}", CONTEXTS["report"] + ["--population", misspell(name, list(POPULATIONS))], fragments=did_you_mean(name))
+    for name in ETA_MODES:
+        wb = _without(_run_ctx("white-box"), "--detector") + ["--detector", "kd", "--attack", "C&W-wb"]
+        case(f"run--set:eta_mode:{name}", wb + ["--set", f"C&W-wb.eta_mode={misspell(name, list(ETA_MODES))}"], fragments=did_you_mean(name))
     for name in METRICS.names():
         case(f"check--tolerance:{name}", CONTEXTS["check"] + ["--tolerance", f"{misspell(name, METRICS.names())}=0.1"], fragments=did_you_mean(name))
 
@@ -253,7 +259,7 @@ def _attack_fields() -> None:
 
 
 DETECTOR_MODELS = {"bu": "dropout", "kd+bu": "dropout", "gm-likelihood": "gm"}  # a bundle each detector applies to
-RUN_REFUSES = {"kd+bu"}  # 'robench run' refuses it whatever its parameters (its combiner needs adversarial data)
+RUN_REFUSES: set[str] = set()  # detectors 'robench run' refuses whatever their parameters (none since kd+bu runs)
 
 
 def _detector_fields() -> None:
@@ -387,7 +393,7 @@ def _options() -> None:
     case("run--detector-set:no-dot", _run_ctx() + ["--detector-set", "kd=1"], NAME_CODES, ("DETECTOR.PARAM",))
     case("run--detector-set:not-selected", _run_ctx() + ["--detector-set", "kd.bandwidth=1"], NAME_CODES, ("kd",))
     case("run--detector:inapplicable", _without(_run_ctx(), "--detector") + ["--detector", "gm-likelihood"], NAME_CODES, ("Gaussian",))
-    case("run--detector:kd+bu-needs-adversarial-data", _without(_run_ctx(model="dropout"), "--detector") + ["--detector", "kd+bu"], NAME_CODES, ("kd+bu",))
+    case("run--detector:kd+bu-needs-dropout", _without(_run_ctx(), "--detector") + ["--detector", "kd+bu"], NAME_CODES, ("dropout",))
     case("run--sigma:wrong-threat", run + ["--sigma", "0.1"], NAME_CODES, ("--sigma",))
     case("run--sigma:duplicate", _run_ctx() + ["--sigma", "0.1", "--sigma", "0.1"], NAME_CODES, ("sigma",))
     case("run--sigma:same-label", _run_ctx() + ["--sigma", "0.1", "--sigma", "0.10000000001"], NAME_CODES, ("sigma",))

@@ -28,6 +28,7 @@ ALLOWED = {
     ("robench/report/tables/layouts.py", "distortion"): "the metric's name in a layout's list of metrics",
     ("robench/core/config.py", "label"): "the registered objects' table-label attribute",
     ("robench/eval/threats.py", "label"): "AttackSpec.config()'s key in run.json, not a record column",
+    ("robench/eval/run_config.py", "label"): "an added attack's label key (AttackSpec.label), not a record column",
     ("robench/report/plots.py", "label"): "reads AttackSpec.config()'s key from run.json",
     ("attacks/base.py", "linf"): "an attack's norm",
     ("attacks/base.py", "l2"): "an attack's norm",

@@ -48,6 +48,7 @@ def synthetic_records(
             "l2": l2,
             "linf": l2 / 10,
             "distortion": l2 / 28.0,
+            "input_range": 1.0,
         }
         for detector in detectors:
             # Rounded so that ties occur, as with saturated max-prob scores.

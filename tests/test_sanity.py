@@ -317,5 +317,5 @@ def test_table_and_flags_by_model_threat():
 
 def test_every_check_is_registered_with_a_citation(plain):
     names = set(SANITY_CHECKS.names())
-    assert set(plain) | {"black-box-beats-white-box", "iterative-weaker-than-single-step"} == names
-    assert all(SANITY_CHECKS.get(n).citation and SANITY_CHECKS.get(n).kind in ("model", "records") for n in names)
+    assert set(plain) | {"black-box-beats-white-box", "iterative-weaker-than-single-step", "attacker-estimator-differs"} == names
+    assert all(SANITY_CHECKS.get(n).citation and SANITY_CHECKS.get(n).kind in ("model", "records", "config") for n in names)

@@ -300,12 +300,18 @@ def run_command(
 @click.option("--device", default=None)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--wait", is_flag=True, help="If another robench process is writing into --out, wait for it instead of stopping.")
-def suite(suite_file: Path, out: Path, n: int | None, device: str | None, progress: bool, wait: bool) -> None:
+@click.option(
+    "--data-root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+    help="Folder of on-disk datasets (MNIST, CIFAR-10, ...), overriding the suite's data_root.",
+)
+def suite(suite_file: Path, out: Path, n: int | None, device: str | None, progress: bool, wait: bool, data_root: Path | None) -> None:
     """Run every model x threat pair of a TOML suite into one combined summary."""
     from robench.eval.output import format_summary
     from robench.eval.suite import run_suite
 
     overrides = {k: v for k, v in (("n", n), ("device", device)) if v is not None}
+    if data_root is not None:  # absolute: a suite's own data_root is relative to the suite file, this one to the shell
+        overrides["data_root"] = str(data_root.resolve())
     combined = run_suite(suite_file, out, overrides, progress=progress, echo=click.echo, wait=wait)
     click.echo(format_summary(combined))
     click.echo(f"wrote {out}/summary.csv")

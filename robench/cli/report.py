@@ -3,6 +3,11 @@
 The command is added to the ``robench`` group in ``robench/cli.py``. Tables go
 to stdout (or ``--out``); notes on skipped layouts and figures, and the files
 written, go to stderr so that stdout stays the table alone.
+
+``--paper "001 Table 10"`` puts that table's own numbers (``reports/reproduce/papers.csv``,
+:mod:`robench.report.paper`) beside robench's, in the table's layout, with the AUC population
+the paper used and (001 Tables 9-10) the distortion on the 0-255 scale, unless
+``--population`` / ``--scale`` say otherwise.
 """
 
 from __future__ import annotations
@@ -14,7 +19,11 @@ import click
 from robench.cli.params import NonEmptyPath
 
 from robench.core.errors import ConfigError
-from robench.report.tables import DEFAULT_ORDER, FORMATS, LAYOUTS, PAPER_LAYOUTS
+from robench.eval import records as R
+from robench.eval.metrics import DEFAULT_POPULATION, POPULATIONS, population
+from robench.report.paper import DEFAULT_PAPERS_FILE, PAPER_TABLES, PaperNumbers, default_population
+from robench.report.tables import DEFAULT_ORDER, DISTORTION_SCALES, FORMATS, LAYOUTS, PAPER_LAYOUTS, TableOptions
+from robench.report.tables.layouts import DISTORTION_255
 
 SUFFIX_FORMATS = {".tex": "latex", ".md": "markdown", ".csv": "csv", ".html": "html", ".htm": "html"}
 DEFAULT_FORMAT = "markdown"
@@ -40,6 +49,34 @@ def resolve_format(fmt: str | None, out: Path | None) -> str:
 
 
 MAX_RESAMPLES = 1_000_000  # the count matrix is resamples x samples
+PAPER_SCALE = 255  # with --paper: the 0-255 pixel scale of 001 Tables 9-10's distortion
+
+
+def resolve_paper_options(
+    paper: PaperNumbers | None, layouts: tuple[str, ...], population_name: str | None, scale: str | None
+) -> tuple[tuple[str, ...], TableOptions, list[str]]:
+    """(layouts, options, notes) for ``--paper``, ``--layout``, ``--population`` and ``--scale``.
+
+    Without ``--paper``: the layouts as given, population ``successful``, scale 1. With it: the
+    paper table's layout (``--layout`` may only name it), its population and the 0-255 scale.
+    """
+    if population_name is not None:
+        population(population_name)  # a misspelt population fails before the records are read
+    notes: list[str] = []
+    if paper is None:
+        options = TableOptions(population_name or DEFAULT_POPULATION, int(scale) if scale else 1)
+        return layouts, options, notes
+    wanted = paper.table.layout
+    other = [name for name in layouts if name != wanted]
+    if other:
+        raise ConfigError(f"--paper {paper.table.name} is a '{wanted}' table; --layout {other[0]} cannot show it (drop --layout or pass --layout {wanted})")
+    own = default_population(paper.table)
+    if population_name is not None and own is not None and population_name != own:
+        notes.append(f"--population {population_name}: {paper.table.name} used '{own}' ({paper.table.reason})")
+    if scale is not None and int(scale) != PAPER_SCALE and (paper.numbers["metric"] == DISTORTION_255).any():
+        raise ConfigError(f"--scale {scale}: {paper.table.name} prints its distortion on the 0-255 scale; pass --scale 255 or leave --scale out")
+    options = TableOptions(population_name or own or DEFAULT_POPULATION, int(scale) if scale else PAPER_SCALE)
+    return (wanted,), options, notes
 
 
 @click.command(name="report")
@@ -54,14 +91,40 @@ MAX_RESAMPLES = 1_000_000  # the count matrix is resamples x samples
 @click.option("--standalone", is_flag=True, help="Wrap LaTeX (or HTML) in a complete, compilable document.")
 @click.option("--plots", is_flag=True, help="Also write figures (PNG and PDF).")
 @click.option("--plots-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Folder for figures (implies --plots) [default: RUN_DIR/plots].")
+@click.option(
+    "--paper", "paper_name", metavar="'PAPER Table N'", default=None,
+    help=f"Show that paper table's own numbers beside robench's, e.g. '001 Table 10' or 001-t10 (known: {', '.join(PAPER_TABLES)}); "
+    "builds its layout, with its AUC population and the 0-255 distortion scale.",
+)  # fmt: skip
+@click.option(
+    "--papers-file", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None,
+    help=f"The papers' numbers, read with --paper [default: {DEFAULT_PAPERS_FILE} under the current folder, else the repository root].",
+)  # fmt: skip
+@click.option(
+    "--population", "population_name", metavar="NAME", default=None,
+    help=f"AUC population of the AUC cells: {', '.join(f'{p.name} ({p.metric})' for p in POPULATIONS.values())} "
+    f"[default: {DEFAULT_POPULATION}; with --paper the paper's].",
+)  # fmt: skip
+@click.option(
+    "--scale", type=click.Choice([str(s) for s in DISTORTION_SCALES]), default=None,
+    help="Distortion scale of the white-box table: 1 = the model's input units ([0, 1]), 255 = the 0-255 pixel scale [default: 1; with --paper 255].",
+)
 def report(
     run_dir: Path, fmt: str | None, layouts: tuple[str, ...], out: Path | None, force: bool, ci: bool, resamples: int,
-    best: bool, standalone: bool, plots: bool, plots_dir: Path | None,
+    best: bool, standalone: bool, plots: bool, plots_dir: Path | None, paper_name: str | None, papers_file: Path | None,
+    population_name: str | None, scale: str | None,
 ) -> None:
-    """Tables in the layouts of the papers (001 Tables 7-11, 004 Tables 1-2) from a run directory."""
+    """Tables in the layouts of the papers (001 Tables 7-11, 004 Tables 1-2) from a run directory.
+
+    \b
+    With --paper, the paper's own numbers stand beside robench's:
+      robench report RUN_DIR --paper "001 Table 10"          # white-box layout, AUC paired, Dist. (0-255)
+      robench report RUN_DIR --paper 001-t7 --population successful
+    """
     from robench.core.provenance import atomic_write_text
+    from robench.report.paper import load_paper_table
     from robench.report.rundir import load_run_dir
-    from robench.report.tables import build_tables, render_tables
+    from robench.report.tables import build_tables, render_tables, with_paper_columns
 
     fmt = resolve_format(fmt, out)
     if out is not None and out.exists() and not force:
@@ -72,6 +135,8 @@ def report(
         raise ConfigError(f"--standalone applies to --format latex or html, not {fmt}")
     for name in layouts:
         LAYOUTS.get(name)  # a misspelt layout fails before the records are read
+    paper = load_paper_table(paper_name, papers_file) if paper_name is not None else None
+    layouts, options, option_notes = resolve_paper_options(paper, layouts, population_name, scale)
     run = load_run_dir(run_dir)
     summary = run.summary()
     intervals = None
@@ -80,9 +145,16 @@ def report(
 
         intervals = bootstrap_intervals(run.records, n_resamples=resamples, level=0.95, seed=0)
     defaults = DEFAULT_ORDER if fmt in ("csv", "html") else PAPER_LAYOUTS  # the long summary table only where it reads well
-    tables, notes = build_tables(summary, run.model_meta(), list(layouts) or None, intervals, defaults)
+    tables, notes = build_tables(summary, run.model_meta(), list(layouts) or None, intervals, defaults, options)
     if not tables:
         raise ConfigError(f"no table layout applies to {run_dir}")
+    notes = option_notes + notes
+    if options.distortion_metric == DISTORTION_255 and R.INPUT_RANGE not in run.records and any(t.layout == "white-box" for t in tables):
+        notes.append("the run's records predate the input-range column: its distortion on the 0-255 scale is '-' (rerun to fill it)")
+    if paper is not None:
+        tables, paper_notes = zip(*(with_paper_columns(t, paper, run.model_meta(), options) for t in tables))
+        tables = list(tables)
+        notes += [n for part in paper_notes for n in part]
     for note in notes:
         click.echo(f"note: {note}", err=True)
     text = render_tables(tables, fmt, best=best, standalone=standalone)

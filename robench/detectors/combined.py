@@ -4,7 +4,9 @@ The two scores are z-scored and fed to a logistic regression that separates
 clean from adversarial inputs. Unlike the reference code, which fits the
 scaler and the regression on the very samples it then scores (and pools
 statistics over the adversarial inputs), robench fits on one held-out split and
-scores another (:func:`holdout_scores`): the AUC it reports is out-of-sample.
+scores another (:meth:`KDBUDetector.holdout_scores`; in a run,
+:func:`robench.eval.combiner.combine` does it per summary group, over the
+samples): the AUC it reports is out-of-sample.
 """
 
 from __future__ import annotations
@@ -43,6 +45,15 @@ def fit_logistic(clean: np.ndarray, adversarial: np.ndarray, seed: int) -> dict[
         "coef": torch.from_numpy(model.coef_[0].astype(np.float64)),
         "intercept": torch.tensor(float(model.intercept_[0]), dtype=torch.float64),
     }
+
+
+def combiner_scores(combiner: dict[str, Tensor], features: Tensor) -> Tensor:
+    """Minus the logit of 'adversarial' of a :func:`fit_logistic` combiner at feature rows (N x 2), in float64.
+
+    Higher = looks clean, like every detector score. Pure: neither argument is changed.
+    """
+    c = {k: v.to(features.device) for k, v in combiner.items()}
+    return -(((features.double() - c["mean"]) / c["std"]) @ c["coef"] + c["intercept"])
 
 
 def holdout_split(n: int, fraction: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -99,8 +110,7 @@ class KDBUDetector(Detector):
         """Minus the regression's logit of 'adversarial' (higher = clean)."""
         if not self.combiner:
             raise ConfigError("kd+bu: the combiner is not fitted; it needs adversarial examples from a held-out split")
-        c = {k: v.to(features.device) for k, v in self.combiner.items()}
-        return -(((features.double() - c["mean"]) / c["std"]) @ c["coef"] + c["intercept"]).float()
+        return combiner_scores(self.combiner, features).float()
 
     def score(self, model: Classifier, defense: Defense, forward: Forward) -> Tensor:
         return self.score_features(self.raw_features(model, defense, forward))

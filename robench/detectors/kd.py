@@ -106,7 +106,19 @@ class KernelDensityDetector(Detector):
         return out
 
     def median_training_nll(self, z: Tensor, labels: Tensor, chunk: int = 1024) -> float:
-        """eta of C&W-wb (paper 001 Sec. 4.4.2): the median over training features of -log KD_y(z).
+        """eta of C&W-wb (paper 001 Sec. 4.4.2): the median over training features of -log KD_y(z) (:meth:`training_nll`)."""
+        return float(self.training_nll(z, labels, chunk)[0].median())
+
+    def median_training_nll_per_class(self, z: Tensor, labels: Tensor, chunk: int = 1024) -> Tensor:
+        """The same median per class (K,): C&W-wb's eta per target class (the RCE reference's ``median_for_attack``)."""
+        values, classes = self.training_nll(z, labels, chunk)
+        missing = [k for k in range(len(self._points)) if not bool((classes == k).any())]
+        if missing:
+            raise ConfigError(f"kd: class(es) {missing} have no training features to compute a per-class eta from")
+        return torch.stack([values[classes == k].median() for k in range(len(self._points))])
+
+    def training_nll(self, z: Tensor, labels: Tensor, chunk: int = 1024) -> tuple[Tensor, Tensor]:
+        """-log KD_y(z) of every training feature under its own class, leaving itself out, and the class of each value.
 
         Each point is scored under its own class and leaves itself out: a point's own kernel
         (exp(0) = 1) outweighs every other term in a high-dimensional feature space, so with
@@ -115,7 +127,7 @@ class KernelDensityDetector(Detector):
         """
         if not self._points:
             raise ConfigError("kd detector is not fitted")
-        values = []
+        values, classes = [], []
         d = z.shape[1]
         const = 0.5 * d * math.log(2 * math.pi * self.bandwidth**2)
         for k, points in enumerate(self._points):
@@ -130,9 +142,10 @@ class KernelDensityDetector(Detector):
                 log_kernel = (-sq / (2.0 * self.bandwidth**2)).masked_fill(exact, float("-inf"))
                 count = (~exact).sum(1).clamp_min(1)
                 values.append(-(torch.logsumexp(log_kernel, dim=1) - count.log() - const))
+                classes.append(torch.full((len(part),), k, dtype=torch.long, device=points.device))
         if not values:
             raise ConfigError("kd: no training features to compute eta from")
-        return float(torch.cat(values).median())
+        return torch.cat(values), torch.cat(classes)
 
     def score(self, model: Classifier, defense: Defense, forward: Forward) -> Tensor:
         return self.log_density(forward.z, forward.predicted)

@@ -13,15 +13,20 @@ from robench.attacks.targets import choose_targets
 from robench.core.bundle import ModelBundle
 from robench.core.models import Forward
 from robench.detectors import Detector
+from robench.eval import combiner as C
 from robench.eval import records as R
 from robench.eval.density import AttackerDensity
 from robench.eval.threats import AttackSpec
 
 
 def detector_scores(detectors: Mapping[str, Detector], bundle: ModelBundle, forward: Forward) -> dict[str, np.ndarray]:
-    """Every detector's score (higher = looks clean) of the inputs of one forward pass."""
+    """Every detector's score (higher = looks clean) of the inputs of one forward pass.
+
+    Combined detectors (KD+BU) are scored after the run, from raw features (:mod:`robench.eval.combiner`).
+    """
+    combined = C.combined_detectors(detectors)
     with torch.no_grad():
-        return {name: d.score(bundle.model, bundle.defense, forward).float().cpu().numpy() for name, d in detectors.items()}
+        return {name: d.score(bundle.model, bundle.defense, forward).float().cpu().numpy() for name, d in detectors.items() if name not in combined}
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class BatchResult:
     columns: dict[str, np.ndarray]
     scores_clean: dict[str, np.ndarray]
     scores_adv: dict[str, np.ndarray]
+    raw: dict[str, np.ndarray]  # combined detectors' raw features (clean, noisy, adversarial), see robench.eval.combiner
 
 
 def attack_batch(
@@ -59,11 +65,14 @@ def attack_batch(
     generator: torch.Generator,
     clean: CleanBatch,
     detectors: Mapping[str, Detector],
+    noise_generator: torch.Generator | None = None,
 ) -> BatchResult:
     """One attack on one batch, crafted on ``crafting`` and judged and scored on ``bundle``.
 
     Transfer (``crafting`` is not ``bundle``): success is misclassification by the target model,
     whatever target the attack aimed at on the substitute (001 Sec. 4.4.3; 004 Sec. 4.4).
+    Combined detectors get raw features of the clean, a noisy (Feinman et al.'s, from
+    ``noise_generator``, kept apart from the attack's randomness) and the adversarial input.
     """
     target = AttackTarget(
         crafting.model,
@@ -71,6 +80,7 @@ def attack_batch(
         bounds,
         detector=density.detector if density else None,
         detector_eta=density.eta if density else None,
+        detector_eta_per_class=density.eta_per_class.to(x.device) if density else None,
     )
     if crafting is bundle:
         crafting_logits = clean.forward.logits
@@ -85,7 +95,7 @@ def attack_batch(
         with torch.no_grad():
             adv_forward = Forward.of(bundle.model, result.x_adv)
         adv_pred = adv_forward.predicted
-        success = adv_pred != y
+        success = adv_pred != y  # the crafting attack's own criterion concerns the substitute, not the target
     delta = (result.x_adv - x).flatten(1).double()
     l2 = delta.norm(dim=1).cpu().numpy()
     columns = {
@@ -94,9 +104,21 @@ def attack_batch(
         R.CLEAN_PRED: clean.forward.predicted.cpu().numpy(),
         R.ADV_PRED: adv_pred.cpu().numpy(),
         R.SUCCESS: success.cpu().numpy(),
+        R.BEST_ATTEMPT: result.best_attempt.cpu().numpy(),
         R.CRAFTED_SUCCESS: result.success.cpu().numpy(),
         R.L2: l2,
         R.LINF: delta.abs().max(dim=1).values.cpu().numpy(),
         R.DISTORTION: l2 / np.sqrt(float(np.prod(bundle.meta.input_shape))),
+        R.INPUT_RANGE: np.full(len(y), bounds.width),
     }
-    return BatchResult(columns, clean.scores, detector_scores(detectors, bundle, adv_forward))
+    raw: dict[str, np.ndarray] = {}
+    combined = C.combined_detectors(detectors)
+    if combined:
+        if noise_generator is None:
+            raise ValueError("a combined detector needs a noise generator for its noisy inputs")
+        with torch.no_grad():
+            noisy = C.noisy_like(x, result.x_adv, bounds.low, bounds.high, noise_generator)
+            forwards = {"clean": clean.forward, "noisy": Forward.of(bundle.model, noisy), "adv": adv_forward}
+            for name, detector in combined.items():
+                raw.update(C.raw_columns(name, detector, bundle.model, bundle.defense, forwards))
+    return BatchResult(columns, clean.scores, detector_scores(detectors, bundle, adv_forward), raw)

@@ -31,8 +31,8 @@ def build_detectors(
 
 
 def applicable_detectors(bundle: ModelBundle, requested: Sequence[str] | None) -> list[str]:
-    """The requested detectors (errors if one does not apply), or every one that applies without adversarial data."""
-    if requested:
+    """The requested detectors (errors if one does not apply; an empty list: none), or, for None, every one that applies without adversarial data."""
+    if requested is not None:
         return list(requested)
     names = []
     for name in DETECTORS.names():

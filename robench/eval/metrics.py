@@ -13,10 +13,13 @@ Definitions (README "Metrics"), populations as in :mod:`robench.eval.records`:
 - ``robust_accuracy``: fraction of evaluated samples whose attacked input is classified correctly.
 - ``success_rate``: among clean-correct samples, the fraction where the attack succeeded.
 - ``distortion``: mean of ||x - x_adv||_2 / sqrt(h w c) over the successful attacks (001 Sec. 4.4.2).
-- ``auc_roc``: area under the ROC curve separating clean-correct clean inputs (positives) from
-  their successful adversarial inputs (negatives) by the detector's score (higher = clean), as in
-  001 Tables 7-11; computed as the Mann-Whitney statistic (ties count one half), which equals
-  the trapezoidal area under the empirical ROC curve.
+- ``distortion_255``: ``distortion`` on the 0-255 pixel scale, i.e. times 255 / (high - low) of the
+  model's declared input range: the scale 001 Tables 9-10's figures imply (18.42 / 255 = 0.072).
+- ``auc_roc``, ``auc_attempted``, ``auc_paired``: area under the ROC curve separating clean inputs
+  (positives) from adversarial inputs (negatives) by the detector's score (higher = clean), one
+  metric per *population* (:data:`POPULATIONS`): which inputs enter the two sides. Computed as
+  the Mann-Whitney statistic (ties count one half), which equals the trapezoidal area under the
+  empirical ROC curve.
 - ``flagged_rate``: fraction of attacked inputs whose score falls below the threshold that flags
   5% of the group's clean inputs (the k-th smallest clean score, k = floor(0.05 m), as
   :func:`robench.detectors.base.threshold_at_fpr`); for noise this is the detector's
@@ -109,6 +112,55 @@ def weighted_flagged_rate(w: Weighted, clean: np.ndarray, clean_ok: np.ndarray, 
 
 
 @dataclass(frozen=True)
+class Population:
+    """Which inputs an AUC separates: its name, metric, description and where the protocol comes from."""
+
+    name: str
+    metric: str
+    description: str
+    source: str
+
+
+# The AUC populations. A C&W-style attack that minimises distortion subject to f_2 = 0 stops every
+# successful example at the detector's threshold level, so ``successful`` can sit near 50% by
+# construction; ``attempted`` and ``paired`` also see how far the attack got on the others.
+POPULATIONS: dict[str, Population] = {
+    p.name: p
+    for p in (
+        Population(
+            "successful",
+            "auc_roc",
+            "clean-correct clean inputs vs the successful adversarial inputs",
+            "robench's AUC before populations were named: only the adversarial examples that fool the classifier enter",
+        ),
+        Population(
+            "attempted",
+            "auc_attempted",
+            "clean-correct clean inputs vs the attack's output for every clean-correct input (failures scored as returned)",
+            "001 Sec. 4.4: normal test samples vs the adversarial examples generated for every test image (Tables 7-8, 11)",
+        ),
+        Population(
+            "paired",
+            "auc_paired",
+            "each clean-correct input whose adversarial is misclassified, paired with that adversarial",
+            "the RCE reference code (Pang et al. 2018), whose layout 001 Tables 9-10 copy; Feinman et al. 2017's detect_adv_samples",
+        ),
+    )
+}
+DEFAULT_POPULATION = "successful"
+
+
+def population(name: str) -> Population:
+    """A population by name; an unknown one is a one-line error with a suggestion."""
+    if name not in POPULATIONS:
+        from robench.core.errors import ConfigError
+        from robench.core.registry import did_you_mean
+
+        raise ConfigError(f"unknown AUC population '{name}'{did_you_mean(name, list(POPULATIONS))}; populations: {', '.join(POPULATIONS)}")
+    return POPULATIONS[name]
+
+
+@dataclass(frozen=True)
 class DetectionPopulations:
     """The scores a detector's AUC separates: positives (clean-like) and negatives, with masks over the records."""
 
@@ -118,26 +170,38 @@ class DetectionPopulations:
     adversarial: np.ndarray  # every record's adversarial score
 
 
-def detection_populations(records: pd.DataFrame, detector: str) -> DetectionPopulations:
-    """Positives: clean-correct clean inputs; negatives: their successful adversarial inputs (001 Tables 7-11)."""
+def detection_populations(records: pd.DataFrame, detector: str, population_name: str = DEFAULT_POPULATION) -> DetectionPopulations:
+    """The positives (clean inputs) and negatives (adversarial inputs) of one AUC population (:data:`POPULATIONS`).
+
+    - ``successful``: clean-correct clean inputs vs the successful adversarial inputs;
+    - ``attempted``: clean-correct clean inputs vs the adversarial inputs of every clean-correct sample;
+    - ``paired``: the samples that are clean-correct and whose adversarial is misclassified, on both sides.
+
+    A side only takes finite scores (a detector that did not score a row leaves NaN).
+    """
+    population(population_name)
     clean, adversarial = R.clean_scores(records, detector), R.adv_scores(records, detector)
-    return DetectionPopulations(
-        positive=R.clean_correct(records) & np.isfinite(clean),
-        negative=R.successful(records) & np.isfinite(adversarial),
-        clean=clean,
-        adversarial=adversarial,
-    )
+    has_clean, has_adv = np.isfinite(clean), np.isfinite(adversarial)
+    correct = R.clean_correct(records)
+    if population_name == "successful":
+        positive, negative = correct & has_clean, R.successful(records) & has_adv
+    elif population_name == "attempted":
+        positive, negative = correct & has_clean, correct & has_adv
+    else:  # paired
+        both = correct & ~R.robust(records) & has_clean & has_adv
+        positive, negative = both, both
+    return DetectionPopulations(positive=positive, negative=negative, clean=clean, adversarial=adversarial)
 
 
-def roc_points(records: pd.DataFrame, detector: str) -> tuple[np.ndarray, np.ndarray] | None:
+def roc_points(records: pd.DataFrame, detector: str, population_name: str = DEFAULT_POPULATION) -> tuple[np.ndarray, np.ndarray] | None:
     """(fpr, tpr) of the detector's ROC curve on one group's records, or None without both populations.
 
-    The populations are :func:`detection_populations`, those of the ``auc_roc`` metric; the
-    trapezoidal area under these points equals the metric (tested).
+    The populations are :func:`detection_populations`, those of the population's AUC metric;
+    the trapezoidal area under these points equals the metric (tested).
     """
     from sklearn.metrics import roc_curve
 
-    pops = detection_populations(records, detector)
+    pops = detection_populations(records, detector, population_name)
     positive, negative = pops.clean[pops.positive], pops.adversarial[pops.negative]
     if len(positive) == 0 or len(negative) == 0:
         return None
@@ -188,11 +252,22 @@ def _distortion(w: Weighted, detector: str | None) -> np.ndarray:
     return w.mean(values, R.successful(w.records) & np.isfinite(values))
 
 
-def _auc_roc(w: Weighted, detector: str | None) -> np.ndarray:
-    if detector is None or R.is_corruption(w.records):  # a corruption has no adversarial population to separate
+def _distortion_255(w: Weighted, detector: str | None) -> np.ndarray:
+    if R.INPUT_RANGE not in w.records:  # records written before the column existed
         return w.nan()
-    pops = detection_populations(w.records, detector)
-    return weighted_auc(w.counts[:, pops.positive], pops.clean[pops.positive], w.counts[:, pops.negative], pops.adversarial[pops.negative])
+    values = R.distortion(w.records) * 255.0 / w.records[R.INPUT_RANGE].to_numpy(dtype=float)
+    return w.mean(values, R.successful(w.records) & np.isfinite(values))
+
+
+def _auc(population_name: str) -> Compute:
+    def compute(w: Weighted, detector: str | None) -> np.ndarray:
+        if detector is None or R.is_corruption(w.records):  # a corruption has no adversarial population to separate
+            return w.nan()
+        pops = detection_populations(w.records, detector, population_name)
+        return weighted_auc(w.counts[:, pops.positive], pops.clean[pops.positive], w.counts[:, pops.negative], pops.adversarial[pops.negative])
+
+    compute.__name__ = f"_auc_{population_name}"
+    return compute
 
 
 def _flagged_rate(w: Weighted, detector: str | None) -> np.ndarray:
@@ -207,7 +282,10 @@ _DEFINED = (
     Metric("robust_accuracy", "Robust Acc. (%)", True, True, False, "accuracy on attacked inputs", _robust_accuracy),
     Metric("success_rate", "Adv. Success (%)", False, True, False, "attack success among clean-correct samples", _success_rate),
     Metric("distortion", "Dist.", True, False, False, "mean L2 / sqrt(hwc) of successful perturbations", _distortion),
-    Metric("auc_roc", "AUC (%)", True, True, True, "detector AUC-ROC, clean-correct vs successful adversarial", _auc_roc),
+    Metric("distortion_255", "Dist. (0-255)", True, False, False, "distortion on the 0-255 pixel scale (x 255 / input range)", _distortion_255),
+    Metric("auc_roc", "AUC (%)", True, True, True, "detector AUC-ROC, clean-correct vs successful adversarial", _auc("successful")),
+    Metric("auc_attempted", "AUC att. (%)", True, True, True, "detector AUC-ROC, clean-correct vs every attack output of them", _auc("attempted")),
+    Metric("auc_paired", "AUC pair. (%)", True, True, True, "detector AUC-ROC, each misclassified adversarial paired with its clean input", _auc("paired")),
     Metric("flagged_rate", "Flagged (%)", True, True, True, "fraction of attacked inputs flagged at the clean 5%-FPR threshold", _flagged_rate),
 )
 METRICS: Registry[Metric] = Registry("metric", base=Metric)

@@ -89,6 +89,8 @@ def prepare(config: RunConfig, loader: Loader | None = None) -> Prepared:
     threats = select_threats(config.threat, substitute=config.substitute is not None)
     if config.sigmas:
         threats = [noise_threat(list(config.sigmas)) if t.name == "noise" else t for t in threats]
+    if config.extra_attacks:
+        threats = [t.with_added(list(config.extra_attacks)) for t in threats]
     threats = distribute(threats, config.settings, tuple(config.attacks))
     bundle = loader.bundle(config.model, device)
     data = loader.dataset(config.dataset or bundle.meta.dataset, config.data_root, bundle.meta.split_seed)
@@ -102,8 +104,6 @@ def prepare(config: RunConfig, loader: Loader | None = None) -> Prepared:
     family = data.spec.family
     prepared_threats = [PreparedThreat(t, [(spec, spec.build(family)) for spec in t.attacks]) for t in threats]
     names = applicable_detectors(bundle, config.detectors)
-    if "kd+bu" in names:
-        raise ConfigError("detector 'kd+bu' needs adversarial examples to fit its combiner; the runner does not fit it yet")
     detectors = build_detectors(names, family, config.detector_settings)
     for detector in detectors.values():
         detector.check_applicable(bundle.model, bundle.defense)

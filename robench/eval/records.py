@@ -10,7 +10,10 @@ Populations (paper 001 Sec. 4.4 and Tables 7-11):
 
 - *clean-correct*: samples whose clean input the evaluated model classifies correctly;
 - *successful*: clean-correct samples whose attack succeeded (untargeted: misclassified;
-  targeted: classified as the target; transfer: misclassified by the evaluated model);
+  targeted: classified as the target; transfer: misclassified by the evaluated model; and, for
+  an attack with a criterion of its own such as C&W-wb's f_2 = 0, that criterion met);
+- *best attempts*: failures for which a searching attack returned its best iterate rather than
+  the clean input (:data:`BEST_ATTEMPT`); they may be misclassified without being successes;
 - *attacked*: the inputs a detector's flagged rate is measured on: the successful ones for an
   attack, every noisy or rotated input for a corruption (004 Sec. 4.5, a false-positive rate).
 """
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-FORMAT = 2  # bump when the records' columns or meaning change: old parts are then never reused
+FORMAT = 3  # bump when the records' columns or meaning change: old parts are then never reused
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,8 @@ CRAFTED_SUCCESS = "crafted_success"
 L2 = "l2"
 LINF = "linf"
 DISTORTION = "distortion"
+INPUT_RANGE = "input_range"
+BEST_ATTEMPT = "best_attempt"
 _SCORE_CLEAN = "score_clean:"
 _SCORE_ADV = "score_adv:"
 
@@ -65,10 +70,12 @@ COLUMNS: tuple[Column, ...] = (
     Column(CLEAN_PRED, "int", "the evaluated model's prediction on the clean input"),
     Column(ADV_PRED, "int", "the evaluated model's prediction on the attacked input"),
     Column(SUCCESS, "bool", "the attack succeeded on the evaluated model (see the module docstring)"),
+    Column(BEST_ATTEMPT, "bool", "the attack missed its own criterion and returned its best attempt instead of the clean input (C&W family)"),
     Column(CRAFTED_SUCCESS, "bool", "the attack succeeded on the crafting model (its own criterion)"),
     Column(L2, "float", "||x_adv - x||_2"),
     Column(LINF, "float", "||x_adv - x||_inf"),
     Column(DISTORTION, "float", "||x_adv - x||_2 / sqrt(h w c) (001 Sec. 4.4.2)"),
+    Column(INPUT_RANGE, "float", "high - low of the model's declared input range (for distortion on the 0-255 scale)"),
 )
 # Plus, per detector D, ``score_clean:D`` and ``score_adv:D`` (float, higher = looks clean).
 
@@ -77,7 +84,44 @@ KEYS: tuple[str, ...] = (MODEL, THREAT, ATTACK, CRAFTED_ON)
 SAMPLE_KEYS: tuple[str, ...] = (*KEYS, SAMPLE)  # unique per record
 REQUIRED: tuple[str, ...] = (MODEL, THREAT, ATTACK, SAMPLE, LABEL, CLEAN_PRED, ADV_PRED, SUCCESS, DISTORTION)
 # The per-sample columns an attacked batch yields, in record order (after the identifying columns).
-BATCH_COLUMNS: tuple[str, ...] = (LABEL, TARGET, CLEAN_PRED, ADV_PRED, SUCCESS, CRAFTED_SUCCESS, L2, LINF, DISTORTION)
+BATCH_COLUMNS: tuple[str, ...] = (LABEL, TARGET, CLEAN_PRED, ADV_PRED, SUCCESS, BEST_ATTEMPT, CRAFTED_SUCCESS, L2, LINF, DISTORTION, INPUT_RANGE)
+
+
+# Combined detectors (KD+BU, robench.eval.combiner): raw features per input kind, and the fit split.
+RAW_KINDS: tuple[str, ...] = ("clean", "noisy", "adv")  # the inputs whose raw features a record holds
+RAW_FEATURES: tuple[str, ...] = ("kd", "bu")  # in the order of KDBUDetector.raw_features' columns
+_RAW = "raw_"
+_FITTED_ON = "fitted_on:"
+
+
+def raw_column(detector: str, kind: str, feature: str) -> str:
+    """The float record column of one raw feature of a combined detector, e.g. ``raw_clean:kd+bu:kd``.
+
+    ``kind`` is one of :data:`RAW_KINDS` (the clean input, the noisy input of :func:`robench.eval.combiner.noisy_like`,
+    the attacked input), ``feature`` one of :data:`RAW_FEATURES` (``kd``: log KD under the predicted
+    class; ``bu``: the BU detector's score, minus the MC-dropout uncertainty). NaN where the
+    feature was not computed.
+    """
+    if kind not in RAW_KINDS:
+        raise ValueError(f"unknown input kind {kind!r}; kinds: {', '.join(RAW_KINDS)}")
+    if feature not in RAW_FEATURES:
+        raise ValueError(f"unknown raw feature {feature!r}; features: {', '.join(RAW_FEATURES)}")
+    return f"{_RAW}{kind}:{detector}:{feature}"
+
+
+def raw_columns_of(detector: str) -> list[str]:
+    """Every raw-feature column of a combined detector, kind by kind."""
+    return [raw_column(detector, kind, feature) for kind in RAW_KINDS for feature in RAW_FEATURES]
+
+
+def fitted_column(detector: str) -> str:
+    """The bool record column saying a sample was in the fit split of a combined detector, e.g. ``fitted_on:kd+bu``.
+
+    True: the sample's group fitted a combiner and the sample was in its fit split, so its
+    scores are NaN. False: the sample was scored, or its group fitted no combiner.
+    """
+    return _FITTED_ON + detector
+
 
 
 def score_clean(detector: str) -> str:

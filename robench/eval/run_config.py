@@ -39,6 +39,8 @@ class RunConfig:
     substitute: Path | None = None  # the black-box threat's crafting model
     substitute_name: str | None = None  # its name in records [default: the file's stem]
     sanity: bool = boolean(True)  # run the model probes of robench.eval.sanity
+    # Attacks added to the (single) threat: {"label", "attack", "params", "target_mode"} each (suites' [[threat.add]]).
+    extra_attacks: tuple[Mapping[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         """Check every field's type and value (one-line ConfigError); lists become tuples."""
@@ -57,6 +59,9 @@ class RunConfig:
         object.__setattr__(self, "sigmas", tuple(self.sigmas))
         if self.sigmas and self.threat not in ("noise", ALL):
             raise ConfigError(f"--sigma applies to the noise threat, not '{self.threat}'")
+        object.__setattr__(self, "extra_attacks", _extra_attacks(self.extra_attacks))
+        if self.extra_attacks and self.threat == ALL:
+            raise ConfigError("added attacks need one threat model, not 'all'")
 
     @property
     def name(self) -> str:
@@ -78,6 +83,31 @@ _OPTIONAL_FIELDS = {"dataset", "data_root", "model_name", "substitute", "substit
 def _shown(value: Any) -> str:
     """``value``'s type and a short one-line repr, for error messages."""
     return f"{type(value).__name__} {reprlib.repr(value)}".replace("\n", " ")
+
+
+_EXTRA_KEYS = ("label", "attack", "params", "target_mode")
+
+
+def _extra_attacks(value: Any) -> tuple[dict[str, Any], ...]:
+    """Added attacks as a tuple of dicts with a label, a registered attack name, params and a target mode."""
+    example = "({'label': 'C&W-wb-class', 'attack': 'cw-wb', 'params': {'eta_mode': 'class'}, 'target_mode': 'random'},)"
+    if not isinstance(value, (tuple, list)) or not all(isinstance(v, Mapping) for v in value):
+        raise ConfigError(f"{_WHAT}: extra_attacks must be a list of mappings like {example}, got {_shown(value)}")
+    out = []
+    for entry in value:
+        unknown = [k for k in entry if k not in _EXTRA_KEYS]
+        if unknown:
+            raise ConfigError(f"{_WHAT}: an added attack has unknown key(s) {', '.join(map(str, unknown))}; keys: {', '.join(_EXTRA_KEYS)}")
+        for key in ("label", "attack"):
+            if not isinstance(entry.get(key), str) or not entry[key]:
+                raise ConfigError(f"{_WHAT}: every added attack needs a non-empty '{key}' string, got {_shown(entry.get(key))}")
+        params = entry.get("params", {})
+        _check_mapping("an added attack's params", params, "{'lr': 0.05}")
+        mode = entry.get("target_mode", "none")
+        if not isinstance(mode, str):
+            raise ConfigError(f"{_WHAT}: an added attack's target_mode must be a string, got {_shown(mode)}")
+        out.append({"label": entry["label"], "attack": entry["attack"], "params": dict(params), "target_mode": mode})
+    return tuple(out)
 
 
 def _check_scalar(key: str, value: Any) -> None:

@@ -22,14 +22,15 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from robench.attacks.base import AttackTarget, Bounds
+from robench.attacks.base import AttackNeeds, AttackTarget, Bounds
 from robench.core.bundle import ModelBundle
 from robench.core.errors import ConfigError
 from robench.core.provenance import git_revision, jsonable, package_versions
 from robench.detectors import fit_or_load
 from robench.eval import records as R
 from robench.eval.attack_batch import CleanBatch, attack_batch
-from robench.eval.density import AttackerDensity, attacker_density
+from robench.eval.combiner import combine, combined_detectors
+from robench.eval.density import SCORED_KD, AttackerDensity, DensitySettings, attacker_density, resolve_settings, scored_settings
 from robench.eval.lock import output_lock
 from robench.eval.metrics import summarize
 from robench.eval.output import format_summary, with_sanity_flags, write_run
@@ -60,23 +61,44 @@ def select_samples(n_test: int, n: int, seed: int) -> torch.Tensor:
 
 
 class _Densities:
-    """The attacker-side densities of a run, built once per (crafting model, subset size)."""
+    """The attacker-side densities of a run, built once per (crafting model, estimator settings)."""
 
     def __init__(self, prepared: Prepared) -> None:
         self.prepared = prepared
-        self.built: dict[tuple[str, int], AttackerDensity] = {}
+        self.scored = scored_settings(prepared.detectors)
+        self.built: dict[tuple[str, DensitySettings], AttackerDensity] = {}
+        self.used_by: dict[tuple[str, DensitySettings], list[str]] = {}
 
-    def get(self, crafting: ModelBundle, per_class: int | None) -> AttackerDensity | None:
-        if per_class is None:
+    def get(self, crafting: ModelBundle, needs: AttackNeeds, label: str) -> AttackerDensity | None:
+        if not needs.density:
             return None
-        key = (crafting.content_hash, int(per_class))
+        prepared = self.prepared
+        settings = resolve_settings(needs, self.scored, prepared.data.spec.family)
+        key = (crafting.content_hash, settings)
         if key not in self.built:
-            self.built[key] = attacker_density(crafting, self.prepared.data, int(per_class), self.prepared.device)
+            own = crafting is prepared.bundle and settings == self.scored
+            scored = prepared.detectors[SCORED_KD] if own else None
+            self.built[key] = attacker_density(crafting, prepared.data, settings, prepared.device, scored, prepared.train_name)  # type: ignore[arg-type]
+        users = self.used_by.setdefault(key, [])
+        if label not in users:
+            users.append(label)
         return self.built[key]
 
     def info(self) -> list[dict[str, Any]]:
+        """run.json's ``attacker_density``: each estimator's settings, eta levels and the scored detector's beside them."""
         return [
-            {"crafted_on": h, "kd_per_class": k, "eta": d.eta, "bandwidth": d.detector.bandwidth, "fit": "cached" if d.reused else "fitted"}
+            {
+                "crafted_on": h,
+                "attacks": self.used_by.get((h, k), []),
+                "bandwidth": k.bandwidth,
+                "kd_per_class": k.per_class,
+                "seed": k.seed,
+                "scored_kd": dataclasses.asdict(self.scored) if self.scored else None,
+                "same_as_scored": self.scored == k,
+                "eta": d.eta,
+                "eta_per_class": [float(v) for v in d.eta_per_class],
+                "fit": "scored detector" if d.is_scored else ("cached" if d.reused else "fitted"),
+            }
             for (h, k), d in self.built.items()
         ]
 
@@ -161,10 +183,11 @@ def _run(config: RunConfig, out: Path | None, progress: bool, echo: Callable[[st
                 if part is None:
                     if b not in clean_cache:
                         clean_cache = {b: CleanBatch.of(bundle, x, detectors)}
-                    density = densities.get(crafting, attack.needs().kd_per_class)
+                    density = densities.get(crafting, attack.needs(), f"{threat.name}/{spec.label}")
                     generator = torch.Generator().manual_seed(derive_seed(config.seed, spec.label, b))
+                    noise_generator = torch.Generator().manual_seed(derive_seed(config.seed, spec.label, b, "noisy"))
                     tic = time.perf_counter()
-                    result = attack_batch(bundle, crafting, attack, spec, bounds, density, x, y, generator, clean_cache[b], detectors)
+                    result = attack_batch(bundle, crafting, attack, spec, bounds, density, x, y, generator, clean_cache[b], detectors, noise_generator)
                     label = f"{threat.name}/{spec.label}"
                     timings[label] = timings.get(label, 0.0) + time.perf_counter() - tic
                     part = R.part(
@@ -178,6 +201,8 @@ def _run(config: RunConfig, out: Path | None, progress: bool, echo: Callable[[st
                         scores_clean=result.scores_clean,
                         scores_adv=result.scores_adv,
                     )
+                    if result.raw:
+                        part = part.assign(**result.raw)
                     store.put(key, part, index.numpy())
                 parts.append(part)
                 bar.update(1)
@@ -187,7 +212,10 @@ def _run(config: RunConfig, out: Path | None, progress: bool, echo: Callable[[st
     if store.reused:
         echo(f"{model_name}/{config.threat}: reused {store.reused} of {store.reused + store.computed} finished parts (threat x attack x batch) from {store.root}")
     records = pd.concat(parts, ignore_index=True)
-    sanity = _sanity(prepared, records, model_name, samples, bounds) if config.sanity else pd.DataFrame()
+    combined = combined_detectors(detectors)
+    if combined:  # fitted on a held-out split of each group's samples, scored on the rest
+        records = combine(records, combined)
+    sanity = _sanity(prepared, records, model_name, samples, bounds, densities.info()) if config.sanity else pd.DataFrame()
     summary = with_sanity_flags(summarize(records), sanity)
     info = {
         "config": jsonable(dataclasses.asdict(config)),
@@ -233,9 +261,9 @@ def _model_info(path: Path | None, name: str | None, bundle: ModelBundle) -> dic
 SANITY_PROBE_SAMPLES = 64
 
 
-def _sanity(prepared: Prepared, records: pd.DataFrame, model_name: str, samples: torch.Tensor, bounds: Bounds) -> pd.DataFrame:
-    """Model probes on the first samples plus the checks that read the records (robench.eval.sanity)."""
-    from robench.eval.sanity import probe_model, record_flags, sanity_table
+def _sanity(prepared: Prepared, records: pd.DataFrame, model_name: str, samples: torch.Tensor, bounds: Bounds, densities: list[dict[str, Any]]) -> pd.DataFrame:
+    """Model probes on the first samples, the checks that read the records, and the attacker-estimator check (robench.eval.sanity)."""
+    from robench.eval.sanity import estimator_flags, probe_model, record_flags, sanity_table
 
     bundle, data, device = prepared.bundle, prepared.data, prepared.device
     index = samples[:SANITY_PROBE_SAMPLES]
@@ -244,4 +272,6 @@ def _sanity(prepared: Prepared, records: pd.DataFrame, model_name: str, samples:
     generator = torch.Generator().manual_seed(derive_seed(prepared.config.seed, "sanity"))
     results = probe_model(target, x, y, generator=generator, objective="adaptive", model_name=model_name, threat="-")
     results += record_flags(records)
+    white_box = [t.threat.name for t in prepared.threats if t.threat.access == "white-box"]
+    results += estimator_flags(model_name, densities, white_box)
     return sanity_table(results)

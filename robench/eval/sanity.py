@@ -46,8 +46,8 @@ UNBOUNDED_STEP_FRACTION = 1 / 20  # PGD step as a fraction of the input range: 2
 
 _BUDGET_RTOL = 1e-4  # float32 round-off in the recorded L-inf distance of a step of exactly eps
 
-# The kinds of check: a probe of the model itself, or a pure function of the records.
-MODEL_PROBE, RECORD_CHECK = "model", "records"
+# The kinds of check: a probe of the model itself, a pure function of the records, or of the run's configuration.
+MODEL_PROBE, RECORD_CHECK, CONFIG_CHECK = "model", "records", "config"
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,12 @@ for _check in (
         RECORD_CHECK,
         "a black-box or gradient-free attack succeeds more often than every white-box attack on the same model",
         "Carlini et al. 2019 Sec. 5: gradient-free and transfer attacks should not outperform white-box ones",
+    ),
+    SanityCheck(
+        "attacker-estimator-differs",
+        CONFIG_CHECK,
+        "a white-box attack descends on a kernel density other than the scored KD detector's (bandwidth, points per class, seed), or the run scores no KD",
+        "001 Sec. 4.4.2: the white-box attacker knows the detector it is scored by; Carlini & Wagner 2017b",
     ),
     SanityCheck(
         "iterative-weaker-than-single-step",
@@ -257,6 +263,28 @@ def record_flags(records: pd.DataFrame, margin: float = 0.02, budgets: Mapping[s
         raise ConfigError(f"records lack the column(s) {', '.join(sorted(missing))} that sanity checks need")
     stats = _attack_stats(records, budgets or {})
     return _black_box_flags(stats, margin) + _iterative_flags(stats, margin)
+
+
+def estimator_flags(model: str, densities: Sequence[Mapping[str, object]], white_box_threats: Sequence[str]) -> list[SanityResult]:
+    """``attacker-estimator-differs``: one result per white-box threat whose attacks used an attacker density.
+
+    ``densities`` is run.json's ``attacker_density`` (each entry: ``attacks`` as ``threat/label``,
+    ``same_as_scored``, the settings of both). value = 1 when some attack of the threat used an
+    estimator other than the scored KD detector's (or the run scored no KD), else 0; threshold 0.5.
+    """
+    results = []
+    for threat in white_box_threats:
+        used = [d for d in densities if any(str(a).split("/", 1)[0] == threat for a in d.get("attacks", []))]  # type: ignore[union-attr]
+        if not used:
+            continue
+        differing = [d for d in used if not d.get("same_as_scored")]
+        detail = "; ".join(
+            f"{', '.join(d['attacks'])}: bandwidth {d['bandwidth']}, {d['kd_per_class'] or 'all'} per class"  # type: ignore[index]
+            + (f" vs the scored kd's {d['scored_kd']['bandwidth']}, {d['scored_kd']['per_class'] or 'all'}" if d.get("scored_kd") else " (no kd scored)")  # type: ignore[index]
+            for d in differing
+        ) or "the attacker descends on the scored KD detector's estimator"
+        results.append(SanityResult("attacker-estimator-differs", model, threat, bool(differing), float(bool(differing)), 0.5, detail))
+    return results
 
 
 def registered_attack(threat: str, label: str) -> tuple[type[Attack], str] | None:

@@ -17,6 +17,12 @@
     [threat.set]
     "BIM.steps" = 10
 
+    [[threat.add]]             # optional: an attack added to this threat (several allowed)
+    label = "C&W-wb-class"     # a new label: the records' attack name
+    attack = "cw-wb"           # a registered attack
+    target_mode = "random"
+    params = {eta_mode = "class", steps = 200}
+
     [[threat]]
     name = "black-box"
     substitute = ["softmax"]   # craft on these suite models, evaluate on each other model
@@ -49,7 +55,7 @@ from robench.eval.runner import RunResult, run
 
 _DEFAULT_KEYS = {"n", "batch_size", "seed", "device", "detectors", "data_root"}
 _MODEL_KEYS = {"name", "path"}
-_THREAT_KEYS = {"name", "set", "attacks", "models", "detectors", "sigmas", "substitute", "n", "batch_size"}
+_THREAT_KEYS = {"name", "set", "attacks", "models", "detectors", "sigmas", "substitute", "n", "batch_size", "add"}
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,7 @@ def load_suite(path: Path, overrides: dict[str, Any] | None = None) -> list[Suit
         if "sigmas" in threat and not (isinstance(threat["sigmas"], list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in threat["sigmas"])):
             raise ConfigError(f"{path}: threat '{threat['name']}': 'sigmas' must be a list of numbers, e.g. sigmas = [0.05, 0.1], got {threat['sigmas']!r}")
         _table(threat.get("set", {}), f"{path}: threat '{threat['name']}': set", '[threat.set] with "BIM.steps" = 10 below it')
+        added = _tables(threat.get("add", []), f"{path}: threat '{threat['name']}': add", '[[threat.add]] with label = "...", attack = "..." below it')
         only = threat.get("models", names)
         substitutes: list[str | None] = list(threat.get("substitute", [None]))
         for unknown in (set(only) | set(substitutes) - {None}) - set(names):
@@ -173,6 +180,7 @@ def load_suite(path: Path, overrides: dict[str, Any] | None = None) -> list[Suit
                 model_name=model["name"],
                 substitute=paths[substitute] if substitute is not None else None,
                 substitute_name=substitute,
+                extra_attacks=tuple(added),
                 **settings,
             )
             pairs.append(SuitePair(model["name"], config, substitute))
@@ -220,7 +228,8 @@ def suite_sanity(results: list[RunResult]) -> pd.DataFrame:
     white-box attacks run as separate pairs, and only together can the black-box one be seen to beat the other."""
     from robench.eval.sanity import SANITY_CHECKS, record_flags, sanity_table
 
-    model_checks = [name for name in SANITY_CHECKS.names() if SANITY_CHECKS.get(name).kind == "model"]
+    # every pair's own checks (model probes, configuration checks); the record checks are redone over all pairs
+    model_checks = [name for name in SANITY_CHECKS.names() if SANITY_CHECKS.get(name).kind != "records"]
     probes = [r.sanity[r.sanity["check"].isin(model_checks)] for r in results if len(r.sanity)]
     records = pd.concat([r.records for r in results], ignore_index=True)
     combined = sanity_table(record_flags(records))

@@ -111,6 +111,21 @@ class ThreatModel:
             specs[label] = replace(spec, params=merged)
         return replace(self, attacks=tuple(specs[a.label] for a in self.attacks))
 
+    def with_added(self, added: list[Mapping[str, Any]]) -> ThreatModel:
+        """This threat plus attacks ``{"label", "attack", "params", "target_mode"}`` (a suite's ``[[threat.add]]``).
+
+        A label must be new; the attack must be registered (did-you-mean); its parameters are
+        checked when the attack is built.
+        """
+        specs = list(self.attacks)
+        for entry in added:
+            label = entry["label"]
+            if label in {s.label for s in specs}:
+                raise ConfigError(f"threat '{self.name}' already has an attack labelled '{label}'; give the added attack another label")
+            ATTACKS.get(entry["attack"])
+            specs.append(AttackSpec(label, entry["attack"], dict(entry.get("params", {})), entry.get("target_mode", "none")))
+        return replace(self, attacks=tuple(specs))
+
     def only(self, labels: list[str]) -> ThreatModel:
         """Keep the named attacks only (``--attack``)."""
         known = self.labels()

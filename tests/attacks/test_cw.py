@@ -75,6 +75,7 @@ def test_registered_names_norm_and_defaults():
         "abort_early": True,
         "objective": "margin",
         "likelihood_weight": 0.0,
+            "return_attempt": True,
     }
     assert CarliniWagnerL2.for_dataset("mnist", {"steps": "20", "abort_early": "no"}) == CarliniWagnerL2(steps=20, abort_early=False)
 
@@ -200,13 +201,22 @@ def test_other_bounds_give_the_shifted_result_inside_them(trained_tiny, float64)
     assert wide.x_adv.min() < 0.0 or wide.x_adv.max() > 1.0
 
 
-def test_failures_and_already_adversarial_inputs_come_back_unchanged(trained_tiny):
+def test_failures_come_back_as_flagged_best_attempts_or_unchanged(trained_tiny):
     bundle = trained_tiny["softmax"]
     x, y = correct_images(bundle, trained_tiny["data"], 8)
     target = target_of(bundle)
-    weak = CarliniWagnerL2(steps=5, binary_search_steps=1, initial_const=1e-4)(target, x, y, generator=torch.Generator())
-    assert not weak.success.all()
-    assert torch.equal(weak.x_adv[~weak.success], x[~weak.success])
+    weak_settings = {"steps": 5, "binary_search_steps": 1, "initial_const": 1e-4}
+    unchanged = CarliniWagnerL2(**weak_settings, return_attempt=False)(target, x, y, generator=torch.Generator())
+    assert not unchanged.success.all()
+    assert torch.equal(unchanged.x_adv[~unchanged.success], x[~unchanged.success])
+    assert not unchanged.best_attempt.any()
+    # by default a failure returns its best attempt (the references' behaviour), flagged and never a success
+    weak = CarliniWagnerL2(**weak_settings)(target, x, y, generator=torch.Generator())
+    assert torch.equal(weak.success, unchanged.success)
+    failed = ~weak.success
+    assert weak.best_attempt[failed].all() and not weak.best_attempt[weak.success].any()
+    assert ((weak.x_adv[failed] - x[failed]).flatten(1).norm(dim=1) > 0).all()
+    assert torch.equal(weak.x_adv[weak.success], unchanged.x_adv[weak.success])
     # labelled with a class the model does not predict: already adversarial, distortion 0
     wrong = (target.predict(x) + 1) % 10
     done = CarliniWagnerL2(**FAST)(target, x, wrong, generator=torch.Generator())

@@ -77,7 +77,7 @@ def test_success_means_target_class_and_f2_zero(trained_tiny):
     assert (nll[hit] <= eta + 1e-4).all()  # f_2 = 0 on every success
     assert (result.predicted[hit] == targets[hit]).all()
     failed = ~hit
-    assert torch.equal(result.x_adv[failed], x[failed])  # failures come back unchanged
+    assert result.best_attempt[failed].all()  # failures come back as flagged best attempts
     # the plain C&W (no f_2) leaves many of its adversarial inputs below the density level
     plain = ATTACKS.get("cw-l2")(**FAST, initial_const=1.0)(AttackTarget(bundle.model, bundle.defense, UNIT), x, y, targets, generator=torch.Generator())
     plain_nll = -kd.log_density(plain.forward.z, targets)
@@ -136,16 +136,81 @@ def test_needs_targets_a_kd_detector_and_eta(trained_tiny):
         attack(AttackTarget(bundle.model, bundle.defense, UNIT, detector=kd), x, y, targets, generator=torch.Generator())
 
 
-@pytest.mark.parametrize("params", [{"eta_mode": "median"}, {"kd_per_class": -1}, {"kd_per_class": 1.5}, {"steps": 0}])
+@pytest.mark.parametrize(
+    "params",
+    [{"eta_mode": "median"}, {"kd_per_class": -2}, {"kd_per_class": 1.5}, {"steps": 0}, {"kd_bandwidth": -1.0}, {"first_lr": 0.0}, {"first_search_steps": 0}],
+)
 def test_bad_parameters(params):
     with pytest.raises(ConfigError):
         CarliniWagnerWhiteBox(**params)
 
 
+def test_an_unknown_eta_mode_is_one_line_with_a_suggestion():
+    with pytest.raises(ConfigError, match="classs") as error:
+        CarliniWagnerWhiteBox(eta_mode="classs")
+    assert "class" in str(error.value) and "\n" not in str(error.value)
+
+
 def test_registered_with_reference_defaults():
     attack = ATTACKS.get("cw-wb")()
-    assert attack.initial_const == 1.0 and attack.kd_per_class == 100 and attack.eta_mode == "train-median"
-    assert attack.norm == "l2" and attack.needs().kd_per_class == attack.kd_per_class
+    assert attack.initial_const == 1.0 and attack.kd_per_class == -1 and attack.kd_bandwidth == 0.0 and attack.eta_mode == "global"
+    needs = attack.needs()
+    assert attack.norm == "l2" and needs.density and needs.kd_per_class is None and needs.kd_bandwidth is None
+    assert CarliniWagnerWhiteBox(kd_per_class=100, kd_bandwidth=0.5).needs().kd_per_class == 100
+    assert CarliniWagnerWhiteBox(kd_per_class=100, kd_bandwidth=0.5).needs().kd_bandwidth == 0.5
+
+
+def test_a_failure_returns_a_target_classified_iterate_when_one_was_found(trained_tiny):
+    """A density term that can never reach 0 (a constant f_2 = 1: no gradient, so the iterates are exactly the
+    plain targeted C&W's) makes every sample fail; each returns its best attempt: target-classified wherever
+    the plain C&W found a target-classified iterate, flagged, and never counted as a success."""
+
+    class NeverDense(CarliniWagnerWhiteBox):
+        def _penalty(self, target, forward, targets, context):
+            return torch.ones(forward.z.shape[0], dtype=forward.z.dtype)
+
+    bundle, data, x, y, targets = attack_inputs(trained_tiny, 12)
+    kd, eta = fitted_kd(bundle, data)
+    target = AttackTarget(bundle.model, bundle.defense, UNIT, detector=kd, detector_eta=eta)
+    settings = {**FAST, "abort_early": False}
+    result = NeverDense(**settings)(target, x, y, targets, generator=torch.Generator())
+    assert not result.success.any() and result.best_attempt.all()
+    plain = ATTACKS.get("cw-l2")(**settings, initial_const=1.0)(AttackTarget(bundle.model, bundle.defense, UNIT), x, y, targets, generator=torch.Generator())
+    assert plain.success.float().mean() >= 0.5
+    assert (result.predicted[plain.success] == targets[plain.success]).all()
+    unchanged = NeverDense(**settings, return_attempt=False)(target, x, y, targets, generator=torch.Generator())
+    assert torch.equal(unchanged.x_adv, x) and not unchanged.best_attempt.any()
+
+
+def test_class_eta_mode_uses_the_target_class_median(trained_tiny):
+    bundle, data, x, y, targets = attack_inputs(trained_tiny, 16)
+    kd, _ = fitted_kd(bundle, data)
+    z = features_of(bundle.model, data.train.x, CPU)
+    per_class = kd.median_training_nll_per_class(z, data.train.y)
+    values, classes = kd.training_nll(z, data.train.y)
+    assert per_class[3] == values[classes == 3].median()
+    assert kd.median_training_nll(z, data.train.y) == pytest.approx(float(values.median()))
+    target = AttackTarget(bundle.model, bundle.defense, UNIT, detector=kd, detector_eta_per_class=per_class)
+    result = CarliniWagnerWhiteBox(**FAST, eta_mode="class")(target, x, y, targets, generator=torch.Generator())
+    nll = -kd.log_density(result.forward.z, targets)
+    assert result.success.any()
+    assert (nll[result.success] <= per_class[targets[result.success]] + 1e-4).all()
+    with pytest.raises(ConfigError, match="detector_eta_per_class"):
+        CarliniWagnerWhiteBox(**FAST, eta_mode="class")(AttackTarget(bundle.model, bundle.defense, UNIT, detector=kd), x, y, targets, generator=torch.Generator())
+
+
+def test_two_phase_starts_the_density_phase_from_a_plain_cw(trained_tiny):
+    bundle, data, x, y, targets = attack_inputs(trained_tiny, 12)
+    kd, eta = fitted_kd(bundle, data)
+    target = AttackTarget(bundle.model, bundle.defense, UNIT, detector=kd, detector_eta=eta)
+    settings = {**FAST, "steps": 40}
+    two = CarliniWagnerWhiteBox(**settings, two_phase=True, first_initial_const=1.0)(target, x, y, targets, generator=torch.Generator())
+    assert two.success.any()
+    nll = -kd.log_density(two.forward.z, targets)
+    assert (nll[two.success] <= eta + 1e-4).all() and (two.predicted[two.success] == targets[two.success]).all()
+    # the distortion is measured from the clean input, not from the first phase's output
+    one = CarliniWagnerWhiteBox(**settings)(target, x, y, targets, generator=torch.Generator())
+    assert not torch.equal(two.x_adv, one.x_adv)
 
 
 def test_without_the_density_term_it_is_exactly_targeted_cw_l2(trained_tiny):

@@ -19,15 +19,33 @@ Modules, one job each:
 - :mod:`.layouts`: :class:`Layout`, the cell builders and the ``LAYOUTS`` registry;
 - :mod:`.build`: :func:`build_table` / :func:`build_tables`, a layout applied to a summary;
 - :mod:`.format`: numbers as displayed, best-value marks, the display frame;
-- :mod:`.render`: LaTeX, Markdown, CSV and HTML.
+- :mod:`.render`: LaTeX, Markdown, CSV and HTML;
+- :mod:`.paper_columns`: a paper's own numbers (``reports/reproduce/papers.csv``, :mod:`robench.report.paper`)
+  beside robench's, each column split into ``robench`` and ``paper``.
+
+:class:`TableOptions` picks the AUC population of the AUC cells (``successful``, ``attempted``,
+``paired``) and the white-box layout's distortion scale (1 or 255); captions state both.
 """
 
 from __future__ import annotations
 
-from robench.report.tables.build import DATASET_LEVEL, build_table, build_tables
+from robench.report.tables.build import DATASET_LEVEL, build_table, build_tables, metric_notes
 from robench.report.tables.format import NA, best_mask, cell_text, display_frame, format_value
 from robench.report.tables.labels import DOWN, UP, ModelInfo, detector_label, metric_header, model_infos
-from robench.report.tables.layouts import ACCURACY_THREATS, DEFAULT_ORDER, LAYOUTS, PAPER_LAYOUTS, WHITE_BOX_METRICS, CellBuilder, Layout
+from robench.report.tables.layouts import (
+    ACCURACY_THREATS,
+    DEFAULT_OPTIONS,
+    DEFAULT_ORDER,
+    DISTORTION_SCALES,
+    LAYOUTS,
+    PAPER_LAYOUTS,
+    WHITE_BOX_METRICS,
+    CellBuilder,
+    Layout,
+    TableOptions,
+    white_box_metrics,
+)
+from robench.report.tables.paper_columns import PAPER, PAPER_READY_LAYOUTS, ROBENCH, SOURCE, with_paper_columns
 from robench.report.tables.render import COMPACT_LATEX, FORMATS, LONGTABLE_ROWS, STANDALONE_HTML, STANDALONE_LATEX, render, render_tables
 from robench.report.tables.table import Table
 
@@ -35,13 +53,19 @@ __all__ = [
     "ACCURACY_THREATS",
     "COMPACT_LATEX",
     "DATASET_LEVEL",
+    "DEFAULT_OPTIONS",
     "DEFAULT_ORDER",
+    "DISTORTION_SCALES",
     "DOWN",
     "FORMATS",
     "LAYOUTS",
     "LONGTABLE_ROWS",
     "NA",
+    "PAPER",
     "PAPER_LAYOUTS",
+    "PAPER_READY_LAYOUTS",
+    "ROBENCH",
+    "SOURCE",
     "STANDALONE_HTML",
     "STANDALONE_LATEX",
     "UP",
@@ -50,6 +74,7 @@ __all__ = [
     "Layout",
     "ModelInfo",
     "Table",
+    "TableOptions",
     "best_mask",
     "build_table",
     "build_tables",
@@ -58,7 +83,10 @@ __all__ = [
     "display_frame",
     "format_value",
     "metric_header",
+    "metric_notes",
     "model_infos",
     "render",
     "render_tables",
+    "white_box_metrics",
+    "with_paper_columns",
 ]

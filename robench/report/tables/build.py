@@ -10,9 +10,9 @@ import pandas as pd
 
 from robench.core.errors import ConfigError
 from robench.eval import records as R
-from robench.eval.metrics import SUMMARY_KEYS
+from robench.eval.metrics import METRICS, POPULATIONS, SUMMARY_KEYS
 from robench.report.tables.labels import model_infos
-from robench.report.tables.layouts import DEFAULT_ORDER, LAYOUTS, Layout
+from robench.report.tables.layouts import DEFAULT_OPTIONS, DEFAULT_ORDER, DISTORTION, DISTORTION_255, LAYOUTS, Layout, TableOptions
 from robench.report.tables.table import COUNT, DETECTOR, HIGH, LOW, METRIC, Table
 
 DATASET_LEVEL = "Dataset"
@@ -23,10 +23,12 @@ def build_table(
     summary: pd.DataFrame,
     model_meta: Mapping[str, Mapping[str, Any]] | None = None,
     intervals: pd.DataFrame | None = None,
+    options: TableOptions = DEFAULT_OPTIONS,
 ) -> Table:
     """Build one layout from a summary (``metrics.summarize``) and run.json model entries.
 
-    ``intervals`` (``bootstrap.bootstrap_intervals``) adds ``low``/``high`` to each cell.
+    ``intervals`` (``bootstrap.bootstrap_intervals``) adds ``low``/``high`` to each cell;
+    ``options`` picks the AUC population and the distortion scale (:class:`TableOptions`).
     Raises ConfigError when the layout's threat, attack or detectors are absent.
     """
     spec = LAYOUTS.get(layout) if isinstance(layout, str) else layout
@@ -43,7 +45,7 @@ def build_table(
         raise ConfigError(f"layout '{spec.name}': the summary holds no rows")
     selected = selected.reset_index(drop=True)
     infos = model_infos(list(dict.fromkeys(selected[R.MODEL])), model_meta or {})
-    cells = spec.cells(selected, infos).reset_index(drop=True)
+    cells = spec.cells(selected, infos, options).reset_index(drop=True)
     rows, columns, group = spec.rows, spec.columns, None
     datasets = {infos[m].dataset for m in cells[R.MODEL]}
     if spec.mark_best and len(datasets) > 1:
@@ -61,7 +63,8 @@ def build_table(
     if intervals is not None:
         cells = _join_intervals(cells, intervals)
     best_along = None if not spec.mark_best else ("columns" if spec.model_axis == "rows" else "rows")
-    return Table(spec.name, _caption(spec, selected), f"tab:robench-{spec.name}", cells, rows, columns, best_along, group)
+    caption = " ".join([_caption(spec, selected), *metric_notes(cells[METRIC].unique())])
+    return Table(spec.name, caption, f"tab:robench-{spec.name}", cells, rows, columns, best_along, group)
 
 
 def _caption(spec: Layout, selected: pd.DataFrame) -> str:
@@ -71,6 +74,31 @@ def _caption(spec: Layout, selected: pd.DataFrame) -> str:
     threats = [t for t in spec.threats if t in present] or sorted(present)
     listed = ", ".join(threats[:-1]) + (" and " if len(threats) > 1 else "") + threats[-1]
     return f"{spec.caption.format(threats=listed)} n = {n} test samples per attack."
+
+
+_DISTORTION_NOTES = {
+    DISTORTION: "mean L2 / sqrt(hwc) of the successful adversarial inputs, in the model's input units (pixels in [0, 1])",
+    DISTORTION_255: "mean L2 / sqrt(hwc) of the successful adversarial inputs on the 0-255 pixel scale (x 255 / input range; the scale 001 Tables 9-10 imply)",
+}
+
+
+def metric_notes(metrics: Sequence[str]) -> list[str]:
+    """Caption sentences for the metrics a table shows: the AUC population(s) and the distortion scale(s).
+
+    ``AUC population: paired (each clean-correct input whose adversarial is misclassified, ...)``
+    for one AUC metric; with several (the summary layout) each AUC header names its population.
+    """
+    shown = set(metrics)
+    aucs = [p for p in POPULATIONS.values() if p.metric in shown]
+    notes = []
+    if len(aucs) == 1:
+        notes.append(f"AUC population: {aucs[0].name} ({aucs[0].description}).")
+    elif aucs:
+        notes.append("AUC populations: " + "; ".join(f"{METRICS.get(p.metric).label} {p.name} ({p.description})" for p in aucs) + ".")
+    scales = [m for m in (DISTORTION, DISTORTION_255) if m in shown]
+    if scales:
+        notes.append("; ".join(f"{METRICS.get(m).label}: {_DISTORTION_NOTES[m]}" for m in scales) + ".")
+    return notes
 
 
 def _join_intervals(cells: pd.DataFrame, intervals: pd.DataFrame) -> pd.DataFrame:
@@ -92,12 +120,13 @@ def build_tables(
     layouts: Sequence[str] | None = None,
     intervals: pd.DataFrame | None = None,
     defaults: Sequence[str] = DEFAULT_ORDER,
+    options: TableOptions = DEFAULT_OPTIONS,
 ) -> tuple[list[Table], list[str]]:
     """The named layouts (each must apply), or every one of ``defaults`` that applies; returns (tables, notes on skipped ones)."""
     if layouts:
         for name in layouts:
             LAYOUTS.get(name)  # unknown names fail with did-you-mean before anything is built
-        return [build_table(name, summary, model_meta, intervals) for name in dict.fromkeys(layouts)], []
+        return [build_table(name, summary, model_meta, intervals, options) for name in dict.fromkeys(layouts)], []
     tables, notes = [], []
     for name in defaults:
         layout = LAYOUTS.get(name)
@@ -105,5 +134,5 @@ def build_tables(
         if reason:
             notes.append(f"skipped: {reason}")
             continue
-        tables.append(build_table(layout, summary, model_meta, intervals))
+        tables.append(build_table(layout, summary, model_meta, intervals, options))
     return tables, notes

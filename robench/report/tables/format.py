@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from robench.eval.metrics import METRICS
-from robench.report.tables.table import COUNT, HIGH, LOW, METRIC, Table
+from robench.report.tables.table import COUNT, HIGH, LOW, METRIC, TEXT, Table
 
 NA = "-"  # a NaN value, or no cell
 
@@ -44,6 +44,9 @@ def best_mask(table: Table) -> pd.DataFrame:
     shown = np.vectorize(_rounded, otypes=[float])(values.to_numpy(), names)
     higher = np.vectorize(_higher_is_better, otypes=[bool])(names)
     comparable = np.vectorize(lambda m: m in METRICS, otypes=[bool])(names)
+    if table.reference is not None:  # a paper's numbers are shown beside, never competing
+        level, value = table.reference
+        comparable &= ~np.asarray(values.columns.get_level_values(level) == value)[None, :]
     # orient so that every comparison runs down a column of `shown`
     along_rows = table.best_along == "rows"
     shown, higher, comparable = (a.T if along_rows else a for a in (shown, higher, comparable))
@@ -62,10 +65,16 @@ def best_mask(table: Table) -> pd.DataFrame:
 
 
 def cell_text(table: Table) -> pd.DataFrame:
-    """Each cell as displayed: ``84.3``, or ``84.3 [82.1, 86.0]`` with intervals; ``-`` for NaN or no cell."""
+    """Each cell as displayed: ``84.3``, or ``84.3 [82.1, 86.0]`` with intervals; ``-`` for NaN or no cell.
+
+    A cell with a ``text`` (a paper's ``≤1.0``) shows that text instead.
+    """
     values, metrics = table.values(), table.values(METRIC).fillna(COUNT)
     fmt = np.vectorize(format_value, otypes=[object])
     text = fmt(values.to_numpy(), metrics.to_numpy())
+    if TEXT in table.cells:
+        given = table.values(TEXT).to_numpy()
+        text = np.where(pd.isna(given), text, given)
     if table.has_intervals:
         low = fmt(table.values(LOW).to_numpy(), metrics.to_numpy())
         high = fmt(table.values(HIGH).to_numpy(), metrics.to_numpy())

@@ -14,22 +14,52 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from robench.core.errors import ConfigError
 from robench.core.registry import Registry
 from robench.eval import records as R
-from robench.eval.metrics import METRICS, NO_DETECTOR, SUMMARY_KEYS
+from robench.eval.metrics import DEFAULT_POPULATION, METRICS, NO_DETECTOR, SUMMARY_KEYS, population
 from robench.report.tables.labels import ModelInfo, detector_label, detector_rank, metric_header
 from robench.report.tables.table import COUNT, DETECTOR, METRIC, VALUE
 
-CellBuilder = Callable[[pd.DataFrame, Mapping[str, ModelInfo]], pd.DataFrame]
+DISTORTION, DISTORTION_255 = "distortion", "distortion_255"  # the metrics' names
+DISTORTION_SCALES = {1: DISTORTION, 255: DISTORTION_255}  # --scale -> the white-box layout's distortion metric
+
+
+@dataclass(frozen=True)
+class TableOptions:
+    """How cells that could show several metrics are filled: the AUC population and the distortion scale."""
+
+    population: str = DEFAULT_POPULATION  # a key of metrics.POPULATIONS
+    distortion_scale: int = 1  # 1: the model's input units ([0, 1]); 255: the 0-255 pixel scale
+
+    def __post_init__(self) -> None:
+        population(self.population)  # an unknown name: one-line error with a suggestion
+        if self.distortion_scale not in DISTORTION_SCALES:
+            raise ConfigError(f"distortion scale must be one of {', '.join(map(str, DISTORTION_SCALES))}, got {self.distortion_scale}")
+
+    @property
+    def auc_metric(self) -> str:
+        """The AUC metric of the population (``auc_paired`` for ``paired``)."""
+        return population(self.population).metric
+
+    @property
+    def distortion_metric(self) -> str:
+        return DISTORTION_SCALES[self.distortion_scale]
+
+
+DEFAULT_OPTIONS = TableOptions()
+CellBuilder = Callable[[pd.DataFrame, Mapping[str, ModelInfo], TableOptions], pd.DataFrame]
+MetricList = Callable[[TableOptions], tuple[str, ...]]
 
 
 @dataclass(frozen=True)
 class Layout:
     """A paper table's shape: which summary rows it reads and how they become cells.
 
-    ``cells(selected_summary, infos)`` returns one row per cell with the row-level
+    ``cells(selected_summary, infos, options)`` returns one row per cell with the row-level
     columns ``rows``, the column-level columns ``columns``, and ``model, threat,
-    attack, detector, metric, value``. ``model_axis`` says where the models are:
+    attack, detector, metric, value``. ``metrics(options)`` names the metrics it shows
+    (empty: every metric of the summary). ``model_axis`` says where the models are:
     the best value is marked among them (per column when they are rows, per row
     when they are columns), only within one dataset.
     """
@@ -41,7 +71,9 @@ class Layout:
     rows: tuple[str, ...]
     columns: tuple[str, ...]
     cells: CellBuilder
+    metrics: MetricList = lambda options: ()
     attacks: tuple[str, ...] = ()  # only these attacks (empty: all)
+    attack_prefix: str = ""  # only attacks whose label starts with this (a suite's added variants, e.g. "C&W-wb/...")
     needs_detectors: bool = False
     model_axis: Literal["rows", "columns"] = "rows"
     mark_best: bool = True
@@ -50,6 +82,8 @@ class Layout:
         selected = summary[summary[R.THREAT].isin(self.threats)]
         if self.attacks:
             selected = selected[selected[R.ATTACK].isin(self.attacks)]
+        if self.attack_prefix:
+            selected = selected[selected[R.ATTACK].astype(str).str.startswith(self.attack_prefix)]
         if self.needs_detectors:
             selected = selected[selected[DETECTOR] != NO_DETECTOR]
         return selected
@@ -65,6 +99,10 @@ class Layout:
             rows = rows[rows[R.ATTACK].isin(self.attacks)]
             if rows.empty:
                 return f"layout '{self.name}' needs attack {' or '.join(self.attacks)} of threat {wanted}, which the run does not hold"
+        if self.attack_prefix:
+            rows = rows[rows[R.ATTACK].astype(str).str.startswith(self.attack_prefix)]
+            if rows.empty:
+                return f"layout '{self.name}' needs attacks labelled '{self.attack_prefix}...' of threat {wanted}, which the run does not hold"
         if self.needs_detectors and (rows[DETECTOR] == NO_DETECTOR).all():
             return f"layout '{self.name}' needs detector scores, and threat {wanted} was run without detectors"
         return None
@@ -90,6 +128,8 @@ def _ordered(summary: pd.DataFrame, infos: Mapping[str, ModelInfo]) -> pd.DataFr
 
 
 def _cells(frame: pd.DataFrame, metric: str, **levels: pd.Series | str) -> pd.DataFrame:
+    if metric not in frame:  # a hand-made or old summary without the requested population's column
+        raise ConfigError(f"the summary has no '{metric}' column (summaries of runs read by this robench have every metric)")
     keys = frame[[*SUMMARY_KEYS, DETECTOR]]
     return keys.assign(**levels, **{METRIC: metric, VALUE: frame[metric].astype(float)})
 
@@ -104,19 +144,45 @@ def _method_label(frame: pd.DataFrame, infos: Mapping[str, ModelInfo]) -> pd.Ser
     return model + detector
 
 
-def _detection_cells(selected: pd.DataFrame, infos: Mapping[str, ModelInfo]) -> pd.DataFrame:
+def _auc_only(options: TableOptions) -> tuple[str, ...]:
+    return (options.auc_metric,)
+
+
+def _detection_cells(selected: pd.DataFrame, infos: Mapping[str, ModelInfo], options: TableOptions) -> pd.DataFrame:
     ordered = _ordered(selected, infos)
-    return _cells(ordered, "auc_roc", **{"Detection Method": _method_label(ordered, infos), "Attack": ordered[R.ATTACK]})
+    return _cells(ordered, options.auc_metric, **{"Detection Method": _method_label(ordered, infos), "Attack": ordered[R.ATTACK]})
 
 
-WHITE_BOX_METRICS = ("auc_roc", "distortion", "success_rate")
+WHITE_BOX_METRICS = ("auc_roc", DISTORTION, "success_rate")  # with the default options
 
 
-def _white_box_cells(selected: pd.DataFrame, infos: Mapping[str, ModelInfo]) -> pd.DataFrame:
+def white_box_metrics(options: TableOptions) -> tuple[str, ...]:
+    """AUC of the population, distortion at the scale, success rate: the columns of 001 Tables 9-10."""
+    return (options.auc_metric, options.distortion_metric, "success_rate")
+
+
+def _white_box_cells(selected: pd.DataFrame, infos: Mapping[str, ModelInfo], options: TableOptions) -> pd.DataFrame:
     ordered = _ordered(selected, infos)
     method = _method_label(ordered, infos)
-    parts = [_cells(ordered, m, **{"Detection Method": method, "Metric": metric_header(m)}) for m in WHITE_BOX_METRICS]
+    parts = [_cells(ordered, m, **{"Detection Method": method, "Metric": metric_header(m)}) for m in white_box_metrics(options)]
     # interleave so each row's three cells are adjacent and rows keep their order
+    return pd.concat(parts).sort_index(kind="stable")
+
+
+ABLATION_METRICS = ("auc_roc", "auc_attempted", "auc_paired", "success_rate")
+
+
+def ablation_metrics(options: TableOptions) -> tuple[str, ...]:
+    """Every AUC population side by side, the success rate and the distortion on the options' scale."""
+    return (*ABLATION_METRICS, options.distortion_metric)
+
+
+def _ablation_cells(selected: pd.DataFrame, infos: Mapping[str, ModelInfo], options: TableOptions) -> pd.DataFrame:
+    ordered = _ordered(selected, infos)
+    attack_rank = {a: i for i, a in enumerate(dict.fromkeys(selected[R.ATTACK]))}
+    ordered = ordered.iloc[np.argsort(ordered[R.ATTACK].map(attack_rank).to_numpy(), kind="stable")].reset_index(drop=True)
+    levels = {"Attack": ordered[R.ATTACK], "Detection Method": _method_label(ordered, infos)}
+    parts = [_cells(ordered, m, **levels, Metric=metric_header(m)) for m in ablation_metrics(options)]
     return pd.concat(parts).sort_index(kind="stable")
 
 
@@ -129,13 +195,13 @@ def _substitute_note(frame: pd.DataFrame, infos: Mapping[str, ModelInfo]) -> pd.
     return (" (from " + label + ")").where(crafted != frame[R.MODEL].astype(str), "")
 
 
-def _black_box_cells(selected: pd.DataFrame, infos: Mapping[str, ModelInfo]) -> pd.DataFrame:
+def _black_box_cells(selected: pd.DataFrame, infos: Mapping[str, ModelInfo], options: TableOptions) -> pd.DataFrame:
     ordered = _ordered(selected, infos)
     attack_rank = {a: i for i, a in enumerate(dict.fromkeys(selected[R.ATTACK]))}
     ordered = ordered.iloc[np.argsort(ordered[R.ATTACK].map(attack_rank).to_numpy(), kind="stable")]
     return _cells(
         ordered,
-        "auc_roc",
+        options.auc_metric,
         Attack=ordered[R.ATTACK],
         Detector=ordered[DETECTOR].map(detector_label),
         **{"Target Model": _model_label(ordered, infos) + _substitute_note(ordered, infos)},
@@ -143,9 +209,11 @@ def _black_box_cells(selected: pd.DataFrame, infos: Mapping[str, ModelInfo]) -> 
 
 
 ACCURACY_THREATS = ("white-box", "spsa", "noise", "rotation")
+ACCURACY_METRICS = ("clean_accuracy", "robust_accuracy")
+CLEAN_COLUMN = "Clean"  # the accuracy layout's Attack level of the clean-accuracy column
 
 
-def _accuracy_cells(selected: pd.DataFrame, infos: Mapping[str, ModelInfo]) -> pd.DataFrame:
+def _accuracy_cells(selected: pd.DataFrame, infos: Mapping[str, ModelInfo], options: TableOptions) -> pd.DataFrame:
     # accuracies do not depend on the detector: one summary row per model x threat x attack
     per_attack = _ordered(selected, infos).drop_duplicates(SUMMARY_KEYS)
     threat_rank = per_attack[R.THREAT].map({t: i for i, t in enumerate(ACCURACY_THREATS)})
@@ -155,14 +223,14 @@ def _accuracy_cells(selected: pd.DataFrame, infos: Mapping[str, ModelInfo]) -> p
     clean = _ordered(largest, infos)
     return pd.concat(
         [
-            _cells(clean, "clean_accuracy", Model=_model_label(clean, infos), Threat="", Attack="Clean"),
-            _cells(per_attack, "robust_accuracy", Model=_model_label(per_attack, infos), Threat=per_attack[R.THREAT], Attack=per_attack[R.ATTACK]),
+            _cells(clean, ACCURACY_METRICS[0], Model=_model_label(clean, infos), Threat="", Attack=CLEAN_COLUMN),
+            _cells(per_attack, ACCURACY_METRICS[1], Model=_model_label(per_attack, infos), Threat=per_attack[R.THREAT], Attack=per_attack[R.ATTACK]),
         ],
         ignore_index=True,
     )
 
 
-def _summary_cells(selected: pd.DataFrame, infos: Mapping[str, ModelInfo]) -> pd.DataFrame:
+def _summary_cells(selected: pd.DataFrame, infos: Mapping[str, ModelInfo], options: TableOptions) -> pd.DataFrame:
     metrics = [COUNT, *[c for c in selected.columns if c in METRICS]]  # unknown extra columns are ignored
     # transfer rows name their substitute, so one target attacked from two substitutes keeps two rows
     threat = selected[R.THREAT] + _substitute_note(selected, infos)
@@ -183,6 +251,7 @@ for _layout in (
         rows=("Detection Method",),
         columns=("Attack",),
         cells=_detection_cells,
+        metrics=_auc_only,
         needs_detectors=True,
     ),
     Layout(
@@ -194,6 +263,7 @@ for _layout in (
         rows=("Detection Method",),
         columns=("Metric",),
         cells=_white_box_cells,
+        metrics=white_box_metrics,
     ),
     Layout(
         name="black-box",
@@ -203,6 +273,7 @@ for _layout in (
         rows=("Attack", "Detector"),
         columns=("Target Model",),
         cells=_black_box_cells,
+        metrics=_auc_only,
         needs_detectors=True,
         model_axis="columns",
     ),
@@ -214,9 +285,23 @@ for _layout in (
         rows=("Model",),
         columns=("Threat", "Attack"),
         cells=_accuracy_cells,
+        metrics=lambda options: ACCURACY_METRICS,
     ),
 ):
     LAYOUTS.register(_layout)
+LAYOUTS.register(
+    Layout(
+        name="white-box-ablation",
+        description="C&W-wb variants (a suite's added 'C&W-wb/...' attacks): every AUC population, success and distortion",
+        caption="C&W-wb variants against the classifier and its KD detector: the AUC of each population (successful, attempted, paired), success rate and distortion.",
+        threats=("white-box",),
+        attack_prefix="C&W-wb/",
+        rows=("Attack", "Detection Method"),
+        columns=("Metric",),
+        cells=_ablation_cells,
+        metrics=ablation_metrics,
+    ),
+)
 LAYOUTS.register(
     Layout(
         name="summary",

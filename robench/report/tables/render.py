@@ -43,12 +43,17 @@ def _arrows_to_latex(label: Any) -> str:
     return str(label).replace(UP, r"$\uparrow$").replace(DOWN, r"$\downarrow$")
 
 
+def _cell_to_latex(text: Any) -> str:
+    # a paper's bound (``≤1.0``, see paper_columns) is not ASCII either
+    return str(text).replace("\u2264", r"$\leq$")
+
+
 def _latex(table: Table, best: bool, compact: bool = False) -> str:
     frame, bold = display_frame(table, best)
     css = pd.DataFrame(np.where(bold, "textbf: --rwrap;", ""), index=bold.index, columns=bold.columns)
     styler = (
         frame.style.hide(axis="index")
-        .format(escape="latex")
+        .format(_cell_to_latex, escape="latex")
         .format_index(_arrows_to_latex, escape="latex", axis=1)
         .apply(lambda _: css, axis=None)
     )

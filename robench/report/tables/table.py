@@ -12,11 +12,17 @@ import pandas as pd
 from robench.eval.metrics import COUNT, DETECTOR  # noqa: F401 - the summary's detector and count columns, re-exported
 
 METRIC, VALUE, LOW, HIGH = "metric", "value", "low", "high"  # a cell's metric, value and interval
+TEXT = "text"  # optional: a cell's display text where it is not its formatted value (a paper's "<= 1")
+_OBJECT_FIELDS = (METRIC, TEXT)
 
 
 @dataclass(frozen=True)
 class Table:
-    """A built layout: long ``cells`` (with ``low``/``high`` when intervals were joined) and how to pivot them."""
+    """A built layout: long ``cells`` (with ``low``/``high`` when intervals were joined) and how to pivot them.
+
+    ``reference`` ``(level, value)``: the cells whose column ``level`` holds ``value`` are reference
+    numbers (a paper's, see :mod:`.paper_columns`), shown but never marked best.
+    """
 
     layout: str
     caption: str
@@ -26,6 +32,7 @@ class Table:
     columns: tuple[str, ...]
     best_along: Literal["rows", "columns"] | None
     group: str | None = None  # a level (e.g. Dataset) within which values are compared
+    reference: tuple[str, str] | None = None
 
     @property
     def has_intervals(self) -> bool:
@@ -37,12 +44,13 @@ class Table:
 
 
 def pivot(cells: pd.DataFrame, rows: Sequence[str], columns: Sequence[str], field: str) -> pd.DataFrame:
-    """``cells[field]`` as a rows x columns frame, both in first-appearance order; no cell: NaN (None for ``metric``)."""
+    """``cells[field]`` as a rows x columns frame, both in first-appearance order; no cell: NaN (None for ``metric`` and ``text``)."""
     row_keys = list(zip(*(cells[level] for level in rows)))
     col_keys = list(zip(*(cells[level] for level in columns)))
     row_order, col_order = list(dict.fromkeys(row_keys)), list(dict.fromkeys(col_keys))
     row_at, col_at = {k: i for i, k in enumerate(row_order)}, {k: i for i, k in enumerate(col_order)}
-    out = np.full((len(row_order), len(col_order)), np.nan if field != METRIC else None, dtype=object if field == METRIC else float)
+    textual = field in _OBJECT_FIELDS
+    out = np.full((len(row_order), len(col_order)), None if textual else np.nan, dtype=object if textual else float)
     out[[row_at[k] for k in row_keys], [col_at[k] for k in col_keys]] = cells[field].to_numpy()
     return pd.DataFrame(
         out,
