@@ -120,7 +120,7 @@ def test_a_suite_adds_attacks_to_a_threat(bundles, tmp_path):
         assert "\n" not in str(error.value)
 
 
-SUITES = sorted((ROOT / "reports" / "reproduce").glob("*/*.toml"))
+SUITES = sorted((ROOT / "reports" / "reproduce").glob("*/*.toml")) + [ROOT / "reports" / "reproduce" / "ablation.toml"]
 
 
 def test_there_is_a_bundled_and_a_gpu_suite_per_paper_table():
@@ -143,7 +143,7 @@ def test_reproduction_suites_parse_and_their_attacks_build(path):
             threats = [t.with_added(list(config.extra_attacks)) for t in threats]
         for threat in distribute(threats, config.settings, tuple(config.attacks)):
             for spec in threat.attacks:
-                spec.build("mnist" if path.parent.name == "bundled" else "cifar10")
+                spec.build("cifar10" if path.parent.name == "gpu" else "mnist")
 
 
 def test_the_ablation_layout_shows_every_population_per_cw_wb_variant():

@@ -241,6 +241,8 @@ def test_the_summary_layout_names_every_population_it_shows(white_box_run):
         (["--paper", "001-t10", "--layout", "detection"], ("'white-box' table", "--layout detection")),
         (["--paper", "001-t10", "--scale", "1"], ("0-255 scale",)),
         (["--paper", "004-t1"], ("004 Table 1 prints numbers for CIFAR-10", "mnist-5k (MNIST)", "tables with MNIST numbers: 001 Table 10")),
+        (["--paper", "004-t1", "--paper-dataset", "CIFAR10"], ("--paper-dataset CIFAR10", "did you mean 'CIFAR-10'")),
+        (["--paper-dataset", "CIFAR-10"], ("--paper-dataset applies with --paper",)),
     ],
 )
 def test_bad_paper_and_population_values_are_one_line_errors(white_box_run, papers, capsys, args, fragments):
@@ -337,3 +339,12 @@ def test_the_real_papers_file_renders_beside_a_run(white_box_run):
     header, rows = markdown_table(result.stdout)
     assert list(rows) == ["Softmax+KD", "GM+KD", "GM+Likelihood", "RCE+KD"]
     assert all(cell not in ("", "-") for cell in rows["RCE+KD"][2::2])
+
+
+def test_another_datasets_numbers_only_when_asked_and_said_so(tmp_path, papers):
+    root = tmp_path / "runs"
+    write_model(root, "mmc", "mmc", "white-box", ["PGD-10-un"], shift=2.0)  # on mnist-5k; 004 Table 1 is CIFAR-10
+    result = invoke(str(root), "--paper", "004-t1", "--paper-dataset", "CIFAR-10", "--papers-file", str(papers))
+    header, rows = markdown_table(result.stdout)
+    assert rows["MMC"][4] == "36.5" and rows["MMC"][3] != "-"
+    assert "paper's numbers are on CIFAR-10 and robench's on MNIST" in result.stdout and "not as a comparison" in result.stdout

@@ -97,6 +97,10 @@ def resolve_paper_options(
     "builds its layout, with its AUC population and the 0-255 distortion scale.",
 )  # fmt: skip
 @click.option(
+    "--paper-dataset", metavar="DATASET", default=None,
+    help="With --paper: show the paper's numbers for this dataset (e.g. CIFAR-10) even though the run is on another (the caption says so).",
+)
+@click.option(
     "--papers-file", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None,
     help=f"The papers' numbers, read with --paper [default: {DEFAULT_PAPERS_FILE} under the current folder, else the repository root].",
 )  # fmt: skip
@@ -111,7 +115,7 @@ def resolve_paper_options(
 )
 def report(
     run_dir: Path, fmt: str | None, layouts: tuple[str, ...], out: Path | None, force: bool, ci: bool, resamples: int,
-    best: bool, standalone: bool, plots: bool, plots_dir: Path | None, paper_name: str | None, papers_file: Path | None,
+    best: bool, standalone: bool, plots: bool, plots_dir: Path | None, paper_name: str | None, paper_dataset: str | None, papers_file: Path | None,
     population_name: str | None, scale: str | None,
 ) -> None:
     """Tables in the layouts of the papers (001 Tables 7-11, 004 Tables 1-2) from a run directory.
@@ -136,6 +140,8 @@ def report(
     for name in layouts:
         LAYOUTS.get(name)  # a misspelt layout fails before the records are read
     paper = load_paper_table(paper_name, papers_file) if paper_name is not None else None
+    if paper_dataset is not None and paper is None:
+        raise ConfigError("--paper-dataset applies with --paper (which paper table's numbers to show)")
     layouts, options, option_notes = resolve_paper_options(paper, layouts, population_name, scale)
     run = load_run_dir(run_dir)
     summary = run.summary()
@@ -152,7 +158,7 @@ def report(
     if options.distortion_metric == DISTORTION_255 and R.INPUT_RANGE not in run.records and any(t.layout == "white-box" for t in tables):
         notes.append("the run's records predate the input-range column: its distortion on the 0-255 scale is '-' (rerun to fill it)")
     if paper is not None:
-        tables, paper_notes = zip(*(with_paper_columns(t, paper, run.model_meta(), options) for t in tables))
+        tables, paper_notes = zip(*(with_paper_columns(t, paper, run.model_meta(), options, paper_dataset) for t in tables))
         tables = list(tables)
         notes += [n for part in paper_notes for n in part]
     for note in notes:

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from robench.core.errors import ConfigError
+from robench.core.registry import did_you_mean
 from robench.eval import records as R
 from robench.eval.metrics import METRICS, NO_DETECTOR, POPULATIONS
 from robench.eval.threats import THREATS
@@ -54,10 +55,14 @@ def _split_method(row: str) -> tuple[str, str]:
 
 
 def _threat_of(attack: str) -> str:
-    """The accuracy layout's Threat level of a paper column: the threat whose attack it is (``PGD-10-un (16/255)``: PGD-10-un's)."""
+    """The accuracy layout's Threat level of a paper column: the threat whose attack it is.
+
+    ``PGD-10-un (16/255)`` and ``PGD-10-un-2x`` (a reproduction suite's added attack at twice the
+    budget) count as PGD-10-un's.
+    """
     if attack == CLEAN_COLUMN:
         return ""
-    for label in (attack, attack.split(" (")[0]):
+    for label in (attack, attack.split(" (")[0], attack.removesuffix("-2x")):
         for threat in ACCURACY_THREATS:
             if label in THREATS.get(threat).labels():
                 return threat
@@ -123,11 +128,14 @@ def with_paper_columns(
     paper: PaperNumbers,
     model_meta: Mapping[str, Mapping[str, Any]] | None,
     options: TableOptions,
+    other_dataset: str | None = None,
 ) -> tuple[Table, list[str]]:
     """``table`` with a ``Source`` column level: each column as ``robench`` and ``paper`` (the paper's numbers as printed).
 
     Returns the table and notes (numbers the layout cannot show). A layout without paper
-    columns, or a run on none of the paper table's datasets, is a one-line error.
+    columns, or a run on none of the paper table's datasets, is a one-line error, unless
+    ``other_dataset`` names the paper dataset whose numbers to show anyway (``--paper-dataset``:
+    a bundled-data variant of a CIFAR-10 table); the caption then says the datasets differ.
     """
     if table.layout not in _AXES:
         raise ConfigError(f"--paper applies to the layouts {', '.join(_AXES)}, not '{table.layout}'")
@@ -135,6 +143,11 @@ def with_paper_columns(
     with_detector, column_level, levels_of = _AXES[table.layout]
     keys = _robench_keys(table, meta, with_detector, column_level)
     numbers = paper.numbers
+    own_datasets = [d for d in dict.fromkeys(keys["dataset"]) if d]
+    if other_dataset is not None:
+        if other_dataset not in paper.datasets:
+            raise ConfigError(f"--paper-dataset {other_dataset}: {paper.table.name} prints numbers for {', '.join(paper.datasets)}{did_you_mean(other_dataset, paper.datasets)}")
+        keys = keys.assign(dataset=other_dataset)
     run_datasets = [d for d in dict.fromkeys(keys["dataset"]) if d]
     kept = numbers[numbers["dataset"].isin(run_datasets)]
     if kept.empty:
@@ -186,6 +199,11 @@ def with_paper_columns(
         f"{table.caption} Beside each robench column, {paper.table.name}'s own number ({datasets}; as printed, from {paper.source.name}; "
         f"'-': none); the protocols differ (PROTOCOLS.md beside that file)."
     )
+    if other_dataset is not None and other_dataset not in own_datasets:
+        caption += (
+            f" The paper's numbers are on {other_dataset} and robench's on {', '.join(own_datasets) or 'another dataset'}:"
+            " different data, shown for orientation, not as a comparison."
+        )
     return (
         Table(table.layout, caption, table.label, cells, table.rows, (*table.columns, SOURCE), table.best_along, table.group, (SOURCE, PAPER)),
         notes,
