@@ -228,8 +228,7 @@ class CarliniWagnerL2(Attack):
                 with torch.no_grad():
                     detached = Forward(x=x_i.detach(), z=forward.z.detach(), logits=forward.logits.detach())
                     margin = value.detach() if not self.likelihood_weight else self._margin(target, detached, y_i, t_i)
-                    predicted = detached.logits.argmax(1)
-                    hit = predicted != y_i if t_i is None else predicted == t_i
+                    hit = self._hit(detached, y_i, t_i)
                     success = hit & (margin <= -self.kappa)
                     objective = margin if penalty is None else margin + penalty.detach()
                     if penalty is not None:
@@ -293,9 +292,13 @@ class CarliniWagnerL2(Attack):
 
     def _reached(self, target: AttackTarget, forward: Forward, y: Tensor, targets: Tensor | None, margin: Tensor) -> Tensor:
         """Per-sample success: wrong class (or the target) with the margin objective at -kappa."""
+        return self._hit(forward, y, targets) & (margin <= -self.kappa)
+
+    @staticmethod
+    def _hit(forward: Forward, y: Tensor, targets: Tensor | None) -> Tensor:
+        """Per sample: classified as wanted (a wrong class untargeted, the target targeted)."""
         predicted = forward.logits.argmax(1)
-        hit = predicted != y if targets is None else predicted == targets
-        return hit & (margin <= -self.kappa)
+        return predicted != y if targets is None else predicted == targets
 
 
 @ATTACKS.register

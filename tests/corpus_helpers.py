@@ -153,10 +153,11 @@ def _write_records(folder: Path, frame: pd.DataFrame, run_json: str | None = Non
         (folder / "run.json").write_text(run_json)
 
 
-def _set_seed(folder: Path, seed: int) -> None:
+def set_seed(folder: Path, seed: int, n: int = 30) -> None:
+    """Give a synthetic run's run.json the config seed (and n) ``robench run`` records."""
     path = folder / "run.json"
     info = json.loads(path.read_text())
-    info["config"] = {"seed": seed, "n": 30, "threat": THREAT}
+    info["config"] = {"seed": seed, "n": n, "threat": THREAT}
     info["threats"] = [{"name": THREAT, "attacks": []}]
     path.write_text(json.dumps(info))
 
@@ -181,7 +182,7 @@ RUN_FOLDERS = {
 def _run_folders(world: Path) -> None:
     good = world / "run" / "soft" / THREAT
     write_synthetic_run(good, synthetic_records(model="soft", attacks=("FGSM",), n=30, detectors=("max-prob",)))
-    _set_seed(good, 0)
+    set_seed(good, 0)
     records = pd.read_parquet(good / "records.parquet")
     runs = world / "runs"
     (runs / "empty").mkdir(parents=True)

@@ -22,8 +22,8 @@ FAST_WB = {"C&W-wb.steps": 5, "C&W-wb.binary_search_steps": 2}
 
 
 @pytest.fixture(scope="module")
-def dropout_bundle(trained_tiny, tmp_path_factory):
-    """trained_tiny's GM model trained again with dropout (BU needs it), saved as a bundle."""
+def dropout_bundle(tmp_path_factory):
+    """A GM model trained as trained_tiny's, but with dropout (BU needs it), saved as a bundle."""
     from robench.core.train_bundle import train_bundle
 
     arch = {"width": 8, "hidden": 32, "feature_dim": 16, "dropout": 0.25}
@@ -131,7 +131,6 @@ def test_there_is_a_bundled_and_a_gpu_suite_per_paper_table():
 
 @pytest.mark.parametrize("path", SUITES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_reproduction_suites_parse_and_their_attacks_build(path):
-    from robench.eval.prepare import PreparedThreat  # noqa: F401  (the import documents what prepare builds)
     from robench.eval.threats import distribute, select_threats
 
     pairs = load_suite(path)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from corpus_helpers import set_seed
 from test_cli import assert_one_line_error
 from test_cli import run as run_cli
 from test_regression import two_model_run
@@ -29,21 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 THREAT = "semi-white-box"
 
 
-def _set_seed(folder: Path, seed: int) -> None:
-    """Give a synthetic run's run.json the config seed ``robench run`` records."""
-    path = folder / "run.json"
-    info = json.loads(path.read_text())
-    info["config"] = {"seed": seed, "n": 60, "threat": THREAT}
-    info["threats"] = [{"name": THREAT, "attacks": []}]
-    path.write_text(json.dumps(info))
-
-
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     """test_regression's two-model run, smaller, with the seed ``robench run`` records in each run.json."""
     root = two_model_run(tmp_path / "run", n=60, gm_detectors=("kd",))
     for model in ("soft", "gm"):
-        _set_seed(root / model / THREAT, 0)
+        set_seed(root / model / THREAT, 0, n=60)
     return root
 
 
@@ -194,7 +186,7 @@ def test_another_sample_count_cannot_be_judged(capsys, run_dir: Path, baseline: 
 
 
 def test_another_seed_cannot_be_judged_and_unrecorded_seeds_are_not_compared(capsys, run_dir: Path, baseline: Path, tmp_path: Path) -> None:
-    _set_seed(run_dir / "soft" / THREAT, 3)
+    set_seed(run_dir / "soft" / THREAT, 3, n=60)
     _cannot_judge(capsys, run_dir, baseline, "soft/semi-white-box ran with seed 3, the baseline with seed 0", "--seed")
     # A version-1 baseline from before seeds were recorded: not recorded, not an error.
     old = _rewrite(baseline, tmp_path / "old.json", seeds=None)

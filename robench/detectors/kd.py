@@ -109,13 +109,16 @@ class KernelDensityDetector(Detector):
         """eta of C&W-wb (paper 001 Sec. 4.4.2): the median over training features of -log KD_y(z) (:meth:`training_nll`)."""
         return float(self.training_nll(z, labels, chunk)[0].median())
 
-    def median_training_nll_per_class(self, z: Tensor, labels: Tensor, chunk: int = 1024) -> Tensor:
-        """The same median per class (K,): C&W-wb's eta per target class (the RCE reference's ``median_for_attack``)."""
+    def training_medians(self, z: Tensor, labels: Tensor, chunk: int = 1024) -> tuple[float, Tensor]:
+        """C&W-wb's eta levels: the median of :meth:`training_nll` over all points, and per class (K,).
+
+        The per-class one is the RCE reference's ``median_for_attack`` (eta of the target class);
+        a class without training features gets the overall median.
+        """
         values, classes = self.training_nll(z, labels, chunk)
-        missing = [k for k in range(len(self._points)) if not bool((classes == k).any())]
-        if missing:
-            raise ConfigError(f"kd: class(es) {missing} have no training features to compute a per-class eta from")
-        return torch.stack([values[classes == k].median() for k in range(len(self._points))])
+        overall = values.median()
+        per_class = [values[classes == k].median() if bool((classes == k).any()) else overall for k in range(len(self._points))]
+        return float(overall), torch.stack(per_class)
 
     def training_nll(self, z: Tensor, labels: Tensor, chunk: int = 1024) -> tuple[Tensor, Tensor]:
         """-log KD_y(z) of every training feature under its own class, leaving itself out, and the class of each value.

@@ -83,7 +83,5 @@ def attacker_density(
         )
         reused = fit_or_load(kd, crafting, data.train, device, train_name=train_name or f"{data.name}:{data.split_seed}")
         is_scored = False
-    z, labels = features_of(crafting.model, data.train.x, device), data.train.y.to(device)
-    values, classes = kd.training_nll(z, labels)
-    per_class = torch.stack([values[classes == k].median() if bool((classes == k).any()) else values.median() for k in range(crafting.model.num_classes)])
-    return AttackerDensity(kd, float(values.median()), per_class.detach().cpu(), settings, reused, is_scored)
+    eta, per_class = kd.training_medians(features_of(crafting.model, data.train.x, device), data.train.y.to(device))
+    return AttackerDensity(kd, eta, per_class.detach().cpu(), settings, reused, is_scored)

@@ -38,7 +38,8 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from robench.core.registry import Registry
+from robench.core.errors import ConfigError
+from robench.core.registry import Registry, did_you_mean
 from robench.eval import records as R
 
 FLAG_FPR = 0.05
@@ -153,9 +154,6 @@ DEFAULT_POPULATION = "successful"
 def population(name: str) -> Population:
     """A population by name; an unknown one is a one-line error with a suggestion."""
     if name not in POPULATIONS:
-        from robench.core.errors import ConfigError
-        from robench.core.registry import did_you_mean
-
         raise ConfigError(f"unknown AUC population '{name}'{did_you_mean(name, list(POPULATIONS))}; populations: {', '.join(POPULATIONS)}")
     return POPULATIONS[name]
 
