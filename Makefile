@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.robench-installed
 
-.PHONY: install demo test test-all regression regression-baseline reproduce ablation clean
+.PHONY: install demo demo-full test test-all regression regression-baseline reproduce ablation clean
 
 install: $(STAMP)
 
@@ -15,6 +15,10 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(VENV)/bin/robench demo --out reports/demo
+
+# The longer demo settings: twice the samples, C&W 5 x 100 (C&W-wb 5 x 150) Adam steps (about 3x longer).
+demo-full: $(STAMP)
+	$(VENV)/bin/robench demo --full --out reports/demo-full
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -47,4 +51,4 @@ test-all: $(STAMP)
 	ROBENCH_SLOW=1 $(PY) -m pytest -q
 
 clean:
-	rm -rf $(VENV) reports/demo reports/models build .pytest_cache
+	rm -rf $(VENV) reports/demo reports/demo-full reports/models build .pytest_cache

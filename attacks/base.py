@@ -7,11 +7,13 @@ model declares, and optionally a detector (white-box C&W-wb). ``Attack.__call__`
 1. checks that the inputs lie in the bounds, labels are valid, and targets differ from labels;
 2. calls ``run`` (the subclass's algorithm), which returns adversarial inputs;
 3. checks that they are finite and in the bounds (never clamps a buggy attack's output silently);
-4. recomputes success from the model's own prediction on the returned inputs
+4. recomputes success from the model's own prediction on the returned inputs, in fp32 even when
+   ``run`` ran under bf16 / fp16 autocast (``AttackTarget.precision``, :mod:`robench.core.precision`)
    (misclassified, or classified as the target), never trusting the attack's claim. An attack
    with a criterion of its own (C&W's confidence kappa, C&W-wb's f_2 = 0) returns
    :class:`Crafted` with that criterion per sample; success then needs both, so the attack
-   can only make success stricter. Where the criterion failed and the attack returned
+   can only make success stricter (at a lower precision the criterion is judged again in fp32,
+   :meth:`Attack.criterion`). Where the criterion failed and the attack returned
    something other than the clean input (its best attempt), ``AttackResult.best_attempt`` says so.
 
 Randomness comes only from the ``torch.Generator`` passed in; the global RNG is never touched.
@@ -29,6 +31,7 @@ from torch import Tensor
 from robench.core.config import Configurable
 from robench.core.errors import ConfigError
 from robench.core.models import Classifier, Forward
+from robench.core.precision import FP32, full_precision, lowered
 from robench.core.registry import Registry
 from robench.defenses import Defense
 
@@ -74,9 +77,19 @@ class AttackTarget:
     # the leave-one-out median over the training set, and the same median per class (K,).
     detector_eta: float | None = None
     detector_eta_per_class: Tensor | None = None
+    # The precision the attack loop runs at (robench.core.precision); its output is judged in fp32 either way.
+    precision: str = FP32
 
     def forward(self, x: Tensor) -> Forward:
-        return Forward.of(self.model, x)
+        """The model's pass on ``x``; under autocast its features and logits come back in ``x``'s dtype.
+
+        The convolutions and products run at the lower precision, the attack's objectives, margins
+        and densities on the up-cast outputs (differentiably), so every loss is summed in fp32.
+        """
+        forward = Forward.of(self.model, x)
+        if forward.logits.dtype != x.dtype:
+            forward = Forward(x=x, z=forward.z.to(x.dtype), logits=forward.logits.to(x.dtype))
+        return forward
 
     def predict(self, x: Tensor) -> Tensor:
         with torch.no_grad():
@@ -172,8 +185,10 @@ class Attack(Configurable, ABC):
                 raise ConfigError("a target equals the true label; targets must be wrong classes")
         was_training = target.model.training
         target.model.eval()
+        device = x.device
         try:
-            crafted = self.run(target, x.detach(), y, targets, generator)
+            with lowered(device, target.precision):
+                crafted = self.run(target, x.detach(), y, targets, generator)
             if isinstance(crafted, Crafted):
                 x_adv, reached = crafted.x_adv.detach(), crafted.reached.to(torch.bool)
                 if reached.shape != y.shape:
@@ -184,8 +199,13 @@ class Attack(Configurable, ABC):
                 raise RuntimeError(f"attack '{self.name}' returned non-finite or mis-shaped inputs")
             if not target.bounds.contains(x_adv):
                 raise RuntimeError(f"attack '{self.name}' left the input bounds")
-            with torch.no_grad():
+            with torch.no_grad(), full_precision(device):
                 forward = target.forward(x_adv)
+                if x_adv.dtype != x.dtype:
+                    raise RuntimeError(f"attack '{self.name}' returned {x_adv.dtype} inputs for {x.dtype} ones")
+                if reached is not None and target.precision != FP32:  # the attack's own criterion again, in fp32
+                    again = self.criterion(target, x, y, targets, forward)
+                    reached = reached if again is None else reached & again.to(torch.bool)
         finally:
             target.model.train(was_training)
         predicted = forward.predicted
@@ -195,6 +215,22 @@ class Attack(Configurable, ABC):
             success = success & reached
             best_attempt = ~reached & (x_adv != x).flatten(1).any(1)
         return AttackResult(x_adv=x_adv, success=success, predicted=predicted, forward=forward, best_attempt=best_attempt)
+
+    def cost(self) -> float:
+        """Estimated model passes per image (a forward with its backward counts as one): the cascade's cheapest-first key.
+
+        :mod:`robench.eval.cascade` runs a threat's attacks in increasing cost; the estimate only
+        orders them, it is never reported as a measurement (run.json counts the passes made).
+        """
+        return float(getattr(self, "steps", 1))
+
+    def criterion(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, forward: Forward) -> Tensor | None:
+        """The attack's own success criterion on ``forward`` (a pass on its output), or None for none.
+
+        ``__call__`` judges it again in fp32 when the attack ran at a lower precision, so a
+        criterion met only under bf16 / fp16 rounding never counts (C&W's margin, C&W-wb's f_2).
+        """
+        return None
 
     def needs(self) -> AttackNeeds:
         """What the runner must provide in the AttackTarget; most attacks need nothing beyond the model."""

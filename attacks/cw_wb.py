@@ -106,6 +106,11 @@ class CarliniWagnerWhiteBox(CarliniWagnerL2):
             kd_bandwidth=self.kd_bandwidth or None,
         )
 
+    def cost(self) -> float:
+        """``cw-l2``'s, doubled for the kernel density over the training features at every step, plus the first phase."""
+        first = self.first_search_steps * self.steps if self.two_phase else 0
+        return float(2 * self.binary_search_steps * self.steps + first)
+
     def run(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator) -> Crafted:
         if targets is None:
             raise ConfigError(f"attack '{self.name}' is targeted: give it a target mode such as 'random'")

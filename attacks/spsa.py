@@ -159,6 +159,10 @@ class SPSA(Attack):
             x_adv[idx] = torch.maximum(torch.minimum(step, upper[idx]), lower[idx])
         return x_adv
 
+    def cost(self) -> float:
+        """2 x ``samples`` forwards per step, without a backward pass (about a third of a forward + backward each)."""
+        return float(self.steps * 2 * self.samples) / 3.0
+
     def _gradient(
         self, target: AttackTarget, x_adv: Tensor, y: Tensor, targets: Tensor | None, idx: Tensor, generator: torch.Generator
     ) -> Tensor:

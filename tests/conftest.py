@@ -12,6 +12,15 @@ from tiny import make_tiny
 from robench.core.bundle import save_bundle
 
 
+def pytest_configure(config):
+    # Tests see only their own robench processes: another robench run on the machine (a benchmark, a
+    # second pytest) must not add a shared-cores warning line to the CLI output the tests check.
+    if "ROBENCH_ACTIVE_DIR" not in os.environ:
+        import tempfile
+
+        os.environ["ROBENCH_ACTIVE_DIR"] = tempfile.mkdtemp(prefix="robench-active-tests-")
+
+
 def pytest_collection_modifyitems(config, items):
     run_slow = os.environ.get("ROBENCH_SLOW") == "1"
     has_cuda = torch.cuda.is_available()

@@ -498,7 +498,9 @@ def isolated(world, tmp_path, monkeypatch):
     AUDIT.paths = []
     try:
         yield cwd
-        outside = AUDIT.outside(tmp_path)
+        # the registry of running robench processes (robench.core.threads) is an advisory write by design
+        active = os.environ.get("ROBENCH_ACTIVE_DIR", "\0")
+        outside = [p for p in AUDIT.outside(tmp_path) if not os.path.abspath(p).startswith(active)]
     finally:
         AUDIT.paths = None
     assert outside == [], f"the case wrote outside its temporary folder: {outside}"

@@ -61,8 +61,8 @@ def test_baseline_file_is_sorted_one_row_per_line(baseline: Path) -> None:
     keys = list(zip(rows["model"], rows["threat"], rows["attack"], rows["detector"], rows["metric"]))
     assert keys == sorted(keys) and len(set(keys)) == len(keys)
     assert len([line for line in text.splitlines() if line.strip().startswith('{"model"')]) == len(rows)
-    # 5 detector-free metrics per attack, 4 detector metrics per detector: 2 models x 2 attacks x (5 + 2 x 4)
-    assert len(rows) == 2 * 2 * (5 + 2 * 4)
+    # 6 detector-free metrics per attack, 5 detector metrics per detector: 2 models x (2 attacks + their worst case) x (6 + 2 x 5)
+    assert len(rows) == 2 * 3 * (6 + 2 * 5)
     assert (rows["low"] <= rows["value"]).all() and (rows["value"] <= rows["high"]).all()
 
 
@@ -108,7 +108,7 @@ def test_missing_rows_fail_and_new_rows_do_not(run_dir: Path, baseline: Path, tm
     report = check_run(run_dir, baseline)
     assert report.failed
     missing = report.table
-    assert set(missing["status"]) == {"missing"} and set(missing["attack"]) == {"PGD-10-un"} and set(missing["model"]) == {"gm"}
+    assert set(missing["status"]) == {"missing"} and set(missing["attack"]) == {"PGD-10-un", "worst-case"} and set(missing["model"]) == {"gm"}
 
     data = json.loads(baseline.read_text())
     data["rows"] = [r for r in data["rows"] if r["model"] == "soft"]
@@ -171,12 +171,12 @@ def test_cli_commands(run_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli-baseline.json"
     result = runner.invoke(baseline_command, [str(run_dir), "--out", str(out), "--resamples", "100", "--seed", "1"])
     assert result.exit_code == 0, result.output
-    assert "wrote 52 baseline values" in result.output and out.exists()
+    assert "wrote 96 baseline values" in result.output and out.exists()
 
     result = runner.invoke(check_command, [str(run_dir), "--baseline", str(out)])
     assert result.exit_code == 0 and result.output.startswith("PASS")
     result = runner.invoke(check_command, [str(run_dir), "--baseline", str(out), "--verbose"])
-    assert result.exit_code == 0 and len(result.output.splitlines()) == 1 + 52 + 1  # header, rows, verdict
+    assert result.exit_code == 0 and len(result.output.splitlines()) == 1 + 96 + 1  # header, rows, verdict
 
     edited = _edit(out, tmp_path / "edited.json", "gm", "FGSM", "flagged_rate", detector="kd", shift=0.5)
     result = runner.invoke(check_command, [str(run_dir), "--baseline", str(edited)])

@@ -118,7 +118,8 @@ name = "rotation"
     combined = pd.read_csv(tmp_path / "suite-out" / "summary.csv")
     assert set(combined["model"]) == {"softmax", "gm"}
     assert set(combined["threat"]) == {"semi-white-box", "noise", "rotation"}
-    assert len(combined) == 2 * (2 + 1 + 1)
+    assert len(combined) == 2 * (2 + 1 + 1 + 1)  # FGSM, BIM and their worst case; noise; rotation
+    assert set(combined.loc[combined["threat"] == "semi-white-box", "attack"]) == {"FGSM", "BIM", "worst-case"}
     assert (tmp_path / "suite-out" / "gm" / "noise" / "run.json").exists()
     bad = tmp_path / "bad.toml"
     bad.write_text(suite.read_text().replace('name = "noise"', 'name = "noize"'))

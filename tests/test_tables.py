@@ -180,7 +180,7 @@ def test_absent_threat_is_a_one_line_error_by_name_and_a_note_otherwise():
         build_tables(detection_summary(), META, layouts=["detecton"])
     tables, notes = build_tables(detection_summary(), META)
     assert [t.layout for t in tables] == ["detection", "accuracy", "summary"]  # accuracy: the noise rows
-    assert len(notes) == 2 and all(n.startswith("skipped: layout '") for n in notes)
+    assert len(notes) == 3 and all(n.startswith("skipped: layout '") for n in notes)  # white-box, black-box, worst-case
 
 
 def test_number_formats_and_nan():
@@ -307,8 +307,8 @@ def test_report_prints_detection_table_with_bootstrap_intervals(run_dir):
     result = CliRunner().invoke(report, [str(run_dir), "--format", "markdown", "--ci", "--resamples", "50"])
     assert result.exit_code == 0, result.output
     rows = markdown_rows(result.stdout)
-    assert rows[0] == ["Detection Method", "FGSM", "C&W"]
-    assert [r[0] for r in rows[2:]] == ["Softmax+KD", "GM+KD"]
+    assert rows[0] == ["Detection Method", "FGSM", "C&W", "worst-case"]
+    assert [r[0] for r in rows[2:4]] == ["Softmax+KD", "GM+KD"]  # then the worst-case table
     for cell in rows[2][1:] + rows[3][1:]:
         value, low, high = map(float, re.fullmatch(r"\**([\d.]+) \[([\d.]+), ([\d.]+)\]\**", cell).groups())
         assert low <= value <= high

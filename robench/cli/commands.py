@@ -6,6 +6,7 @@ non-zero exit; a traceback appears only with ``ROBENCH_DEBUG=1``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -236,6 +237,47 @@ def _detector_settings(items: tuple[str, ...], option: str = "--detector-set") -
     return nested
 
 
+def _execution_options(command):
+    """--precision, --cascade, --threads, --channels-last and --compile (run, suite, demo)."""
+    options = [
+        click.option(
+            "--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
+            help="Attack loops under autocast at this precision; success, distortion and detector scores are judged in fp32 [default: fp32].",
+        ),
+        click.option(
+            "--cascade", type=click.Choice(["none", "misclassified", "undetected"]), is_flag=False, flag_value="misclassified", default=None,
+            help="Run each threat's attacks cheapest first, each on the samples still robust (bare --cascade: misclassified) [default: none].",
+        ),
+        click.option("--threads", type=click.IntRange(min=1, max=4096), default=None, help="CPU threads for torch [default: every core this process may use]."),
+        click.option(
+            "--channels-last", "channels_last", type=click.Choice(["auto", "on", "off"]), default=None,
+            help="NHWC memory format for model and inputs [default: auto, i.e. on CUDA only].",
+        ),
+        click.option("--compile/--no-compile", "compile_model", default=None, help="torch.compile the model's backbone (eager if compiling fails) [default: no]."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _execution(precision: str | None, cascade: str | None, channels_last: str | None, compile_model: bool | None) -> dict[str, Any]:
+    """The execution settings given on the command line (the others keep the config's or suite's values)."""
+    given = {"precision": precision, "cascade": cascade, "channels_last": channels_last, "compile": compile_model}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+@contextlib.contextmanager
+def _cores(threads: int | None, command: str):
+    """Set torch's threads and register this process; warn (one line, stderr) when other robench runs share the cores."""
+    from robench.core.threads import registered, set_threads
+
+    n = set_threads(threads)
+    with registered(n, command) as warning:
+        if warning:
+            _echo_err(f"robench: {warning}")
+        yield n
+
+
 @cli.command(name="run")
 @click.option("--model", "model_path", type=click.Path(path_type=Path), required=True, help="Checkpoint bundle to attack.")
 @click.option("--threat", required=True, help="Threat model (see 'robench list threats'), or 'all' for every one that applies.")
@@ -255,27 +297,35 @@ def _detector_settings(items: tuple[str, ...], option: str = "--detector-set") -
 @click.option("--sanity/--no-sanity", default=True, show_default=True, help="Run the sanity probes (gradient masking, determinism, unbounded budget).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--wait", is_flag=True, help="If another robench process is writing into --out, wait for it instead of stopping.")
+@_execution_options
 def run_command(
     model_path: Path, threat: str, substitute_path: Path | None, n: int, batch_size: int, seed: int, device: str, out: Path | None,
     settings: tuple[str, ...], attacks: tuple[str, ...], detectors: tuple[str, ...], detector_settings: tuple[str, ...],
     dataset: str | None, data_root: Path | None, sigmas: tuple[float, ...], sanity: bool, progress: bool, wait: bool,
+    precision: str | None, cascade: str | None, threads: int | None, channels_last: str | None, compile_model: bool | None,
 ) -> None:
     """Attack a model under a threat model; write records.parquet, summary.csv, sanity.csv and run.json.
 
     Finished parts are kept in OUT/parts: rerunning the same command resumes an interrupted run.
     """
-    from robench.eval.output import format_summary
-    from robench.eval.prepare import prepare
     from robench.eval.run_config import RunConfig
-    from robench.eval.runner import run
 
     config = RunConfig(
         model=model_path, threat=threat, n=n, batch_size=batch_size, seed=seed, device=device,
         settings=_settings(settings, "--set"), attacks=attacks, detectors=detectors or None,
         detector_settings=_detector_settings(detector_settings), dataset=dataset, data_root=data_root, sigmas=sigmas,
-        substitute=substitute_path, sanity=sanity,
+        substitute=substitute_path, sanity=sanity, **_execution(precision, cascade, channels_last, compile_model),
     )
     out = out or Path("reports/runs") / f"{model_path.stem}-{threat}"
+    with _cores(threads, f"robench run --model {model_path} --threat {threat}"):
+        _run_prepared(config, model_path, substitute_path, out, progress, wait)
+
+
+def _run_prepared(config: Any, model_path: Path, substitute_path: Path | None, out: Path, progress: bool, wait: bool) -> None:
+    from robench.eval.output import format_summary
+    from robench.eval.prepare import prepare
+    from robench.eval.runner import run
+
     prepared = prepare(config)
     if prepared.substitute is not None and prepared.substitute.content_hash == prepared.bundle.content_hash:
         # The Python API allows it (transfer from the model itself reproduces white-box, a consistency check).
@@ -304,15 +354,21 @@ def run_command(
     "--data-root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
     help="Folder of on-disk datasets (MNIST, CIFAR-10, ...), overriding the suite's data_root.",
 )
-def suite(suite_file: Path, out: Path, n: int | None, device: str | None, progress: bool, wait: bool, data_root: Path | None) -> None:
+@_execution_options
+def suite(
+    suite_file: Path, out: Path, n: int | None, device: str | None, progress: bool, wait: bool, data_root: Path | None,
+    precision: str | None, cascade: str | None, threads: int | None, channels_last: str | None, compile_model: bool | None,
+) -> None:
     """Run every model x threat pair of a TOML suite into one combined summary."""
     from robench.eval.output import format_summary
     from robench.eval.suite import run_suite
 
     overrides = {k: v for k, v in (("n", n), ("device", device)) if v is not None}
+    overrides.update(_execution(precision, cascade, channels_last, compile_model))
     if data_root is not None:  # absolute: a suite's own data_root is relative to the suite file, this one to the shell
         overrides["data_root"] = str(data_root.resolve())
-    combined = run_suite(suite_file, out, overrides, progress=progress, echo=click.echo, wait=wait)
+    with _cores(threads, f"robench suite {suite_file}"):
+        combined = run_suite(suite_file, out, overrides, progress=progress, echo=click.echo, wait=wait)
     click.echo(format_summary(combined))
     click.echo(f"wrote {out}/summary.csv")
 
@@ -322,14 +378,21 @@ def suite(suite_file: Path, out: Path, n: int | None, device: str | None, progre
 @click.option("--models-dir", type=NonEmptyPath(file_okay=False, path_type=Path), default=Path("reports/models"), show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--n", type=click.IntRange(min=1), default=200, show_default=True, help="Test samples per attack.")
+@click.option("--n", type=click.IntRange(min=1), default=None, help="Test samples per attack [default: 100, with --full 200].")
+@click.option("--full", is_flag=True, help="The longer settings (make demo-full): twice the samples, C&W 5 x 100 / 150 Adam steps.")
+@click.option("--threads", type=click.IntRange(min=1, max=4096), default=None, help="CPU threads for torch [default: every core this process may use].")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def demo(out: Path, models_dir: Path, device: str, seed: int, n: int, progress: bool) -> None:
+def demo(out: Path, models_dir: Path, device: str, seed: int, n: int | None, full: bool, threads: int | None, progress: bool) -> None:
     """The main job on the embedded default: train the bundled models if needed, run the threat models, write the tables."""
-    from robench.eval.demo import run_demo
     from robench.core.devices import resolve_device
+    from robench.eval.demo import DEMO_N, FULL_BUDGET, FULL_N, DemoBudget, run_demo
 
-    run_demo(out=out, models_dir=models_dir, device=resolve_device(device), seed=seed, progress=progress, echo=click.echo, n=n)
+    budget, default_n = (FULL_BUDGET, FULL_N) if full else (DemoBudget(), DEMO_N)
+    with _cores(threads, "robench demo"):
+        run_demo(
+            out=out, models_dir=models_dir, device=resolve_device(device), seed=seed, progress=progress, echo=click.echo,
+            n=n or default_n, budget=budget,
+        )
 
 
 def _register_subcommands() -> None:

@@ -102,7 +102,8 @@ class KernelDensityDetector(Detector):
         out = z.new_zeros(z.shape[0])
         for k in classes.unique().tolist():  # a loop over classes, not samples
             rows = (classes == k).nonzero().squeeze(1)
-            out = out.index_put((rows,), gaussian_kde_log_density(z[rows], self._points[k], self.bandwidth))
+            # .to: under autocast the kernel sums may come back in another precision than the features
+            out = out.index_put((rows,), gaussian_kde_log_density(z[rows], self._points[k], self.bandwidth).to(out.dtype))
         return out
 
     def median_training_nll(self, z: Tensor, labels: Tensor, chunk: int = 1024) -> float:

@@ -11,6 +11,7 @@ import torch
 from robench.attacks.base import Attack, AttackTarget, Bounds
 from robench.attacks.targets import choose_targets
 from robench.core.bundle import ModelBundle
+from robench.core.execution import PassCounter
 from robench.core.models import Forward
 from robench.detectors import Detector
 from robench.eval import combiner as C
@@ -51,6 +52,21 @@ class BatchResult:
     scores_clean: dict[str, np.ndarray]
     scores_adv: dict[str, np.ndarray]
     raw: dict[str, np.ndarray]  # combined detectors' raw features (clean, noisy, adversarial), see robench.eval.combiner
+    images: int = 0  # images forwarded through the crafting model by the attack (its image-steps)
+
+    @staticmethod
+    def joined(results: list[BatchResult]) -> BatchResult:
+        """Consecutive sub-batches' results as one (a batch split after running out of memory)."""
+        def cat(dicts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+            return {k: np.concatenate([d[k] for d in dicts]) for k in dicts[0]}
+
+        return BatchResult(
+            cat([r.columns for r in results]),
+            cat([r.scores_clean for r in results]),
+            cat([r.scores_adv for r in results]),
+            cat([r.raw for r in results]) if results[0].raw else {},
+            sum(r.images for r in results),
+        )
 
 
 def attack_batch(
@@ -66,6 +82,7 @@ def attack_batch(
     clean: CleanBatch,
     detectors: Mapping[str, Detector],
     noise_generator: torch.Generator | None = None,
+    precision: str = "fp32",
 ) -> BatchResult:
     """One attack on one batch, crafted on ``crafting`` and judged and scored on ``bundle``.
 
@@ -73,6 +90,7 @@ def attack_batch(
     whatever target the attack aimed at on the substitute (001 Sec. 4.4.3; 004 Sec. 4.4).
     Combined detectors get raw features of the clean, a noisy (Feinman et al.'s, from
     ``noise_generator``, kept apart from the attack's randomness) and the adversarial input.
+    ``precision`` is the attack loop's (:mod:`robench.core.precision`); everything returned is judged in fp32.
     """
     target = AttackTarget(
         crafting.model,
@@ -81,6 +99,7 @@ def attack_batch(
         detector=density.detector if density else None,
         detector_eta=density.eta if density else None,
         detector_eta_per_class=density.eta_per_class.to(x.device) if density else None,
+        precision=precision,
     )
     if crafting is bundle:
         crafting_logits = clean.forward.logits
@@ -88,7 +107,8 @@ def attack_batch(
         with torch.no_grad():
             crafting_logits = Forward.of(crafting.model, x).logits
     targets = choose_targets(spec.target_mode, crafting_logits, y, generator)
-    result = attack(target, x, y, targets, generator=generator)
+    with PassCounter(crafting.model) as passes:
+        result = attack(target, x, y, targets, generator=generator)
     if crafting is bundle:
         adv_forward, adv_pred, success = result.forward, result.predicted, result.success
     else:
@@ -121,4 +141,4 @@ def attack_batch(
             forwards = {"clean": clean.forward, "noisy": Forward.of(bundle.model, noisy), "adv": adv_forward}
             for name, detector in combined.items():
                 raw.update(C.raw_columns(name, detector, bundle.model, bundle.defense, forwards))
-    return BatchResult(columns, clean.scores, detector_scores(detectors, bundle, adv_forward), raw)
+    return BatchResult(columns, clean.scores, detector_scores(detectors, bundle, adv_forward), raw, passes.images)

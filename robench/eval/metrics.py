@@ -20,6 +20,12 @@ Definitions (README "Metrics"), populations as in :mod:`robench.eval.records`:
   metric per *population* (:data:`POPULATIONS`): which inputs enter the two sides. Computed as
   the Mann-Whitney statistic (ties count one half), which equals the trapezoidal area under the
   empirical ROC curve.
+- ``survival``: among clean-correct samples, the fraction whose attacked input is still classified
+  correctly; on a threat's worst-case rows (:mod:`robench.eval.worst_case`) the fraction that
+  survives every attack of the threat.
+- ``survival_detected``: per detector, among clean-correct samples, the fraction still classified
+  correctly *or* whose attacked input is flagged at the clean 5% false-positive threshold (the
+  threshold of ``flagged_rate``); on worst-case rows, the samples no attack misclassified unflagged.
 - ``flagged_rate``: fraction of attacked inputs whose score falls below the threshold that flags
   5% of the group's clean inputs (the k-th smallest clean score, k = floor(0.05 m), as
   :func:`robench.detectors.base.threshold_at_fpr`); for noise this is the detector's
@@ -41,6 +47,7 @@ import pandas as pd
 from robench.core.errors import ConfigError
 from robench.core.registry import Registry, did_you_mean
 from robench.eval import records as R
+from robench.eval.worst_case import with_worst_case
 
 FLAG_FPR = 0.05
 NO_DETECTOR = "-"  # the detector of a summary row that no detector scored
@@ -94,18 +101,26 @@ def weighted_auc(pos_counts: np.ndarray, positive: np.ndarray, neg_counts: np.nd
     return ratio(wins, pos_counts.sum(axis=1) * neg_counts.sum(axis=1))
 
 
-def weighted_flagged_rate(w: Weighted, clean: np.ndarray, clean_ok: np.ndarray, attacked: np.ndarray, attacked_ok: np.ndarray, fpr: float = FLAG_FPR) -> np.ndarray:
-    """Per resample, the weighted fraction of ``attacked`` scores below the clean ``fpr`` threshold."""
+def weighted_threshold(w: Weighted, clean: np.ndarray, clean_ok: np.ndarray, fpr: float = FLAG_FPR) -> tuple[np.ndarray, np.ndarray]:
+    """Per resample, the score below which an input is flagged at ``fpr`` of the drawn clean scores, and how many were drawn.
+
+    The k-th smallest (0-based) drawn clean score with k = floor(fpr m), as
+    :func:`robench.detectors.base.threshold_at_fpr`; +inf where k >= m (nothing clean is flagged).
+    """
     clean_counts = w.counts[:, clean_ok]
     order = np.argsort(clean[clean_ok], kind="stable")
     sorted_clean = clean[clean_ok][order]
     cumulative = np.cumsum(clean_counts[:, order], axis=1)
     total = cumulative[:, -1] if cumulative.shape[1] else np.zeros(w.resamples)
     k = np.floor(fpr * total)
-    # The k-th smallest (0-based) drawn clean score sits at the first sorted position whose cumulative count
-    # exceeds k; past the end (k >= m) nothing clean is flagged and the threshold is +inf, as in threshold_at_fpr.
+    # The k-th smallest drawn clean score sits at the first sorted position whose cumulative count exceeds k.
     position = (cumulative <= k[:, None]).sum(axis=1)
-    threshold = np.append(sorted_clean, np.inf)[position]
+    return np.append(sorted_clean, np.inf)[position], total
+
+
+def weighted_flagged_rate(w: Weighted, clean: np.ndarray, clean_ok: np.ndarray, attacked: np.ndarray, attacked_ok: np.ndarray, fpr: float = FLAG_FPR) -> np.ndarray:
+    """Per resample, the weighted fraction of ``attacked`` scores below the clean ``fpr`` threshold."""
+    threshold, total = weighted_threshold(w, clean, clean_ok, fpr)
     attacked_counts = w.counts[:, attacked_ok]
     below = attacked[attacked_ok][None, :] < threshold[:, None]
     rate = ratio((attacked_counts * below).sum(axis=1), attacked_counts.sum(axis=1))
@@ -275,6 +290,26 @@ def _flagged_rate(w: Weighted, detector: str | None) -> np.ndarray:
     return weighted_flagged_rate(w, clean, np.isfinite(clean), adversarial, np.isfinite(adversarial) & R.attacked(w.records))
 
 
+def _survival(w: Weighted, detector: str | None) -> np.ndarray:
+    return w.mean(R.robust(w.records).astype(float), R.clean_correct(w.records))
+
+
+def _survival_detected(w: Weighted, detector: str | None) -> np.ndarray:
+    """Among clean-correct samples: still classified correctly, or the attacked input is flagged at the 5% threshold."""
+    if detector is None or R.is_corruption(w.records):
+        return w.nan()
+    clean, adversarial = R.clean_scores(w.records, detector), R.adv_scores(w.records, detector)
+    threshold, total = weighted_threshold(w, clean, np.isfinite(clean))
+    robust = R.robust(w.records)
+    # a misclassified output the detector did not score (NaN) says nothing either way: left out
+    counted = R.clean_correct(w.records) & (robust | np.isfinite(adversarial))
+    drawn = w.counts[:, counted]
+    with np.errstate(invalid="ignore"):
+        held = robust[counted][None, :] | (adversarial[counted][None, :] < threshold[:, None])
+    rate = ratio((drawn * held).sum(axis=1), drawn.sum(axis=1))
+    return np.where(total > 0, rate, np.nan)
+
+
 _DEFINED = (
     Metric("clean_accuracy", "Clean Acc. (%)", True, True, False, "accuracy on clean inputs", _clean_accuracy),
     Metric("robust_accuracy", "Robust Acc. (%)", True, True, False, "accuracy on attacked inputs", _robust_accuracy),
@@ -284,6 +319,16 @@ _DEFINED = (
     Metric("auc_roc", "AUC (%)", True, True, True, "detector AUC-ROC, clean-correct vs successful adversarial", _auc("successful")),
     Metric("auc_attempted", "AUC att. (%)", True, True, True, "detector AUC-ROC, clean-correct vs every attack output of them", _auc("attempted")),
     Metric("auc_paired", "AUC pair. (%)", True, True, True, "detector AUC-ROC, each misclassified adversarial paired with its clean input", _auc("paired")),
+    Metric("survival", "Survived (%)", True, True, False, "clean-correct samples still classified correctly (worst-case rows: after every attack)", _survival),
+    Metric(
+        "survival_detected",
+        "Surv. or flagged (%)",
+        True,
+        True,
+        True,
+        "clean-correct samples still classified correctly or whose attacked input is flagged at the clean 5%-FPR threshold",
+        _survival_detected,
+    ),
     Metric("flagged_rate", "Flagged (%)", True, True, True, "fraction of attacked inputs flagged at the clean 5%-FPR threshold", _flagged_rate),
 )
 METRICS: Registry[Metric] = Registry("metric", base=Metric)
@@ -292,6 +337,7 @@ for _metric in _DEFINED:
 SUMMARY_KEYS: list[str] = list(R.KEYS)
 DETECTOR = "detector"  # the summary column naming the detector of the detector metrics
 COUNT = "n"  # the summary column counting a group's records
+CASCADE = R.CASCADE  # the summary column saying how the run cascaded the group's threat ('none': every attack on every sample)
 
 
 def metric_names() -> tuple[str, ...]:
@@ -300,7 +346,7 @@ def metric_names() -> tuple[str, ...]:
 
 
 def summary_columns() -> list[str]:
-    return [*SUMMARY_KEYS, DETECTOR, COUNT, *metric_names()]
+    return [*SUMMARY_KEYS, DETECTOR, COUNT, CASCADE, *metric_names()]
 
 
 def evaluate(w: Weighted) -> dict[str, dict[str, np.ndarray]]:
@@ -318,15 +364,21 @@ def evaluate(w: Weighted) -> dict[str, dict[str, np.ndarray]]:
 def summarize(records: pd.DataFrame, *, drop_unscored: bool = False) -> pd.DataFrame:
     """One row per model x threat x attack x crafting model x detector (detector ``-`` when none was scored).
 
+    Every model x threat x crafting model with two or more attacks also gets its worst-case rows
+    (attack ``worst-case``, :mod:`robench.eval.worst_case`), and every row says how the run
+    cascaded its threat (``cascade``: ``none``, or the mode of :mod:`robench.eval.cascade`, whose
+    per-attack rows describe the samples each attack was left, not the attack alone).
+
     With ``drop_unscored`` a group keeps only the detectors that scored it: records concatenated
     from runs with different detectors leave all-NaN score columns on the other runs' rows. In
     one run every detector scores every group, and a detector that gave only NaN keeps its row.
     """
     rows = []
-    for key, group in R.groups(records):
+    for key, group in R.groups(with_worst_case(records)):
         group = R.scored_columns(group) if drop_unscored else group
+        cascade = str(R.cascade_of(group)[0]) if len(group) else R.NO_CASCADE
         for detector, values in evaluate(Weighted.of(group)).items():
-            rows.append({**key, DETECTOR: detector, COUNT: int(len(group)), **{m: float(v[0]) for m, v in values.items()}})
+            rows.append({**key, DETECTOR: detector, COUNT: int(len(group)), CASCADE: cascade, **{m: float(v[0]) for m, v in values.items()}})
     return pd.DataFrame(rows, columns=summary_columns())
 
 

@@ -15,6 +15,7 @@ from robench.attacks.base import Attack
 from robench.core.bundle import ModelBundle, load_bundle
 from robench.core.data import Dataset, load_dataset
 from robench.core.devices import resolve_device
+from robench.core.execution import to_memory_format, try_compile, use_channels_last
 from robench.core.errors import ConfigError
 from robench.detectors import Detector
 from robench.eval.detection import applicable_detectors, build_detectors
@@ -60,6 +61,7 @@ class Prepared:
     detectors: dict[str, Detector]
     substitute: ModelBundle | None = None
     notes: list[str] = field(default_factory=list)  # one-line remarks for the user (e.g. fewer samples than requested)
+    compiled: bool = False  # the model's backbone runs under torch.compile (config.compile, and compiling worked)
 
     @property
     def threat(self) -> ThreatModel:  # the single threat of a one-threat run
@@ -107,10 +109,20 @@ def prepare(config: RunConfig, loader: Loader | None = None) -> Prepared:
     detectors = build_detectors(names, family, config.detector_settings)
     for detector in detectors.values():
         detector.check_applicable(bundle.model, bundle.defense)
-    notes = []
+    notes: list[str] = []
+    if use_channels_last(config.channels_last, device):
+        for model in (bundle.model, substitute.model if substitute is not None else None):
+            if model is not None:
+                to_memory_format(model, True)
+    compiled = False
+    if config.compile:
+        example = data.test.x[:2].to(device)
+        compiled = try_compile(bundle.model, example, notes.append)
+        if substitute is not None and compiled:
+            compiled = try_compile(substitute.model, example, notes.append)
     if config.n > len(data.test):
         notes.append(
             f"--n {config.n} is more than the {len(data.test)} test samples of '{data.name}': "
             f"running on all {len(data.test)} (run.json records samples = {len(data.test)})"
         )
-    return Prepared(config, bundle, data, prepared_threats, device, detectors, substitute, notes)
+    return Prepared(config, bundle, data, prepared_threats, device, detectors, substitute, notes, compiled)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-FORMAT = 3  # bump when the records' columns or meaning change: old parts are then never reused
+FORMAT = 4  # bump when the records' columns or meaning change: old parts are then never reused
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,9 @@ LINF = "linf"
 DISTORTION = "distortion"
 INPUT_RANGE = "input_range"
 BEST_ATTEMPT = "best_attempt"
+ORDER = "order"
+CASCADE = "cascade_mode"
+BROKEN_BY = "broken_by"
 _SCORE_CLEAN = "score_clean:"
 _SCORE_ADV = "score_adv:"
 
@@ -76,13 +79,20 @@ COLUMNS: tuple[Column, ...] = (
     Column(LINF, "float", "||x_adv - x||_inf"),
     Column(DISTORTION, "float", "||x_adv - x||_2 / sqrt(h w c) (001 Sec. 4.4.2)"),
     Column(INPUT_RANGE, "float", "high - low of the model's declared input range (for distortion on the 0-255 scale)"),
+    Column(ORDER, "int", "the attack's place in its threat's cascade order, cheapest first (robench.eval.cascade)"),
+    Column(CASCADE, "str", "how the run cascaded the threat's attacks: 'none' (every attack on every sample), 'misclassified' or 'undetected'"),
 )
+# Plus, on the derived worst-case rows only (robench.eval.worst_case): ``broken_by`` (str), the label of the
+# first attack in cascade order that misclassified the sample ('' where it survived every attack).
 # Plus, per detector D, ``score_clean:D`` and ``score_adv:D`` (float, higher = looks clean).
 
 # A summary row's group: one target attacked from two substitutes gives two rows.
 KEYS: tuple[str, ...] = (MODEL, THREAT, ATTACK, CRAFTED_ON)
 SAMPLE_KEYS: tuple[str, ...] = (*KEYS, SAMPLE)  # unique per record
 REQUIRED: tuple[str, ...] = (MODEL, THREAT, ATTACK, SAMPLE, LABEL, CLEAN_PRED, ADV_PRED, SUCCESS, DISTORTION)
+# The columns the runner adds to every part after it is computed or reused (a part's content does not depend on them).
+RUN_COLUMNS: tuple[str, ...] = (ORDER, CASCADE)
+NO_CASCADE = "none"
 # The per-sample columns an attacked batch yields, in record order (after the identifying columns).
 BATCH_COLUMNS: tuple[str, ...] = (LABEL, TARGET, CLEAN_PRED, ADV_PRED, SUCCESS, BEST_ATTEMPT, CRAFTED_SUCCESS, L2, LINF, DISTORTION, INPUT_RANGE)
 
@@ -260,6 +270,13 @@ def part(
         data[score_clean(detector)] = scores_clean[detector]
         data[score_adv(detector)] = scores_adv[detector]
     return pd.DataFrame(data)
+
+
+def cascade_of(records: pd.DataFrame) -> np.ndarray:
+    """Per row: the cascade mode of the run ('none' for records written before cascades existed)."""
+    if CASCADE not in records:
+        return np.full(len(records), NO_CASCADE, dtype=object)
+    return records[CASCADE].to_numpy(dtype=object)
 
 
 def missing_columns(frame: pd.DataFrame) -> list[str]:

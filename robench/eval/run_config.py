@@ -12,7 +12,10 @@ from typing import Any
 
 from robench.core.config import boolean, positive_int, validate_fields
 from robench.core.errors import ConfigError
+from robench.core.execution import CHANNELS_LAST
+from robench.core.precision import check_precision
 from robench.core.training import seed_field
+from robench.eval.cascade import check_cascade
 from robench.eval.threats import ALL
 
 _WHAT = "run config"
@@ -41,6 +44,11 @@ class RunConfig:
     sanity: bool = boolean(True)  # run the model probes of robench.eval.sanity
     # Attacks added to the (single) threat: {"label", "attack", "params", "target_mode"} each (suites' [[threat.add]]).
     extra_attacks: tuple[Mapping[str, Any], ...] = ()
+    # How the attack loops run (robench.core.precision, robench.eval.cascade, robench.core.execution).
+    precision: str = "fp32"  # fp32, bf16 or fp16 autocast in the attack loops; judged in fp32 (part keys include it)
+    cascade: str = "none"  # none, misclassified or undetected: later attacks only on the samples still in
+    channels_last: str = "auto"  # auto (on CUDA), on or off: the model's and inputs' memory format (same numbers up to rounding)
+    compile: bool = boolean(False)  # torch.compile the model's backbone, eager if compiling fails (same numbers up to rounding)
 
     def __post_init__(self) -> None:
         """Check every field's type and value (one-line ConfigError); lists become tuples."""
@@ -59,6 +67,10 @@ class RunConfig:
         object.__setattr__(self, "sigmas", tuple(self.sigmas))
         if self.sigmas and self.threat not in ("noise", ALL):
             raise ConfigError(f"--sigma applies to the noise threat, not '{self.threat}'")
+        check_precision(self.precision)
+        check_cascade(self.cascade)
+        if self.channels_last not in CHANNELS_LAST:
+            raise ConfigError(f"{_WHAT}: channels_last must be one of {', '.join(CHANNELS_LAST)}, got {_shown(self.channels_last)}")
         object.__setattr__(self, "extra_attacks", _extra_attacks(self.extra_attacks))
         if self.extra_attacks and self.threat == ALL:
             raise ConfigError("added attacks need one threat model, not 'all'")

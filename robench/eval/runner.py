@@ -28,7 +28,11 @@ from robench.core.errors import ConfigError
 from robench.core.provenance import git_revision, jsonable, package_versions
 from robench.detectors import fit_or_load
 from robench.eval import records as R
-from robench.eval.attack_batch import CleanBatch, attack_batch
+from robench.core.execution import as_input, is_out_of_memory, use_channels_last
+from robench.core.precision import FP32
+from robench.eval.attack_batch import BatchResult, attack_batch
+from robench.eval.cascade import cascade_order, flag_thresholds, still_in
+from robench.eval.clean_cache import CleanCache
 from robench.eval.combiner import combine, combined_detectors
 from robench.eval.density import SCORED_KD, AttackerDensity, DensitySettings, attacker_density, resolve_settings, scored_settings
 from robench.eval.lock import output_lock
@@ -151,61 +155,90 @@ def _run(config: RunConfig, out: Path | None, progress: bool, echo: Callable[[st
     batches = [samples[i : i + config.batch_size] for i in range(0, len(samples), config.batch_size)]
     store = PartStore(out / PARTS_DIR if out is not None else None)
     densities = _Densities(prepared)
-    timings: dict[str, float] = {}
+    work = _Work()
     parts: list[pd.DataFrame] = []
     detector_identity = {name: d.params() for name, d in detectors.items()}
     total = len(batches) * sum(len(t.attacks) for t in prepared.threats)
     bar = tqdm(total=total, desc=f"{model_name}/{config.threat}", unit="part", disable=None if progress else True, leave=False)
-    clean_cache: dict[int, CleanBatch] = {}
+    clean = CleanCache(bundle, detectors)
+    channels_last = use_channels_last(config.channels_last, device)
+    live = [name for name in detectors if name not in combined_detectors(detectors)]  # scored during the run
     for pt in prepared.threats:
         threat = pt.threat
         crafting = prepared.substitute if threat.needs_substitute else bundle
         assert crafting is not None
-        for b, index in enumerate(batches):
-            x = data.test.x[index].to(device)
-            y = data.test.y[index].to(device)
-            for spec, attack in pt.attacks:
-                key = part_key(
-                    {
-                        "format": R.FORMAT,
-                        "model": bundle.content_hash,
-                        "crafted_on": crafting.content_hash,
-                        "dataset": prepared.train_name,
-                        "threat": threat.name,
-                        "attack": spec.config(family),
-                        "detectors": detector_identity,
-                        "seed": config.seed,
-                        "batch": b,
-                        "samples": hashlib.sha256(index.numpy().tobytes()).hexdigest(),
-                    }
+        order = cascade_order([attack for _, attack in pt.attacks])
+        rank = {i: r for r, i in enumerate(order)}
+        cascade = config.cascade if len(pt.attacks) > 1 and threat.access != "none" else R.NO_CASCADE
+
+        def one(i: int, b: int, index: torch.Tensor) -> pd.DataFrame:
+            spec, attack = pt.attacks[i]
+            key = part_key(
+                {
+                    "format": R.FORMAT,
+                    "model": bundle.content_hash,
+                    "crafted_on": crafting.content_hash,
+                    "dataset": prepared.train_name,
+                    "threat": threat.name,
+                    "attack": spec.config(family),
+                    "detectors": detector_identity,
+                    "seed": config.seed,
+                    "batch": b,
+                    "samples": hashlib.sha256(index.numpy().tobytes()).hexdigest(),
+                    **({"precision": config.precision} if config.precision != FP32 else {}),
+                }
+            )
+            part = store.get(key, index.numpy(), R.SAMPLE)
+            if part is None:
+                x = as_input(data.test.x[index].to(device), channels_last)
+                y = data.test.y[index].to(device)
+                label = f"{threat.name}/{spec.label}"
+                tic = time.perf_counter()
+                result = _attack_splitting(
+                    lambda x_, y_, index_, seeds: attack_batch(
+                        bundle, crafting, attack, spec, bounds, densities.get(crafting, attack.needs(), label), x_, y_,
+                        torch.Generator().manual_seed(derive_seed(config.seed, spec.label, b, *seeds)), clean.batch(index_.numpy(), x_), detectors,
+                        torch.Generator().manual_seed(derive_seed(config.seed, spec.label, b, *seeds, "noisy")), config.precision,
+                    ),
+                    x, y, index, (), echo, work,
                 )
-                part = store.get(key, index.numpy(), R.SAMPLE)
-                if part is None:
-                    if b not in clean_cache:
-                        clean_cache = {b: CleanBatch.of(bundle, x, detectors)}
-                    density = densities.get(crafting, attack.needs(), f"{threat.name}/{spec.label}")
-                    generator = torch.Generator().manual_seed(derive_seed(config.seed, spec.label, b))
-                    noise_generator = torch.Generator().manual_seed(derive_seed(config.seed, spec.label, b, "noisy"))
-                    tic = time.perf_counter()
-                    result = attack_batch(bundle, crafting, attack, spec, bounds, density, x, y, generator, clean_cache[b], detectors, noise_generator)
-                    label = f"{threat.name}/{spec.label}"
-                    timings[label] = timings.get(label, 0.0) + time.perf_counter() - tic
-                    part = R.part(
-                        model=model_name,
-                        threat=threat.name,
-                        attack=spec.label,
-                        corruption=attack.norm == "none",
-                        crafted_on=model_name if crafting is bundle else substitute_name,
-                        samples=index.numpy(),
-                        columns=result.columns,
-                        scores_clean=result.scores_clean,
-                        scores_adv=result.scores_adv,
-                    )
-                    if result.raw:
-                        part = part.assign(**result.raw)
-                    store.put(key, part, index.numpy())
-                parts.append(part)
-                bar.update(1)
+                work.add(label, time.perf_counter() - tic, result.images)
+                part = R.part(
+                    model=model_name,
+                    threat=threat.name,
+                    attack=spec.label,
+                    corruption=attack.norm == "none",
+                    crafted_on=model_name if crafting is bundle else substitute_name,
+                    samples=index.numpy(),
+                    columns=result.columns,
+                    scores_clean=result.scores_clean,
+                    scores_adv=result.scores_adv,
+                )
+                if result.raw:
+                    part = part.assign(**result.raw)
+                store.put(key, part, index.numpy())
+            bar.update(1)
+            return part.assign(**{R.ORDER: rank[i], R.CASCADE: cascade})
+
+        if cascade == R.NO_CASCADE:
+            for b, index in enumerate(batches):
+                for i in range(len(pt.attacks)):
+                    parts.append(one(i, b, index))
+            continue
+        threat_parts: list[pd.DataFrame] = []
+        thresholds: dict[str, float] | None = None
+        for r, i in enumerate(order):
+            chunks = batches
+            if r > 0:  # the samples still in, re-packed into batches of the run's size
+                so_far = pd.concat(threat_parts, ignore_index=True)
+                thresholds = thresholds if thresholds is not None else flag_thresholds(so_far, live)
+                keep = torch.from_numpy(still_in(so_far, samples.numpy(), cascade, live, thresholds))
+                active = samples[keep]
+                chunks = [active[j : j + config.batch_size] for j in range(0, len(active), config.batch_size)]
+                bar.update(len(batches) - len(chunks))
+            for b, index in enumerate(chunks):
+                threat_parts.append(one(i, b, index))
+        parts.extend(threat_parts)
     bar.close()
     if store.rejected:
         echo(f"{model_name}/{config.threat}: recomputed {len(store.rejected)} finished part(s) that did not prove to be this run's ({'; '.join(store.rejected[:3])}{'; ...' if len(store.rejected) > 3 else ''})")
@@ -234,7 +267,17 @@ def _run(config: RunConfig, out: Path | None, progress: bool, echo: Callable[[st
         "versions": package_versions(),
         "git_revision": git_revision(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "timings_seconds": {"detector_fit": round(fit_seconds, 3), **{k: round(v, 3) for k, v in timings.items()}, "total": round(time.perf_counter() - started, 3)},
+        "timings_seconds": {"detector_fit": round(fit_seconds, 3), **{k: round(v, 3) for k, v in work.seconds.items()}, "total": round(time.perf_counter() - started, 3)},
+        # images forwarded through the crafting model by each attack (its image-steps), in the parts computed by this call
+        "image_passes": dict(work.images),
+        "execution": {
+            "precision": config.precision,
+            "cascade_order": {t.threat.name: [t.attacks[i][0].label for i in cascade_order([a for _, a in t.attacks])] for t in prepared.threats},
+            "channels_last": channels_last,
+            "compiled": prepared.compiled,
+            "threads": torch.get_num_threads(),
+            "out_of_memory_splits": work.splits,
+        },
     }
     if len(prepared.threats) == 1:  # the one-threat layout of earlier runs
         info["threat"] = info["threats"][0]
@@ -242,6 +285,54 @@ def _run(config: RunConfig, out: Path | None, progress: bool, echo: Callable[[st
         write_run(out, records, summary, info, sanity)
         store.prune()
     return RunResult(records=records, summary=summary, info=info, sanity=sanity)
+
+
+@dataclass
+class _Work:
+    """Seconds and image passes per attack label, and how often a batch was split after running out of memory."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    images: dict[str, int] = field(default_factory=dict)
+    splits: int = 0
+
+    def add(self, label: str, seconds: float, images: int) -> None:
+        self.seconds[label] = self.seconds.get(label, 0.0) + seconds
+        self.images[label] = self.images.get(label, 0) + images
+
+
+def _attack_splitting(
+    attack: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, tuple[object, ...]], BatchResult],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    index: torch.Tensor,
+    seeds: tuple[object, ...],
+    echo: Callable[[str], None],
+    work: _Work,
+) -> BatchResult:
+    """``attack(x, y, index, seeds)``; on an out-of-memory error, the two halves one after the other (recursively).
+
+    Each half draws from generators seeded with the half's place (``seeds``), so a split batch's
+    result depends only on where the split fell; the first split of a run is logged once.
+    """
+    try:
+        return attack(x, y, index, seeds)
+    except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are handled, the rest re-raised
+        if not is_out_of_memory(exc):
+            raise
+        if len(index) <= 1:
+            raise ConfigError(f"out of memory attacking a single input on {x.device}: use a smaller model or another device") from None
+    if x.device.type == "cuda":
+        torch.cuda.empty_cache()
+    if work.splits == 0:
+        echo(f"note: out of memory on a batch of {len(index)} on {x.device}: halving the batch and retrying (logged once; run.json counts the splits)")
+    work.splits += 1
+    half = len(index) // 2
+    return BatchResult.joined(
+        [
+            _attack_splitting(attack, x[:half], y[:half], index[:half], (*seeds, "half0"), echo, work),
+            _attack_splitting(attack, x[half:], y[half:], index[half:], (*seeds, "half1"), echo, work),
+        ]
+    )
 
 
 def _model_info(path: Path | None, name: str | None, bundle: ModelBundle) -> dict[str, Any]:

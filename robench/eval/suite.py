@@ -53,9 +53,9 @@ from robench.eval.prepare import Loader, prepare
 from robench.eval.run_config import RunConfig
 from robench.eval.runner import RunResult, run
 
-_DEFAULT_KEYS = {"n", "batch_size", "seed", "device", "detectors", "data_root"}
+_DEFAULT_KEYS = {"n", "batch_size", "seed", "device", "detectors", "data_root", "precision", "cascade", "channels_last", "compile"}
 _MODEL_KEYS = {"name", "path"}
-_THREAT_KEYS = {"name", "set", "attacks", "models", "detectors", "sigmas", "substitute", "n", "batch_size", "add"}
+_THREAT_KEYS = {"name", "set", "attacks", "models", "detectors", "sigmas", "substitute", "n", "batch_size", "add", "cascade"}
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ def load_suite(path: Path, overrides: dict[str, Any] | None = None) -> list[Suit
                 raise ConfigError(f"{path}: model '{model['name']}' meets threat '{threat['name']}' twice; their outputs would overwrite each other")
             seen.add((model["name"], threat["name"], substitute))
             settings = {k: v for k, v in defaults.items() if k in valid}
-            for key in ("detectors", "n", "batch_size"):  # a threat's own value beats [defaults]
+            for key in ("detectors", "n", "batch_size", "cascade"):  # a threat's own value beats [defaults]
                 if key in threat:
                     settings[key] = threat[key]
             if settings.get("detectors") is not None:

@@ -18,6 +18,7 @@ from robench.attacks.targets import TARGET_MODES
 from robench.core.config import replace_fields
 from robench.core.errors import ConfigError
 from robench.core.registry import Registry, did_you_mean
+from robench.eval.worst_case import WORST_CASE
 
 # What the attacker knows of the evaluated system (ThreatModel.access), from most to least.
 ACCESS: dict[str, str] = {
@@ -40,6 +41,8 @@ class AttackSpec:
     target_mode: str = "none"
 
     def __post_init__(self) -> None:
+        if self.label == WORST_CASE:
+            raise ConfigError(f"attack label '{WORST_CASE}' is reserved for the derived worst case over a threat's attacks; choose another")
         if self.target_mode not in TARGET_MODES:
             raise ConfigError(f"target mode '{self.target_mode}' is not one of {', '.join(TARGET_MODES)}{did_you_mean(self.target_mode, list(TARGET_MODES))}")
 

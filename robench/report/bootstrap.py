@@ -29,6 +29,7 @@ import pandas as pd
 
 from robench.core.errors import ConfigError
 from robench.eval import records as R
+from robench.eval.worst_case import with_worst_case
 from robench.eval.metrics import COUNT, DETECTOR, SUMMARY_KEYS, Weighted, evaluate, metric_names
 
 
@@ -71,7 +72,7 @@ def bootstrap_intervals(records: pd.DataFrame, n_resamples: int = 1000, level: f
         raise ConfigError(f"the confidence level must be strictly between 0 and 1, got {level!r}")
     quantiles = [(1.0 - level) / 2.0, (1.0 + level) / 2.0]
     rows = []
-    for key, group in R.groups(records):
+    for key, group in R.groups(with_worst_case(records)):  # the worst-case rows resampled like the others
         group = R.scored_columns(group)
         rng = np.random.default_rng(_group_seed(seed, *key.values()))
         # Row 0 is the full sample (all counts 1): the point estimate decides whether the interval is NaN.

@@ -256,3 +256,24 @@ def test_bad_overrides_raise_config_error():
         ATTACKS.get("cw-hc").for_dataset("mnist", {"kappa": "-3"})
     with pytest.raises(ConfigError):
         ATTACKS.get("cw-l2").for_dataset("mnist", {"lr": "fast"})
+
+
+def test_a_settled_binary_search_stops_for_that_sample(trained_tiny):
+    """search_tolerance stops a sample's search once its c bounds meet; 0 runs every step (the reference)."""
+    from robench.core.execution import PassCounter
+
+    bundle, data = trained_tiny["softmax"], trained_tiny["data"]
+    x, y = correct_images(bundle, data, 12)
+    settings = {**FAST, "steps": 30, "binary_search_steps": 4, "abort_early": False}
+    runs = {}
+    for tolerance in (0.0, 1.0):  # 1.0: settled as soon as a successful c is known
+        attack = CarliniWagnerL2(**settings, search_tolerance=tolerance)
+        with PassCounter(bundle.model) as counter:
+            result = attack(target_of(bundle), x, y, generator=torch.Generator())
+        runs[tolerance] = (result, counter.images)
+    (full, full_passes), (settled, settled_passes) = runs[0.0], runs[1.0]
+    assert full.success.any()
+    assert settled_passes < full_passes
+    assert torch.equal(settled.success, full.success)  # a success, once found, is kept: stopping loses none
+    # those that stopped kept their first successful perturbation; searching on can only shrink it
+    assert (l2(settled.x_adv, x)[full.success] >= l2(full.x_adv, x)[full.success] - 1e-6).all()

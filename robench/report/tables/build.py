@@ -63,7 +63,7 @@ def build_table(
     if intervals is not None:
         cells = _join_intervals(cells, intervals)
     best_along = None if not spec.mark_best else ("columns" if spec.model_axis == "rows" else "rows")
-    caption = " ".join([_caption(spec, selected), *metric_notes(cells[METRIC].unique())])
+    caption = " ".join([_caption(spec, selected), *metric_notes(cells[METRIC].unique()), *cascade_notes(selected)])
     return Table(spec.name, caption, f"tab:robench-{spec.name}", cells, rows, columns, best_along, group)
 
 
@@ -99,6 +99,19 @@ def metric_notes(metrics: Sequence[str]) -> list[str]:
     if scales:
         notes.append("; ".join(f"{METRICS.get(m).label}: {_DISTORTION_NOTES[m]}" for m in scales) + ".")
     return notes
+
+
+def cascade_notes(selected: pd.DataFrame) -> list[str]:
+    """A caption sentence when rows come from a cascaded run (robench.eval.cascade): their per-attack cells are not each attack alone."""
+    if R.CASCADE not in selected:
+        return []
+    modes = sorted({str(m) for m in selected[R.CASCADE].dropna()} - {R.NO_CASCADE})
+    if not modes:
+        return []
+    return [
+        f"Cascaded ({', '.join(modes)}): each attack ran only on the samples the cheaper attacks left, so a per-attack cell describes "
+        "those samples, not the attack alone; the worst-case cells cover every sample."
+    ]
 
 
 def _join_intervals(cells: pd.DataFrame, intervals: pd.DataFrame) -> pd.DataFrame:

@@ -17,6 +17,7 @@ import pandas as pd
 from robench.core.errors import ConfigError
 from robench.core.registry import Registry
 from robench.eval import records as R
+from robench.eval.worst_case import WORST_CASE
 from robench.eval.metrics import DEFAULT_POPULATION, METRICS, NO_DETECTOR, SUMMARY_KEYS, population
 from robench.report.tables.labels import ModelInfo, detector_label, detector_rank, metric_header
 from robench.report.tables.table import COUNT, DETECTOR, METRIC, VALUE
@@ -230,6 +231,20 @@ def _accuracy_cells(selected: pd.DataFrame, infos: Mapping[str, ModelInfo], opti
     )
 
 
+WORST_CASE_THREATS = ("semi-white-box", "white-box", "black-box", "spsa")
+WORST_CASE_METRICS = ("survival", "survival_detected")
+
+
+def _worst_case_cells(selected: pd.DataFrame, infos: Mapping[str, ModelInfo], options: TableOptions) -> pd.DataFrame:
+    ordered = _ordered(selected, infos)
+    threat_rank = ordered[R.THREAT].map({t: i for i, t in enumerate(WORST_CASE_THREATS)}).fillna(len(WORST_CASE_THREATS))
+    ordered = ordered.iloc[np.argsort(threat_rank.to_numpy(), kind="stable")].reset_index(drop=True)
+    threat = ordered[R.THREAT] + _substitute_note(ordered, infos)
+    method = _method_label(ordered, infos)
+    parts = [_cells(ordered, m, **{"Detection Method": method, "Threat": threat, "Metric": metric_header(m)}) for m in WORST_CASE_METRICS]
+    return pd.concat(parts).sort_index(kind="stable")
+
+
 def _summary_cells(selected: pd.DataFrame, infos: Mapping[str, ModelInfo], options: TableOptions) -> pd.DataFrame:
     metrics = [COUNT, *[c for c in selected.columns if c in METRICS]]  # unknown extra columns are ignored
     # transfer rows name their substitute, so one target attacked from two substitutes keeps two rows
@@ -304,6 +319,23 @@ LAYOUTS.register(
 )
 LAYOUTS.register(
     Layout(
+        name="worst-case",
+        description="worst case per sample over each threat's attacks: survived, and survived or flagged per detector (AutoAttack-style)",
+        caption=(
+            "Worst case per sample over each threat's attacks: the clean-correct samples that every attack left correctly classified "
+            "(Survived), and, per detector, those that no attack misclassified without being flagged at the clean 5% false-positive threshold "
+            "(Surv. or flagged)."
+        ),
+        threats=WORST_CASE_THREATS,
+        attacks=(WORST_CASE,),
+        rows=("Detection Method",),
+        columns=("Threat", "Metric"),
+        cells=_worst_case_cells,
+        metrics=lambda options: WORST_CASE_METRICS,
+    ),
+)
+LAYOUTS.register(
+    Layout(
         name="summary",
         description="every metric per model, threat, attack and detector",
         caption="Every metric per model, threat, attack and detector.",
@@ -315,5 +347,5 @@ LAYOUTS.register(
     ),
 )
 # The order in which "every layout that applies" is built; the whole summary suits CSV and HTML more than a paper.
-DEFAULT_ORDER = ("detection", "white-box", "black-box", "accuracy", "summary")
+DEFAULT_ORDER = ("detection", "white-box", "black-box", "accuracy", "worst-case", "summary")
 PAPER_LAYOUTS = DEFAULT_ORDER[:-1]

@@ -1,0 +1,191 @@
+"""The worst case per sample over a threat's attacks, and the cascade that runs later attacks on the samples still in."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_cli import assert_one_line_error, run as run_cli
+
+from robench.attacks import ATTACKS
+from robench.core.errors import ConfigError
+from robench.eval import records as R
+from robench.eval.cascade import cascade_order, flag_thresholds, still_in
+from robench.eval.metrics import summarize
+from robench.eval.runner import RunConfig, run
+from robench.eval.threats import AttackSpec
+from robench.eval.worst_case import WORST_CASE, with_worst_case, worst_case_records
+from robench.report.bootstrap import bootstrap_intervals
+
+ROOT = Path(__file__).resolve().parents[1]
+SOFTMAX = ROOT / "reports" / "regression" / "models" / "softmax.pt"
+
+
+def _records(rows: list[tuple[str, int, int, int, int, float]], order: dict[str, int]) -> pd.DataFrame:
+    """Hand-made records: (attack, sample, label, clean_pred, adv_pred, adversarial kd score); clean kd scores = sample id."""
+    frame = pd.DataFrame(rows, columns=["attack", "sample", "label", "clean_pred", "adv_pred", "score_adv:kd"])
+    n = len(frame)
+    return frame.assign(
+        model="m", threat="t", corruption=False, crafted_on="m", target=-1,
+        success=lambda f: (f["adv_pred"] != f["label"]) & (f["clean_pred"] == f["label"]),
+        best_attempt=False, crafted_success=lambda f: f["success"], l2=np.arange(n, dtype=float), linf=0.1,
+        distortion=np.arange(n, dtype=float) / 28, input_range=1.0, order=lambda f: f["attack"].map(order), cascade_mode="none",
+        **{"score_clean:kd": lambda f: f["sample"].astype(float)},
+    )
+
+
+def test_worst_case_survives_only_what_every_attack_left_and_names_the_first_breaker():
+    rows = [
+        # sample 0: clean-correct, broken by B only -> broken_by B
+        ("A", 0, 1, 1, 1, 0.0), ("B", 0, 1, 1, 2, 9.0),
+        # sample 1: broken by both; A comes first in cascade order although B is listed first
+        ("B", 1, 3, 3, 4, 5.0), ("A", 1, 3, 3, 5, 1.0),
+        # sample 2: survives both
+        ("A", 2, 0, 0, 0, 0.0), ("B", 2, 0, 0, 0, 0.0),
+        # sample 3: misclassified clean: never survives, never "successful"
+        ("A", 3, 2, 7, 7, 0.0), ("B", 3, 2, 7, 7, 0.0),
+    ]
+    derived = worst_case_records(_records(rows, {"A": 0, "B": 1})).set_index("sample")
+    assert list(derived.index) == [0, 1, 2, 3] and set(derived["attack"]) == {WORST_CASE}
+    assert list(derived["broken_by"]) == ["B", "A", "", "A"]
+    assert list(derived["success"]) == [True, True, False, False]
+    assert list(derived["adv_pred"]) == [2, 5, 0, 7]  # the first breaker's prediction; survivors keep their label
+    # the most clean-looking misclassified output per sample (sample 1: B's 5.0 beats A's 1.0)
+    assert derived.loc[0, "score_adv:kd"] == 9.0 and derived.loc[1, "score_adv:kd"] == 5.0
+    assert np.isnan(derived.loc[2, "score_adv:kd"])
+    assert derived.loc[1, "l2"] == 3.0  # A's row of sample 1 is the fourth record
+    summary = summarize(_records(rows, {"A": 0, "B": 1})).set_index("attack")
+    assert summary.loc[WORST_CASE, "survival"] == pytest.approx(1 / 3)  # of the 3 clean-correct samples, sample 2
+    assert summary.loc[WORST_CASE, "robust_accuracy"] == pytest.approx(1 / 4)
+    assert summary.loc["A", "survival"] == pytest.approx(2 / 3) and summary.loc["B", "survival"] == pytest.approx(1 / 3)
+
+
+def test_detector_aware_worst_case_needs_an_unflagged_misclassification():
+    # clean kd scores 0..19 (the sample ids): at 5% the threshold is the 1st smallest, 1.0, so a score < 1 is flagged
+    rows = []
+    for s in range(20):
+        rows.append(("A", s, 0, 0, 1 if s < 4 else 0, 0.5))  # samples 0-3 misclassified by A, but flagged (0.5 < 1)
+        rows.append(("B", s, 0, 0, 1 if s in (2, 3) else 0, 3.0 if s == 3 else 0.2))  # 2 flagged, 3 evades
+    summary = summarize(_records(rows, {"A": 0, "B": 1}))
+    worst = summary[(summary["attack"] == WORST_CASE) & (summary["detector"] == "kd")].iloc[0]
+    assert worst["survival"] == pytest.approx(16 / 20)
+    assert worst["survival_detected"] == pytest.approx(19 / 20)  # only sample 3 is misclassified and unflagged
+    a = summary[(summary["attack"] == "A") & (summary["detector"] == "kd")].iloc[0]
+    assert a["survival_detected"] == pytest.approx(1.0)
+
+
+def test_no_worst_case_for_a_single_attack_and_none_twice():
+    rows = [("A", s, 0, 0, s % 2, 0.0) for s in range(6)]
+    records = _records(rows, {"A": 0})
+    assert worst_case_records(records).empty
+    assert WORST_CASE not in set(summarize(records)["attack"])
+    two = _records(rows + [("B", s, 0, 0, 0, 0.0) for s in range(6)], {"A": 0, "B": 1})
+    once = with_worst_case(two)
+    assert len(with_worst_case(once)) == len(once)  # idempotent: earlier worst-case rows are replaced
+
+
+def test_worst_case_rows_get_bootstrap_intervals():
+    rows = [(a, s, 0, 0, int(s % 3 == i), 0.0) for i, a in enumerate("AB") for s in range(30)]
+    intervals = bootstrap_intervals(_records(rows, {"A": 0, "B": 1}), n_resamples=50)
+    worst = intervals[intervals["attack"] == WORST_CASE].iloc[0]
+    assert worst["survival_low"] <= 10 / 30 <= worst["survival_high"]
+
+
+def test_cascade_order_is_cheapest_first_and_stable():
+    attacks = [ATTACKS.get(name)() for name in ("cw-wb", "pgd", "fgsm", "cw-l2", "bim", "mim")]
+    assert [type(attacks[i]).name for i in cascade_order(attacks)] == ["fgsm", "pgd", "mim", "bim", "cw-l2", "cw-wb"]
+
+
+def test_still_in_per_mode():
+    rows = [("A", 0, 0, 0, 1, 5.0), ("A", 1, 0, 0, 1, -1.0), ("A", 2, 0, 0, 0, 0.0), ("A", 3, 0, 1, 1, 0.0)]
+    records = _records(rows, {"A": 0})
+    samples = np.arange(4)
+    assert list(still_in(records, samples, "none", [], {})) == [True] * 4
+    assert list(still_in(records, samples, "misclassified", [], {})) == [False, False, True, False]
+    thresholds = flag_thresholds(records, ["kd"])
+    assert thresholds == {"kd": 0.0}  # the smallest clean score (k = floor(0.05 * 4) = 0)
+    # sample 1 is misclassified but flagged (-1 < 0): it stays to meet the next attack
+    assert list(still_in(records, samples, "undetected", ["kd"], thresholds)) == [False, True, True, False]
+
+
+def test_worst_case_is_a_reserved_label():
+    with pytest.raises(ConfigError, match="reserved"):
+        AttackSpec(WORST_CASE, "fgsm")
+
+
+# ---------------------------------------------------------------------------- the runner
+
+_DETERMINISTIC = {"FGSM.target_mode": "none", "BIM.target_mode": "none", "BIM.steps": 5, "ILCM.steps": 5, "FGSM.eps": 0.15, "BIM.eps": 0.1}
+
+
+def _config(cascade: str, **kw) -> RunConfig:
+    base = dict(
+        model=SOFTMAX, threat="semi-white-box", n=48, batch_size=16, device="cpu", attacks=("BIM", "FGSM", "ILCM"),
+        settings=_DETERMINISTIC, detectors=("max-prob", "kd"), sanity=False, cascade=cascade,
+    )
+    return RunConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def full_and_cascaded():
+    return {mode: run(_config(mode), progress=False) for mode in ("none", "misclassified", "undetected")}
+
+
+def _worst(result, detector="max-prob"):
+    s = result.summary
+    return s[(s["attack"] == WORST_CASE) & (s["detector"] == detector)].iloc[0]
+
+
+def test_cascade_gives_the_full_runs_worst_case_with_fewer_passes(full_and_cascaded):
+    full, cascaded, undetected = (full_and_cascaded[m] for m in ("none", "misclassified", "undetected"))
+    # deterministic attacks (no random targets or starts): the cascade's worst case is the full run's exactly
+    assert _worst(cascaded)["survival"] == _worst(full)["survival"]
+    for detector in ("max-prob", "kd"):
+        assert _worst(undetected, detector)["survival"] == _worst(full, detector)["survival"]
+        assert _worst(undetected, detector)["survival_detected"] == _worst(full, detector)["survival_detected"]
+        # leaving at misclassification skips later attacks on flagged samples: the detector-aware worst case can only be higher
+        assert _worst(cascaded, detector)["survival_detected"] >= _worst(full, detector)["survival_detected"]
+    passes = {m: sum(r.info["image_passes"].values()) for m, r in full_and_cascaded.items()}
+    assert passes["misclassified"] < passes["undetected"] <= passes["none"]
+    assert passes["misclassified"] < 0.8 * passes["none"]
+
+
+def test_cascaded_records_run_cheapest_first_on_the_samples_still_in(full_and_cascaded):
+    records = full_and_cascaded["misclassified"].records
+    first = records[records["order"] == 0]
+    assert set(first["attack"]) == {"FGSM"} and len(first) == 48  # the cheapest attack meets every sample
+    broken = set(first.loc[first["adv_pred"] != first["label"], "sample"]) | set(first.loc[first["clean_pred"] != first["label"], "sample"])
+    later = records[records["order"] > 0]
+    assert not broken & set(later["sample"])  # a sample that left never meets a later attack
+    assert (records[R.CASCADE] == "misclassified").all()
+    assert (full_and_cascaded["none"].records[R.CASCADE] == "none").all()
+    summary = full_and_cascaded["misclassified"].summary
+    assert set(summary[R.CASCADE]) == {"misclassified"}
+    assert summary.loc[summary["attack"] == "BIM", "n"].iloc[0] < 48
+
+
+def test_cascade_resumes_from_its_parts_and_shares_the_first_attack_with_a_full_run(tmp_path):
+    out = tmp_path / "run"
+    first = run(_config("misclassified", n=32), out, progress=False)
+    again = run(_config("misclassified", n=32), out, progress=False)
+    assert again.info["parts"]["computed"] == 0 and again.info["parts"]["reused"] == first.info["parts"]["computed"]
+    pd.testing.assert_frame_equal(first.records, again.records)
+    full = run(_config("none", n=32), out, progress=False)
+    assert full.info["parts"]["reused"] >= 2  # FGSM's two batches are the same parts with or without a cascade
+    assert (full.records[R.CASCADE] == "none").all()
+
+
+def test_cli_cascade_flag_and_bad_mode(tmp_path, capsys):
+    out = tmp_path / "cli"
+    args = ["run", "--model", str(SOFTMAX), "--threat", "semi-white-box", "--attack", "FGSM", "--attack", "BIM", "--n", "16", "--device", "cpu",
+            "--detector", "max-prob", "--no-sanity", "--no-progress", "--set", "BIM.steps=2", "--threads", "1"]
+    code, _, err = run_cli(capsys, *args, "--out", str(out), "--cascade")
+    assert code == 0, err
+    info = json.loads((out / "run.json").read_text())
+    assert info["config"]["cascade"] == "misclassified" and info["execution"]["threads"] == 1
+    assert WORST_CASE in set(pd.read_csv(out / "summary.csv")["attack"])
+    code, _, err = run_cli(capsys, *args, "--out", str(tmp_path / "bad"), "--cascade", "sometimes")
+    assert_one_line_error(code, err, "sometimes")
