@@ -251,7 +251,7 @@ def _execution_options(command):
         click.option("--threads", type=click.IntRange(min=1, max=4096), default=None, help="CPU threads for torch [default: every core this process may use]."),
         click.option(
             "--channels-last", "channels_last", type=click.Choice(["auto", "on", "off"]), default=None,
-            help="NHWC memory format for model and inputs [default: auto, i.e. on CUDA only].",
+            help="NHWC memory format for model and inputs [default: auto: on CUDA, and on a CPU at bf16 or fp16].",
         ),
         click.option("--compile/--no-compile", "compile_model", default=None, help="torch.compile the model's backbone (eager if compiling fails) [default: no]."),
     ]

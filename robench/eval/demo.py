@@ -42,11 +42,11 @@ class DemoBudget:
     :data:`FULL_BUDGET` is ``make demo-full``'s (``robench demo --full``: twice the samples, longer C&W).
     """
 
-    slow_n: int = 50  # samples for white-box and black-box: the iterative attacks cost 100-1000x FGSM
-    spsa_n: int = 16
-    cw_steps: int = 50  # Adam steps per binary-search step of C&W, C&W-hc, C&W-un, C&W-tar (lr 0.1)
-    cw_wb_steps: int = 100  # the same for C&W-wb (lr 0.05)
-    spsa_steps: int = 15  # SPSA iterations of 128 samples each (lr 0.05)
+    slow_n: int = 30  # samples for white-box and black-box: the iterative attacks cost 100-1000x FGSM
+    spsa_n: int = 8
+    cw_steps: int = 30  # Adam steps per binary-search step of C&W, C&W-hc, C&W-un, C&W-tar (lr 0.1)
+    cw_wb_steps: int = 60  # the same for C&W-wb (lr 0.05)
+    spsa_steps: int = 10  # SPSA iterations of 128 samples each (lr 0.05)
 
 
 FULL_BUDGET = DemoBudget(slow_n=100, spsa_n=32, cw_steps=100, cw_wb_steps=150, spsa_steps=15)

@@ -110,7 +110,7 @@ def prepare(config: RunConfig, loader: Loader | None = None) -> Prepared:
     for detector in detectors.values():
         detector.check_applicable(bundle.model, bundle.defense)
     notes: list[str] = []
-    if use_channels_last(config.channels_last, device):
+    if use_channels_last(config.channels_last, device, config.precision):
         for model in (bundle.model, substitute.model if substitute is not None else None):
             if model is not None:
                 to_memory_format(model, True)

