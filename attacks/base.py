@@ -81,15 +81,18 @@ class AttackTarget:
     precision: str = FP32
 
     def forward(self, x: Tensor) -> Forward:
-        """The model's pass on ``x``; under autocast its features and logits come back in ``x``'s dtype.
+        """The model's pass on ``x``; at a lower precision the backbone runs under the caller's autocast.
 
-        The convolutions and products run at the lower precision, the attack's objectives, margins
-        and densities on the up-cast outputs (differentiably), so every loss is summed in fp32.
+        Its features come back up-cast to ``x``'s dtype and the head runs in fp32 on them
+        (differentiably), so the logits, the objectives, the margins and the densities are fp32.
         """
-        forward = Forward.of(self.model, x)
-        if forward.logits.dtype != x.dtype:
-            forward = Forward(x=x, z=forward.z.to(x.dtype), logits=forward.logits.to(x.dtype))
-        return forward
+        if self.precision == FP32:
+            return Forward.of(self.model, x)
+        # the backbone at the lower precision; the head (GM / MMC distances, whose expanded squares a bf16
+        # product would cancel away) in fp32 on the up-cast features
+        z = self.model.features(x).to(x.dtype)
+        with full_precision(x.device):
+            return Forward(x=x, z=z, logits=self.model.head(z))
 
     def predict(self, x: Tensor) -> Tensor:
         with torch.no_grad():

@@ -51,7 +51,9 @@ from robench.attacks.targets import choose_targets  # noqa: E402
 from robench.core.data import load_dataset  # noqa: E402
 from robench.core.devices import resolve_device  # noqa: E402
 
-SPSA_MAX_BATCH = 4096  # robench SPSA's default: perturbed inputs per forward (the bare forward loop uses the same)
+def spsa_rows(device: torch.device) -> int:
+    """Robench SPSA's default perturbed inputs per forward on ``device`` (the bare forward loop and torchattacks use the same)."""
+    return ATTACKS.get("spsa")().rows_per_forward(device)
 
 # Goals printed under the table (for reference, not asserted).
 GOALS = {
@@ -234,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         return lambda: gradient_loop(model, x, y, steps, (low, high), 0.01, args.precision)
 
     def bare_forwards(steps: int, copies: int) -> Callable[[], Any]:
-        return lambda: forward_loop(model, x, steps, copies, SPSA_MAX_BATCH, args.precision)
+        return lambda: forward_loop(model, x, steps, copies, spsa_rows(x.device), args.precision)
 
     def succeeded(adv: torch.Tensor, tgt: torch.Tensor | None) -> float:
         with torch.no_grad():
@@ -288,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     cw = dict(binary_search_steps=args.cw_search, steps=args.cw_steps, lr=0.01, initial_const=1e-3, abort_early=False)
     cw_steps = args.cw_search * args.cw_steps
     spsa_copies = 2 * args.spsa_samples
-    spsa_ta_batch = max(1, min(args.spsa_samples, (SPSA_MAX_BATCH // 2) // max(n, 1)))  # about as many images per forward as robench
+    spsa_ta_batch = max(1, min(args.spsa_samples, (spsa_rows(x.device) // 2) // max(n, 1)))  # about as many images per forward as robench
     quick = " (quick)" if args.quick else ""
 
     cases: list[Case] = [
@@ -367,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             "SPSA",
             f"SPSA {args.spsa_steps}x{args.spsa_samples} 8/255 margin (forwards: 2 x samples per step)",
             args.spsa_steps * spsa_copies,
-            ours("spsa", eps=eps_pgd, steps=args.spsa_steps, samples=args.spsa_samples, objective="margin", early_stop=False, max_batch=SPSA_MAX_BATCH),
+            ours("spsa", eps=eps_pgd, steps=args.spsa_steps, samples=args.spsa_samples, objective="margin", early_stop=False, max_batch=spsa_rows(x.device)),
             bare_forwards(args.spsa_steps, spsa_copies),
             unit="fwd",
             peers=peers(

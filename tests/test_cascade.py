@@ -170,6 +170,9 @@ def test_cascaded_records_run_cheapest_first_on_the_samples_still_in(full_and_ca
 def test_cascade_resumes_from_its_parts_and_shares_the_first_attack_with_a_full_run(tmp_path):
     out = tmp_path / "run"
     first = run(_config("misclassified", n=32), out, progress=False)
+    derived = pd.read_parquet(out / "worst_case.parquet")  # the derived rows, written beside the records
+    pd.testing.assert_frame_equal(derived, worst_case_records(first.records))
+    assert len(derived) == 32 and set(derived["broken_by"]) <= {"", "FGSM", "ILCM", "BIM"}
     again = run(_config("misclassified", n=32), out, progress=False)
     assert again.info["parts"]["computed"] == 0 and again.info["parts"]["reused"] == first.info["parts"]["computed"]
     pd.testing.assert_frame_equal(first.records, again.records)

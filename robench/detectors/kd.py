@@ -42,11 +42,19 @@ def features_of(model: Classifier, x: Tensor, device: torch.device, batch_size: 
 
 
 def gaussian_kde_log_density(z: Tensor, points: Tensor, bandwidth: float) -> Tensor:
-    """log of the Gaussian KDE over ``points`` (n x d) at each row of ``z`` (N x d); differentiable in z."""
+    """log of the Gaussian KDE over ``points`` (n x d) at each row of ``z`` (N x d); differentiable in z.
+
+    Always in fp32 (or z's wider dtype), autocast off: the squared distances are expanded as
+    ||z||^2 - 2 z.p + ||p||^2, whose cancellation a bf16 product would ruin (measured: C&W-wb
+    under ``--precision bf16`` met f_2 = 0 in bf16 only, and none of its successes held in fp32).
+    """
     d = z.shape[1]
-    sq = (z * z).sum(1, keepdim=True) - 2.0 * z @ points.t() + (points * points).sum(1)
-    log_kernel = -sq.clamp_min(0.0) / (2.0 * bandwidth**2)
-    return torch.logsumexp(log_kernel, dim=1) - math.log(points.shape[0]) - 0.5 * d * math.log(2 * math.pi * bandwidth**2)
+    dtype = torch.promote_types(z.dtype, torch.float32)
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        z, points = z.to(dtype), points.to(dtype)
+        sq = (z * z).sum(1, keepdim=True) - 2.0 * z @ points.t() + (points * points).sum(1)
+        log_kernel = -sq.clamp_min(0.0) / (2.0 * bandwidth**2)
+        return torch.logsumexp(log_kernel, dim=1) - math.log(points.shape[0]) - 0.5 * d * math.log(2 * math.pi * bandwidth**2)
 
 
 @DETECTORS.register

@@ -1,4 +1,4 @@
-"""A run's output folder: records.parquet, summary.csv, run.json and sanity.csv, each written atomically."""
+"""A run's output folder: records.parquet, worst_case.parquet, summary.csv, run.json and sanity.csv, each written atomically."""
 
 from __future__ import annotations
 
@@ -28,11 +28,19 @@ def contained(root: Path, *parts: str) -> Path:
 
 
 def write_run(out: Path, records: pd.DataFrame, summary: pd.DataFrame, info: Mapping[str, Any], sanity: pd.DataFrame | None = None) -> None:
-    """records.parquet, summary.csv, run.json (and sanity.csv), each written atomically."""
+    """records.parquet, worst_case.parquet, summary.csv, run.json (and sanity.csv), each written atomically.
+
+    ``worst_case.parquet`` holds the derived worst-case records (:mod:`robench.eval.worst_case`,
+    with ``broken_by``: the first attack that misclassified each sample), a convenience copy of
+    what every reader recomputes from ``records.parquet``; a threat of one attack has none.
+    """
+    from robench.eval.worst_case import worst_case_records
+
     out.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    records.to_parquet(buffer, index=False)
-    atomic_write_bytes(out / "records.parquet", buffer.getvalue())
+    for name, frame in (("records.parquet", records), ("worst_case.parquet", worst_case_records(records))):
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer, index=False)
+        atomic_write_bytes(out / name, buffer.getvalue())
     atomic_write_text(out / "summary.csv", summary.to_csv(index=False))
     if sanity is not None and len(sanity):
         atomic_write_text(out / "sanity.csv", sanity.to_csv(index=False))
