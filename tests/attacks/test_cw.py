@@ -76,6 +76,7 @@ def test_registered_names_norm_and_defaults():
         "objective": "margin",
         "likelihood_weight": 0.0,
             "return_attempt": True,
+        "search_tolerance": 0.01,
     }
     assert CarliniWagnerL2.for_dataset("mnist", {"steps": "20", "abort_early": "no"}) == CarliniWagnerL2(steps=20, abort_early=False)
 
