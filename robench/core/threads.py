@@ -3,7 +3,7 @@
 By default torch gives every process one intra-op thread per core. Two robench
 processes on the same machine therefore each start as many busy threads as
 there are cores, and the threads fight over the cores instead of sharing them:
-measured on a 2-core machine, two concurrent C&W white-box runs each ran about
+reported on this project's 2-core machines, two concurrent C&W white-box runs each ran about
 15x slower than one run alone (far worse than the 2x one would expect).
 
 This module provides:

@@ -36,10 +36,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
 from robench.attacks.base import Attack
 from robench.core.errors import ConfigError
 from robench.core.registry import did_you_mean
+from robench.detectors.base import threshold_at_fpr
 from robench.eval import records as R
 from robench.eval.metrics import FLAG_FPR
 
@@ -64,18 +66,17 @@ def cascade_order(attacks: Sequence[Attack]) -> list[int]:
 
 
 def flag_thresholds(records: pd.DataFrame, detectors: Sequence[str], fpr: float = FLAG_FPR) -> dict[str, float]:
-    """Per detector, the score below which an input is flagged: the k-th smallest finite clean score, k = floor(fpr m).
+    """Per detector, the score below which an input is flagged (:func:`robench.detectors.base.threshold_at_fpr`).
 
-    The rule of :func:`robench.detectors.base.threshold_at_fpr` and of the ``flagged_rate`` metric,
-    over one record per sample (the clean scores do not depend on the attack).
+    Over the finite clean scores of one record per sample (they do not depend on the attack), the
+    rule of the ``flagged_rate`` metric too; +inf (nothing flagged) for a detector with no clean score.
     """
     per_sample = records.drop_duplicates(R.SAMPLE)
     out = {}
     for detector in detectors:
-        clean = np.sort(per_sample[R.score_clean(detector)].to_numpy(dtype=float))
-        clean = clean[np.isfinite(clean)]
-        k = int(np.floor(fpr * len(clean)))
-        out[detector] = float("inf") if k >= len(clean) else float(clean[k])
+        clean = torch.as_tensor(per_sample[R.score_clean(detector)].to_numpy(dtype=float))
+        clean = clean[torch.isfinite(clean)]
+        out[detector] = threshold_at_fpr(clean, fpr) if clean.numel() else float("inf")
     return out
 
 

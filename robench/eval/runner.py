@@ -152,7 +152,7 @@ def _run(config: RunConfig, out: Path | None, progress: bool, echo: Callable[[st
     fit_seconds = time.perf_counter() - tic
     bounds = Bounds(*bundle.meta.value_range)
     samples = select_samples(len(data.test), config.n, config.seed)
-    batches = [samples[i : i + config.batch_size] for i in range(0, len(samples), config.batch_size)]
+    batches = list(samples.split(config.batch_size))
     store = PartStore(out / PARTS_DIR if out is not None else None)
     densities = _Densities(prepared)
     work = _Work()
@@ -163,11 +163,13 @@ def _run(config: RunConfig, out: Path | None, progress: bool, echo: Callable[[st
     clean = CleanCache(bundle, detectors)
     channels_last = use_channels_last(config.channels_last, device, config.precision)
     live = [name for name in detectors if name not in combined_detectors(detectors)]  # scored during the run
+    orders: dict[str, list[str]] = {}  # threat -> attack labels in cascade order (run.json)
     for pt in prepared.threats:
         threat = pt.threat
         crafting = prepared.substitute if threat.needs_substitute else bundle
         assert crafting is not None
         order = cascade_order([attack for _, attack in pt.attacks])
+        orders[threat.name] = [pt.attacks[i][0].label for i in order]
         rank = {i: r for r, i in enumerate(order)}
         cascade = config.cascade if len(pt.attacks) > 1 and threat.access != "none" else R.NO_CASCADE
 
@@ -234,7 +236,7 @@ def _run(config: RunConfig, out: Path | None, progress: bool, echo: Callable[[st
                 thresholds = thresholds if thresholds is not None else flag_thresholds(so_far, live)
                 keep = torch.from_numpy(still_in(so_far, samples.numpy(), cascade, live, thresholds))
                 active = samples[keep]
-                chunks = [active[j : j + config.batch_size] for j in range(0, len(active), config.batch_size)]
+                chunks = list(active.split(config.batch_size))
                 bar.update(len(batches) - len(chunks))
             for b, index in enumerate(chunks):
                 threat_parts.append(one(i, b, index))
@@ -272,7 +274,7 @@ def _run(config: RunConfig, out: Path | None, progress: bool, echo: Callable[[st
         "image_passes": dict(work.images),
         "execution": {
             "precision": config.precision,
-            "cascade_order": {t.threat.name: [t.attacks[i][0].label for i in cascade_order([a for _, a in t.attacks])] for t in prepared.threats},
+            "cascade_order": orders,
             "channels_last": channels_last,
             "compiled": prepared.compiled,
             "threads": torch.get_num_threads(),
