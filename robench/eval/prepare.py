@@ -23,6 +23,13 @@ from robench.eval.run_config import RunConfig
 from robench.eval.threats import AttackSpec, ThreatModel, distribute, noise_threat, select_threats
 
 
+def threat_detectors(threats: list[ThreatModel]) -> tuple[str, ...] | None:
+    """The detectors the selected threats declare (their union), or None (every one that applies) when one declares none."""
+    if not threats or any(t.detectors is None for t in threats):
+        return None
+    return tuple(dict.fromkeys(name for t in threats for name in t.detectors))
+
+
 @dataclass
 class Loader:
     """Loads each bundle and dataset once (a suite's pairs share them)."""
@@ -105,7 +112,7 @@ def prepare(config: RunConfig, loader: Loader | None = None) -> Prepared:
             raise ConfigError(f"substitute's input range {tuple(substitute.meta.value_range)} differs from the model's {tuple(bundle.meta.value_range)}")
     family = data.spec.family
     prepared_threats = [PreparedThreat(t, [(spec, spec.build(family)) for spec in t.attacks]) for t in threats]
-    names = applicable_detectors(bundle, config.detectors)
+    names = applicable_detectors(bundle, config.detectors if config.detectors is not None else threat_detectors(threats))
     detectors = build_detectors(names, family, config.detector_settings)
     for detector in detectors.values():
         detector.check_applicable(bundle.model, bundle.defense)

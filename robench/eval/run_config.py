@@ -46,7 +46,9 @@ class RunConfig:
     extra_attacks: tuple[Mapping[str, Any], ...] = ()
     # How the attack loops run (robench.core.precision, robench.eval.cascade, robench.core.execution).
     precision: str = "fp32"  # fp32, bf16 or fp16 autocast in the attack loops; judged in fp32 (part keys include it)
-    cascade: str = "none"  # none, misclassified or undetected: later attacks only on the samples still in
+    # none, misclassified or undetected: later attacks only on the samples still in; None: each threat's
+    # default_cascade (none for all but autoattack, whose ensemble is a per-sample cascade by definition)
+    cascade: str | None = None
     channels_last: str = "auto"  # auto (on CUDA), on or off: the model's and inputs' memory format (same numbers up to rounding)
     compile: bool = boolean(False)  # torch.compile the model's backbone, eager if compiling fails (same numbers up to rounding)
 
@@ -68,7 +70,8 @@ class RunConfig:
         if self.sigmas and self.threat not in ("noise", ALL):
             raise ConfigError(f"--sigma applies to the noise threat, not '{self.threat}'")
         check_precision(self.precision)
-        check_cascade(self.cascade)
+        if self.cascade is not None:
+            check_cascade(self.cascade)
         if self.channels_last not in CHANNELS_LAST:
             raise ConfigError(f"{_WHAT}: channels_last must be one of {', '.join(CHANNELS_LAST)}, got {_shown(self.channels_last)}")
         object.__setattr__(self, "extra_attacks", _extra_attacks(self.extra_attacks))

@@ -171,7 +171,8 @@ def _run(config: RunConfig, out: Path | None, progress: bool, echo: Callable[[st
         order = cascade_order([attack for _, attack in pt.attacks])
         orders[threat.name] = [pt.attacks[i][0].label for i in order]
         rank = {i: r for r, i in enumerate(order)}
-        cascade = config.cascade if len(pt.attacks) > 1 and threat.access != "none" else R.NO_CASCADE
+        chosen = config.cascade if config.cascade is not None else (threat.default_cascade or R.NO_CASCADE)
+        cascade = chosen if len(pt.attacks) > 1 and threat.access != "none" else R.NO_CASCADE
 
         def one(i: int, b: int, index: torch.Tensor) -> pd.DataFrame:
             spec, attack = pt.attacks[i]

@@ -74,6 +74,11 @@ class ThreatModel:
     source: str = ""
     # Black-box transfer: the attacks run on a substitute model (``--substitute``) and are evaluated on the target.
     needs_substitute: bool = False
+    # The cascade mode (robench.eval.cascade) a run of this threat uses unless --cascade / a suite says otherwise;
+    # None: no cascade. AutoAttack's ensemble is a per-sample cascade by definition.
+    default_cascade: str | None = None
+    # The detectors a run of this threat scores unless --detector says otherwise; None: every one that applies.
+    detectors: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.access not in ACCESS:
