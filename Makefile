@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.robench-installed
 
-.PHONY: install demo demo-full test test-all regression regression-baseline reproduce ablation clean
+.PHONY: install demo demo-full test test-all regression regression-baseline reproduce ablation sweep clean
 
 install: $(STAMP)
 
@@ -21,7 +21,7 @@ demo-full: $(STAMP)
 	$(VENV)/bin/robench demo --full --out reports/demo-full
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 # The CI regression gate: the committed bundled models x every threat model, checked against the
 # committed baseline in both directions (a broken attack makes a defense look better, too).
@@ -46,9 +46,14 @@ ablation: $(STAMP)
 	$(VENV)/bin/robench suite reports/reproduce/ablation.toml --out $(ABLATION_OUT) --no-progress
 	$(VENV)/bin/robench report $(ABLATION_OUT) --layout white-box-ablation --ci --scale 255 --out reports/reproduce/results/ablation.md --force
 
+# The README's L-inf budget sweep: the white-box threat's worst case vs torchattacks' APGD-CE + APGD-DLR
+# on both committed models at eps 0.05 ... 0.3 (reports/sweep/budget_sweep.{csv,md,png}).
+sweep: $(STAMP)
+	$(PY) reports/sweep/run_sweep.py --out build/sweep
+
 # Also the tests marked slow (long training runs).
 test-all: $(STAMP)
-	ROBENCH_SLOW=1 $(PY) -m pytest -q
+	ROBENCH_SLOW=1 $(PY) -m pytest -q -n 2
 
 clean:
 	rm -rf $(VENV) reports/demo reports/demo-full reports/models build .pytest_cache

@@ -86,7 +86,8 @@ class AttackTarget:
         Its features come back up-cast to ``x``'s dtype and the head runs in fp32 on them
         (differentiably), so the logits, the objectives, the margins and the densities are fp32.
         """
-        if self.precision == FP32:
+        if self.precision == FP32 or not getattr(self.model, "separable_head", True):
+            # a model without a separable head (an imported one) runs in one pass, which up-casts z and the logits
             return Forward.of(self.model, x)
         # the backbone at the lower precision; the head (GM / MMC distances, whose expanded squares a bf16
         # product would cancel away) in fp32 on the up-cast features

@@ -15,10 +15,15 @@ from robench.core.bundle import save_bundle
 def pytest_configure(config):
     # Tests see only their own robench processes: another robench run on the machine (a benchmark, a
     # second pytest) must not add a shared-cores warning line to the CLI output the tests check.
-    if "ROBENCH_ACTIVE_DIR" not in os.environ:
+    # Under pytest-xdist (make test runs two workers) each worker gets its own registry and one torch thread:
+    # two workers on two cores, neither warned about the other.
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if "ROBENCH_ACTIVE_DIR" not in os.environ or worker:
         import tempfile
 
-        os.environ["ROBENCH_ACTIVE_DIR"] = tempfile.mkdtemp(prefix="robench-active-tests-")
+        os.environ["ROBENCH_ACTIVE_DIR"] = tempfile.mkdtemp(prefix=f"robench-active-tests-{worker or 'main'}-")
+    if worker:
+        torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

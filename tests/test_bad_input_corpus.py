@@ -32,6 +32,7 @@ from pathlib import Path
 import click
 import pytest
 from corpus_helpers import BAD_BASELINES, BAD_CHECKPOINTS, DATA_ROOTS, MARKER, RUN_FOLDERS, build_world, snapshot, suite_texts
+from import_fixtures import bad_imports, small_net, write_bad_imports, write_import_sources
 from test_cli import assert_one_line_error
 from test_cli import run as run_cli
 
@@ -93,6 +94,7 @@ GUARDS = [
     ("robench.eval.detection.fit_or_load", _detect_fit_or_load),
     ("robench.eval.suite._run_pairs", _refuse("the suite's runs")),
     ("robench.eval.demo.ensure_model", _refuse("the demo's training")),
+    ("robench.core.imported.importer._export", _refuse("the import's export")),
 ]
 
 # ---------------------------------------------------------------- command lines the generated cases build on
@@ -108,6 +110,7 @@ CONTEXTS: dict[str, list[str]] = {
     "check": ["check", f"{W}/run", "--baseline", f"{W}/baseline.json"],
     "info": ["info", f"{W}/softmax.pt"],
     "list": ["list"],
+    "import": ["import", f"{W}/import/net.pt2", "--out", "x.pt", "--feature-layer", "penultimate", "--dataset", "mnist-5k"],
 }
 
 
@@ -428,7 +431,18 @@ def _options() -> None:
     case("group:unknown-option", ["--bogus"], NAME_CODES, ("--bogus",))
 
 
-for _generate in (_names, _numeric, _attack_fields, _detector_fields, _defense_fields, _train_fields, _arch_fields, _checkpoints, _suites, _baselines, _data_roots, _options):
+# ---------------------------------------------------------------- hand-written: robench import (tests/import_fixtures.py)
+
+
+def _imports() -> None:
+    for name, (args, fragments) in bad_imports(Path(f"{W}/import")).items():
+        case(f"import:{name}", ["import", *map(str, args), "--out", "x.pt"], FILE_CODES, fragments)
+    case("import--out:exists", CONTEXTS["import"][:-6] + ["--out", f"{W}/a-file", *CONTEXTS["import"][-4:]], NAME_CODES, ("exists", "--force"))
+    case("import--kind:unknown", CONTEXTS["import"] + ["--kind", "onnx"], NAME_CODES, ("--kind",))
+    case("import--feature-layer:missing", CONTEXTS["import"][:-4] + CONTEXTS["import"][-2:], NAME_CODES, ("--feature-layer",))
+
+
+for _generate in (_names, _numeric, _attack_fields, _detector_fields, _defense_fields, _train_fields, _arch_fields, _checkpoints, _suites, _baselines, _data_roots, _options, _imports):
     _generate()
 
 
@@ -478,6 +492,8 @@ def world(tmp_path_factory):
     """Every input of the corpus, built once; no new file may appear in the repository while the corpus runs."""
     before = _new_repo_files()
     root = build_world(tmp_path_factory.mktemp("corpus") / "world")
+    write_import_sources(root / "import", small_net().eval())  # robench import's inputs, and its bad ones
+    write_bad_imports(root / "import", root / MARKER)
     yield root
     assert not (root / MARKER).exists(), "a pickle payload ran"
     # Others may add source files meanwhile; anything else new in the tree was written by a case.

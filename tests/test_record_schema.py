@@ -35,6 +35,17 @@ ALLOWED = {
     ("attacks/linf.py", "linf"): "an attack's norm",
     ("attacks/spsa.py", "linf"): "an attack's norm",
     ("attacks/cw.py", "l2"): "an attack's norm",
+    ("robench/eval/budget_sweep.py", "label"): "an added attack's label key (AttackSpec.label), not a record column",
+    ("robench/eval/sanity.py", "label"): "reads AttackSpec.config()'s key from run.json",
+    ("robench/eval/threat_files.py", "label"): "a threat file's [[attack]] label key (AttackSpec.label), not a record column",
+    ("robench/report/html_report.py", "label"): "reads AttackSpec.config()'s key from run.json",
+    ("attacks/apgd.py", "linf"): "an attack's norm",
+    ("attacks/apgd.py", "l2"): "an attack's norm",
+    ("attacks/foolbox_adapter.py", "linf"): "a library attack's norm",
+    ("attacks/foolbox_adapter.py", "l2"): "a library attack's norm",
+    ("attacks/torchattacks_adapter.py", "linf"): "a library attack's norm",
+    ("attacks/torchattacks_adapter.py", "l2"): "a library attack's norm",
+    ("robench/core/imported/archive.py", "target"): "a torch.export graph node's target operator, not a record column",
 }
 
 

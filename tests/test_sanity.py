@@ -18,6 +18,7 @@ from robench.eval.sanity import (
     SANITY_CHECKS,
     TABLE_COLUMNS,
     SanityResult,
+    attack_names_of,
     flags_by_model_threat,
     probe_model,
     record_flags,
@@ -317,5 +318,44 @@ def test_table_and_flags_by_model_threat():
 
 def test_every_check_is_registered_with_a_citation(plain):
     names = set(SANITY_CHECKS.names())
-    assert set(plain) | {"black-box-beats-white-box", "iterative-weaker-than-single-step", "attacker-estimator-differs"} == names
+    assert set(plain) | {"black-box-beats-white-box", "iterative-weaker-than-single-step", "attacker-estimator-differs", "library-attack-beats-threat"} == names
     assert all(SANITY_CHECKS.get(n).citation and SANITY_CHECKS.get(n).kind in ("model", "records", "config") for n in names)
+
+
+# ------------------------------------------------- library attacks against the threat's own
+
+
+def test_library_attack_stronger_than_the_threats_own_is_flagged():
+    records = _records(_attack_records("m", "white-box", "PGD-50-un", 0.3), _attack_records("m", "white-box", "torchattacks:APGD", 0.6))
+    (result,) = _only(record_flags(records), "library-attack-beats-threat")
+    assert result.flagged and result.value == pytest.approx(0.3) and 0 < result.threshold < 0.15
+    assert "torchattacks:APGD" in result.detail and "PGD-50-un" in result.detail
+
+
+def test_library_attack_within_its_interval_is_quiet_and_needs_both_sides():
+    close = _records(_attack_records("m", "white-box", "PGD-50-un", 0.3), _attack_records("m", "white-box", "foolbox:LinfPGD", 0.32))
+    (result,) = _only(record_flags(close), "library-attack-beats-threat")
+    assert not result.flagged and result.value == pytest.approx(0.02) and result.value < result.threshold
+    assert _only(record_flags(_attack_records("m", "autoattack", "torchattacks:APGD", 0.9)), "library-attack-beats-threat") == []
+    assert _only(record_flags(_attack_records("m", "white-box", "PGD-50-un", 0.9)), "library-attack-beats-threat") == []
+    weaker = _records(_attack_records("m", "white-box", "PGD-50-un", 0.6), _attack_records("m", "white-box", "torchattacks:APGD", 0.3))
+    (result,) = _only(record_flags(weaker), "library-attack-beats-threat")
+    assert not result.flagged and result.value == pytest.approx(-0.3)
+
+
+def test_library_check_compares_on_the_samples_both_saw():
+    own = _attack_records("m", "white-box", "PGD-50-un", 0.3)
+    library = _attack_records("m", "white-box", "torchattacks:APGD", 0.6)
+    library = library[library["sample"] >= 50]  # a cascade ran the library attack on samples 50.. only
+    (result,) = _only(record_flags(_records(own, library)), "library-attack-beats-threat")
+    assert "on 50 clean-correct samples" in result.detail  # samples 50..99 (100..119 are misclassified clean)
+    assert result.value == pytest.approx(1.0 - 0.8)  # own: all 50 robust; library breaks 50..59
+
+
+def test_library_check_knows_added_attacks_by_their_registered_name():
+    own = _attack_records("m", "white-box", "PGD-50-un", 0.3)
+    added = _attack_records("m", "white-box", "APGD-lib", 0.6)  # a suite's [[threat.add]] label
+    assert _only(record_flags(_records(own, added)), "library-attack-beats-threat") == []  # by its label: one of the threat's own
+    names = attack_names_of([{"threats": [{"name": "white-box", "attacks": [{"label": "APGD-lib", "attack": "torchattacks:APGD"}]}]}])
+    (result,) = _only(record_flags(_records(own, added), attack_names=names), "library-attack-beats-threat")
+    assert result.flagged and "APGD-lib" in result.detail

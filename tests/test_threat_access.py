@@ -14,13 +14,16 @@ from robench.eval import records as R
 from robench.eval.sanity import record_flags, registered_attack
 from robench.eval.threats import ACCESS, THREATS, AttackSpec, ThreatModel, noise_threat
 
-EXPECTED_ACCESS = {"white-box": "white-box", "semi-white-box": "grey-box", "black-box": "black-box", "spsa": "black-box", "noise": "none", "rotation": "none"}
+EXPECTED_ACCESS = {
+    "white-box": "white-box", "semi-white-box": "grey-box", "black-box": "black-box", "spsa": "black-box", "noise": "none", "rotation": "none",
+    "autoattack": "grey-box",  # AutoAttack knows the model's logits, not the defense's loss or the detector
+}
 
 
 def test_every_registered_threat_declares_a_known_access():
     assert {name: THREATS.get(name).access for name in THREATS.names()} == EXPECTED_ACCESS
     assert set(ACCESS) == {"white-box", "grey-box", "black-box", "none"} and all(ACCESS.values())
-    assert [n for n in THREATS.names() if THREATS.get(n).gradient_access] == ["semi-white-box", "white-box"]
+    assert [n for n in THREATS.names() if THREATS.get(n).gradient_access] == ["autoattack", "semi-white-box", "white-box"]
     assert noise_threat([0.1, 0.2]).access == "none"
 
 
@@ -91,3 +94,13 @@ def test_iterative_check_pairs_fgsm_with_iterative_linf_attacks_of_its_target_mo
     )
     (result,) = [r for r in record_flags(records) if r.check == "iterative-weaker-than-single-step"]
     assert result.flagged and result.value == pytest.approx(0.3) and result.detail.startswith("targeted: MIM-10-tar")
+
+
+def test_all_runs_the_papers_threats_and_autoattack_runs_by_name():
+    from robench.eval.threats import select_threats
+
+    assert {t.name for t in select_threats("all", False)} == {"semi-white-box", "white-box", "spsa", "noise", "rotation"}
+    assert {t.name for t in select_threats("all", True)} == {"semi-white-box", "white-box", "black-box", "spsa", "noise", "rotation"}
+    (auto,) = select_threats("autoattack", False)
+    assert not auto.in_all and auto.default_cascade == "misclassified"
+    assert [a.attack for a in auto.attacks] == ["torchattacks:APGD", "torchattacks:APGDT", "torchattacks:FAB", "torchattacks:Square"]

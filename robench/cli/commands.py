@@ -38,6 +38,30 @@ class _Group(click.Group):
 @click.version_option(package_name="robench")
 def cli() -> None:
     """Adversarial-robustness evaluation harness for PyTorch image classifiers."""
+    if os.environ.get(_THREAT_PATH_ENV, "").strip():  # threat TOML files named by the environment, for every command
+        from robench.eval.threat_files import load_env
+
+        load_env()
+
+
+# os.pathsep-separated threat files and folders (robench.eval.threat_files.THREAT_PATH_ENV; named here so that
+# commands that never look at threats do not import the attacks to find out the variable is unset)
+_THREAT_PATH_ENV = "ROBENCH_THREAT_PATH"
+
+
+def _threat_paths_option(command):
+    """--threats PATH (repeatable): threat TOML files or folders of them, registered before the command runs."""
+    return click.option(
+        "--threats", "threat_paths", multiple=True, metavar="PATH", type=click.Path(path_type=Path),
+        help=f"Threat TOML file, or folder of *.toml, to load first (repeatable; also {_THREAT_PATH_ENV}).",
+    )(command)
+
+
+def _load_threats(paths: tuple[Path, ...]) -> None:
+    if paths:
+        from robench.eval.threat_files import load_threat_paths
+
+        load_threat_paths(paths, "--threats")
 
 
 def _echo_err(message: str) -> None:
@@ -163,24 +187,90 @@ def info(bundle_path: Path, as_json: bool) -> None:
         click.echo(f"{key:<{width}}  {value}")
 
 
+def _number_list(text: str | None, option: str, count: int | None = None, kind: type = float) -> tuple | None:
+    """``"0.1,0.2"`` -> (0.1, 0.2) for an option of comma-separated numbers (``count`` of them if given); None stays None."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = tuple(kind(p) for p in parts)
+    except ValueError:
+        raise ConfigError(f"{option} must be comma-separated {'integers' if kind is int else 'numbers'}, got '{text}'") from None
+    if kind is float and not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"{option} must be finite numbers, got '{text}'")
+    if count is not None and len(values) != count:
+        raise ConfigError(f"{option} needs {count} comma-separated values, got '{text}'")
+    return values
+
+
+@cli.command(name="import")
+@click.argument("source", metavar="SOURCE")
+@click.option("--out", type=NonEmptyPath(dir_okay=False, path_type=Path), required=True, help="Bundle file to write.")
+@click.option("--kind", type=click.Choice(["auto", "export", "torchscript", "factory", "timm"]), default="auto", show_default=True,
+              help="What SOURCE is: a .pt2 program, a TorchScript archive, package.module:function, a timm name [auto: from SOURCE].")  # fmt: skip
+@click.option("--weights", type=click.Path(path_type=Path), default=None, help="Weights for a factory or timm model: .safetensors, or a state dict torch.load(weights_only=True) reads.")
+@click.option("--feature-layer", required=True, help="Module name (as in named_modules) whose output is the feature vector z for KD.")
+@click.option("--dataset", default=None, help="Registered dataset the model takes (sets input shape, classes and value range).")
+@click.option("--input-shape", default=None, metavar="C,H,W", help="Input shape, without --dataset.")
+@click.option("--num-classes", type=click.IntRange(2, 100_000), default=None, help="Number of classes, without --dataset.")
+@click.option("--value-range", default=None, metavar="LO,HI", help="Input value range [default: the dataset's, else 0,1].")
+@click.option("--mean", default=None, metavar="M1,...", help="Per-channel mean to normalize with, if the model does not normalize itself.")
+@click.option("--std", default=None, metavar="S1,...", help="Per-channel std to normalize with (with --mean).")
+@click.option("--defense", default="softmax", show_default=True, help="Defense whose head the model's last layer is (its adaptive objective applies).")
+@click.option("--defense-param", multiple=True, metavar="KEY=VALUE", help="Defense hyper-parameter (repeatable).")
+@click.option("--factory-kwarg", multiple=True, metavar="KEY=VALUE", help="Keyword argument for the factory or timm.create_model (repeatable; JSON values).")
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+def import_command(
+    source: str, out: Path, kind: str, weights: Path | None, feature_layer: str, dataset: str | None, input_shape: str | None,
+    num_classes: int | None, value_range: str | None, mean: str | None, std: str | None, defense: str,
+    defense_param: tuple[str, ...], factory_kwarg: tuple[str, ...], force: bool,
+) -> None:
+    """Import your own model (torch.export .pt2, TorchScript, factory + weights, timm + weights) as a verified bundle."""
+    from robench.core.imported.importer import ImportRequest, import_model, write_imported
+
+    if out.exists() and not force:
+        raise ConfigError(f"{out} exists; pass --force to overwrite it")
+    request = ImportRequest(
+        source=source, feature_layer=feature_layer, kind=kind, weights=weights, dataset=dataset,
+        input_shape=_number_list(input_shape, "--input-shape", 3, int), num_classes=num_classes,
+        value_range=_number_list(value_range, "--value-range", 2), mean=_number_list(mean, "--mean"), std=_number_list(std, "--std"),
+        defense=defense, defense_params=parse_assignments(defense_param, "--defense-param"),
+        factory_kwargs=_typed(parse_assignments(factory_kwarg, "--factory-kwarg")),
+    )  # fmt: skip
+    bundle = write_imported(import_model(request), out)
+    meta = bundle.meta
+    kwargs = meta.arch_kwargs
+    head = f"{meta.defense} head (adaptive objective)" if kwargs["head"] == "separate" else "none separable (attacked through its logits)"
+    bu = f"MC dropout p={kwargs['mc_dropout']:g}" if kwargs["mc_dropout"] > 0 else "not applicable (no dropout)"
+    accuracy = f"; clean test accuracy {100 * meta.clean_accuracy:.2f}% on {meta.dataset}" if meta.clean_accuracy is not None else ""
+    click.echo(
+        f"imported {kwargs['source']} model {source}: features from '{meta.feature_layer}' (d={meta.feature_dim}), head: {head}, "
+        f"BU: {bu}{accuracy}; wrote {out} (content hash {bundle.content_hash[:12]})"
+    )
+
+
 @cli.command(name="list")
 @click.argument("kind", required=False)
-def list_(kind: str | None) -> None:
+@_threat_paths_option
+def list_(kind: str | None, threat_paths: tuple[Path, ...]) -> None:
     """List registered datasets, architectures, defenses, detectors, attacks and threat models."""
     from robench.core.data import DATASETS
     from robench.defenses import DEFENSES
     from robench.attacks import ATTACKS
+    from robench.attacks.library import library_rows
     from robench.detectors import DETECTORS
     from robench.core.models import ARCHITECTURES
+    from robench.eval.threat_files import threat_file
     from robench.eval.threats import THREATS
 
+    _load_threats(threat_paths)
     sections = {
         "datasets": [(n, s.description + (" [--data-root]" if s.needs_data_root else "")) for n, s in DATASETS.items()],
         "architectures": [(n, s.description) for n, s in ARCHITECTURES.items()],
         "defenses": [(n, f"{c.description}; params: {c().params() or 'none'}") for n, c in DEFENSES.items()],
         "detectors": [(n, f"{c.description}; params: {c().params() or 'none'}") for n, c in DETECTORS.items()],
-        "attacks": [(n, f"{c.description}; params: {c().params() or 'none'}") for n, c in ATTACKS.items()],
-        "threats": [(n, f"{t.description}; attacks: {', '.join(t.labels())}") for n, t in THREATS.items()],
+        "attacks": [(n, f"{c.description}; params: {c().params() or 'none'}") for n, c in ATTACKS.items()] + library_rows(ATTACKS),
+        "threats": [(n, _threat_row(t, threat_file(n))) for n, t in THREATS.items()],
     }
     if kind is not None and kind not in sections:
         raise ConfigError(f"unknown kind '{kind}'{did_you_mean(kind, list(sections))}; known: {', '.join(sections)}")
@@ -191,6 +281,14 @@ def list_(kind: str | None) -> None:
         width = max(len(r[0]) for r in rows)
         for row_name, text in rows:
             click.echo(f"  {row_name:<{width}}  {text}")
+
+
+def _threat_row(threat: Any, source: Any) -> str:
+    """A threat's line in 'robench list threats'; one defined in a TOML file also shows its access and the file."""
+    text = f"{threat.description}; attacks: {', '.join(threat.labels())}"
+    if source is None:
+        return text
+    return f"{text}; access: {threat.access}; file: {source.path}"
 
 
 @cli.command()
@@ -280,7 +378,7 @@ def _cores(threads: int | None, command: str):
 
 @cli.command(name="run")
 @click.option("--model", "model_path", type=click.Path(path_type=Path), required=True, help="Checkpoint bundle to attack.")
-@click.option("--threat", required=True, help="Threat model (see 'robench list threats'), or 'all' for every one that applies.")
+@click.option("--threat", required=True, help="Threat model (see 'robench list threats'), a threat TOML file (FILE.toml), or 'all' for every one that applies.")
 @click.option("--substitute", "substitute_path", type=click.Path(path_type=Path), default=None, help="Black-box threat: the model the attacks are crafted on.")
 @click.option("--n", type=int, default=1000, show_default=True, help="Test samples to attack (a seeded random subset).")
 @click.option("--batch-size", type=int, default=250, show_default=True)
@@ -297,18 +395,26 @@ def _cores(threads: int | None, command: str):
 @click.option("--sanity/--no-sanity", default=True, show_default=True, help="Run the sanity probes (gradient masking, determinism, unbounded budget).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--wait", is_flag=True, help="If another robench process is writing into --out, wait for it instead of stopping.")
+@_threat_paths_option
 @_execution_options
 def run_command(
     model_path: Path, threat: str, substitute_path: Path | None, n: int, batch_size: int, seed: int, device: str, out: Path | None,
     settings: tuple[str, ...], attacks: tuple[str, ...], detectors: tuple[str, ...], detector_settings: tuple[str, ...],
     dataset: str | None, data_root: Path | None, sigmas: tuple[float, ...], sanity: bool, progress: bool, wait: bool,
     precision: str | None, cascade: str | None, threads: int | None, channels_last: str | None, compile_model: bool | None,
+    threat_paths: tuple[Path, ...],
 ) -> None:
     """Attack a model under a threat model; write records.parquet, summary.csv, sanity.csv and run.json.
 
-    Finished parts are kept in OUT/parts: rerunning the same command resumes an interrupted run.
+    --threat takes a registered name or a threat TOML file (FILE.toml). Finished parts are kept
+    in OUT/parts: rerunning the same command resumes an interrupted run.
     """
     from robench.eval.run_config import RunConfig
+    from robench.eval.threat_files import is_threat_file, load_threat_file
+
+    _load_threats(threat_paths)
+    if is_threat_file(threat):  # run.json, records and the default --out then carry the threat's own name
+        threat = load_threat_file(Path(threat)).name
 
     config = RunConfig(
         model=model_path, threat=threat, n=n, batch_size=batch_size, seed=seed, device=device,
@@ -354,15 +460,18 @@ def _run_prepared(config: Any, model_path: Path, substitute_path: Path | None, o
     "--data-root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
     help="Folder of on-disk datasets (MNIST, CIFAR-10, ...), overriding the suite's data_root.",
 )
+@_threat_paths_option
 @_execution_options
 def suite(
     suite_file: Path, out: Path, n: int | None, device: str | None, progress: bool, wait: bool, data_root: Path | None,
     precision: str | None, cascade: str | None, threads: int | None, channels_last: str | None, compile_model: bool | None,
+    threat_paths: tuple[Path, ...],
 ) -> None:
     """Run every model x threat pair of a TOML suite into one combined summary."""
     from robench.eval.output import format_summary
     from robench.eval.suite import run_suite
 
+    _load_threats(threat_paths)
     overrides = {k: v for k, v in (("n", n), ("device", device)) if v is not None}
     overrides.update(_execution(precision, cascade, channels_last, compile_model))
     if data_root is not None:  # absolute: a suite's own data_root is relative to the suite file, this one to the shell

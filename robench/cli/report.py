@@ -1,5 +1,11 @@
 """``robench report RUN_DIR``: paper-layout tables (and, with ``--plots``, figures) of a run directory.
 
+``--format html`` written to a file (``--out report.html``; the suffix alone implies the format) or with
+``--standalone`` is the whole report as one self-contained page (:mod:`robench.report.html_report`):
+what was evaluated, every layout that applies with bootstrap intervals (``--no-ci`` drops them), the
+summary, the sanity flags and the figures embedded (``--no-figures`` leaves them out). ``--format html``
+on stdout without ``--standalone`` stays the tables' HTML alone, a fragment to paste into a page.
+
 The command is added to the ``robench`` group in ``robench/cli.py``. Tables go
 to stdout (or ``--out``); notes on skipped layouts and figures, and the files
 written, go to stderr so that stdout stays the table alone.
@@ -81,16 +87,23 @@ def resolve_paper_options(
 
 @click.command(name="report")
 @click.argument("run_dir", metavar="RUN_DIR", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None, help="Table format [default: from --out's suffix; markdown on stdout].")
+@click.option(
+    "--format", "fmt", type=click.Choice(FORMATS), default=None,
+    help="Table format [default: from --out's suffix; markdown on stdout]. html into a file (or with --standalone): the full self-contained report.",
+)  # fmt: skip
 @click.option("--layout", "layouts", multiple=True, metavar="NAME", help=f"Layout (repeatable): {', '.join(LAYOUTS.names())} [default: all that apply; summary for csv/html only].")
 @click.option("--out", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None, help="File to write the tables to [default: stdout].")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
-@click.option("--ci/--no-ci", default=False, show_default=True, help="Show 95% bootstrap confidence intervals, e.g. 84.3 [82.1, 86.0].")
+@click.option(
+    "--ci/--no-ci", default=None,
+    help="Show 95% bootstrap confidence intervals, e.g. 84.3 [82.1, 86.0] [default: on for the HTML report, off otherwise].",
+)  # fmt: skip
 @click.option("--resamples", type=int, default=1000, show_default=True, help="Bootstrap resamples for --ci.")
 @click.option("--best/--no-best", default=True, show_default=True, help="Mark the best value among the models in bold.")
-@click.option("--standalone", is_flag=True, help="Wrap LaTeX (or HTML) in a complete, compilable document.")
+@click.option("--standalone", is_flag=True, help="Wrap LaTeX in a complete, compilable document; with html, the full report (also on stdout).")
 @click.option("--plots", is_flag=True, help="Also write figures (PNG and PDF).")
 @click.option("--plots-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Folder for figures (implies --plots) [default: RUN_DIR/plots].")
+@click.option("--figures/--no-figures", default=True, show_default=True, help="Embed the figures in the HTML report (base64 PNG).")
 @click.option(
     "--paper", "paper_name", metavar="'PAPER Table N'", default=None,
     help=f"Show that paper table's own numbers beside robench's, e.g. '001 Table 10' or 001-t10 (known: {', '.join(PAPER_TABLES)}); "
@@ -114,8 +127,8 @@ def resolve_paper_options(
     help="Distortion scale of the white-box table: 1 = the model's input units ([0, 1]), 255 = the 0-255 pixel scale [default: 1; with --paper 255].",
 )
 def report(
-    run_dir: Path, fmt: str | None, layouts: tuple[str, ...], out: Path | None, force: bool, ci: bool, resamples: int,
-    best: bool, standalone: bool, plots: bool, plots_dir: Path | None, paper_name: str | None, paper_dataset: str | None, papers_file: Path | None,
+    run_dir: Path, fmt: str | None, layouts: tuple[str, ...], out: Path | None, force: bool, ci: bool | None, resamples: int,
+    best: bool, standalone: bool, plots: bool, plots_dir: Path | None, figures: bool, paper_name: str | None, paper_dataset: str | None, papers_file: Path | None,
     population_name: str | None, scale: str | None,
 ) -> None:
     """Tables in the layouts of the papers (001 Tables 7-11, 004 Tables 1-2) from a run directory.
@@ -124,6 +137,10 @@ def report(
     With --paper, the paper's own numbers stand beside robench's:
       robench report RUN_DIR --paper "001 Table 10"          # white-box layout, AUC paired, Dist. (0-255)
       robench report RUN_DIR --paper 001-t7 --population successful
+
+    \b
+    One self-contained HTML page (tables with intervals, summary, sanity flags, figures; no network):
+      robench report RUN_DIR --out report.html
     """
     from robench.core.provenance import atomic_write_text
     from robench.report.paper import load_paper_table
@@ -137,6 +154,11 @@ def report(
         raise ConfigError(f"--resamples must be between 1 and {MAX_RESAMPLES:,}, got {resamples}")
     if standalone and fmt not in ("latex", "html"):
         raise ConfigError(f"--standalone applies to --format latex or html, not {fmt}")
+    full_html = fmt == "html" and (out is not None or standalone)  # the report page; html on stdout alone stays the tables' fragment
+    if not figures and not full_html:
+        raise ConfigError("--no-figures applies to the HTML report (--format html with --out or --standalone); --plots writes figure files")
+    if ci is None:
+        ci = full_html
     for name in layouts:
         LAYOUTS.get(name)  # a misspelt layout fails before the records are read
     paper = load_paper_table(paper_name, papers_file) if paper_name is not None else None
@@ -163,17 +185,31 @@ def report(
         notes += [n for part in paper_notes for n in part]
     for note in notes:
         click.echo(f"note: {note}", err=True)
-    text = render_tables(tables, fmt, best=best, standalone=standalone)
+    plots_folder = None
+    if plots or plots_dir is not None:
+        plots_folder = plots_dir or (run.path if run.path.is_dir() else run.path.parent) / "plots"
+    if full_html:
+        from robench.report.html_report import draw_figures, render_report
+
+        drawn, figure_notes = draw_figures(run, plots_folder) if figures else ([], [])
+        for note in figure_notes:
+            click.echo(f"note: {note}", err=True)
+        text = render_report(run, tables, drawn, notes=notes + figure_notes, best=best, resamples=resamples if ci else None)
+        if plots_folder is not None:
+            click.echo(f"wrote {len(drawn)} figures (PNG and PDF) under {plots_folder}", err=True)
+            plots_folder = None  # drawn once, for both
+    else:
+        text = render_tables(tables, fmt, best=best, standalone=standalone)
     if out is None:
         click.echo(text, nl=not text.endswith("\n"))
     else:
         atomic_write_text(out, text)
-        click.echo(f"wrote {out} ({', '.join(t.layout for t in tables)})", err=True)
-    if plots or plots_dir is not None:
+        figures_text = f" and {len(drawn)} figures embedded" if full_html and figures else ""
+        click.echo(f"wrote {out} ({', '.join(t.layout for t in tables)}{figures_text})", err=True)
+    if plots_folder is not None:
         from robench.report.plots import plot_run_dir
 
-        folder = plots_dir or (run.path if run.path.is_dir() else run.path.parent) / "plots"
-        result = plot_run_dir(run, folder)
+        result = plot_run_dir(run, plots_folder)
         for note in result.notes:
             click.echo(f"note: {note}", err=True)
-        click.echo(f"wrote {len(result.files)} figure files under {folder}", err=True)
+        click.echo(f"wrote {len(result.files)} figure files under {plots_folder}", err=True)

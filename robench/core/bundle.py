@@ -10,6 +10,10 @@ which refuses any pickled object other than tensors and containers of plain
 values, so a code payload never runs. The metadata is JSON and validated field
 by field; the content hash is recomputed and must match, which catches
 corruption that still unpickles.
+
+An imported model (``robench import``, arch ``imported``) keeps the same format: its ``torch.export``
+program is a uint8 tensor in the state dict (covered by the content hash) and is checked member by
+member before torch deserializes it (:mod:`robench.core.imported.archive`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch
 
 from robench.defenses import DEFENSES, Defense
 from robench.core.errors import BundleError, RobenchError
+from robench.core.imported.program import IMPORTED_ARCH
 from robench.core.model_factory import build_classifier, plan_backbone
 from robench.core.models import Classifier
 from robench.core.models.base import MAX_UNITS
@@ -248,6 +253,8 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ModelBu
     bad = _first_non_finite(state)
     if bad is not None:
         raise BundleError(f"{path}: refused: weight '{bad}' holds NaN or inf values")
+    if meta.arch == IMPORTED_ARCH:
+        return _load_imported(path, payload, meta, state, device)
     try:
         defense_cls = DEFENSES.get(meta.defense)
         defense = defense_cls.from_params(meta.defense_params)
@@ -273,5 +280,24 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ModelBu
         raise BundleError(f"{path}: content hash mismatch (the file is corrupt or was edited)")
     if model.feature_dim != meta.feature_dim:
         raise BundleError(f"{path}: feature dimension {model.feature_dim} differs from the recorded {meta.feature_dim}")
+    model.eval().to(device)
+    return ModelBundle(model=model, meta=meta, defense=defense, content_hash=actual, path=path)
+
+
+def _load_imported(path: Path, payload: dict[str, Any], meta: BundleMeta, state: dict[str, torch.Tensor], device: str | torch.device) -> ModelBundle:
+    """An imported model's bundle (``robench import``): the content hash first (it covers the program's bytes), then
+    the program is checked before torch deserializes it and rebuilt (:mod:`robench.core.imported.loading`)."""
+    from robench.core.imported.loading import rebuild
+
+    actual = state_dict_hash(state, meta.identity())
+    if actual != payload["content_hash"]:
+        raise BundleError(f"{path}: content hash mismatch (the file is corrupt or was edited)")
+    try:
+        defense = DEFENSES.get(meta.defense).from_params(meta.defense_params)
+        model = rebuild(meta, state, defense, path)
+    except BundleError:
+        raise
+    except RobenchError as exc:
+        raise BundleError(f"{path}: {exc}") from None
     model.eval().to(device)
     return ModelBundle(model=model, meta=meta, defense=defense, content_hash=actual, path=path)

@@ -18,6 +18,12 @@ forms still work; the name must then equal ``obj.name`` when ``obj`` has one.
 Lookups of unknown names raise :class:`~robench.core.errors.UnknownNameError` with
 did-you-mean suggestions, so every command that takes a name gets the same
 helpful one-line error.
+
+A registry may also resolve names it does not hold: ``add_resolver(prefix, build)``
+makes ``get("prefix:NAME")`` call ``build("NAME")`` on first use and cache the result
+(the attacks of the peer libraries, ``ATTACKS.get("torchattacks:APGD")``, are built
+this way, :mod:`robench.attacks.library`). Resolved names are not part of
+``names()``, which lists the registry's own entries only.
 """
 
 from __future__ import annotations
@@ -55,6 +61,9 @@ class Registry(Generic[T]):
         self.kind = kind
         self.base = base
         self._items: dict[str, T] = {}
+        # prefix -> (build, choices): "prefix:NAME" is build("NAME"), cached in _resolved; choices() lists the NAMEs
+        self._resolvers: dict[str, tuple[Callable[[str], T], Callable[[], list[str]] | None]] = {}
+        self._resolved: dict[str, T] = {}
 
     @overload
     def register(self, obj: T, /, *, overwrite: bool = ...) -> T: ...
@@ -127,16 +136,57 @@ class Registry(Generic[T]):
             for name in added:
                 self._items.pop(name, None)
 
+    def add_resolver(
+        self, prefix: str, build: Callable[[str], T], choices: Callable[[], list[str]] | None = None, *, overwrite: bool = False
+    ) -> None:
+        """Resolve ``PREFIX:NAME`` by ``build(NAME)`` on first lookup, then from a cache.
+
+        ``build`` raises a one-line robench error for a NAME it cannot build (an
+        :class:`UnknownNameError` with did-you-mean over ``choices()``, a ``ConfigError`` when
+        what it needs is missing); what it returns must fit the registry's ``base``.
+        ``choices`` (optional) lists the NAMEs it knows, for listings; it may import things.
+        """
+        if not prefix or ":" in prefix or not prefix.strip() == prefix:
+            raise ConfigError(f"a {self.kind} resolver prefix must be a non-empty word without ':', got {prefix!r}")
+        if prefix in self._resolvers and not overwrite:
+            raise ConfigError(f"{self.kind} resolver '{prefix}:' is already added")
+        self._resolvers[prefix] = (build, choices)
+        for name in [n for n in self._resolved if n.partition(":")[0] == prefix]:
+            del self._resolved[name]
+
+    def prefixes(self) -> list[str]:
+        """The resolver prefixes (``PREFIX:NAME`` names this registry builds on lookup)."""
+        return sorted(self._resolvers)
+
+    def resolvable(self, prefix: str) -> list[str]:
+        """The NAMEs resolver ``prefix`` lists (``choices()``; may import its library), [] when it lists none."""
+        if prefix not in self._resolvers:
+            raise UnknownNameError(f"unknown {self.kind} prefix '{prefix}:'{did_you_mean(prefix, self.prefixes())}; known: {', '.join(self.prefixes()) or 'none'}")
+        choices = self._resolvers[prefix][1]
+        return sorted(choices()) if choices is not None else []
+
     def get(self, name: str) -> T:
         try:
             return self._items[name]
         except KeyError:
-            known = ", ".join(sorted(self._items)) or "none"
-            raise UnknownNameError(
-                f"unknown {self.kind} '{name}'{did_you_mean(name, list(self._items))}; known: {known}"
-            ) from None
+            pass
+        if name in self._resolved:
+            return self._resolved[name]
+        prefix, sep, rest = name.partition(":") if isinstance(name, str) else ("", "", "")
+        if sep and prefix in self._resolvers:
+            if not rest:
+                raise UnknownNameError(f"{self.kind} '{name}' names no {prefix} class: use {prefix}:NAME")
+            item = self._resolvers[prefix][0](rest)
+            self._check_base(item, name)
+            self._resolved[name] = item
+            return item
+        choices = list(self._items) + ([f"{p}:{rest}" for p in self._resolvers] if sep else [])
+        known = ", ".join(sorted(self._items)) or "none"
+        also = f"; or {' / '.join(f'{p}:NAME' for p in self.prefixes())}" if self._resolvers else ""
+        raise UnknownNameError(f"unknown {self.kind} '{name}'{did_you_mean(str(name), choices)}; known: {known}{also}")
 
     def names(self) -> list[str]:
+        """The registry's own entries (resolved ``PREFIX:NAME`` entries are not listed)."""
         return sorted(self._items)
 
     def in_order(self) -> list[T]:
@@ -147,7 +197,16 @@ class Registry(Generic[T]):
         return sorted(self._items.items())
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        """Registered, or a ``PREFIX:NAME`` a resolver builds (built and cached by this test)."""
+        if name in self._items or name in self._resolved:
+            return True
+        if not isinstance(name, str) or name.partition(":")[0] not in self._resolvers:
+            return False
+        try:
+            self.get(name)
+        except (UnknownNameError, ConfigError):
+            return False
+        return True
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

@@ -41,6 +41,7 @@ from robench.eval.output import format_summary, with_sanity_flags, write_run
 from robench.eval.parts import PARTS_DIR, PartStore, part_key
 from robench.eval.prepare import Prepared, prepare
 from robench.eval.run_config import RunConfig
+from robench.eval.threat_files import threat_record
 
 __all__ = ["PARTS_DIR", "RunConfig", "RunResult", "derive_seed", "format_summary", "part_key", "prepare", "run", "select_samples", "with_sanity_flags", "write_run"]
 
@@ -259,7 +260,8 @@ def _run(config: RunConfig, out: Path | None, progress: bool, echo: Callable[[st
         "substitute": _model_info(config.substitute, substitute_name, prepared.substitute) if prepared.substitute is not None else None,
         "dataset": data.name,
         "threats": [
-            {"name": t.threat.name, "source": t.threat.source, "attacks": [spec.config(family) for spec, _ in t.attacks]} for t in prepared.threats
+            # what the attacker knows, the threat's defaults and, for a TOML-defined threat, its file and SHA-256
+            {**threat_record(t.threat), "attacks": [spec.config(family) for spec, _ in t.attacks]} for t in prepared.threats
         ],
         "detectors": {name: {"params": d.params(), "fit": "cached" if reused_fit[name] else "fitted"} for name, d in detectors.items()},
         "attacker_density": densities.info(),
@@ -373,7 +375,7 @@ def _sanity(prepared: Prepared, records: pd.DataFrame, model_name: str, samples:
         while len(_PROBES) > _PROBES_KEPT:
             _PROBES.pop(next(iter(_PROBES)))
     results = list(_PROBES[key])
-    results += record_flags(records)
+    results += record_flags(records, attack_names={(t.threat.name, spec.label): spec.attack for t in prepared.threats for spec, _ in t.attacks})
     white_box = [t.threat.name for t in prepared.threats if t.threat.access == "white-box"]
     results += estimator_flags(model_name, densities, white_box)
     return sanity_table(results)

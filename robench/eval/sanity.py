@@ -7,7 +7,8 @@ reports a number. Two kinds of check:
 - model probes (:func:`probe_model`), run once per model on a small batch:
   ``gradient-zero-or-nan``, ``nondeterministic-output``, ``unbounded-budget-not-reached``;
 - record checks (:func:`record_flags`), pure functions of the runner's
-  per-sample records: ``black-box-beats-white-box``, ``iterative-weaker-than-single-step``.
+  per-sample records: ``black-box-beats-white-box``, ``iterative-weaker-than-single-step``,
+  ``library-attack-beats-threat``.
 
 A flag says "look here", not "the defense is broken": each result carries the
 measured value and the threshold it was compared with. Record checks that do
@@ -21,6 +22,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
@@ -34,6 +36,7 @@ from robench.core.models import Forward
 from robench.eval import records as R
 from robench.eval.metrics import metric_value
 from robench.eval.threats import THREATS
+from robench.eval.worst_case import WORST_CASE
 
 # Probe thresholds. A few exactly-zero gradients can be honest (a saturated
 # ReLU network on a blank input), so zero gradients are tolerated up to 5%.
@@ -104,6 +107,13 @@ for _check in (
         CONFIG_CHECK,
         "a white-box attack descends on a kernel density other than the scored KD detector's (bandwidth, points per class, seed), or the run scores no KD",
         "001 Sec. 4.4.2: the white-box attacker knows the detector it is scored by; Carlini & Wagner 2017b",
+    ),
+    SanityCheck(
+        "library-attack-beats-threat",
+        RECORD_CHECK,
+        "the peer libraries' attacks (torchattacks:NAME, foolbox:NAME) together leave fewer samples robust than the threat's own "
+        "attacks together, by more than the bootstrap half-width of the libraries' robust accuracy",
+        "Croce & Hein 2020 (AutoAttack: a threat model's own attacks should not be weaker than the standard ensemble); Carlini et al. 2019 Sec. 5",
     ),
     SanityCheck(
         "iterative-weaker-than-single-step",
@@ -220,7 +230,12 @@ def _unbounded_probe(
 # -------------------------------------------------------------- record checks
 
 
-def record_flags(records: pd.DataFrame, margin: float = 0.02, budgets: Mapping[str, float] | None = None) -> list[SanityResult]:
+def record_flags(
+    records: pd.DataFrame,
+    margin: float = 0.02,
+    budgets: Mapping[str, float] | None = None,
+    attack_names: Mapping[tuple[str, str], str] | None = None,
+) -> list[SanityResult]:
     """The record checks on a runner records frame (any number of models and threats).
 
     Success rates are the ``success_rate`` metric (clean-correct samples only);
@@ -253,6 +268,10 @@ def record_flags(records: pd.DataFrame, margin: float = 0.02, budgets: Mapping[s
       largest per-sample L-inf distance in its records (the budget it used, a
       lower bound of the one it had).
 
+    - ``library-attack-beats-threat``: see :func:`library_flags`; ``attack_names`` maps
+      (threat, label) to the registered attack name for attacks a run added (run.json's
+      threats, :func:`attack_names_of`).
+
     Checks with nothing to compare produce no result.
     """
     if not math.isfinite(margin) or margin < 0:
@@ -262,7 +281,7 @@ def record_flags(records: pd.DataFrame, margin: float = 0.02, budgets: Mapping[s
     if missing:
         raise ConfigError(f"records lack the column(s) {', '.join(sorted(missing))} that sanity checks need")
     stats = _attack_stats(records, budgets or {})
-    return _black_box_flags(stats, margin) + _iterative_flags(stats, margin)
+    return _black_box_flags(stats, margin) + _iterative_flags(stats, margin) + library_flags(records, attack_names)
 
 
 def estimator_flags(model: str, densities: Sequence[Mapping[str, object]], white_box_threats: Sequence[str]) -> list[SanityResult]:
@@ -419,6 +438,82 @@ def _iterative_flags(stats: pd.DataFrame, margin: float) -> list[SanityResult]:
             f"vs {row[fgsm(R.ATTACK)]} (eps {row[fgsm(_BUDGET)]:.4g}) {row[fgsm(_RATE)]:.3f}"
         )
         results.append(SanityResult("iterative-weaker-than-single-step", str(model), str(threat), gap > margin, gap, margin, detail))
+    return results
+
+
+# Bootstrap of the libraries' robust accuracy (library-attack-beats-threat): resamples and the seed of their draw.
+LIBRARY_BOOTSTRAP_RESAMPLES = 1000
+LIBRARY_BOOTSTRAP_SEED = 0
+LIBRARY_INTERVAL = 0.95
+
+
+def attack_names_of(infos: Sequence[Mapping[str, object]]) -> dict[tuple[str, str], str]:
+    """(threat, label) -> registered attack name, from run.json dicts (their ``threats``' attack configs)."""
+    names: dict[tuple[str, str], str] = {}
+    for info in infos:
+        for threat in info.get("threats", []) or []:  # type: ignore[union-attr]
+            for attack in threat.get("attacks", []) or []:
+                names[(str(threat.get("name")), str(attack.get("label")))] = str(attack.get("attack"))
+    return names
+
+
+def _library_attack(threat: str, label: str, attack_names: Mapping[tuple[str, str], str] | None = None) -> bool:
+    """Whether the recorded attack ``label`` of ``threat`` is a peer library's: by the run's attack name
+    (``attack_names``), else the registered threat's spec of that label, else the label itself."""
+    name = (attack_names or {}).get((threat, label))
+    if name is None and threat in THREATS:
+        name = next((spec.attack for spec in THREATS.get(threat).attacks if spec.label == label), None)
+    # the peer libraries whose attacks robench runs by name (attacks/library.py): torchattacks:APGD, foolbox:LinfPGD
+    return (name or label).startswith(tuple(f"{prefix}:" for prefix in ATTACKS.prefixes()))
+
+
+def _robust(group: pd.DataFrame, samples: pd.Index) -> np.ndarray:
+    """Per sample of ``samples``: clean-correct and still correct after every attack in ``group`` (misclassification, as AutoAttack)."""
+    wrong = (group[R.ADV_PRED] != group[R.LABEL]) | (group[R.CLEAN_PRED] != group[R.LABEL])
+    broken = wrong.groupby(group[R.SAMPLE]).any()
+    return ~broken.reindex(samples).to_numpy(dtype=bool)
+
+
+def library_flags(records: pd.DataFrame, attack_names: Mapping[tuple[str, str], str] | None = None) -> list[SanityResult]:
+    """``library-attack-beats-threat``: one result per model x threat holding both library attacks and its own.
+
+    Compared on the samples every one of those attacks was recorded on (a cascade drops samples
+    from later attacks, so there the comparison covers the samples the last attack still saw):
+    value = own worst-case robust accuracy - the libraries' worst-case robust accuracy (both over
+    clean-correct samples, misclassification as the criterion); threshold = the half-width of the
+    95% percentile bootstrap interval of the libraries' robust accuracy (1,000 resamples of the
+    samples, seed 0, so the check is a pure, repeatable function of the records). Flagged when the
+    libraries leave fewer samples robust than the threat's own attacks by more than that.
+    """
+    records = records[~R.corruption_mask(records)]
+    records = records[records[R.ATTACK] != WORST_CASE]
+    results = []
+    for (model, threat), group in records.groupby([R.MODEL, R.THREAT], sort=False):
+        kinds = {str(a): _library_attack(str(threat), str(a), attack_names) for a in group[R.ATTACK].unique()}
+        library = group[R.ATTACK].astype(str).map(kinds).to_numpy(dtype=bool)
+        if library.all() or not library.any():
+            continue
+        per_attack = [set(g[R.SAMPLE]) for _, g in group.groupby(R.ATTACK, sort=False)]
+        common = set.intersection(*per_attack)
+        clean = group[group[R.SAMPLE].isin(common)].drop_duplicates(R.SAMPLE)
+        samples = pd.Index(sorted(clean.loc[clean[R.CLEAN_PRED] == clean[R.LABEL], R.SAMPLE]))
+        if samples.empty:
+            continue
+        mine, theirs = group[~library], group[library]
+        own = _robust(mine[mine[R.SAMPLE].isin(samples)], samples)
+        lib = _robust(theirs[theirs[R.SAMPLE].isin(samples)], samples)
+        rng = np.random.default_rng(LIBRARY_BOOTSTRAP_SEED)
+        draws = lib[rng.integers(0, len(lib), size=(LIBRARY_BOOTSTRAP_RESAMPLES, len(lib)))].mean(1)
+        tail = (1 - LIBRARY_INTERVAL) / 2
+        low, high = np.quantile(draws, [tail, 1 - tail])
+        half = float(high - low) / 2
+        gap = float(own.mean() - lib.mean())
+        labels = lambda frame: ", ".join(dict.fromkeys(frame[R.ATTACK].astype(str)))  # noqa: E731
+        detail = (
+            f"robust accuracy on {len(samples)} clean-correct samples: libraries ({labels(theirs)}) {lib.mean():.3f} "
+            f"vs the threat's own attacks ({labels(mine)}) {own.mean():.3f}"
+        )
+        results.append(SanityResult("library-attack-beats-threat", str(model), str(threat), gap > half, gap, half, detail))
     return results
 
 

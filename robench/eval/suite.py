@@ -2,6 +2,8 @@
 
 ::
 
+    threat_files = ["threats/*.toml"]  # optional, before any table: threat TOML files (paths or patterns, relative to the suite file)
+
     [defaults]                 # any run setting: n, batch_size, seed, device, detectors
     n = 200
 
@@ -26,6 +28,12 @@
     [[threat]]
     name = "black-box"
     substitute = ["softmax"]   # craft on these suite models, evaluate on each other model
+
+    [[threat]]
+    name = "linf-adaptive"     # a threat a file of threat_files defines (robench.eval.threat_files)
+
+    [[threat]]
+    file = "threats/apgd-library.toml"  # or load one file and run its threat (name optional: must agree)
 
 Each pair writes ``OUT/<model>/<threat>/`` (``OUT/<model>/<threat>-from-<substitute>/``
 for transfer; records, summary, run.json); the combined ``OUT/summary.csv``
@@ -52,10 +60,11 @@ from robench.eval.output import SANITY_FLAGS, contained, with_sanity_flags
 from robench.eval.prepare import Loader, prepare
 from robench.eval.run_config import RunConfig
 from robench.eval.runner import RunResult, run
+from robench.eval.threat_files import load_threat_file, load_threat_patterns
 
 _DEFAULT_KEYS = {"n", "batch_size", "seed", "device", "detectors", "data_root", "precision", "cascade", "channels_last", "compile"}
 _MODEL_KEYS = {"name", "path"}
-_THREAT_KEYS = {"name", "set", "attacks", "models", "detectors", "sigmas", "substitute", "n", "batch_size", "add", "cascade"}
+_THREAT_KEYS = {"name", "file", "set", "attacks", "models", "detectors", "sigmas", "substitute", "n", "batch_size", "add", "cascade"}
 
 
 @dataclass(frozen=True)
@@ -109,7 +118,9 @@ def load_suite(path: Path, overrides: dict[str, Any] | None = None) -> list[Suit
         raise ConfigError(f"{path}: no such suite file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    _check_keys(raw, {"defaults", "model", "threat"}, str(path))
+    _check_keys(raw, {"defaults", "model", "threat", "threat_files"}, str(path))
+    if "threat_files" in raw:  # registered before the threats name them
+        load_threat_patterns(raw["threat_files"], path.parent, str(path))
     defaults = dict(_table(raw.get("defaults", {}), f"{path}: [defaults]", "[defaults] with n = 200 below it"))
     _check_keys(defaults, _DEFAULT_KEYS, f"{path} [defaults]")
     defaults.update(overrides or {})
@@ -137,8 +148,10 @@ def load_suite(path: Path, overrides: dict[str, Any] | None = None) -> list[Suit
     seen: set[tuple[str, str]] = set()
     for threat in threats:
         _check_keys(threat, _THREAT_KEYS, f"{path} [[threat]]")
+        if "file" in threat:
+            threat = _threat_from_file(threat, path)
         if "name" not in threat:
-            raise ConfigError(f"{path}: every [[threat]] needs a name")
+            raise ConfigError(f"{path}: every [[threat]] needs a name (or a file = \"threat.toml\" defining one)")
         safe_name(threat["name"], f"{path} [[threat]]")
         for key in ("attacks", "models", "detectors", "substitute"):
             if key in threat and not _is_strings(threat[key]):
@@ -189,6 +202,17 @@ def load_suite(path: Path, overrides: dict[str, Any] | None = None) -> list[Suit
     return pairs
 
 
+def _threat_from_file(threat: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A ``[[threat]]`` with ``file = "x.toml"`` (relative to the suite file): load it; the entry then names its threat."""
+    file = threat["file"]
+    if not isinstance(file, str) or not file:
+        raise ConfigError(f"{path} [[threat]]: 'file' must be a threat TOML file path, e.g. file = \"threats/x.toml\", got {file!r}")
+    loaded = load_threat_file(path.parent / file)
+    if "name" in threat and threat["name"] != loaded.name:
+        raise ConfigError(f"{path} [[threat]]: name '{threat['name']}' differs from the threat '{loaded.name}' that {file} defines; leave the name out")
+    return {**{k: v for k, v in threat.items() if k != "file"}, "name": loaded.name}
+
+
 def _is_strings(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
@@ -226,13 +250,13 @@ def _run_pairs(pairs: list[SuitePair], prepared: list, out: Path, progress: bool
 def suite_sanity(results: list[RunResult]) -> pd.DataFrame:
     """Every pair's model probes, plus the record checks over all pairs at once: a model's black-box and
     white-box attacks run as separate pairs, and only together can the black-box one be seen to beat the other."""
-    from robench.eval.sanity import SANITY_CHECKS, record_flags, sanity_table
+    from robench.eval.sanity import SANITY_CHECKS, attack_names_of, record_flags, sanity_table
 
     # every pair's own checks (model probes, configuration checks); the record checks are redone over all pairs
     model_checks = [name for name in SANITY_CHECKS.names() if SANITY_CHECKS.get(name).kind != "records"]
     probes = [r.sanity[r.sanity["check"].isin(model_checks)] for r in results if len(r.sanity)]
     records = pd.concat([r.records for r in results], ignore_index=True)
-    combined = sanity_table(record_flags(records))
+    combined = sanity_table(record_flags(records, attack_names=attack_names_of([r.info for r in results])))
     frames = [f for f in (*probes, combined) if len(f)]
     if not frames:
         return combined

@@ -79,6 +79,9 @@ class ThreatModel:
     default_cascade: str | None = None
     # The detectors a run of this threat scores unless --detector says otherwise; None: every one that applies.
     detectors: tuple[str, ...] | None = None
+    # Whether ``--threat all`` runs it: the papers' six threat models do; AutoAttack and threats defined in TOML
+    # files run by name (``all`` stays the papers' protocol, and its cost does not grow with every file loaded).
+    in_all: bool = False
 
     def __post_init__(self) -> None:
         if self.access not in ACCESS:
@@ -167,6 +170,7 @@ THREATS.register(
         ),
         access="grey-box",
         source="001 Sec. 4.4.1; 004 Sec. 4.3",
+        in_all=True,
     ),
 )
 
@@ -176,7 +180,7 @@ THREATS.register(
 THREATS.register(
     ThreatModel(
         name="white-box",
-        description="attacker knows the model, its defense's loss and the KD detector (001 Sec. 4.4.2; 004 Sec. 4.3, App. B.4)",
+        description="attacker knows the model, its defense's loss and the KD detector (001 Sec. 4.4.2; 004 Sec. 4.3, App. B.4; APGD: Croce & Hein 2020)",
         attacks=(
             AttackSpec("C&W-wb", "cw-wb", {}, "random"),
             AttackSpec("PGD-10-un", "pgd", {"steps": 10, "objective": "adaptive"}, "none"),
@@ -185,10 +189,15 @@ THREATS.register(
             AttackSpec("PGD-50-tar", "pgd", {"steps": 50, "objective": "adaptive"}, "random"),
             AttackSpec("C&W-un", "cw-l2", {"objective": "adaptive-margin"}, "none"),
             AttackSpec("C&W-tar", "cw-l2", {"objective": "adaptive-margin"}, "random"),
+            # The field's standard L-inf attacks (Croce & Hein 2020), on the defense's adaptive objective (its
+            # gradient form, and its margin form scaled as DLR), so the threat's worst case is never weaker than them.
+            AttackSpec("APGD-CE", "apgd", {"objective": "adaptive"}, "none"),
+            AttackSpec("APGD-DLR", "apgd", {"objective": "adaptive-dlr"}, "none"),
         ),
         access="white-box",
         knows_detector=True,
         source="001 Sec. 4.4.2; 004 Sec. 4.3, App. B.4",
+        in_all=True,
     ),
 )
 
@@ -208,6 +217,7 @@ THREATS.register(
         knows_detector=True,
         source="001 Sec. 4.4.3, Table 11; 004 Sec. 4.4, Fig. 4",
         needs_substitute=True,
+        in_all=True,
     ),
 )
 
@@ -222,6 +232,31 @@ THREATS.register(
         ),
         access="black-box",
         source="004 Sec. 4.4, Tables 2-3",
+        in_all=True,
+    ),
+)
+
+# AutoAttack's standard ensemble (Croce & Hein 2020, Sec. 4 and the reference implementation's "standard"
+# version): APGD-CE, APGD-T (9 target classes), FAB-T (9 target classes), Square (5,000 queries), one restart
+# each and 100 iterations for the first three, at the dataset family's L-inf budget (MNIST-like 0.3, CIFAR-like
+# 8/255), run from torchattacks' components through robench's adapters. torchattacks' own AutoAttack leaves
+# APGD, APGD-T and FAB at their 10-step defaults; here they take the paper's 100. The ensemble is a per-sample
+# cascade by definition: each attack runs on the samples the earlier ones left robust. The attacker knows the
+# model (logits) but neither the defense's loss nor the detector, so the access is grey-box; every detector is
+# scored on the final adversarial examples.
+THREATS.register(
+    ThreatModel(
+        name="autoattack",
+        description="AutoAttack's standard ensemble from torchattacks: APGD-CE, APGD-T, FAB-T, Square, as a per-sample cascade (Croce & Hein 2020)",
+        attacks=(
+            AttackSpec("APGD-CE", "torchattacks:APGD", {"loss": "ce", "steps": 100, "n_restarts": 1}, "none"),
+            AttackSpec("APGD-T", "torchattacks:APGDT", {"steps": 100, "n_restarts": 1}, "none"),
+            AttackSpec("FAB-T", "torchattacks:FAB", {"multi_targeted": True, "steps": 100, "n_restarts": 1}, "none"),
+            AttackSpec("Square", "torchattacks:Square", {"n_queries": 5000, "n_restarts": 1}, "none"),
+        ),
+        access="grey-box",
+        source="Croce & Hein 2020 (ICML), AutoAttack standard version",
+        default_cascade="misclassified",
     ),
 )
 
@@ -232,6 +267,7 @@ THREATS.register(
         attacks=(AttackSpec("noise-0.05", "gaussian-noise", {"sigma": 0.05}, "none"),),
         access="none",
         source="004 Sec. 4.5",
+        in_all=True,
     ),
 )
 
@@ -242,6 +278,7 @@ THREATS.register(
         attacks=(AttackSpec("rotation-30", "rotation", {"max_degrees": 30.0}, "none"),),
         access="none",
         source="004 Sec. 4.5",
+        in_all=True,
     ),
 )
 
@@ -263,23 +300,44 @@ ALL = "all"
 
 
 def select_threats(name: str, substitute: bool) -> list[ThreatModel]:
-    """``name``'s threat model, or for ``all`` every registered one that applies (black-box only with a substitute)."""
+    """``name``'s threat model, or for ``all`` every registered one with ``in_all`` that applies (black-box only with a substitute).
+
+    ``name`` may be a threat TOML file (``*.toml``, :mod:`robench.eval.threat_files`): it is loaded
+    and registered first. An unknown name's error says how to load threats defined in files.
+    """
     if name != ALL:
+        from robench.eval.threat_files import THREAT_PATH_ENV, is_threat_file, load_threat_file  # it imports this module
+        from robench.core.errors import UnknownNameError
+
+        if is_threat_file(name):
+            threat = load_threat_file(name)
+            name = threat.name
+        elif name not in THREATS:
+            try:
+                THREATS.get(name)
+            except UnknownNameError as exc:  # did-you-mean over the registered ones, then where file-defined ones come from
+                raise UnknownNameError(f"{exc}; a threat defined in a TOML file needs --threats FILE_OR_FOLDER (or {THREAT_PATH_ENV})") from None
         threat = THREATS.get(name)
         if threat.needs_substitute and not substitute:
             raise ConfigError(f"threat '{name}' crafts on a substitute model: pass --substitute MODEL.pt")
         if substitute and not threat.needs_substitute:
             raise ConfigError(f"--substitute applies to the black-box threat (or 'all'), not '{name}'")
         return [threat]
-    return [THREATS.get(n) for n in THREATS.names() if substitute or not THREATS.get(n).needs_substitute]
+    return [THREATS.get(n) for n in THREATS.names() if THREATS.get(n).in_all and (substitute or not THREATS.get(n).needs_substitute)]
 
 
 def distribute(threats: list[ThreatModel], overrides: Mapping[str, Any], labels: tuple[str, ...]) -> list[ThreatModel]:
     """Apply ``LABEL.PARAM`` settings and ``--attack`` labels to every threat that has the label.
 
     A label no selected threat has is an error (with the labels there are); threats left with no
-    attack after ``--attack`` are dropped.
+    attack after ``--attack`` are dropped. A library attack (``--attack torchattacks:APGD``,
+    ``foolbox:NAME``: a resolver prefix of ``ATTACKS``) that a threat lacks is added to it first,
+    labelled by its name, to every selected threat that can host it (:func:`_with_library_attacks`),
+    so ``--set torchattacks:APGD.steps=50`` then applies. Every attack that declares
+    ``check_spec`` (the library adapters) is checked against its threat and target mode here,
+    before anything runs.
     """
+    threats = _with_library_attacks(threats, labels)
     known = sorted({a.label for t in threats for a in t.attacks})
     for key in overrides:
         label = key.rpartition(".")[0]
@@ -298,5 +356,56 @@ def distribute(threats: list[ThreatModel], overrides: Mapping[str, Any], labels:
             if not wanted:
                 continue
             threat = threat.only(wanted)
+        _check_specs(threat)
         out.append(threat)
+    return out
+
+
+def _is_library_name(label: str) -> bool:
+    prefix, sep, rest = label.partition(":")
+    return bool(sep and rest) and prefix in ATTACKS.prefixes()
+
+
+def _check_spec(threat: ThreatModel, spec: AttackSpec) -> None:
+    """The attack's own refusal of this threat / target mode (library adapters declare ``check_spec``), if any."""
+    check = getattr(ATTACKS.get(spec.attack), "check_spec", None)
+    if check is not None:
+        check(label=spec.label, threat=threat.name, access=threat.access, needs_substitute=threat.needs_substitute, target_mode=spec.target_mode)
+
+
+def _check_specs(threat: ThreatModel) -> None:
+    for spec in threat.attacks:
+        _check_spec(threat, spec)
+
+
+def _with_library_attacks(threats: list[ThreatModel], labels: tuple[str, ...]) -> list[ThreatModel]:
+    """Add each ``--attack LIB:NAME`` a threat lacks as ``AttackSpec(LIB:NAME, LIB:NAME)``, untargeted.
+
+    One selected threat: it is added there, or the attack's refusal of that threat is the error.
+    Several (``--threat all``): it is added to each threat that can host it (a gradient-based
+    attack to those with the model's gradients or a substitute), an error when none can.
+    Unknown library classes get the resolver's did-you-mean error.
+    """
+    wanted = [label for label in dict.fromkeys(labels) if _is_library_name(label)]
+    if not wanted:
+        return threats
+    out = list(threats)
+    for label in wanted:
+        ATTACKS.get(label)  # unknown class: did-you-mean; missing library: one line
+        spec = AttackSpec(label, label)
+        refusals: list[ConfigError] = []
+        hosts = 0
+        for i, threat in enumerate(out):
+            if label in threat.labels():
+                hosts += 1
+                continue
+            try:
+                _check_spec(threat, spec)
+            except ConfigError as refusal:
+                refusals.append(refusal)
+                continue
+            out[i] = replace(threat, attacks=(*threat.attacks, spec))
+            hosts += 1
+        if not hosts:
+            raise refusals[0] if refusals else ConfigError(f"no selected threat can host attack '{label}'")
     return out

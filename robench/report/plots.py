@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,13 +31,15 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from robench.core.errors import RobenchError  # noqa: E402
+from robench.core.errors import ConfigError, RobenchError  # noqa: E402
 from robench.core.provenance import atomic_write_bytes  # noqa: E402
 from robench.eval import records as R  # noqa: E402
 from robench.eval.metrics import metric_value, roc_points  # noqa: E402
 from robench.report.rundir import RunDir  # noqa: E402
 
 FIGURE_FORMATS = ("png", "pdf")
+# The formats save_figure writes; plot_run_dir(formats=...) narrows them for one call (the HTML report needs PNG only).
+_FORMATS: ContextVar[tuple[str, ...]] = ContextVar("robench_figure_formats", default=FIGURE_FORMATS)
 KD_DETECTOR = "kd"
 MAX_EMBEDDING_POINTS = 5000
 
@@ -57,10 +60,10 @@ def _slug(*parts: str) -> str:
 
 
 def save_figure(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
-    """Write ``fig`` as STEM.png and STEM.pdf, each atomically; closes the figure."""
+    """Write ``fig`` as STEM.png and STEM.pdf (the formats of the current ``plot_run_dir`` call), each atomically; closes the figure."""
     paths = []
     try:
-        for fmt in FIGURE_FORMATS:
+        for fmt in _FORMATS.get():
             buffer = io.BytesIO()
             # no creation date in the PDF: the same records give the same bytes
             fig.savefig(buffer, format=fmt, dpi=120, metadata={"CreationDate": None} if fmt == "pdf" else None)
@@ -246,8 +249,19 @@ def feature_embeddings(runs: Sequence[Mapping[str, Any]], run_dir: Path, out_dir
     return result
 
 
-def plot_run_dir(run: RunDir, out_dir: Path) -> PlotResult:
-    """Every figure that applies to the run directory, written under ``out_dir``."""
+def plot_run_dir(run: RunDir, out_dir: Path, formats: Sequence[str] = FIGURE_FORMATS) -> PlotResult:
+    """Every figure that applies to the run directory, written under ``out_dir`` in each of ``formats`` (png, pdf)."""
+    unknown = [f for f in formats if f not in FIGURE_FORMATS]
+    if unknown or not formats:
+        raise ConfigError(f"figure formats must be among {', '.join(FIGURE_FORMATS)}, got {list(formats)}")
+    token = _FORMATS.set(tuple(formats))
+    try:
+        return _plot_run_dir(run, out_dir)
+    finally:
+        _FORMATS.reset(token)
+
+
+def _plot_run_dir(run: RunDir, out_dir: Path) -> PlotResult:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = PlotResult()

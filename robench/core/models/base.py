@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from robench.core.errors import ConfigError
+from robench.core.models.forward import Forward
 from robench.core.registry import Registry, did_you_mean
 
 
@@ -55,6 +56,9 @@ class Classifier(nn.Module):
     """
 
     feature_layer = "backbone"
+    # Whether head(z) computes the logits from z. False for an imported model whose feature layer is not the
+    # input of its last layer (robench.core.imported): one pass gives z and the logits together (forward_pass).
+    separable_head = True
 
     def __init__(self, normalize: Normalize, backbone: nn.Module, head: nn.Module) -> None:
         super().__init__()
@@ -75,6 +79,11 @@ class Classifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
+
+    def forward_pass(self, x: Tensor) -> Forward:
+        """Inputs, features and logits of one pass (``Forward.of`` calls it); overridden where one pass yields both."""
+        z = self.features(x)
+        return Forward(x=x, z=z, logits=self.head(z))
 
 
 @dataclass(frozen=True)

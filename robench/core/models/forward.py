@@ -25,6 +25,9 @@ class Forward:
 
     @classmethod
     def of(cls, model: Classifier, x: Tensor) -> Forward:
+        forward_pass = getattr(model, "forward_pass", None)
+        if forward_pass is not None:  # a Classifier (an imported one may compute z and the logits in one pass)
+            return forward_pass(x)
         z = model.features(x)
         return cls(x=x, z=z, logits=model.head(z))
 
