@@ -68,8 +68,8 @@ def test_autoattack_is_registered_as_the_standard_ensemble():
 
 
 def test_autoattack_cascade_agrees_with_torchattacks_ensemble_on_the_same_inputs():
-    eps, n = 0.1, 40
-    short = {"APGD-CE.steps": 20, "APGD-T.steps": 10, "FAB-T.steps": 10, "Square.n_queries": 300}
+    eps, n = 0.1, 30
+    short = {"APGD-CE.steps": 20, "APGD-T.steps": 5, "FAB-T.steps": 5, "Square.n_queries": 150}
     result = _ours("gm", eps, n, short)
     records = result.records
     assert set(records[R.CASCADE]) == {"misclassified"}
@@ -84,9 +84,9 @@ def test_autoattack_cascade_agrees_with_torchattacks_ensemble_on_the_same_inputs
         ta = torchattacks
         return ta.MultiAttack([
             ta.APGD(model, eps=eps, steps=20, n_restarts=1, loss="ce", seed=0),
-            ta.APGDT(model, eps=eps, steps=10, n_restarts=1, n_classes=10, seed=0),
-            ta.FAB(model, eps=eps, steps=10, n_restarts=1, multi_targeted=True, n_classes=10, seed=0),
-            ta.Square(model, eps=eps, n_queries=300, n_restarts=1, seed=0),
+            ta.APGDT(model, eps=eps, steps=5, n_restarts=1, n_classes=10, seed=0),
+            ta.FAB(model, eps=eps, steps=5, n_restarts=1, multi_targeted=True, n_classes=10, seed=0),
+            ta.Square(model, eps=eps, n_queries=150, n_restarts=1, seed=0),
         ])
 
     theirs, half = _theirs("gm", eps, n, ensemble)

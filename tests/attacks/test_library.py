@@ -391,6 +391,7 @@ def test_empty_batch_and_dtype(models, batch):
         assert out.x_adv.shape == (0, *x.shape[1:])
 
 
+@pytest.mark.slow  # 25-40 s; tests/test_autoattack_threat.py runs the four components (shortened) in CI
 def test_autoattack_components_take_their_standard_settings(models, batch):
     """APGD-CE, APGD-T (n_classes from the model), FAB-T and Square as the autoattack threat runs them (few images)."""
     x, y = batch[0][:6], batch[1][:6]
