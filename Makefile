@@ -26,8 +26,9 @@ test: $(STAMP)
 # The CI regression gate: the committed bundled models x every threat model, checked against the
 # committed baseline in both directions (a broken attack makes a defense look better, too).
 REGRESSION_OUT ?= build/regression
+REGRESSION_FLAGS ?=
 regression: $(STAMP)
-	$(VENV)/bin/robench suite reports/regression/suite.toml --out $(REGRESSION_OUT) --no-progress
+	$(VENV)/bin/robench suite reports/regression/suite.toml --out $(REGRESSION_OUT) --no-progress $(REGRESSION_FLAGS)
 	$(VENV)/bin/robench check $(REGRESSION_OUT) --baseline reports/baselines/regression.json --two-sided
 
 # Rewrite the baseline after a change that is meant to move the numbers (commit it with the change).
