@@ -21,7 +21,7 @@ demo-full: $(STAMP)
 	$(VENV)/bin/robench demo --full --out reports/demo-full
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 # The CI regression gate: the committed bundled models x every threat model, checked against the
 # committed baseline in both directions (a broken attack makes a defense look better, too).
@@ -54,7 +54,7 @@ sweep: $(STAMP)
 
 # Also the tests marked slow (long training runs).
 test-all: $(STAMP)
-	ROBENCH_SLOW=1 $(PY) -m pytest -q -n 2
+	ROBENCH_SLOW=1 $(PY) -m pytest -q -n 2 --dist loadgroup
 
 clean:
 	rm -rf $(VENV) reports/demo reports/demo-full reports/models build .pytest_cache

@@ -358,6 +358,38 @@ def _execution_options(command):
     return command
 
 
+def _ray_options(command):
+    """--ray, --ray-cpus, --ray-gpus and --ray-retries (run, suite): the parts as Ray tasks (robench.eval.ray_backend)."""
+    options = [
+        click.option(
+            "--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[local|auto|ADDRESS]",
+            help="Run the parts as Ray tasks: local (a bare --ray) starts a Ray on this machine for this command, auto joins the one "
+            "'ray start' runs here, HOST:PORT or ray://HOST:PORT a cluster; --threads is then each task's CPUs and torch threads [default: 1]. "
+            "Needs pip install 'robench[ray]'.",
+        ),
+        click.option("--ray-cpus", type=click.IntRange(min=1, max=100_000), default=None, help="CPUs of a --ray local Ray [default: every core this process may use]."),
+        click.option("--ray-gpus", type=click.FloatRange(min=0, max=64), default=None, help="GPUs per Ray task [default: 1 when the cluster has GPUs and --device is not cpu]."),
+        click.option("--ray-retries", type=click.IntRange(min=0, max=100), default=3, show_default=True, help="Ray's retries of a task whose worker died."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _ray_settings(address: str | None, cpus: int | None, gpus: float | None, retries: int, threads: int | None) -> Any:
+    """The Ray settings of --ray (None without it; --ray-cpus / --ray-gpus alone are refused)."""
+    if address is None:
+        for name, value in (("--ray-cpus", cpus), ("--ray-gpus", gpus)):
+            if value is not None:
+                raise click.UsageError(f"{name} needs --ray")
+        return None
+    from robench.eval.ray_backend import RaySettings, import_ray
+
+    settings = RaySettings(address=address, cpus=cpus, threads=threads or 1, gpus=gpus, retries=retries)
+    import_ray()  # a missing extra fails now, in one line, before anything is loaded
+    return settings
+
+
 def _execution(precision: str | None, cascade: str | None, channels_last: str | None, compile_model: bool | None) -> dict[str, Any]:
     """The execution settings given on the command line (the others keep the config's or suite's values)."""
     given = {"precision": precision, "cascade": cascade, "channels_last": channels_last, "compile": compile_model}
@@ -397,18 +429,20 @@ def _cores(threads: int | None, command: str):
 @click.option("--wait", is_flag=True, help="If another robench process is writing into --out, wait for it instead of stopping.")
 @_threat_paths_option
 @_execution_options
+@_ray_options
 def run_command(
     model_path: Path, threat: str, substitute_path: Path | None, n: int, batch_size: int, seed: int, device: str, out: Path | None,
     settings: tuple[str, ...], attacks: tuple[str, ...], detectors: tuple[str, ...], detector_settings: tuple[str, ...],
     dataset: str | None, data_root: Path | None, sigmas: tuple[float, ...], sanity: bool, progress: bool, wait: bool,
     precision: str | None, cascade: str | None, threads: int | None, channels_last: str | None, compile_model: bool | None,
-    threat_paths: tuple[Path, ...],
+    threat_paths: tuple[Path, ...], ray_address: str | None, ray_cpus: int | None, ray_gpus: float | None, ray_retries: int,
 ) -> None:
     """Attack a model under a threat model; write records.parquet, summary.csv, sanity.csv and run.json.
 
     --threat takes a registered name or a threat TOML file (FILE.toml). Finished parts are kept
-    in OUT/parts: rerunning the same command resumes an interrupted run.
+    in OUT/parts: rerunning the same command resumes an interrupted run (with or without --ray).
     """
+    ray = _ray_settings(ray_address, ray_cpus, ray_gpus, ray_retries, threads)
     from robench.eval.run_config import RunConfig
     from robench.eval.threat_files import is_threat_file, load_threat_file
 
@@ -423,11 +457,11 @@ def run_command(
         substitute=substitute_path, sanity=sanity, **_execution(precision, cascade, channels_last, compile_model),
     )
     out = out or Path("reports/runs") / f"{model_path.stem}-{threat}"
-    with _cores(threads, f"robench run --model {model_path} --threat {threat}"):
-        _run_prepared(config, model_path, substitute_path, out, progress, wait)
+    with _cores(ray.threads if ray is not None else threads, f"robench run --model {model_path} --threat {threat}"):
+        _run_prepared(config, model_path, substitute_path, out, progress, wait, ray)
 
 
-def _run_prepared(config: Any, model_path: Path, substitute_path: Path | None, out: Path, progress: bool, wait: bool) -> None:
+def _run_prepared(config: Any, model_path: Path, substitute_path: Path | None, out: Path, progress: bool, wait: bool, ray: Any = None) -> None:
     from robench.eval.output import format_summary
     from robench.eval.prepare import prepare
     from robench.eval.runner import run
@@ -438,7 +472,7 @@ def _run_prepared(config: Any, model_path: Path, substitute_path: Path | None, o
         raise ConfigError(f"--substitute {substitute_path} is the model {model_path} itself (same content hash): that is the white-box threat; pass another model")
     for note in prepared.notes:
         _echo_err(f"robench: note: {note}")
-    result = run(config, out, progress=progress, echo=click.echo, prepared=prepared, wait=wait)
+    result = run(config, out, progress=progress, echo=click.echo, prepared=prepared, wait=wait, ray=ray)
     click.echo(format_summary(result.summary))
     if len(result.sanity):
         flagged = result.sanity[result.sanity["flagged"]]
@@ -462,12 +496,14 @@ def _run_prepared(config: Any, model_path: Path, substitute_path: Path | None, o
 )
 @_threat_paths_option
 @_execution_options
+@_ray_options
 def suite(
     suite_file: Path, out: Path, n: int | None, device: str | None, progress: bool, wait: bool, data_root: Path | None,
     precision: str | None, cascade: str | None, threads: int | None, channels_last: str | None, compile_model: bool | None,
-    threat_paths: tuple[Path, ...],
+    threat_paths: tuple[Path, ...], ray_address: str | None, ray_cpus: int | None, ray_gpus: float | None, ray_retries: int,
 ) -> None:
-    """Run every model x threat pair of a TOML suite into one combined summary."""
+    """Run every model x threat pair of a TOML suite into one combined summary (with --ray, all pairs' parts as Ray tasks)."""
+    ray = _ray_settings(ray_address, ray_cpus, ray_gpus, ray_retries, threads)
     from robench.eval.output import format_summary
     from robench.eval.suite import run_suite
 
@@ -476,8 +512,8 @@ def suite(
     overrides.update(_execution(precision, cascade, channels_last, compile_model))
     if data_root is not None:  # absolute: a suite's own data_root is relative to the suite file, this one to the shell
         overrides["data_root"] = str(data_root.resolve())
-    with _cores(threads, f"robench suite {suite_file}"):
-        combined = run_suite(suite_file, out, overrides, progress=progress, echo=click.echo, wait=wait)
+    with _cores(ray.threads if ray is not None else threads, f"robench suite {suite_file}"):
+        combined = run_suite(suite_file, out, overrides, progress=progress, echo=click.echo, wait=wait, ray=ray)
     click.echo(format_summary(combined))
     click.echo(f"wrote {out}/summary.csv")
 

@@ -198,15 +198,15 @@ def save_bundle(path: str | Path, model: Classifier, meta: BundleMeta) -> str:
     return content_hash
 
 
-def _read_payload(path: Path) -> dict[str, Any]:
-    if not path.exists():
+def _read_payload(path: Path, data: bytes | None = None) -> dict[str, Any]:
+    if data is None and not path.exists():
         raise BundleError(f"{path}: no such file")
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise BundleError(f"{path}: not a file")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols; the error below says enough
             warnings.simplefilter("ignore")
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+            payload = torch.load(path if data is None else io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch's weights-only unpickler names the forbidden global when there is one.
         match = re.search(r"GLOBAL ([\w.]+)", str(exc))
@@ -242,19 +242,25 @@ def _check_backbone_shapes(planned: dict[str, tuple[int, ...]], state: dict[str,
         raise BundleError(f"{path}: the weights do not fit architecture '{arch}': {problem}")
 
 
-def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
-    """Load, validate and rebuild a bundle; every failure is a one-line :class:`BundleError`."""
+def load_bundle(path: str | Path, device: str | torch.device = "cpu", data: bytes | None = None) -> ModelBundle:
+    """Load, validate and rebuild a bundle; every failure is a one-line :class:`BundleError`.
+
+    ``data``: the file's bytes, already read (a Ray worker gets them from the object store and may
+    not see the file, :mod:`robench.eval.ray_backend`); ``path`` then only names it in messages,
+    and the bundle has no path, so nothing (a detector cache) is written next to it. The same
+    ``weights_only`` load and checks apply.
+    """
     if not isinstance(path, (str, Path)):
         raise BundleError(f"a bundle path must be a str or Path, got {type(path).__name__}")
     path = Path(path)
-    payload = _read_payload(path)
+    payload = _read_payload(path, data)
     meta = BundleMeta.from_json(payload["meta"], str(path))
     state = payload["state_dict"]
     bad = _first_non_finite(state)
     if bad is not None:
         raise BundleError(f"{path}: refused: weight '{bad}' holds NaN or inf values")
     if meta.arch == IMPORTED_ARCH:
-        return _load_imported(path, payload, meta, state, device)
+        return _load_imported(path, payload, meta, state, device, keep_path=data is None)
     try:
         defense_cls = DEFENSES.get(meta.defense)
         defense = defense_cls.from_params(meta.defense_params)
@@ -281,10 +287,12 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ModelBu
     if model.feature_dim != meta.feature_dim:
         raise BundleError(f"{path}: feature dimension {model.feature_dim} differs from the recorded {meta.feature_dim}")
     model.eval().to(device)
-    return ModelBundle(model=model, meta=meta, defense=defense, content_hash=actual, path=path)
+    return ModelBundle(model=model, meta=meta, defense=defense, content_hash=actual, path=path if data is None else None)
 
 
-def _load_imported(path: Path, payload: dict[str, Any], meta: BundleMeta, state: dict[str, torch.Tensor], device: str | torch.device) -> ModelBundle:
+def _load_imported(
+    path: Path, payload: dict[str, Any], meta: BundleMeta, state: dict[str, torch.Tensor], device: str | torch.device, keep_path: bool = True
+) -> ModelBundle:
     """An imported model's bundle (``robench import``): the content hash first (it covers the program's bytes), then
     the program is checked before torch deserializes it and rebuilt (:mod:`robench.core.imported.loading`)."""
     from robench.core.imported.loading import rebuild
@@ -300,4 +308,4 @@ def _load_imported(path: Path, payload: dict[str, Any], meta: BundleMeta, state:
     except RobenchError as exc:
         raise BundleError(f"{path}: {exc}") from None
     model.eval().to(device)
-    return ModelBundle(model=model, meta=meta, defense=defense, content_hash=actual, path=path)
+    return ModelBundle(model=model, meta=meta, defense=defense, content_hash=actual, path=path if keep_path else None)

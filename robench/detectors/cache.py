@@ -49,6 +49,37 @@ def _read(path: Path, key: str) -> dict[str, torch.Tensor] | None:
     return state
 
 
+def _cache_file(detector: Detector, bundle: ModelBundle, train_name: str | None) -> tuple[Path | None, str]:
+    key = cache_key(detector, bundle.content_hash, train_name or bundle.meta.dataset, bundle.meta.split_seed)
+    return (cache_path(bundle.path, detector, key) if bundle.path is not None else None), key
+
+
+def load_cached(detector: Detector, bundle: ModelBundle, device: torch.device, train_name: str | None = None) -> bool:
+    """Load ``detector``'s cached fit for ``bundle`` if there is a valid one (True), else leave it unfitted (False)."""
+    path, key = _cache_file(detector, bundle, train_name)
+    if path is None or not path.exists():
+        return False
+    state = _read(path, key)
+    if state is None:
+        return False
+    detector.load_fitted_state(state, device)
+    return True
+
+
+def save_cached(detector: Detector, bundle: ModelBundle, train_name: str | None = None) -> None:
+    """Cache ``detector``'s fit next to ``bundle`` (atomically); a read-only folder costs one line on stderr, not the run."""
+    path, key = _cache_file(detector, bundle, train_name)
+    if path is None:
+        return
+    buffer = io.BytesIO()
+    torch.save({"format": CACHE_FORMAT, "key": key, "state": detector.fitted_state()}, buffer)
+    try:
+        atomic_write_bytes(path, buffer.getvalue())
+    except OSError as exc:  # a read-only model folder must not cost the fit: one line on stderr, and go on
+        reason = " ".join(str(exc.strerror or exc).split())
+        print(f"robench: note: cannot cache detector '{detector.name}' next to {bundle.path} ({reason}); fitting it again next time", file=sys.stderr)
+
+
 def fit_or_load(
     detector: Detector,
     bundle: ModelBundle,
@@ -64,20 +95,9 @@ def fit_or_load(
     detector.check_applicable(bundle.model, bundle.defense)
     if not detector.needs_fit:
         return False
-    key = cache_key(detector, bundle.content_hash, train_name or bundle.meta.dataset, bundle.meta.split_seed)
-    path = cache_path(bundle.path, detector, key) if (use_cache and bundle.path is not None) else None
-    if path is not None and path.exists():
-        state = _read(path, key)
-        if state is not None:
-            detector.load_fitted_state(state, device)
-            return True
+    if use_cache and load_cached(detector, bundle, device, train_name):
+        return True
     detector.fit(bundle.model, bundle.defense, train, device)
-    if path is not None:
-        buffer = io.BytesIO()
-        torch.save({"format": CACHE_FORMAT, "key": key, "state": detector.fitted_state()}, buffer)
-        try:
-            atomic_write_bytes(path, buffer.getvalue())
-        except OSError as exc:  # a read-only model folder must not cost the fit: one line on stderr, and go on
-            reason = " ".join(str(exc.strerror or exc).split())
-            print(f"robench: note: cannot cache detector '{detector.name}' next to {bundle.path} ({reason}); fitting it again next time", file=sys.stderr)
+    if use_cache:
+        save_cached(detector, bundle, train_name)
     return False

@@ -91,16 +91,21 @@ def _check_compatible(bundle: ModelBundle, data: Dataset, what: str, path: Path)
         raise ConfigError(f"{what} {path} has {bundle.meta.num_classes} classes but dataset '{data.name}' has {data.num_classes}")
 
 
-def prepare(config: RunConfig, loader: Loader | None = None) -> Prepared:
-    """Load and validate everything before any attack runs."""
-    loader = loader or Loader()
-    device = resolve_device(config.device)
+def config_threats(config: RunConfig) -> list[ThreatModel]:
+    """The config's threat models with its sigmas, added attacks, attack subset and settings applied (nothing loaded)."""
     threats = select_threats(config.threat, substitute=config.substitute is not None)
     if config.sigmas:
         threats = [noise_threat(list(config.sigmas)) if t.name == "noise" else t for t in threats]
     if config.extra_attacks:
         threats = [t.with_added(list(config.extra_attacks)) for t in threats]
-    threats = distribute(threats, config.settings, tuple(config.attacks))
+    return distribute(threats, config.settings, tuple(config.attacks))
+
+
+def prepare(config: RunConfig, loader: Loader | None = None) -> Prepared:
+    """Load and validate everything before any attack runs."""
+    loader = loader or Loader()
+    device = resolve_device(config.device)
+    threats = config_threats(config)
     bundle = loader.bundle(config.model, device)
     data = loader.dataset(config.dataset or bundle.meta.dataset, config.data_root, bundle.meta.split_seed)
     _check_compatible(bundle, data, "model", config.model)

@@ -46,9 +46,10 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -59,8 +60,11 @@ from robench.eval.lock import output_lock
 from robench.eval.output import SANITY_FLAGS, contained, with_sanity_flags
 from robench.eval.prepare import Loader, prepare
 from robench.eval.run_config import RunConfig
-from robench.eval.runner import RunResult, run
+from robench.eval.runner import RunPlan, RunResult, run
 from robench.eval.threat_files import load_threat_file, load_threat_patterns
+
+if TYPE_CHECKING:
+    from robench.eval.ray_backend import RayBackend, RaySettings
 
 _DEFAULT_KEYS = {"n", "batch_size", "seed", "device", "detectors", "data_root", "precision", "cascade", "channels_last", "compile"}
 _MODEL_KEYS = {"name", "path"}
@@ -218,9 +222,14 @@ def _is_strings(value: Any) -> bool:
 
 
 def run_suite(
-    path: Path, out: Path, overrides: dict[str, Any] | None = None, progress: bool = True, echo: Callable[[str], None] = print, wait: bool = False
+    path: Path, out: Path, overrides: dict[str, Any] | None = None, progress: bool = True, echo: Callable[[str], None] = print, wait: bool = False,
+    ray: RayBackend | RaySettings | None = None,
 ) -> pd.DataFrame:
-    """Run every pair of the suite file into ``out`` (holding its lock, :mod:`robench.eval.lock`) and return the combined summary."""
+    """Run every pair of the suite file into ``out`` (holding its lock, :mod:`robench.eval.lock`) and return the combined summary.
+
+    ``ray`` (a :class:`~robench.eval.ray_backend.RaySettings` or a connected backend): every
+    pair's parts run as Ray tasks, all pairs at once; the combined summary is the same as without.
+    """
     pairs = load_suite(path, overrides)
     loader = Loader()  # every bundle and dataset is loaded once, however many pairs use it
     prepared = [prepare(pair.config, loader) for pair in pairs]  # validate every pair before spending time on any
@@ -228,15 +237,23 @@ def run_suite(
         for note in ready.notes:
             echo(f"{pair.model_name} x {pair.folder}: {note}")
     with output_lock(out, wait=wait):
-        return _run_pairs(pairs, prepared, out, progress, echo)
+        if ray is None:
+            return _run_pairs(pairs, prepared, out, progress, echo)
+        from robench.eval.ray_backend import session
+
+        with session(ray) as backend:  # after every pair is validated: bad input never waits for Ray to start
+            return _run_pairs(pairs, prepared, out, progress, echo, backend)
 
 
-def _run_pairs(pairs: list[SuitePair], prepared: list, out: Path, progress: bool, echo: Callable[[str], None]) -> pd.DataFrame:
-    results = []
+def _run_pairs(pairs: list[SuitePair], prepared: list, out: Path, progress: bool, echo: Callable[[str], None], ray: RayBackend | None = None) -> pd.DataFrame:
     folders = [contained(out, pair.model_name, pair.folder) for pair in pairs]  # every write stays inside OUT
-    for pair, ready, folder in zip(pairs, prepared, folders):
-        echo(f"running {pair.model_name} x {pair.folder}")
-        results.append(run(pair.config, folder, progress=progress, echo=echo, prepared=ready))
+    if ray is not None:
+        results = _run_pairs_on_ray(pairs, prepared, folders, progress, echo, ray)
+    else:
+        results = []
+        for pair, ready, folder in zip(pairs, prepared, folders):
+            echo(f"running {pair.model_name} x {pair.folder}")
+            results.append(run(pair.config, folder, progress=progress, echo=echo, prepared=ready))
     sanity = suite_sanity(results)
     combined = with_sanity_flags(pd.concat([r.summary for r in results], ignore_index=True).drop(columns=SANITY_FLAGS), sanity)
     out.mkdir(parents=True, exist_ok=True)
@@ -245,6 +262,18 @@ def _run_pairs(pairs: list[SuitePair], prepared: list, out: Path, progress: bool
     for row in sanity[sanity["flagged"]].itertuples() if len(sanity) else ():
         echo(f"sanity: {row.model} {row.threat}: {row.check} flagged ({row.detail})")
     return combined
+
+
+def _run_pairs_on_ray(
+    pairs: list[SuitePair], prepared: list, folders: list[Path], progress: bool, echo: Callable[[str], None], ray: RayBackend
+) -> list[RunResult]:
+    """All pairs at once on Ray, each holding its folder's lock, as :func:`run` holds it."""
+    with ExitStack() as locks:
+        for folder in folders:
+            locks.enter_context(output_lock(folder))
+        echo(f"running {len(pairs)} pairs on Ray ({ray.describe()})")
+        plans = [RunPlan(pair.config, folder, ready, progress, echo) for pair, ready, folder in zip(pairs, prepared, folders)]
+        return ray.run_plans(plans)
 
 
 def suite_sanity(results: list[RunResult]) -> pd.DataFrame:
