@@ -1,7 +1,7 @@
 """The Ray goals, measured in one run: a four-pair suite on 1 and 2 local Ray workers beside one process, and an 8-part
 run with a worker killed mid-run.
 
-    .venv/bin/python benchmarks/ray_scaling.py --out build/ray-scaling      # about 13 minutes on 2 cores
+    .venv/bin/python benchmarks/ray_scaling.py --out build/ray-scaling      # about 16 minutes on 2 cores
     .venv/bin/python benchmarks/ray_scaling.py --quick --out /tmp/rs        # the CPU smoke path (tests)
 
 1. **Suite**: the committed softmax and GM models x (semi-white-box, white-box): four pairs, each command timed
@@ -197,7 +197,7 @@ def main() -> None:
     if args.out.exists():
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True)
-    n, batch, cw_steps, steps = (16, 8, 5, 100) if args.quick else (100, 20, 40, 200)
+    n, batch, cw_steps, steps = (16, 8, 5, 100) if args.quick else (200, 25, 60, 200)
     suite_rows, suite_ok = suite_goals(args.out, n, batch, cw_steps)
     kill_rows, kill_ok = kill_goal(args.out, steps)
     report = "\n".join([*suite_rows, *kill_rows]) + "\n"

@@ -94,6 +94,7 @@ class RaySettings:
 
 def import_ray() -> Any:
     """The ``ray`` module, or a one-line error that names the extra to install."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine (rule: no network at run time)
     try:
         import ray
     except ImportError:
@@ -119,7 +120,6 @@ def _reachable(address: str) -> None:
 
 def connect(settings: RaySettings) -> RayBackend:
     """Start or join Ray as ``settings`` say; every failure is a one-line :class:`ConfigError`."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine (rule: no network at run time)
     ray = import_ray()
     if settings.address not in (LOCAL, "auto"):
         _reachable(settings.address)
@@ -143,7 +143,13 @@ def connect(settings: RaySettings) -> RayBackend:
         if settings.address == "auto":
             why = "" if "could not find any running ray instance" in text.lower() else f" ({text})"
             raise ConfigError(f"--ray auto found no Ray cluster running on this machine{why}: start one with 'ray start --head', or use --ray local") from None
-        raise ConfigError(f"could not start or join Ray at {settings.address}: {text}") from None
+        hint = ""
+        if settings.address != LOCAL and os.environ.get("RAY_AUTH_MODE") != "token":
+            hint = (
+                "; if the cluster uses Ray's token authentication (the default of 'ray start' in Ray 2.60), "
+                "set RAY_AUTH_MODE=token here and give this machine the cluster's token (~/.ray/auth_token or RAY_AUTH_TOKEN)"
+            )
+        raise ConfigError(f"could not start or join Ray at {settings.address}: {text}{hint}") from None
     return RayBackend(ray, settings, started=True)
 
 
@@ -396,6 +402,7 @@ class RayBackend:
         self.density_results: dict[tuple[Any, ...], dict[str, Any]] = {}
         self.workers: set[tuple[str, int]] = set()  # (host, pid) of the workers that computed parts
         self.tasks = 0
+        self._queued: list[tuple[float, int, _Flow, int]] = []  # parts to submit: (cost, order, flow, job index)
 
     def describe(self) -> str:
         """One line: where the tasks run and what each takes."""
@@ -462,11 +469,13 @@ class RayBackend:
             pair.start()
         for f in flows:
             self._advance(f, None)
+        self._submit_queued()
         while self.pending:
             ready, _ = self.ray.wait(list(self.pending), num_returns=1)
             for ref in ready:
                 done, what = self.pending.pop(ref)
                 done(self._result(ref, what))
+            self._submit_queued()
         results = []
         for pair in pairs:
             pair.record_fits()
@@ -489,8 +498,19 @@ class RayBackend:
                 parts = f.results  # type: ignore[assignment]
                 continue
             for k in missing:
-                f.pair.submit_part(jobs[k], lambda out, f=f, k=k: self._finished(f, k, out))
+                self._queued.append((f.pair.part_cost(jobs[k]), len(self._queued), f, k))
             return
+
+    def _submit_queued(self) -> None:
+        """Submit the parts queued since the last call, the costliest first (estimated model passes x images).
+
+        Ray starts ready tasks roughly in submission order, so the longest parts start first and the
+        last workers to finish are not left with a long part each (the makespan of a greedy
+        longest-first schedule); the order changes no record, each part depends only on its inputs.
+        """
+        for _, _, f, k in sorted(self._queued, key=lambda item: (-item[0], item[1])):
+            f.pair.submit_part(f.jobs[k], lambda out, f=f, k=k: self._finished(f, k, out))
+        self._queued.clear()
 
     def _finished(self, f: _Flow, k: int, out: dict[str, Any]) -> None:
         plan, job = f.pair.plan, f.jobs[k]
@@ -671,6 +691,10 @@ class _PairObjects:
 
             refs.append(self.backend.shared(key, make))
         return refs
+
+    def part_cost(self, job: PartJob) -> float:
+        """The part's estimated model passes (:meth:`robench.attacks.base.Attack.cost` x its images): the submission order."""
+        return float(self.plan.prepared.threats[job.threat].attacks[job.attack][1].cost()) * len(job.samples)
 
     def submit_part(self, job: PartJob, done: Callable[[Any], None]) -> Any:
         x, y = self.plan.inputs(job.samples)
