@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from robench.core.bundle import save_bundle
+from robench.core.errors import ConfigError
 from robench.eval.run_config import RunConfig
 from robench.eval.runner import run
 from robench.eval.suite import run_suite
@@ -186,7 +187,7 @@ def test_each_task_runs_torch_with_the_cpus_it_declared(backend, models, tmp_pat
     result = run(config, tmp_path / "two", progress=False, echo=lambda _: None, ray=two)
     assert result.info["execution"]["ray"]["worker_threads"] == [2]
     assert result.info["execution"]["ray"]["cpus_per_task"] == 2
-    with pytest.raises(Exception, match="more CPUs than the cluster has"):
+    with pytest.raises(ConfigError, match="more CPUs than the cluster has"):
         connect(RaySettings(threads=3))
 
 

@@ -22,10 +22,6 @@ import dataclasses
 import io
 import json
 import math
-import pickle
-import re
-import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +35,7 @@ from robench.core.model_factory import build_classifier, plan_backbone
 from robench.core.models import Classifier
 from robench.core.models.base import MAX_UNITS
 from robench.core.provenance import atomic_write_bytes, state_dict_hash
+from robench.core.safe_load import load_weights_only
 from robench.core.training import SEED_RANGE
 
 BUNDLE_FORMAT = "robench-bundle"
@@ -203,18 +200,7 @@ def _read_payload(path: Path, data: bytes | None = None) -> dict[str, Any]:
         raise BundleError(f"{path}: no such file")
     if data is None and not path.is_file():
         raise BundleError(f"{path}: not a file")
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols; the error below says enough
-            warnings.simplefilter("ignore")
-            payload = torch.load(path if data is None else io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # torch's weights-only unpickler names the forbidden global when there is one.
-        match = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        if match:
-            raise BundleError(f"{path}: refused: the file references {match.group(1)}, which could run code; not a robench bundle") from None
-        raise BundleError(f"{path}: {_UNREADABLE}") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, UnicodeDecodeError, KeyError, IndexError):
-        raise BundleError(f"{path}: {_UNREADABLE}") from None
+    payload = load_weights_only(path, data, after_global="not a robench bundle", refused=_UNREADABLE, unreadable=_UNREADABLE)
     if not isinstance(payload, dict) or payload.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path}: not a robench bundle (a plain torch checkpoint? train one with 'robench train')")
     if payload.get("version") != BUNDLE_VERSION:

@@ -49,10 +49,10 @@ from robench.core.execution import as_input, to_memory_format, try_compile, use_
 from robench.core.provenance import canonical_json, jsonable
 from robench.detectors import Detector
 from robench.detectors.cache import load_cached, save_cached
-from robench.detectors.kd import KernelDensityDetector, features_of
+from robench.detectors.kd import features_of
 from robench.eval.attack_batch import CleanBatch
 from robench.eval.clean_cache import CleanCache, clean_batch_on, compute_clean
-from robench.eval.density import SCORED_KD, AttackerDensity, DensitySettings, resolve_settings, scored_settings
+from robench.eval.density import SCORED_KD, AttackerDensity, DensitySettings, estimator, resolve_settings, scored_settings
 from robench.eval.detection import build_detectors
 from robench.eval.part_work import PartContext, PartJob, Work, compute_part
 from robench.eval.threats import AttackSpec
@@ -260,10 +260,6 @@ def _cpu_state(detector: Detector) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in detector.fitted_state().items()}
 
 
-def _kd(family: str, settings: DensitySettings) -> KernelDensityDetector:
-    return KernelDensityDetector.for_dataset(family, {"bandwidth": settings.bandwidth, "per_class": settings.per_class, "seed": settings.seed})
-
-
 def fit_task(ref: BundleRef, data: bytes, spec: DetectorSpec, train: Any, cached: dict[str, dict[str, torch.Tensor]]) -> dict[str, Any]:
     """Fit the detectors not in ``cached`` (fitted states by name); every fitted state, the names fitted here and the seconds."""
     device = _worker_setup()
@@ -295,7 +291,7 @@ def density_task(
         kd = _detectors(scored, crafting, fits["states"], device)[SCORED_KD]
         fit, state = "scored detector", None
     else:
-        kd = _kd(family, settings)
+        kd = estimator(family, settings)
         if cached is not None:
             kd.load_fitted_state(cached, device)
         else:
@@ -345,7 +341,7 @@ def part_task(
             if density["state"] is None:  # the scored detector itself
                 kd = detectors[SCORED_KD]
             else:
-                kd = _kd(spec.family, settings)
+                kd = estimator(spec.family, settings)
                 kd.load_fitted_state(density["state"], device)
             return AttackerDensity(kd, density["eta"], density["eta_per_class"], settings, density["fit"] != "fitted", density["state"] is None)  # type: ignore[arg-type]
 
@@ -609,8 +605,7 @@ class _PairObjects:
 
         def make() -> Any:
             cached, reused = {}, {}
-            for name, detector in prepared.detectors.items():
-                detector.check_applicable(prepared.bundle.model, prepared.bundle.defense)
+            for name, detector in prepared.detectors.items():  # prepare checked that each applies
                 reused[name] = bool(detector.needs_fit and load_cached(detector, prepared.bundle, prepared.device, prepared.train_name))
                 if reused[name]:
                     cached[name] = _cpu_state(detector)
@@ -660,13 +655,13 @@ class _PairObjects:
         def make() -> Any:
             cached = None
             if not own:
-                kd = _kd(plan.family, settings)
+                kd = estimator(plan.family, settings)
                 if load_cached(kd, crafting, prepared.device, prepared.train_name):
                     cached = _cpu_state(kd)
 
             def done(out: dict[str, Any]) -> None:
                 if out["fit"] == "fitted":  # the driver caches the attacker's own estimator
-                    kd = _kd(plan.family, settings)
+                    kd = estimator(plan.family, settings)
                     kd.load_fitted_state(out["state"], prepared.device)
                     save_cached(kd, crafting, prepared.train_name)
                 self.backend.density_results[shared_key] = {"fit": out["fit"], "eta": out["eta"], "eta_per_class": [float(v) for v in out["eta_per_class"]]}

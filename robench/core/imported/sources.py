@@ -18,7 +18,6 @@ import importlib
 import io
 import logging
 import os
-import pickle
 import re
 import sys
 import warnings
@@ -33,6 +32,7 @@ from torch import Tensor, nn
 from robench.core.errors import BundleError, ConfigError, UnknownNameError
 from robench.core.imported.archive import load_checked_program
 from robench.core.registry import did_you_mean
+from robench.core.safe_load import load_weights_only
 
 FACTORY_PATTERN = re.compile(r"(?P<module>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):(?P<attr>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)")
 # timm keyword arguments that would fetch or read weights behind robench's back.
@@ -110,17 +110,11 @@ def load_weights(path: Path) -> dict[str, Tensor]:
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise BundleError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
     else:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            match = re.search(r"GLOBAL ([\w.]+)", str(exc))
-            if match:
-                raise BundleError(f"{path}: refused: the file references {match.group(1)}, which could run code; weights must be tensors only") from None
-            raise BundleError(f"{path}: refused: torch.load(weights_only=True) does not read it (pickled objects other than tensors?)") from None
-        except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, UnicodeDecodeError, KeyError, IndexError):
-            raise BundleError(f"{path}: not a readable weights file (truncated, corrupt, or not a torch / safetensors file)") from None
+        state = load_weights_only(
+            path, None, after_global="weights must be tensors only",
+            refused="refused: torch.load(weights_only=True) does not read it (pickled objects other than tensors?)",
+            unreadable="not a readable weights file (truncated, corrupt, or not a torch / safetensors file)",
+        )
     if isinstance(state, Mapping) and state.get("format") == "robench-bundle":
         raise BundleError(f"{path} is a robench bundle already: pass it to 'robench run --model' directly")
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):  # e.g. a Lightning checkpoint

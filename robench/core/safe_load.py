@@ -1,0 +1,41 @@
+"""``torch.load(weights_only=True)`` of an untrusted file, every failure one :class:`BundleError` line.
+
+A checkpoint bundle (:mod:`robench.core.bundle`) and the weights ``robench import`` reads
+(:mod:`robench.core.imported.sources`) both go through here, so both refuse a pickled code
+payload the same way and only their messages differ.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import re
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robench.core.errors import BundleError
+
+
+def load_weights_only(path: Path, data: bytes | None, *, after_global: str, refused: str, unreadable: str) -> Any:
+    """``path`` (or its bytes ``data``) through ``torch.load(weights_only=True)`` on the CPU.
+
+    Errors name ``path``: a forbidden global (code the file would run) gives ``refused: the file
+    references GLOBAL, which could run code; {after_global}``; another refused pickle ``refused``;
+    a truncated, corrupt or foreign file ``unreadable``.
+    """
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols; the errors below say enough
+            warnings.simplefilter("ignore")
+            return torch.load(path if data is None else io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's weights-only unpickler names the forbidden global when there is one.
+        match = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if match:
+            raise BundleError(f"{path}: refused: the file references {match.group(1)}, which could run code; {after_global}") from None
+        raise BundleError(f"{path}: {refused}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, UnicodeDecodeError, KeyError, IndexError):
+        raise BundleError(f"{path}: {unreadable}") from None
