@@ -152,6 +152,16 @@ def pt2_with_edited_graph(source: Path, out: Path, old: str, new: str) -> Path:
     return out
 
 
+def pt2_with_member(source: Path, out: Path, member: str, data: bytes) -> Path:
+    """A copy of ``source`` with one more member ``member`` (below the archive's top folder) holding ``data``."""
+    with zipfile.ZipFile(source) as archive, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as copy:
+        top = archive.infolist()[0].filename.split("/")[0]
+        for info in archive.infolist():
+            copy.writestr(info, archive.read(info.filename))
+        copy.writestr(f"{top}/{member}", data)
+    return out
+
+
 def write_import_sources(root: Path, net: nn.Module) -> None:
     """``root``/net.pt2 (the exported program of ``net``) and ``root``/net.safetensors (its weights)."""
     from safetensors.torch import save_file
@@ -175,6 +185,13 @@ def write_bad_imports(root: Path, marker: Path) -> None:
     pt2_with_edited_graph(root / "net.pt2", root / "os-target.pt2", "torch.ops.aten.relu.default", "torch.serialization.os.system")
     pt2_with_edited_graph(root / "net.pt2", root / "sympy-eval.pt2", "Symbol(", f"__import__('os').system('touch {marker}') + Symbol(")
     (root / "garbage.pt2").write_bytes(b"not a zip at all")
+    with zipfile.ZipFile(root / "net.pt2") as archive:
+        program = next(archive.read(n) for n in archive.namelist() if n.endswith("models/model.json"))
+    pt2_with_member(root / "net.pt2", root / "second-program.pt2", "models/evil.JSON", program)
+    buffer = io.BytesIO()
+    torch.save(Payload(marker), buffer)
+    pt2_with_member(root / "net.pt2", root / "extra-member.pt2", "data/weights/evil.pt", buffer.getvalue())
+    pt2_with_edited_graph(root / "net.pt2", root / "tower.pt2", "Symbol(", "2**2**2**2**2**2**2**2**2 + Symbol(")
     export_program(small_net(), root / "static-batch.pt2", batch=2, dynamic=False)
 
 
@@ -210,7 +227,10 @@ def bad_imports(root: Path) -> dict[str, tuple[list, tuple[str, ...]]]:
         "weights-with-a-program": (pt2 + w("net.safetensors") + layer + mnist, ("carries its weights",)),
         "pt2-pickle-payload": ([root / "payload.pt2"] + layer + mnist, ("refused", "data/sample_inputs/model.pt", "system")),
         "pt2-os-system-target": ([root / "os-target.pt2"] + layer + mnist, ("refused", "torch.serialization.os.system")),
-        "pt2-sympy-eval": ([root / "sympy-eval.pt2"] + layer + mnist, ("refused", "evaluated as Python")),
+        "pt2-sympy-eval": ([root / "sympy-eval.pt2"] + layer + mnist, ("refused", "outside robench's shape grammar")),
+        "pt2-second-program": ([root / "second-program.pt2"] + layer + mnist, ("refused", "models/evil.JSON")),
+        "pt2-extra-member": ([root / "extra-member.pt2"] + layer + mnist, ("refused", "data/weights/evil.pt")),
+        "pt2-tower-of-powers": ([root / "tower.pt2"] + layer + mnist, ("refused", "shape grammar")),
         "pt2-garbage": ([root / "garbage.pt2"] + layer + mnist, ("not a torch.export program",)),
         "pt2-static-batch": ([root / "static-batch.pt2"] + layer + mnist, ("batches of exactly 2", "Dim('batch')")),
         "state-dict-as-source": ([root / "plain-state.pt"] + layer + mnist, ("--kind factory",)),

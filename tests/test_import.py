@@ -303,6 +303,40 @@ def test_a_tampered_program_in_a_bundle_is_refused_before_it_loads(world, tmp_pa
         load_bundle(tmp_path / "flipped.pt")
 
 
+@pytest.mark.parametrize("variant", ["second-program.JSON", "guards-code", "expr-tower-of-powers", "extra-models/evil.pt", "pickle-in-weight"])
+def test_a_crafted_program_in_a_bundle_never_runs_code(world, tmp_path, capsys, variant):
+    """The archive attacks of tests/test_archive_attacks.py inside a bundle (hash recomputed): load, info and run."""
+    import zipfile
+
+    import test_archive_attacks as T
+    from robench.core.bundle import BundleMeta
+
+    marker = tmp_path / "MARKER"
+    payload = torch.load(world["root"] / "from-pt2.pt", weights_only=True)
+    program = payload["state_dict"][PROGRAM_KEY].numpy().tobytes()
+    with zipfile.ZipFile(io.BytesIO(program)) as archive:
+        infos = archive.infolist()
+        members = {info.filename: archive.read(info) for info in infos}
+    built = {**T.REFUSED, **T.DROPPED}[variant](infos[0].filename.split("/")[0], members, marker)
+    evil = T._zip(built, marker)
+    payload["state_dict"][PROGRAM_KEY] = torch.frombuffer(bytearray(evil), dtype=torch.uint8).clone()
+    meta = BundleMeta.from_json(payload["meta"], "test")
+    payload["content_hash"] = state_dict_hash(payload["state_dict"], meta.identity())
+    torch.save(payload, tmp_path / "crafted.pt")
+    if variant in T.DROPPED:  # robench drops it: the bundle loads and runs, the payload never does
+        bundle = load_bundle(tmp_path / "crafted.pt")
+        with torch.no_grad():
+            bundle.model(torch.rand(2, 1, 28, 28))
+    else:
+        with pytest.raises(BundleError, match="refused"):
+            load_bundle(tmp_path / "crafted.pt")
+        for command in (["info", str(tmp_path / "crafted.pt")],
+                        ["run", "--model", str(tmp_path / "crafted.pt"), "--threat", "noise", "--n", "2", "--out", str(tmp_path / "out")]):  # fmt: skip
+            code, _, err = run_cli(capsys, *command)
+            assert_one_line_error(code, err, "refused")
+    assert not marker.exists(), "a code payload ran"
+
+
 def test_archive_checks():
     assert check_expression("Symbol('s31', positive=True, integer=True)")
     assert check_expression("2*s0 + Max(2, s1) - FloorDiv(s0, 2)")

@@ -45,7 +45,7 @@ ALLOWED = {
     ("attacks/foolbox_adapter.py", "l2"): "a library attack's norm",
     ("attacks/torchattacks_adapter.py", "linf"): "a library attack's norm",
     ("attacks/torchattacks_adapter.py", "l2"): "a library attack's norm",
-    ("robench/core/imported/archive.py", "target"): "a torch.export graph node's target operator, not a record column",
+    ("robench/core/imported/program_json.py", "target"): "a torch.export graph node's target operator, not a record column",
 }
 
 
