@@ -146,3 +146,111 @@ def test_two_runs_into_one_folder_the_second_is_refused(bundles, tmp_path):
     with output_lock(out):
         with pytest.raises(OutputLockedError):
             run(_config(bundles["gm"]), out, progress=False)
+
+
+# ---------------------------------------------------------------- the lock file is untrusted (never followed, never truncated)
+
+
+def _robench(capsys, *args: str) -> tuple[int, str]:
+    from robench.cli.commands import main
+
+    with pytest.raises(SystemExit) as info:
+        main(list(args))
+    _, err = capsys.readouterr()
+    return int(info.value.code or 0), err
+
+
+def _assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code != 0 and len(lines) == 1 and lines[0].startswith("robench: error:"), err
+    assert "Traceback" not in err and "internal error" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_a_symlinked_lock_file_is_refused_and_its_target_is_unchanged(bundles, tmp_path, capsys):
+    victim = tmp_path / "victim.txt"  # a file outside --out
+    victim.write_text("precious\n")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / LOCK_FILE).symlink_to(victim)
+    args = ["run", "--model", str(bundles["gm"]), "--threat", "semi-white-box", "--attack", "FGSM", "--n", "4", "--batch-size", "4"]
+    code, err = _robench(capsys, *args, "--device", "cpu", "--detector", "max-prob", "--no-sanity", "--no-progress", "--out", str(out))
+    _assert_one_line_error(code, err, "symbolic link", LOCK_FILE)
+    assert victim.read_text() == "precious\n" and (out / LOCK_FILE).is_symlink()
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # nothing written
+    dangling = tmp_path / "dangling"  # a symlink to nothing: not created through it either
+    (dangling / LOCK_FILE).parent.mkdir()
+    (dangling / LOCK_FILE).symlink_to(tmp_path / "created-outside")
+    with pytest.raises(OutputLockedError, match="symbolic link"):
+        with output_lock(dangling):
+            pass
+    assert not (tmp_path / "created-outside").exists()
+
+
+def test_a_lock_file_robench_did_not_write_is_never_truncated(tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("")
+    cases = {
+        "hardlink": lambda path: os.link(outside, path),  # a second name of a file elsewhere (empty, so only the link count tells)
+        "foreign": lambda path: path.write_text("not a lock\n"),  # some other file under the lock's name
+        "folder": lambda path: path.mkdir(),
+        "fifo": lambda path: os.mkfifo(path),
+    }
+    for name, make in cases.items():
+        out = tmp_path / name
+        out.mkdir()
+        make(out / LOCK_FILE)
+        with pytest.raises(OutputLockedError, match="refused to use .* as the output lock") as info:
+            with output_lock(out):
+                pass
+        assert "\n" not in str(info.value)
+    assert outside.read_text() == "" and outside.stat().st_nlink == 2
+    assert (tmp_path / "foreign" / LOCK_FILE).read_text() == "not a lock\n"
+    with output_lock(tmp_path / "fresh") as path:  # its own file, left by a killed run, is taken over as before
+        path.write_text('{"pid": 1, "host": "h", "started": "s", "command": "c"}')
+    with output_lock(tmp_path / "fresh") as path:
+        assert str(os.getpid()) in path.read_text()
+    assert (tmp_path / "fresh" / LOCK_FILE).stat().st_mode & 0o777 == 0o644 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# ---------------------------------------------------------------- recording the git revision writes nothing into the checkout
+
+
+def test_git_revision_takes_no_index_lock_and_leaves_the_index_alone(tmp_path, monkeypatch):
+    import shutil
+    import subprocess
+
+    from robench.core import provenance
+
+    if shutil.which("git") is None:
+        pytest.skip("needs git")
+    repo = tmp_path / "checkout"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "pkg" / "mod.py").write_text("x = 1\n")
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    for args in (["init", "-q", "."], ["add", "pkg/mod.py"], ["commit", "-qm", "m"]):
+        subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True)
+    os.utime(repo / "pkg" / "mod.py", (978307200, 978307200))  # stale stat data: a plain 'git status' rewrites the index
+    index = repo / ".git" / "index"
+    before = (index.read_bytes(), index.stat().st_mtime_ns)
+    calls: list[tuple[list[str], dict]] = []
+    real_run = subprocess.run
+
+    def recording_run(cmd, **kwargs):
+        calls.append((list(cmd), dict(kwargs.get("env") or os.environ)))
+        return real_run(cmd, **kwargs)
+
+    monkeypatch.setattr(provenance.subprocess, "run", recording_run)
+    monkeypatch.setattr(provenance, "__file__", str(repo / "pkg" / "mod.py"))
+    revision = provenance.git_revision()
+    assert len(revision) == 40  # clean: the content did not change, only its stat data
+    assert calls and all(cmd[:2] == ["git", "--no-optional-locks"] and env.get("GIT_OPTIONAL_LOCKS") == "0" for cmd, env in calls)
+    assert (index.read_bytes(), index.stat().st_mtime_ns) == before
+    assert not (repo / ".git" / "index.lock").exists()

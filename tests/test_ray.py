@@ -221,3 +221,56 @@ def test_without_ray_nothing_imports_ray():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+_PRIVATE_RAY_PROBE = """
+import json, os, sys
+from robench.eval import ray_backend
+
+seen = {}
+close = ray_backend.RayBackend.close
+
+def recording_close(self):
+    private = getattr(self, "private", None)
+    if private is not None:
+        folder = private.folder
+        token = os.environ.get("RAY_AUTH_TOKEN_PATH")
+        seen.update(folder=str(folder), mode=os.stat(folder).st_mode & 0o777, token=token, token_mode=token and os.stat(token).st_mode & 0o777)
+    close(self)
+
+ray_backend.RayBackend.close = recording_close
+from robench.cli.commands import main
+
+try:
+    main(sys.argv[1:])
+finally:
+    print("SEEN " + json.dumps(seen), file=sys.stderr)
+"""
+
+
+def test_a_private_ray_writes_nothing_in_home_and_removes_its_folder(models, tmp_path):
+    """--ray local: Ray's token (mode 0600) and session folders live in one 0700 folder robench makes and removes; HOME stays empty."""
+    import json
+    import shutil
+    import tempfile
+
+    home = tmp_path / "home"
+    home.mkdir()
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rb", dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+        env.update(HOME=str(home), RAY_TMPDIR=str(ray_tmp), OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0")
+        out = tmp_path / "out"
+        args = ["run", "--model", str(models / "softmax.pt"), "--threat", "noise", "--n", "4", "--batch-size", "4", "--device", "cpu"]
+        args += ["--detector", "max-prob", "--no-sanity", "--no-progress", "--ray", "local", "--ray-cpus", "1", "--out", str(out)]
+        done = subprocess.run([sys.executable, "-c", _PRIVATE_RAY_PROBE, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert (out / "summary.csv").exists()
+        assert sorted(p.relative_to(home) for p in home.rglob("*")) == []  # no ~/.ray/auth_token
+        assert sorted(ray_tmp.iterdir()) == []  # the private folder, Ray's sessions and the token are gone
+        seen = json.loads(next(line for line in done.stderr.splitlines() if line.startswith("SEEN "))[5:])
+        folder = Path(seen["folder"])  # while it ran: one 0700 folder holding Ray's files and its 0600 token
+        assert folder.parent == ray_tmp and folder.name.startswith("robench-ray-") and seen["mode"] == 0o700
+        assert Path(seen["token"]).parent == folder and seen["token_mode"] == 0o600
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -48,6 +48,32 @@ _UNREADABLE = (
 MAX_CLASSES = 100_000
 MAX_INPUT_CHANNELS = 64
 MAX_INPUT_SIDE = 4096
+# C*H*W of one input image: 2**24 values (64 MiB in float32; 1x4096x4096, 3x2364x2364 or 64x512x512). robench's
+# fixed batches of one shape (an import's probe batch of 4 rows, the 2-row compile and shape checks) then stay
+# under 256 MiB, while a batch of a run is --batch-size images of it.
+MAX_INPUT_ELEMENTS = 2**24
+MAX_ABS_VALUE = 1e6  # |value_range| and |mean| (inputs are scaled to this range and normalized)
+STD_RANGE = (1e-6, 1e6)
+MAX_TRAIN_SECONDS = 1e9
+_MAX_JSON_DEPTH = 32
+_CONTROL = frozenset(chr(c) for c in (*range(32), 127))
+
+
+def input_shape_problem(shape: tuple[int, ...]) -> str | None:
+    """Why an input shape (C, H, W) is beyond what robench handles, or None: one clause for a one-line error."""
+    channels, *sides = shape
+    if not 1 <= channels <= MAX_INPUT_CHANNELS:
+        return f"{channels} channels is outside [1, {MAX_INPUT_CHANNELS}]"
+    for side in sides:
+        if not 1 <= side <= MAX_INPUT_SIDE:
+            return f"a side of {side} pixels is outside [1, {MAX_INPUT_SIDE}]"
+    elements = math.prod(shape)
+    if elements > MAX_INPUT_ELEMENTS:
+        return (
+            f"{elements:,} values per image is more than robench allocates ({MAX_INPUT_ELEMENTS:,} = 2**24 values = C*H*W, "
+            f"e.g. 1x4096x4096 or 3x2364x2364)"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -98,6 +124,8 @@ class BundleMeta:
             raw = json.loads(text)
         except (TypeError, ValueError):
             raise BundleError(f"{source}: bundle metadata is not valid JSON") from None
+        except RecursionError:
+            raise BundleError(f"{source}: bundle metadata nests too deeply: refused") from None
         if not isinstance(raw, dict):
             raise BundleError(f"{source}: bundle metadata is not a JSON object")
         return _meta_from_dict(raw, source)
@@ -129,9 +157,14 @@ def _meta_from_dict(raw: dict[str, Any], source: str) -> BundleMeta:
             raise BundleError(f"{source}: bundle metadata field '{name}' is malformed")
         return tuple(kind(v) for v in value)
 
-    def bounded(name: str, value: int, low: int, high: int) -> None:
+    def bounded(name: str, value: int | float, low: int | float, high: int | float) -> None:
         if not low <= value <= high:
             raise BundleError(f"{source}: bundle metadata field '{name}' is {value}, outside [{low}, {high}]: refused")
+
+    for name, value in raw.items():  # JSON's NaN and Infinity, control characters (a forged line in 'info'), deep nesting
+        problem = _json_problem(value)
+        if problem:
+            raise BundleError(f"{source}: bundle metadata field '{name}' {problem}: refused")
 
     for name in ("arch", "defense", "dataset", "feature_layer"):
         expect(name, (str,))
@@ -153,7 +186,58 @@ def _meta_from_dict(raw: dict[str, Any], source: str) -> BundleMeta:
     bounded("feature_dim", values["feature_dim"], 1, MAX_UNITS)
     for name in ("seed", "split_seed"):
         bounded(name, values[name], *SEED_RANGE)
+    elements = math.prod(values["input_shape"])
+    if elements > MAX_INPUT_ELEMENTS:
+        raise BundleError(
+            f"{source}: bundle metadata field 'input_shape' {list(values['input_shape'])} is {elements:,} values per image, "
+            f"more than robench allocates ({MAX_INPUT_ELEMENTS:,} = 2**24): refused"
+        )
+    low, high = values["value_range"]
+    if not (-MAX_ABS_VALUE <= low < high <= MAX_ABS_VALUE):
+        raise BundleError(f"{source}: bundle metadata field 'value_range' is [{low:g}, {high:g}]: it needs low < high, within [-{MAX_ABS_VALUE:g}, {MAX_ABS_VALUE:g}]: refused")
+    channels = values["input_shape"][0]
+    if len(values["mean"]) != channels or len(values["std"]) != channels:
+        raise BundleError(
+            f"{source}: bundle metadata fields 'mean' and 'std' need one value per input channel ({channels}), "
+            f"got {len(values['mean'])} and {len(values['std'])}: refused"
+        )
+    for mean in values["mean"]:
+        bounded("mean", mean, -MAX_ABS_VALUE, MAX_ABS_VALUE)
+    for std in values["std"]:
+        bounded("std", std, *STD_RANGE)
+    for name in ("train_config", "versions"):
+        if name in raw:
+            expect(name, (dict,))
+    for name in ("git_revision", "created_at"):
+        if name in raw:
+            expect(name, (str,))
+    if not all(isinstance(v, str) for v in values.get("versions", {}).values()):
+        raise BundleError(f"{source}: bundle metadata field 'versions' has the wrong type")
+    if not isinstance(values.get("train_config", {}).get("history", []), list):
+        raise BundleError(f"{source}: bundle metadata field 'train_config' has a malformed history")
+    for name, high in (("clean_accuracy", 1.0), ("train_seconds", MAX_TRAIN_SECONDS)):
+        if raw.get(name) is not None:
+            bounded(name, expect(name, (int, float)), 0.0, high)
     return BundleMeta(**values)
+
+
+def _json_problem(value: Any) -> str | None:
+    """What makes a metadata value unsafe to show or use: a non-finite number, a control character, nesting past 32."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > _MAX_JSON_DEPTH:
+            return f"nests deeper than {_MAX_JSON_DEPTH} levels"
+        if isinstance(item, float) and not math.isfinite(item):
+            return f"holds a non-finite number ({item})"
+        if isinstance(item, str) and not _CONTROL.isdisjoint(item):
+            return "holds a control character (a line break?)"
+        if isinstance(item, dict):
+            stack.extend((k, depth + 1) for k in item)
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return None
 
 
 @dataclass

@@ -30,16 +30,21 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def _git(*args: str, cwd: Path, check: bool = False) -> str:
+    """``git ARGS`` in ``cwd`` that writes nothing: ``--no-optional-locks`` and ``GIT_OPTIONAL_LOCKS=0`` keep ``git status``
+    from taking ``.git/index.lock`` to refresh the index, so recording the revision never writes into the checkout."""
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0", "GIT_TERMINAL_PROMPT": "0"}
+    return subprocess.run(
+        ["git", "--no-optional-locks", *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=5, check=check
+    ).stdout.strip()
+
+
 def git_revision() -> str:
-    """The git commit of the robench checkout (with ``+dirty`` if modified), or ``unknown``."""
+    """The git commit of the robench checkout (with ``+dirty`` if modified), or ``unknown``; read-only (see :func:`_git`)."""
     here = Path(__file__).resolve().parent
     try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=5
-        ).stdout.strip()
+        rev = _git("rev-parse", "HEAD", cwd=here, check=True)
+        dirty = _git("status", "--porcelain", "--untracked-files=no", cwd=here)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return rev + ("+dirty" if dirty else "") if rev else "unknown"

@@ -21,6 +21,10 @@ part to Ray as a task that declares its resources (``num_cpus`` = torch threads 
 - **Threads.** Each task sets torch's threads to the CPUs Ray assigned it, so N one-CPU workers
   on N cores do not oversubscribe; the driver uses the same count, and the records equal a
   one-process run at that thread count, byte for byte (``summary.csv`` included).
+- **Files.** A private Ray (``--ray local``) keeps everything it writes (sessions, sockets, logs, spilled
+  objects, its auth token) in one folder of mode 0700, ``<RAY_TMPDIR, TMPDIR or /tmp>/robench-ray-XXXXXXXX``
+  (:class:`PrivateRay`), removed when it stops; nothing goes into the home folder. Joining a cluster
+  (``auto``, an address) leaves Ray's own defaults as they are.
 
 Without ``--ray`` this module is not imported, and neither is Ray.
 """
@@ -30,10 +34,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,39 +123,146 @@ def _reachable(address: str) -> None:
         ) from None
 
 
+# ------------------------------------------------------------------------------------------- a private Ray's files
+
+PRIVATE_PREFIX = "robench-ray-"  # <RAY_TMPDIR, TMPDIR or /tmp>/robench-ray-XXXXXXXX: everything a private Ray writes
+TOKEN_FILE = "auth_token"
+_AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")  # what Ray (or robench) sets in this process for a private Ray
+# Ray's longest socket path below its temp dir: /robench-ray-XXXXXXXX/r/session_<date>_<time>_<us>_<pid>/sockets/plasma_store
+_SOCKET_TAIL = 90  # 88 bytes with a 7-digit pid
+_AF_UNIX_MAX = 107
+
+
+def _private_base() -> str:
+    """Where a private Ray's folder goes: Ray's own default place (``RAY_TMPDIR``, else ``TMPDIR``, else /tmp), or /tmp when
+    that path is too long for Ray's socket files (AF_UNIX paths are at most 107 bytes)."""
+    base = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+    if len(os.fsencode(base)) + _SOCKET_TAIL > _AF_UNIX_MAX and os.path.isdir("/tmp"):
+        return "/tmp"
+    return base
+
+
+def _refresh_ray_auth() -> None:
+    """Make this process's Ray re-read RAY_AUTH_MODE and the token (Ray caches both; best effort, Ray's private API)."""
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+    except Exception:  # noqa: BLE001 - another Ray version: nothing cached to refresh
+        pass
+
+
+@dataclass
+class PrivateRay:
+    """The folder (mode 0700) that a private Ray (``--ray local``) keeps all its files in, removed when it stops.
+
+    Ray's session folders (sockets, logs, spilled objects) go in ``folder/r`` (Ray makes its temp dir and sessions
+    world-writable, mode 0777, but nobody else can enter ``folder``), and, unless ``RAY_AUTH_MODE`` says otherwise,
+    the token of Ray's token authentication is ``folder/auth_token`` (mode 0600, named to Ray by
+    ``RAY_AUTH_TOKEN_PATH``) instead of ``~/.ray/auth_token``, which Ray would write with the umask's mode and
+    leave behind. The process's Ray environment variables are restored when it stops.
+    """
+
+    folder: Path
+    saved_env: dict[str, str | None]
+
+    @classmethod
+    def create(cls) -> PrivateRay:
+        import secrets
+        import tempfile
+
+        base = _private_base()
+        try:
+            folder = Path(tempfile.mkdtemp(prefix=PRIVATE_PREFIX, dir=base))  # created with mode 0700
+        except OSError as exc:
+            raise ConfigError(f"--ray local: cannot create a private folder for Ray in {base} ({exc.strerror or exc})") from None
+        os.chmod(folder, 0o700)
+        private = cls(folder, {name: os.environ.get(name) for name in _AUTH_ENV})
+        try:
+            if os.environ.get("RAY_AUTH_MODE", "token").strip().lower() == "token":  # Ray's default for a new local cluster
+                token = folder / TOKEN_FILE
+                fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(secrets.token_hex(32))
+                os.chmod(token, 0o600)  # whatever the umask
+                os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
+                _refresh_ray_auth()
+        except BaseException:
+            private.remove()
+            raise
+        return private
+
+    @property
+    def temp_dir(self) -> str:
+        """Ray's ``_temp_dir`` (Ray chmods it 0777; ``folder`` around it keeps others out)."""
+        return str(self.folder / "r")
+
+    def remove(self) -> None:
+        """Restore the environment and delete the folder (after Ray stopped; its last processes may still be exiting)."""
+        changed = any(os.environ.get(name) != value for name, value in self.saved_env.items())
+        for name, value in self.saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        if changed:
+            _refresh_ray_auth()
+        for attempt in range(20):
+            shutil.rmtree(self.folder, ignore_errors=True)
+            if not os.path.lexists(self.folder):
+                return
+            time.sleep(0.1 * (attempt + 1))
+
+
 def connect(settings: RaySettings) -> RayBackend:
-    """Start or join Ray as ``settings`` say; every failure is a one-line :class:`ConfigError`."""
+    """Start or join Ray as ``settings`` say; every failure is a one-line :class:`ConfigError`.
+
+    ``local`` starts a private Ray whose files all live in a :class:`PrivateRay` folder, removed when it stops;
+    joining a cluster (``auto`` or an address) uses Ray's own defaults, untouched.
+    """
     ray = import_ray()
     if settings.address not in (LOCAL, "auto"):
         _reachable(settings.address)
     if ray.is_initialized():  # the caller (a test, a notebook) connected already: use that cluster as it is
         return RayBackend(ray, settings, started=False)
     quiet = {"logging_level": logging.ERROR, "log_to_driver": False, "include_dashboard": False}
+    private: PrivateRay | None = None
     try:
         if settings.address == LOCAL:
             from robench.core.threads import available_cores
 
+            private = PrivateRay.create()
             ray.init(
                 num_cpus=settings.cpus or available_cores(), object_store_memory=_LOCAL_OBJECT_STORE,
-                _node_ip_address="127.0.0.1", **quiet,  # a private Ray listens on loopback only
+                _node_ip_address="127.0.0.1", _temp_dir=private.temp_dir, **quiet,  # a private Ray listens on loopback only
             )
         else:
             ray.init(address=settings.address, **quiet)
-    except RobenchError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError, ...: all are one line here
-        text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        if settings.address == "auto":
-            why = "" if "could not find any running ray instance" in text.lower() else f" ({text})"
-            raise ConfigError(f"--ray auto found no Ray cluster running on this machine{why}: start one with 'ray start --head', or use --ray local") from None
-        hint = ""
-        if settings.address != LOCAL and os.environ.get("RAY_AUTH_MODE") != "token":
-            hint = (
-                "; if the cluster uses Ray's token authentication (the default of 'ray start' in Ray 2.60), "
-                "set RAY_AUTH_MODE=token here and give this machine the cluster's token (~/.ray/auth_token or RAY_AUTH_TOKEN)"
-            )
-        raise ConfigError(f"could not start or join Ray at {settings.address}: {text}{hint}") from None
-    return RayBackend(ray, settings, started=True)
+    except BaseException as exc:
+        if private is not None:
+            with suppress(Exception):
+                ray.shutdown()
+            private.remove()
+        if isinstance(exc, RobenchError) or not isinstance(exc, Exception):
+            raise
+        _raise_init_error(settings, exc)
+    return RayBackend(ray, settings, started=True, private=private)
+
+
+def _raise_init_error(settings: RaySettings, exc: Exception) -> None:
+    """Ray's failure to start or join (ConnectionError, RuntimeError, ValueError, ...) as one line."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    if settings.address == "auto":
+        why = "" if "could not find any running ray instance" in text.lower() else f" ({text})"
+        raise ConfigError(f"--ray auto found no Ray cluster running on this machine{why}: start one with 'ray start --head', or use --ray local") from None
+    hint = ""
+    if settings.address != LOCAL and os.environ.get("RAY_AUTH_MODE") != "token":
+        hint = (
+            "; if the cluster uses Ray's token authentication (the default of 'ray start' in Ray 2.60), "
+            "set RAY_AUTH_MODE=token here and give this machine the cluster's token (~/.ray/auth_token or RAY_AUTH_TOKEN)"
+        )
+    raise ConfigError(f"could not start or join Ray at {settings.address}: {text}{hint}") from None
 
 
 @contextmanager
@@ -382,14 +494,17 @@ class _Flow:
 class RayBackend:
     """Runs :class:`robench.eval.runner.RunPlan` s on Ray (:meth:`run_plans`); made by :func:`connect`."""
 
-    def __init__(self, ray: Any, settings: RaySettings, started: bool) -> None:
-        self.ray, self.settings, self.started = ray, settings, started
-        resources = ray.cluster_resources()
+    def __init__(self, ray: Any, settings: RaySettings, started: bool, private: PrivateRay | None = None) -> None:
+        self.ray, self.settings, self.started, self.private = ray, settings, started, private
+        try:
+            resources = ray.cluster_resources()
+        except BaseException:
+            self.close()
+            raise
         self.cluster_cpus = float(resources.get("CPU", 0))
         self.cluster_gpus = float(resources.get("GPU", 0))
         if self.cluster_cpus < settings.threads:
-            if started:
-                ray.shutdown()
+            self.close()
             raise ConfigError(f"--threads {settings.threads} asks each Ray task for more CPUs than the cluster has ({self.cluster_cpus:g})")
         self._remote: dict[str, Any] = {}
         self.objects: dict[tuple[Any, ...], Any] = {}  # references shared by every plan (bytes, fits, densities, clean passes, probes)
@@ -406,9 +521,14 @@ class RayBackend:
         return f"{self.settings.address}: {self.cluster_cpus:g} CPUs{gpus}, {self.settings.threads} CPU(s) and torch thread(s) per task"
 
     def close(self) -> None:
-        """Shut down a Ray this backend started (a joined cluster stays up)."""
-        if self.started and self.ray.is_initialized():
-            self.ray.shutdown()
+        """Shut down a Ray this backend started (a joined cluster stays up), and remove a private Ray's folder."""
+        try:
+            if self.started and self.ray.is_initialized():
+                self.ray.shutdown()
+        finally:
+            private, self.private = self.private, None
+            if private is not None:
+                private.remove()
 
     def __enter__(self) -> RayBackend:
         return self

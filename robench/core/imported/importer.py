@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robench.core.bundle import MAX_CLASSES, MAX_INPUT_CHANNELS, MAX_INPUT_SIDE, BundleMeta, ModelBundle, load_bundle, save_bundle
+from robench.core.bundle import MAX_CLASSES, BundleMeta, ModelBundle, input_shape_problem, load_bundle, save_bundle
 from robench.core.data import DATASETS, load_dataset
 from robench.core.errors import BundleError, ConfigError, RobenchError
 from robench.core.imported import sources
@@ -89,8 +89,9 @@ def declared_inputs(request: ImportRequest) -> Declared:
         raise ConfigError("declare the model's inputs: --dataset NAME, or --input-shape C,H,W and --num-classes K")
     if len(shape) != 3 or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape):
         raise ConfigError(f"--input-shape must be three integers C,H,W, got {shape}")
-    if not 1 <= shape[0] <= MAX_INPUT_CHANNELS or not all(1 <= s <= MAX_INPUT_SIDE for s in shape[1:]):
-        raise ConfigError(f"--input-shape {tuple(shape)} is outside what robench handles ({MAX_INPUT_CHANNELS} channels, sides up to {MAX_INPUT_SIDE})")
+    problem = input_shape_problem(tuple(shape))
+    if problem is not None:
+        raise ConfigError(f"--input-shape {','.join(map(str, shape))}: {problem}")
     if isinstance(classes, bool) or not isinstance(classes, int) or not 2 <= classes <= MAX_CLASSES:
         raise ConfigError(f"--num-classes must be an integer in [2, {MAX_CLASSES}], got {classes}")
     low, high = value_range or (0.0, 1.0)
