@@ -126,3 +126,100 @@ def test_report_plots_writes_figures_and_notes(tmp_path):
     )
     assert "single budget" in result.stderr and "features soft: skipped, bundle" in result.stderr
     assert "| Softmax+KD" in result.stdout
+
+
+# --- names are drawn as they are; matplotlib's caches stay out of the home folder ---------------------
+
+
+def _drawn_texts(monkeypatch) -> list[str]:
+    """Every text of every figure that ``save_figure`` writes from now on."""
+    import matplotlib.text
+
+    import robench.report.plots as plots
+
+    texts: list[str] = []
+    real = plots.save_figure
+
+    def spy(fig, out_dir, stem):
+        texts.extend(t.get_text() for t in fig.findobj(matplotlib.text.Text))
+        return real(fig, out_dir, stem)
+
+    monkeypatch.setattr(plots, "save_figure", spy)
+    return texts
+
+
+@pytest.mark.parametrize("model", ["a$x^2$b", "m$\\frac$", "a$x^^2$b", "cost $5 and $6", "_underscored"])
+def test_names_are_drawn_literally_never_as_math(tmp_path, monkeypatch, model):
+    # Was: "a$x^2$b" drawn as math, and "m$\frac$" an internal error (matplotlib's mathtext ValueError).
+    from matplotlib import cbook
+
+    texts = _drawn_texts(monkeypatch)
+    threat = "t$h$reat"
+    frame = pd.concat([records(model, threat, "F$G$SM", detectors=("kd", "d$e$t")), records(model, threat, "_B$I$M", seed=1, detectors=("kd", "d$e$t"))])
+    result = roc_figures(frame, tmp_path)
+    result.extend(kd_histograms(frame, tmp_path))
+    sigmas = [0.05, 0.1]
+    noisy = pd.concat([records(model, "noise", f"n$oise-{s:g}", seed=i, corruption=True) for i, s in enumerate(sigmas)], ignore_index=True)
+    attacks = [{"label": f"n$oise-{s:g}", "attack": "gaussian-noise", "params": {"sigma": s}, "target_mode": "none"} for s in sigmas]
+    result.extend(accuracy_vs_budget(summarize(noisy), [{"model": {"name": model}, "threat": {"name": "noise", "attacks": attacks}}], tmp_path))
+    assert len(result.files) == 6, result.notes
+    dollars = [t for t in texts if "$" in t]
+    assert dollars and not [t for t in dollars if cbook.is_math_text(t)]
+    shown = {t.replace(r"\$", "$") for t in dollars}  # what matplotlib draws for a text that is not math
+    assert {f"ROC: {model}, {threat}", "d$e$t", f"K-density (kd) scores, {threat}", f"{model}: F$G$SM"} <= shown
+    # the ROC legend (attack, AUC %) and the budget figure's (model): a label starting with "_" is not dropped
+    assert any(t.startswith("F$G$SM (") for t in shown) and any(t.startswith("_B$I$M (") for t in shown)
+    assert model in {t.replace(r"\$", "$") for t in texts}
+
+
+def _fgsm_run(root, model: str) -> None:
+    frame = records(model, "semi-white-box", "FGSM")
+    info = {
+        "model": {"name": model, "defense": "softmax", "dataset": "mnist-5k", "path": "nowhere.pt"},
+        "threat": {"name": "semi-white-box", "attacks": [{"label": "FGSM", "attack": "fgsm", "params": {"eps": 0.1}, "target_mode": "random"}]},
+    }
+    write_run(root, frame, summarize(frame), info)
+
+
+def test_report_plots_of_a_model_named_like_math(tmp_path):
+    _fgsm_run(tmp_path / "run", "m$\\frac$")
+    result = CliRunner().invoke(report, [str(tmp_path / "run"), "--layout", "detection", "--plots-dir", str(tmp_path / "figs")])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == sorted(f"{s}.{e}" for s in ("roc-m_frac-semi-white-box", "kd-hist-semi-white-box") for e in ("png", "pdf"))
+
+
+def _report_in_a_clean_home(tmp_path, **env):
+    """``robench report --plots`` and the HTML report in a subprocess whose HOME and TMPDIR are empty folders."""
+    import os
+    import subprocess
+    import sys
+
+    _fgsm_run(tmp_path / "run", "soft")
+    home, scratch, out = tmp_path / "home", tmp_path / "tmp", tmp_path / "out"
+    for folder in (home, scratch, out):
+        folder.mkdir()
+    clean = {k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME")}
+    clean.update(HOME=str(home), TMPDIR=str(scratch), OMP_NUM_THREADS="1", **env)
+    script = (
+        "import sys; from robench.cli.commands import main; "
+        "sys.argv = ['robench', 'report', sys.argv[1], '--out', sys.argv[2], '--no-ci', '--plots-dir', sys.argv[3]]; main()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "run"), str(out / "report.html"), str(out / "plots")], env=clean, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert (out / "report.html").stat().st_size > 1000 and len(list((out / "plots").glob("*.png"))) == 2
+    return home, scratch
+
+
+def test_figures_write_nothing_in_the_home_folder(tmp_path):
+    # Was: ~/.cache/matplotlib/fontlist-*.json and ~/.config/matplotlib (and fontconfig's ~/.cache/fontconfig).
+    home, scratch = _report_in_a_clean_home(tmp_path)
+    assert sorted(p.relative_to(home).as_posix() for p in home.rglob("*")) == []
+    assert sorted(p.name for p in scratch.iterdir()) == []  # robench's cache folder is removed at exit
+
+
+def test_a_matplotlib_folder_the_user_chose_is_kept(tmp_path):
+    chosen = tmp_path / "mine"
+    home, _ = _report_in_a_clean_home(tmp_path, MPLCONFIGDIR=str(chosen))
+    assert list(chosen.glob("fontlist-*.json")) and list(home.iterdir()) == []

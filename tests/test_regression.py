@@ -20,10 +20,22 @@ from test_rundir import synthetic_records, write_synthetic_run
 ATTACKS = ("FGSM", "PGD-10-un")
 
 
+def record_seed(folder: Path, seed: int = 0, n: int | None = None) -> None:
+    """Give a synthetic run's run.json the config seed (and n) ``robench run`` records: the gate compares it."""
+    path = folder / "run.json"
+    info = json.loads(path.read_text())
+    threat = info["threat"]["name"]
+    info["config"] = {"seed": seed, "n": n, "threat": threat}
+    info["threats"] = [{"name": threat, "attacks": []}]
+    path.write_text(json.dumps(info))
+
+
 def two_model_run(root: Path, n: int = 150, gm_detectors: tuple[str, ...] = ("kd", "gm-likelihood")) -> Path:
-    """A softmax and a GM model under the semi-white-box threat, as a suite writes them (OUT/MODEL/THREAT)."""
+    """A softmax and a GM model under the semi-white-box threat, as a suite writes them (OUT/MODEL/THREAT), seed 0 recorded."""
     write_synthetic_run(root / "soft" / "semi-white-box", synthetic_records(model="soft", attacks=ATTACKS, n=n))
     write_synthetic_run(root / "gm" / "semi-white-box", synthetic_records(model="gm", attacks=ATTACKS, n=n, seed=1, detectors=gm_detectors), defense="gm")
+    for model in ("soft", "gm"):
+        record_seed(root / model / "semi-white-box", 0, n)
     return root
 
 
@@ -105,6 +117,7 @@ def test_two_sided_catches_an_improvement(run_dir: Path, baseline: Path, tmp_pat
 def test_missing_rows_fail_and_new_rows_do_not(run_dir: Path, baseline: Path, tmp_path: Path) -> None:
     records = pd.read_parquet(run_dir / "gm" / "semi-white-box" / "records.parquet")
     write_synthetic_run(run_dir / "gm" / "semi-white-box", records[records["attack"] == "FGSM"], defense="gm")
+    record_seed(run_dir / "gm" / "semi-white-box", 0, len(records) // 2)
     report = check_run(run_dir, baseline)
     assert report.failed
     missing = report.table

@@ -19,7 +19,7 @@ from corpus_helpers import set_seed
 from test_cli import assert_one_line_error
 from test_cli import run as run_cli
 from test_regression import two_model_run
-from test_rundir import write_synthetic_run
+from test_rundir import synthetic_records, write_synthetic_run
 
 from robench.core.errors import ConfigError
 from robench.eval import records as R
@@ -162,6 +162,7 @@ def test_a_subset_baseline_still_passes_and_a_dropped_attack_still_fails(capsys,
     assert code == 0 and "new" in out
     records = pd.read_parquet(run_dir / "gm" / THREAT / "records.parquet")
     write_synthetic_run(run_dir / "gm" / THREAT, records[records[R.ATTACK] == "FGSM"], defense="gm")
+    set_seed(run_dir / "gm" / THREAT, 0, n=60)
     code, out, _ = _check(capsys, run_dir, baseline)
     assert code == 1 and "missing" in out
 
@@ -185,7 +186,7 @@ def test_another_sample_count_cannot_be_judged(capsys, run_dir: Path, baseline: 
     _cannot_judge(capsys, run_dir, _rewrite(baseline, tmp_path / "n.json", grow), "1 group(s)", "soft/semi-white-box/FGSM/soft n 60 (baseline 80)", "--n")
 
 
-def test_another_seed_cannot_be_judged_and_unrecorded_seeds_are_not_compared(capsys, run_dir: Path, baseline: Path, tmp_path: Path) -> None:
+def test_another_seed_cannot_be_judged_and_a_baseline_without_seeds_does_not_compare_them(capsys, run_dir: Path, baseline: Path, tmp_path: Path) -> None:
     set_seed(run_dir / "soft" / THREAT, 3, n=60)
     _cannot_judge(capsys, run_dir, baseline, "soft/semi-white-box ran with seed 3, the baseline with seed 0", "--seed")
     # A version-1 baseline from before seeds were recorded: not recorded, not an error.
@@ -193,11 +194,12 @@ def test_another_seed_cannot_be_judged_and_unrecorded_seeds_are_not_compared(cap
     assert "seeds" not in json.loads(old.read_text())
     code, out, err = _check(capsys, run_dir, old)
     assert code == 0, err
-    # Nor is a run without a recorded seed.
+    # A run that records no seed cannot be compared with a baseline that does (it was a silent pass).
     info = json.loads((run_dir / "soft" / THREAT / "run.json").read_text())
     del info["config"]
     (run_dir / "soft" / THREAT / "run.json").write_text(json.dumps(info))
-    code, out, err = _check(capsys, run_dir, baseline)
+    _cannot_judge(capsys, run_dir, baseline, "records the seed of soft/semi-white-box", "run.json")
+    code, out, err = _check(capsys, run_dir, old)  # the old baseline compares no seeds
     assert code == 0, err
 
 
@@ -291,3 +293,161 @@ def test_report_out_suffix_without_a_format_is_an_error(capsys, run_dir: Path, t
         assert "--standalone, then pdflatex" in err and "tables.tex" in err
     code, _, err = run_cli(capsys, "report", str(run_dir), "--out", str(out), "--format", "markdown")
     assert code == 0 and out.exists(), err
+
+
+# --- a model x threat whose attacks all failed: undefined AUCs are "-" / null, never a crash ------
+
+
+def _nothing_succeeds(root: Path) -> Path:
+    """Two attacks of which none succeeds on any sample, as ``robench run --attack FGSM --attack BIM`` at a tiny eps."""
+    records = synthetic_records(model="soft", attacks=("FGSM", "BIM"), n=24, detectors=("kd", "max-prob"))
+    records = records.assign(clean_pred=records[R.LABEL], adv_pred=records[R.LABEL], success=False)
+    folder = root / "soft" / THREAT
+    write_synthetic_run(folder, records)
+    set_seed(folder, 0, n=24)
+    return root
+
+
+def test_undefined_auc_is_a_dash_in_report_baseline_and_check(capsys, tmp_path: Path) -> None:
+    # Was: internal error: KeyError: 'score_adv:kd' (the worst case's adversarial scores are all NaN
+    # when no attack misclassified anything, and the summary dropped that column but not the detector).
+    run_dir = _nothing_succeeds(tmp_path / "run")
+    code, out, err = run_cli(capsys, "report", str(run_dir), "--layout", "detection", "--ci", "--resamples", "20")
+    assert code == 0, err
+    rows = [line for line in out.splitlines() if line.startswith("| Softmax+KD")]
+    assert len(rows) == 1 and rows[0].replace(" ", "") == "|Softmax+KD|-|-|-|", out
+    baseline = tmp_path / "baseline.json"
+    code, out, err = run_cli(capsys, "baseline", str(run_dir), "--out", str(baseline), "--resamples", "20")
+    assert code == 0, err
+    _, rows = read_baseline(baseline)
+    auc = rows[rows["metric"] == "auc_roc"]
+    assert set(auc[R.ATTACK]) == {"FGSM", "BIM", "worst-case"} and set(auc[DETECTOR]) == {"kd", "max-prob"}
+    assert auc[["value", "low", "high"]].isna().all().all()
+    code, out, err = _check(capsys, run_dir, baseline, "--two-sided")
+    assert code == 0 and out.startswith("PASS: nothing moved"), (out, err)
+    # and in the figures (the ROC panels have no curve, the histograms no adversarial side)
+    code, _, err = run_cli(capsys, "report", str(run_dir), "--layout", "detection", "--plots-dir", str(tmp_path / "plots"))
+    assert code == 0, err
+
+
+# --- exact exit codes: what the gate cannot judge is 2, never 1 nor a silent 0 ----------------------
+
+
+@pytest.mark.parametrize(
+    "changes, fragment",
+    [
+        # an undefined metric has no interval: was "worse: was NaN" (exit 1)
+        ({"value": None, "low": 0.1, "high": 0.9}, "is null (undefined) but its interval is [0.1, 0.9]"),
+        ({"value": None, "low": 0.1, "high": None}, "is null (undefined) but its interval"),
+        # a number without an interval: was judged against the number alone (exit 0 when unchanged)
+        ({"low": None, "high": None}, "without an interval ('low' null, 'high' null)"),
+        ({"high": None}, "without an interval"),
+    ],
+)
+def test_a_value_and_its_interval_are_defined_together(capsys, run_dir: Path, baseline: Path, tmp_path: Path, changes: dict, fragment: str) -> None:
+    edited = _rewrite(baseline, tmp_path / "bad.json", _first("auc_roc", **changes))
+    _cannot_judge(capsys, run_dir, edited, fragment, "row ")
+
+
+def test_a_run_without_run_json_cannot_be_judged_nor_baselined(capsys, run_dir: Path, baseline: Path, tmp_path: Path) -> None:
+    # Was exit 0: the model-hash and seed checks were skipped without a word.
+    (run_dir / "soft" / THREAT / "run.json").unlink()
+    _cannot_judge(capsys, run_dir, baseline, "no run.json below", "'soft'", "content hash")
+    _cannot_judge(capsys, run_dir / "soft" / THREAT / "records.parquet", baseline, "no run.json below", "'soft'")
+    _cannot_judge(capsys, run_dir, baseline, "no run.json", args=("--allow-changed-models",))
+    out = tmp_path / "new.json"
+    code, _, err = run_cli(capsys, "baseline", str(run_dir), "--out", str(out), "--resamples", "20")
+    assert_one_line_error(code, err, "cannot write a baseline", "no run.json below", "'soft'")
+    assert code == 2 and not out.exists()
+
+
+def test_a_run_json_without_a_model_hash_cannot_be_judged(capsys, run_dir: Path, baseline: Path) -> None:
+    path = run_dir / "gm" / THREAT / "run.json"
+    info = json.loads(path.read_text())
+    del info["model"]["content_hash"]
+    path.write_text(json.dumps(info))
+    _cannot_judge(capsys, run_dir, baseline, "records the weights (content hash) of model 'gm'")
+
+
+def test_a_baseline_without_its_models_cannot_be_judged_unless_allowed(capsys, run_dir: Path, baseline: Path, tmp_path: Path) -> None:
+    # Was exit 0: a baseline without "models" skipped the weights check without a word.
+    no_models = _rewrite(baseline, tmp_path / "no-models.json", models=None)
+    _cannot_judge(capsys, run_dir, no_models, "does not record the weights", "models 'gm', 'soft'", "--allow-changed-models")
+    code, out, err = _check(capsys, run_dir, no_models, "--allow-changed-models")
+    assert code == 0 and "note: model 'gm': the baseline does not record its weights" in out and out.splitlines()[-1].startswith("PASS"), err
+    header, _ = read_baseline(baseline)
+    one_missing = _rewrite(baseline, tmp_path / "one.json", models={"gm": header["models"]["gm"]})
+    _cannot_judge(capsys, run_dir, one_missing, "does not record the weights", "model 'soft'")
+    no_hash = _rewrite(baseline, tmp_path / "no-hash.json", models={**header["models"], "soft": {"defense": "softmax"}})
+    _cannot_judge(capsys, run_dir, no_hash, "model 'soft'")
+
+
+@pytest.mark.parametrize(
+    "models, fragment",
+    [([1], '"models" must map model'), ({"soft": "hash"}, "must be an object"), ({"soft": {"content_hash": 3}}, "content_hash must be a string")],
+)
+def test_a_malformed_models_header_cannot_be_judged(capsys, run_dir: Path, baseline: Path, tmp_path: Path, models, fragment: str) -> None:
+    _cannot_judge(capsys, run_dir, _rewrite(baseline, tmp_path / "models.json", models=models), fragment)
+
+
+def test_a_baseline_whose_seeds_lack_a_pair_cannot_be_judged(capsys, run_dir: Path, baseline: Path, tmp_path: Path) -> None:
+    header, _ = read_baseline(baseline)
+    partial = _rewrite(baseline, tmp_path / "partial.json", seeds={"gm": header["seeds"]["gm"]})
+    _cannot_judge(capsys, run_dir, partial, "the baseline records no seed for soft/semi-white-box")
+
+
+def test_a_baseline_refuses_a_run_without_seeds(capsys, run_dir: Path, tmp_path: Path) -> None:
+    path = run_dir / "soft" / THREAT / "run.json"
+    info = json.loads(path.read_text())
+    del info["config"]
+    path.write_text(json.dumps(info))
+    code, _, err = run_cli(capsys, "baseline", str(run_dir), "--out", str(tmp_path / "b.json"), "--resamples", "20")
+    assert_one_line_error(code, err, "cannot write a baseline", "records the seed of soft/semi-white-box")
+    assert code == 2
+
+
+def test_a_baseline_refuses_values_the_bootstrap_left_without_interval(capsys, run_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    from robench.report import regression
+
+    real = regression.bootstrap_intervals
+    monkeypatch.setattr(regression, "bootstrap_intervals", lambda *a, **k: real(*a, **k).assign(auc_roc_low=math.nan))
+    code, _, err = run_cli(capsys, "baseline", str(run_dir), "--out", str(tmp_path / "b.json"), "--resamples", "1")
+    assert_one_line_error(code, err, "have no bootstrap interval", "auc_roc", "more --resamples")
+    assert code == 2 and not (tmp_path / "b.json").exists()
+
+
+# --- records whose classes are not the model's -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "column, value, fragment",
+    [
+        (R.LABEL, 12, "column 'label' holds 12 (1 record(s)), outside the 10 classes 0..9 of dataset 'mnist-5k'"),
+        (R.CLEAN_PRED, 10, "column 'clean_pred' holds 10"),
+        (R.ADV_PRED, -3, "column 'adv_pred' holds -3"),
+        (R.TARGET, -2, "column 'target' holds -2"),
+        (R.TARGET, 10, "or -1 (untargeted)"),
+    ],
+)
+def test_records_outside_the_model_classes_are_refused(capsys, run_dir: Path, baseline: Path, tmp_path: Path, column: str, value: int, fragment: str) -> None:
+    # Was: baselined (exit 0), then judged a regression (exit 1).
+    file = _retyped(run_dir, column, lambda c: c.where(c.index != 5, value))
+    _cannot_judge(capsys, run_dir, baseline, str(file), fragment)
+    code, _, err = run_cli(capsys, "baseline", str(run_dir), "--out", str(tmp_path / "b.json"), "--resamples", "20")
+    assert_one_line_error(code, err, fragment)
+    assert code == 2 and not (tmp_path / "b.json").exists()
+    code, _, err = run_cli(capsys, "report", str(run_dir))
+    assert_one_line_error(code, err, fragment)
+    assert code == 2
+
+
+def test_records_whose_classes_cannot_be_checked_are_not_gated(capsys, run_dir: Path, baseline: Path, tmp_path: Path) -> None:
+    path = run_dir / "soft" / THREAT / "run.json"
+    info = json.loads(path.read_text())
+    info["model"]["dataset"] = info["dataset"] = "mnist-7k"  # a dataset this robench does not know
+    path.write_text(json.dumps(info))
+    _cannot_judge(capsys, run_dir, baseline, "cannot be checked against the model's classes", "dataset 'mnist-7k', unknown")
+    code, _, err = run_cli(capsys, "baseline", str(run_dir), "--out", str(tmp_path / "b.json"), "--resamples", "20")
+    assert_one_line_error(code, err, "cannot be checked against the model's classes")
+    code, out, err = run_cli(capsys, "report", str(run_dir), "--layout", "detection")  # tables need no more than classes >= 0
+    assert code == 0 and "Softmax+KD" in out, err

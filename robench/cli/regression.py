@@ -48,7 +48,11 @@ def format_report(report: CheckReport, verbose: bool = False) -> str:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap resampling.")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 def baseline(run_dir: Path, out: Path, resamples: int, seed: int, force: bool) -> None:
-    """Write every summary metric of RUN_DIR with its 95% bootstrap interval to a baseline file."""
+    """Write every summary metric of RUN_DIR with its 95% bootstrap interval to a baseline file.
+
+    RUN_DIR must be what 'robench run' or 'robench suite' wrote, run.json included: the baseline records each
+    model's weights (content hash) and each pair's seed, and the records' classes are checked against the dataset's.
+    """
     if out.exists() and not force:
         raise ConfigError(f"{out} exists; pass --force to overwrite it")
     rows = write_baseline(run_dir, out, n_resamples=resamples, seed=seed)
@@ -70,8 +74,9 @@ def check(
     """Compare RUN_DIR's metrics with a baseline.
 
     Exit 0 on a pass, 1 when a metric got worse or went missing (or, with --two-sided, better), 2 when the run
-    cannot be judged against the baseline: a malformed or empty baseline, an unreadable run, other models,
-    threats, weights, seeds or sample counts.
+    cannot be judged against the baseline: a malformed or empty baseline, an unreadable run, a run without its
+    run.json, records outside the model's classes, other models, threats, weights (or weights the baseline does
+    not record), seeds or sample counts.
     """
     report = check_run(run_dir, baseline_file, parse_tolerances(tolerance), two_sided=two_sided, allow_changed_models=allow_changed_models)
     table = format_report(report, verbose=verbose)

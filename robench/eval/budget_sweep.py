@@ -154,11 +154,9 @@ def sweep_markdown(table: pd.DataFrame) -> str:
 
 def sweep_plot(table: pd.DataFrame, path: Path) -> None:
     """Robust accuracy against eps, one panel per model: the threat's worst case and the libraries'."""
-    import matplotlib
+    from robench.core.mpl import literal, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     models = list(dict.fromkeys(table[R.MODEL]))
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.4), squeeze=False, sharey=True)
     for ax, model in zip(axes[0], models):
@@ -166,7 +164,7 @@ def sweep_plot(table: pd.DataFrame, path: Path) -> None:
         ax.plot(mine["eps"], 100 * mine["threat_worst_case"], "o-", label="white-box worst case (robench)")
         ax.plot(mine["eps"], 100 * mine["library_worst_case"], "s--", label="torchattacks APGD-CE + APGD-DLR")
         ax.plot(mine["eps"], 100 * mine["threat_without_apgd"], "^:", color="grey", label="white-box PGD attacks only (before APGD)")
-        ax.set_title(model)
+        ax.set_title(literal(model))
         ax.set_xlabel("L-inf budget eps")
         ax.set_xticks(np.asarray(mine["eps"], dtype=float))
         ax.grid(alpha=0.3)

@@ -164,8 +164,22 @@ def scored_columns(group: pd.DataFrame) -> pd.DataFrame:
     Concatenating runs scored by different detectors (gm-likelihood applies to GM models only)
     leaves all-NaN score columns on the other runs' rows; they must not turn into detector rows
     of NaN in a summary.
+
+    A detector's two columns go together: it is unscored in the group when both its clean and
+    its adversarial scores are all NaN. One empty side alone is a scored detector with an
+    undefined metric (a worst case where no attack misclassified anything has no adversarial
+    score; its AUC is NaN), and keeps both columns.
     """
-    empty = [c for c in group.columns if is_score_column(c) and group[c].isna().all()]
+    empty = []
+    for column in group.columns:
+        if not column.startswith(_SCORE_CLEAN):
+            continue
+        detector = column[len(_SCORE_CLEAN) :]
+        pair = [c for c in (score_clean(detector), score_adv(detector)) if c in group.columns]
+        if all(group[c].isna().all() for c in pair):
+            empty += pair
+    # An adversarial column without its clean one names no detector (detectors_in): left out when empty, as before.
+    empty += [c for c in group.columns if c.startswith(_SCORE_ADV) and score_clean(c[len(_SCORE_ADV) :]) not in group.columns and group[c].isna().all()]
     return group.drop(columns=empty) if empty else group
 
 

@@ -412,6 +412,7 @@ def _model_info(path: Path | None, name: str | None, bundle: ModelBundle) -> dic
         "arch": bundle.meta.arch,
         "dataset": bundle.meta.dataset,
         "feature_dim": bundle.meta.feature_dim,
+        "num_classes": bundle.meta.num_classes,
         "clean_accuracy_at_training": bundle.meta.clean_accuracy,
     }
 

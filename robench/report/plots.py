@@ -9,7 +9,8 @@
 - ``features-MODEL``: the test split's 2-D features coloured by class, for models whose feature_dim
   is 2 (001 Fig. 1).
 
-Every function returns the files it wrote and notes on what it skipped and why.
+Every function returns the files it wrote and notes on what it skipped and why. Every name drawn
+(model, threat, attack, detector, parameter) is :func:`robench.core.mpl.literal`: drawn as it is, never as math.
 """
 
 from __future__ import annotations
@@ -22,20 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
+import torch
 
-matplotlib.use("Agg")  # files only: never needs a display
+from robench.core.errors import ConfigError, RobenchError
+from robench.core.provenance import atomic_write_bytes
+from robench.eval import records as R
+from robench.eval.metrics import metric_value, roc_points
+from robench.core.mpl import literal, pyplot
+from robench.report.rundir import RunDir
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-
-from robench.core.errors import ConfigError, RobenchError  # noqa: E402
-from robench.core.provenance import atomic_write_bytes  # noqa: E402
-from robench.eval import records as R  # noqa: E402
-from robench.eval.metrics import metric_value, roc_points  # noqa: E402
-from robench.report.rundir import RunDir  # noqa: E402
+plt = pyplot()  # Agg, its caches in a folder robench owns (robench.core.mpl)
 
 FIGURE_FORMATS = ("png", "pdf")
 # The formats save_figure writes; plot_run_dir(formats=...) narrows them for one call (the HTML report needs PNG only).
@@ -94,15 +93,17 @@ def roc_figures(records: pd.DataFrame, out_dir: Path) -> PlotResult:
             continue
         fig, axes = _grid(1, len(detectors), 4.2, 4.0)
         for ax, detector in zip(axes[0], detectors):
+            handles, labels = [], []  # given to legend() as they are: an automatic legend would drop a label starting with "_"
             for attack, group in attacks.groupby(R.ATTACK, sort=False):
                 points = roc_points(group, detector)
                 if points is not None:  # the legend's AUC is the summary's metric, the area under these points
-                    ax.plot(*points, lw=1.2, label=f"{attack} ({100 * metric_value('auc_roc', group, detector):.1f})")
+                    handles += ax.plot(*points, lw=1.2)
+                    labels.append(f"{literal(attack)} ({100 * metric_value('auc_roc', group, detector):.1f})")
             ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--")
-            ax.set(title=f"{detector}", xlabel="false positive rate (clean flagged)", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
-            if ax.get_legend_handles_labels()[0]:  # an attack with no success has no curve
-                ax.legend(fontsize=6, loc="lower right", title="attack (AUC %)", title_fontsize=6)
-        fig.suptitle(f"ROC: {model}, {threat}")
+            ax.set(title=literal(detector), xlabel="false positive rate (clean flagged)", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
+            if handles:  # an attack with no success has no curve
+                ax.legend(handles, labels, fontsize=6, loc="lower right", title="attack (AUC %)", title_fontsize=6)
+        fig.suptitle(literal(f"ROC: {model}, {threat}"))
         result.files += save_figure(fig, out_dir, _slug("roc", model, threat))
     return result
 
@@ -130,13 +131,13 @@ def kd_histograms(records: pd.DataFrame, out_dir: Path, detector: str = KD_DETEC
                 if len(values):  # a density of nothing divides by zero
                     # one filled outline per histogram, not a patch per bin: the same picture, drawn ~40x faster
                     ax.hist(values, bins=edges, alpha=0.6, density=True, color=color, histtype="stepfilled", label=f"{name} ({len(values)})")
-            ax.set_title(f"{model}: {attack}", fontsize=8)
+            ax.set_title(literal(f"{model}: {attack}"), fontsize=8)
             ax.tick_params(labelsize=6)
             if len(clean) or len(adversarial):
                 ax.legend(fontsize=6)
         for ax in axes[-1]:
-            ax.set_xlabel(f"{detector} score (higher = more clean-like)", fontsize=7)
-        fig.suptitle(f"K-density ({detector}) scores, {threat}")
+            ax.set_xlabel(literal(f"{detector} score (higher = more clean-like)"), fontsize=7)
+        fig.suptitle(literal(f"K-density ({detector}) scores, {threat}"))
         result.files += save_figure(fig, out_dir, _slug("kd-hist", threat))
     return result
 
@@ -191,12 +192,14 @@ def accuracy_vs_budget(summary: pd.DataFrame, runs: Sequence[Mapping[str, Any]],
         return result
     for (threat, registered, param), group in table.groupby([R.THREAT, "registered", "param"], sort=False):
         fig, ax = plt.subplots(figsize=(5, 3.6), layout="constrained")
+        handles, labels = [], []  # given to legend() as they are (a model named "_x" stays in it)
         for (model, family), curve in group.groupby([R.MODEL, "family"], sort=False):
             curve = curve.sort_values("budget")
             name = model if group["family"].nunique() == 1 else f"{model}: {curve[R.ATTACK].iloc[0]} .. {curve[R.ATTACK].iloc[-1]}"
-            ax.plot(curve["budget"], 100 * curve["robust_accuracy"], marker="o", label=name)
-        ax.set(xlabel=param, ylabel="robust accuracy (%)", ylim=(0, 101), title=f"{registered}, {threat}")
-        ax.legend(fontsize=7)
+            handles += ax.plot(curve["budget"], 100 * curve["robust_accuracy"], marker="o")
+            labels.append(literal(name))
+        ax.set(xlabel=literal(param), ylabel="robust accuracy (%)", ylim=(0, 101), title=literal(f"{registered}, {threat}"))
+        ax.legend(handles, labels, fontsize=7)
         result.files += save_figure(fig, out_dir, _slug("budget", threat, registered))
     return result
 
@@ -244,7 +247,7 @@ def feature_embeddings(runs: Sequence[Mapping[str, Any]], run_dir: Path, out_dir
         fig, ax = plt.subplots(figsize=(5, 5), layout="constrained")
         points = ax.scatter(z[:, 0], z[:, 1], c=y.numpy(), cmap="tab10", s=3, alpha=0.7)
         ax.legend(*points.legend_elements(), fontsize=6, title="class", title_fontsize=7, loc="best", markerscale=0.8)
-        ax.set(title=f"{name} ({bundle.meta.defense}): test features", xlabel="$z_1$", ylabel="$z_2$")
+        ax.set(title=literal(f"{name} ({bundle.meta.defense}): test features"), xlabel="$z_1$", ylabel="$z_2$")
         result.files += save_figure(fig, out_dir, _slug("features", name))
     return result
 

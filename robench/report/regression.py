@@ -23,17 +23,22 @@ that becomes NaN, or stops being NaN, counts as worse.
   :class:`CannotJudge` or another ``ConfigError``): a baseline that is not
   readable or not well-formed (not JSON, wrong format or version, a row without a
   field, a non-numeric, infinite or, for a percent metric, out-of-[0, 1] value or
-  interval bound, low above high), a baseline with no rows, an unreadable run
-  directory or records of the wrong column types, a baseline of other models or
-  threats (no model x threat pair, or no group, in common), a model whose weights
-  (content hash) differ from the baseline's (unless ``--allow-changed-models``:
-  then it is a note), another seed (run.json's config seed against the
-  header's ``seeds``) or another sample count ``n`` for a group. Emptiness is never
-  a pass, and bad input is never a regression.
+  interval bound, low above high, a null value with an interval or a number
+  without one), a baseline with no rows, an unreadable run directory, records of
+  the wrong column types or with a label or prediction outside the model's
+  classes, a baseline of other models or threats (no model x threat pair, or no
+  group, in common), a model whose weights (content hash) differ from the
+  baseline's or are not recorded in its ``models`` (unless
+  ``--allow-changed-models``: then it is a note), a run without the run.json that
+  records its weights, seed and dataset, another seed (run.json's config seed
+  against the header's ``seeds``) or another sample count ``n`` for a group.
+  Emptiness is never a pass, and bad input is never a regression.
 
 The baseline header records ``seeds`` (model -> threat -> the seeds of the runs,
-from run.json). A version-1 file written before that still reads: a missing
-``seeds`` entry means "not recorded" and is not compared, nor is a run without one.
+from run.json). A version-1 file written before that still reads: a header
+without ``seeds`` means "not recorded" and is not compared; a header with
+``seeds`` must hold every pair in common. ``robench baseline`` refuses a run it
+could not check like this (no run.json, no seed, labels it cannot check).
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ from robench.eval import records as R
 from robench.eval.metrics import COUNT, DETECTOR, METRICS, NO_DETECTOR, SUMMARY_KEYS
 from robench.core.provenance import atomic_write_text
 from robench.core.registry import did_you_mean
-from robench.report.rundir import RunDir, load_run_dir
+from robench.report.rundir import RUN_FILE, RunDir, load_run_dir
 
 
 class CannotJudge(ConfigError):
@@ -141,8 +146,18 @@ def format_baseline(header: Mapping[str, Any], rows: pd.DataFrame) -> str:
 def write_baseline(run_dir: Path, out: Path, *, n_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
     """Write the baseline of every metric in the run's summary, with its bootstrap interval, to ``out``; return its rows."""
     run = load_run_dir(run_dir)
+    problem = _provenance_problem(run, _pairs(run.records))
+    if problem:
+        raise ConfigError(f"cannot write a baseline of {run_dir}: {problem}")
     intervals = bootstrap_intervals(run.records, n_resamples=n_resamples, level=level, seed=seed)
     rows = metric_rows(run.summary(), intervals)
+    bare = rows[rows["value"].notna() & (rows["low"].isna() | rows["high"].isna())]
+    if len(bare):
+        first = bare.iloc[0]
+        raise ConfigError(
+            f"cannot write a baseline of {run_dir}: {len(bare)} value(s) have no bootstrap interval (every resample left the metric undefined), "
+            f"e.g. {'/'.join(str(first[k]) for k in KEYS)}; pass more --resamples (now {n_resamples})"
+        )
     header = {
         "format": FORMAT,
         "version": VERSION,
@@ -167,8 +182,20 @@ def _number(value: Any, where: str) -> float:
     return float(value)
 
 
+def _shown(number: float) -> str:
+    return "null" if math.isnan(number) else repr(number)
+
+
 def _check_row(metric: str, value: float, low: float, high: float, where: str) -> None:
-    """A percent metric and its interval lie in [0, 1]; an interval's low end is not above its high end."""
+    """A percent metric and its interval lie in [0, 1]; an interval's low end is not above its high end.
+
+    A value and its interval are defined together: an undefined metric (null value) has no
+    interval, and a number always has one (``robench baseline`` writes both or neither).
+    """
+    if math.isnan(value) and not (math.isnan(low) and math.isnan(high)):
+        raise ConfigError(f"{where}: 'value' of {metric} is null (undefined) but its interval is [{_shown(low)}, {_shown(high)}]; an undefined metric has no interval")
+    if not math.isnan(value) and (math.isnan(low) or math.isnan(high)):
+        raise ConfigError(f"{where}: {metric} is {value!r} without an interval ('low' {_shown(low)}, 'high' {_shown(high)}); a number needs both bounds")
     if METRICS.get(metric).percent:
         for key, number in (("value", value), ("low", low), ("high", high)):
             if not math.isnan(number) and not 0.0 <= number <= 1.0:
@@ -191,6 +218,20 @@ def _check_seeds(seeds: Any, path: Path) -> dict[str, dict[str, list[int]]]:
             if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
                 raise ConfigError(f"{where} of {model}/{threat} must be a list of integers, got {values!r}")
     return seeds
+
+
+def _check_models(models: Any, path: Path) -> None:
+    """The header's ``models`` (model -> {"content_hash": str or null, ...}); absent is judged by ``check_run``."""
+    if models is None:
+        return
+    where = f"baseline file {path}: \"models\""
+    if not isinstance(models, dict):
+        raise ConfigError(f"{where} must map model -> its weights' entry (content_hash, defense, dataset), got {models!r}")
+    for model, meta in models.items():
+        if not isinstance(meta, dict):
+            raise ConfigError(f"{where} of model '{model}' must be an object with a content_hash, got {meta!r}")
+        if meta.get("content_hash") is not None and not isinstance(meta["content_hash"], str):
+            raise ConfigError(f"{where} of model '{model}': content_hash must be a string, got {meta['content_hash']!r}")
 
 
 def read_baseline(path: Path) -> tuple[dict[str, Any], pd.DataFrame]:
@@ -235,6 +276,7 @@ def read_baseline(path: Path) -> tuple[dict[str, Any], pd.DataFrame]:
         first = table.loc[duplicated].iloc[0]
         raise ConfigError(f"baseline file {path} lists {'/'.join(str(first[k]) for k in KEYS)} more than once")
     _check_seeds(data.get("seeds"), path)
+    _check_models(data.get("models"), path)
     return {k: v for k, v in data.items() if k != "rows"}, table
 
 
@@ -314,7 +356,7 @@ def check_run(
         raise CannotJudge(f"cannot judge: baseline file {baseline} holds no rows, so there is nothing to check against; write one with 'robench baseline'")
     run = load_run_dir(run_dir)
     current = metric_rows(run.summary())[[*KEYS, "value", "n"]].rename(columns={"value": "current"})
-    _check_comparable(header, expected, current, run, baseline, allow_changed_models)
+    compared = _check_comparable(header, expected, current, run, baseline, allow_changed_models)
     merged = expected.merge(current, on=KEYS, how="outer", suffixes=("_baseline", ""), indicator="found")
     out = []
     for row in merged.itertuples(index=False):
@@ -333,7 +375,7 @@ def check_run(
     table[["n_baseline", "n"]] = table[["n_baseline", "n"]].astype("Int64")
     table["_order"] = table["status"].map(STATUS_ORDER.index)
     table = table.sort_values(["_order", *KEYS], kind="stable").drop(columns="_order").reset_index(drop=True)
-    return CheckReport(rows=table, two_sided=two_sided, notes=tuple(_model_notes(header, run)))
+    return CheckReport(rows=table, two_sided=two_sided, notes=tuple(_model_notes(header, run, compared)))
 
 
 def _listed(items: list[str], limit: int = 4) -> str:
@@ -346,8 +388,13 @@ def _pairs(rows: pd.DataFrame) -> set[tuple[str, str]]:
 
 def _check_comparable(
     header: Mapping[str, Any], expected: pd.DataFrame, current: pd.DataFrame, run: RunDir, baseline: Path, allow_changed_models: bool
-) -> None:
-    """A CannotJudge unless the run measures what the baseline measured: the same pairs, weights, seeds and n."""
+) -> list[str]:
+    """The models compared; a CannotJudge unless the run measures what the baseline measured: the same pairs, weights, seeds and n.
+
+    What the comparison needs must be recorded on both sides: the run's run.json (weights, seed,
+    dataset), the baseline's ``models`` (weights; ``--allow-changed-models`` compares without) and,
+    where the baseline has ``seeds`` at all, the seed of every pair in common.
+    """
     against = f"{run.path} against {baseline}"
     before, now = _pairs(expected), _pairs(current)
     common = before & now
@@ -360,6 +407,17 @@ def _check_comparable(
     if groups.empty:
         raise CannotJudge(f"cannot judge {against}: no model x threat x attack x crafting-model group in common")
     models = sorted({model for model, _ in common})
+    recorded = header.get("seeds")
+    problem = _provenance_problem(run, common, need_seeds=recorded is not None)
+    if problem:
+        raise CannotJudge(f"cannot judge {against}: {problem}")
+    unrecorded = _unrecorded_models(header, models)
+    if unrecorded and not allow_changed_models:
+        raise CannotJudge(
+            f"cannot judge {against}: the baseline does not record the weights (content hash in its \"models\") of "
+            f"{'model' if len(unrecorded) == 1 else 'models'} {_listed([repr(m) for m in unrecorded])}, so they cannot be compared; "
+            "pass --allow-changed-models to compare anyway, or write a new baseline"
+        )
     changed = _changed_models(header, run, models)
     if changed and not allow_changed_models:
         names = ", ".join(f"'{name}'" for name in changed)
@@ -367,11 +425,15 @@ def _check_comparable(
             f"cannot judge {against}: {'model' if len(changed) == 1 else 'models'} {names} {'has' if len(changed) == 1 else 'have'} different weights than in the baseline "
             "(content hash changed); pass --allow-changed-models to compare anyway, or write a new baseline"
         )
-    recorded = header.get("seeds") or {}
     used = _run_seeds(run)
-    for model, threat in sorted(common):
+    for model, threat in sorted(common) if recorded is not None else ():  # a baseline from before seeds were recorded: not compared
         old, new = recorded.get(model, {}).get(threat), used.get(model, {}).get(threat)
-        if old is not None and new is not None and sorted(set(old)) != sorted(set(new)):
+        if old is None:
+            raise CannotJudge(
+                f"cannot judge {against}: the baseline records no seed for {model}/{threat} (its \"seeds\" lack it), so the test samples cannot be compared; "
+                "write a new baseline"
+            )
+        if sorted(set(old)) != sorted(set(new)):
             raise CannotJudge(
                 f"cannot judge {against}: {model}/{threat} ran with seed {_listed([str(v) for v in new])}, the baseline with seed "
                 f"{_listed([str(v) for v in sorted(set(old))])} (other test samples); rerun with the baseline's --seed, or write a new baseline"
@@ -384,6 +446,43 @@ def _check_comparable(
             f"{'/'.join(str(first[k]) for k in SUMMARY_KEYS)} n {int(first[COUNT])} (baseline {int(first[f'{COUNT}_baseline'])}); "
             "rerun with the baseline's --n, or write a new baseline"
         )
+    return models
+
+
+def _provenance_problem(run: RunDir, pairs: set[tuple[str, str]], need_seeds: bool = True) -> str | None:
+    """Why the run cannot be gated on ``pairs`` (model x threat), or None: what a baseline records must be known.
+
+    Each model needs a run.json recording its weights (content hash); each pair, with
+    ``need_seeds``, the seed it ran with; each records file, a run.json beside it naming a
+    known dataset, so that its labels are checked against the model's classes.
+    """
+    meta = run.model_meta()
+    unknown = sorted({m for m, _ in pairs if not isinstance(meta.get(m, {}).get("content_hash"), str) or not meta[m]["content_hash"]})
+    if unknown:
+        names = _listed([repr(m) for m in unknown])
+        return (
+            f"no {RUN_FILE} below {run.path} records the weights (content hash) of {'model' if len(unknown) == 1 else 'models'} {names}, "
+            f"which the gate compares; pass the folder 'robench run' or 'robench suite' wrote, its {RUN_FILE} included"
+        )
+    if need_seeds:
+        seeds = _run_seeds(run)
+        unseeded = [f"{m}/{t}" for m, t in sorted(pairs) if not seeds.get(m, {}).get(t)]
+        if unseeded:
+            return (
+                f"no {RUN_FILE} below {run.path} records the seed of {_listed(unseeded)} (\"config\": {{\"seed\": ...}}), "
+                f"which the gate compares; pass the folder 'robench run' or 'robench suite' wrote, its {RUN_FILE} included"
+            )
+    if run.unranged:
+        file, reason = run.unranged[0]
+        more = f" (and {len(run.unranged) - 1} more file(s))" if len(run.unranged) > 1 else ""
+        return f"the labels of records file {file}{more} cannot be checked against the model's classes: {reason}"
+    return None
+
+
+def _unrecorded_models(header: Mapping[str, Any], names: list[str]) -> list[str]:
+    """The models of ``names`` whose weights the baseline header does not record (no ``models`` entry or content hash)."""
+    before = header.get("models") if isinstance(header.get("models"), dict) else {}
+    return [name for name in names if not (isinstance(before.get(name), dict) and before[name].get("content_hash"))]
 
 
 def _changed_models(header: Mapping[str, Any], run: RunDir, names: list[str] | None = None) -> list[str]:
@@ -399,6 +498,8 @@ def _changed_models(header: Mapping[str, Any], run: RunDir, names: list[str] | N
     return changed
 
 
-def _model_notes(header: Mapping[str, Any], run: RunDir) -> list[str]:
+def _model_notes(header: Mapping[str, Any], run: RunDir, compared: list[str]) -> list[str]:
     """Models whose weights differ from the baseline's (compared anyway with ``--allow-changed-models``): their moves may be expected."""
-    return [f"model '{name}' has different weights than in the baseline (content hash changed)" for name in _changed_models(header, run)]
+    notes = [f"model '{name}' has different weights than in the baseline (content hash changed)" for name in _changed_models(header, run, compared)]
+    unrecorded = _unrecorded_models(header, compared)
+    return notes + [f"model '{name}': the baseline does not record its weights (no content hash); compared anyway" for name in unrecorded]

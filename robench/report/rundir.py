@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from robench.core.errors import ConfigError
+from robench.core.errors import ConfigError, RobenchError
 from robench.eval import records as R
 from robench.eval.metrics import summarize
 
@@ -26,11 +26,18 @@ RUN_FILE = "run.json"
 
 @dataclass(frozen=True)
 class RunDir:
-    """The concatenated records below ``path`` and the parsed run.json files that came with them."""
+    """The concatenated records below ``path`` and the parsed run.json files that came with them.
+
+    ``unranged`` names the records files whose classes could not be checked (see
+    :func:`check_class_range`): no run.json beside them, or one naming a dataset this robench
+    does not know, with the reason. The regression gate refuses those; tables and figures only
+    need the labels to be classes at all (non-negative).
+    """
 
     path: Path
     records: pd.DataFrame
     runs: list[dict]
+    unranged: tuple[tuple[Path, str], ...] = ()
 
     def model_meta(self) -> dict[str, dict]:
         """Model name -> the ``model`` entry of its run.json (the first one, in sorted path order)."""
@@ -115,6 +122,48 @@ def check_record_types(frame: pd.DataFrame, where: str) -> None:
             raise ConfigError(f"{where}: column '{column}' {problem}")
 
 
+# The class columns of a record and their lowest value: a true class or a prediction in 0..C-1, the target also -1 (untargeted).
+_CLASS_COLUMNS = ((R.LABEL, 0), (R.CLEAN_PRED, 0), (R.ADV_PRED, 0), (R.TARGET, -1))
+
+
+def dataset_classes(run: dict[str, Any]) -> tuple[int | None, str]:
+    """(number of classes, dataset name) of the dataset a run.json evaluated on; None when it names none this robench knows."""
+    name = run.get("dataset")
+    model = run.get("model") if isinstance(run.get("model"), dict) else {}
+    recorded = model.get("num_classes")  # the model's own class count, recorded since run.json carried it
+    if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded > 0:
+        return recorded, name if isinstance(name, str) else "?"
+    if not isinstance(name, str) and isinstance(run.get("model"), dict):
+        name = run["model"].get("dataset")
+    if not isinstance(name, str):
+        return None, "?"
+    from robench.core.data import DATASETS
+
+    try:
+        classes = DATASETS.get(name).num_classes
+    except (RobenchError, LookupError, ImportError, ValueError):  # an unknown name, or a resolver that cannot answer: the range is not known
+        return None, name
+    return (int(classes), name) if isinstance(classes, int) and classes > 0 else (None, name)
+
+
+def check_class_range(frame: pd.DataFrame, where: str, classes: int | None = None, dataset: str = "?") -> None:
+    """A one-line ConfigError where a label or prediction is not a class: negative, or (with ``classes``) >= classes.
+
+    The target is -1 (untargeted) or a class. Records whose classes lie outside the model's would
+    count every sample as misclassified: a corrupt or foreign file, never a result.
+    """
+    bounds = f"the {classes} classes 0..{classes - 1} of dataset '{dataset}' (its run.json)" if classes else "the classes (0 or more)"
+    for column, lowest in _CLASS_COLUMNS:
+        if column not in frame:
+            continue
+        values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float)
+        bad = (values < lowest) | (values >= classes if classes else np.zeros(len(values), dtype=bool))
+        if bad.any():
+            example = values[bad][0]
+            also = " or -1 (untargeted)" if column == R.TARGET else ""
+            raise ConfigError(f"{where}: column '{column}' holds {int(example)} ({int(bad.sum())} record(s)), outside {bounds}{also}")
+
+
 def _read_records(file: Path) -> pd.DataFrame:
     try:
         frame = pd.read_parquet(file)
@@ -169,9 +218,18 @@ def load_run_dir(path: Path) -> RunDir:
         raise ConfigError(f"cannot read run directory {path}: {exc.strerror or exc}") from None
     if not record_files:
         raise ConfigError(f"no {RECORDS_FILE} found below {path}")
-    frames = [_read_records(file).assign(**{_SOURCE: i}) for i, file in enumerate(record_files)]
+    runs = {file: _read_run(file) for file in run_files}
+    frames, unranged = [], []
+    for i, file in enumerate(record_files):
+        frame = _read_records(file)
+        run = runs.get(file.parent / RUN_FILE)  # a records file and the run.json beside it were written by one run
+        classes, dataset = dataset_classes(run) if run is not None else (None, "?")
+        check_class_range(frame, f"records file {file}", classes, dataset)
+        if classes is None:
+            unranged.append((file, f"no {RUN_FILE} beside it" if run is None else f"its {RUN_FILE} names dataset '{dataset}', unknown to this robench"))
+        frames.append(frame.assign(**{_SOURCE: i}))
     records = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     if records.empty:
         raise ConfigError(f"the records below {path} hold no rows")
     _check_duplicates(records, record_files)
-    return RunDir(path=path, records=records.drop(columns=_SOURCE), runs=[_read_run(f) for f in run_files])
+    return RunDir(path=path, records=records.drop(columns=_SOURCE), runs=list(runs.values()), unranged=tuple(unranged))
