@@ -41,13 +41,13 @@ regression-baseline: $(STAMP)
 reproduce: $(STAMP)
 	ROBENCH=$(VENV)/bin/robench reports/reproduce/run_bundled.sh
 
-# The README's C&W-wb ablation: eta modes x two budgets x softmax / GM, every AUC population.
+# The C&W-wb ablation of docs/results.md: eta modes x two budgets x softmax / GM, every AUC population.
 ABLATION_OUT ?= build/ablation
 ablation: $(STAMP)
 	$(VENV)/bin/robench suite reports/reproduce/ablation.toml --out $(ABLATION_OUT) --no-progress
 	$(VENV)/bin/robench report $(ABLATION_OUT) --layout white-box-ablation --ci --scale 255 --out reports/reproduce/results/ablation.md --force
 
-# The README's L-inf budget sweep: the white-box threat's worst case vs torchattacks' APGD-CE + APGD-DLR
+# The L-inf budget sweep of docs/results.md: the white-box threat's worst case vs torchattacks' APGD-CE + APGD-DLR
 # on both committed models at eps 0.05 ... 0.3 (reports/sweep/budget_sweep.{csv,md,png}).
 sweep: $(STAMP)
 	$(PY) reports/sweep/run_sweep.py --out build/sweep

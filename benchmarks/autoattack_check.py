@@ -1,4 +1,4 @@
-"""robench's `autoattack` threat beside torchattacks' own AutoAttack on the same inputs (the README's figures).
+"""robench's `autoattack` threat beside torchattacks' own AutoAttack on the same inputs (the figures in docs/results.md).
 
     .venv/bin/python benchmarks/autoattack_check.py gm 0.1 50
 

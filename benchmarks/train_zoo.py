@@ -1,4 +1,4 @@
-"""Train every registered defense with its defaults on mnist-5k and print the README's accuracy/time table.
+"""Train every registered defense with its defaults on mnist-5k and print the accuracy/time table of docs/results.md.
 
 Usage::
 

@@ -91,4 +91,4 @@ def test_runs_at_bf16_are_their_own_parts_and_say_so(tmp_path):
     assert bf16.info["execution"]["precision"] == "bf16" and fp32.info["execution"]["precision"] == "fp32"
     a = fp32.summary.set_index(["attack", "detector"])["success_rate"]
     b = bf16.summary.set_index(["attack", "detector"])["success_rate"]
-    assert (a - b).abs().max() <= 0.25  # the same attacks, close on a tiny n (the README measures the agreement)
+    assert (a - b).abs().max() <= 0.25  # the same attacks, close on a tiny n (docs/results.md gives the measured agreement)

@@ -67,7 +67,7 @@ def test_short_training_learns_on_bundled_data():
 @pytest.mark.slow
 @pytest.mark.parametrize("defense", ["softmax", "gm"])
 def test_default_training_reaches_97_percent(defense):
-    """The README's claim: default settings reach >= 97% clean accuracy on mnist-5k."""
+    """The documented claim (docs/results.md): default settings reach >= 97% clean accuracy on mnist-5k."""
     bundle = train_bundle(defense=defense, progress=False)
     assert bundle.meta.clean_accuracy >= 0.97
     data = load_dataset("mnist-5k")

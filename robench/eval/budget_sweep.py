@@ -67,7 +67,7 @@ def sweep_config(
     """The run of one model at one budget: the threat's L-inf attacks and torchattacks' APGD-CE/DLR at ``eps``.
 
     ``library_steps`` / ``own_settings`` (``{"LABEL.PARAM": value}``) shorten a sweep for tests only;
-    the README's sweep uses the defaults (every attack at its registered length, the library at 100 steps).
+    the sweep in docs/results.md uses the defaults (every attack at its registered length, the library at 100 steps).
     """
     settings: dict[str, Any] = {f"{label}.eps": float(eps) for label in own}
     settings.update(own_settings or {})
@@ -138,7 +138,7 @@ def sweep_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def sweep_markdown(table: pd.DataFrame) -> str:
-    """The README's table: robust accuracy (%) of both sides per model and budget."""
+    """The table of docs/results.md: robust accuracy (%) of both sides per model and budget."""
     lines = [
         "| model | eps | clean-correct | white-box worst case | torchattacks APGD-CE+DLR | gap (pts) | PGD attacks only | strongest own attack | within 1 pt |",
         "|---|---|---|---|---|---|---|---|---|",

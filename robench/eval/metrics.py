@@ -7,7 +7,7 @@ matrix of how often each record is drawn (resamples x records). The point estima
 of all ones, the bootstrap (:mod:`robench.report.bootstrap`) the resampled rows, so the summary,
 the intervals, the ROC figures, the sanity checks and the tables all read one implementation.
 
-Definitions (README "Metrics"), populations as in :mod:`robench.eval.records`:
+Definitions (docs/runs.md), populations as in :mod:`robench.eval.records`:
 
 - ``clean_accuracy``: fraction of evaluated samples whose clean input is classified correctly.
 - ``robust_accuracy``: fraction of evaluated samples whose attacked input is classified correctly.
