@@ -341,3 +341,196 @@ def test_library_attacks_the_library_refuses_are_file_errors(tmp_path, access, a
     with pytest.raises(RobenchError) as info:
         TF.load_threat_file(path)
     assert str(info.value).startswith(f"{path}: attack 'L': ") and fragment in str(info.value) and "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------- bounded, regular-file-only reading (robench.core.files)
+
+_DRIVER = """
+import contextlib, io, json, sys
+from robench.cli.commands import main
+results = []
+for args in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main(args)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+    results.append([code, err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+def run_in_subprocess(cases: list[list[str]], cwd: Path, timeout: float = 60) -> list[tuple[int, str]]:
+    """Run robench command lines one after another in one fresh process (a hang fails the test after ``timeout``): [(exit, stderr)]."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop(TF.THREAT_PATH_ENV, None)
+    done = subprocess.run(
+        [sys.executable, "-c", _DRIVER, json.dumps(cases)], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return [(code, err) for code, err in json.loads(done.stdout.strip().splitlines()[-1])]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs os.mkfifo")
+def test_fifos_and_devices_are_refused_without_reading(tmp_path):
+    """A FIFO blocked forever and /dev/zero grew until killed; both are refused from their file type before any read."""
+    os.mkfifo(tmp_path / "pipe.toml")
+    folder = tmp_path / "threats"
+    folder.mkdir()
+    os.mkfifo(folder / "pipe.toml")  # in a --threats folder: refused, not skipped
+    run = ["run", "--model", str(SOFTMAX), "--n", "2", "--device", "cpu", "--no-progress", "--out", str(tmp_path / "out")]
+    cases = [
+        [*run, "--threat", "pipe.toml"],
+        [*run, "--threats", "pipe.toml", "--threat", "noise"],
+        [*run, "--threats", str(folder), "--threat", "noise"],
+        [*run, "--threats", "/dev/zero", "--threat", "noise"],
+        ["list", "threats", "--threats", "/dev/null"],
+    ]
+    results = run_in_subprocess(cases, tmp_path)
+    for (code, err), kind in zip(results, ["FIFO", "FIFO", "FIFO", "character device", "character device"]):
+        assert code == 1, err
+        assert_one_line_error(code, err, f"is a {kind}", "not a regular file")
+    assert not (tmp_path / "out").exists()
+
+
+def test_read_user_file_refuses_non_regular_files_and_bounds_the_size(tmp_path):
+    from robench.core.files import MAX_TEXT_BYTES, UserFileError, read_user_file
+
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe")
+        with pytest.raises(UserFileError, match="pipe: is a FIFO"):  # refused from os.stat: never opened, never blocks
+            read_user_file(tmp_path / "pipe", "threat file")
+    if os.path.exists("/dev/zero"):
+        with pytest.raises(UserFileError, match="is a character device"):
+            read_user_file("/dev/zero", "threat file")
+    with pytest.raises(UserFileError, match="is a folder, not a regular file; a threat file must be a regular file \\(--threats takes folders\\)"):
+        read_user_file(tmp_path, "threat file", "--threats takes folders")
+    with pytest.raises(UserFileError, match="not a valid file path"):
+        read_user_file(tmp_path / "a\0b", "threat file")
+    big = tmp_path / "big.toml"
+    big.write_bytes(b"#" * (MAX_TEXT_BYTES + 1))
+    with pytest.raises(UserFileError, match="big.toml: larger than 1 MiB, the most robench reads of a threat file"):
+        read_user_file(big, "threat file")
+    big.write_bytes(b"#" * MAX_TEXT_BYTES)
+    assert len(read_user_file(big, "threat file")) == MAX_TEXT_BYTES  # exactly the bound is fine
+    link = tmp_path / "link.toml"
+    link.symlink_to(_write(tmp_path, GOOD))
+    assert TF.parse_threat_file(link).name == "my-threat"  # a symlink to a regular file is a regular file
+
+
+def _attacks_file(count: int, attack: str = "fgsm") -> str:
+    return 'name = "many"\naccess = "grey-box"\n' + "".join(f'[[attack]]\nlabel = "A{i}"\nattack = "{attack}"\n' for i in range(count))
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        ("x = " + "[" * 50_000, ["nested more than 32 deep"]),  # was internal error: RecursionError
+        ("x = " + "{a = " * 40 + "1" + "}" * 40, ["nested more than 32 deep"]),
+        ("a" + ".a" * 100_000 + " = 1\n", ["a key of more than 32 dotted parts"]),  # tomllib's memory is quadratic in it
+        ("[" + "a." * 40 + "a]\n", ["a key of more than 32 dotted parts"]),
+        ("x = " + "9" * 5000 + "\n", ["not valid TOML", "4300 digits"]),  # int() refuses it with a ValueError
+        (_attacks_file(257), ["threat 'many' has 257 attacks", "at most 256"]),
+        ("#" * (1 << 20) + "\n", ["larger than 1 MiB"]),
+    ],
+    ids=["deep-arrays", "deep-tables", "dotted-key", "dotted-header", "huge-int", "257-attacks", "over-1-MiB"],
+)
+def test_absurd_files_are_refused_fast_in_one_line(tmp_path, capsys, text, fragments):
+    import time
+
+    path = _write(tmp_path, text)
+    start = time.perf_counter()
+    code, _, err = run_cli(capsys, "list", "threats", "--threats", str(path))
+    assert time.perf_counter() - start < 10
+    assert code == 1
+    assert_one_line_error(code, err, "threat.toml: ", *fragments)
+    assert "internal error" not in err
+
+
+def test_the_bounds_keep_files_within_them_working(tmp_path):
+    assert len(TF.parse_threat_file(_write(tmp_path, _attacks_file(256))).attacks) == 256
+    nested = _attack('attack = "pgd"') + "[attack.params]\nsteps = 100000\n"
+    assert TF.parse_threat_file(_write(tmp_path, nested)).attacks[0].params == {"steps": 100_000}
+    dotted = 'name = "t"\naccess = "grey-box"\n[[attack]]\nlabel = "A"\nattack = "pgd"\nparams.steps = 3\n'
+    assert TF.parse_threat_file(_write(tmp_path, dotted)).attacks[0].params == {"steps": 3}
+
+
+@pytest.mark.parametrize(
+    ("attack", "param", "limit", "unit"),
+    [
+        ("pgd", "steps", 100_000, "iterations"),
+        ("spsa", "steps", 100_000, "iterations"),
+        ("cw-l2", "steps", 100_000, "iterations"),
+        ("apgd", "n_restarts", 1_000, "restarts"),
+        ("cw-l2", "binary_search_steps", 100, "binary-search steps"),
+        ("cw-wb", "first_search_steps", 100, "binary-search steps"),
+        ("spsa", "samples", 65_536, "samples per iteration"),
+        ("spsa", "max_batch", 65_536, "inputs per forward pass"),
+        ("cw-wb", "kd_per_class", 1_000_000, "magnitude"),
+        ("pgd", "eps", 1_000_000, "magnitude"),
+        ("cw-l2", "kappa", 1_000_000, "magnitude"),
+    ],
+)
+def test_attack_parameters_are_bounded(tmp_path, attack, param, limit, unit):
+    access = "white-box" if attack == "cw-wb" else "grey-box"
+    text = f'name = "t"\naccess = "{access}"\n[[attack]]\nlabel = "A"\nattack = "{attack}"\n[attack.params]\n'
+    kind = float if param in ("eps", "kappa") else int
+    assert TF.parse_threat_file(_write(tmp_path, text + f"{param} = {kind(limit)!r}\n")).attacks[0].params[param] == limit
+    with pytest.raises(ConfigError) as info:
+        TF.parse_threat_file(_write(tmp_path, text + f"{param} = {kind(limit * 10)!r}\n"))
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'threat.toml'}: attack 'A': {param} must be at most {limit:,} (") and unit in message, message
+
+
+def test_huge_steps_are_refused_on_the_command_line_and_in_files(softmax, tmp_path, capsys):
+    """steps = 10**12 ran until killed: refused before anything loads, from a file (exit 2) and from --set (exit 2)."""
+    path = _write(tmp_path, GOOD.replace("steps = 3", f"steps = {10**12}"))
+    code, _, err = run_cli(capsys, "run", "--model", str(softmax), "--threat", str(path), *RUN)
+    assert_one_line_error(code, err, "threat.toml: attack 'PGD-3': steps must be at most 100,000 (iterations", "got 1000000000000")
+    code, _, err = run_cli(capsys, "run", "--model", str(softmax), "--threat", "semi-white-box", "--set", f"BIM.steps={10**12}", *RUN)
+    assert code == 2
+    assert_one_line_error(code, err, "attack 'BIM': steps must be at most 100,000")
+    code, _, err = run_cli(capsys, "run", "--model", str(softmax), "--threat", "noise", "--sigma", "1e9", *RUN)
+    assert_one_line_error(code, err, "sigma must be at most 1,000,000")
+
+
+@pytest.mark.parametrize("name", ["WHITE-BOX", "White-Box", "Noise"])
+def test_a_name_differing_from_a_builtin_only_in_case_is_refused(tmp_path, capsys, name):
+    path = _write(tmp_path, GOOD.replace('"my-threat"', f'"{name}"'))
+    code, _, err = run_cli(capsys, "list", "threats", "--threats", str(path))
+    assert_one_line_error(code, err, f"threat name '{name}' differs only in case from '{name.lower()}', a built-in threat model's")
+    assert name not in THREATS
+
+
+def test_a_name_differing_from_another_files_only_in_case_is_refused(tmp_path):
+    TF.load_threat_file(_write(tmp_path, GOOD, "lower.toml"))
+    with pytest.raises(ConfigError, match=r"upper\.toml: threat name 'My-Threat' differs only in case from 'my-threat', the threat file .*lower\.toml's"):
+        TF.load_threat_file(_write(tmp_path, GOOD.replace('"my-threat"', '"My-Threat"'), "upper.toml"))
+    assert "My-Threat" not in THREATS
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        (GOOD + '\n"bad\\nkey" = 1\n', "no parameter 'bad\\nkey'"),  # a key with a line break (it lands under [attack.params])
+        ('"top\\nkey" = 1\n' + GOOD, "unknown key 'top\\nkey'"),
+        (_attack('attack = "pgd"', label="two\\nlines"), "label 'two\\nlines' cannot contain"),
+        (_attack('attack = "pgd"', label="bell\\u0007"), "control characters"),
+    ],
+)
+def test_user_text_with_line_breaks_stays_on_one_line(tmp_path, capsys, text, fragment):
+    path = _write(tmp_path, text)
+    code, _, err = run_cli(capsys, "list", "threats", "--threats", str(path))
+    assert_one_line_error(code, err, fragment)
+
+
+def test_a_path_with_a_line_break_stays_on_one_line(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "list", "threats", "--threats", str(tmp_path / "two\nlines.toml"))
+    assert_one_line_error(code, err, "no such threat file or folder", "two\\nlines.toml")
+    code, _, err = run_cli(capsys, "run", "--model", str(SOFTMAX), "--threat", "noi\nse", *RUN)
+    assert_one_line_error(code, err, "unknown threat model 'noi\\nse'")

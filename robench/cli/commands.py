@@ -10,6 +10,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -226,13 +227,17 @@ def import_command(
     defense_param: tuple[str, ...], factory_kwarg: tuple[str, ...], force: bool,
 ) -> None:
     """Import your own model (torch.export .pt2, TorchScript, factory + weights, timm + weights) as a verified bundle."""
+    from robench.core.bundle import input_shape_problem
     from robench.core.imported.importer import ImportRequest, import_model, write_imported
 
     if out.exists() and not force:
         raise ConfigError(f"{out} exists; pass --force to overwrite it")
+    shape = _number_list(input_shape, "--input-shape", 3, int)
+    if shape is not None and (problem := input_shape_problem(shape)):  # bounded before any batch of that shape is allocated
+        raise ConfigError(f"--input-shape {','.join(map(str, shape))}: {problem}")
     request = ImportRequest(
         source=source, feature_layer=feature_layer, kind=kind, weights=weights, dataset=dataset,
-        input_shape=_number_list(input_shape, "--input-shape", 3, int), num_classes=num_classes,
+        input_shape=shape, num_classes=num_classes,
         value_range=_number_list(value_range, "--value-range", 2), mean=_number_list(mean, "--mean"), std=_number_list(std, "--std"),
         defense=defense, defense_params=parse_assignments(defense_param, "--defense-param"),
         factory_kwargs=_typed(parse_assignments(factory_kwarg, "--factory-kwarg")),
@@ -383,11 +388,26 @@ def _ray_settings(address: str | None, cpus: int | None, gpus: float | None, ret
             if value is not None:
                 raise click.UsageError(f"{name} needs --ray")
         return None
+    _check_ray_address(address)
     from robench.eval.ray_backend import RaySettings, import_ray
 
     settings = RaySettings(address=address, cpus=cpus, threads=threads or 1, gpus=gpus, retries=retries)
     import_ray()  # a missing extra fails now, in one line, before anything is loaded
     return settings
+
+
+RAY_ADDRESS_MAX = 256  # characters of --ray ADDRESS (a host name is at most 253, a ray:// URL a few more)
+_RAY_ADDRESS = re.compile(rf"[!-~]{{1,{RAY_ADDRESS_MAX}}}")  # printable ASCII without spaces
+
+
+def _check_ray_address(address: str) -> None:
+    """--ray ADDRESS, checked before anything uses it: printable ASCII, no whitespace or control characters, bounded length."""
+    if not _RAY_ADDRESS.fullmatch(address):
+        shown = repr(address[:60]) + (f"... ({len(address)} characters)" if len(address) > 60 else "")
+        raise ConfigError(
+            f"--ray {shown}: not a cluster address; use HOST:PORT (e.g. 10.0.0.5:6379), ray://HOST:10001, auto or local "
+            f"(printable ASCII without spaces, at most {RAY_ADDRESS_MAX} characters)"
+        )
 
 
 def _execution(precision: str | None, cascade: str | None, channels_last: str | None, compile_model: bool | None) -> dict[str, Any]:

@@ -77,6 +77,11 @@ class RunConfig:
         object.__setattr__(self, "extra_attacks", _extra_attacks(self.extra_attacks))
         if self.extra_attacks and self.threat == ALL:
             raise ConfigError("added attacks need one threat model, not 'all'")
+        if self.attacks and self.extra_attacks:
+            # ``attacks`` selects among the threat's own attacks and ``extra_attacks`` adds new ones: the union runs
+            # (a suite's attacks = [...] with [[threat.add]]); an added label listed in ``attacks`` is not repeated
+            added = (entry["label"] for entry in self.extra_attacks)
+            object.__setattr__(self, "attacks", tuple(dict.fromkeys((*self.attacks, *added))))
 
     @property
     def name(self) -> str:

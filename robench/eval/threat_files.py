@@ -24,7 +24,14 @@
 attack's label where it is about an attack); :func:`load_threat_file` also registers it in
 :data:`~robench.eval.threats.THREATS`, so ``--threat NAME``, suites and ``--threat all`` see it.
 Loading a definition again is a no-op; a second, different definition of a name is an error,
-as is a name of a built-in threat. :func:`threat_record` is what run.json records of a threat
+as is a name of a built-in threat, or one that differs from a registered threat's only in case
+(a threat's name is a folder: ``WHITE-BOX`` and ``white-box`` are one on a case-insensitive disk).
+
+A file is untrusted input: it is read by :mod:`robench.core.files` (a regular file, never a FIFO
+or device; at most 1 MiB; TOML keys of at most 32 dotted parts, nesting at most 32 deep), holds at
+most :data:`~robench.eval.threats.MAX_ATTACKS` (256) attacks, each parameter it sets is bounded
+(:mod:`robench.eval.param_bounds`: e.g. steps <= 100,000), and a folder, ``ROBENCH_THREAT_PATH`` or a
+suite's ``threat_files`` loads at most :data:`MAX_THREAT_FILES` (256) files at once. :func:`threat_record` is what run.json records of a threat
 (its access, detectors, cascade, source and, for a file's threat, the file and its SHA-256).
 """
 
@@ -33,7 +40,6 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,14 +47,19 @@ from typing import Any
 
 from robench.attacks.base import ATTACKS
 from robench.core.errors import ConfigError, RobenchError
+from robench.core.files import UserFileError, load_user_toml, one_line_errors, shown
 from robench.core.registry import did_you_mean
 from robench.detectors import DETECTORS
 from robench.eval.cascade import check_cascade
-from robench.eval.threats import ACCESS, ALL, THREATS, AttackSpec, ThreatModel
+from robench.eval.param_bounds import check_bounds
+from robench.eval.threats import ACCESS, ALL, MAX_ATTACKS, THREATS, AttackSpec, ThreatModel
 
 # os.pathsep-separated threat files and folders of them, loaded when the robench command starts.
 THREAT_PATH_ENV = "ROBENCH_THREAT_PATH"
 SUFFIX = ".toml"
+# The most threat files one --threats folder, ROBENCH_THREAT_PATH or a suite's threat_files loads. Each file is at
+# most MAX_TEXT_BYTES (1 MiB, robench.core.files) and holds at most MAX_ATTACKS (256) attacks (robench.eval.threats).
+MAX_THREAT_FILES = 256
 
 FILE_KEYS = ("name", "description", "access", "detectors", "cascade", "substitute", "knows_detector", "source", "attack")
 ATTACK_KEYS = ("label", "attack", "target_mode", "params")
@@ -74,21 +85,32 @@ def is_threat_file(name: str) -> bool:
 
 def parse_threat_file(path: Path | str) -> ThreatModel:
     """Validate a threat TOML file into a ThreatModel (not registered); one-line ConfigError on any problem."""
-    return _parse(Path(path))[0]
+    with one_line_errors():
+        return _parse(Path(path))[0]
 
 
 def load_threat_file(path: Path | str) -> ThreatModel:
     """Parse ``path`` and register its threat in THREATS (a no-op if this definition is already registered)."""
-    path = Path(path)
+    with one_line_errors():
+        return _load(Path(path))
+
+
+def _load(path: Path) -> ThreatModel:
     threat, digest = _parse(path)
     name = threat.name
+    at = shown(path)
     known = _LOADED.get(name)
     if known is not None:
         if known.threat == threat:  # the same definition again (the same file, or a copy): idempotent
             return known.threat
-        raise ConfigError(f"{path}: threat '{name}' is already defined differently by {known.path}; rename one of them")
+        raise ConfigError(f"{at}: threat '{name}' is already defined differently by {shown(known.path)}; rename one of them")
     if name in THREATS:
-        raise ConfigError(f"{path}: threat name '{name}' is a built-in threat model's; choose another name")
+        raise ConfigError(f"{at}: threat name '{name}' is a built-in threat model's; choose another name")
+    for other in THREATS.names():  # a threat's name is a folder: 'WHITE-BOX' and 'white-box' are one on a case-insensitive disk
+        if other.casefold() == name.casefold():
+            owner = _LOADED.get(other)
+            by = f"the threat file {shown(owner.path)}'s" if owner is not None else "a built-in threat model's"
+            raise ConfigError(f"{at}: threat name '{name}' differs only in case from '{other}', {by}; threat names must be unique ignoring case")
     THREATS.register(threat)
     _LOADED[name] = ThreatFile(path.resolve(), digest, threat)
     return threat
@@ -100,37 +122,57 @@ def load_threat_paths(paths: Iterable[Path | str], where: str | None = None) -> 
     ``where`` prefixes errors about a path that is missing or a folder without threat files
     (e.g. ``--threats`` or ``ROBENCH_THREAT_PATH``).
     """
+    with one_line_errors():
+        return _load_paths(paths, where)
+
+
+def _load_paths(paths: Iterable[Path | str], where: str | None) -> list[ThreatModel]:
     prefix = f"{where}: " if where else ""
-    loaded = []
+    files: list[Path] = []
     for entry in paths:
         path = Path(entry)
         if path.is_dir():
-            files = sorted(p for p in path.glob(f"*{SUFFIX}") if p.is_file())
-            if not files:
-                raise ConfigError(f"{prefix}folder {path} holds no *{SUFFIX} threat file")
-            loaded.extend(load_threat_file(f) for f in files)
-        elif path.exists():
-            loaded.append(load_threat_file(path))
+            # every *.toml but folders: a FIFO or device named *.toml is refused when read, not skipped in silence
+            found = sorted(p for p in path.glob(f"*{SUFFIX}") if not p.is_dir())
+            if not found:
+                raise ConfigError(f"{prefix}folder {shown(path)} holds no *{SUFFIX} threat file")
+            files.extend(found)
+        elif path.exists() or path.is_symlink():
+            files.append(path)
         else:
-            raise ConfigError(f"{prefix}no such threat file or folder: {path}")
-    return loaded
+            raise UserFileError(f"{prefix}no such threat file or folder: {shown(path)}")
+        if len(files) > MAX_THREAT_FILES:
+            raise UserFileError(f"{prefix}more than {MAX_THREAT_FILES} threat files (at {shown(path)}); robench loads at most {MAX_THREAT_FILES} at once")
+    return [_load(f) for f in files]
 
 
 def load_threat_patterns(patterns: Any, base: Path, where: str) -> list[ThreatModel]:
     """A suite's ``threat_files``: paths or glob patterns (``threats/*.toml``) relative to ``base``; each must match."""
     if not isinstance(patterns, list) or not all(isinstance(p, str) and p for p in patterns):
-        raise ConfigError(f"{where}: threat_files must be a list of paths or patterns, e.g. threat_files = [\"threats/*.toml\"], got {patterns!r}")
-    loaded = []
-    for pattern in patterns:
-        full = str(base / pattern)
-        if glob.has_magic(pattern):
-            matched = sorted(glob.glob(full, recursive=True))
-            if not matched:
-                raise ConfigError(f"{where}: threat_files pattern '{pattern}' matches no file (relative to {base})")
-            loaded.extend(load_threat_paths(matched, where))
-        else:
-            loaded.extend(load_threat_paths([full], where))
-    return loaded
+        raise ConfigError(f"{where}: threat_files must be a list of paths or patterns, e.g. threat_files = [\"threats/*.toml\"], got {_brief(patterns)}")
+    with one_line_errors():
+        paths: list[str] = []
+        for pattern in patterns:
+            full = str(base / pattern)
+            if glob.has_magic(pattern):
+                matched = []
+                for match in glob.iglob(full, recursive=True):  # lazily: a pattern matching a whole disk stops at the bound
+                    matched.append(match)
+                    if len(paths) + len(matched) > MAX_THREAT_FILES:
+                        raise UserFileError(f"{where}: threat_files match more than {MAX_THREAT_FILES} files; robench loads at most {MAX_THREAT_FILES} at once")
+                if not matched:
+                    raise ConfigError(f"{where}: threat_files pattern {pattern!r} matches no file (relative to {shown(base)})")
+                paths.extend(sorted(matched))
+            else:
+                paths.append(full)
+        return _load_paths(paths, where)
+
+
+def _brief(value: Any) -> str:
+    """``value``'s type and a short repr (a huge or deeply nested value stays short)."""
+    import reprlib
+
+    return f"{type(value).__name__} {reprlib.repr(value)}"
 
 
 def load_env(environ: Mapping[str, str] | None = None) -> list[ThreatModel]:
@@ -178,22 +220,8 @@ def threat_record(threat: ThreatModel) -> dict[str, Any]:
 
 
 def _read(path: Path) -> tuple[dict[str, Any], str]:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such threat file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a folder, not a threat file (--threats takes folders)") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the threat file: {exc.strerror or exc}") from None
-    try:
-        text = data.decode("utf-8-sig")  # a byte-order mark is tolerated, as editors write one
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); save the threat file as UTF-8") from None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:  # its message carries the line and column
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    """The file's table and SHA-256: a regular file of at most MAX_TEXT_BYTES, UTF-8 (a BOM tolerated), valid TOML (robench.core.files)."""
+    raw, data = load_user_toml(path, "threat file", folder_hint="--threats takes folders")
     return raw, hashlib.sha256(data).hexdigest()
 
 
@@ -209,7 +237,7 @@ def _typed(table: Mapping[str, Any], key: str, kind: type, where: str, example: 
         return default
     value = table[key]
     if not isinstance(value, kind) or (kind is str and not empty and not value.strip()):
-        raise ConfigError(f"{where}: '{key}' must be {example}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{where}: '{key}' must be {example}, got {_brief(value)}")
     return value
 
 
@@ -228,7 +256,7 @@ def _scalar(value: Any) -> bool:
 
 def _parse(path: Path) -> tuple[ThreatModel, str]:
     raw, digest = _read(path)
-    where = str(path)
+    where = shown(path)
     _check_keys(raw, FILE_KEYS, where)
     if "name" not in raw:
         raise ConfigError(f"{where}: a threat file needs a name, e.g. name = \"linf-strong\"")
@@ -282,7 +310,7 @@ def _detectors(raw: Mapping[str, Any], where: str) -> tuple[str, ...] | None:
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         raise ConfigError(
             f"{where}: 'detectors' must be a non-empty list of detector names, e.g. detectors = [\"kd\"] "
-            f"(leave it out for every detector that applies), got {value!r}"
+            f"(leave it out for every detector that applies), got {_brief(value)}"
         )
     for detector in value:
         if detector not in DETECTORS:
@@ -300,19 +328,26 @@ def _attacks(raw: Mapping[str, Any], name: str, access: str, knows: bool, substi
     if entries is None or entries == []:
         raise ConfigError(f"{where}: threat '{name}' needs at least one attack: {example}")
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise ConfigError(f"{where}: 'attack' must be an array of tables, each written {example}; got {type(entries).__name__} {entries!r}")
+        raise ConfigError(f"{where}: 'attack' must be an array of tables, each written {example}; got {_brief(entries)}")
+    if len(entries) > MAX_ATTACKS:  # before any is built: each build checks its parameters
+        raise UserFileError(f"{where}: threat '{name}' has {len(entries)} attacks; a threat file holds at most {MAX_ATTACKS}")
     specs: list[AttackSpec] = []
+    labels: set[str] = set()
     for number, entry in enumerate(entries, start=1):
         label = entry.get("label")
         if not isinstance(label, str) or not label.strip():
-            raise ConfigError(f"{where}: attack #{number} needs a label (a non-empty string: the records' attack name), got {label!r}")
+            raise ConfigError(f"{where}: attack #{number} needs a label (a non-empty string: the records' attack name), got {_brief(label)}")
+        if "=" in label or not label.isprintable() or label != label.strip():
+            raise ConfigError(
+                f"{where}: attack #{number}: label {label!r} cannot contain '=', line breaks, control characters or surrounding spaces "
+                f"(--set LABEL.PARAM=VALUE names it)"
+            )
         at = f"{where}: attack '{label}'"
-        if "=" in label or "\n" in label or label != label.strip():
-            raise ConfigError(f"{at}: a label cannot contain '=', line breaks or surrounding spaces (--set LABEL.PARAM=VALUE names it)")
-        if label in {s.label for s in specs}:
+        if label in labels:
             raise ConfigError(f"{at}: label used twice; every attack of a threat needs its own label")
         _check_keys(entry, ATTACK_KEYS, at)
         specs.append(_spec(entry, label, name, access, knows, substitute, at))
+        labels.add(label)
     return tuple(specs)
 
 
@@ -324,14 +359,15 @@ def _spec(entry: Mapping[str, Any], label: str, threat: str, access: str, knows:
     target_mode = _typed(entry, "target_mode", str, at, 'a target mode, e.g. target_mode = "random"', "none")
     params = entry.get("params", {})
     if not isinstance(params, dict):
-        raise ConfigError(f"{at}: 'params' must be a table, e.g. params = {{steps = 100}} or [attack.params] below the attack; got {params!r}")
+        raise ConfigError(f"{at}: 'params' must be a table, e.g. params = {{steps = 100}} or [attack.params] below the attack; got {_brief(params)}")
     for key, value in params.items():
         if not (_scalar(value) or isinstance(value, list) and all(_scalar(v) for v in value)):
-            raise ConfigError(f"{at}: parameter '{key}' must be a number, string, boolean or a list of them, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{at}: parameter '{key}' must be a number, string, boolean or a list of them, got {_brief(value)}")
     try:
         cls = ATTACKS.get(attack)  # an unknown name: did-you-mean
         spec = AttackSpec(label, attack, dict(params), target_mode)
         built = spec.build(None)  # every parameter checked against the attack's fields (family defaults apply at run time)
+        check_bounds(built, params, f"attack {label!r}")  # and against robench's bounds (steps <= 100,000, ...)
         check = getattr(cls, "check_spec", None)  # a library attack refuses threats and target modes it runs wrong
         if callable(check):
             check(label=label, threat=threat, access=access, needs_substitute=substitute, target_mode=target_mode)

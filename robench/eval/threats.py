@@ -17,8 +17,14 @@ from robench.attacks.base import ATTACKS, Attack
 from robench.attacks.targets import TARGET_MODES
 from robench.core.config import replace_fields
 from robench.core.errors import ConfigError
+from robench.core.files import one_line_errors
 from robench.core.registry import Registry, did_you_mean
+from robench.eval.param_bounds import check_bounds
 from robench.eval.worst_case import WORST_CASE
+
+# The most attacks one threat may hold (a threat file's [[attack]] tables, a suite's [[threat.add]]): far above
+# any threat's (the papers' largest has 10), and it keeps a mistaken file from loading for minutes.
+MAX_ATTACKS = 256
 
 # What the attacker knows of the evaluated system (ThreatModel.access), from most to least.
 ACCESS: dict[str, str] = {
@@ -41,6 +47,8 @@ class AttackSpec:
     target_mode: str = "none"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.label, str) or not self.label.isprintable():
+            raise ConfigError(f"attack label {self.label!r} must be a printable string (no line breaks or control characters)")
         if self.label == WORST_CASE:
             raise ConfigError(f"attack label '{WORST_CASE}' is reserved for the derived worst case over a threat's attacks; choose another")
         if self.target_mode not in TARGET_MODES:
@@ -118,7 +126,8 @@ class ThreatModel:
         for label, params in collected.items():  # validated together: one setting may depend on another
             spec = specs[label]
             merged = {**spec.params, **params}
-            replace_fields(ATTACKS.get(spec.attack)(), merged, f"attack '{label}'")
+            built = replace_fields(ATTACKS.get(spec.attack)(), merged, f"attack '{label}'")
+            check_bounds(built, params, f"attack '{label}'")
             specs[label] = replace(spec, params=merged)
         return replace(self, attacks=tuple(specs[a.label] for a in self.attacks))
 
@@ -128,13 +137,19 @@ class ThreatModel:
         A label must be new; the attack must be registered (did-you-mean); its parameters are
         checked when the attack is built.
         """
+        if len(added) > MAX_ATTACKS:
+            raise ConfigError(f"threat '{self.name}': {len(added)} added attacks; robench adds at most {MAX_ATTACKS} to a threat")
         specs = list(self.attacks)
+        labels = {s.label for s in specs}
         for entry in added:
             label = entry["label"]
-            if label in {s.label for s in specs}:
-                raise ConfigError(f"threat '{self.name}' already has an attack labelled '{label}'; give the added attack another label")
+            if label in labels:
+                raise ConfigError(f"threat '{self.name}' already has an attack labelled {label!r}; give the added attack another label")
             ATTACKS.get(entry["attack"])
-            specs.append(AttackSpec(label, entry["attack"], dict(entry.get("params", {})), entry.get("target_mode", "none")))
+            spec = AttackSpec(label, entry["attack"], dict(entry.get("params", {})), entry.get("target_mode", "none"))
+            check_bounds(spec.build(), spec.params, f"attack {label!r}")  # its parameters checked now, their bounds too
+            specs.append(spec)
+            labels.add(label)
         return replace(self, attacks=tuple(specs))
 
     def only(self, labels: list[str]) -> ThreatModel:
@@ -288,7 +303,11 @@ def noise_threat(sigmas: list[float]) -> ThreatModel:
     base = THREATS.get("noise")
     if any(sigma < 0 for sigma in sigmas):
         raise ConfigError(f"noise sigmas must be >= 0, got {sigmas}")
+    if len(sigmas) > MAX_ATTACKS:
+        raise ConfigError(f"{len(sigmas)} noise sigmas; robench runs at most {MAX_ATTACKS} attacks of a threat")
     specs = tuple(AttackSpec(f"noise-{s:g}", "gaussian-noise", {"sigma": s}, "none") for s in sigmas)
+    for spec in specs:
+        check_bounds(spec.build(), ("sigma",), f"noise sigma {spec.params['sigma']:g}")
     labels = [spec.label for spec in specs]
     twice = sorted({label for label in labels if labels.count(label) > 1})
     if twice:  # two attacks of one label would write the same records twice
@@ -306,24 +325,30 @@ def select_threats(name: str, substitute: bool) -> list[ThreatModel]:
     and registered first. An unknown name's error says how to load threats defined in files.
     """
     if name != ALL:
-        from robench.eval.threat_files import THREAT_PATH_ENV, is_threat_file, load_threat_file  # it imports this module
-        from robench.core.errors import UnknownNameError
-
-        if is_threat_file(name):
-            threat = load_threat_file(name)
-            name = threat.name
-        elif name not in THREATS:
-            try:
-                THREATS.get(name)
-            except UnknownNameError as exc:  # did-you-mean over the registered ones, then where file-defined ones come from
-                raise UnknownNameError(f"{exc}; a threat defined in a TOML file needs --threats FILE_OR_FOLDER (or {THREAT_PATH_ENV})") from None
-        threat = THREATS.get(name)
-        if threat.needs_substitute and not substitute:
-            raise ConfigError(f"threat '{name}' crafts on a substitute model: pass --substitute MODEL.pt")
-        if substitute and not threat.needs_substitute:
-            raise ConfigError(f"--substitute applies to the black-box threat (or 'all'), not '{name}'")
-        return [threat]
+        with one_line_errors():  # a name with a line break: still one line
+            return _select_one(name, substitute)
     return [THREATS.get(n) for n in THREATS.names() if THREATS.get(n).in_all and (substitute or not THREATS.get(n).needs_substitute)]
+
+
+def _select_one(name: str, substitute: bool) -> list[ThreatModel]:
+    """One named threat (or a threat TOML file), checked against --substitute."""
+    from robench.eval.threat_files import THREAT_PATH_ENV, is_threat_file, load_threat_file  # it imports this module
+    from robench.core.errors import UnknownNameError
+
+    if is_threat_file(name):
+        threat = load_threat_file(name)
+        name = threat.name
+    elif name not in THREATS:
+        try:
+            THREATS.get(name)
+        except UnknownNameError as exc:  # did-you-mean over the registered ones, then where file-defined ones come from
+            raise UnknownNameError(f"{exc}; a threat defined in a TOML file needs --threats FILE_OR_FOLDER (or {THREAT_PATH_ENV})") from None
+    threat = THREATS.get(name)
+    if threat.needs_substitute and not substitute:
+        raise ConfigError(f"threat '{name}' crafts on a substitute model: pass --substitute MODEL.pt")
+    if substitute and not threat.needs_substitute:
+        raise ConfigError(f"--substitute applies to the black-box threat (or 'all'), not '{name}'")
+    return [threat]
 
 
 def distribute(threats: list[ThreatModel], overrides: Mapping[str, Any], labels: tuple[str, ...]) -> list[ThreatModel]:
