@@ -74,12 +74,6 @@ def _refuse(what: str):
     return refuse
 
 
-def _run_fit_or_load(detector, bundle, *args, **kwargs):
-    """The runner's first heavy step: the applicability check still runs, then the guard."""
-    detector.check_applicable(bundle.model, bundle.defense)
-    raise ValidationPassed("validation passed: the run's detector fits and attacks would start")
-
-
 def _detect_fit_or_load(detector, bundle, *args, **kwargs):
     """``robench detect``: the applicability check still runs; a detector that needs a fit hits the guard."""
     detector.check_applicable(bundle.model, bundle.defense)
@@ -90,7 +84,7 @@ def _detect_fit_or_load(detector, bundle, *args, **kwargs):
 
 GUARDS = [
     ("robench.core.train_bundle.train", _refuse("training")),
-    ("robench.eval.runner.fit_or_load", _run_fit_or_load),
+    ("robench.eval.runner.run_plans", _refuse("the run's detector fits and attacks")),
     ("robench.eval.detection.fit_or_load", _detect_fit_or_load),
     ("robench.eval.suite._run_pairs", _refuse("the suite's runs")),
     ("robench.eval.demo.ensure_model", _refuse("the demo's training")),

@@ -33,7 +33,7 @@ from robench.core.imported.program import PROGRAM_KEY
 from robench.core.provenance import state_dict_hash
 from robench.detectors import DETECTORS, fit_or_load
 from robench.detectors.bu import dropout_layers, mc_dropout_uncertainty
-from robench.eval.threats import select_threats
+from robench.eval.threat_files import select_threats
 
 MNIST = ["--dataset", "mnist-5k"]
 # Fields that size an attack's work, and the small value a plumbing test runs them at.

@@ -131,7 +131,8 @@ def test_there_is_a_bundled_and_a_gpu_suite_per_paper_table():
 
 @pytest.mark.parametrize("path", SUITES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_reproduction_suites_parse_and_their_attacks_build(path):
-    from robench.eval.threats import distribute, select_threats
+    from robench.eval.threats import distribute
+    from robench.eval.threat_files import select_threats
 
     pairs = load_suite(path)
     assert pairs

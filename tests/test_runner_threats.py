@@ -12,7 +12,8 @@ from tiny import two_model_suite
 from robench.core.errors import ConfigError
 from robench.eval.parts import PARTS_DIR, PartStore
 from robench.eval.runner import RunConfig, run
-from robench.eval.threats import THREATS, select_threats
+from robench.eval.threats import THREATS
+from robench.eval.threat_files import select_threats
 
 FAST = {"C&W-wb.steps": 5, "C&W-wb.binary_search_steps": 2, "C&W-wb.kd_per_class": 20, "SPSA-un.steps": 2, "SPSA-un.samples": 8, "SPSA-tar.steps": 2, "SPSA-tar.samples": 8}
 

@@ -45,7 +45,7 @@ def _suite(folder: Path, threats: str = NOISE, name: str = "suite.toml") -> Path
 
 def test_attacks_and_added_attacks_run_together(bundles, tmp_path, capsys, monkeypatch):
     """With attacks = [...] on a threat, its [[threat.add]] attacks were dropped in silence (exit 0): now the union runs."""
-    import robench.eval.runner as runner
+    import robench.eval.plan as plan_module
 
     suite = _suite(tmp_path, SELECT_AND_ADD)
     (pair,) = load_suite(suite)
@@ -57,7 +57,7 @@ def test_attacks_and_added_attacks_run_together(bundles, tmp_path, capsys, monke
     assert load_suite(listed)[0].config.attacks == ("noise-big", "noise-0.05")
     everything = _suite(tmp_path, SELECT_AND_ADD.replace('attacks = ["noise-0.05"]\n', ""), "all.toml")
     assert load_suite(everything)[0].config.attacks == ()
-    monkeypatch.setattr(runner, "_sanity", lambda *args, **kwargs: pd.DataFrame())  # the model probes are not what this tests
+    monkeypatch.setattr(plan_module, "_sanity", lambda *args, **kwargs: pd.DataFrame())  # the model probes are not what this tests
     code, _, err = run_cli(capsys, "suite", str(suite), "--out", str(tmp_path / "out"), "--no-progress")
     assert code == 0, err
     summary = pd.read_csv(tmp_path / "out" / "summary.csv")

@@ -97,7 +97,7 @@ def test_iterative_check_pairs_fgsm_with_iterative_linf_attacks_of_its_target_mo
 
 
 def test_all_runs_the_papers_threats_and_autoattack_runs_by_name():
-    from robench.eval.threats import select_threats
+    from robench.eval.threat_files import select_threats
 
     assert {t.name for t in select_threats("all", False)} == {"semi-white-box", "white-box", "spsa", "noise", "rotation"}
     assert {t.name for t in select_threats("all", True)} == {"semi-white-box", "white-box", "black-box", "spsa", "noise", "rotation"}

@@ -15,7 +15,8 @@ from robench.attacks import ATTACKS
 from robench.core.errors import ConfigError, RobenchError
 from robench.eval import threat_files as TF
 from robench.eval.suite import load_suite
-from robench.eval.threats import THREATS, select_threats
+from robench.eval.threats import THREATS
+from robench.eval.threat_files import select_threats
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "reports" / "threats"
@@ -271,10 +272,10 @@ def _suite(tmp_path: Path, softmax: Path, body: str) -> Path:
 
 
 def test_suite_with_threat_files_and_a_threat_file_entry(softmax, tmp_path, capsys, monkeypatch):
-    import robench.eval.runner as runner
+    import robench.eval.plan as plan_module
 
     # a suite always runs the model probes (its unbounded-budget probe alone takes ~30 s on 2 cores); they are not what this tests
-    monkeypatch.setattr(runner, "_sanity", lambda *args, **kwargs: pd.DataFrame())
+    monkeypatch.setattr(plan_module, "_sanity", lambda *args, **kwargs: pd.DataFrame())
     threats = tmp_path / "threats"
     threats.mkdir()
     shutil.copy(LINF, threats / LINF.name)

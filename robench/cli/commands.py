@@ -21,6 +21,7 @@ from robench.cli.params import NonEmptyPath
 
 from robench.core.config import parse_assignments
 from robench.core.errors import ConfigError, RobenchError
+from robench.core.files import one_line, shown
 from robench.core.registry import did_you_mean
 from robench.core.training import SEED_RANGE
 
@@ -389,7 +390,7 @@ def _ray_settings(address: str | None, cpus: int | None, gpus: float | None, ret
                 raise click.UsageError(f"{name} needs --ray")
         return None
     _check_ray_address(address)
-    from robench.eval.ray_backend import RaySettings, import_ray
+    from robench.eval.ray_cluster import RaySettings, import_ray
 
     settings = RaySettings(address=address, cpus=cpus, threads=threads or 1, gpus=gpus, retries=retries)
     import_ray()  # a missing extra fails now, in one line, before anything is loaded
@@ -581,12 +582,12 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         ctx = getattr(exc, "ctx", None)
         hint = f" (see '{ctx.command_path if ctx else 'robench'} --help')" if isinstance(exc, click.UsageError) else ""
-        _echo_err(f"robench: error: {exc.format_message()}{hint}")
+        _echo_err(f"robench: error: {one_line(exc.format_message())}{hint}")
         code = exc.exit_code
     except OSError as exc:  # unwritable --out, a folder where a file was expected, a full disk, ...
         if debug:
             raise
-        _echo_err(f"robench: error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}")
+        _echo_err(f"robench: error: {one_line(str(exc.strerror or exc))}{f': {shown(exc.filename)}' if exc.filename else ''}")
         code = 1
     except (click.exceptions.Abort, KeyboardInterrupt):
         _echo_err("robench: interrupted")
@@ -594,12 +595,12 @@ def main(argv: list[str] | None = None) -> None:
     except RobenchError as exc:
         if debug:
             raise
-        _echo_err(f"robench: error: {exc}")
+        _echo_err(f"robench: error: {one_line(str(exc))}")
         code = exc.exit_code
     except Exception as exc:  # a bug: still one line, with a way to see more
         if debug:
             raise
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        _echo_err(f"robench: internal error: {type(exc).__name__}: {text} (rerun with ROBENCH_DEBUG=1 for the traceback)")
+        _echo_err(f"robench: internal error: {type(exc).__name__}: {one_line(text)} (rerun with ROBENCH_DEBUG=1 for the traceback)")
         code = 1
     sys.exit(code)

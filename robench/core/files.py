@@ -89,6 +89,9 @@ def one_line_errors() -> Iterator[None]:
         raise flattened from None
 
 
+MAX_JSON_BYTES = 256 * 1024**2  # a run.json or baseline robench wrote is far smaller; a bigger file is not one
+
+
 def read_user_file(path: Path | str, what: str, folder_hint: str = "", limit: int = MAX_TEXT_BYTES) -> bytes:
     """The bytes of the regular file ``path`` (``what`` names it in errors, e.g. "threat file"), at most ``limit`` of them.
 
@@ -226,3 +229,15 @@ def check_toml_shape(text: str, at: str) -> None:
             elif char in "]}":
                 depth = max(depth - 1, 0)
             pos = start + 1
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+
+
+def safe_name(name: Any, where: str) -> str:
+    """``name`` if it is safe as one path component (letters, digits, ``.``, ``_``, ``+``, ``-``), else a one-line error."""
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
+        raise ConfigError(
+            f"{where}: name {name!r} cannot name a folder: use 1-64 letters, digits, '.', '_', '+' or '-', starting with a letter or digit"
+        )
+    return name

@@ -20,7 +20,8 @@ from robench.core.errors import ConfigError
 from robench.detectors import Detector
 from robench.eval.detection import applicable_detectors, build_detectors
 from robench.eval.run_config import RunConfig
-from robench.eval.threats import AttackSpec, ThreatModel, distribute, noise_threat, select_threats
+from robench.eval.threats import AttackSpec, ThreatModel, distribute, noise_threat
+from robench.eval.threat_files import select_threats
 
 
 def threat_detectors(threats: list[ThreatModel]) -> tuple[str, ...] | None:

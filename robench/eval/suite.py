@@ -62,19 +62,22 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from robench.core.errors import ConfigError
-from robench.core.files import UserFileError, load_user_toml, one_line_errors
+from robench.core.files import UserFileError, load_user_toml, one_line_errors, safe_name
 from robench.core.provenance import atomic_write_text
 from robench.core.registry import did_you_mean
 from robench.eval.lock import output_lock
 from robench.eval.output import SANITY_FLAGS, contained, with_sanity_flags
 from robench.eval.prepare import Loader, prepare
 from robench.eval.run_config import RunConfig
-from robench.eval.runner import RunPlan, RunResult, run
+from robench.eval.backend import Backend, open_backend
+from robench.eval.driver import run_plans
+from robench.eval.plan import RunPlan, RunResult
 from robench.eval.threat_files import load_threat_file, load_threat_patterns
 from robench.eval.threats import MAX_ATTACKS
 
 if TYPE_CHECKING:
-    from robench.eval.ray_backend import RayBackend, RaySettings
+    from robench.eval.ray_backend import RayBackend
+    from robench.eval.ray_cluster import RaySettings
 
 _DEFAULT_KEYS = {"n", "batch_size", "seed", "device", "detectors", "data_root", "precision", "cascade", "channels_last", "compile"}
 _MODEL_KEYS = {"name", "path"}
@@ -100,18 +103,6 @@ class SuitePair:
 
 
 # A name that becomes a folder: a letter or digit first (no ".", "..", "/" or absolute paths), at most 64 characters.
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
-
-
-def safe_name(name: Any, where: str) -> str:
-    """``name`` if it is safe as one path component (letters, digits, ``.``, ``_``, ``+``, ``-``), else a one-line error."""
-    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
-        raise ConfigError(
-            f"{where}: name {name!r} cannot name a folder: use 1-64 letters, digits, '.', '_', '+' or '-', starting with a letter or digit"
-        )
-    return name
-
-
 def _brief(value: Any) -> str:
     """``value``'s type and a short repr (a huge or deeply nested value stays short)."""
     return f"{type(value).__name__} {reprlib.repr(value)}"
@@ -269,24 +260,19 @@ def run_suite(
     for pair, ready in zip(pairs, prepared):
         for note in ready.notes:
             echo(f"{pair.model_name} x {pair.folder}: {note}")
-    with output_lock(out, wait=wait):
-        if ray is None:
-            return _run_pairs(pairs, prepared, out, progress, echo)
-        from robench.eval.ray_backend import session
-
-        with session(ray) as backend:  # after every pair is validated: bad input never waits for Ray to start
-            return _run_pairs(pairs, prepared, out, progress, echo, backend)
+    with output_lock(out, wait=wait), open_backend(ray, echo) as backend:  # after every pair is validated: bad input never waits for Ray
+        return _run_pairs(pairs, prepared, out, progress, echo, backend)
 
 
-def _run_pairs(pairs: list[SuitePair], prepared: list, out: Path, progress: bool, echo: Callable[[str], None], ray: RayBackend | None = None) -> pd.DataFrame:
+def _run_pairs(pairs: list[SuitePair], prepared: list, out: Path, progress: bool, echo: Callable[[str], None], backend: Backend) -> pd.DataFrame:
+    """Every pair at once on ``backend``, each holding its folder's lock (as :func:`robench.eval.runner.run` holds it)."""
     folders = [contained(out, pair.model_name, pair.folder) for pair in pairs]  # every write stays inside OUT
-    if ray is not None:
-        results = _run_pairs_on_ray(pairs, prepared, folders, progress, echo, ray)
-    else:
-        results = []
-        for pair, ready, folder in zip(pairs, prepared, folders):
-            echo(f"running {pair.model_name} x {pair.folder}")
-            results.append(run(pair.config, folder, progress=progress, echo=echo, prepared=ready))
+    with ExitStack() as locks:
+        for folder in folders:
+            locks.enter_context(output_lock(folder))
+        echo(f"running {len(pairs)} pairs: {', '.join(f'{pair.model_name} x {pair.folder}' for pair in pairs)}")
+        plans = [RunPlan(pair.config, folder, ready, progress, echo) for pair, ready, folder in zip(pairs, prepared, folders)]
+        results = run_plans(backend, plans)
     sanity = suite_sanity(results)
     combined = with_sanity_flags(pd.concat([r.summary for r in results], ignore_index=True).drop(columns=SANITY_FLAGS), sanity)
     out.mkdir(parents=True, exist_ok=True)
@@ -295,18 +281,6 @@ def _run_pairs(pairs: list[SuitePair], prepared: list, out: Path, progress: bool
     for row in sanity[sanity["flagged"]].itertuples() if len(sanity) else ():
         echo(f"sanity: {row.model} {row.threat}: {row.check} flagged ({row.detail})")
     return combined
-
-
-def _run_pairs_on_ray(
-    pairs: list[SuitePair], prepared: list, folders: list[Path], progress: bool, echo: Callable[[str], None], ray: RayBackend
-) -> list[RunResult]:
-    """All pairs at once on Ray, each holding its folder's lock, as :func:`run` holds it."""
-    with ExitStack() as locks:
-        for folder in folders:
-            locks.enter_context(output_lock(folder))
-        echo(f"running {len(pairs)} pairs on Ray ({ray.describe()})")
-        plans = [RunPlan(pair.config, folder, ready, progress, echo) for pair, ready, folder in zip(pairs, prepared, folders)]
-        return ray.run_plans(plans)
 
 
 def suite_sanity(results: list[RunResult]) -> pd.DataFrame:

@@ -46,8 +46,8 @@ from pathlib import Path
 from typing import Any
 
 from robench.attacks.base import ATTACKS
-from robench.core.errors import ConfigError, RobenchError
-from robench.core.files import UserFileError, load_user_toml, one_line_errors, shown
+from robench.core.errors import ConfigError, RobenchError, UnknownNameError
+from robench.core.files import UserFileError, load_user_toml, one_line_errors, safe_name, shown
 from robench.core.registry import did_you_mean
 from robench.detectors import DETECTORS
 from robench.eval.cascade import check_cascade
@@ -242,9 +242,7 @@ def _typed(table: Mapping[str, Any], key: str, kind: type, where: str, example: 
 
 
 def _safe(name: str, where: str) -> str:
-    from robench.eval.suite import safe_name  # the rule for names that become folders (suite pairs, default --out)
-
-    safe_name(name, where)
+    safe_name(name, where)  # the rule for names that become folders (suite pairs, default --out)
     if name == ALL or is_threat_file(name):
         raise ConfigError(f"{where}: name '{name}' is reserved ({'--threat all' if name == ALL else 'it reads as a threat file'}); choose another")
     return name
@@ -383,3 +381,34 @@ def _spec(entry: Mapping[str, Any], label: str, threat: str, access: str, knows:
             f"(use access = \"white-box\", or black-box with knows_detector = true)"
         )
     return spec
+
+
+def select_threats(name: str, substitute: bool) -> list[ThreatModel]:
+    """``name``'s threat model, or for ``all`` every registered one with ``in_all`` that applies (black-box only with a substitute).
+
+    ``name`` may be a threat TOML file (``*.toml``, :mod:`robench.eval.threat_files`): it is loaded
+    and registered first. An unknown name's error says how to load threats defined in files.
+    """
+    if name != ALL:
+        with one_line_errors():  # a name with a line break: still one line
+            return _select_one(name, substitute)
+    return [THREATS.get(n) for n in THREATS.names() if THREATS.get(n).in_all and (substitute or not THREATS.get(n).needs_substitute)]
+
+
+def _select_one(name: str, substitute: bool) -> list[ThreatModel]:
+    """One named threat (or a threat TOML file), checked against --substitute."""
+
+    if is_threat_file(name):
+        threat = load_threat_file(name)
+        name = threat.name
+    elif name not in THREATS:
+        try:
+            THREATS.get(name)
+        except UnknownNameError as exc:  # did-you-mean over the registered ones, then where file-defined ones come from
+            raise UnknownNameError(f"{exc}; a threat defined in a TOML file needs --threats FILE_OR_FOLDER (or {THREAT_PATH_ENV})") from None
+    threat = THREATS.get(name)
+    if threat.needs_substitute and not substitute:
+        raise ConfigError(f"threat '{name}' crafts on a substitute model: pass --substitute MODEL.pt")
+    if substitute and not threat.needs_substitute:
+        raise ConfigError(f"--substitute applies to the black-box threat (or 'all'), not '{name}'")
+    return [threat]

@@ -318,39 +318,6 @@ def noise_threat(sigmas: list[float]) -> ThreatModel:
 ALL = "all"
 
 
-def select_threats(name: str, substitute: bool) -> list[ThreatModel]:
-    """``name``'s threat model, or for ``all`` every registered one with ``in_all`` that applies (black-box only with a substitute).
-
-    ``name`` may be a threat TOML file (``*.toml``, :mod:`robench.eval.threat_files`): it is loaded
-    and registered first. An unknown name's error says how to load threats defined in files.
-    """
-    if name != ALL:
-        with one_line_errors():  # a name with a line break: still one line
-            return _select_one(name, substitute)
-    return [THREATS.get(n) for n in THREATS.names() if THREATS.get(n).in_all and (substitute or not THREATS.get(n).needs_substitute)]
-
-
-def _select_one(name: str, substitute: bool) -> list[ThreatModel]:
-    """One named threat (or a threat TOML file), checked against --substitute."""
-    from robench.eval.threat_files import THREAT_PATH_ENV, is_threat_file, load_threat_file  # it imports this module
-    from robench.core.errors import UnknownNameError
-
-    if is_threat_file(name):
-        threat = load_threat_file(name)
-        name = threat.name
-    elif name not in THREATS:
-        try:
-            THREATS.get(name)
-        except UnknownNameError as exc:  # did-you-mean over the registered ones, then where file-defined ones come from
-            raise UnknownNameError(f"{exc}; a threat defined in a TOML file needs --threats FILE_OR_FOLDER (or {THREAT_PATH_ENV})") from None
-    threat = THREATS.get(name)
-    if threat.needs_substitute and not substitute:
-        raise ConfigError(f"threat '{name}' crafts on a substitute model: pass --substitute MODEL.pt")
-    if substitute and not threat.needs_substitute:
-        raise ConfigError(f"--substitute applies to the black-box threat (or 'all'), not '{name}'")
-    return [threat]
-
-
 def distribute(threats: list[ThreatModel], overrides: Mapping[str, Any], labels: tuple[str, ...]) -> list[ThreatModel]:
     """Apply ``LABEL.PARAM`` settings and ``--attack`` labels to every threat that has the label.
 

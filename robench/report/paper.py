@@ -19,6 +19,7 @@ No number is typed here: the file is data, this module only reads and checks it.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from robench.core.files import UserFileError, read_user_file
 from robench.core.errors import ConfigError
 from robench.core.registry import did_you_mean
 from robench.eval.metrics import METRICS, POPULATIONS
@@ -134,10 +136,12 @@ def resolve_papers_file(path: Path | None) -> Path:
 def read_papers(path: Path) -> pd.DataFrame:
     """papers.csv as a frame (``value`` a float), validated by :func:`validate_papers`; a bad file is a one-line error."""
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.reader(handle)
-            header = next(reader, None)
-            lines = [(reader.line_num, line) for line in reader]
+        text = read_user_file(path, "papers file").decode("utf-8")
+        reader = csv.reader(io.StringIO(text, newline=""))
+        header = next(reader, None)
+        lines = [(reader.line_num, line) for line in reader]
+    except UserFileError as exc:
+        raise ConfigError(str(exc)) from None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ConfigError(f"{path}: cannot read it as CSV ({exc})") from None
     if header is None or tuple(h.strip() for h in header) != COLUMNS:

@@ -54,6 +54,7 @@ import numpy as np
 import pandas as pd
 
 from robench.report.bootstrap import bootstrap_intervals
+from robench.core.files import MAX_JSON_BYTES, UserFileError, read_user_file, shown
 from robench.core.errors import ConfigError
 from robench.eval import records as R
 from robench.eval.metrics import COUNT, DETECTOR, METRICS, NO_DETECTOR, SUMMARY_KEYS
@@ -237,12 +238,14 @@ def _check_models(models: Any, path: Path) -> None:
 def read_baseline(path: Path) -> tuple[dict[str, Any], pd.DataFrame]:
     """The header and rows of a baseline file; any defect is a one-line ConfigError."""
     path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"baseline file {shown(path)} does not exist")
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"baseline file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read baseline file {path}: {exc}") from None
+        data = json.loads(read_user_file(path, "baseline file", limit=MAX_JSON_BYTES).decode("utf-8"))
+    except UserFileError as exc:
+        raise ConfigError(str(exc)) from None  # cannot judge: exit 2, as every unreadable input of check
+    except (OSError, UnicodeDecodeError, RecursionError) as exc:
+        raise ConfigError(f"cannot read baseline file {shown(path)}: {exc}") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"baseline file {path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:

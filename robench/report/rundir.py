@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from robench.core.files import MAX_JSON_BYTES, UserFileError, read_user_file
 from robench.core.errors import ConfigError, RobenchError
 from robench.eval import records as R
 from robench.eval.metrics import summarize
@@ -178,8 +179,10 @@ def _read_records(file: Path) -> pd.DataFrame:
 
 def _read_run(file: Path) -> dict[str, Any]:
     try:
-        run = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        run = json.loads(read_user_file(file, "run file", limit=MAX_JSON_BYTES).decode("utf-8"))
+    except UserFileError as exc:
+        raise ConfigError(str(exc)) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ConfigError(f"cannot read run file {file}: {exc}") from None
     if not isinstance(run, dict):
         raise ConfigError(f"run file {file} does not hold a JSON object")

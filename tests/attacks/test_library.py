@@ -27,7 +27,8 @@ from robench.core.data import load_dataset
 from robench.core.errors import ConfigError, UnknownNameError
 from robench.core.models import Classifier
 from robench.core.registry import Registry
-from robench.eval.threats import THREATS, AttackSpec, distribute, select_threats
+from robench.eval.threats import THREATS, AttackSpec, distribute
+from robench.eval.threat_files import select_threats
 
 MODELS = Path(__file__).resolve().parents[2] / "reports" / "regression" / "models"
 N = 100

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -32,8 +32,18 @@ from robench.core.model_factory import MAX_PARAMETERS
 from robench.defenses import Defense
 from robench.defenses.base import LinearHead
 
-if TYPE_CHECKING:
-    from robench.core.bundle import BundleMeta
+
+
+class ImportedMeta(Protocol):
+    """The fields of a bundle's metadata (:class:`robench.core.bundle.BundleMeta`) that rebuilding an imported model reads."""
+
+    arch_kwargs: dict[str, Any]
+    feature_dim: int
+    num_classes: int
+    feature_layer: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    input_shape: tuple[int, int, int]
 
 ARCH_KWARGS = ("source", "head", "head_bias", "mc_dropout")
 
@@ -63,7 +73,7 @@ def make_head(defense: Defense, feature_dim: int, num_classes: int, joint: bool,
     return defense.make_head(feature_dim, num_classes)
 
 
-def rebuild(meta: BundleMeta, state: dict[str, Tensor], defense: Defense, path: Path) -> ImportedClassifier:
+def rebuild(meta: ImportedMeta, state: dict[str, Tensor], defense: Defense, path: Path) -> ImportedClassifier:
     """The imported model a bundle describes; every inconsistency is a one-line :class:`BundleError`."""
     source = str(path)
     kwargs = meta.arch_kwargs

@@ -7,12 +7,9 @@ detectors (which score it); it carries the autograd graph when the pass had one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from robench.core.models.base import Classifier
 
 
 @dataclass(frozen=True)
@@ -24,7 +21,8 @@ class Forward:
     logits: Tensor
 
     @classmethod
-    def of(cls, model: Classifier, x: Tensor) -> Forward:
+    def of(cls, model: Any, x: Tensor) -> Forward:
+        """``model``'s pass on ``x``: a :class:`~robench.core.models.Classifier`, or any module with ``features`` and ``head``."""
         forward_pass = getattr(model, "forward_pass", None)
         if forward_pass is not None:  # a Classifier (an imported one may compute z and the logits in one pass)
             return forward_pass(x)
