@@ -223,7 +223,7 @@ class Attack(Configurable, ABC):
     def cost(self) -> float:
         """Estimated model passes per image (a forward with its backward counts as one): the cascade's cheapest-first key.
 
-        :mod:`robench.eval.cascade` runs a threat's attacks in increasing cost; the estimate only
+        :mod:`robench.scoring.cascade` runs a threat's attacks in increasing cost; the estimate only
         orders them, it is never reported as a measurement (run.json counts the passes made).
         """
         return float(getattr(self, "steps", 1))

@@ -43,7 +43,7 @@ from robench.core.config import Constraint, boolean, choice, constrained, finite
 from robench.core.errors import ConfigError, RobenchError
 from robench.core.registry import did_you_mean
 
-# Accesses (robench.eval.threats.ACCESS) on which a library attack may run.
+# Accesses (robench.specs.threats.ACCESS) on which a library attack may run.
 _NO_ATTACKER = "none"
 _QUERY_ONLY = "black-box"
 

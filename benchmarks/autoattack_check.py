@@ -20,12 +20,12 @@ import numpy as np
 import torch
 import torchattacks
 
-from robench.core.bundle import load_bundle
+from robench.checkpoints.bundle import load_bundle
 from robench.core.data import load_dataset
-from robench.eval.metrics import metric_value
-from robench.eval.run_config import RunConfig
-from robench.eval.runner import run, select_samples
-from robench.eval.worst_case import worst_case_records
+from robench.scoring.metrics import metric_value
+from robench.specs.run_config import RunConfig
+from robench.runs.runner import run, select_samples
+from robench.scoring.worst_case import worst_case_records
 
 MODELS = Path(__file__).resolve().parent.parent / "reports" / "regression" / "models"
 LABELS = ("APGD-CE", "APGD-T", "FAB-T", "Square")

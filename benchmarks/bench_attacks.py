@@ -178,7 +178,7 @@ def import_peers() -> tuple[Any, Any, list[str]]:
 def build_cw_wb_target(bundle: Any, data: Any, device: torch.device, bounds: Bounds, quick: bool, precision_kw: dict) -> tuple[AttackTarget, str]:
     """An AttackTarget with a fitted KD estimator and its eta, as a run builds for C&W-wb with no scored KD.
 
-    The runner's path (``robench.eval.density.attacker_density`` via ``_Densities``) caches the fit
+    The runner's path (``robench.runs.density.attacker_density`` via ``_Densities``) caches the fit
     next to the bundle; the benchmark fits it in memory instead (nothing is written), with the
     dataset family's bandwidth over every training point (C&W-wb's default ``kd_per_class=-1``
     with no scored detector); --quick fits on 500 random training points only.

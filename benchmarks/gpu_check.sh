@@ -287,7 +287,7 @@ sys.path.insert(0, "benchmarks")
 from bare_loop import gradient_loop, precision_context, timed  # noqa: E402
 
 from robench.attacks import ATTACKS, AttackTarget, Bounds  # noqa: E402
-from robench.core.model_factory import build_classifier  # noqa: E402
+from robench.checkpoints.model_factory import build_classifier  # noqa: E402
 from robench.defenses import DEFENSES  # noqa: E402
 
 device = torch.device(os.environ["DEVICE"])

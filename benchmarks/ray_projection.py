@@ -37,11 +37,11 @@ import torch
 import torch.nn.functional as F
 
 from robench.core.data import DATASETS
-from robench.core.model_factory import build_classifier
+from robench.checkpoints.model_factory import build_classifier
 from robench.defenses import DEFENSES
 from robench.detectors import DETECTORS
-from robench.eval.prepare import config_threats, threat_detectors
-from robench.eval.suite import SuitePair, load_suite
+from robench.runs.prepare import config_threats, threat_detectors
+from robench.runs.suite import SuitePair, load_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = sorted((ROOT / "reports" / "reproduce" / "gpu").glob("00*.toml"), key=lambda p: [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", p.stem)])
@@ -88,7 +88,7 @@ def arch_of(path: Path) -> str:
 
 
 def plan_suite(path: Path) -> Plan:
-    """The suite's parts and fits, built as robench.eval.prepare.prepare builds them but without a bundle or dataset."""
+    """The suite's parts and fits, built as robench.runs.prepare.prepare builds them but without a bundle or dataset."""
     pairs: list[SuitePair] = load_suite(path)
     parts: list[Part] = []
     fits: dict[tuple[str, str], Key] = {}

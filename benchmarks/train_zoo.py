@@ -29,7 +29,7 @@ def main() -> None:
     print("| defense | clean test accuracy | training time (s) |")
     print("|---|---|---|")
     for name in args.defense or DEFENSES.names():
-        bundle = robench.core.train_bundle(defense=name, seed=args.seed, device=device, progress=False)
+        bundle = robench.checkpoints.train_bundle(defense=name, seed=args.seed, device=device, progress=False)
         robench.save_bundle(args.out_dir / f"{name}.pt", bundle.model, bundle.meta)
         print(f"| `{name}` | {100 * bundle.meta.clean_accuracy:.2f}% | {bundle.meta.train_seconds:.1f} |", flush=True)
 

@@ -3,21 +3,21 @@
 Python API::
 
     import robench
-    bundle = robench.core.train_bundle(dataset="mnist-5k", defense="gm")
+    bundle = robench.checkpoints.train_bundle(dataset="mnist-5k", defense="gm")
     robench.save_bundle("gm.pt", bundle.model, bundle.meta)
     bundle = robench.load_bundle("gm.pt")
     result = robench.run(robench.RunConfig(model="gm.pt", threat="noise", n=500))
     result.summary, result.records                     # pandas DataFrames
 
 New attacks, threat models, defenses and detectors register themselves in
-``robench.attacks.ATTACKS``, ``robench.eval.threats.THREATS``,
+``robench.attacks.ATTACKS``, ``robench.specs.threats.THREATS``,
 ``robench.defenses.DEFENSES`` and ``robench.detectors.DETECTORS``.
 """
 
-from robench.core.bundle import BundleMeta, ModelBundle, load_bundle, save_bundle
-from robench.eval.run_config import RunConfig
-from robench.eval.runner import RunResult, run
-from robench.core.train_bundle import train_bundle
+from robench.checkpoints.bundle import BundleMeta, ModelBundle, load_bundle, save_bundle
+from robench.specs.run_config import RunConfig
+from robench.runs.runner import RunResult, run
+from robench.checkpoints.train_bundle import train_bundle
 
 __all__ = ["BundleMeta", "ModelBundle", "RunConfig", "RunResult", "load_bundle", "run", "save_bundle", "train_bundle"]
 __version__ = "0.1.0"

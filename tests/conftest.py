@@ -9,7 +9,7 @@ import torch
 
 from tiny import make_tiny
 
-from robench.core.bundle import save_bundle
+from robench.checkpoints.bundle import save_bundle
 
 
 def pytest_configure(config):
@@ -64,7 +64,7 @@ def trained_tiny():
     Returns {"softmax": ModelBundle, "gm": ModelBundle, "data": Dataset}.
     """
     from robench.core.data import load_dataset
-    from robench.core.train_bundle import train_bundle
+    from robench.checkpoints.train_bundle import train_bundle
 
     arch = {"width": 8, "hidden": 32, "feature_dim": 16, "dropout": 0.0}
     overrides = {"epochs": 2, "lr": 3e-3, "shift": 0}

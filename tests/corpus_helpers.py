@@ -21,7 +21,7 @@ import torch
 from test_rundir import synthetic_records, write_synthetic_run
 from tiny import Payload, make_tiny, two_model_suite
 
-from robench.core.bundle import save_bundle
+from robench.checkpoints.bundle import save_bundle
 
 MARKER = "PWNED-marker"  # created by os.system if a payload were ever unpickled
 THREAT = "semi-white-box"

@@ -198,7 +198,7 @@ def write_bad_imports(root: Path, marker: Path) -> None:
 def bad_imports(root: Path) -> dict[str, tuple[list, tuple[str, ...]]]:
     """Case -> (arguments of ``robench import`` after the command, fragments its one-line error must hold).
 
-    Every case is refused before anything is exported or written (``robench.core.imported.importer._export``).
+    Every case is refused before anything is exported or written (``robench.checkpoints.imported.importer._export``).
     """
     pt2, fac, mnist = [root / "net.pt2"], ["import_fixtures:small_net"], ["--dataset", "mnist-5k"]
 

@@ -5,7 +5,7 @@ hostile change: an extra member under every folder of the archive (a second prog
 variants and duplicates of the members, a code-running pickle in every member torch reads, hostile and
 huge symbolic expressions, Python in ``guards_code`` and in node metadata, node targets outside the
 tensor operators, tensor descriptions that would allocate gigabytes, pytree specs naming other types.
-Each is read by :func:`robench.core.imported.archive.load_checked_program` under an alarm: it must be
+Each is read by :func:`robench.checkpoints.imported.archive.load_checked_program` under an alarm: it must be
 refused in one line (or, for what robench drops, load and run), the payload's marker file must never
 appear, and nothing may take longer than the alarm. The same program inside a bundle (content hash
 recomputed, as an attacker can) goes through ``load_bundle`` and the CLI.
@@ -27,8 +27,8 @@ import torch
 
 import import_fixtures as F
 from robench.core.errors import BundleError
-from robench.core.imported import archive as A
-from robench.core.imported.sym_expr import ExpressionError, canonical_expression
+from robench.checkpoints.imported import archive as A
+from robench.checkpoints.imported.sym_expr import ExpressionError, canonical_expression
 
 ALARM_S = 60
 Members = dict[str, bytes]

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from robench.core.errors import ConfigError
-from robench.eval import metrics as M
-from robench.eval.metrics import POPULATIONS, metric_value, population, roc_points, summarize
+from robench.scoring import metrics as M
+from robench.scoring.metrics import POPULATIONS, metric_value, population, roc_points, summarize
 
 
 def _records() -> pd.DataFrame:

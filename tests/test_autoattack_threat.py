@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from robench.core.bundle import load_bundle
+from robench.checkpoints.bundle import load_bundle
 from robench.core.data import load_dataset
-from robench.eval import records as R
-from robench.eval.metrics import metric_value
-from robench.eval.run_config import RunConfig
-from robench.eval.runner import run, select_samples
-from robench.eval.threats import THREATS
-from robench.eval.worst_case import worst_case_records
+from robench.scoring import records as R
+from robench.scoring.metrics import metric_value
+from robench.specs.run_config import RunConfig
+from robench.runs.runner import run, select_samples
+from robench.specs.threats import THREATS
+from robench.scoring.worst_case import worst_case_records
 
 torchattacks = pytest.importorskip("torchattacks")
 

@@ -43,12 +43,12 @@ from robench.cli.commands import cli
 from robench.core.data import DATASETS
 from robench.core.errors import ConfigError, RobenchError
 from robench.core.models import ARCHITECTURES
-from robench.core.training import TrainConfig
+from robench.checkpoints.training import TrainConfig
 from robench.defenses import DEFENSES
 from robench.detectors import DETECTORS
-from robench.eval.metrics import POPULATIONS, METRICS
-from robench.eval.run_config import RunConfig
-from robench.eval.threats import THREATS
+from robench.scoring.metrics import POPULATIONS, METRICS
+from robench.specs.run_config import RunConfig
+from robench.specs.threats import THREATS
 from robench.report.tables import FORMATS, LAYOUTS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,12 +83,12 @@ def _detect_fit_or_load(detector, bundle, *args, **kwargs):
 
 
 GUARDS = [
-    ("robench.core.train_bundle.train", _refuse("training")),
-    ("robench.eval.runner.run_plans", _refuse("the run's detector fits and attacks")),
-    ("robench.eval.detection.fit_or_load", _detect_fit_or_load),
-    ("robench.eval.suite._run_pairs", _refuse("the suite's runs")),
-    ("robench.eval.demo.ensure_model", _refuse("the demo's training")),
-    ("robench.core.imported.importer._export", _refuse("the import's export")),
+    ("robench.checkpoints.train_bundle.train", _refuse("training")),
+    ("robench.runs.runner.run_plans", _refuse("the run's detector fits and attacks")),
+    ("robench.runs.detection.fit_or_load", _detect_fit_or_load),
+    ("robench.runs.suite._run_pairs", _refuse("the suite's runs")),
+    ("robench.app.demo.ensure_model", _refuse("the demo's training")),
+    ("robench.checkpoints.imported.importer._export", _refuse("the import's export")),
 ]
 
 # ---------------------------------------------------------------- command lines the generated cases build on

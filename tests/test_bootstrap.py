@@ -1,4 +1,4 @@
-"""Bootstrap intervals: the weighted (count-matrix) metrics equal robench.eval.metrics on the explicit resample."""
+"""Bootstrap intervals: the weighted (count-matrix) metrics equal robench.scoring.metrics on the explicit resample."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from robench.eval.metrics import metric_names
+from robench.scoring.metrics import metric_names
 from robench.report.bootstrap import bootstrap_intervals, group_metrics, resample_counts
 from robench.core.errors import ConfigError
-from robench.eval.metrics import summarize
+from robench.scoring.metrics import summarize
 from test_rundir import synthetic_records
 
 KEY = ["model", "threat", "attack", "detector"]

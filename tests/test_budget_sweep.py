@@ -1,4 +1,4 @@
-"""The L-inf budget sweep (robench.eval.budget_sweep): configs, rows from records, the table and the plot."""
+"""The L-inf budget sweep (robench.app.budget_sweep): configs, rows from records, the table and the plot."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from robench.eval import records as R
-from robench.eval.budget_sweep import (
+from robench.scoring import records as R
+from robench.app.budget_sweep import (
     LIBRARY_APGD,
     OWN_LINF,
     SWEEP_BUDGETS,
@@ -18,9 +18,9 @@ from robench.eval.budget_sweep import (
     sweep_row,
     sweep_table,
 )
-from robench.eval.runner import run
-from robench.eval.sanity import attack_names_of, record_flags
-from robench.eval.threats import THREATS
+from robench.runs.runner import run
+from robench.runs.sanity import attack_names_of, record_flags
+from robench.specs.threats import THREATS
 
 GM = Path(__file__).resolve().parent.parent / "reports" / "regression" / "models" / "gm.pt"
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from tiny import Payload, make_tiny
 
-from robench.core.bundle import BundleMeta, load_bundle, save_bundle
+from robench.checkpoints.bundle import BundleMeta, load_bundle, save_bundle
 from robench.core.errors import BundleError
 from robench.core.provenance import state_dict_hash
 
@@ -263,7 +263,7 @@ def test_valid_edge_metadata_still_loads(tmp_path, capsys):
 def test_import_input_shape_is_bounded_before_allocating(tmp_path, capsys, monkeypatch, shape, fragment):
     from test_cli import assert_one_line_error, run
 
-    from robench.core.imported import importer
+    from robench.checkpoints.imported import importer
 
     def no_probe(*args, **kwargs):
         raise AssertionError("a probe batch of that shape was allocated")

@@ -12,12 +12,12 @@ from test_cli import assert_one_line_error, run as run_cli
 
 from robench.attacks import ATTACKS
 from robench.core.errors import ConfigError
-from robench.eval import records as R
-from robench.eval.cascade import cascade_order, flag_thresholds, still_in
-from robench.eval.metrics import summarize
-from robench.eval.runner import RunConfig, run
-from robench.eval.threats import AttackSpec
-from robench.eval.worst_case import WORST_CASE, with_worst_case, worst_case_records
+from robench.scoring import records as R
+from robench.scoring.cascade import cascade_order, flag_thresholds, still_in
+from robench.scoring.metrics import summarize
+from robench.runs.runner import RunConfig, run
+from robench.specs.threats import AttackSpec
+from robench.scoring.worst_case import WORST_CASE, with_worst_case, worst_case_records
 from robench.report.bootstrap import bootstrap_intervals
 
 ROOT = Path(__file__).resolve().parents[1]

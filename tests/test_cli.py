@@ -10,7 +10,7 @@ import sys
 import pytest
 from tiny import Payload, make_tiny
 
-from robench.core.bundle import save_bundle
+from robench.checkpoints.bundle import save_bundle
 from robench.cli.commands import main
 
 TINY_TRAIN = [

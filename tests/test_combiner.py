@@ -1,4 +1,4 @@
-"""The KD+BU combiner of a run (robench.eval.combiner): noisy inputs, raw features, the held-out fit per group."""
+"""The KD+BU combiner of a run (robench.scoring.combiner): noisy inputs, raw features, the held-out fit per group."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from robench.core.data import Split
 from robench.core.models import Forward
 from robench.defenses import DEFENSES
 from robench.detectors.combined import KDBUDetector, combiner_scores
-from robench.eval import combiner as C
-from robench.eval import records as R
-from robench.eval.metrics import metric_value
+from robench.scoring import combiner as C
+from robench.scoring import records as R
+from robench.scoring.metrics import metric_value
 
 D = "kd+bu"
 

@@ -3,11 +3,11 @@
 import pandas as pd
 from tiny import make_tiny
 
-from robench.core.bundle import save_bundle
-from robench.eval.demo import DEMO_DEFENSES, DemoBudget, run_demo
+from robench.checkpoints.bundle import save_bundle
+from robench.app.demo import DEMO_DEFENSES, DemoBudget, run_demo
 
 QUICK = DemoBudget(cw_steps=5, cw_wb_steps=5, spsa_steps=2)
-from robench.eval.suite import load_suite
+from robench.runs.suite import load_suite
 
 
 def test_demo_reuses_models_runs_the_suite_and_writes_tables(tmp_path):

@@ -13,9 +13,9 @@ from test_cli import run as run_cli
 
 from robench.core import execution as E
 from robench.core.errors import ConfigError
-from robench.eval.attack_batch import BatchResult
-from robench.eval.part_work import Work as _Work, attack_splitting as _attack_splitting
-from robench.eval.runner import RunConfig, run
+from robench.runs.attack_batch import BatchResult
+from robench.runs.part_work import Work as _Work, attack_splitting as _attack_splitting
+from robench.runs.runner import RunConfig, run
 
 ROOT = Path(__file__).resolve().parents[1]
 SOFTMAX = ROOT / "reports" / "regression" / "models" / "softmax.pt"

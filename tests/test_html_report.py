@@ -22,9 +22,9 @@ from test_cli import assert_one_line_error, run as run_cli
 from tiny import make_tiny
 
 from robench.cli.report import report as report_command
-from robench.core.bundle import save_bundle
-from robench.eval.runner import RunConfig, run
-from robench.eval.suite import run_suite
+from robench.checkpoints.bundle import save_bundle
+from robench.runs.runner import RunConfig, run
+from robench.runs.suite import run_suite
 from robench.report.html_report import CONTENT_SECURITY_POLICY, PNG_DATA_URI, info_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

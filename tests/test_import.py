@@ -25,15 +25,15 @@ import import_fixtures as F
 from robench.attacks.base import AttackTarget, Bounds
 from robench.attacks.objectives import objective_value
 from robench.cli.commands import main
-from robench.core.bundle import load_bundle
+from robench.checkpoints.bundle import load_bundle
 from robench.core.data import load_dataset
 from robench.core.errors import BundleError, ConfigError
-from robench.core.imported.archive import check_expression, check_target
-from robench.core.imported.program import PROGRAM_KEY
+from robench.checkpoints.imported.archive import check_expression, check_target
+from robench.checkpoints.imported.program import PROGRAM_KEY
 from robench.core.provenance import state_dict_hash
 from robench.detectors import DETECTORS, fit_or_load
 from robench.detectors.bu import dropout_layers, mc_dropout_uncertainty
-from robench.eval.threat_files import select_threats
+from robench.specs.threat_files import select_threats
 
 MNIST = ["--dataset", "mnist-5k"]
 # Fields that size an attack's work, and the small value a plumbing test runs them at.
@@ -284,7 +284,7 @@ def test_a_tampered_program_in_a_bundle_is_refused_before_it_loads(world, tmp_pa
     marker = tmp_path / "MARKER"
     F.pt2_with_payload(world["root"] / "net.pt2", tmp_path / "evil.pt2", marker)
     payload = torch.load(world["root"] / "from-pt2.pt", weights_only=True)
-    from robench.core.bundle import BundleMeta
+    from robench.checkpoints.bundle import BundleMeta
 
     meta = BundleMeta.from_json(payload["meta"], "test")
     evil = (tmp_path / "evil.pt2").read_bytes()
@@ -309,7 +309,7 @@ def test_a_crafted_program_in_a_bundle_never_runs_code(world, tmp_path, capsys, 
     import zipfile
 
     import test_archive_attacks as T
-    from robench.core.bundle import BundleMeta
+    from robench.checkpoints.bundle import BundleMeta
 
     marker = tmp_path / "MARKER"
     payload = torch.load(world["root"] / "from-pt2.pt", weights_only=True)

@@ -13,11 +13,11 @@ from test_bundle import _write_payload
 from test_cli import TINY_TRAIN, assert_one_line_error, run
 from tiny import make_tiny
 
-from robench.core import bundle as bundle_module
-from robench.core.bundle import load_bundle, save_bundle
+from robench.checkpoints import bundle as bundle_module
+from robench.checkpoints.bundle import load_bundle, save_bundle
 from robench.core.errors import BundleError, ConfigError
-from robench.core.training import TrainConfig, train_config_for
-from robench.eval.run_config import RunConfig
+from robench.checkpoints.training import TrainConfig, train_config_for
+from robench.specs.run_config import RunConfig
 
 HUGE_SEED = "99999999999999999999999"  # beyond what torch.Generator.manual_seed accepts
 
@@ -131,7 +131,7 @@ def test_train_config_python_api_is_validated():
 
 
 def test_train_bundle_refuses_a_split_seed_out_of_range():
-    from robench.core.train_bundle import train_bundle
+    from robench.checkpoints.train_bundle import train_bundle
 
     with pytest.raises(ConfigError, match="split_seed must be an integer in"):
         train_bundle(split_seed=2**64, progress=False)

@@ -26,7 +26,7 @@ How an import names its target module:
   is not one);
 * ``from X import name`` is an edge to ``X.name`` where ``X.name`` is a module (a submodule of
   package X), otherwise an edge to ``X`` (``from X import *`` is an edge to ``X``);
-* the parent packages an import runs implicitly (``import robench.core.bundle`` first runs
+* the parent packages an import runs implicitly (``import robench.checkpoints.bundle`` first runs
   ``robench/__init__.py`` and ``robench/core/__init__.py``) are *not* edges: counting them would put
   every module in a cycle with the facade.
 
@@ -59,25 +59,30 @@ REPO = Path(__file__).resolve().parent.parent
 ROOT_PACKAGE = "robench"
 
 # The layers, bottom first: (layer name, [module prefixes]). Longest prefix wins, so a module of one
-# layer may sit inside another layer's package (robench.eval.demo is "app", the rest of robench.eval
-# is "eval"). When packages move (robench/exec, robench/app, ...), edit the prefixes here.
+# layer could sit inside another layer's package; each layer is its own package today.
 LAYERS: list[tuple[str, list[str]]] = [
-    # Registry, typed configs, errors, provenance, devices, data, models, bundles, training.
+    # Registry, typed configs, errors, files, provenance, devices, data, the classifier's building blocks.
     ("core", ["robench.core"]),
     # Heads and training losses, registered by name: need only core.
     ("defenses", ["robench.defenses"]),
-    # Fit on a (defended) model's features: core + defenses.
+    # Checkpoint bundles: a model built from its description (a bundle names its defense), trained, imported, saved, loaded.
+    ("checkpoints", ["robench.checkpoints"]),
+    # Fit on a (defended) model's features.
     ("detectors", ["robench.detectors"]),
-    # Adaptive attacks target a defended model and, for C&W-wb, a detector: core + defenses + detectors.
+    # Adaptive attacks target a defended model and, for C&W-wb, a detector.
     ("attacks", ["robench.attacks"]),
-    # Planning, execution and scoring of runs: threat models, runner and backends, records, metrics, suites.
-    ("eval", ["robench.eval"]),
+    # Per-sample records and what is computed from them: metrics, worst cases, cascade rules, the KD+BU combiner.
+    ("scoring", ["robench.scoring"]),
+    # What a run evaluates: threat models, threat files, parameter bounds, the run config.
+    ("specs", ["robench.specs"]),
+    # Running evaluations: preparation, plan, task functions, backends, driver, runner, suites, sanity checks.
+    ("runs", ["robench.runs"]),
     # Run directories, bootstrap, tables, figures, HTML, the regression gate.
     ("report", ["robench.report"]),
     # Applications: the CLI, the demo, the budget sweep.
-    ("app", ["robench.cli", "robench.__main__", "robench.eval.demo", "robench.eval.budget_sweep"]),
+    ("app", ["robench.cli", "robench.__main__", "robench.app"]),
     # The public facade (robench/__init__.py only; see the module docstring).
-    ("facade", [ROOT_PACKAGE]),
+    ("facade", ["robench"]),
 ]
 
 # The package layout when setup.cfg cannot be read: import name -> folder (relative to the repository).
@@ -439,7 +444,7 @@ def analysis():
 def test_the_graph_is_found():
     """Guards the scanner itself: the three package roots are found and a known import is seen."""
     modules = find_modules(package_dirs())
-    assert {"robench", "robench.attacks", "robench.defenses", "robench.core.bundle"} <= set(modules)
+    assert {"robench", "robench.attacks", "robench.defenses", "robench.checkpoints.bundle"} <= set(modules)
     sites, _ = import_sites(modules)
     assert any(s.src == "robench.attacks.base" and s.dst == "robench.core.registry" for s in sites)
 

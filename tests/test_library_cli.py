@@ -112,8 +112,8 @@ params = {steps = 3}
 
 
 def test_a_suite_adds_library_attacks_and_sets_their_parameters(gm, tmp_path):
-    from robench.eval.prepare import prepare
-    from robench.eval.suite import load_suite
+    from robench.runs.prepare import prepare
+    from robench.runs.suite import load_suite
 
     (tmp_path / "suite.toml").write_text(SUITE)
     (pair,) = load_suite(tmp_path / "suite.toml")

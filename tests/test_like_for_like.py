@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from robench.core.bundle import save_bundle
+from robench.checkpoints.bundle import save_bundle
 from robench.core.errors import ConfigError, RobenchError
-from robench.eval import records as R
-from robench.eval.combiner import fit_mask, fitted_column
-from robench.eval.prepare import prepare
-from robench.eval.runner import RunConfig, run
-from robench.eval.suite import load_suite
+from robench.scoring import records as R
+from robench.scoring.combiner import fit_mask, fitted_column
+from robench.runs.prepare import prepare
+from robench.runs.runner import RunConfig, run
+from robench.runs.suite import load_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST_WB = {"C&W-wb.steps": 5, "C&W-wb.binary_search_steps": 2}
@@ -24,7 +24,7 @@ FAST_WB = {"C&W-wb.steps": 5, "C&W-wb.binary_search_steps": 2}
 @pytest.fixture(scope="module")
 def dropout_bundle(tmp_path_factory):
     """A GM model trained as trained_tiny's, but with dropout (BU needs it), saved as a bundle."""
-    from robench.core.train_bundle import train_bundle
+    from robench.checkpoints.train_bundle import train_bundle
 
     arch = {"width": 8, "hidden": 32, "feature_dim": 16, "dropout": 0.25}
     bundle = train_bundle(defense="gm", arch_kwargs=arch, train_overrides={"epochs": 2, "lr": 3e-3, "shift": 0}, progress=False)
@@ -131,8 +131,8 @@ def test_there_is_a_bundled_and_a_gpu_suite_per_paper_table():
 
 @pytest.mark.parametrize("path", SUITES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_reproduction_suites_parse_and_their_attacks_build(path):
-    from robench.eval.threats import distribute
-    from robench.eval.threat_files import select_threats
+    from robench.specs.threats import distribute
+    from robench.specs.threat_files import select_threats
 
     pairs = load_suite(path)
     assert pairs
@@ -149,7 +149,7 @@ def test_reproduction_suites_parse_and_their_attacks_build(path):
 def test_the_ablation_layout_shows_every_population_per_cw_wb_variant():
     from test_rundir import synthetic_records
 
-    from robench.eval.metrics import summarize
+    from robench.scoring.metrics import summarize
     from robench.report.tables import build_tables, render_tables
 
     variants = ("C&W-wb/global/lr0.01", "C&W-wb/class/lr0.01")

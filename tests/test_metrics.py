@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from robench.eval.metrics import METRICS, metric_value, summarize
+from robench.scoring.metrics import METRICS, metric_value, summarize
 
 
 def hand_records() -> pd.DataFrame:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from robench.eval import records as R
-from robench.eval.metrics import METRICS, metric_names, roc_points, summarize
+from robench.scoring import records as R
+from robench.scoring.metrics import METRICS, metric_names, roc_points, summarize
 from robench.report.bootstrap import bootstrap_intervals, group_metrics
 from test_rundir import synthetic_records
 

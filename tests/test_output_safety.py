@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 
 from robench.core.errors import ConfigError
-from robench.eval import records as R
-from robench.eval.lock import LOCK_FILE, OutputLockedError, output_lock
-from robench.eval.output import contained
-from robench.eval.parts import PARTS_DIR
-from robench.eval.runner import RunConfig, run
-from robench.eval.suite import load_suite
+from robench.scoring import records as R
+from robench.runs.lock import LOCK_FILE, OutputLockedError, output_lock
+from robench.runs.output import contained
+from robench.runs.parts import PARTS_DIR
+from robench.runs.runner import RunConfig, run
+from robench.runs.suite import load_suite
 from tiny import two_model_suite
 
 NOISE = '\n[[threat]]\nname = "noise"\n'

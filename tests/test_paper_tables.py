@@ -19,10 +19,10 @@ from robench.cli.report import report
 from robench.core.errors import ConfigError
 from robench.defenses import DEFENSES
 from robench.detectors import DETECTORS
-from robench.eval import records as R
-from robench.eval.metrics import METRICS, POPULATIONS, summarize
-from robench.eval.output import write_run
-from robench.eval.threats import THREATS
+from robench.scoring import records as R
+from robench.scoring.metrics import METRICS, POPULATIONS, summarize
+from robench.runs.output import write_run
+from robench.specs.threats import THREATS
 from robench.report.paper import COLUMNS, KEY, PAPER_TABLES, REPO_ROOT, UPPER_BOUND, parse_table_name, read_papers, select_table, validate_papers
 from robench.report.tables import PAPER, SOURCE, TableOptions, best_mask, build_table, with_paper_columns
 

@@ -7,13 +7,13 @@ import pytest
 from click.testing import CliRunner
 from synthetic import synthetic_records
 
-from robench.core.bundle import BundleMeta, save_bundle
+from robench.checkpoints.bundle import BundleMeta, save_bundle
 from robench.cli.report import report
 from robench.defenses import DEFENSES
-from robench.eval.metrics import metric_value, roc_points, summarize
-from robench.core.model_factory import build_classifier
+from robench.scoring.metrics import metric_value, roc_points, summarize
+from robench.checkpoints.model_factory import build_classifier
 from robench.report.plots import accuracy_vs_budget, budget_table, feature_embeddings, kd_histograms, roc_figures
-from robench.eval.output import write_run
+from robench.runs.output import write_run
 
 
 def records(model: str, threat: str, attack: str, n: int = 40, seed: int = 0, corruption: bool = False, detectors=("kd",)) -> pd.DataFrame:

@@ -14,7 +14,7 @@ from robench.attacks.base import Attack, Crafted
 from robench.attacks.targets import choose_targets
 from robench.core.errors import ConfigError
 from robench.core.precision import check_precision
-from robench.eval.runner import RunConfig, run
+from robench.runs.runner import RunConfig, run
 
 ROOT = Path(__file__).resolve().parents[1]
 GM = ROOT / "reports" / "regression" / "models" / "gm.pt"

@@ -1,4 +1,4 @@
-"""Ray execution (robench.eval.ray_backend) on a local Ray of 2 CPUs: the same records as one process, resume both ways,
+"""Ray execution (robench.runs.ray_backend) on a local Ray of 2 CPUs: the same records as one process, resume both ways,
 a killed worker retried, threads per worker, and the one-line errors of a bad address and a missing extra.
 
 Every test here shares one Ray (started once per module, ``ray.init(num_cpus=2)``) and runs in one
@@ -19,16 +19,16 @@ import pandas as pd
 import pytest
 import torch
 
-from robench.core.bundle import save_bundle
+from robench.checkpoints.bundle import save_bundle
 from robench.core.errors import ConfigError
-from robench.eval.run_config import RunConfig
-from robench.eval.runner import run
-from robench.eval.suite import run_suite
+from robench.specs.run_config import RunConfig
+from robench.runs.runner import run
+from robench.runs.suite import run_suite
 from tiny import make_tiny, two_model_suite
 
 ray = pytest.importorskip("ray", reason="the Ray tests need robench[ray] (installed by the test command)")
 
-from robench.eval.ray_backend import RaySettings, connect  # noqa: E402
+from robench.runs.ray_backend import RaySettings, connect  # noqa: E402
 
 pytestmark = pytest.mark.xdist_group("ray")
 
@@ -216,8 +216,8 @@ def test_an_unreachable_address_and_a_missing_extra_are_one_line_errors(models, 
 
 def test_without_ray_nothing_imports_ray():
     code = (
-        "import sys; import robench, robench.cli.commands, robench.eval.runner, robench.eval.suite; "
-        "assert 'ray' not in sys.modules and 'robench.eval.ray_backend' not in sys.modules, sorted(m for m in sys.modules if 'ray' in m)"
+        "import sys; import robench, robench.cli.commands, robench.runs.runner, robench.runs.suite; "
+        "assert 'ray' not in sys.modules and 'robench.runs.ray_backend' not in sys.modules, sorted(m for m in sys.modules if 'ray' in m)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -225,7 +225,7 @@ def test_without_ray_nothing_imports_ray():
 
 _PRIVATE_RAY_PROBE = """
 import json, os, sys
-from robench.eval import ray_backend
+from robench.runs import ray_backend
 
 seen = {}
 close = ray_backend.RayBackend.close

@@ -1,6 +1,6 @@
-"""The record schema is spelled in one place: no module but robench/eval/records.py names a record column.
+"""The record schema is spelled in one place: no module but robench/scoring/records.py names a record column.
 
-Record columns are read and written through ``robench.eval.records`` (constants and selectors),
+Record columns are read and written through ``robench.scoring.records`` (constants and selectors),
 so a renamed or reinterpreted column changes one module. This test reads every module of the
 package as Python tokens and fails on a string literal that spells a record-only column (the
 identifying keys ``model``, ``threat``, ``attack`` and ``crafted_on`` are also summary and run.json
@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from robench.eval import records as R
+from robench.scoring import records as R
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIRS = [ROOT / "robench", ROOT / "attacks", ROOT / "defenses"]
@@ -24,20 +24,20 @@ SCHEMA = ROOT / "robench" / "eval" / "records.py"
 RECORD_ONLY = sorted({c.name for c in R.COLUMNS} - set(R.KEYS))
 # Literals equal to a column name that name something else; each with the reason.
 ALLOWED = {
-    ("robench/eval/metrics.py", "distortion"): "the metric's name (the mean of the column of that name)",
+    ("robench/scoring/metrics.py", "distortion"): "the metric's name (the mean of the column of that name)",
     ("robench/report/tables/layouts.py", "distortion"): "the metric's name in a layout's list of metrics",
     ("robench/core/config.py", "label"): "the registered objects' table-label attribute",
-    ("robench/eval/threats.py", "label"): "AttackSpec.config()'s key in run.json, not a record column",
-    ("robench/eval/run_config.py", "label"): "an added attack's label key (AttackSpec.label), not a record column",
+    ("robench/specs/threats.py", "label"): "AttackSpec.config()'s key in run.json, not a record column",
+    ("robench/specs/run_config.py", "label"): "an added attack's label key (AttackSpec.label), not a record column",
     ("robench/report/plots.py", "label"): "reads AttackSpec.config()'s key from run.json",
     ("attacks/base.py", "linf"): "an attack's norm",
     ("attacks/base.py", "l2"): "an attack's norm",
     ("attacks/linf.py", "linf"): "an attack's norm",
     ("attacks/spsa.py", "linf"): "an attack's norm",
     ("attacks/cw.py", "l2"): "an attack's norm",
-    ("robench/eval/budget_sweep.py", "label"): "an added attack's label key (AttackSpec.label), not a record column",
-    ("robench/eval/sanity.py", "label"): "reads AttackSpec.config()'s key from run.json",
-    ("robench/eval/threat_files.py", "label"): "a threat file's [[attack]] label key (AttackSpec.label), not a record column",
+    ("robench/app/budget_sweep.py", "label"): "an added attack's label key (AttackSpec.label), not a record column",
+    ("robench/runs/sanity.py", "label"): "reads AttackSpec.config()'s key from run.json",
+    ("robench/specs/threat_files.py", "label"): "a threat file's [[attack]] label key (AttackSpec.label), not a record column",
     ("robench/report/html_report.py", "label"): "reads AttackSpec.config()'s key from run.json",
     ("attacks/apgd.py", "linf"): "an attack's norm",
     ("attacks/apgd.py", "l2"): "an attack's norm",
@@ -45,7 +45,7 @@ ALLOWED = {
     ("attacks/foolbox_adapter.py", "l2"): "a library attack's norm",
     ("attacks/torchattacks_adapter.py", "linf"): "a library attack's norm",
     ("attacks/torchattacks_adapter.py", "l2"): "a library attack's norm",
-    ("robench/core/imported/program_json.py", "target"): "a torch.export graph node's target operator, not a record column",
+    ("robench/checkpoints/imported/program_json.py", "target"): "a torch.export graph node's target operator, not a record column",
 }
 
 
@@ -73,7 +73,7 @@ def _offenders(path: Path) -> list[str]:
 def test_no_module_but_the_schema_spells_a_record_column():
     files = [p for d in PACKAGE_DIRS for p in sorted(d.rglob("*.py")) if p != SCHEMA]
     offenders = [o for p in files for o in _offenders(p)]
-    assert not offenders, "record columns spelled outside robench/eval/records.py:\n" + "\n".join(offenders)
+    assert not offenders, "record columns spelled outside robench/scoring/records.py:\n" + "\n".join(offenders)
 
 
 def test_the_scan_would_catch_a_spelled_column(tmp_path):

@@ -152,8 +152,8 @@ def test_a_new_metric_is_one_object_and_its_registration(tmp_path):
     """A throwaway metric (median L2 of the successful attacks) reaches the summary, the intervals and the gate."""
     import numpy as np
 
-    from robench.eval import records as R
-    from robench.eval.metrics import METRICS, Metric, Weighted, summarize
+    from robench.scoring import records as R
+    from robench.scoring.metrics import METRICS, Metric, Weighted, summarize
     from robench.report.bootstrap import bootstrap_intervals
     from robench.report.regression import metric_rows
     from test_rundir import synthetic_records

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from robench.cli.regression import baseline as baseline_command
 from robench.cli.regression import check as check_command
 from robench.core.errors import ConfigError
-from robench.eval.metrics import METRICS
+from robench.scoring.metrics import METRICS
 from robench.report.regression import check_run, judge, read_baseline, write_baseline
 from test_rundir import synthetic_records, write_synthetic_run
 

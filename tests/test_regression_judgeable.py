@@ -22,8 +22,8 @@ from test_regression import two_model_run
 from test_rundir import synthetic_records, write_synthetic_run
 
 from robench.core.errors import ConfigError
-from robench.eval import records as R
-from robench.eval.metrics import COUNT, DETECTOR, METRICS, NO_DETECTOR
+from robench.scoring import records as R
+from robench.scoring.metrics import COUNT, DETECTOR, METRICS, NO_DETECTOR
 from robench.report.regression import CannotJudge, check_run, read_baseline, write_baseline
 
 ROOT = Path(__file__).resolve().parents[1]

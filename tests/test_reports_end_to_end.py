@@ -12,7 +12,7 @@ from test_cli import run as run_cli
 from test_runner_threats import FAST
 from tiny import make_tiny
 
-from robench.core.bundle import save_bundle
+from robench.checkpoints.bundle import save_bundle
 
 SETTINGS = {**FAST, "C&W.steps": 5, "C&W-hc.steps": 5, "C&W-un.steps": 5, "C&W-tar.steps": 5}
 LAYOUT_CAPTIONS = ("001 Tables 7-8", "001 Tables 9-10", "001 Table 11", "004 Tables 1-2", "Worst case per sample")

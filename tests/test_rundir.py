@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from robench.core.errors import ConfigError
-from robench.eval.metrics import summarize
+from robench.scoring.metrics import summarize
 from robench.report.rundir import load_run_dir, summarize_run
-from robench.eval.output import write_run
+from robench.runs.output import write_run
 
 
 def synthetic_records(

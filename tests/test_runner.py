@@ -10,8 +10,8 @@ from test_cli import assert_one_line_error, run as run_cli
 from tiny import two_model_suite
 
 from robench.core.errors import ConfigError, UnknownNameError
-from robench.eval.metrics import summarize
-from robench.eval.runner import RunConfig, run
+from robench.scoring.metrics import summarize
+from robench.runs.runner import RunConfig, run
 
 
 def test_run_writes_records_summary_and_run_json(bundles, tmp_path):
@@ -129,7 +129,7 @@ name = "rotation"
 
 
 def test_settings_are_validated_together_whatever_their_order():
-    from robench.eval.threats import THREATS
+    from robench.specs.threats import THREATS
 
     threat = THREATS.get("semi-white-box")
     for order in (["C&W.likelihood_weight", "C&W.objective"], ["C&W.objective", "C&W.likelihood_weight"]):
@@ -146,7 +146,7 @@ def test_kd_bu_without_dropout_is_refused_before_any_fit(bundles):
 
 
 def test_suite_refuses_a_pair_twice_and_non_list_fields(bundles, tmp_path):
-    from robench.eval.suite import load_suite
+    from robench.runs.suite import load_suite
 
     base = '[[model]]\nname = "gm"\npath = "gm.pt"\n'
     twice = tmp_path / "twice.toml"

@@ -10,10 +10,10 @@ from test_cli import assert_one_line_error, run as run_cli
 from tiny import two_model_suite
 
 from robench.core.errors import ConfigError
-from robench.eval.parts import PARTS_DIR, PartStore
-from robench.eval.runner import RunConfig, run
-from robench.eval.threats import THREATS
-from robench.eval.threat_files import select_threats
+from robench.runs.parts import PARTS_DIR, PartStore
+from robench.runs.runner import RunConfig, run
+from robench.specs.threats import THREATS
+from robench.specs.threat_files import select_threats
 
 FAST = {"C&W-wb.steps": 5, "C&W-wb.binary_search_steps": 2, "C&W-wb.kd_per_class": 20, "SPSA-un.steps": 2, "SPSA-un.samples": 8, "SPSA-tar.steps": 2, "SPSA-tar.samples": 8}
 
@@ -151,7 +151,7 @@ def test_changed_config_or_corrupt_part_is_recomputed(bundles, tmp_path):
 
 
 def test_suite_pairs_targets_with_substitutes(bundles, tmp_path):
-    from robench.eval.suite import load_suite, run_suite
+    from robench.runs.suite import load_suite, run_suite
 
     suite = tmp_path / "suite.toml"
     suite.write_text(
@@ -182,7 +182,7 @@ substitute = ["soft", "gm"]
 
 
 def test_suite_threat_may_set_its_own_n(bundles, tmp_path):
-    from robench.eval.suite import load_suite
+    from robench.runs.suite import load_suite
 
     suite = tmp_path / "suite.toml"
     suite.write_text('[defaults]\nn = 50\n[[model]]\nname = "gm"\npath = "gm.pt"\n[[threat]]\nname = "noise"\n[[threat]]\nname = "spsa"\nn = 8\n')
@@ -196,8 +196,8 @@ def test_suite_sanity_compares_black_box_and_white_box_pairs(bundles, tmp_path, 
     """The black-box and white-box attacks of a model run as separate pairs; the suite checks them together."""
     import numpy as np
 
-    from robench.eval.runner import RunResult
-    from robench.eval.suite import suite_sanity
+    from robench.runs.runner import RunResult
+    from robench.runs.suite import suite_sanity
 
     def records(threat, success):
         n = 20

@@ -14,7 +14,7 @@ from robench.attacks.base import AttackTarget, Bounds
 from robench.defenses import DEFENSES
 from robench.core.errors import ConfigError
 from robench.core.models import Classifier
-from robench.eval.sanity import (
+from robench.runs.sanity import (
     SANITY_CHECKS,
     TABLE_COLUMNS,
     SanityResult,

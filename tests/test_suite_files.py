@@ -13,10 +13,10 @@ from test_threat_files import GOOD, SOFTMAX, run_in_subprocess
 from tiny import two_model_suite
 
 from robench.core.files import MAX_TEXT_BYTES
-from robench.eval import threat_files as TF
-from robench.eval.prepare import config_threats
-from robench.eval.suite import MAX_MODELS, MAX_PAIRS, MAX_THREATS, load_suite
-from robench.eval.threats import THREATS
+from robench.specs import threat_files as TF
+from robench.runs.prepare import config_threats
+from robench.specs.suite_file import MAX_MODELS, MAX_PAIRS, MAX_THREATS, load_suite
+from robench.specs.threats import THREATS
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +45,7 @@ def _suite(folder: Path, threats: str = NOISE, name: str = "suite.toml") -> Path
 
 def test_attacks_and_added_attacks_run_together(bundles, tmp_path, capsys, monkeypatch):
     """With attacks = [...] on a threat, its [[threat.add]] attacks were dropped in silence (exit 0): now the union runs."""
-    import robench.eval.plan as plan_module
+    import robench.runs.plan as plan_module
 
     suite = _suite(tmp_path, SELECT_AND_ADD)
     (pair,) = load_suite(suite)

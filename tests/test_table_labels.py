@@ -7,7 +7,7 @@ import pytest
 import robench.report.tables as tables
 from robench.defenses import DEFENSES
 from robench.detectors import DETECTORS
-from robench.eval.metrics import METRICS, NO_DETECTOR, SUMMARY_KEYS, summary_columns
+from robench.scoring.metrics import METRICS, NO_DETECTOR, SUMMARY_KEYS, summary_columns
 from robench.report.tables.labels import defense_label, defense_rank, detector_label, detector_rank, metric_header, model_infos
 from robench.report.tables.table import COUNT, DETECTOR
 

@@ -15,8 +15,8 @@ from synthetic import synthetic_records
 
 from robench.cli.report import report, resolve_format
 from robench.core.errors import ConfigError, UnknownNameError
-from robench.eval.metrics import summarize
-from robench.eval.output import write_run
+from robench.scoring.metrics import summarize
+from robench.runs.output import write_run
 from robench.report.tables import build_table, build_tables, cell_text, best_mask, format_value, render, render_tables
 
 META = {

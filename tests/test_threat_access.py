@@ -10,9 +10,9 @@ import pytest
 
 from robench.attacks import ATTACKS
 from robench.core.errors import ConfigError
-from robench.eval import records as R
-from robench.eval.sanity import record_flags, registered_attack
-from robench.eval.threats import ACCESS, THREATS, AttackSpec, ThreatModel, noise_threat
+from robench.scoring import records as R
+from robench.runs.sanity import record_flags, registered_attack
+from robench.specs.threats import ACCESS, THREATS, AttackSpec, ThreatModel, noise_threat
 
 EXPECTED_ACCESS = {
     "white-box": "white-box", "semi-white-box": "grey-box", "black-box": "black-box", "spsa": "black-box", "noise": "none", "rotation": "none",
@@ -97,7 +97,7 @@ def test_iterative_check_pairs_fgsm_with_iterative_linf_attacks_of_its_target_mo
 
 
 def test_all_runs_the_papers_threats_and_autoattack_runs_by_name():
-    from robench.eval.threat_files import select_threats
+    from robench.specs.threat_files import select_threats
 
     assert {t.name for t in select_threats("all", False)} == {"semi-white-box", "white-box", "spsa", "noise", "rotation"}
     assert {t.name for t in select_threats("all", True)} == {"semi-white-box", "white-box", "black-box", "spsa", "noise", "rotation"}

@@ -13,10 +13,10 @@ from test_cli import assert_one_line_error, run as run_cli
 
 from robench.attacks import ATTACKS
 from robench.core.errors import ConfigError, RobenchError
-from robench.eval import threat_files as TF
-from robench.eval.suite import load_suite
-from robench.eval.threats import THREATS
-from robench.eval.threat_files import select_threats
+from robench.specs import threat_files as TF
+from robench.runs.suite import load_suite
+from robench.specs.threats import THREATS
+from robench.specs.threat_files import select_threats
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "reports" / "threats"
@@ -272,7 +272,7 @@ def _suite(tmp_path: Path, softmax: Path, body: str) -> Path:
 
 
 def test_suite_with_threat_files_and_a_threat_file_entry(softmax, tmp_path, capsys, monkeypatch):
-    import robench.eval.plan as plan_module
+    import robench.runs.plan as plan_module
 
     # a suite always runs the model probes (its unbounded-budget probe alone takes ~30 s on 2 cores); they are not what this tests
     monkeypatch.setattr(plan_module, "_sanity", lambda *args, **kwargs: pd.DataFrame())

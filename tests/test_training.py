@@ -6,8 +6,8 @@ from tiny import TINY_CNN
 
 from robench.core.data import load_dataset
 from robench.core.errors import ConfigError
-from robench.core.train_bundle import train_bundle
-from robench.core.training import TrainConfig, augment, train_config_for
+from robench.checkpoints.train_bundle import train_bundle
+from robench.checkpoints.training import TrainConfig, augment, train_config_for
 
 FAST = {"epochs": 1, "batch_size": 256}
 

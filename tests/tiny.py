@@ -6,9 +6,9 @@ import os
 
 import torch
 
-from robench.core.bundle import BundleMeta
+from robench.checkpoints.bundle import BundleMeta
 from robench.defenses import DEFENSES
-from robench.core.model_factory import build_classifier
+from robench.checkpoints.model_factory import build_classifier
 
 TINY_CNN = {"width": 4, "hidden": 16, "feature_dim": 12, "dropout": 0.0}
 

@@ -1,4 +1,4 @@
-"""The README's L-inf budget sweep (robench.eval.budget_sweep): both committed models x six budgets.
+"""The README's L-inf budget sweep (robench.app.budget_sweep): both committed models x six budgets.
 
     .venv/bin/python reports/sweep/run_sweep.py            # n = 100, every attack at its registered length
     .venv/bin/python reports/sweep/run_sweep.py --n 50 --budgets 0.1 0.2
@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from robench.core.provenance import atomic_write_bytes
-from robench.eval.budget_sweep import SWEEP_BUDGETS, sweep_config, sweep_markdown, sweep_plot, sweep_row, sweep_table
-from robench.eval.runner import run
+from robench.app.budget_sweep import SWEEP_BUDGETS, sweep_config, sweep_markdown, sweep_plot, sweep_row, sweep_table
+from robench.runs.runner import run
 
 HERE = Path(__file__).resolve().parent
 MODELS = {"softmax": HERE.parent / "regression" / "models" / "softmax.pt", "gm": HERE.parent / "regression" / "models" / "gm.pt"}

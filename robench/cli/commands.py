@@ -23,7 +23,7 @@ from robench.core.config import parse_assignments
 from robench.core.errors import ConfigError, RobenchError
 from robench.core.files import one_line, shown
 from robench.core.registry import did_you_mean
-from robench.core.training import SEED_RANGE
+from robench.checkpoints.training import SEED_RANGE
 
 
 class _Group(click.Group):
@@ -41,12 +41,12 @@ class _Group(click.Group):
 def cli() -> None:
     """Adversarial-robustness evaluation harness for PyTorch image classifiers."""
     if os.environ.get(_THREAT_PATH_ENV, "").strip():  # threat TOML files named by the environment, for every command
-        from robench.eval.threat_files import load_env
+        from robench.specs.threat_files import load_env
 
         load_env()
 
 
-# os.pathsep-separated threat files and folders (robench.eval.threat_files.THREAT_PATH_ENV; named here so that
+# os.pathsep-separated threat files and folders (robench.specs.threat_files.THREAT_PATH_ENV; named here so that
 # commands that never look at threats do not import the attacks to find out the variable is unset)
 _THREAT_PATH_ENV = "ROBENCH_THREAT_PATH"
 
@@ -61,7 +61,7 @@ def _threat_paths_option(command):
 
 def _load_threats(paths: tuple[Path, ...]) -> None:
     if paths:
-        from robench.eval.threat_files import load_threat_paths
+        from robench.specs.threat_files import load_threat_paths
 
         load_threat_paths(paths, "--threats")
 
@@ -111,12 +111,12 @@ def train(
     progress: bool,
 ) -> None:
     """Train a model and write a checkpoint bundle."""
-    from robench.core.bundle import save_bundle
+    from robench.checkpoints.bundle import save_bundle
     from robench.core.data import DATASETS
     from robench.defenses import DEFENSES
     from robench.core.devices import resolve_device
     from robench.core.models import ARCHITECTURES
-    from robench.core.train_bundle import train_bundle
+    from robench.checkpoints.train_bundle import train_bundle
 
     DATASETS.get(dataset), ARCHITECTURES.get(arch), DEFENSES.get(defense)  # fail fast on unknown names
     if out.exists() and not force:
@@ -165,7 +165,7 @@ def info(bundle_path: Path, as_json: bool) -> None:
     """Show a checkpoint bundle's metadata (verifying it first)."""
     import dataclasses
 
-    from robench.core.bundle import load_bundle
+    from robench.checkpoints.bundle import load_bundle
 
     bundle = load_bundle(bundle_path)
     meta = dataclasses.asdict(bundle.meta)
@@ -228,8 +228,8 @@ def import_command(
     defense_param: tuple[str, ...], factory_kwarg: tuple[str, ...], force: bool,
 ) -> None:
     """Import your own model (torch.export .pt2, TorchScript, factory + weights, timm + weights) as a verified bundle."""
-    from robench.core.bundle import input_shape_problem
-    from robench.core.imported.importer import ImportRequest, import_model, write_imported
+    from robench.checkpoints.bundle import input_shape_problem
+    from robench.checkpoints.imported.importer import ImportRequest, import_model, write_imported
 
     if out.exists() and not force:
         raise ConfigError(f"{out} exists; pass --force to overwrite it")
@@ -266,8 +266,8 @@ def list_(kind: str | None, threat_paths: tuple[Path, ...]) -> None:
     from robench.attacks.library import library_rows
     from robench.detectors import DETECTORS
     from robench.core.models import ARCHITECTURES
-    from robench.eval.threat_files import threat_file
-    from robench.eval.threats import THREATS
+    from robench.specs.threat_files import threat_file
+    from robench.specs.threats import THREATS
 
     _load_threats(threat_paths)
     sections = {
@@ -309,9 +309,9 @@ def detect(
     model_path: Path, detector_names: tuple[str, ...], settings: tuple[str, ...], fpr: float, device: str, data_root: Path | None, cache: bool
 ) -> None:
     """Fit a model's detectors (cached next to the bundle) and calibrate thresholds on held-out clean data."""
-    from robench.core.bundle import load_bundle
+    from robench.checkpoints.bundle import load_bundle
     from robench.core.data import load_dataset
-    from robench.eval.detection import applicable_detectors, build_detectors, calibrate
+    from robench.runs.detection import applicable_detectors, build_detectors, calibrate
     from robench.core.devices import resolve_device
 
     if not (math.isfinite(fpr) and 0.0 <= fpr <= 1.0):  # before anything is fitted or cached
@@ -365,7 +365,7 @@ def _execution_options(command):
 
 
 def _ray_options(command):
-    """--ray, --ray-cpus, --ray-gpus and --ray-retries (run, suite): the parts as Ray tasks (robench.eval.ray_backend)."""
+    """--ray, --ray-cpus, --ray-gpus and --ray-retries (run, suite): the parts as Ray tasks (robench.runs.ray_backend)."""
     options = [
         click.option(
             "--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[local|auto|ADDRESS]",
@@ -390,7 +390,7 @@ def _ray_settings(address: str | None, cpus: int | None, gpus: float | None, ret
                 raise click.UsageError(f"{name} needs --ray")
         return None
     _check_ray_address(address)
-    from robench.eval.ray_cluster import RaySettings, import_ray
+    from robench.runs.ray_cluster import RaySettings, import_ray
 
     settings = RaySettings(address=address, cpus=cpus, threads=threads or 1, gpus=gpus, retries=retries)
     import_ray()  # a missing extra fails now, in one line, before anything is loaded
@@ -464,8 +464,8 @@ def run_command(
     in OUT/parts: rerunning the same command resumes an interrupted run (with or without --ray).
     """
     ray = _ray_settings(ray_address, ray_cpus, ray_gpus, ray_retries, threads)
-    from robench.eval.run_config import RunConfig
-    from robench.eval.threat_files import is_threat_file, load_threat_file
+    from robench.specs.run_config import RunConfig
+    from robench.specs.threat_files import is_threat_file, load_threat_file
 
     _load_threats(threat_paths)
     if is_threat_file(threat):  # run.json, records and the default --out then carry the threat's own name
@@ -483,9 +483,9 @@ def run_command(
 
 
 def _run_prepared(config: Any, model_path: Path, substitute_path: Path | None, out: Path, progress: bool, wait: bool, ray: Any = None) -> None:
-    from robench.eval.output import format_summary
-    from robench.eval.prepare import prepare
-    from robench.eval.runner import run
+    from robench.runs.output import format_summary
+    from robench.runs.prepare import prepare
+    from robench.runs.runner import run
 
     prepared = prepare(config)
     if prepared.substitute is not None and prepared.substitute.content_hash == prepared.bundle.content_hash:
@@ -525,8 +525,8 @@ def suite(
 ) -> None:
     """Run every model x threat pair of a TOML suite into one combined summary (with --ray, all pairs' parts as Ray tasks)."""
     ray = _ray_settings(ray_address, ray_cpus, ray_gpus, ray_retries, threads)
-    from robench.eval.output import format_summary
-    from robench.eval.suite import run_suite
+    from robench.runs.output import format_summary
+    from robench.runs.suite import run_suite
 
     _load_threats(threat_paths)
     overrides = {k: v for k, v in (("n", n), ("device", device)) if v is not None}
@@ -551,7 +551,7 @@ def suite(
 def demo(out: Path, models_dir: Path, device: str, seed: int, n: int | None, full: bool, threads: int | None, progress: bool) -> None:
     """The main job on the embedded default: train the bundled models if needed, run the threat models, write the tables."""
     from robench.core.devices import resolve_device
-    from robench.eval.demo import DEMO_N, FULL_BUDGET, FULL_N, DemoBudget, run_demo
+    from robench.app.demo import DEMO_N, FULL_BUDGET, FULL_N, DemoBudget, run_demo
 
     budget, default_n = (FULL_BUDGET, FULL_N) if full else (DemoBudget(), DEMO_N)
     with _cores(threads, "robench demo"):

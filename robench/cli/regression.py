@@ -14,7 +14,7 @@ from robench.cli.params import NonEmptyPath
 
 from robench.core.config import parse_assignments
 from robench.core.errors import ConfigError
-from robench.eval.metrics import SUMMARY_KEYS
+from robench.scoring.metrics import SUMMARY_KEYS
 from robench.report.regression import KEYS, CheckReport, check_run, write_baseline
 
 SHOWN_COLUMNS = [*KEYS, "status", "baseline", "current", "delta", "allowed_low", "allowed_high", "note"]

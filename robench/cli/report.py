@@ -25,8 +25,8 @@ import click
 from robench.cli.params import NonEmptyPath
 
 from robench.core.errors import ConfigError
-from robench.eval import records as R
-from robench.eval.metrics import DEFAULT_POPULATION, POPULATIONS, population
+from robench.scoring import records as R
+from robench.scoring.metrics import DEFAULT_POPULATION, POPULATIONS, population
 from robench.report.paper import DEFAULT_PAPERS_FILE, PAPER_TABLES, PaperNumbers, default_population
 from robench.report.tables import DEFAULT_ORDER, DISTORTION_SCALES, FORMATS, LAYOUTS, PAPER_LAYOUTS, TableOptions
 from robench.report.tables.layouts import DISTORTION_255

@@ -14,7 +14,7 @@ None of these changes what a run computes beyond float rounding, so none enters 
 - :class:`PassCounter`: the images forwarded through a model (a forward pre-hook), the
   "image-steps" the cascade saves and run.json reports per attack.
 - :func:`is_out_of_memory`: a CUDA out-of-memory error, which the runner answers by halving the
-  batch (:mod:`robench.eval.runner`).
+  batch (:mod:`robench.runs.runner`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """``torch.load(weights_only=True)`` of an untrusted file, every failure one :class:`BundleError` line.
 
-A checkpoint bundle (:mod:`robench.core.bundle`) and the weights ``robench import`` reads
-(:mod:`robench.core.imported.sources`) both go through here, so both refuse a pickled code
+A checkpoint bundle (:mod:`robench.checkpoints.bundle`) and the weights ``robench import`` reads
+(:mod:`robench.checkpoints.imported.sources`) both go through here, so both refuse a pickled code
 payload the same way and only their messages differ.
 """
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from robench.core.bundle import ModelBundle
+from robench.checkpoints.bundle import ModelBundle
 from robench.core.data import Split
 from robench.detectors.base import Detector
 from robench.core.provenance import atomic_write_bytes, canonical_json

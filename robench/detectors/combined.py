@@ -5,7 +5,7 @@ clean from adversarial inputs. Unlike the reference code, which fits the
 scaler and the regression on the very samples it then scores (and pools
 statistics over the adversarial inputs), robench fits on one held-out split and
 scores another (:meth:`KDBUDetector.holdout_scores`; in a run,
-:func:`robench.eval.combiner.combine` does it per summary group, over the
+:func:`robench.scoring.combiner.combine` does it per summary group, over the
 samples): the AUC it reports is out-of-sample.
 """
 

@@ -4,7 +4,7 @@ Each model x threat x attack group is resampled over its samples (rows) with
 replacement; one resample serves all metrics and detectors of the group, so the
 intervals of related metrics come from the same draws. A resample is stored as
 a count matrix (resamples x samples: how often each sample was drawn), which
-turns every metric of ``robench.eval.metrics`` into weighted sums:
+turns every metric of ``robench.scoring.metrics`` into weighted sums:
 
 - accuracies and rates are count-weighted means;
 - AUC-ROC is the Mann-Whitney U statistic (ties count one half) with each
@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 
 from robench.core.errors import ConfigError
-from robench.eval import records as R
-from robench.eval.worst_case import with_worst_case
-from robench.eval.metrics import COUNT, DETECTOR, SUMMARY_KEYS, Weighted, evaluate, metric_names
+from robench.scoring import records as R
+from robench.scoring.worst_case import with_worst_case
+from robench.scoring.metrics import COUNT, DETECTOR, SUMMARY_KEYS, Weighted, evaluate, metric_names
 
 
 
@@ -64,7 +64,7 @@ def bootstrap_intervals(records: pd.DataFrame, n_resamples: int = 1000, level: f
     """Percentile-bootstrap intervals of every summary metric, one row per model x threat x attack x detector.
 
     Columns: model, threat, attack, detector, n, then ``{metric}_low`` and
-    ``{metric}_high`` for each metric of ``robench.eval.metrics.summarize``.
+    ``{metric}_high`` for each metric of ``robench.scoring.metrics.summarize``.
     """
     if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
         raise ConfigError(f"the number of bootstrap resamples must be a positive integer, got {n_resamples!r}")

@@ -5,7 +5,7 @@ holds, in order: a header of what was evaluated (each model with its content has
 attacks, n and seed, the package versions and git revisions of run.json), every table layout that
 applies (the paper layouts of :mod:`robench.report.tables`, the worst-case layout, then the summary
 table; with bootstrap intervals, :mod:`robench.report.bootstrap`, unless ``--no-ci``), the sanity
-flags (:mod:`robench.eval.sanity`) and the figures of :mod:`robench.report.plots`, embedded as base64
+flags (:mod:`robench.runs.sanity`) and the figures of :mod:`robench.report.plots`, embedded as base64
 PNG ``data:`` URIs, plus a table of contents.
 
 Nothing on the page refers outside it: no script, no stylesheet or font to fetch, every image a
@@ -27,7 +27,7 @@ from typing import Any
 import pandas as pd
 
 from robench.core.errors import ConfigError
-from robench.eval import records as R
+from robench.scoring import records as R
 from robench.report.rundir import RUN_FILE, RunDir
 from robench.report.tables import LAYOUTS, Table, render
 
@@ -155,7 +155,7 @@ def _labels(threat: Mapping[str, Any]) -> list[str]:
 
 def _crafts_on_substitute(threat: Mapping[str, Any]) -> bool:
     """Whether the registered threat of this run.json entry crafts on the run's substitute (``needs_substitute``)."""
-    from robench.eval.threats import THREATS
+    from robench.specs.threats import THREATS
 
     name = threat.get("name")
     return isinstance(name, str) and name in THREATS and THREATS.get(name).needs_substitute

@@ -31,7 +31,7 @@ import pandas as pd
 from robench.core.files import UserFileError, read_user_file
 from robench.core.errors import ConfigError
 from robench.core.registry import did_you_mean
-from robench.eval.metrics import METRICS, POPULATIONS
+from robench.scoring.metrics import METRICS, POPULATIONS
 
 COLUMNS = ("paper", "table", "dataset", "row", "column", "metric", "value", "note")
 KEY = ("paper", "table", "dataset", "row", "column", "metric")  # unique per number

@@ -2,7 +2,7 @@
 
 - ``roc-MODEL-THREAT``: ROC curves, one panel per detector, one curve per attack; positives are the
   clean inputs classified correctly, negatives their successful adversarial inputs (the definition of
-  ``robench.eval.metrics.auc_roc``, as in 001 Tables 7-11);
+  ``robench.scoring.metrics.auc_roc``, as in 001 Tables 7-11);
 - ``kd-hist-THREAT``: K-density histograms of clean vs adversarial scores, attacks x models (001 Fig. 5);
 - ``budget-THREAT-ATTACK``: robust accuracy vs the attack's budget (eps, noise sigma, rotation degrees)
   when a run holds one registered attack at several budgets;
@@ -29,8 +29,8 @@ import torch
 
 from robench.core.errors import ConfigError, RobenchError
 from robench.core.provenance import atomic_write_bytes
-from robench.eval import records as R
-from robench.eval.metrics import metric_value, roc_points
+from robench.scoring import records as R
+from robench.scoring.metrics import metric_value, roc_points
 from robench.core.mpl import literal, pyplot
 from robench.report.rundir import RunDir
 
@@ -214,7 +214,7 @@ def _bundle_path(path: str, run_dir: Path) -> Path | None:
 
 def feature_embeddings(runs: Sequence[Mapping[str, Any]], run_dir: Path, out_dir: Path, max_points: int = MAX_EMBEDDING_POINTS, seed: int = 0) -> PlotResult:
     """Scatter of the test split's features for each model with feature_dim 2, coloured by class (001 Fig. 1)."""
-    from robench.core.bundle import load_bundle
+    from robench.checkpoints.bundle import load_bundle
     from robench.core.data import load_dataset
     from robench.detectors.kd import features_of
 

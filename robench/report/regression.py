@@ -56,8 +56,8 @@ import pandas as pd
 from robench.report.bootstrap import bootstrap_intervals
 from robench.core.files import MAX_JSON_BYTES, UserFileError, read_user_file, shown
 from robench.core.errors import ConfigError
-from robench.eval import records as R
-from robench.eval.metrics import COUNT, DETECTOR, METRICS, NO_DETECTOR, SUMMARY_KEYS
+from robench.scoring import records as R
+from robench.scoring.metrics import COUNT, DETECTOR, METRICS, NO_DETECTOR, SUMMARY_KEYS
 from robench.core.provenance import atomic_write_text
 from robench.core.registry import did_you_mean
 from robench.report.rundir import RUN_FILE, RunDir, load_run_dir

@@ -18,8 +18,8 @@ import pandas as pd
 
 from robench.core.files import MAX_JSON_BYTES, UserFileError, read_user_file
 from robench.core.errors import ConfigError, RobenchError
-from robench.eval import records as R
-from robench.eval.metrics import summarize
+from robench.scoring import records as R
+from robench.scoring.metrics import summarize
 
 RECORDS_FILE = "records.parquet"
 RUN_FILE = "run.json"

@@ -21,7 +21,7 @@ from robench.attacks.apgd import APGD, APGDL2, checkpoints
 from robench.attacks.base import ATTACKS, AttackTarget, Bounds
 from robench.attacks.linf import PGD
 from robench.attacks.targets import choose_targets
-from robench.core.bundle import load_bundle
+from robench.checkpoints.bundle import load_bundle
 from robench.core.data import load_dataset
 from robench.core.errors import ConfigError
 from robench.core.models import Classifier, Normalize

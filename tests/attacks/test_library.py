@@ -21,14 +21,14 @@ from robench.attacks import ATTACKS, AttackTarget, Bounds
 from robench.attacks import foolbox_adapter, torchattacks_adapter
 from robench.attacks.library import LibraryAttack, forked_global_rng
 from robench.attacks.targets import choose_targets
-from robench.core.bundle import load_bundle
+from robench.checkpoints.bundle import load_bundle
 from robench.core.config import replace_fields
 from robench.core.data import load_dataset
 from robench.core.errors import ConfigError, UnknownNameError
 from robench.core.models import Classifier
 from robench.core.registry import Registry
-from robench.eval.threats import THREATS, AttackSpec, distribute
-from robench.eval.threat_files import select_threats
+from robench.specs.threats import THREATS, AttackSpec, distribute
+from robench.specs.threat_files import select_threats
 
 MODELS = Path(__file__).resolve().parents[2] / "reports" / "regression" / "models"
 N = 100

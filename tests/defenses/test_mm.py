@@ -13,7 +13,7 @@ from robench.defenses.mm_centers import MMHead, max_mahalanobis_centers
 from robench.defenses.mmc import MMCDefense
 from robench.defenses.mmlda import MMLDADefense
 from robench.core.errors import ConfigError
-from robench.core.model_factory import build_classifier
+from robench.checkpoints.model_factory import build_classifier
 
 NAMES = ["mmc", "mmlda"]
 # The tiny test cnn, with enough feature dimensions for 10 MM centres (d >= L - 1 = 9).

@@ -10,7 +10,7 @@ import torch
 from sklearn.neighbors import KernelDensity
 from tiny import make_tiny
 
-from robench.core.bundle import load_bundle, save_bundle
+from robench.checkpoints.bundle import load_bundle, save_bundle
 from robench.core.data import Split
 from robench.core.models import Forward
 from robench.defenses import DEFENSES

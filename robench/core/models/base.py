@@ -57,7 +57,7 @@ class Classifier(nn.Module):
 
     feature_layer = "backbone"
     # Whether head(z) computes the logits from z. False for an imported model whose feature layer is not the
-    # input of its last layer (robench.core.imported): one pass gives z and the logits together (forward_pass).
+    # input of its last layer (robench.checkpoints.imported): one pass gives z and the logits together (forward_pass).
     separable_head = True
 
     def __init__(self, normalize: Normalize, backbone: nn.Module, head: nn.Module) -> None:
@@ -119,7 +119,7 @@ class ArchSpec:
 ARCHITECTURES: Registry[ArchSpec] = Registry("architecture", base=ArchSpec)
 
 # Caps on the layer sizes an architecture's kwargs may ask for (they come from the command line and from
-# bundles, which are untrusted); the model's total size is bounded separately (robench.core.model_factory).
+# bundles, which are untrusted); the model's total size is bounded separately (robench.checkpoints.model_factory).
 MAX_CHANNELS = 4096  # conv filters (width)
 MAX_UNITS = 65536  # hidden units and feature dimensions
 

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 
 from robench.core.errors import ConfigError
-from robench.eval import records as R
-from robench.eval.metrics import METRICS, POPULATIONS, SUMMARY_KEYS
+from robench.scoring import records as R
+from robench.scoring.metrics import METRICS, POPULATIONS, SUMMARY_KEYS
 from robench.report.tables.labels import model_infos
 from robench.report.tables.layouts import DEFAULT_OPTIONS, DEFAULT_ORDER, DISTORTION, DISTORTION_255, LAYOUTS, Layout, TableOptions
 from robench.report.tables.table import COUNT, DETECTOR, HIGH, LOW, METRIC, Table
@@ -102,7 +102,7 @@ def metric_notes(metrics: Sequence[str]) -> list[str]:
 
 
 def cascade_notes(selected: pd.DataFrame) -> list[str]:
-    """A caption sentence when rows come from a cascaded run (robench.eval.cascade): their per-attack cells are not each attack alone."""
+    """A caption sentence when rows come from a cascaded run (robench.scoring.cascade): their per-attack cells are not each attack alone."""
     if R.CASCADE not in selected:
         return []
     modes = sorted({str(m) for m in selected[R.CASCADE].dropna()} - {R.NO_CASCADE})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from robench.eval.metrics import METRICS
+from robench.scoring.metrics import METRICS
 from robench.report.tables.table import COUNT, HIGH, LOW, METRIC, TEXT, Table
 
 NA = "-"  # a NaN value, or no cell

@@ -2,7 +2,7 @@
 
 A defense's row label and place come from its class (``DEFENSES.get(name).label`` /
 ``.table_rank``: baselines first, GM last, as in 001 Tables 7-11), a detector's likewise, a
-metric's header and direction from its :class:`~robench.eval.metrics.Metric`. A name that is
+metric's header and direction from its :class:`~robench.scoring.metrics.Metric`. A name that is
 not registered is shown upper-cased and ranked after every registered one.
 """
 
@@ -17,7 +17,7 @@ import pandas as pd
 from robench.core.registry import Registry
 from robench.defenses import DEFENSES
 from robench.detectors import DETECTORS
-from robench.eval.metrics import METRICS
+from robench.scoring.metrics import METRICS
 
 UP, DOWN = "\u2191", "\u2193"
 

@@ -16,9 +16,9 @@ import pandas as pd
 
 from robench.core.errors import ConfigError
 from robench.core.registry import Registry
-from robench.eval import records as R
-from robench.eval.worst_case import WORST_CASE
-from robench.eval.metrics import DEFAULT_POPULATION, METRICS, NO_DETECTOR, SUMMARY_KEYS, population
+from robench.scoring import records as R
+from robench.scoring.worst_case import WORST_CASE
+from robench.scoring.metrics import DEFAULT_POPULATION, METRICS, NO_DETECTOR, SUMMARY_KEYS, population
 from robench.report.tables.labels import ModelInfo, detector_label, detector_rank, metric_header
 from robench.report.tables.table import COUNT, DETECTOR, METRIC, VALUE
 

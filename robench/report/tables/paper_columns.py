@@ -25,9 +25,9 @@ import pandas as pd
 
 from robench.core.errors import ConfigError
 from robench.core.registry import did_you_mean
-from robench.eval import records as R
-from robench.eval.metrics import METRICS, NO_DETECTOR, POPULATIONS
-from robench.eval.threats import THREATS
+from robench.scoring import records as R
+from robench.scoring.metrics import METRICS, NO_DETECTOR, POPULATIONS
+from robench.specs.threats import THREATS
 from robench.report.paper import UPPER_BOUND, PaperNumbers, paper_dataset
 from robench.report.tables.build import DATASET_LEVEL
 from robench.report.tables.format import NA, format_value

@@ -9,7 +9,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from robench.eval.metrics import COUNT, DETECTOR  # noqa: F401 - the summary's detector and count columns, re-exported
+from robench.scoring.metrics import COUNT, DETECTOR  # noqa: F401 - the summary's detector and count columns, re-exported
 
 METRIC, VALUE, LOW, HIGH = "metric", "value", "low", "high"  # a cell's metric, value and interval
 TEXT = "text"  # optional: a cell's display text where it is not its formatted value (a paper's "<= 1")

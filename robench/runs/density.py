@@ -1,0 +1,90 @@
+"""The attacker-side kernel density an attack such as C&W-wb descends on, and its eta levels (paper 001 Sec. 4.4.2).
+
+An attack declares that it needs one through :meth:`robench.attacks.base.Attack.needs`; the
+runner builds it once per crafting model and estimator settings and hands it to the attack in
+its :class:`~robench.attacks.base.AttackTarget`.
+
+The attacker's estimator follows the run's scored ``kd`` detector (bandwidth, training points
+per class, seed) unless the attack sets its own: 001 Sec. 4.4.2 attacks the very detector it is
+scored by. Where the settings agree and the attacker crafts on the evaluated model, the scored
+detector itself is used, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from robench.attacks.base import AttackNeeds
+from robench.checkpoints.bundle import ModelBundle
+from robench.core.data import Dataset
+from robench.detectors import Detector, fit_or_load
+from robench.detectors.kd import KernelDensityDetector, features_of
+
+SCORED_KD = "kd"  # the detector whose settings the attacker's estimator follows
+
+
+@dataclass(frozen=True)
+class DensitySettings:
+    """What determines an attacker's KD estimator."""
+
+    bandwidth: float
+    per_class: int  # 0 = all training points
+    seed: int
+
+
+def scored_settings(detectors: Mapping[str, Detector]) -> DensitySettings | None:
+    """The settings of the run's scored KD detector, None when the run scores no KD."""
+    kd = detectors.get(SCORED_KD)
+    if not isinstance(kd, KernelDensityDetector):
+        return None
+    return DensitySettings(float(kd.bandwidth), int(kd.per_class), int(kd.seed))
+
+
+def resolve_settings(needs: AttackNeeds, scored: DensitySettings | None, family: str) -> DensitySettings:
+    """The attacker's settings: what the attack sets, else the scored detector's, else the KD defaults of ``family``."""
+    default = scored or DensitySettings(float(KernelDensityDetector.for_dataset(family).bandwidth), 0, 0)
+    return DensitySettings(
+        bandwidth=float(needs.kd_bandwidth) if needs.kd_bandwidth is not None else default.bandwidth,
+        per_class=int(needs.kd_per_class) if needs.kd_per_class is not None else default.per_class,
+        seed=default.seed,
+    )
+
+
+def estimator(family: str, settings: DensitySettings) -> KernelDensityDetector:
+    """An unfitted KD estimator of ``settings`` (the attacker's own, when it is not the scored detector)."""
+    return KernelDensityDetector.for_dataset(family, {"bandwidth": settings.bandwidth, "per_class": settings.per_class, "seed": settings.seed})
+
+
+@dataclass
+class AttackerDensity:
+    """A fitted KD estimator and the -log KD levels an attack must reach (leave-one-out training medians)."""
+
+    detector: KernelDensityDetector
+    eta: float  # over the whole training set
+    eta_per_class: Tensor  # per class (K,)
+    settings: DensitySettings
+    reused: bool  # the fit came from the detector cache, or is the scored detector itself
+    is_scored: bool  # the scored detector's own fitted estimator
+
+
+def attacker_density(
+    crafting: ModelBundle,
+    data: Dataset,
+    settings: DensitySettings,
+    device: torch.device,
+    scored: KernelDensityDetector | None = None,
+    train_name: str | None = None,
+) -> AttackerDensity:
+    """KD with ``settings`` over the crafting model's training features; ``scored`` (fitted, same settings) is used as is."""
+    if scored is not None:
+        kd, reused, is_scored = scored, True, True
+    else:
+        kd = estimator(data.spec.family, settings)
+        reused = fit_or_load(kd, crafting, data.train, device, train_name=train_name or f"{data.name}:{data.split_seed}")
+        is_scored = False
+    eta, per_class = kd.training_medians(features_of(crafting.model, data.train.x, device), data.train.y.to(device))
+    return AttackerDensity(kd, eta, per_class.detach().cpu(), settings, reused, is_scored)
