@@ -55,7 +55,7 @@ def spsa_rows(device: torch.device) -> int:
     """Robench SPSA's default perturbed inputs per forward on ``device`` (the bare forward loop and torchattacks use the same)."""
     return ATTACKS.get("spsa")().rows_per_forward(device)
 
-# Goals printed under the table (for reference, not asserted).
+# Reference ratios printed under the table (not asserted).
 GOALS = {
     "bare": {"BIM": 0.95, "PGD-10": 0.95, "PGD-50": 0.95, "MIM-10": 0.95, "C&W-L2": 0.9, "C&W-wb": 0.9},
     "torchattacks": 1.0,
@@ -472,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"    failed: {error}")
 
     print()
-    print("goals (for reference, not asserted): PGD / MIM / BIM >= 0.95 of bare, C&W >= 0.9 of bare, >= 1.0x torchattacks,")
+    print("reference ratios (not asserted): PGD / MIM / BIM >= 0.95 of bare, C&W >= 0.9 of bare, >= 1.0x torchattacks,")
     print("  >= 1.5x foolbox, with robench's success within 2 points of the peer's")
     for row in rows:
         missed = []

@@ -1,6 +1,6 @@
 """Projected wall time of the GPU reproduction suites (reports/reproduce/gpu/00*.toml) on 1, 8 and 64 workers.
 
-The issue's model: Amdahl with the serial detector fits,
+The model: Amdahl with the serial detector fits,
 
     T(N) = S + max(P / N, p_max)
 

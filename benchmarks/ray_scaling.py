@@ -1,4 +1,4 @@
-"""The Ray goals, measured in one run: a four-pair suite on 1 and 2 local Ray workers beside one process, and an 8-part
+"""The Ray checks, measured in one run: a four-pair suite on 1 and 2 local Ray workers beside one process, and an 8-part
 run with a worker killed mid-run.
 
     .venv/bin/python benchmarks/ray_scaling.py --out build/ray-scaling      # about 16 minutes on 2 cores
@@ -10,11 +10,11 @@ run with a worker killed mid-run.
    - ``one-1``: one process, 1 thread (the thread count of the Ray tasks);
    - ``ray-1``: Ray with 1 worker of 1 thread (``--ray local --ray-cpus 1 --threads 1``);
    - ``ray-2``: Ray with 2 workers of 1 thread (``--ray local --ray-cpus 2 --threads 1``).
-   Goals: ``ray-1`` / ``ray-2`` >= 1.7x; ``summary.csv`` of ``ray-1`` and ``ray-2`` byte-identical to ``one-1``;
+   Checks: ``ray-1`` / ``ray-2`` >= 1.7x; ``summary.csv`` of ``ray-1`` and ``ray-2`` byte-identical to ``one-1``;
    ``robench check --two-sided`` of ``plain`` (2 threads) against a baseline of ``ray-2`` (1 thread) passes.
 2. **Killed worker**: one run of 2 attacks x 4 batches = 8 parts on ``--ray local --ray-cpus 2``; a watcher
    kills (SIGKILL, by pid) the first Ray worker it sees running a part task (Ray titles it
-   ``ray::robench.part_task``), among this run's own processes only. Goal: the run completes and its
+   ``ray::robench.part_task``), among this run's own processes only. Check: the run completes and its
    records equal an unfaulted one-process run's (``--threads 1``).
 
 Prints one line per measurement and a Markdown table (also written to OUT/ray_scaling.md); exits 1 if a goal fails.
@@ -85,7 +85,7 @@ def _timed(args: list[str], env: dict[str, str] | None = None) -> float:
     return seconds
 
 
-def suite_goals(out: Path, n: int, batch: int, cw_steps: int) -> tuple[list[str], bool]:
+def suite_checks(out: Path, n: int, batch: int, cw_steps: int) -> tuple[list[str], bool]:
     modes = {
         "plain": ["--threads", "2"],
         "one-1": ["--threads", "1"],
@@ -112,7 +112,7 @@ def suite_goals(out: Path, n: int, batch: int, cw_steps: int) -> tuple[list[str]
         "|---|---|",
         *(f"| {mode} ({' '.join(modes[mode])}) | {seconds[mode]:.1f} |" for mode in modes),
         "",
-        f"- speed-up ray-1 / ray-2: **{speedup:.2f}x** (goal >= 1.7x); plain (2 threads) / ray-2: {seconds['plain'] / seconds['ray-2']:.2f}x",
+        f"- speed-up ray-1 / ray-2: **{speedup:.2f}x** (threshold >= 1.7x); plain (2 threads) / ray-2: {seconds['plain'] / seconds['ray-2']:.2f}x",
         f"- summary.csv byte-identical to one-1: ray-1 {identical['ray-1']}, ray-2 {identical['ray-2']}",
         f"- robench check plain (2 threads) --baseline ray-2 (1 thread) --two-sided: exit {check.returncode}: {verdict}",
     ]
@@ -192,13 +192,13 @@ def kill_goal(out: Path, steps: int) -> tuple[list[str], bool]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "ray-scaling")
-    parser.add_argument("--quick", action="store_true", help="Tiny settings (the CPU smoke path the tests run): goals are printed, not enforced.")
+    parser.add_argument("--quick", action="store_true", help="Tiny settings (the CPU smoke path the tests run): the checks are printed, not enforced.")
     args = parser.parse_args()
     if args.out.exists():
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True)
     n, batch, cw_steps, steps = (16, 8, 5, 100) if args.quick else (200, 25, 60, 200)
-    suite_rows, suite_ok = suite_goals(args.out, n, batch, cw_steps)
+    suite_rows, suite_ok = suite_checks(args.out, n, batch, cw_steps)
     kill_rows, kill_ok = kill_goal(args.out, steps)
     report = "\n".join([*suite_rows, *kill_rows]) + "\n"
     (args.out / "ray_scaling.md").write_text(report)

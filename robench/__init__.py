@@ -3,7 +3,7 @@
 Python API::
 
     import robench
-    bundle = robench.checkpoints.train_bundle(dataset="mnist-5k", defense="gm")
+    bundle = robench.train_bundle(dataset="mnist-5k", defense="gm")
     robench.save_bundle("gm.pt", bundle.model, bundle.meta)
     bundle = robench.load_bundle("gm.pt")
     result = robench.run(robench.RunConfig(model="gm.pt", threat="noise", n=500))

@@ -88,7 +88,7 @@ def _shrunk_settings() -> list[str]:
     return args
 
 
-# ---------------------------------------------------------------- the "done when"
+# ---------------------------------------------------------------- end to end
 
 
 @pytest.mark.parametrize("name", ["from-pt2", "from-factory"])

@@ -1,4 +1,4 @@
-"""``robench run --attack torchattacks:NAME --attack foolbox:NAME``: the issue's command, reruns, suites, listings, errors.
+"""``robench run --attack torchattacks:NAME --attack foolbox:NAME``: the command, reruns, suites, listings, errors.
 
 On a copy of the committed GM regression bundle (reports/regression/models/gm.pt), a few test
 images and shortened attacks (``--set torchattacks:APGD.steps=10``), scoring only the max-prob

@@ -20,7 +20,7 @@ from robench.scoring import records as R
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIRS = [ROOT / "robench", ROOT / "attacks", ROOT / "defenses"]
-SCHEMA = ROOT / "robench" / "eval" / "records.py"
+SCHEMA = ROOT / "robench" / "scoring" / "records.py"
 RECORD_ONLY = sorted({c.name for c in R.COLUMNS} - set(R.KEYS))
 # Literals equal to a column name that name something else; each with the reason.
 ALLOWED = {

@@ -1,4 +1,4 @@
-"""Issue 6's path end to end on tiny bundles: ``run --threat all`` -> ``report`` (every layout) -> ``baseline`` -> ``check``."""
+"""The reporting path end to end on tiny bundles: ``run --threat all`` -> ``report`` (every layout) -> ``baseline`` -> ``check``."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ unbounded L2 attacks, so their success says nothing about a budget.
 Everything below the configs is a pure function of the runs' records: the worst-case robust
 accuracy of each side (clean-correct samples still classified correctly after every attack of that
 side, :func:`robench.scoring.worst_case.worst_case_group`) and the best single attack of each side.
-The threat's worst case must be no higher than the libraries' plus one point (issue 14's goal);
+The threat's worst case must be no higher than the libraries' plus one point (the check this sweep makes);
 the runner's sanity check ``library-attack-beats-threat`` says the same per run.
 """
 
@@ -39,7 +39,7 @@ LIBRARY_APGD: tuple[Mapping[str, Any], ...] = (
     {"label": "torchattacks-APGD-CE", "attack": "torchattacks:APGD", "params": {"loss": "ce", "steps": 100, "n_restarts": 1}},
     {"label": "torchattacks-APGD-DLR", "attack": "torchattacks:APGD", "params": {"loss": "dlr", "steps": 100, "n_restarts": 1}},
 )
-# The goal: the threat's worst case no higher than the libraries' plus this (robust-accuracy fraction).
+# The check: the threat's worst case no higher than the libraries' plus this (robust-accuracy fraction).
 SWEEP_TOLERANCE = 0.01
 SWEEP_COLUMNS = [
     R.MODEL, "eps", "n_clean_correct", "threat_worst_case", "library_worst_case", "gap", "threat_without_apgd",
@@ -111,7 +111,7 @@ def sweep_row(records: pd.DataFrame, eps: float, own: Sequence[str] = OWN_LINF) 
         raise ValueError(f"a sweep row needs the records of one model, got {list(models)}")
     first = plain.drop_duplicates(R.SAMPLE)
     threat, best_own, best_own_attack = _side(plain, own)
-    # the threat before it had APGD (its PGD attacks alone): what the issue found weaker than the field's standard
+    # the threat before it had APGD (its PGD attacks alone): weaker than the field's standard
     before = [label for label in own if not label.startswith("APGD")]
     without_apgd = _side(plain, before)[0] if before else float("nan")
     library, best_lib, best_lib_attack = _side(plain, library_labels())
