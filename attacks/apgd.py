@@ -101,7 +101,9 @@ class _Live:
 
     def keep(self, mask: Tensor) -> _Live:
         """The state of the samples where ``mask`` is True."""
-        return _Live(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[mask] for f in fields(self)})
+        return _Live(
+            **{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[mask] for f in fields(self)}
+        )
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,9 @@ class _APGDBase(Attack):
 
     # ---- the algorithm
 
-    def run(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator) -> Tensor:
+    def run(
+        self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator
+    ) -> Tensor:
         x = x.detach()
         x_out = x.clone()
         if x.shape[0] == 0:
@@ -211,7 +215,9 @@ class _APGDBase(Attack):
                 alpha = 1.0 if k == 0 else float(self.momentum)
                 eta = live.eta.view(-1, *([1] * (x.ndim - 1)))
                 z = self._project(live.x_cur - eta * self._direction(live.grad), live.x, target)
-                x_new = self._project(live.x_cur + alpha * (z - live.x_cur) + (1 - alpha) * (live.x_cur - live.x_prev), live.x, target)
+                x_new = self._project(
+                    live.x_cur + alpha * (z - live.x_cur) + (1 - alpha) * (live.x_cur - live.x_prev), live.x, target
+                )
             live.x_prev, live.x_cur = live.x_cur, x_new
             loss, live.grad, fooled = self._evaluate(target, x_new, live.y, live.targets)
             with torch.no_grad():
@@ -238,7 +244,9 @@ class _APGDBase(Attack):
                 last_mark = mark
         return live
 
-    def _evaluate(self, target: AttackTarget, x_adv: Tensor, y: Tensor, targets: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    def _evaluate(
+        self, target: AttackTarget, x_adv: Tensor, y: Tensor, targets: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """J at ``x_adv`` (m,), its input gradient, and whether each sample is fooled there (same pass)."""
         x_adv = x_adv.detach().requires_grad_(True)
         forward = target.forward(x_adv)
@@ -274,7 +282,9 @@ class APGD(_APGDBase):
     """L-inf Auto-PGD (Croce & Hein 2020, Alg. 1); eps as robench's PGD: 8/255, 0.3 on MNIST-like data."""
 
     name: ClassVar[str] = "apgd"
-    description: ClassVar[str] = "Auto-PGD, L-inf, 100 steps, step-size halving at checkpoints, momentum 0.75 (Croce & Hein 2020)"
+    description: ClassVar[str] = (
+        "Auto-PGD, L-inf, 100 steps, step-size halving at checkpoints, momentum 0.75 (Croce & Hein 2020)"
+    )
     norm: ClassVar[str] = "linf"
     family_defaults: ClassVar = {"mnist": {"eps": 0.3}}  # Madry et al.'s MNIST budget, as robench's PGD
 
@@ -295,7 +305,9 @@ class APGDL2(_APGDBase):
     """L2 Auto-PGD (Croce & Hein 2020, Alg. 1 with the L2 step g / ||g||_2); eps 0.5, 2.0 on MNIST-like data."""
 
     name: ClassVar[str] = "apgd-l2"
-    description: ClassVar[str] = "Auto-PGD, L2, 100 steps, step-size halving at checkpoints, momentum 0.75 (Croce & Hein 2020)"
+    description: ClassVar[str] = (
+        "Auto-PGD, L2, 100 steps, step-size halving at checkpoints, momentum 0.75 (Croce & Hein 2020)"
+    )
     norm: ClassVar[str] = "l2"
     family_defaults: ClassVar = {"mnist": {"eps": 2.0}}
 
@@ -313,7 +325,9 @@ class APGDL2(_APGDBase):
     def _start(self, x: Tensor, target: AttackTarget, generator: torch.Generator) -> Tensor:
         # uniform in the ball: a Gaussian direction, radius eps * U^(1/d)
         direction = _draw(x.shape, x, generator, normal=True)
-        radius = float(self.eps) * _draw(torch.Size((x.shape[0],) + (1,) * (x.ndim - 1)), x, generator) ** (1.0 / x[0].numel())
+        radius = float(self.eps) * _draw(torch.Size((x.shape[0],) + (1,) * (x.ndim - 1)), x, generator) ** (
+            1.0 / x[0].numel()
+        )
         return self._project(x + direction / _l2(direction).clamp_min(_NORM_FLOOR) * radius, x, target)
 
 

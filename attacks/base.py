@@ -176,9 +176,13 @@ class Attack(Configurable, ABC):
         self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None = None, *, generator: torch.Generator
     ) -> AttackResult:
         if x.ndim != 4 or y.ndim != 1 or x.shape[0] != y.shape[0]:
-            raise ConfigError(f"attack inputs need x of shape N x C x H x W and y of shape N, got {tuple(x.shape)} and {tuple(y.shape)}")
+            raise ConfigError(
+                f"attack inputs need x of shape N x C x H x W and y of shape N, got {tuple(x.shape)} and {tuple(y.shape)}"
+            )
         if not target.bounds.contains(x):
-            raise ConfigError(f"attack inputs fall outside the model's bounds ({target.bounds.low}, {target.bounds.high})")
+            raise ConfigError(
+                f"attack inputs fall outside the model's bounds ({target.bounds.low}, {target.bounds.high})"
+            )
         k = target.num_classes
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= k):
             raise ConfigError(f"labels must lie in 0..{k - 1}")
@@ -196,7 +200,9 @@ class Attack(Configurable, ABC):
             if isinstance(crafted, Crafted):
                 x_adv, reached = crafted.x_adv.detach(), crafted.reached.to(torch.bool)
                 if reached.shape != y.shape:
-                    raise RuntimeError(f"attack '{self.name}' returned a criterion of shape {tuple(reached.shape)} for {len(y)} inputs")
+                    raise RuntimeError(
+                        f"attack '{self.name}' returned a criterion of shape {tuple(reached.shape)} for {len(y)} inputs"
+                    )
             else:
                 x_adv, reached = crafted.detach(), None
             if x_adv.shape != x.shape or not torch.isfinite(x_adv).all():
@@ -218,7 +224,9 @@ class Attack(Configurable, ABC):
         if reached is not None:
             success = success & reached
             best_attempt = ~reached & (x_adv != x).flatten(1).any(1)
-        return AttackResult(x_adv=x_adv, success=success, predicted=predicted, forward=forward, best_attempt=best_attempt)
+        return AttackResult(
+            x_adv=x_adv, success=success, predicted=predicted, forward=forward, best_attempt=best_attempt
+        )
 
     def cost(self) -> float:
         """Estimated model passes per image (a forward with its backward counts as one): the cascade's cheapest-first key.
@@ -228,7 +236,9 @@ class Attack(Configurable, ABC):
         """
         return float(getattr(self, "steps", 1))
 
-    def criterion(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, forward: Forward) -> Tensor | None:
+    def criterion(
+        self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, forward: Forward
+    ) -> Tensor | None:
         """The attack's own success criterion on ``forward`` (a pass on its output), or None for none.
 
         ``__call__`` judges it again in fp32 when the attack ran at a lower precision, so a
@@ -241,7 +251,9 @@ class Attack(Configurable, ABC):
         return AttackNeeds()
 
     @abstractmethod
-    def run(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator) -> Tensor | Crafted:
+    def run(
+        self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator
+    ) -> Tensor | Crafted:
         """Return adversarial inputs for the batch (same shape as x, inside ``target.bounds``), or :class:`Crafted`."""
 
 

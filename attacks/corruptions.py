@@ -29,7 +29,9 @@ class GaussianNoise(Attack):
     description: ClassVar[str] = "additive Gaussian noise, clipped to the input range (004 Sec. 4.5)"
     budget_param: ClassVar[str | None] = "sigma"
 
-    def run(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator) -> Tensor:
+    def run(
+        self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator
+    ) -> Tensor:
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=generator.device).to(x.device)
         return target.bounds.clip(x + self.sigma * target.bounds.width * noise)
 
@@ -47,9 +49,9 @@ def rotate(x: Tensor, degrees: Tensor, fill: float) -> Tensor:
     # affine_grid maps output to input coordinates (y pointing down), so a counter-clockwise
     # rotation on screen takes this matrix; the aspect factors keep non-square images undistorted.
     h, w = x.shape[-2:]
-    matrix = torch.stack(
-        [torch.stack([cos, -sin * h / w, zero], 1), torch.stack([sin * w / h, cos, zero], 1)], 1
-    ).to(x.device)
+    matrix = torch.stack([torch.stack([cos, -sin * h / w, zero], 1), torch.stack([sin * w / h, cos, zero], 1)], 1).to(
+        x.device
+    )
     grid = F.affine_grid(matrix, list(x.shape), align_corners=False)
     ones = torch.ones_like(x[:, :1])
     rotated = F.grid_sample(torch.cat([x, ones], 1), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -69,7 +71,9 @@ class RandomRotation(Attack):
     description: ClassVar[str] = "uniform random rotation within +-max_degrees (004 Sec. 4.5)"
     budget_param: ClassVar[str | None] = "max_degrees"
 
-    def run(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator) -> Tensor:
+    def run(
+        self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator
+    ) -> Tensor:
         angles = (torch.rand(x.shape[0], generator=generator, device=generator.device) * 2 - 1) * self.max_degrees
         fill = target.bounds.low if self.fill is None else self.fill
         return target.bounds.clip(rotate(x, angles, fill))

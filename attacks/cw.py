@@ -156,7 +156,9 @@ class CarliniWagnerL2(Attack):
     search_tolerance: float = finite(0.01, low=0, high=1)
 
     name: ClassVar[str] = "cw-l2"
-    description: ClassVar[str] = "Carlini & Wagner L2, Adam in tanh space, per-sample binary search over c (001 Sec. 4.4, 004 Sec. 4.3)"
+    description: ClassVar[str] = (
+        "Carlini & Wagner L2, Adam in tanh space, per-sample binary search over c (001 Sec. 4.4, 004 Sec. 4.3)"
+    )
     norm: ClassVar[str] = "l2"
     iterative: ClassVar[bool] = True
 
@@ -165,7 +167,9 @@ class CarliniWagnerL2(Attack):
         if self.likelihood_weight and self.objective != "adaptive-margin":
             raise ConfigError(f"{self.describe()}: likelihood_weight needs objective=adaptive-margin")
 
-    def run(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator) -> Crafted:
+    def run(
+        self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator
+    ) -> Crafted:
         del generator  # deterministic
         return self._search(target, x, y, targets)
 
@@ -180,7 +184,9 @@ class CarliniWagnerL2(Attack):
             penalty = self._penalty(target, forward, targets, self._context(target, x, y, targets))
         return reached if penalty is None else reached & (penalty <= 0)
 
-    def _search(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, start: Tensor | None = None) -> Crafted:
+    def _search(
+        self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, start: Tensor | None = None
+    ) -> Crafted:
         """The binary search over c from ``start`` (default: the clean input); distances are always to ``x``.
 
         Returns the smallest successful perturbation per sample and, where none was found, the
@@ -297,7 +303,9 @@ class CarliniWagnerL2(Attack):
         """Per-sample constants a subclass's penalty needs (computed once per batch); None here."""
         return None
 
-    def _penalty(self, target: AttackTarget, forward: Forward, targets: Tensor | None, context: Tensor | None) -> Tensor | None:
+    def _penalty(
+        self, target: AttackTarget, forward: Forward, targets: Tensor | None, context: Tensor | None
+    ) -> Tensor | None:
         """An extra per-sample term f_2 >= 0 added to the objective (weighted by c); success needs f_2 = 0.
 
         None here; C&W-wb (``cw-wb``) adds the kernel-density term of paper 001 Sec. 4.4.2.
@@ -308,7 +316,9 @@ class CarliniWagnerL2(Attack):
         """The margin objective without the likelihood term, clamped at -kappa."""
         return objective_value(self.objective, target, forward, y, targets, self.kappa, 0.0)
 
-    def _reached(self, target: AttackTarget, forward: Forward, y: Tensor, targets: Tensor | None, margin: Tensor) -> Tensor:
+    def _reached(
+        self, target: AttackTarget, forward: Forward, y: Tensor, targets: Tensor | None, margin: Tensor
+    ) -> Tensor:
         """Per-sample success: wrong class (or the target) with the margin objective at -kappa."""
         return self._hit(forward, y, targets) & (margin <= -self.kappa)
 

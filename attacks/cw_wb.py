@@ -57,7 +57,6 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-
 from robench.attacks.base import ATTACKS, AttackNeeds, AttackTarget, Crafted
 from robench.attacks.cw import CarliniWagnerL2
 from robench.core.config import boolean, choice, finite, integer, positive_int
@@ -96,7 +95,10 @@ class CarliniWagnerWhiteBox(CarliniWagnerL2):
     first_initial_const: float = finite(1e-3, low=0, low_open=True)
 
     name: ClassVar[str] = "cw-wb"
-    description: ClassVar[str] = "white-box C&W against the classifier and the KD detector, f_2 = max(-log KD_t - eta, 0) (001 Sec. 4.4.2)"
+    description: ClassVar[str] = (
+        "white-box C&W against the classifier and the KD detector, f_2 = max(-log KD_t - eta, 0) (001 Sec. 4.4.2)"
+    )
+
     # The runner gives this attack a fitted KD estimator (AttackTarget.detector) and eta.
     def needs(self) -> AttackNeeds:
         """An attacker-side KD (the scored detector's settings unless ``kd_per_class`` / ``kd_bandwidth`` set them) and its eta."""
@@ -111,7 +113,9 @@ class CarliniWagnerWhiteBox(CarliniWagnerL2):
         first = self.first_search_steps * self.steps if self.two_phase else 0
         return float(2 * self.binary_search_steps * self.steps + first)
 
-    def run(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator) -> Crafted:
+    def run(
+        self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator
+    ) -> Crafted:
         if targets is None:
             raise ConfigError(f"attack '{self.name}' is targeted: give it a target mode such as 'random'")
         if not isinstance(target.detector, KernelDensityDetector):
@@ -147,7 +151,9 @@ class CarliniWagnerWhiteBox(CarliniWagnerL2):
             forward = target.forward(x)
             return -target.detector.log_density(forward.z, forward.predicted).to(x.dtype)  # type: ignore[union-attr]
 
-    def _penalty(self, target: AttackTarget, forward: Forward, targets: Tensor | None, context: Tensor | None) -> Tensor:
+    def _penalty(
+        self, target: AttackTarget, forward: Forward, targets: Tensor | None, context: Tensor | None
+    ) -> Tensor:
         """f_2 = max(-log KD_t(z) - eta, 0), differentiable in z (paper 001 Sec. 4.4.2)."""
         assert targets is not None and context is not None
         return density_penalty(target.detector.log_density(forward.z, targets), context)  # type: ignore[union-attr]

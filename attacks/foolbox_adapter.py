@@ -146,15 +146,21 @@ class FoolboxAttack(LibraryAttack):
             kwargs[library_key] = value
         return kwargs
 
-    def run(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator) -> Tensor:
+    def run(
+        self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator
+    ) -> Tensor:
         self._check_targets(targets)
         if x.shape[0] == 0:
             return x.clone()
         fb = _import()
         bounds = target.bounds
-        model = fb.PyTorchModel(LibraryModel(target).eval(), bounds=(float(bounds.low), float(bounds.high)), device=x.device)
+        model = fb.PyTorchModel(
+            LibraryModel(target).eval(), bounds=(float(bounds.low), float(bounds.high)), device=x.device
+        )
         inputs = bounds.clip(x.detach())  # foolbox asserts the bounds exactly; robench admits a rounding tolerance
-        criterion = fb.criteria.TargetedMisclassification(targets) if targets is not None else fb.criteria.Misclassification(y)
+        criterion = (
+            fb.criteria.TargetedMisclassification(targets) if targets is not None else fb.criteria.Misclassification(y)
+        )
         epsilon = None if self.minimization else float(getattr(self, "eps"))
         with forked_global_rng(draw_seed(generator)):
             attack = self._library_call(self._library_class(), **self.library_kwargs())
@@ -195,7 +201,10 @@ def build(name: str) -> type[FoolboxAttack]:
     family: dict[str, dict[str, Any]] = {}
     if not minimization:
         budget, mnist = _BUDGETS.get(norm or "linf", _BUDGETS["linf"])
-        fields.insert(0, ("eps", float, finite(budget, low=0, low_open=True, note="foolbox's epsilons, in the model's input units")))
+        fields.insert(
+            0,
+            ("eps", float, finite(budget, low=0, low_open=True, note="foolbox's epsilons, in the model's input units")),
+        )
         family = {"mnist": {"eps": mnist}}
     if "norm" not in renamed:
         namespace["norm"] = norm or "l2"
@@ -209,8 +218,12 @@ def build(name: str) -> type[FoolboxAttack]:
             "renamed": renamed,
             "minimization": minimization,
             "gradient_free": bool(bases & _GRADIENT_FREE_BASES),
-            "targeted_refusal": None if targeted else f"foolbox's {lib.__name__} does not implement TargetedMisclassification",
-            "untargeted_refusal": f"foolbox's {lib.__name__} implements only TargetedMisclassification" if bases & _TARGETED_ONLY else None,
+            "targeted_refusal": None
+            if targeted
+            else f"foolbox's {lib.__name__} does not implement TargetedMisclassification",
+            "untargeted_refusal": f"foolbox's {lib.__name__} implements only TargetedMisclassification"
+            if bases & _TARGETED_ONLY
+            else None,
             "iterative": not bases & _SINGLE_STEP_BASES,
             "single_step": bool(bases & _SINGLE_STEP_BASES),
             "budget_param": None if minimization else "eps",

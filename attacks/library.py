@@ -75,7 +75,9 @@ def forked_global_rng(seed: int) -> Iterator[None]:
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     devices = list(range(torch.cuda.device_count())) if cuda else []
     tracker = getattr(torch.cuda, "_lazy_seed_tracker", None) if not cuda else None
-    queued = {k: list(v) if isinstance(v, list) else v for k, v in vars(tracker).items()} if tracker is not None else None
+    queued = (
+        {k: list(v) if isinstance(v, list) else v for k, v in vars(tracker).items()} if tracker is not None else None
+    )
     try:
         with torch.random.fork_rng(devices=devices):
             torch.random.default_generator.manual_seed(seed)
@@ -140,7 +142,9 @@ class LibraryAttack(Attack):
         """Refuse, in one line, a threat or target mode this attack cannot run correctly (called when a run is prepared)."""
         what = f"attack '{label}' ({cls.name})"
         if access == _NO_ATTACKER:
-            raise ConfigError(f"{what} cannot join threat '{threat}': it has no attacker (access '{access}'); add it to a threat with an attacker")
+            raise ConfigError(
+                f"{what} cannot join threat '{threat}': it has no attacker (access '{access}'); add it to a threat with an attacker"
+            )
         if access == _QUERY_ONLY and not needs_substitute and not cls.gradient_free:
             raise ConfigError(
                 f"{what} takes the model's gradients, but threat '{threat}' is black-box with queries only; "
@@ -200,7 +204,12 @@ def _literal_options(annotation: Any) -> tuple[str, ...] | None:
     if typing.get_origin(annotation) is typing.Literal:
         args = typing.get_args(annotation)
     elif typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        args = tuple(a for part in typing.get_args(annotation) if typing.get_origin(part) is typing.Literal for a in typing.get_args(part))
+        args = tuple(
+            a
+            for part in typing.get_args(annotation)
+            if typing.get_origin(part) is typing.Literal
+            for a in typing.get_args(part)
+        )
         if len(args) != sum(len(typing.get_args(p)) for p in typing.get_args(annotation)):
             return None
     else:
@@ -210,7 +219,9 @@ def _literal_options(annotation: Any) -> tuple[str, ...] | None:
 
 def optional_int(default: int | None, low: int, note: str | None) -> Any:
     text = f"an integer >= {low} or None" + (f" ({note})" if note else "")
-    return constrained(default, Constraint(text, lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= low)))
+    return constrained(
+        default, Constraint(text, lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= low))
+    )
 
 
 def _free_string(default: str) -> Any:
@@ -223,7 +234,9 @@ def case_insensitive_choice(default: str, options: tuple[str, ...]) -> Any:
     text = "one of " + ", ".join(known) + " (any case)"
     return constrained(
         default.lower(),
-        Constraint(text, lambda v: isinstance(v, str) and v.lower() in known, lambda v: did_you_mean(str(v).lower(), known)),
+        Constraint(
+            text, lambda v: isinstance(v, str) and v.lower() in known, lambda v: did_you_mean(str(v).lower(), known)
+        ),
     )
 
 
@@ -278,7 +291,9 @@ def _typed(name: str, kind: type, default: Any, options: tuple[str, ...] | None)
     if kind is int:
         if not isinstance(default, int):
             return None
-        return int, positive_int(default) if name in _COUNTS and default >= 1 else integer(default, low=0) if default >= 0 else integer(default)
+        return int, positive_int(default) if name in _COUNTS and default >= 1 else integer(
+            default, low=0
+        ) if default >= 0 else integer(default)
     if kind is float:
         if not isinstance(default, (int, float)) or not math.isfinite(default):
             return None
@@ -321,11 +336,15 @@ def unknown_library_name(prefix: str, name: str, known: list[str], version: str)
 
     shown = ", ".join(sorted(known))
     close = did_you_mean(f"{prefix}:{name}", [f"{prefix}:{k}" for k in known])
-    return UnknownNameError(f"unknown attack '{prefix}:{name}'{close}; {prefix} {version} attacks robench can run: {shown}")
+    return UnknownNameError(
+        f"unknown attack '{prefix}:{name}'{close}; {prefix} {version} attacks robench can run: {shown}"
+    )
 
 
 def missing_library(prefix: str, error: BaseException) -> ConfigError:
-    return ConfigError(f"attack '{prefix}:...' needs the {prefix} package, which does not import here ({type(error).__name__}: {error}); pip install {prefix}")
+    return ConfigError(
+        f"attack '{prefix}:...' needs the {prefix} package, which does not import here ({type(error).__name__}: {error}); pip install {prefix}"
+    )
 
 
 def first_doc_line(cls: type) -> str:

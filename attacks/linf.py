@@ -112,7 +112,9 @@ class LinfGradientAttack(Attack):
         """The step actually taken: ``step``, or ``eps`` when ``step`` is None."""
         return float(self.eps if self.step is None else self.step)
 
-    def run(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator) -> Tensor:
+    def run(
+        self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator
+    ) -> Tensor:
         if targets is None and self.requires_targets:
             raise ConfigError(
                 f"attack '{self.name}' is targeted: pass targets (e.g. choose_targets('{self.default_target_mode}', ...))"
@@ -158,7 +160,9 @@ class FGSM(LinfGradientAttack):
     name: ClassVar[str] = "fgsm"
     iterative: ClassVar[bool] = False
     single_step: ClassVar[bool] = True
-    description: ClassVar[str] = "fast gradient sign method, one step of size eps (Goodfellow et al. 2015; 001: eps 0.1)"
+    description: ClassVar[str] = (
+        "fast gradient sign method, one step of size eps (Goodfellow et al. 2015; 001: eps 0.1)"
+    )
 
     eps: float = 0.1
     step: float | None = None
@@ -188,7 +192,9 @@ class ILCM(BIM):
     """
 
     name: ClassVar[str] = "ilcm"
-    description: ClassVar[str] = "iterative least-likely class method: BIM targeted at the least-likely class (Kurakin et al. 2017; 001)"
+    description: ClassVar[str] = (
+        "iterative least-likely class method: BIM targeted at the least-likely class (Kurakin et al. 2017; 001)"
+    )
     default_target_mode: ClassVar[str | None] = "least-likely"
     requires_targets: ClassVar[bool] = True
 
@@ -211,7 +217,9 @@ class PGD(_Paper004Budget):
     """Projected gradient descent (Madry et al. 2018) with a uniform random start; paper 004 Sec. 4.3 (8/255, 2/255, 10 or 50 steps)."""
 
     name: ClassVar[str] = "pgd"
-    description: ClassVar[str] = "projected gradient descent with random start, eps 8/255, step 2/255, 10 steps (Madry et al. 2018; 004)"
+    description: ClassVar[str] = (
+        "projected gradient descent with random start, eps 8/255, step 2/255, 10 steps (Madry et al. 2018; 004)"
+    )
 
     random_start: bool = True
 
@@ -222,7 +230,9 @@ class MIM(_Paper004Budget):
     """Momentum iterative method (Dong et al. 2018): decay 1.0, L1-normalised gradients; paper 004's budget."""
 
     name: ClassVar[str] = "mim"
-    description: ClassVar[str] = "momentum iterative method, decay 1.0, eps 8/255, step 2/255, 10 steps (Dong et al. 2018; 004)"
+    description: ClassVar[str] = (
+        "momentum iterative method, decay 1.0, eps 8/255, step 2/255, 10 steps (Dong et al. 2018; 004)"
+    )
 
     decay: float = 1.0
 

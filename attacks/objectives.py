@@ -43,7 +43,6 @@ and (7) and the reference implementations.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -72,7 +71,9 @@ def dlr_normaliser(logits: Tensor, targeted: bool) -> Tensor:
     """The denominator of Croce & Hein's DLR loss: Z_pi1 - Z_pi3 (eq. 6), or Z_pi1 - (Z_pi3 + Z_pi4) / 2 (eq. 7), + 1e-12."""
     needed = 4 if targeted else 3
     if logits.shape[1] < needed:
-        raise ConfigError(f"the {'targeted ' if targeted else ''}DLR loss needs at least {needed} classes, got {logits.shape[1]}")
+        raise ConfigError(
+            f"the {'targeted ' if targeted else ''}DLR loss needs at least {needed} classes, got {logits.shape[1]}"
+        )
     top = logits.topk(needed, dim=1).values  # sorted, largest first
     low = (top[:, 2] + top[:, 3]) / 2 if targeted else top[:, 2]
     return top[:, 0] - low + _DLR_FLOOR

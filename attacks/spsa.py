@@ -62,14 +62,16 @@ from torch import Tensor
 from robench.attacks.base import ATTACKS, Attack, AttackTarget
 from robench.attacks.objectives import OBJECTIVES, objective_value
 from robench.attacks.optim import MaskedAdam
-from robench.core.errors import ConfigError
 from robench.core.config import boolean, choice, finite, integer, positive_int
+from robench.core.errors import ConfigError
 
 LossFn = Callable[[Tensor], Tensor]
 
 
 @torch.no_grad()
-def spsa_gradient(loss_fn: LossFn, x: Tensor, delta: float, samples: int, generator: torch.Generator, max_batch: int) -> Tensor:
+def spsa_gradient(
+    loss_fn: LossFn, x: Tensor, delta: float, samples: int, generator: torch.Generator, max_batch: int
+) -> Tensor:
     """SPSA estimate of the gradient of ``loss_fn`` at each image of ``x`` (Uesato et al. 2018, central differences).
 
     ``loss_fn`` gets k stacked perturbed copies of the batch, shape (k * N) x C x H x W, where row r
@@ -124,11 +126,15 @@ class SPSA(Attack):
     samples: int = positive_int(128)
     steps: int = positive_int(100)
     objective: str = choice("adaptive", *OBJECTIVES)
-    max_batch: int = integer(0, low=0, note="0 = by device (4096 on CUDA, 512 on CPU); both probes of an image go through one forward")
+    max_batch: int = integer(
+        0, low=0, note="0 = by device (4096 on CUDA, 512 on CPU); both probes of an image go through one forward"
+    )
     early_stop: bool = boolean(True)
 
     name: ClassVar[str] = "spsa"
-    description: ClassVar[str] = "gradient-free SPSA with Adam, lr 0.01, delta 0.01, 128 samples (Uesato et al. 2018; 004 Sec. 4.4)"
+    description: ClassVar[str] = (
+        "gradient-free SPSA with Adam, lr 0.01, delta 0.01, 128 samples (Uesato et al. 2018; 004 Sec. 4.4)"
+    )
     norm: ClassVar[str] = "linf"
     iterative: ClassVar[bool] = True
     budget_param: ClassVar[str | None] = "eps"
@@ -139,7 +145,9 @@ class SPSA(Attack):
         if self.max_batch == 1:  # both probes of an image go through one forward
             raise ConfigError(f"{self.describe()}: max_batch must be 0 (by device) or at least 2, got 1")
 
-    def run(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator) -> Tensor:
+    def run(
+        self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator
+    ) -> Tensor:
         n = x.shape[0]
         x_adv = x.detach().clone()
         if n == 0:
@@ -157,7 +165,9 @@ class SPSA(Attack):
         for t in range(1, self.steps + 1):
             if self.early_stop:
                 idx = moving.nonzero().squeeze(1)
-                moving[idx[self._adversarial(target, x_adv[idx], y[idx], None if targets is None else targets[idx])]] = False
+                moving[
+                    idx[self._adversarial(target, x_adv[idx], y[idx], None if targets is None else targets[idx])]
+                ] = False
             idx = moving.nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
@@ -180,7 +190,13 @@ class SPSA(Attack):
         return float(self.steps * 2 * self.samples) / 3.0
 
     def _gradient(
-        self, target: AttackTarget, x_adv: Tensor, y: Tensor, targets: Tensor | None, idx: Tensor, generator: torch.Generator
+        self,
+        target: AttackTarget,
+        x_adv: Tensor,
+        y: Tensor,
+        targets: Tensor | None,
+        idx: Tensor,
+        generator: torch.Generator,
     ) -> Tensor:
         """SPSA gradient of the objective for the images ``idx`` at their current iterates."""
         y_i = y[idx]
@@ -191,7 +207,9 @@ class SPSA(Attack):
             tiled_targets = None if t_i is None else t_i.repeat(copies)
             return objective_value(self.objective, target, target.forward(probes), y_i.repeat(copies), tiled_targets)
 
-        return spsa_gradient(loss, x_adv[idx], float(self.delta), self.samples, generator, self.rows_per_forward(x_adv.device))
+        return spsa_gradient(
+            loss, x_adv[idx], float(self.delta), self.samples, generator, self.rows_per_forward(x_adv.device)
+        )
 
     @staticmethod
     @torch.no_grad()

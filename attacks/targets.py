@@ -37,7 +37,9 @@ def choose_targets(mode: str, logits_clean: Tensor, y: Tensor, generator: torch.
     target differs from its label.
     """
     if mode not in TARGET_MODES:
-        raise ConfigError(f"unknown target mode '{mode}'{did_you_mean(str(mode), list(TARGET_MODES))}; known: {', '.join(TARGET_MODES)}")
+        raise ConfigError(
+            f"unknown target mode '{mode}'{did_you_mean(str(mode), list(TARGET_MODES))}; known: {', '.join(TARGET_MODES)}"
+        )
     if mode == "none":
         return None
     if logits_clean.ndim != 2 or y.ndim != 1 or logits_clean.shape[0] != y.shape[0]:

@@ -81,7 +81,12 @@ _NORM_OPTIONS = {"FAB": ("Linf", "L2", "L1")}
 _DEFAULT_NORM_OPTIONS = ("Linf", "L2")
 # Parameters in input units (divided by high - low for the [0, 1] space torchattacks works in).
 _SCALED_DEFAULT = frozenset({"eps", "alpha", "max_epsilon"})
-_SCALED = {"SPSA": frozenset({"eps", "delta", "lr"}), "GN": frozenset({"std"}), "PGDRS": frozenset({"eps", "alpha", "noise_sd"}), "PGDRSL2": frozenset({"eps", "alpha", "noise_sd"})}
+_SCALED = {
+    "SPSA": frozenset({"eps", "delta", "lr"}),
+    "GN": frozenset({"std"}),
+    "PGDRS": frozenset({"eps", "alpha", "noise_sd"}),
+    "PGDRSL2": frozenset({"eps", "alpha", "noise_sd"}),
+}
 # The string parameters' options (torchattacks checks them only mid-attack).
 _OPTIONS = {
     ("APGD", "loss"): ("ce", "dlr"),
@@ -194,9 +199,13 @@ class TorchattacksAttack(LibraryAttack):
             with torch.no_grad():
                 classes = int(module(u[:1]).shape[1])
             if classes != 10:  # its untargeted mode aims at (label + 1) % 10
-                raise ConfigError(f"attack '{self.name}' runs untargeted only on 10-class models (it aims at (label + 1) % 10); run it targeted")
+                raise ConfigError(
+                    f"attack '{self.name}' runs untargeted only on 10-class models (it aims at (label + 1) % 10); run it targeted"
+                )
 
-    def run(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator) -> Tensor:
+    def run(
+        self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator
+    ) -> Tensor:
         self._check_targets(targets)
         if x.shape[0] == 0:
             return x.clone()
@@ -237,7 +246,9 @@ def build(name: str) -> type[TorchattacksAttack]:
         if p.name in _OWNED:
             continue
         if p.name == "norm" and isinstance(p.default, str):
-            fields.append(("norm", str, case_insensitive_choice(p.default, _NORM_OPTIONS.get(name, _DEFAULT_NORM_OPTIONS))))
+            fields.append(
+                ("norm", str, case_insensitive_choice(p.default, _NORM_OPTIONS.get(name, _DEFAULT_NORM_OPTIONS)))
+            )
             continue
         if p.name == "n_classes":
             fields.append(("n_classes", int | None, optional_int(None, 2, "None: the model's")))
@@ -254,9 +265,21 @@ def build(name: str) -> type[TorchattacksAttack]:
     family: dict[str, dict[str, Any]] = {}
     if norm == "linf" and "eps" in field_names and name not in _CORRUPTIONS:
         family = {"mnist": dict(_MNIST_LINF, **({"alpha": _MNIST_STEP} if {"alpha", "steps"} <= field_names else {}))}
-    budget = None if name in _MIN_NORM or name == "VANILA" else "max_epsilon" if "max_epsilon" in field_names else "std" if name == "GN" else "eps" if "eps" in field_names else None
+    budget = (
+        None
+        if name in _MIN_NORM or name == "VANILA"
+        else "max_epsilon"
+        if "max_epsilon" in field_names
+        else "std"
+        if name == "GN"
+        else "eps"
+        if "eps" in field_names
+        else None
+    )
     modes = _supported_modes(lib)
-    refusal = _TARGETED_REFUSALS.get(name) or (None if "targeted" in modes else f"torchattacks' {name} supports only {', '.join(modes)} mode (supported_mode)")
+    refusal = _TARGETED_REFUSALS.get(name) or (
+        None if "targeted" in modes else f"torchattacks' {name} supports only {', '.join(modes)} mode (supported_mode)"
+    )
     namespace: dict[str, Any] = {
         "name": f"{PREFIX}:{name}",
         "description": f"torchattacks {getattr(_import(), '__version__', '')} {name} (adapter): {first_doc_line(lib)}",
@@ -274,7 +297,9 @@ def build(name: str) -> type[TorchattacksAttack]:
     if "norm" not in field_names:
         namespace["norm"] = norm
     annotations_only = [(f[0], f[1], f[2]) for f in fields]
-    cls = make_dataclass(f"Torchattacks_{name}", annotations_only, bases=(TorchattacksAttack,), frozen=True, namespace=namespace)
+    cls = make_dataclass(
+        f"Torchattacks_{name}", annotations_only, bases=(TorchattacksAttack,), frozen=True, namespace=namespace
+    )
     return cls
 
 

@@ -22,10 +22,10 @@ import torchattacks
 
 from robench.checkpoints.bundle import load_bundle
 from robench.core.data import load_dataset
-from robench.scoring.metrics import metric_value
-from robench.specs.run_config import RunConfig
 from robench.runs.runner import run, select_samples
+from robench.scoring.metrics import metric_value
 from robench.scoring.worst_case import worst_case_records
+from robench.specs.run_config import RunConfig
 
 MODELS = Path(__file__).resolve().parent.parent / "reports" / "regression" / "models"
 LABELS = ("APGD-CE", "APGD-T", "FAB-T", "Square")
@@ -41,14 +41,26 @@ def main() -> None:
 
     tic = time.perf_counter()
     config = RunConfig(
-        model=path, threat="autoattack", n=args.n, batch_size=args.n, seed=0, device="cpu",
-        settings={f"{label}.eps": args.eps for label in LABELS}, detectors=("max-prob",), sanity=False,
+        model=path,
+        threat="autoattack",
+        n=args.n,
+        batch_size=args.n,
+        seed=0,
+        device="cpu",
+        settings={f"{label}.eps": args.eps for label in LABELS},
+        detectors=("max-prob",),
+        sanity=False,
     )
     result = run(config, progress=False, echo=lambda line: None)
     ours = metric_value("survival", worst_case_records(result.records))
-    single = {label: round(metric_value("survival", group), 3) for label, group in result.records.groupby("attack", sort=False)}
+    single = {
+        label: round(metric_value("survival", group), 3)
+        for label, group in result.records.groupby("attack", sort=False)
+    }
     seen = result.records.groupby("attack", sort=False).size().to_dict()
-    print(f"robench autoattack: {ours:.3f} robust ({time.perf_counter() - tic:.0f} s); per attack {single}; samples seen {seen}")
+    print(
+        f"robench autoattack: {ours:.3f} robust ({time.perf_counter() - tic:.0f} s); per attack {single}; samples seen {seen}"
+    )
 
     tic = time.perf_counter()
     bundle = load_bundle(path)
@@ -56,13 +68,17 @@ def main() -> None:
     index = select_samples(len(data.test), args.n, 0)
     x, y = data.test.x[index], data.test.y[index]
     with torch.random.fork_rng():  # torchattacks reseeds the global RNG itself
-        adv = torchattacks.AutoAttack(bundle.model, norm="Linf", eps=args.eps, version="standard", n_classes=10, seed=0)(x, y)
+        adv = torchattacks.AutoAttack(
+            bundle.model, norm="Linf", eps=args.eps, version="standard", n_classes=10, seed=0
+        )(x, y)
     with torch.no_grad():
         clean = bundle.model(x).argmax(1) == y
         robust = (bundle.model(adv).argmax(1) == y)[clean].float().numpy()
     draws = robust[np.random.default_rng(0).integers(0, len(robust), size=(1000, len(robust)))].mean(1)
     low, high = np.quantile(draws, [0.025, 0.975])
-    print(f"torchattacks AutoAttack: {robust.mean():.3f} robust [{low:.3f}, {high:.3f}] over {len(robust)} clean-correct ({time.perf_counter() - tic:.0f} s)")
+    print(
+        f"torchattacks AutoAttack: {robust.mean():.3f} robust [{low:.3f}, {high:.3f}] over {len(robust)} clean-correct ({time.perf_counter() - tic:.0f} s)"
+    )
 
 
 if __name__ == "__main__":

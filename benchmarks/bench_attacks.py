@@ -51,9 +51,11 @@ from robench.attacks.targets import choose_targets  # noqa: E402
 from robench.core.data import load_dataset  # noqa: E402
 from robench.core.devices import resolve_device  # noqa: E402
 
+
 def spsa_rows(device: torch.device) -> int:
     """Robench SPSA's default perturbed inputs per forward on ``device`` (the bare forward loop and torchattacks use the same)."""
     return ATTACKS.get("spsa")().rows_per_forward(device)
+
 
 # Reference ratios printed under the table (not asserted).
 GOALS = {
@@ -110,14 +112,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="Checkpoint bundle (e.g. reports/regression/models/softmax.pt).")
     parser.add_argument("--n", type=int, default=None, help="Test images in the batch [500; --quick: 16].")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
-    parser.add_argument("--repeats", type=int, default=None, help="Timed runs per measurement; the median counts [3; --quick: 1].")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="Timed runs per measurement; the median counts [3; --quick: 1]."
+    )
     parser.add_argument("--cw-steps", type=int, default=None, help="C&W Adam steps per search step [100; --quick: 5].")
     parser.add_argument("--cw-search", type=int, default=None, help="C&W binary-search steps [5; --quick: 1].")
     parser.add_argument("--spsa-steps", type=int, default=None, help="SPSA iterations [10; --quick: 2].")
-    parser.add_argument("--spsa-samples", type=int, default=None, help="SPSA perturbations per iteration [128; --quick: 8].")
-    parser.add_argument("--only", action="append", default=[], help="Run only the attacks whose name or settings start with this (repeatable).")
+    parser.add_argument(
+        "--spsa-samples", type=int, default=None, help="SPSA perturbations per iteration [128; --quick: 8]."
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help="Run only the attacks whose name or settings start with this (repeatable).",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N) [torch's default].")
-    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="robench's and the bare loop's precision (peers stay fp32).")
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=list(PRECISIONS),
+        help="robench's and the bare loop's precision (peers stay fp32).",
+    )
     parser.add_argument("--quick", action="store_true", help="A smoke test: n 16, 1 repeat, tiny step counts.")
     parser.add_argument("--csv", type=Path, default=None, help="Also write the rows to this CSV file.")
     args = parser.parse_args(argv)
@@ -175,7 +191,9 @@ def import_peers() -> tuple[Any, Any, list[str]]:
     return modules[0], modules[1], notes
 
 
-def build_cw_wb_target(bundle: Any, data: Any, device: torch.device, bounds: Bounds, quick: bool, precision_kw: dict) -> tuple[AttackTarget, str]:
+def build_cw_wb_target(
+    bundle: Any, data: Any, device: torch.device, bounds: Bounds, quick: bool, precision_kw: dict
+) -> tuple[AttackTarget, str]:
     """An AttackTarget with a fitted KD estimator and its eta, as a run builds for C&W-wb with no scored KD.
 
     The runner's path (``robench.runs.density.attacker_density`` via ``_Densities``) caches the fit
@@ -192,7 +210,15 @@ def build_cw_wb_target(bundle: Any, data: Any, device: torch.device, bounds: Bou
     kd = KernelDensityDetector.for_dataset(data.spec.family, {"per_class": 0})
     kd.fit(bundle.model, bundle.defense, train, device)
     eta, eta_per_class = kd.training_medians(features_of(bundle.model, train.x, device), train.y.to(device))
-    target = AttackTarget(bundle.model, bundle.defense, bounds, detector=kd, detector_eta=eta, detector_eta_per_class=eta_per_class.detach().cpu(), **precision_kw)
+    target = AttackTarget(
+        bundle.model,
+        bundle.defense,
+        bounds,
+        detector=kd,
+        detector_eta=eta,
+        detector_eta_per_class=eta_per_class.detach().cpu(),
+        **precision_kw,
+    )
     return target, f"KD bandwidth {kd.bandwidth:g} over {len(train)} training points, eta {eta:.3f}"
 
 
@@ -220,7 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         targets = choose_targets("random", model(x), y, torch.Generator().manual_seed(0))
 
-    def ours(name: str, tgt: torch.Tensor | None = None, attack_target: AttackTarget | None = None, **params: Any) -> Callable[[], float]:
+    def ours(
+        name: str, tgt: torch.Tensor | None = None, attack_target: AttackTarget | None = None, **params: Any
+    ) -> Callable[[], float]:
         attack = ATTACKS.get(name).from_params(params)
         on = attack_target or target
 
@@ -268,9 +296,15 @@ def main(argv: list[str] | None = None) -> int:
 
     fb_model = foolbox.PyTorchModel(model, bounds=(low, high), device=device) if foolbox is not None else None
 
-    def fb(attack: Any, eps: float | None, tgt: torch.Tensor | None = None, zeros_on_failure: bool = False) -> Callable[[], tuple[float, int | None]]:
+    def fb(
+        attack: Any, eps: float | None, tgt: torch.Tensor | None = None, zeros_on_failure: bool = False
+    ) -> Callable[[], tuple[float, int | None]]:
         def go() -> tuple[float, int | None]:
-            criterion = foolbox.criteria.TargetedMisclassification(tgt) if tgt is not None else foolbox.criteria.Misclassification(y)
+            criterion = (
+                foolbox.criteria.TargetedMisclassification(tgt)
+                if tgt is not None
+                else foolbox.criteria.Misclassification(y)
+            )
             _, clipped, _ = attack(fb_model, x, criterion, epsilons=eps)
             if not zeros_on_failure:
                 return succeeded(clipped, tgt), None
@@ -290,7 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     cw = dict(binary_search_steps=args.cw_search, steps=args.cw_steps, lr=0.01, initial_const=1e-3, abort_early=False)
     cw_steps = args.cw_search * args.cw_steps
     spsa_copies = 2 * args.spsa_samples
-    spsa_ta_batch = max(1, min(args.spsa_samples, (spsa_rows(x.device) // 2) // max(n, 1)))  # about as many images per forward as robench
+    spsa_ta_batch = max(
+        1, min(args.spsa_samples, (spsa_rows(x.device) // 2) // max(n, 1))
+    )  # about as many images per forward as robench
     quick = " (quick)" if args.quick else ""
 
     cases: list[Case] = [
@@ -303,7 +339,14 @@ def main(argv: list[str] | None = None) -> int:
             peers=peers(
                 (torchattacks, lambda: Peer("torchattacks FGSM", ta(torchattacks.FGSM(model, eps=0.1), targets))),
                 # foolbox's FGSM refuses targets; it is LinfBaseGradientDescent with one full step, as is this
-                (foolbox, lambda: Peer("foolbox FGSM", fb(foolbox.attacks.LinfBasicIterativeAttack(abs_stepsize=0.1, steps=1), 0.1, targets), "LinfBasicIterativeAttack 1 step")),
+                (
+                    foolbox,
+                    lambda: Peer(
+                        "foolbox FGSM",
+                        fb(foolbox.attacks.LinfBasicIterativeAttack(abs_stepsize=0.1, steps=1), 0.1, targets),
+                        "LinfBasicIterativeAttack 1 step",
+                    ),
+                ),
             ),
         ),
         Case(
@@ -313,8 +356,24 @@ def main(argv: list[str] | None = None) -> int:
             ours("bim", targets, eps=0.2, step=0.01, steps=args.bim_steps),
             bare(args.bim_steps),
             peers=peers(
-                (torchattacks, lambda: Peer("torchattacks BIM", ta(torchattacks.BIM(model, eps=0.2, alpha=0.01, steps=args.bim_steps), targets))),
-                (foolbox, lambda: Peer("foolbox LinfBasicIterativeAttack", fb(foolbox.attacks.LinfBasicIterativeAttack(abs_stepsize=0.01, steps=args.bim_steps), 0.2, targets))),
+                (
+                    torchattacks,
+                    lambda: Peer(
+                        "torchattacks BIM",
+                        ta(torchattacks.BIM(model, eps=0.2, alpha=0.01, steps=args.bim_steps), targets),
+                    ),
+                ),
+                (
+                    foolbox,
+                    lambda: Peer(
+                        "foolbox LinfBasicIterativeAttack",
+                        fb(
+                            foolbox.attacks.LinfBasicIterativeAttack(abs_stepsize=0.01, steps=args.bim_steps),
+                            0.2,
+                            targets,
+                        ),
+                    ),
+                ),
             ),
         ),
     ]
@@ -327,8 +386,20 @@ def main(argv: list[str] | None = None) -> int:
                 ours("pgd", eps=eps_pgd, step=step_pgd, steps=steps),
                 bare(steps),
                 peers=peers(
-                    (torchattacks, lambda steps=steps: Peer("torchattacks PGD", ta(torchattacks.PGD(model, eps=eps_pgd, alpha=step_pgd, steps=steps, random_start=True)))),
-                    (foolbox, lambda steps=steps: Peer("foolbox LinfPGD", fb(foolbox.attacks.LinfPGD(abs_stepsize=step_pgd, steps=steps, random_start=True), eps_pgd))),
+                    (
+                        torchattacks,
+                        lambda steps=steps: Peer(
+                            "torchattacks PGD",
+                            ta(torchattacks.PGD(model, eps=eps_pgd, alpha=step_pgd, steps=steps, random_start=True)),
+                        ),
+                    ),
+                    (
+                        foolbox,
+                        lambda steps=steps: Peer(
+                            "foolbox LinfPGD",
+                            fb(foolbox.attacks.LinfPGD(abs_stepsize=step_pgd, steps=steps, random_start=True), eps_pgd),
+                        ),
+                    ),
                 ),
             )
         )
@@ -339,7 +410,15 @@ def main(argv: list[str] | None = None) -> int:
             args.mim_steps,
             ours("mim", eps=eps_pgd, step=step_pgd, steps=args.mim_steps),
             bare(args.mim_steps),
-            peers=peers((torchattacks, lambda: Peer("torchattacks MIFGSM", ta(torchattacks.MIFGSM(model, eps=eps_pgd, alpha=step_pgd, steps=args.mim_steps, decay=1.0))))),
+            peers=peers(
+                (
+                    torchattacks,
+                    lambda: Peer(
+                        "torchattacks MIFGSM",
+                        ta(torchattacks.MIFGSM(model, eps=eps_pgd, alpha=step_pgd, steps=args.mim_steps, decay=1.0)),
+                    ),
+                )
+            ),
         )
     )
     cases.append(
@@ -350,9 +429,32 @@ def main(argv: list[str] | None = None) -> int:
             ours("cw-l2", **cw),
             bare(cw_steps),
             peers=peers(
-                (foolbox, lambda: Peer("foolbox L2CarliniWagnerAttack", fb(foolbox.attacks.L2CarliniWagnerAttack(binary_search_steps=args.cw_search, steps=args.cw_steps, stepsize=0.01, initial_const=1e-3, abort_early=False), None, zeros_on_failure=True))),
+                (
+                    foolbox,
+                    lambda: Peer(
+                        "foolbox L2CarliniWagnerAttack",
+                        fb(
+                            foolbox.attacks.L2CarliniWagnerAttack(
+                                binary_search_steps=args.cw_search,
+                                steps=args.cw_steps,
+                                stepsize=0.01,
+                                initial_const=1e-3,
+                                abort_early=False,
+                            ),
+                            None,
+                            zeros_on_failure=True,
+                        ),
+                    ),
+                ),
                 # no binary search there: one run of search x steps at c = 1; it stops early when its loss stalls, so its steps are counted
-                (torchattacks, lambda: Peer("torchattacks CW", ta(torchattacks.CW(model, c=1.0, kappa=0.0, steps=cw_steps, lr=0.01), count=True), f"c=1, no search, {cw_steps} steps at most (counted)")),
+                (
+                    torchattacks,
+                    lambda: Peer(
+                        "torchattacks CW",
+                        ta(torchattacks.CW(model, c=1.0, kappa=0.0, steps=cw_steps, lr=0.01), count=True),
+                        f"c=1, no search, {cw_steps} steps at most (counted)",
+                    ),
+                ),
             ),
         )
     )
@@ -369,7 +471,15 @@ def main(argv: list[str] | None = None) -> int:
             "SPSA",
             f"SPSA {args.spsa_steps}x{args.spsa_samples} 8/255 margin (forwards: 2 x samples per step)",
             args.spsa_steps * spsa_copies,
-            ours("spsa", eps=eps_pgd, steps=args.spsa_steps, samples=args.spsa_samples, objective="margin", early_stop=False, max_batch=spsa_rows(x.device)),
+            ours(
+                "spsa",
+                eps=eps_pgd,
+                steps=args.spsa_steps,
+                samples=args.spsa_samples,
+                objective="margin",
+                early_stop=False,
+                max_batch=spsa_rows(x.device),
+            ),
             bare_forwards(args.spsa_steps, spsa_copies),
             unit="fwd",
             peers=peers(
@@ -377,7 +487,17 @@ def main(argv: list[str] | None = None) -> int:
                     torchattacks,
                     lambda: Peer(
                         "torchattacks SPSA",
-                        ta(torchattacks.SPSA(model, eps=eps_pgd, delta=0.01, lr=0.01, nb_iter=args.spsa_steps, nb_sample=args.spsa_samples, max_batch_size=spsa_ta_batch)),
+                        ta(
+                            torchattacks.SPSA(
+                                model,
+                                eps=eps_pgd,
+                                delta=0.01,
+                                lr=0.01,
+                                nb_iter=args.spsa_steps,
+                                nb_sample=args.spsa_samples,
+                                max_batch_size=spsa_ta_batch,
+                            )
+                        ),
                         f"max_batch_size {spsa_ta_batch}",
                     ),
                 )
@@ -392,10 +512,16 @@ def main(argv: list[str] | None = None) -> int:
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     how = "AttackTarget.precision" if native else "torch.autocast around the attack call"
-    print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}, n = {n}, repeats = {args.repeats}")
-    print(f"precision: robench and bare loop {args.precision}{f' ({how})' if args.precision != 'fp32' else ''}; peers fp32")
+    print(
+        f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}, n = {n}, repeats = {args.repeats}"
+    )
+    print(
+        f"precision: robench and bare loop {args.precision}{f' ({how})' if args.precision != 'fp32' else ''}; peers fp32"
+    )
     print(f"model: {args.model} ({bundle.meta.arch}, {bundle.meta.defense}, {bundle.meta.dataset})")
-    print("img-steps: images x steps, a step one forward + backward per image; SPSA: images x steps x 2 x samples forwards")
+    print(
+        "img-steps: images x steps, a step one forward + backward per image; SPSA: images x steps x 2 x samples forwards"
+    )
     for note in peer_notes:
         print(f"note: {note}")
     if kd_note:
@@ -448,7 +574,14 @@ def main(argv: list[str] | None = None) -> int:
         }
         errors = [f"robench: {e_ours}"] * bool(e_ours) + [f"bare: {e_bare}"] * bool(e_bare)
         for i, peer in enumerate(case.peers or [None]):
-            row = dict(base, peer="", peer_img_steps_per_s=math.nan, robench_over_peer=math.nan, peer_success=math.nan, peer_s=math.nan)
+            row = dict(
+                base,
+                peer="",
+                peer_img_steps_per_s=math.nan,
+                robench_over_peer=math.nan,
+                peer_success=math.nan,
+                peer_s=math.nan,
+            )
             row_errors = list(errors)
             if peer is not None:
                 t_peer, out, e_peer = attempt(peer.run)
@@ -458,7 +591,12 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     s_peer, counted = out
                     r_peer = rate(counted if counted is not None else total, t_peer)
-                    row.update(peer_img_steps_per_s=r_peer, robench_over_peer=r_ours / r_peer, peer_success=s_peer, peer_s=t_peer)
+                    row.update(
+                        peer_img_steps_per_s=r_peer,
+                        robench_over_peer=r_ours / r_peer,
+                        peer_success=s_peer,
+                        peer_s=t_peer,
+                    )
             row["error"] = "; ".join(row_errors)
             failures += bool(row_errors)
             rows.append(row)
@@ -468,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{(fmt(r_ours / r_bare, '6.2f') if first else ''):>6}  {(row['peer'] or '-'):36.36} {fmt(row['peer_img_steps_per_s'], '11.4g'):>11} "
                 f"{fmt(row['robench_over_peer'], '6.2f'):>6} {fmt(s_ours, '6.3f'):>6} {fmt(row['peer_success'], '7.3f'):>7}"
             )
-            for error in row_errors if (first or not errors) else row_errors[len(errors):]:
+            for error in row_errors if (first or not errors) else row_errors[len(errors) :]:
                 print(f"    failed: {error}")
 
     print()
@@ -477,7 +615,11 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         missed = []
         floor = GOALS["bare"].get(row["attack"])
-        if floor is not None and row["robench_over_bare"] < floor and row["peer"] == rows_first_peer(rows, row["attack"]):
+        if (
+            floor is not None
+            and row["robench_over_bare"] < floor
+            and row["peer"] == rows_first_peer(rows, row["attack"])
+        ):
             missed.append(f"{row['robench_over_bare']:.2f} of bare < {floor}")
         if row["peer"]:
             library = row["peer"].split()[0]

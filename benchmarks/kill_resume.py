@@ -68,7 +68,9 @@ def _records(out: Path) -> pd.DataFrame:
 
 
 def trial(command: list[str], reference: Path, out: Path, delay: float) -> tuple[bool, str]:
-    child = subprocess.Popen([c.replace("{out}", str(out)) for c in command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    child = subprocess.Popen(
+        [c.replace("{out}", str(out)) for c in command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT
+    )
     time.sleep(delay)
     killed = child.poll() is None
     if killed:
@@ -81,7 +83,10 @@ def trial(command: list[str], reference: Path, out: Path, delay: float) -> tuple
     no_duplicates = not ours.duplicated(subset=keys).any()
     same_records = ours.sort_values(keys).reset_index(drop=True).equals(theirs.sort_values(keys).reset_index(drop=True))
     ok = same_summary and no_duplicates and same_records
-    return ok, f"killed after {delay:.2f} s{'' if killed else ' (had finished)'}: summary {'identical' if same_summary else 'DIFFERS'}, records {'identical' if same_records else 'DIFFER'}, {'no' if no_duplicates else 'SOME'} duplicates"
+    return (
+        ok,
+        f"killed after {delay:.2f} s{'' if killed else ' (had finished)'}: summary {'identical' if same_summary else 'DIFFERS'}, records {'identical' if same_records else 'DIFFER'}, {'no' if no_duplicates else 'SOME'} duplicates",
+    )
 
 
 def main() -> int:
@@ -91,7 +96,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="n = 16 and the run only (the test's smoke mode)")
     parser.add_argument("--only", choices=("run", "suite"), default=None, help="Kill only the run or only the suite.")
     parser.add_argument("--n", type=int, default=48, help="Samples per attack.")
-    parser.add_argument("--latest", type=float, default=1.0, help="Kill no later than this fraction of the uninterrupted run's duration.")
+    parser.add_argument(
+        "--latest",
+        type=float,
+        default=1.0,
+        help="Kill no later than this fraction of the uninterrupted run's duration.",
+    )
     args = parser.parse_args()
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="robench-kill-"))

@@ -36,26 +36,32 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from robench.core.data import DATASETS
 from robench.checkpoints.model_factory import build_classifier
+from robench.core.data import DATASETS
 from robench.defenses import DEFENSES
 from robench.detectors import DETECTORS
 from robench.runs.prepare import config_threats, threat_detectors
 from robench.runs.suite import SuitePair, load_suite
 
 ROOT = Path(__file__).resolve().parents[1]
-SUITES = sorted((ROOT / "reports" / "reproduce" / "gpu").glob("00*.toml"), key=lambda p: [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", p.stem)])
+SUITES = sorted(
+    (ROOT / "reports" / "reproduce" / "gpu").glob("00*.toml"),
+    key=lambda p: [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", p.stem)],
+)
 WORKERS = (1, 8, 64)
 TEST_SIZE = {"mnist": 10_000, "cifar10": 10_000}
 TRAIN_SIZE = {"mnist": 60_000, "cifar10": 50_000}
-NOTE = ("times are in units of one worker as measured here (one CPU thread of this machine); "
-        "the speed-ups carry over to GPUs if detector fits and parts speed up alike there")
+NOTE = (
+    "times are in units of one worker as measured here (one CPU thread of this machine); "
+    "the speed-ups carry over to GPUs if detector fits and parts speed up alike there"
+)
 Key = tuple[str, str]  # (architecture, dataset family)
 
 
 @dataclass(frozen=True)
 class Part:
     """One Ray task: an attack on one batch, crafted on ``key``'s architecture."""
+
     key: Key
     images: int
     cost: float  # attack.cost(): model passes per image (a forward + backward counts as one)
@@ -80,7 +86,9 @@ def family_of(name: str, path: Path) -> str:
         for family in TEST_SIZE:
             if text.startswith(f"{family}-"):
                 return family
-    raise ValueError(f"model '{name}' ({path.name}): neither name nor file starts with one of {', '.join(f'{f}-' for f in TEST_SIZE)}")
+    raise ValueError(
+        f"model '{name}' ({path.name}): neither name nor file starts with one of {', '.join(f'{f}-' for f in TEST_SIZE)}"
+    )
 
 
 def arch_of(path: Path) -> str:
@@ -101,7 +109,9 @@ def plan_suite(path: Path) -> Plan:
         threats = config_threats(config)  # as prepare builds them, without loading anything
         for threat in threats:
             if (config.cascade or threat.default_cascade or "none") != "none":
-                raise ValueError(f"{path.name}: {pair.model_name} x {threat.name} runs a cascade, which this model leaves out")
+                raise ValueError(
+                    f"{path.name}: {pair.model_name} x {threat.name} runs a cascade, which this model leaves out"
+                )
         n_eff = min(config.n, TEST_SIZE[family])
         sizes = [min(config.batch_size, n_eff - start) for start in range(0, n_eff, config.batch_size)]
         assert len(sizes) == math.ceil(n_eff / config.batch_size)
@@ -133,7 +143,9 @@ def measure(keys: Sequence[Key], batch: int = 32, reps: int = 3) -> dict[Key, Ti
     for arch, family in sorted(set(keys)):
         spec = DATASETS.get(family)
         defense = DEFENSES.get("softmax").for_dataset(family)
-        model, _ = build_classifier(arch, {"dropout": 0.25}, spec.input_shape, spec.mean, spec.std, defense, spec.num_classes, seed=0)
+        model, _ = build_classifier(
+            arch, {"dropout": 0.25}, spec.input_shape, spec.mean, spec.std, defense, spec.num_classes, seed=0
+        )
         model.eval()
         generator = torch.Generator().manual_seed(0)
         x = torch.rand((batch, *spec.input_shape), generator=generator)
@@ -154,6 +166,7 @@ def measure(keys: Sequence[Key], batch: int = 32, reps: int = 3) -> dict[Key, Ti
 @dataclass(frozen=True)
 class Projection:
     """A suite's (or a group's) S, P, p_max (seconds of one worker as measured here) and T(N) for N in WORKERS."""
+
     name: str
     pairs: int
     parts: int
@@ -169,8 +182,21 @@ class Projection:
 
 def project(plan: Plan, times: dict[Key, Timing]) -> Projection:
     seconds = [part.cost * part.images * times[part.key].t_pass for part in plan.parts]
-    s, p, p_max = sum(TRAIN_SIZE[key[1]] * times[key].t_fwd for key in plan.fits.values()), sum(seconds), max(seconds, default=0.0)
-    return Projection(plan.name, plan.pairs, len(plan.parts), len(plan.fits), s, p, p_max, tuple(s + max(p / n, p_max) for n in WORKERS))
+    s, p, p_max = (
+        sum(TRAIN_SIZE[key[1]] * times[key].t_fwd for key in plan.fits.values()),
+        sum(seconds),
+        max(seconds, default=0.0),
+    )
+    return Projection(
+        plan.name,
+        plan.pairs,
+        len(plan.parts),
+        len(plan.fits),
+        s,
+        p,
+        p_max,
+        tuple(s + max(p / n, p_max) for n in WORKERS),
+    )
 
 
 def total(name: str, rows: list[Projection]) -> Projection:
@@ -186,17 +212,39 @@ def hm(seconds: float) -> str:
 
 
 def table(rows: list[Projection]) -> list[str]:
-    head = ["suite", "pairs", "parts", "fits", "S", "P", "p_max", *(f"T({n})" for n in WORKERS), *(f"T(1)/T({n})" for n in WORKERS[1:])]
+    head = [
+        "suite",
+        "pairs",
+        "parts",
+        "fits",
+        "S",
+        "P",
+        "p_max",
+        *(f"T({n})" for n in WORKERS),
+        *(f"T(1)/T({n})" for n in WORKERS[1:]),
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r.name, str(r.pairs), str(r.parts), str(r.fits), hm(r.s), hm(r.p), hm(r.p_max), *map(hm, r.ts), *(f"{r.ts[0] / t:.1f}x" for t in r.ts[1:])]
+        cells = [
+            r.name,
+            str(r.pairs),
+            str(r.parts),
+            str(r.fits),
+            hm(r.s),
+            hm(r.p),
+            hm(r.p_max),
+            *map(hm, r.ts),
+            *(f"{r.ts[0] / t:.1f}x" for t in r.ts[1:]),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("suites", nargs="*", type=Path, default=SUITES, help="suite files [default: reports/reproduce/gpu/00*.toml]")
+    parser.add_argument(
+        "suites", nargs="*", type=Path, default=SUITES, help="suite files [default: reports/reproduce/gpu/00*.toml]"
+    )
     parser.add_argument("--quick", action="store_true", help="time batches of 4, one repetition (for the tests)")
     parser.add_argument("--out", type=Path, help="also write the inputs and the table as Markdown to this file")
     args = parser.parse_args(argv)
@@ -205,19 +253,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     keys = [k for plan in plans for k in [part.key for part in plan.parts] + list(plan.fits.values())]
     batch, reps = (4, 1) if args.quick else (32, 3)
     times = measure(keys, batch, reps)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "?") if Path("/proc/cpuinfo").exists() else "?"
-    out = [f"Measured on {cpu}, {os.cpu_count()} cores, torch {torch.__version__} at {torch.get_num_threads()} thread, "
-           f"untrained classifiers, batch {batch}, median of {reps} after a warm-up:", "",
-           "| architecture | family | t_pass (ms/image, fwd + bwd) | t_fwd (ms/image, no_grad) | t_fwd / t_pass |", "|---|---|---|---|---|"]
-    out += [f"| {a} | {f} | {t.t_pass * 1e3:.3f} | {t.t_fwd * 1e3:.3f} | {t.t_fwd / t.t_pass:.2f} |" for (a, f), t in sorted(times.items())]
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            "?",
+        )
+        if Path("/proc/cpuinfo").exists()
+        else "?"
+    )
+    out = [
+        f"Measured on {cpu}, {os.cpu_count()} cores, torch {torch.__version__} at {torch.get_num_threads()} thread, "
+        f"untrained classifiers, batch {batch}, median of {reps} after a warm-up:",
+        "",
+        "| architecture | family | t_pass (ms/image, fwd + bwd) | t_fwd (ms/image, no_grad) | t_fwd / t_pass |",
+        "|---|---|---|---|---|",
+    ]
+    out += [
+        f"| {a} | {f} | {t.t_pass * 1e3:.3f} | {t.t_fwd * 1e3:.3f} | {t.t_fwd / t.t_pass:.2f} |"
+        for (a, f), t in sorted(times.items())
+    ]
     rows = [project(plan, times) for plan in plans]
     groups: dict[str, list[Projection]] = {}
     for row in rows:
         groups.setdefault(row.name.split("-")[0], []).append(row)
     rows += [total(f"**{g} total** ({len(m)} suites, one after another)", m) for g, m in groups.items() if len(m) > 1]
-    out += ["", f"Model: T(N) = S + max(P / N, p_max), N = {', '.join(map(str, WORKERS))} workers. S: the serial detector fits "
-            "(one train-set forward per fitted detector and model), P: all parts, p_max: the longest part; times h:mm.",
-            f"Units: {NOTE}.", ""]
+    out += [
+        "",
+        f"Model: T(N) = S + max(P / N, p_max), N = {', '.join(map(str, WORKERS))} workers. S: the serial detector fits "
+        "(one train-set forward per fitted detector and model), P: all parts, p_max: the longest part; times h:mm.",
+        f"Units: {NOTE}.",
+        "",
+    ]
     out += table(rows)
     text = "\n".join(out)
     print(text)

@@ -103,8 +103,14 @@ def suite_checks(out: Path, n: int, batch: int, cw_steps: int) -> tuple[list[str
     speedup = seconds["ray-1"] / seconds["ray-2"]
     identical = {mode: summary[mode] == summary["one-1"] for mode in ("ray-1", "ray-2")}
     baseline = out / "baseline-ray-2.json"
-    subprocess.run([*ROBENCH, "baseline", str(out / "ray-2"), "--out", str(baseline), "--force"], check=True, capture_output=True)
-    check = subprocess.run([*ROBENCH, "check", str(out / "plain"), "--baseline", str(baseline), "--two-sided"], capture_output=True, text=True)
+    subprocess.run(
+        [*ROBENCH, "baseline", str(out / "ray-2"), "--out", str(baseline), "--force"], check=True, capture_output=True
+    )
+    check = subprocess.run(
+        [*ROBENCH, "check", str(out / "plain"), "--baseline", str(baseline), "--two-sided"],
+        capture_output=True,
+        text=True,
+    )
     verdict = (check.stdout.strip().splitlines() or ["(no output)"])[-1]
     ok = speedup >= 1.7 and all(identical.values()) and check.returncode == 0
     rows = [
@@ -153,7 +159,12 @@ def kill_goal(out: Path, steps: int) -> tuple[list[str], bool]:
         "--no-sanity", "--no-progress", "--threads", "1",
     ]  # fmt: skip
     _timed([*common, "--out", str(out / "kill-unfaulted")])
-    run = subprocess.Popen([*common, "--out", str(out / "kill-ray"), "--ray", "local", "--ray-cpus", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        [*common, "--out", str(out / "kill-ray"), "--ray", "local", "--ray-cpus", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     killed: list[int] = []
 
     def watch() -> None:
@@ -192,7 +203,11 @@ def kill_goal(out: Path, steps: int) -> tuple[list[str], bool]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "ray-scaling")
-    parser.add_argument("--quick", action="store_true", help="Tiny settings (the CPU smoke path the tests run): the checks are printed, not enforced.")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="Tiny settings (the CPU smoke path the tests run): the checks are printed, not enforced.",
+    )
     args = parser.parse_args()
     if args.out.exists():
         shutil.rmtree(args.out)

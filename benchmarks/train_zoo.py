@@ -14,8 +14,8 @@ import argparse
 from pathlib import Path
 
 import robench
-from robench.defenses import DEFENSES
 from robench.core.devices import resolve_device
+from robench.defenses import DEFENSES
 
 
 def main() -> None:

@@ -119,7 +119,9 @@ class GCCSDefense(Defense):
     name: ClassVar[str] = "gccs"
     label: ClassVar[str] = "GCCS"
     table_rank: ClassVar[int] = 6
-    description: ClassVar[str] = "Gaussian class-conditional simplex loss: KL + kurtosis to simplex-centred Gaussians (Ali et al.; paper 003)"
+    description: ClassVar[str] = (
+        "Gaussian class-conditional simplex loss: KL + kurtosis to simplex-centred Gaussians (Ali et al.; paper 003)"
+    )
 
     def make_head(self, feature_dim: int, num_classes: int) -> nn.Module:
         return GCCSHead(feature_dim, num_classes, self.mu_t)

@@ -88,7 +88,9 @@ class LGMDefense(GaussianMixtureDefense):
     name: ClassVar[str] = "lgm"
     label: ClassVar[str] = "L-GM"
     table_rank: ClassVar[int] = 2
-    description: ClassVar[str] = "large-margin Gaussian-mixture loss with diagonal covariances (Wan et al., CVPR 2018; paper 002)"
+    description: ClassVar[str] = (
+        "large-margin Gaussian-mixture loss with diagonal covariances (Wan et al., CVPR 2018; paper 002)"
+    )
     family_defaults: ClassVar = {
         "mnist": {"alpha": 1.0},
         "cifar10": {"alpha": 0.3},

@@ -40,7 +40,9 @@ class MMLDADefense(CrossEntropyDefense, MMCDefense):
     name: ClassVar[str] = "mmlda"
     label: ClassVar[str] = "MMLDA"
     table_rank: ClassVar[int] = 4
-    description: ClassVar[str] = "Max-Mahalanobis LDA: cross-entropy on fixed MM centres (Pang et al., ICML 2018; paper 004 Eq. 10)"
+    description: ClassVar[str] = (
+        "Max-Mahalanobis LDA: cross-entropy on fixed MM centres (Pang et al., ICML 2018; paper 004 Eq. 10)"
+    )
 
     def loss(self, head: nn.Module, z: Tensor, y: Tensor) -> LossTerms:
         """Eq. 10, batch mean."""

@@ -65,7 +65,9 @@ class RCEDefense(Defense):
     name: ClassVar[str] = "rce"
     label: ClassVar[str] = "RCE"
     table_rank: ClassVar[int] = 3
-    description: ClassVar[str] = "reverse cross-entropy training, negated logits at test time (Pang et al., NeurIPS 2018)"
+    description: ClassVar[str] = (
+        "reverse cross-entropy training, negated logits at test time (Pang et al., NeurIPS 2018)"
+    )
 
     def make_head(self, feature_dim: int, num_classes: int) -> nn.Module:
         if num_classes < 2:

@@ -15,9 +15,9 @@ New attacks, threat models, defenses and detectors register themselves in
 """
 
 from robench.checkpoints.bundle import BundleMeta, ModelBundle, load_bundle, save_bundle
-from robench.specs.run_config import RunConfig
-from robench.runs.runner import RunResult, run
 from robench.checkpoints.train_bundle import train_bundle
+from robench.runs.runner import RunResult, run
+from robench.specs.run_config import RunConfig
 
 __all__ = ["BundleMeta", "ModelBundle", "RunConfig", "RunResult", "load_bundle", "run", "save_bundle", "train_bundle"]
 __version__ = "0.1.0"

@@ -7,9 +7,8 @@ import os
 import pytest
 import torch
 
-from tiny import make_tiny
-
 from robench.checkpoints.bundle import save_bundle
+from tiny import make_tiny
 
 
 def pytest_configure(config):
@@ -63,12 +62,15 @@ def trained_tiny():
 
     Returns {"softmax": ModelBundle, "gm": ModelBundle, "data": Dataset}.
     """
-    from robench.core.data import load_dataset
     from robench.checkpoints.train_bundle import train_bundle
+    from robench.core.data import load_dataset
 
     arch = {"width": 8, "hidden": 32, "feature_dim": 16, "dropout": 0.0}
     overrides = {"epochs": 2, "lr": 3e-3, "shift": 0}
-    bundles = {name: train_bundle(defense=name, arch_kwargs=arch, train_overrides=overrides, progress=False) for name in ("softmax", "gm")}
+    bundles = {
+        name: train_bundle(defense=name, arch_kwargs=arch, train_overrides=overrides, progress=False)
+        for name in ("softmax", "gm")
+    }
     for bundle in bundles.values():
         bundle.model.eval()
     return {**bundles, "data": load_dataset("mnist-5k")}

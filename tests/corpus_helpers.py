@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from test_rundir import synthetic_records, write_synthetic_run
-from tiny import Payload, make_tiny, two_model_suite
 
 from robench.checkpoints.bundle import save_bundle
+from test_rundir import synthetic_records, write_synthetic_run
+from tiny import Payload, make_tiny, two_model_suite
 
 MARKER = "PWNED-marker"  # created by os.system if a payload were ever unpickled
 THREAT = "semi-white-box"
@@ -54,7 +54,16 @@ def _checkpoints(world: Path) -> None:
     (world / "evil-pickle.pt").write_bytes(pickle.dumps(Payload(marker)))
     torch.save({"x": Payload(marker)}, world / "evil-zip.pt")
     model, meta = make_tiny("softmax")
-    torch.save({"format": "robench-bundle", "version": 1, "meta": Payload(marker), "state_dict": model.state_dict(), "content_hash": "0" * 64}, world / "evil-bundle.pt")
+    torch.save(
+        {
+            "format": "robench-bundle",
+            "version": 1,
+            "meta": Payload(marker),
+            "state_dict": model.state_dict(),
+            "content_hash": "0" * 64,
+        },
+        world / "evil-bundle.pt",
+    )
     torch.save(model.state_dict(), world / "state-dict.pt")
     torch.save({"format": "not-robench", "version": 1}, world / "other-format.pt")
     (world / "dir.pt").mkdir()
@@ -249,7 +258,10 @@ def _baselines(world: Path) -> None:
     edited("row-metric-int", rows=first(metric=3))
     edited("row-model-int", rows=first(model=3))
     edited("row-low-above-high", rows=first(low=0.9, high=0.1))
-    edited("row-fraction-above-one", rows=lambda rows: [{**r, "value": 1.5} if r["metric"] == "clean_accuracy" else r for r in rows])
+    edited(
+        "row-fraction-above-one",
+        rows=lambda rows: [{**r, "value": 1.5} if r["metric"] == "clean_accuracy" else r for r in rows],
+    )
     edited("row-duplicated", rows=lambda rows: [rows[0], *rows])
     edited("seeds-not-dict", seeds=[0])
     edited("seeds-strings", seeds={"soft": {THREAT: ["0"]}})
@@ -309,7 +321,9 @@ def _data_roots(world: Path) -> None:
     mnist("wrong-type", {s: b"\x00\x00\x0c" + _idx((2, 28, 28) if "images" in s else (2,))[3:] for s in _MNIST})
     mnist("wrong-shape", {s: _idx((2, 5, 5) if "images" in s else (2,)) for s in _MNIST})
     mnist("gz-garbage", {s + ".gz": b"not gzip at all" for s in _MNIST})
-    mnist("gz-truncated", {s + ".gz": gzip.compress(_idx((20, 28, 28) if "images" in s else (20,)))[:40] for s in _MNIST})
+    mnist(
+        "gz-truncated", {s + ".gz": gzip.compress(_idx((20, 28, 28) if "images" in s else (20,)))[:40] for s in _MNIST}
+    )
     mnist("labels-out-of-range", {s: _idx((2, 28, 28)) if "images" in s else _idx((2,), b"\xc8\xc8") for s in _MNIST})
     mnist("count-mismatch", {s: _idx((10, 28, 28)) if "images" in s else _idx((7,)) for s in _MNIST})
     # CIFAR-10 batches that are pickle payloads: the restricted unpickler must refuse them without running them.
@@ -355,5 +369,8 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
                 info = path.lstat()
             except FileNotFoundError:
                 continue
-            found[str(path.relative_to(root))] = (-1 if path.is_dir() else info.st_size, 0 if path.is_dir() else info.st_mtime_ns)
+            found[str(path.relative_to(root))] = (
+                -1 if path.is_dir() else info.st_size,
+                0 if path.is_dir() else info.st_mtime_ns,
+            )
     return found

@@ -182,8 +182,12 @@ def write_bad_imports(root: Path, marker: Path) -> None:
     torch.save(state, root / "plain-state.pt")
     pickle_payload_weights(root / "payload.pt", marker)
     pt2_with_payload(root / "net.pt2", root / "payload.pt2", marker)
-    pt2_with_edited_graph(root / "net.pt2", root / "os-target.pt2", "torch.ops.aten.relu.default", "torch.serialization.os.system")
-    pt2_with_edited_graph(root / "net.pt2", root / "sympy-eval.pt2", "Symbol(", f"__import__('os').system('touch {marker}') + Symbol(")
+    pt2_with_edited_graph(
+        root / "net.pt2", root / "os-target.pt2", "torch.ops.aten.relu.default", "torch.serialization.os.system"
+    )
+    pt2_with_edited_graph(
+        root / "net.pt2", root / "sympy-eval.pt2", "Symbol(", f"__import__('os').system('touch {marker}') + Symbol("
+    )
     (root / "garbage.pt2").write_bytes(b"not a zip at all")
     with zipfile.ZipFile(root / "net.pt2") as archive:
         program = next(archive.read(n) for n in archive.namelist() if n.endswith("models/model.json"))
@@ -207,10 +211,19 @@ def bad_imports(root: Path) -> dict[str, tuple[list, tuple[str, ...]]]:
 
     layer = ["--feature-layer", "penultimate"]
     return {
-        "layer-misspelled": (pt2 + ["--feature-layer", "penultimat"] + mnist, ("no module 'penultimat'", "did you mean", "'penultimate'")),
+        "layer-misspelled": (
+            pt2 + ["--feature-layer", "penultimat"] + mnist,
+            ("no module 'penultimat'", "did you mean", "'penultimate'"),
+        ),
         "layer-4d-output": (pt2 + ["--feature-layer", "conv"] + mnist, ("(N x d)",)),
-        "input-shape-mismatch": (fac + layer + ["--input-shape", "3,32,32", "--num-classes", "10"], ("shape (3, 32, 32)",)),
-        "classes-mismatch": (fac + layer + ["--input-shape", "1,28,28", "--num-classes", "7"], ("10 outputs", "7 classes")),
+        "input-shape-mismatch": (
+            fac + layer + ["--input-shape", "3,32,32", "--num-classes", "10"],
+            ("shape (3, 32, 32)",),
+        ),
+        "classes-mismatch": (
+            fac + layer + ["--input-shape", "1,28,28", "--num-classes", "7"],
+            ("10 outputs", "7 classes"),
+        ),
         "input-shape-malformed": (fac + layer + ["--input-shape", "1,28", "--num-classes", "10"], ("--input-shape",)),
         "no-inputs-declared": (pt2 + layer, ("--dataset", "--input-shape")),
         "value-range-reversed": (pt2 + layer + mnist + ["--value-range", "1,0"], ("--value-range",)),
@@ -221,12 +234,21 @@ def bad_imports(root: Path) -> dict[str, tuple[list, tuple[str, ...]]]:
         "dict-output": (["import_fixtures:dict_out"] + layer + mnist, ("dict", "wrap your model")),
         "weights-missing": (fac + w("missing.safetensors") + layer + mnist, ("missing classifier.bias",)),
         "weights-unexpected": (fac + w("unexpected.safetensors") + layer + mnist, ("unexpected extra.weight",)),
-        "weights-misshaped": (fac + w("misshaped.safetensors") + layer + mnist, ("classifier.weight has shape [10, 17]",)),
+        "weights-misshaped": (
+            fac + w("misshaped.safetensors") + layer + mnist,
+            ("classifier.weight has shape [10, 17]",),
+        ),
         "weights-pickle-payload": (fac + w("payload.pt") + layer + mnist, ("refused", "system")),
         "weights-no-file": (fac + w("nope.safetensors") + layer + mnist, ("no such file",)),
         "weights-with-a-program": (pt2 + w("net.safetensors") + layer + mnist, ("carries its weights",)),
-        "pt2-pickle-payload": ([root / "payload.pt2"] + layer + mnist, ("refused", "data/sample_inputs/model.pt", "system")),
-        "pt2-os-system-target": ([root / "os-target.pt2"] + layer + mnist, ("refused", "torch.serialization.os.system")),
+        "pt2-pickle-payload": (
+            [root / "payload.pt2"] + layer + mnist,
+            ("refused", "data/sample_inputs/model.pt", "system"),
+        ),
+        "pt2-os-system-target": (
+            [root / "os-target.pt2"] + layer + mnist,
+            ("refused", "torch.serialization.os.system"),
+        ),
         "pt2-sympy-eval": ([root / "sympy-eval.pt2"] + layer + mnist, ("refused", "outside robench's shape grammar")),
         "pt2-second-program": ([root / "second-program.pt2"] + layer + mnist, ("refused", "models/evil.JSON")),
         "pt2-extra-member": ([root / "extra-member.pt2"] + layer + mnist, ("refused", "data/weights/evil.pt")),
@@ -235,8 +257,14 @@ def bad_imports(root: Path) -> dict[str, tuple[list, tuple[str, ...]]]:
         "pt2-static-batch": ([root / "static-batch.pt2"] + layer + mnist, ("batches of exactly 2", "Dim('batch')")),
         "state-dict-as-source": ([root / "plain-state.pt"] + layer + mnist, ("--kind factory",)),
         "no-such-source": ([root / "nothing-here.pt2"] + layer + mnist, ("no such file",)),
-        "factory-no-module": (["no_such_module_xyz:make"] + layer + mnist, ("cannot import module 'no_such_module_xyz'",)),
-        "factory-no-function": (["import_fixtures:small_nett"] + layer + mnist, ("has no 'small_nett'", "did you mean")),
+        "factory-no-module": (
+            ["no_such_module_xyz:make"] + layer + mnist,
+            ("cannot import module 'no_such_module_xyz'",),
+        ),
+        "factory-no-function": (
+            ["import_fixtures:small_nett"] + layer + mnist,
+            ("has no 'small_nett'", "did you mean"),
+        ),
         "factory-not-callable": (["import_fixtures:NOT_CALLABLE"] + layer + mnist, ("not a callable",)),
         "factory-not-a-module": (["import_fixtures:not_a_module"] + layer + mnist, ("not a torch.nn.Module",)),
         "factory-raises": (["import_fixtures:raises"] + layer + mnist, ("the factory itself failed",)),
@@ -244,7 +272,16 @@ def bad_imports(root: Path) -> dict[str, tuple[list, tuple[str, ...]]]:
         "defense-without-its-head": (pt2 + layer + mnist + ["--defense", "gm"], ("--defense gm",)),
         "defense-unknown": (pt2 + layer + mnist + ["--defense", "gmm"], ("gmm", "did you mean")),
         "dataset-unknown": (pt2 + layer + ["--dataset", "mnist-5kk"], ("mnist-5kk", "did you mean")),
-        "timm-pretrained": (["timm:resnet18", "--factory-kwarg", "pretrained=true"] + w("net.safetensors") + ["--feature-layer", "fc"] + mnist, ("pretrained", "never downloads")),
-        "timm-hub-name": (["timm:hf-hub:timm/resnet18"] + w("net.safetensors") + ["--feature-layer", "fc"] + mnist, ("hub",)),
+        "timm-pretrained": (
+            ["timm:resnet18", "--factory-kwarg", "pretrained=true"]
+            + w("net.safetensors")
+            + ["--feature-layer", "fc"]
+            + mnist,
+            ("pretrained", "never downloads"),
+        ),
+        "timm-hub-name": (
+            ["timm:hf-hub:timm/resnet18"] + w("net.safetensors") + ["--feature-layer", "fc"] + mnist,
+            ("hub",),
+        ),
         "timm-without-weights": (["timm:resnet18", "--feature-layer", "fc"] + mnist, ("--weights",)),
     }

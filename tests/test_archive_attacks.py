@@ -26,9 +26,9 @@ import pytest
 import torch
 
 import import_fixtures as F
-from robench.core.errors import BundleError
 from robench.checkpoints.imported import archive as A
 from robench.checkpoints.imported.sym_expr import ExpressionError, canonical_expression
+from robench.core.errors import BundleError
 
 ALARM_S = 60
 Members = dict[str, bytes]
@@ -90,7 +90,10 @@ def _replace_expr(new: str) -> Callable[[str, Members, Path], Members]:
     def variant(top: str, members: Members, marker: Path) -> Members:
         text = members[f"{top}/models/model.json"].decode()
         old = re.search(r"Symbol\('s\d+', positive=True, integer=True\)", text).group(0)
-        return {**members, f"{top}/models/model.json": text.replace(json.dumps(old)[1:-1], json.dumps(new)[1:-1]).encode()}
+        return {
+            **members,
+            f"{top}/models/model.json": text.replace(json.dumps(old)[1:-1], json.dumps(new)[1:-1]).encode(),
+        }
 
     return variant
 
@@ -165,7 +168,9 @@ def _pickle_in(member: str) -> Callable[[str, Members, Path], Members]:
 
 def _constant(prefix: str) -> Callable[[str, Members, Path], Members]:
     def variant(top: str, members: Members, marker: Path) -> Members:
-        config = {"config": {"evil": {"path_name": f"{prefix}0", "is_param": False, "use_pickle": True, "tensor_meta": None}}}
+        config = {
+            "config": {"evil": {"path_name": f"{prefix}0", "is_param": False, "use_pickle": True, "tensor_meta": None}}
+        }
         out = _set_json(members, top, "data/constants/model_constants_config.json", config)
         out[f"{top}/data/constants/{prefix}0"] = _payload(marker)
         return out
@@ -261,8 +266,15 @@ HOSTILE_EXPRESSIONS = {
 }
 
 REFUSED: dict[str, Callable[[str, Members, Path], object]] = {
-    **{f"extra-{folder or 'top/'}{name}": _extra_member(folder, name) for folder in FOLDERS for name in ("evil.json", "evil.pt")},
-    **{f"second-program{ext or '-no-extension'}": _second_program(ext) for ext in (".json", ".JSON", ".Json", "", ".txt")},
+    **{
+        f"extra-{folder or 'top/'}{name}": _extra_member(folder, name)
+        for folder in FOLDERS
+        for name in ("evil.json", "evil.pt")
+    },
+    **{
+        f"second-program{ext or '-no-extension'}": _second_program(ext)
+        for ext in (".json", ".JSON", ".Json", "", ".txt")
+    },
     "case-program": _renamed("models/model.json", "models/Model.json"),
     "case-extension": _renamed("models/model.json", "models/model.JSON"),
     "case-folder": _renamed("models/model.json", "MODELS/model.json"),
@@ -342,7 +354,7 @@ def test_what_robench_drops_never_runs(base, tmp_path, name):
 
 def test_the_plain_archive_loads_and_matches(base):
     top, members = base
-    ep = _read(_zip(members, Path('unused')))
+    ep = _read(_zip(members, Path("unused")))
     assert len(ep.graph_signature.user_inputs) == 1
 
 
@@ -350,11 +362,11 @@ def test_limits_are_checked_before_reading(base, monkeypatch):
     top, members = base
     monkeypatch.setattr(A, "MAX_ARCHIVE_BYTES", 1000)
     with pytest.raises(BundleError, match="unpacks to more than"):
-        A.load_checked_program(_zip(members, Path('unused')), "big.pt2")
+        A.load_checked_program(_zip(members, Path("unused")), "big.pt2")
     monkeypatch.setattr(A, "MAX_ARCHIVE_BYTES", 2 * 1024**3)
     monkeypatch.setattr(A, "MAX_JSON_BYTES", 100)
     with pytest.raises(BundleError, match="larger than"):
-        A.load_checked_program(_zip(members, Path('unused')), "big.pt2")
+        A.load_checked_program(_zip(members, Path("unused")), "big.pt2")
 
 
 @pytest.mark.parametrize(

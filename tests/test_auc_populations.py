@@ -49,9 +49,13 @@ def test_each_population_by_hand() -> None:
     clean_correct = [0.9, 0.8, 0.7, 0.6, 0.5, 0.3, 0.95]
     assert metric_value("auc_roc", records, "kd") == pytest.approx(_mann_whitney(clean_correct, [0.1, 0.85, 0.3]))
     # attempted: the same positives vs every clean-correct sample's returned input (0-4, 6; 7 has no score)
-    assert metric_value("auc_attempted", records, "kd") == pytest.approx(_mann_whitney(clean_correct, [0.1, 0.85, 0.75, 0.65, 0.2, 0.3]))
+    assert metric_value("auc_attempted", records, "kd") == pytest.approx(
+        _mann_whitney(clean_correct, [0.1, 0.85, 0.75, 0.65, 0.2, 0.3])
+    )
     # paired: clean-correct samples whose adversarial is misclassified and both scored (0, 1, 4, 6), on both sides
-    assert metric_value("auc_paired", records, "kd") == pytest.approx(_mann_whitney([0.9, 0.8, 0.5, 0.3], [0.1, 0.85, 0.2, 0.3]))
+    assert metric_value("auc_paired", records, "kd") == pytest.approx(
+        _mann_whitney([0.9, 0.8, 0.5, 0.3], [0.1, 0.85, 0.2, 0.3])
+    )
 
 
 def test_the_populations_differ_here_and_the_summary_has_one_column_each() -> None:

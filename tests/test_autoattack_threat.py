@@ -17,12 +17,12 @@ import torch
 
 from robench.checkpoints.bundle import load_bundle
 from robench.core.data import load_dataset
+from robench.runs.runner import run, select_samples
 from robench.scoring import records as R
 from robench.scoring.metrics import metric_value
-from robench.specs.run_config import RunConfig
-from robench.runs.runner import run, select_samples
-from robench.specs.threats import THREATS
 from robench.scoring.worst_case import worst_case_records
+from robench.specs.run_config import RunConfig
+from robench.specs.threats import THREATS
 
 torchattacks = pytest.importorskip("torchattacks")
 
@@ -33,8 +33,15 @@ SLOW = pytest.mark.skipif(not os.environ.get("ROBENCH_SLOW"), reason="slow: set 
 
 def _ours(model: str, eps: float, n: int, settings: dict[str, object] | None = None):
     config = RunConfig(
-        model=MODELS / f"{model}.pt", threat="autoattack", n=n, batch_size=n, seed=0, device="cpu",
-        settings={**{f"{label}.eps": eps for label in LABELS}, **(settings or {})}, detectors=("max-prob",), sanity=False,
+        model=MODELS / f"{model}.pt",
+        threat="autoattack",
+        n=n,
+        batch_size=n,
+        seed=0,
+        device="cpu",
+        settings={**{f"{label}.eps": eps for label in LABELS}, **(settings or {})},
+        detectors=("max-prob",),
+        sanity=False,
     )
     return run(config, progress=False, echo=lambda line: None)
 
@@ -63,7 +70,9 @@ def test_autoattack_is_registered_as_the_standard_ensemble():
     threat = THREATS.get("autoattack")
     assert threat.labels() == list(LABELS) and threat.default_cascade == "misclassified" and threat.access == "grey-box"
     params = {spec.label: dict(spec.params) for spec in threat.attacks}
-    assert params["APGD-CE"]["steps"] == params["APGD-T"]["steps"] == params["FAB-T"]["steps"] == 100  # the paper's, not torchattacks' 10
+    assert (
+        params["APGD-CE"]["steps"] == params["APGD-T"]["steps"] == params["FAB-T"]["steps"] == 100
+    )  # the paper's, not torchattacks' 10
     assert params["Square"]["n_queries"] == 5000 and params["FAB-T"]["multi_targeted"] is True
 
 
@@ -82,12 +91,14 @@ def test_autoattack_cascade_agrees_with_torchattacks_ensemble_on_the_same_inputs
 
     def ensemble(model):
         ta = torchattacks
-        return ta.MultiAttack([
-            ta.APGD(model, eps=eps, steps=20, n_restarts=1, loss="ce", seed=0),
-            ta.APGDT(model, eps=eps, steps=5, n_restarts=1, n_classes=10, seed=0),
-            ta.FAB(model, eps=eps, steps=5, n_restarts=1, multi_targeted=True, n_classes=10, seed=0),
-            ta.Square(model, eps=eps, n_queries=150, n_restarts=1, seed=0),
-        ])
+        return ta.MultiAttack(
+            [
+                ta.APGD(model, eps=eps, steps=20, n_restarts=1, loss="ce", seed=0),
+                ta.APGDT(model, eps=eps, steps=5, n_restarts=1, n_classes=10, seed=0),
+                ta.FAB(model, eps=eps, steps=5, n_restarts=1, multi_targeted=True, n_classes=10, seed=0),
+                ta.Square(model, eps=eps, n_queries=150, n_restarts=1, seed=0),
+            ]
+        )
 
     theirs, half = _theirs("gm", eps, n, ensemble)
     assert ours <= theirs + half, (ours, theirs, half)
@@ -99,5 +110,10 @@ def test_autoattack_cascade_agrees_with_torchattacks_ensemble_on_the_same_inputs
 def test_autoattack_threat_at_its_settings_matches_torchattacks_autoattack(model):
     eps, n = 0.1, 100
     ours = _worst(_ours(model, eps, n))
-    theirs, half = _theirs(model, eps, n, lambda m: torchattacks.AutoAttack(m, norm="Linf", eps=eps, version="standard", n_classes=10, seed=0))
+    theirs, half = _theirs(
+        model,
+        eps,
+        n,
+        lambda m: torchattacks.AutoAttack(m, norm="Linf", eps=eps, version="standard", n_classes=10, seed=0),
+    )
     assert ours <= theirs + half, (ours, theirs, half)

@@ -31,25 +31,34 @@ from pathlib import Path
 
 import click
 import pytest
-from corpus_helpers import BAD_BASELINES, BAD_CHECKPOINTS, DATA_ROOTS, MARKER, RUN_FOLDERS, build_world, snapshot, suite_texts
-from import_fixtures import bad_imports, small_net, write_bad_imports, write_import_sources
-from test_cli import assert_one_line_error
-from test_cli import run as run_cli
 
 import robench
+from corpus_helpers import (
+    BAD_BASELINES,
+    BAD_CHECKPOINTS,
+    DATA_ROOTS,
+    MARKER,
+    RUN_FOLDERS,
+    build_world,
+    snapshot,
+    suite_texts,
+)
+from import_fixtures import bad_imports, small_net, write_bad_imports, write_import_sources
 from robench.attacks import ATTACKS
 from robench.attacks.cw_wb import ETA_MODES
+from robench.checkpoints.training import TrainConfig
 from robench.cli.commands import cli
 from robench.core.data import DATASETS
 from robench.core.errors import ConfigError, RobenchError
 from robench.core.models import ARCHITECTURES
-from robench.checkpoints.training import TrainConfig
 from robench.defenses import DEFENSES
 from robench.detectors import DETECTORS
-from robench.scoring.metrics import POPULATIONS, METRICS
+from robench.report.tables import FORMATS, LAYOUTS
+from robench.scoring.metrics import METRICS, POPULATIONS
 from robench.specs.run_config import RunConfig
 from robench.specs.threats import THREATS
-from robench.report.tables import FORMATS, LAYOUTS
+from test_cli import assert_one_line_error
+from test_cli import run as run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 W = "{W}"  # stands for the world folder in a case's arguments
@@ -95,7 +104,21 @@ GUARDS = [
 
 CONTEXTS: dict[str, list[str]] = {
     "train": ["train", "--out", "x.pt", "--device", "cpu", "--no-progress"],
-    "run": ["run", "--model", f"{W}/softmax.pt", "--threat", "noise", "--device", "cpu", "--no-progress", "--no-sanity", "--detector", "max-prob", "--out", "o"],
+    "run": [
+        "run",
+        "--model",
+        f"{W}/softmax.pt",
+        "--threat",
+        "noise",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--no-sanity",
+        "--detector",
+        "max-prob",
+        "--out",
+        "o",
+    ],
     "detect": ["detect", "--model", f"{W}/softmax.pt", "--detector", "kd", "--device", "cpu"],
     "suite": ["suite", f"{W}/good-suite.toml", "--out", "o", "--no-progress"],
     "demo": ["demo", "--out", "o", "--models-dir", "m", "--device", "cpu", "--no-progress"],
@@ -104,7 +127,16 @@ CONTEXTS: dict[str, list[str]] = {
     "check": ["check", f"{W}/run", "--baseline", f"{W}/baseline.json"],
     "info": ["info", f"{W}/softmax.pt"],
     "list": ["list"],
-    "import": ["import", f"{W}/import/net.pt2", "--out", "x.pt", "--feature-layer", "penultimate", "--dataset", "mnist-5k"],
+    "import": [
+        "import",
+        f"{W}/import/net.pt2",
+        "--out",
+        "x.pt",
+        "--feature-layer",
+        "penultimate",
+        "--dataset",
+        "mnist-5k",
+    ],
 }
 
 
@@ -152,38 +184,86 @@ def did_you_mean(name: str) -> tuple[str, str]:
 
 def _names() -> None:
     for command in cli.list_commands(None):
-        case(f"command:{command}", [misspell(command, cli.list_commands(None))], fragments=("unknown command", *did_you_mean(command)))
+        case(
+            f"command:{command}",
+            [misspell(command, cli.list_commands(None))],
+            fragments=("unknown command", *did_you_mean(command)),
+        )
     kinds = ["datasets", "architectures", "defenses", "detectors", "attacks", "threats"]
     for kind in kinds:
         case(f"list:{kind}", ["list", misspell(kind, kinds)], fragments=("unknown kind", *did_you_mean(kind)))
     for option, registry in (("--dataset", DATASETS), ("--arch", ARCHITECTURES), ("--defense", DEFENSES)):
         for name in registry.names():
-            case(f"train{option}:{name}", CONTEXTS["train"] + [option, misspell(name, registry.names())], fragments=did_you_mean(name))
+            case(
+                f"train{option}:{name}",
+                CONTEXTS["train"] + [option, misspell(name, registry.names())],
+                fragments=did_you_mean(name),
+            )
     for name in THREATS.names():
         case(f"run--threat:{name}", _run_ctx(misspell(name, [*THREATS.names(), "all"])), fragments=did_you_mean(name))
         threat = THREATS.get(name)
         labels = threat.labels()
         context = _run_ctx(name) + (["--substitute", f"{W}/gm.pt"] if threat.needs_substitute else [])
         for label in labels:
-            case(f"run--attack:{name}:{label}", context + ["--attack", misspell(label, labels)], fragments=did_you_mean(label))
-            case(f"run--set-label:{name}:{label}", context + ["--set", f"{misspell(label, labels)}.steps=1"], fragments=did_you_mean(label))
+            case(
+                f"run--attack:{name}:{label}",
+                context + ["--attack", misspell(label, labels)],
+                fragments=did_you_mean(label),
+            )
+            case(
+                f"run--set-label:{name}:{label}",
+                context + ["--set", f"{misspell(label, labels)}.steps=1"],
+                fragments=did_you_mean(label),
+            )
     for name in DETECTORS.names():
         bad = misspell(name, DETECTORS.names())
-        case(f"run--detector:{name}", _without(_run_ctx(), "--detector") + ["--detector", bad], fragments=did_you_mean(name))
-        case(f"detect--detector:{name}", _without(CONTEXTS["detect"], "--detector") + ["--detector", bad], fragments=did_you_mean(name))
+        case(
+            f"run--detector:{name}",
+            _without(_run_ctx(), "--detector") + ["--detector", bad],
+            fragments=did_you_mean(name),
+        )
+        case(
+            f"detect--detector:{name}",
+            _without(CONTEXTS["detect"], "--detector") + ["--detector", bad],
+            fragments=did_you_mean(name),
+        )
     for name in DATASETS.names():
-        case(f"run--dataset:{name}", _run_ctx() + ["--dataset", misspell(name, DATASETS.names())], fragments=did_you_mean(name))
+        case(
+            f"run--dataset:{name}",
+            _run_ctx() + ["--dataset", misspell(name, DATASETS.names())],
+            fragments=did_you_mean(name),
+        )
     for name in LAYOUTS.names():
-        case(f"report--layout:{name}", CONTEXTS["report"] + ["--layout", misspell(name, LAYOUTS.names())], fragments=did_you_mean(name))
+        case(
+            f"report--layout:{name}",
+            CONTEXTS["report"] + ["--layout", misspell(name, LAYOUTS.names())],
+            fragments=did_you_mean(name),
+        )
     for name in FORMATS:
-        case(f"report--format:{name}", CONTEXTS["report"] + ["--format", misspell(name, FORMATS)], fragments=("--format",))
+        case(
+            f"report--format:{name}",
+            CONTEXTS["report"] + ["--format", misspell(name, FORMATS)],
+            fragments=("--format",),
+        )
     for name in POPULATIONS:
-        case(f"report--population:{name}", CONTEXTS["report"] + ["--population", misspell(name, list(POPULATIONS))], fragments=did_you_mean(name))
+        case(
+            f"report--population:{name}",
+            CONTEXTS["report"] + ["--population", misspell(name, list(POPULATIONS))],
+            fragments=did_you_mean(name),
+        )
     for name in ETA_MODES:
         wb = _without(_run_ctx("white-box"), "--detector") + ["--detector", "kd", "--attack", "C&W-wb"]
-        case(f"run--set:eta_mode:{name}", wb + ["--set", f"C&W-wb.eta_mode={misspell(name, list(ETA_MODES))}"], fragments=did_you_mean(name))
+        case(
+            f"run--set:eta_mode:{name}",
+            wb + ["--set", f"C&W-wb.eta_mode={misspell(name, list(ETA_MODES))}"],
+            fragments=did_you_mean(name),
+        )
     for name in METRICS.names():
-        case(f"check--tolerance:{name}", CONTEXTS["check"] + ["--tolerance", f"{misspell(name, METRICS.names())}=0.1"], fragments=did_you_mean(name))
+        case(
+            f"check--tolerance:{name}",
+            CONTEXTS["check"] + ["--tolerance", f"{misspell(name, METRICS.names())}=0.1"],
+            fragments=did_you_mean(name),
+        )
 
 
 # ---------------------------------------------------------------- generated: numeric options of every command
@@ -203,7 +283,9 @@ def numeric_options() -> list[tuple[str, click.Option]]:
     found = []
     for name, command in sorted(cli.commands.items()):
         for param in command.params:
-            if isinstance(param, click.Option) and isinstance(param.type, (click.types.IntParamType, click.types.FloatParamType)):
+            if isinstance(param, click.Option) and isinstance(
+                param.type, (click.types.IntParamType, click.types.FloatParamType)
+            ):
                 found.append((name, param))
     return found
 
@@ -221,7 +303,11 @@ def _numeric() -> None:
             values.append("-1")
         stem = option.lstrip("-")
         for value in values:
-            case(f"{command}{option}={value}", CONTEXTS[command] + [option, value], fragments=((stem, stem.replace("-", "_")),))
+            case(
+                f"{command}{option}={value}",
+                CONTEXTS[command] + [option, value],
+                fragments=((stem, stem.replace("-", "_")),),
+            )
 
 
 # ---------------------------------------------------------------- generated: attack, detector, defense, training and architecture fields
@@ -251,8 +337,16 @@ def _attack_fields() -> None:
         names = _fields(cls)
         for field in names:
             for value in ("nan", "abc"):
-                case(f"run--set:{attack}:{label}.{field}={value}", context + ["--set", f"{label}.{field}={value}"], fragments=(field,))
-            case(f"run--set:{attack}:{label}.{field}-misspelled", context + ["--set", f"{label}.{misspell(field, names)}=1"], fragments=did_you_mean(field))
+                case(
+                    f"run--set:{attack}:{label}.{field}={value}",
+                    context + ["--set", f"{label}.{field}={value}"],
+                    fragments=(field,),
+                )
+            case(
+                f"run--set:{attack}:{label}.{field}-misspelled",
+                context + ["--set", f"{label}.{misspell(field, names)}=1"],
+                fragments=did_you_mean(field),
+            )
 
 
 DETECTOR_MODELS = {"bu": "dropout", "kd+bu": "dropout", "gm-likelihood": "gm"}  # a bundle each detector applies to
@@ -263,15 +357,32 @@ def _detector_fields() -> None:
     for detector, cls in DETECTORS.items():
         model = DETECTOR_MODELS.get(detector, "softmax")
         run_context = _without(_run_ctx(model=model), "--detector") + ["--detector", detector]
-        detect_context = _without(_without(CONTEXTS["detect"], "--detector"), "--model") + ["--model", f"{W}/{model}.pt", "--detector", detector]
+        detect_context = _without(_without(CONTEXTS["detect"], "--detector"), "--model") + [
+            "--model",
+            f"{W}/{model}.pt",
+            "--detector",
+            detector,
+        ]
         names = _fields(cls)
         for field in names:
             for value in ("nan", "abc"):
                 if detector not in RUN_REFUSES:
-                    case(f"run--detector-set:{detector}.{field}={value}", run_context + ["--detector-set", f"{detector}.{field}={value}"], fragments=(field,))
-                case(f"detect--set:{detector}.{field}={value}", detect_context + ["--set", f"{detector}.{field}={value}"], fragments=(field,))
+                    case(
+                        f"run--detector-set:{detector}.{field}={value}",
+                        run_context + ["--detector-set", f"{detector}.{field}={value}"],
+                        fragments=(field,),
+                    )
+                case(
+                    f"detect--set:{detector}.{field}={value}",
+                    detect_context + ["--set", f"{detector}.{field}={value}"],
+                    fragments=(field,),
+                )
             bad = f"{detector}.{misspell(field, names)}=1"
-            case(f"detect--set:{detector}.{field}-misspelled", detect_context + ["--set", bad], fragments=did_you_mean(field))
+            case(
+                f"detect--set:{detector}.{field}-misspelled",
+                detect_context + ["--set", bad],
+                fragments=did_you_mean(field),
+            )
 
 
 def _defense_fields() -> None:
@@ -279,20 +390,40 @@ def _defense_fields() -> None:
         names = _fields(cls)
         for field in names:
             for value in ("nan", "inf", "abc"):
-                case(f"train--defense-param:{defense}.{field}={value}", CONTEXTS["train"] + ["--defense", defense, "--defense-param", f"{field}={value}"], fragments=(field,))
-            case(f"train--defense-param:{defense}.{field}-misspelled", CONTEXTS["train"] + ["--defense", defense, "--defense-param", f"{misspell(field, names)}=1"], fragments=did_you_mean(field))
+                case(
+                    f"train--defense-param:{defense}.{field}={value}",
+                    CONTEXTS["train"] + ["--defense", defense, "--defense-param", f"{field}={value}"],
+                    fragments=(field,),
+                )
+            case(
+                f"train--defense-param:{defense}.{field}-misspelled",
+                CONTEXTS["train"] + ["--defense", defense, "--defense-param", f"{misspell(field, names)}=1"],
+                fragments=did_you_mean(field),
+            )
 
 
 def _train_fields() -> None:
     names = _fields(TrainConfig)
     for field in names:
         for value in ("nan", "abc"):
-            case(f"train--train-param:{field}={value}", CONTEXTS["train"] + ["--train-param", f"{field}={value}"], fragments=(field,))
-        case(f"train--train-param:{field}-misspelled", CONTEXTS["train"] + ["--train-param", f"{misspell(field, names)}=1"], fragments=did_you_mean(field))
+            case(
+                f"train--train-param:{field}={value}",
+                CONTEXTS["train"] + ["--train-param", f"{field}={value}"],
+                fragments=(field,),
+            )
+        case(
+            f"train--train-param:{field}-misspelled",
+            CONTEXTS["train"] + ["--train-param", f"{misspell(field, names)}=1"],
+            fragments=did_you_mean(field),
+        )
 
 
 def _arch_kwargs(arch: str) -> list[str]:
-    return [p.name for p in inspect.signature(ARCHITECTURES.get(arch).build).parameters.values() if p.default is not inspect.Parameter.empty]
+    return [
+        p.name
+        for p in inspect.signature(ARCHITECTURES.get(arch).build).parameters.values()
+        if p.default is not inspect.Parameter.empty
+    ]
 
 
 def _arch_fields() -> None:
@@ -301,8 +432,16 @@ def _arch_fields() -> None:
         names = _arch_kwargs(arch)
         for field in names:
             for value in ("nan", "NaN", "abc", "-1"):
-                case(f"train--arch-param:{arch}.{field}={value}", context + ["--arch-param", f"{field}={value}"], fragments=(field,))
-            case(f"train--arch-param:{arch}.{field}-misspelled", context + ["--arch-param", f"{misspell(field, names)}=1"], fragments=did_you_mean(field))
+                case(
+                    f"train--arch-param:{arch}.{field}={value}",
+                    context + ["--arch-param", f"{field}={value}"],
+                    fragments=(field,),
+                )
+            case(
+                f"train--arch-param:{arch}.{field}-misspelled",
+                context + ["--arch-param", f"{misspell(field, names)}=1"],
+                fragments=did_you_mean(field),
+            )
 
 
 # ---------------------------------------------------------------- hand-written: checkpoints
@@ -336,21 +475,50 @@ def _suites() -> None:
 
 def _baselines() -> None:
     for name in BAD_BASELINES:
-        case(f"check--baseline:{name}", _without(CONTEXTS["check"], "--baseline") + ["--baseline", f"{W}/baselines/{name}.json"], NAME_CODES)
+        case(
+            f"check--baseline:{name}",
+            _without(CONTEXTS["check"], "--baseline") + ["--baseline", f"{W}/baselines/{name}.json"],
+            NAME_CODES,
+        )
     for value in ("abc", "nan", "inf", "-inf", "1e400", "-1", ""):
-        case(f"check--tolerance:auc_roc={value}", CONTEXTS["check"] + ["--tolerance", f"auc_roc={value}"], NAME_CODES, ("auc_roc",))
+        case(
+            f"check--tolerance:auc_roc={value}",
+            CONTEXTS["check"] + ["--tolerance", f"auc_roc={value}"],
+            NAME_CODES,
+            ("auc_roc",),
+        )
     case("check--tolerance:no-equals", CONTEXTS["check"] + ["--tolerance", "auc_roc"], NAME_CODES, ("KEY=VALUE",))
     case("check--tolerance:no-key", CONTEXTS["check"] + ["--tolerance", "=0.1"], NAME_CODES, ("KEY=VALUE",))
     case("baseline--out:exists", ["baseline", f"{W}/run", "--out", f"{W}/a-file"], NAME_CODES, ("exists", "--force"))
     case("baseline--out:a-directory", ["baseline", f"{W}/run", "--out", f"{W}/dir.pt"], NAME_CODES, ("--out",))
     case("baseline--out:empty", ["baseline", f"{W}/run", "--out", ""], NAME_CODES, ("must not be empty",))
-    case("baseline--out:empty-force", ["baseline", f"{W}/run", "--out", "", "--force"], NAME_CODES, ("must not be empty",))
+    case(
+        "baseline--out:empty-force",
+        ["baseline", f"{W}/run", "--out", "", "--force"],
+        NAME_CODES,
+        ("must not be empty",),
+    )
     case("report--out:pdf", CONTEXTS["report"] + ["--out", "x.pdf"], NAME_CODES, ("--format",))
     case("report--out:no-suffix", CONTEXTS["report"] + ["--out", "tables"], NAME_CODES, ("--format",))
-    case("report--out:exists", CONTEXTS["report"] + ["--out", f"{W}/a-file", "--format", "csv"], NAME_CODES, ("exists", "--force"))
+    case(
+        "report--out:exists",
+        CONTEXTS["report"] + ["--out", f"{W}/a-file", "--format", "csv"],
+        NAME_CODES,
+        ("exists", "--force"),
+    )
     case("report--out:empty", CONTEXTS["report"] + ["--out", ""], NAME_CODES, ("must not be empty",))
-    case("report--out:empty-force", CONTEXTS["report"] + ["--out", "", "--force", "--format", "csv"], NAME_CODES, ("must not be empty",))
-    case("report--standalone:csv", CONTEXTS["report"] + ["--standalone", "--format", "csv"], NAME_CODES, ("--standalone",))
+    case(
+        "report--out:empty-force",
+        CONTEXTS["report"] + ["--out", "", "--force", "--format", "csv"],
+        NAME_CODES,
+        ("must not be empty",),
+    )
+    case(
+        "report--standalone:csv",
+        CONTEXTS["report"] + ["--standalone", "--format", "csv"],
+        NAME_CODES,
+        ("--standalone",),
+    )
     case("report--plots-dir:a-file", CONTEXTS["report"] + ["--plots-dir", f"{W}/a-file"], NAME_CODES, ("--plots-dir",))
     for name in RUN_FOLDERS:
         path = f"{W}/{name}"
@@ -366,10 +534,25 @@ def _data_roots() -> None:
     for name in DATA_ROOTS:
         root = f"{W}/{name}"
         case(f"run--data-root:{name}", _run_ctx() + ["--dataset", "mnist", "--data-root", root], FILE_CODES, (name,))
-        case(f"train--data-root:{name}", CONTEXTS["train"] + ["--dataset", "mnist", "--data-root", root], FILE_CODES, (name,))
+        case(
+            f"train--data-root:{name}",
+            CONTEXTS["train"] + ["--dataset", "mnist", "--data-root", root],
+            FILE_CODES,
+            (name,),
+        )
     case("run--dataset:mnist-without-data-root", _run_ctx() + ["--dataset", "mnist"], FILE_CODES, ("--data-root",))
-    case("run--data-root:a-file", _run_ctx() + ["--dataset", "mnist", "--data-root", f"{W}/data/a-file"], NAME_CODES, ("--data-root",))
-    case("train--data-root:cifar10-pickle-payload", CONTEXTS["train"] + ["--dataset", "cifar10", "--data-root", f"{W}/data/cifar-evil"], FILE_CODES, ("cifar",))
+    case(
+        "run--data-root:a-file",
+        _run_ctx() + ["--dataset", "mnist", "--data-root", f"{W}/data/a-file"],
+        NAME_CODES,
+        ("--data-root",),
+    )
+    case(
+        "train--data-root:cifar10-pickle-payload",
+        CONTEXTS["train"] + ["--dataset", "cifar10", "--data-root", f"{W}/data/cifar-evil"],
+        FILE_CODES,
+        ("cifar",),
+    )
     case("run--dataset:shape-mismatch", _run_ctx() + ["--dataset", "digits"], FILE_CODES, ("shape",))
 
 
@@ -389,8 +572,18 @@ def _options() -> None:
     case("run--set:label-of-another-threat", _run_ctx("noise") + ["--set", "FGSM.eps=0.1"], NAME_CODES, ("FGSM",))
     case("run--detector-set:no-dot", _run_ctx() + ["--detector-set", "kd=1"], NAME_CODES, ("DETECTOR.PARAM",))
     case("run--detector-set:not-selected", _run_ctx() + ["--detector-set", "kd.bandwidth=1"], NAME_CODES, ("kd",))
-    case("run--detector:inapplicable", _without(_run_ctx(), "--detector") + ["--detector", "gm-likelihood"], NAME_CODES, ("Gaussian",))
-    case("run--detector:kd+bu-needs-dropout", _without(_run_ctx(), "--detector") + ["--detector", "kd+bu"], NAME_CODES, ("dropout",))
+    case(
+        "run--detector:inapplicable",
+        _without(_run_ctx(), "--detector") + ["--detector", "gm-likelihood"],
+        NAME_CODES,
+        ("Gaussian",),
+    )
+    case(
+        "run--detector:kd+bu-needs-dropout",
+        _without(_run_ctx(), "--detector") + ["--detector", "kd+bu"],
+        NAME_CODES,
+        ("dropout",),
+    )
     case("run--sigma:wrong-threat", run + ["--sigma", "0.1"], NAME_CODES, ("--sigma",))
     case("run--sigma:duplicate", _run_ctx() + ["--sigma", "0.1", "--sigma", "0.1"], NAME_CODES, ("sigma",))
     case("run--sigma:same-label", _run_ctx() + ["--sigma", "0.1", "--sigma", "0.10000000001"], NAME_CODES, ("sigma",))
@@ -398,11 +591,31 @@ def _options() -> None:
     case("run--threat:all-unknown-attack", _run_ctx("all") + ["--attack", "FGSMM"], NAME_CODES, ("FGSMM",))
     case("run--threat:empty", _run_ctx(""), NAME_CODES)
     case("run--attack:of-another-threat", _run_ctx("noise") + ["--attack", "FGSM"], NAME_CODES, ("FGSM",))
-    case("run--substitute:same-model", _run_ctx("black-box") + ["--substitute", f"{W}/softmax.pt"], NAME_CODES, ("white-box",))
+    case(
+        "run--substitute:same-model",
+        _run_ctx("black-box") + ["--substitute", f"{W}/softmax.pt"],
+        NAME_CODES,
+        ("white-box",),
+    )
     for device in ("tpu", "cuda:abc", "cuda:-1", "", "cpu:0:1"):
-        case(f"run--device:{device or 'empty'}", _without(_run_ctx(), "--device") + ["--device", device], NAME_CODES, ("device",))
-        case(f"detect--device:{device or 'empty'}", _without(CONTEXTS["detect"], "--device") + ["--device", device], NAME_CODES, ("device",))
-        case(f"train--device:{device or 'empty'}", _without(CONTEXTS["train"], "--device") + ["--device", device], NAME_CODES, ("device",))
+        case(
+            f"run--device:{device or 'empty'}",
+            _without(_run_ctx(), "--device") + ["--device", device],
+            NAME_CODES,
+            ("device",),
+        )
+        case(
+            f"detect--device:{device or 'empty'}",
+            _without(CONTEXTS["detect"], "--device") + ["--device", device],
+            NAME_CODES,
+            ("device",),
+        )
+        case(
+            f"train--device:{device or 'empty'}",
+            _without(CONTEXTS["train"], "--device") + ["--device", device],
+            NAME_CODES,
+            ("device",),
+        )
     case("demo--device:tpu", _without(CONTEXTS["demo"], "--device") + ["--device", "tpu"], NAME_CODES, ("device",))
     case("run--out:a-file", _without(_run_ctx(), "--out") + ["--out", f"{W}/a-file"], NAME_CODES, ("--out",))
     case("run--out:empty", _without(_run_ctx(), "--out") + ["--out", ""], NAME_CODES, ("--out",))
@@ -410,16 +623,46 @@ def _options() -> None:
     case("run:unknown-option", _run_ctx() + ["--bogus"], NAME_CODES, ("--bogus",))
     case("detect--set:no-equals", CONTEXTS["detect"] + ["--set", "kd"], NAME_CODES, ("KEY=VALUE",))
     case("detect--set:not-selected", CONTEXTS["detect"] + ["--set", "bu.passes=1"], NAME_CODES, ("bu",))
-    case("detect--detector:inapplicable", _without(CONTEXTS["detect"], "--detector") + ["--detector", "bu"], NAME_CODES, ("dropout",))
+    case(
+        "detect--detector:inapplicable",
+        _without(CONTEXTS["detect"], "--detector") + ["--detector", "bu"],
+        NAME_CODES,
+        ("dropout",),
+    )
     case("detect--fpr:above-one", CONTEXTS["detect"] + ["--fpr", "1.5"], NAME_CODES, ("fpr",))
     case("train--out:exists", _without(CONTEXTS["train"], "--out") + ["--out", f"{W}/a-file"], NAME_CODES, ("exists",))
-    case("train--out:a-directory", _without(CONTEXTS["train"], "--out") + ["--out", f"{W}/dir.pt"], NAME_CODES, ("--out",))
+    case(
+        "train--out:a-directory",
+        _without(CONTEXTS["train"], "--out") + ["--out", f"{W}/dir.pt"],
+        NAME_CODES,
+        ("--out",),
+    )
     case("train--arch-param:no-equals", CONTEXTS["train"] + ["--arch-param", "width"], NAME_CODES, ("KEY=VALUE",))
-    case("train--defense-param:of-a-defense-without-params", CONTEXTS["train"] + ["--defense-param", "alpha=1"], NAME_CODES, ("alpha",))
-    case("train--train-param:optimizer-unknown", CONTEXTS["train"] + ["--train-param", "optimizer=sgdd"], NAME_CODES, ("optimizer",))
-    case("train--download:needs-data-root", CONTEXTS["train"] + ["--dataset", "mnist", "--download"], FILE_CODES, ("--data-root",))
+    case(
+        "train--defense-param:of-a-defense-without-params",
+        CONTEXTS["train"] + ["--defense-param", "alpha=1"],
+        NAME_CODES,
+        ("alpha",),
+    )
+    case(
+        "train--train-param:optimizer-unknown",
+        CONTEXTS["train"] + ["--train-param", "optimizer=sgdd"],
+        NAME_CODES,
+        ("optimizer",),
+    )
+    case(
+        "train--download:needs-data-root",
+        CONTEXTS["train"] + ["--dataset", "mnist", "--download"],
+        FILE_CODES,
+        ("--data-root",),
+    )
     case("demo--out:a-file", _without(CONTEXTS["demo"], "--out") + ["--out", f"{W}/a-file"], NAME_CODES, ("--out",))
-    case("demo--models-dir:a-file", _without(CONTEXTS["demo"], "--models-dir") + ["--models-dir", f"{W}/a-file"], NAME_CODES, ("--models-dir",))
+    case(
+        "demo--models-dir:a-file",
+        _without(CONTEXTS["demo"], "--models-dir") + ["--models-dir", f"{W}/a-file"],
+        NAME_CODES,
+        ("--models-dir",),
+    )
     case("list:extra-argument", ["list", "attacks", "defenses"], NAME_CODES, ("unexpected extra argument",))
     case("info:missing-argument", ["info"], NAME_CODES, ("Missing argument",))
     case("group:unknown-option", ["--bogus"], NAME_CODES, ("--bogus",))
@@ -431,12 +674,36 @@ def _options() -> None:
 def _imports() -> None:
     for name, (args, fragments) in bad_imports(Path(f"{W}/import")).items():
         case(f"import:{name}", ["import", *map(str, args), "--out", "x.pt"], FILE_CODES, fragments)
-    case("import--out:exists", CONTEXTS["import"][:-6] + ["--out", f"{W}/a-file", *CONTEXTS["import"][-4:]], NAME_CODES, ("exists", "--force"))
+    case(
+        "import--out:exists",
+        CONTEXTS["import"][:-6] + ["--out", f"{W}/a-file", *CONTEXTS["import"][-4:]],
+        NAME_CODES,
+        ("exists", "--force"),
+    )
     case("import--kind:unknown", CONTEXTS["import"] + ["--kind", "onnx"], NAME_CODES, ("--kind",))
-    case("import--feature-layer:missing", CONTEXTS["import"][:-4] + CONTEXTS["import"][-2:], NAME_CODES, ("--feature-layer",))
+    case(
+        "import--feature-layer:missing",
+        CONTEXTS["import"][:-4] + CONTEXTS["import"][-2:],
+        NAME_CODES,
+        ("--feature-layer",),
+    )
 
 
-for _generate in (_names, _numeric, _attack_fields, _detector_fields, _defense_fields, _train_fields, _arch_fields, _checkpoints, _suites, _baselines, _data_roots, _options, _imports):
+for _generate in (
+    _names,
+    _numeric,
+    _attack_fields,
+    _detector_fields,
+    _defense_fields,
+    _train_fields,
+    _arch_fields,
+    _checkpoints,
+    _suites,
+    _baselines,
+    _data_roots,
+    _options,
+    _imports,
+):
     _generate()
 
 
@@ -445,7 +712,9 @@ for _generate in (_names, _numeric, _attack_fields, _detector_fields, _defense_f
 
 def _new_repo_files() -> set[str]:
     """Untracked, not ignored files of the repository (``git status``); ignored outputs are left to the write audit."""
-    result = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=REPO, capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"], cwd=REPO, capture_output=True, text=True, check=True
+    )
     return {line[3:] for line in result.stdout.splitlines() if line.startswith("??")}
 
 
@@ -454,7 +723,18 @@ class WriteAudit:
     during a case): the cases must write nothing outside their temporary folder, whether it stays or not."""
 
     WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-    EVENTS = {"os.mkdir", "os.rename", "os.replace", "os.remove", "os.rmdir", "os.symlink", "os.link", "os.truncate", "shutil.copyfile", "shutil.rmtree"}
+    EVENTS = {
+        "os.mkdir",
+        "os.rename",
+        "os.replace",
+        "os.remove",
+        "os.rmdir",
+        "os.symlink",
+        "os.link",
+        "os.truncate",
+        "shutil.copyfile",
+        "shutil.rmtree",
+    }
 
     def __init__(self) -> None:
         self.paths: list[str] | None = None
@@ -465,7 +745,9 @@ class WriteAudit:
             return
         if event == "open":
             path, mode, flags = (tuple(args) + (None, None))[:3]
-            writes = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (isinstance(flags, int) and flags & self.WRITE_FLAGS)
+            writes = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+                isinstance(flags, int) and flags & self.WRITE_FLAGS
+            )
             if writes and isinstance(path, (str, bytes, os.PathLike)):
                 self.paths.append(os.fsdecode(path))
         elif event in self.EVENTS:
@@ -475,7 +757,13 @@ class WriteAudit:
 
     def outside(self, folder: Path) -> list[str]:
         root = str(folder.resolve())
-        return sorted({p for p in self.paths or [] if not os.path.abspath(p).startswith(root + os.sep) and not p.startswith("/dev/")})
+        return sorted(
+            {
+                p
+                for p in self.paths or []
+                if not os.path.abspath(p).startswith(root + os.sep) and not p.startswith("/dev/")
+            }
+        )
 
 
 AUDIT = WriteAudit()
@@ -541,7 +829,11 @@ def test_every_numeric_option_has_a_context():
 
 
 def test_known_bugs_name_real_cases():
-    api_ids = {f"RunConfig({n})" for n in API_CONFIG_CASES} | {f"robench.run({n})" for n in API_RUN_CASES} | set(API_CALL_CASES)
+    api_ids = (
+        {f"RunConfig({n})" for n in API_CONFIG_CASES}
+        | {f"robench.run({n})" for n in API_RUN_CASES}
+        | set(API_CALL_CASES)
+    )
     assert set(KNOWN_BUGS) <= _IDS | api_ids, set(KNOWN_BUGS) - _IDS - api_ids
 
 
@@ -583,14 +875,25 @@ def test_bad_input(isolated, world, capsys, args, codes, fragments):
     line = err.strip()
     assert "internal error" not in err and "Traceback" not in out + err, err
     _assert_fragments(line, fragments)
-    assert list(isolated.iterdir()) == [], f"bad input wrote {sorted(p.name for p in isolated.iterdir())} into the current folder"
+    assert list(isolated.iterdir()) == [], (
+        f"bad input wrote {sorted(p.name for p in isolated.iterdir())} into the current folder"
+    )
 
 
 # ---------------------------------------------------------------- the Python API
 
 
 def _config(world: Path, **kwargs) -> RunConfig:
-    return RunConfig(**{"model": world / "softmax.pt", "threat": "noise", "device": "cpu", "detectors": ("max-prob",), "sanity": False, **kwargs})
+    return RunConfig(
+        **{
+            "model": world / "softmax.pt",
+            "threat": "noise",
+            "device": "cpu",
+            "detectors": ("max-prob",),
+            "sanity": False,
+            **kwargs,
+        }
+    )
 
 
 API_CONFIG_CASES = {
@@ -654,7 +957,9 @@ API_RUN_CASES = {
 
 
 def _api_kwargs(world: Path, kwargs: dict) -> dict:
-    return {k: Path(v.replace(W, str(world))) if isinstance(v, str) and v.startswith(W) else v for k, v in kwargs.items()}
+    return {
+        k: Path(v.replace(W, str(world))) if isinstance(v, str) and v.startswith(W) else v for k, v in kwargs.items()
+    }
 
 
 def _assert_one_line(exc: BaseException) -> None:
@@ -692,13 +997,18 @@ API_CALL_CASES = {
     "robench.load_bundle(pickle-payload)": lambda world: robench.load_bundle(world / "evil-pickle.pt"),
     "robench.train_bundle(dataset=unknown)": lambda world: robench.train_bundle(dataset="mnistt", progress=False),
     "robench.train_bundle(arch_kwargs=list)": lambda world: robench.train_bundle(arch_kwargs=[1], progress=False),
-    "robench.train_bundle(train_overrides=nan-lr)": lambda world: robench.train_bundle(train_overrides={"lr": math.nan}, progress=False),
+    "robench.train_bundle(train_overrides=nan-lr)": lambda world: robench.train_bundle(
+        train_overrides={"lr": math.nan}, progress=False
+    ),
 }
 
 
 @pytest.mark.parametrize(
     "name",
-    [pytest.param(n, id=n, marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[n])] if n in KNOWN_BUGS else []) for n in API_CALL_CASES],
+    [
+        pytest.param(n, id=n, marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[n])] if n in KNOWN_BUGS else [])
+        for n in API_CALL_CASES
+    ],
 )
 def test_python_api_bad_calls(isolated, world, name):
     with pytest.raises(Exception) as info:

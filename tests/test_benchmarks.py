@@ -30,22 +30,52 @@ def positive(value: str) -> bool:
 
 def test_bench_attacks_quick_writes_a_finite_row_per_attack(tmp_path):
     out = tmp_path / "rows.csv"
-    command = [sys.executable, "benchmarks/bench_attacks.py", "--quick", "--model", str(MODEL), "--device", "cpu", "--threads", "1", "--csv", str(out)]
+    command = [
+        sys.executable,
+        "benchmarks/bench_attacks.py",
+        "--quick",
+        "--model",
+        str(MODEL),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--csv",
+        str(out),
+    ]
     done = subprocess.run(command, cwd=ROOT, env=one_thread_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "global RNG left as it was: yes" in done.stdout
-    assert "threads 1" in done.stdout and "n = 16" in done.stdout and "precision: robench and bare loop fp32" in done.stdout
+    assert (
+        "threads 1" in done.stdout
+        and "n = 16" in done.stdout
+        and "precision: robench and bare loop fp32" in done.stdout
+    )
 
     with out.open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         rows = list(reader)
         columns = reader.fieldnames or []
-    for column in ("attack", "robench_img_steps_per_s", "bare_img_steps_per_s", "robench_over_bare", "peer", "peer_img_steps_per_s", "robench_over_peer", "robench_success", "peer_success"):
+    for column in (
+        "attack",
+        "robench_img_steps_per_s",
+        "bare_img_steps_per_s",
+        "robench_over_bare",
+        "peer",
+        "peer_img_steps_per_s",
+        "robench_over_peer",
+        "robench_success",
+        "peer_success",
+    ):
         assert column in columns
     assert {row["attack"] for row in rows} == set(ATTACKS)
     for row in rows:
         assert not row["error"], row
-        assert positive(row["robench_img_steps_per_s"]) and positive(row["bare_img_steps_per_s"]) and positive(row["robench_over_bare"]), row
+        assert (
+            positive(row["robench_img_steps_per_s"])
+            and positive(row["bare_img_steps_per_s"])
+            and positive(row["robench_over_bare"])
+        ), row
         assert int(row["img_steps"]) > 0 and 0.0 <= float(row["robench_success"]) <= 1.0
         if row["peer"]:
             assert positive(row["peer_img_steps_per_s"]) and positive(row["robench_over_peer"]), row
@@ -59,10 +89,14 @@ def test_bench_attacks_quick_writes_a_finite_row_per_attack(tmp_path):
 
 def run_gpu_check(tmp_path: Path, **extra: str) -> subprocess.CompletedProcess:
     robench = Path(sys.executable).with_name("robench")
-    env = one_thread_env(QUICK="1", DEVICE="cpu", OUT=str(tmp_path / "gpu_check"), THREADS="1", PYTHON=sys.executable, **extra)
+    env = one_thread_env(
+        QUICK="1", DEVICE="cpu", OUT=str(tmp_path / "gpu_check"), THREADS="1", PYTHON=sys.executable, **extra
+    )
     if robench.exists():
         env["ROBENCH"] = str(robench)
-    return subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
 
 
 def assert_passed(done: subprocess.CompletedProcess) -> None:
@@ -87,4 +121,6 @@ def test_gpu_check_quick_cpu_path(tmp_path):
     done = run_gpu_check(tmp_path)
     assert_passed(done)
     assert "wrote 13 rows" in done.stdout  # the benchmark's rows (softmax.pt; gm.pt the same)
-    assert (tmp_path / "gpu_check" / "bench-softmax.csv").exists() and (tmp_path / "gpu_check" / "bench-gm.csv").exists()
+    assert (tmp_path / "gpu_check" / "bench-softmax.csv").exists() and (
+        tmp_path / "gpu_check" / "bench-gm.csv"
+    ).exists()

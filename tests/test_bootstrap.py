@@ -9,10 +9,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from robench.scoring.metrics import metric_names
-from robench.report.bootstrap import bootstrap_intervals, group_metrics, resample_counts
 from robench.core.errors import ConfigError
-from robench.scoring.metrics import summarize
+from robench.report.bootstrap import bootstrap_intervals, group_metrics, resample_counts
+from robench.scoring.metrics import metric_names, summarize
 from test_rundir import synthetic_records
 
 KEY = ["model", "threat", "attack", "detector"]
@@ -27,7 +26,9 @@ def test_one_row_per_summary_row_and_point_inside_interval() -> None:
     table = _with_summary(records, n_resamples=400)
     assert len(table) == len(summarize(records)) == 8  # 3 attacks and their worst case, x 2 detectors
     for metric in metric_names():
-        assert (table[f"{metric}_low"] <= table[metric]).all() and (table[metric] <= table[f"{metric}_high"]).all(), metric
+        assert (table[f"{metric}_low"] <= table[metric]).all() and (table[metric] <= table[f"{metric}_high"]).all(), (
+            metric
+        )
         assert (table[f"{metric}_low"] < table[f"{metric}_high"]).all(), metric
     assert table[["auc_roc_low", "auc_roc_high"]].stack().between(0, 1).all()
 
@@ -35,7 +36,10 @@ def test_one_row_per_summary_row_and_point_inside_interval() -> None:
 def test_width_shrinks_with_more_samples() -> None:
     def width(n: int) -> pd.Series:
         table = bootstrap_intervals(synthetic_records(n=n, attacks=("PGD-10-un",), detectors=("kd",)), n_resamples=500)
-        return (table[[f"{m}_high" for m in metric_names()]].to_numpy() - table[[f"{m}_low" for m in metric_names()]].to_numpy())[0]
+        return (
+            table[[f"{m}_high" for m in metric_names()]].to_numpy()
+            - table[[f"{m}_low" for m in metric_names()]].to_numpy()
+        )[0]
 
     small, large = width(100), width(1600)
     assert (large < small / 2).all()  # ~ 1/sqrt(n): a quarter, with room for noise
@@ -43,7 +47,10 @@ def test_width_shrinks_with_more_samples() -> None:
 
 def test_seeded_and_reproducible() -> None:
     records = synthetic_records(n=100)
-    first, again = bootstrap_intervals(records, n_resamples=200, seed=3), bootstrap_intervals(records, n_resamples=200, seed=3)
+    first, again = (
+        bootstrap_intervals(records, n_resamples=200, seed=3),
+        bootstrap_intervals(records, n_resamples=200, seed=3),
+    )
     pd.testing.assert_frame_equal(first, again)
     other = bootstrap_intervals(records, n_resamples=200, seed=4)
     assert not np.allclose(first["auc_roc_low"], other["auc_roc_low"])
@@ -62,7 +69,11 @@ def test_weighted_metrics_equal_the_metrics_of_the_expanded_resample() -> None:
         expected = summarize(expanded).set_index("detector")
         for detector, metrics in values.items():
             for metric in metric_names():
-                assert metrics[metric][b] == pytest.approx(expected.loc[detector, metric], abs=1e-12), (b, detector, metric)
+                assert metrics[metric][b] == pytest.approx(expected.loc[detector, metric], abs=1e-12), (
+                    b,
+                    detector,
+                    metric,
+                )
 
 
 def test_point_auc_matches_sklearn_with_ties() -> None:
@@ -89,7 +100,9 @@ def test_nan_metrics_give_nan_intervals() -> None:
 
 def test_no_detectors_gives_dash_rows() -> None:
     table = bootstrap_intervals(synthetic_records(n=40, detectors=()), n_resamples=20)
-    assert list(table["detector"]) == ["-", "-", "-"] and table["flagged_rate_low"].isna().all()  # 2 attacks and their worst case
+    assert (
+        list(table["detector"]) == ["-", "-", "-"] and table["flagged_rate_low"].isna().all()
+    )  # 2 attacks and their worst case
 
 
 @pytest.mark.parametrize("kwargs", [{"n_resamples": 0}, {"level": 1.0}, {"level": 0.0}])
@@ -99,7 +112,9 @@ def test_bad_settings_are_config_errors(kwargs: dict) -> None:
 
 
 def test_fast_enough() -> None:
-    records = synthetic_records(n=300, attacks=tuple(f"attack-{i}" for i in range(10)), detectors=("kd", "bu", "max-prob"))
+    records = synthetic_records(
+        n=300, attacks=tuple(f"attack-{i}" for i in range(10)), detectors=("kd", "bu", "max-prob")
+    )
     tic = time.perf_counter()
     table = bootstrap_intervals(records, n_resamples=1000)
     assert len(table) == 33  # 10 attacks and their worst case, x 3 detectors

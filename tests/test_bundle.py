@@ -10,11 +10,11 @@ import pickle
 
 import pytest
 import torch
-from tiny import Payload, make_tiny
 
 from robench.checkpoints.bundle import BundleMeta, load_bundle, save_bundle
 from robench.core.errors import BundleError
 from robench.core.provenance import state_dict_hash
+from tiny import Payload, make_tiny
 
 
 @pytest.mark.parametrize("defense", ["softmax", "gm"])
@@ -150,8 +150,17 @@ def test_payload_inside_a_torch_zip_never_runs(tmp_path):
     marker = tmp_path / "pwned"
     model, meta = make_tiny()
     buffer = io.BytesIO()
-    torch.save({"format": "robench-bundle", "version": 1, "meta": meta.to_json(), "state_dict": model.state_dict(),
-                "content_hash": "x", "extra": Payload(marker)}, buffer)
+    torch.save(
+        {
+            "format": "robench-bundle",
+            "version": 1,
+            "meta": meta.to_json(),
+            "state_dict": model.state_dict(),
+            "content_hash": "x",
+            "extra": Payload(marker),
+        },
+        buffer,
+    )
     (tmp_path / "evil.pt").write_bytes(buffer.getvalue())
     assert_refused(tmp_path / "evil.pt", r"refused: the file references \S*system")
     assert not marker.exists()
@@ -171,8 +180,27 @@ def _craft(path, meta: BundleMeta, state, **changes):
     """A bundle whose metadata JSON has ``changes`` applied, hashed as an attacker would (the hash is valid)."""
     raw = json.loads(meta.to_json())
     raw.update(changes)
-    identity = {k: raw[k] for k in ("arch", "arch_kwargs", "defense", "defense_params", "num_classes", "input_shape", "value_range", "mean", "std")}
-    payload = {"format": "robench-bundle", "version": 1, "meta": json.dumps(raw), "state_dict": state, "content_hash": state_dict_hash(state, identity)}
+    identity = {
+        k: raw[k]
+        for k in (
+            "arch",
+            "arch_kwargs",
+            "defense",
+            "defense_params",
+            "num_classes",
+            "input_shape",
+            "value_range",
+            "mean",
+            "std",
+        )
+    }
+    payload = {
+        "format": "robench-bundle",
+        "version": 1,
+        "meta": json.dumps(raw),
+        "state_dict": state,
+        "content_hash": state_dict_hash(state, identity),
+    }
     torch.save(payload, path)
 
 
@@ -212,7 +240,10 @@ def _nested(depth: int) -> list:
         ({"git_revision": "abc\nclean_accuracy  99.00%"}, "'git_revision' holds a control character"),
         ({"created_at": "x\rclean_accuracy  99.00%"}, "'created_at' holds a control character"),
         ({"train_config": {"x": _nested(40)}}, "nests deeper than 32 levels"),
-        ({"input_shape": [64, 512, 513], "mean": [0.0] * 64, "std": [1.0] * 64}, "more than robench allocates (16,777,216 = 2**24)"),
+        (
+            {"input_shape": [64, 512, 513], "mean": [0.0] * 64, "std": [1.0] * 64},
+            "more than robench allocates (16,777,216 = 2**24)",
+        ),
     ],
 )
 def test_crafted_metadata_values_are_refused_at_load_and_by_info(tmp_path, capsys, changes, fragment):
@@ -231,7 +262,10 @@ def test_deeply_nested_metadata_json_is_one_line(tmp_path):
     model, meta = make_tiny()
     state = model.state_dict()
     text = meta.to_json()[:-1] + ', "train_config": ' + "[" * 100_000 + "]" * 100_000 + "}"
-    torch.save({"format": "robench-bundle", "version": 1, "meta": text, "state_dict": state, "content_hash": "x"}, tmp_path / "deep.pt")
+    torch.save(
+        {"format": "robench-bundle", "version": 1, "meta": text, "state_dict": state, "content_hash": "x"},
+        tmp_path / "deep.pt",
+    )
     assert_refused(tmp_path / "deep.pt", "nests too deeply")
 
 
@@ -239,7 +273,13 @@ def test_valid_edge_metadata_still_loads(tmp_path, capsys):
     from test_cli import run
 
     model, meta = make_tiny()
-    for changes in ({"clean_accuracy": 1.0}, {"clean_accuracy": 0}, {"clean_accuracy": None}, {"value_range": [-1.0, 1.0]}, {"train_seconds": None}):
+    for changes in (
+        {"clean_accuracy": 1.0},
+        {"clean_accuracy": 0},
+        {"clean_accuracy": None},
+        {"value_range": [-1.0, 1.0]},
+        {"train_seconds": None},
+    ):
         _craft(tmp_path / "ok.pt", meta, model.state_dict(), **changes)
         load_bundle(tmp_path / "ok.pt")
     _craft(tmp_path / "ok.pt", meta, model.state_dict(), clean_accuracy=0.75)
@@ -253,7 +293,10 @@ def test_valid_edge_metadata_still_loads(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("shape", "fragment"),
     [
-        ("64,4096,4096", "1,073,741,824 values per image is more than robench allocates (16,777,216 = 2**24"),  # 4 probe rows: 17 GB
+        (
+            "64,4096,4096",
+            "1,073,741,824 values per image is more than robench allocates (16,777,216 = 2**24",
+        ),  # 4 probe rows: 17 GB
         ("3,2365,2365", "16,779,675 values per image"),
         ("65,8,8", "65 channels is outside [1, 64]"),
         ("1,4097,8", "a side of 4097 pixels is outside [1, 4096]"),
@@ -261,16 +304,26 @@ def test_valid_edge_metadata_still_loads(tmp_path, capsys):
     ],
 )
 def test_import_input_shape_is_bounded_before_allocating(tmp_path, capsys, monkeypatch, shape, fragment):
-    from test_cli import assert_one_line_error, run
-
     from robench.checkpoints.imported import importer
+    from test_cli import assert_one_line_error, run
 
     def no_probe(*args, **kwargs):
         raise AssertionError("a probe batch of that shape was allocated")
 
     monkeypatch.setattr(importer, "probe_inputs", no_probe)
     out = tmp_path / "m.pt"
-    args = ["import", "tests.import_fixtures:nothing", "--feature-layer", "fc", "--input-shape", shape, "--num-classes", "10", "--out", str(out)]
+    args = [
+        "import",
+        "tests.import_fixtures:nothing",
+        "--feature-layer",
+        "fc",
+        "--input-shape",
+        shape,
+        "--num-classes",
+        "10",
+        "--out",
+        str(out),
+    ]
     code, _, err = run(capsys, *args)
     assert code == 2
     assert_one_line_error(code, err, f"--input-shape {shape}: ", fragment)

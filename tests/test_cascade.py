@@ -8,17 +8,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_cli import assert_one_line_error, run as run_cli
 
 from robench.attacks import ATTACKS
 from robench.core.errors import ConfigError
+from robench.report.bootstrap import bootstrap_intervals
+from robench.runs.runner import RunConfig, run
 from robench.scoring import records as R
 from robench.scoring.cascade import cascade_order, flag_thresholds, still_in
 from robench.scoring.metrics import summarize
-from robench.runs.runner import RunConfig, run
-from robench.specs.threats import AttackSpec
 from robench.scoring.worst_case import WORST_CASE, with_worst_case, worst_case_records
-from robench.report.bootstrap import bootstrap_intervals
+from robench.specs.threats import AttackSpec
+from test_cli import assert_one_line_error
+from test_cli import run as run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SOFTMAX = ROOT / "reports" / "regression" / "models" / "softmax.pt"
@@ -29,10 +30,20 @@ def _records(rows: list[tuple[str, int, int, int, int, float]], order: dict[str,
     frame = pd.DataFrame(rows, columns=["attack", "sample", "label", "clean_pred", "adv_pred", "score_adv:kd"])
     n = len(frame)
     return frame.assign(
-        model="m", threat="t", corruption=False, crafted_on="m", target=-1,
+        model="m",
+        threat="t",
+        corruption=False,
+        crafted_on="m",
+        target=-1,
         success=lambda f: (f["adv_pred"] != f["label"]) & (f["clean_pred"] == f["label"]),
-        best_attempt=False, crafted_success=lambda f: f["success"], l2=np.arange(n, dtype=float), linf=0.1,
-        distortion=np.arange(n, dtype=float) / 28, input_range=1.0, order=lambda f: f["attack"].map(order), cascade_mode="none",
+        best_attempt=False,
+        crafted_success=lambda f: f["success"],
+        l2=np.arange(n, dtype=float),
+        linf=0.1,
+        distortion=np.arange(n, dtype=float) / 28,
+        input_range=1.0,
+        order=lambda f: f["attack"].map(order),
+        cascade_mode="none",
         **{"score_clean:kd": lambda f: f["sample"].astype(float)},
     )
 
@@ -40,13 +51,17 @@ def _records(rows: list[tuple[str, int, int, int, int, float]], order: dict[str,
 def test_worst_case_survives_only_what_every_attack_left_and_names_the_first_breaker():
     rows = [
         # sample 0: clean-correct, broken by B only -> broken_by B
-        ("A", 0, 1, 1, 1, 0.0), ("B", 0, 1, 1, 2, 9.0),
+        ("A", 0, 1, 1, 1, 0.0),
+        ("B", 0, 1, 1, 2, 9.0),
         # sample 1: broken by both; A comes first in cascade order although B is listed first
-        ("B", 1, 3, 3, 4, 5.0), ("A", 1, 3, 3, 5, 1.0),
+        ("B", 1, 3, 3, 4, 5.0),
+        ("A", 1, 3, 3, 5, 1.0),
         # sample 2: survives both
-        ("A", 2, 0, 0, 0, 0.0), ("B", 2, 0, 0, 0, 0.0),
+        ("A", 2, 0, 0, 0, 0.0),
+        ("B", 2, 0, 0, 0, 0.0),
         # sample 3: misclassified clean: never survives, never "successful"
-        ("A", 3, 2, 7, 7, 0.0), ("B", 3, 2, 7, 7, 0.0),
+        ("A", 3, 2, 7, 7, 0.0),
+        ("B", 3, 2, 7, 7, 0.0),
     ]
     derived = worst_case_records(_records(rows, {"A": 0, "B": 1})).set_index("sample")
     assert list(derived.index) == [0, 1, 2, 3] and set(derived["attack"]) == {WORST_CASE}
@@ -118,13 +133,28 @@ def test_worst_case_is_a_reserved_label():
 
 # ---------------------------------------------------------------------------- the runner
 
-_DETERMINISTIC = {"FGSM.target_mode": "none", "BIM.target_mode": "none", "BIM.steps": 5, "ILCM.steps": 5, "FGSM.eps": 0.15, "BIM.eps": 0.1}
+_DETERMINISTIC = {
+    "FGSM.target_mode": "none",
+    "BIM.target_mode": "none",
+    "BIM.steps": 5,
+    "ILCM.steps": 5,
+    "FGSM.eps": 0.15,
+    "BIM.eps": 0.1,
+}
 
 
 def _config(cascade: str, **kw) -> RunConfig:
     base = dict(
-        model=SOFTMAX, threat="semi-white-box", n=48, batch_size=16, device="cpu", attacks=("BIM", "FGSM", "ILCM"),
-        settings=_DETERMINISTIC, detectors=("max-prob", "kd"), sanity=False, cascade=cascade,
+        model=SOFTMAX,
+        threat="semi-white-box",
+        n=48,
+        batch_size=16,
+        device="cpu",
+        attacks=("BIM", "FGSM", "ILCM"),
+        settings=_DETERMINISTIC,
+        detectors=("max-prob", "kd"),
+        sanity=False,
+        cascade=cascade,
     )
     return RunConfig(**{**base, **kw})
 
@@ -157,7 +187,9 @@ def test_cascaded_records_run_cheapest_first_on_the_samples_still_in(full_and_ca
     records = full_and_cascaded["misclassified"].records
     first = records[records["order"] == 0]
     assert set(first["attack"]) == {"FGSM"} and len(first) == 48  # the cheapest attack meets every sample
-    broken = set(first.loc[first["adv_pred"] != first["label"], "sample"]) | set(first.loc[first["clean_pred"] != first["label"], "sample"])
+    broken = set(first.loc[first["adv_pred"] != first["label"], "sample"]) | set(
+        first.loc[first["clean_pred"] != first["label"], "sample"]
+    )
     later = records[records["order"] > 0]
     assert not broken & set(later["sample"])  # a sample that left never meets a later attack
     assert (records[R.CASCADE] == "misclassified").all()
@@ -183,8 +215,29 @@ def test_cascade_resumes_from_its_parts_and_shares_the_first_attack_with_a_full_
 
 def test_cli_cascade_flag_and_bad_mode(tmp_path, capsys):
     out = tmp_path / "cli"
-    args = ["run", "--model", str(SOFTMAX), "--threat", "semi-white-box", "--attack", "FGSM", "--attack", "BIM", "--n", "16", "--device", "cpu",
-            "--detector", "max-prob", "--no-sanity", "--no-progress", "--set", "BIM.steps=2", "--threads", "1"]
+    args = [
+        "run",
+        "--model",
+        str(SOFTMAX),
+        "--threat",
+        "semi-white-box",
+        "--attack",
+        "FGSM",
+        "--attack",
+        "BIM",
+        "--n",
+        "16",
+        "--device",
+        "cpu",
+        "--detector",
+        "max-prob",
+        "--no-sanity",
+        "--no-progress",
+        "--set",
+        "BIM.steps=2",
+        "--threads",
+        "1",
+    ]
     code, _, err = run_cli(capsys, *args, "--out", str(out), "--cascade")
     assert code == 0, err
     info = json.loads((out / "run.json").read_text())

@@ -8,14 +8,25 @@ import subprocess
 import sys
 
 import pytest
-from tiny import Payload, make_tiny
 
 from robench.checkpoints.bundle import save_bundle
 from robench.cli.commands import main
+from tiny import Payload, make_tiny
 
 TINY_TRAIN = [
-    "--epochs", "1", "--arch-param", "width=4", "--arch-param", "hidden=16", "--arch-param", "feature_dim=8",
-    "--train-param", "batch_size=256", "--device", "cpu", "--no-progress",
+    "--epochs",
+    "1",
+    "--arch-param",
+    "width=4",
+    "--arch-param",
+    "hidden=16",
+    "--arch-param",
+    "feature_dim=8",
+    "--train-param",
+    "batch_size=256",
+    "--device",
+    "cpu",
+    "--no-progress",
 ]
 
 
@@ -68,7 +79,10 @@ def test_train_refuses_to_overwrite_without_force(tmp_path, capsys):
         (["train", "--dataset", "mnist5k", "--out", "x.pt"], ["unknown dataset 'mnist5k'", "did you mean 'mnist-5k'"]),
         (["train", "--arch", "resnet21", "--out", "x.pt"], ["unknown architecture 'resnet21'", "did you mean"]),
         (["train", "--defense", "gmm", "--out", "x.pt"], ["unknown defense 'gmm'", "did you mean 'gm'"]),
-        (["train", "--defense", "gm", "--defense-param", "alhpa=1", "--out", "x.pt", *TINY_TRAIN], ["did you mean 'alpha'"]),
+        (
+            ["train", "--defense", "gm", "--defense-param", "alhpa=1", "--out", "x.pt", *TINY_TRAIN],
+            ["did you mean 'alpha'"],
+        ),
         (["train", "--arch-param", "widht=4", "--out", "x.pt"], ["no parameter 'widht'", "did you mean 'width'"]),
         (["train", "--train-param", "epochs=zero", "--out", "x.pt"], ["'epochs' must be int"]),
         (["train", "--dataset", "cifar10", "--out", "x.pt"], ["--data-root"]),
@@ -99,12 +113,25 @@ def test_info_on_bad_files(tmp_path, capsys):
 def test_list_shows_every_registry(capsys):
     code, stdout, _ = run(capsys, "list")
     assert code == 0
-    for name in ["datasets:", "mnist-5k", "digits", "cifar10", "architectures:", "cnn", "resnet32", "defenses:", "softmax", "gm"]:
+    for name in [
+        "datasets:",
+        "mnist-5k",
+        "digits",
+        "cifar10",
+        "architectures:",
+        "cnn",
+        "resnet32",
+        "defenses:",
+        "softmax",
+        "gm",
+    ]:
         assert name in stdout
 
 
 def test_console_script_runs_in_a_subprocess(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "robench", "info", str(tmp_path / "none.pt")], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "robench", "info", str(tmp_path / "none.pt")], capture_output=True, text=True
+    )
     assert result.returncode != 0
     assert result.stderr.strip().startswith("robench: error:") and "Traceback" not in result.stderr
     result = subprocess.run([sys.executable, "-m", "robench", "--help"], capture_output=True, text=True)
@@ -114,14 +141,26 @@ def test_console_script_runs_in_a_subprocess(tmp_path):
 def test_detect_fits_caches_and_refuses_inapplicable_detectors(tmp_path, capsys):
     model, meta = make_tiny("softmax")
     save_bundle(tmp_path / "m.pt", model, meta)
-    args = ["detect", "--model", str(tmp_path / "m.pt"), "--detector", "kd", "--detector", "max-prob", "--device", "cpu"]
+    args = [
+        "detect",
+        "--model",
+        str(tmp_path / "m.pt"),
+        "--detector",
+        "kd",
+        "--detector",
+        "max-prob",
+        "--device",
+        "cpu",
+    ]
     code, stdout, _ = run(capsys, *args)
     assert code == 0 and "fitted" in stdout and "max-prob" in stdout
     code, stdout, _ = run(capsys, *args)
     assert code == 0 and "cached" in stdout
     code, _, err = run(capsys, "detect", "--model", str(tmp_path / "m.pt"), "--detector", "gm-likelihood")
     assert_one_line_error(code, err, "needs a Gaussian head")
-    code, _, err = run(capsys, "detect", "--model", str(tmp_path / "m.pt"), "--detector", "kd", "--set", "kd.bandwdith=1")
+    code, _, err = run(
+        capsys, "detect", "--model", str(tmp_path / "m.pt"), "--detector", "kd", "--set", "kd.bandwdith=1"
+    )
     assert_one_line_error(code, err, "did you mean 'bandwidth'")
     code, _, err = run(capsys, "detect", "--model", str(tmp_path / "m.pt"), "--detector", "bu")
     assert_one_line_error(code, err, "no dropout")

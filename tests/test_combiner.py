@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from tiny import make_tiny
 
 from robench.core.data import Split
 from robench.core.models import Forward
@@ -17,11 +16,20 @@ from robench.detectors.combined import KDBUDetector, combiner_scores
 from robench.scoring import combiner as C
 from robench.scoring import records as R
 from robench.scoring.metrics import metric_value
+from tiny import make_tiny
 
 D = "kd+bu"
 
 
-def synthetic(n: int = 200, seed: int = 0, attack: str = "fgsm", corruption: bool = False, success_p: float = 0.8, wrong: int = 10, separation: float = 3.0) -> pd.DataFrame:
+def synthetic(
+    n: int = 200,
+    seed: int = 0,
+    attack: str = "fgsm",
+    corruption: bool = False,
+    success_p: float = 0.8,
+    wrong: int = 10,
+    separation: float = 3.0,
+) -> pd.DataFrame:
     """One group's records with raw KD+BU features: clean and noisy ~ N((0, 0), 1), adversarial ~ N(-separation (1, 1), 1)."""
     rng = np.random.default_rng(seed)
     label = np.arange(n) % 10
@@ -215,7 +223,9 @@ def test_raw_features_of_a_tiny_model():
     defense = DEFENSES.get("gm")()
     detector = KDBUDetector(bandwidth=1.0, passes=5)
     g = torch.Generator().manual_seed(0)
-    detector.fit(model, defense, Split(torch.rand(60, 1, 28, 28, generator=g), torch.arange(60) % 10), torch.device("cpu"))
+    detector.fit(
+        model, defense, Split(torch.rand(60, 1, 28, 28, generator=g), torch.arange(60) % 10), torch.device("cpu")
+    )
     x = torch.rand(6, 1, 28, 28, generator=g)
     x_adv = (x + 0.1 * torch.randn(x.shape, generator=g).sign()).clamp(0, 1)
     noisy = C.noisy_like(x, x_adv, 0.0, 1.0, torch.Generator().manual_seed(1))
@@ -224,7 +234,11 @@ def test_raw_features_of_a_tiny_model():
     assert list(features) == list(C.FEATURES)
     for values in features.values():
         assert values.shape == (6,) and values.dtype == np.float64 and np.isfinite(values).all()
-    np.testing.assert_allclose(np.stack([features["kd"], features["bu"]], 1), detector.raw_features(model, defense, forwards["clean"]).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.stack([features["kd"], features["bu"]], 1),
+        detector.raw_features(model, defense, forwards["clean"]).numpy(),
+        rtol=1e-6,
+    )
     assert (features["bu"] <= 0).all()  # minus an MC-dropout variance
     columns = C.raw_columns(D, detector, model, defense, forwards)
     assert list(columns) == C.raw_columns_of(D)

@@ -36,7 +36,9 @@ def test_parse_assignments():
 
 
 def test_strings_are_coerced_to_field_types():
-    new = replace_fields(Example(), {"steps": "20", "rate": "1e-3", "flag": "yes", "name": "y", "cap": "0.25"}, "example")
+    new = replace_fields(
+        Example(), {"steps": "20", "rate": "1e-3", "flag": "yes", "name": "y", "cap": "0.25"}, "example"
+    )
     assert new == Example(steps=20, rate=1e-3, flag=True, name="y", cap=0.25)
     assert replace_fields(Example(cap=1.0), {"cap": "none"}, "example").cap is None
     assert replace_fields(Example(), {"rate": 2}, "example").rate == 2.0

@@ -1,13 +1,14 @@
 """The demo job end to end, with tiny stand-ins for the bundled models so it runs in seconds."""
 
 import pandas as pd
+
+from robench.app.demo import DEMO_DEFENSES, DemoBudget, run_demo
+from robench.checkpoints.bundle import save_bundle
 from tiny import make_tiny
 
-from robench.checkpoints.bundle import save_bundle
-from robench.app.demo import DEMO_DEFENSES, DemoBudget, run_demo
+from robench.runs.suite import load_suite
 
 QUICK = DemoBudget(cw_steps=5, cw_wb_steps=5, spsa_steps=2)
-from robench.runs.suite import load_suite
 
 
 def test_demo_reuses_models_runs_the_suite_and_writes_tables(tmp_path):
@@ -34,5 +35,7 @@ def test_demo_reuses_models_runs_the_suite_and_writes_tables(tmp_path):
     pairs = load_suite(out / "suite.toml")  # the written suite is valid and points at the models
     assert {p.config.model.resolve() for p in pairs} == {(models / f"{d}.pt").resolve() for d in DEMO_DEFENSES}
     rerun: list[str] = []
-    run_demo(out, models, torch.device("cpu"), seed=0, progress=False, echo=rerun.append, n=6, budget=QUICK, reports=False)  # resumes: nothing recomputed
+    run_demo(
+        out, models, torch.device("cpu"), seed=0, progress=False, echo=rerun.append, n=6, budget=QUICK, reports=False
+    )  # resumes: nothing recomputed
     assert sum("reused" in line and "finished parts" in line for line in rerun) == len(pairs)

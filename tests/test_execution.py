@@ -9,13 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_cli import run as run_cli
 
 from robench.core import execution as E
 from robench.core.errors import ConfigError
 from robench.runs.attack_batch import BatchResult
-from robench.runs.part_work import Work as _Work, attack_splitting as _attack_splitting
+from robench.runs.part_work import Work as _Work
+from robench.runs.part_work import attack_splitting as _attack_splitting
 from robench.runs.runner import RunConfig, run
+from test_cli import run as run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SOFTMAX = ROOT / "reports" / "regression" / "models" / "softmax.pt"
@@ -88,8 +89,17 @@ def test_compile_failure_falls_back_to_eager_with_one_note(tiny_softmax, monkeyp
 
 
 def test_channels_last_gives_the_same_records(tmp_path):
-    base = dict(model=SOFTMAX, threat="semi-white-box", attacks=("FGSM", "BIM"), n=16, batch_size=16, device="cpu", detectors=("max-prob",), sanity=False,
-                settings={"BIM.steps": 3})
+    base = dict(
+        model=SOFTMAX,
+        threat="semi-white-box",
+        attacks=("FGSM", "BIM"),
+        n=16,
+        batch_size=16,
+        device="cpu",
+        detectors=("max-prob",),
+        sanity=False,
+        settings={"BIM.steps": 3},
+    )
     off = run(RunConfig(**base, channels_last="off"), progress=False)
     on = run(RunConfig(**base, channels_last="on"), progress=False)
     assert on.info["execution"]["channels_last"] is True and off.info["execution"]["channels_last"] is False
@@ -101,8 +111,17 @@ def test_channels_last_gives_the_same_records(tmp_path):
 
 
 def test_run_json_counts_passes_per_attack(tmp_path):
-    config = RunConfig(model=SOFTMAX, threat="semi-white-box", attacks=("FGSM", "BIM"), n=10, batch_size=10, device="cpu", detectors=(), sanity=False,
-                       settings={"BIM.steps": 4})
+    config = RunConfig(
+        model=SOFTMAX,
+        threat="semi-white-box",
+        attacks=("FGSM", "BIM"),
+        n=10,
+        batch_size=10,
+        device="cpu",
+        detectors=(),
+        sanity=False,
+        settings={"BIM.steps": 4},
+    )
     info = run(config, progress=False).info
     # FGSM: one forward + backward and the judging pass per image; BIM: 4 steps + the judging pass
     assert info["image_passes"] == {"semi-white-box/FGSM": 20, "semi-white-box/BIM": 50}
@@ -120,8 +139,24 @@ def test_threads_option_and_the_shared_cores_warning(tmp_path, capsys, monkeypat
     other = subprocess.Popen(["sleep", "60"])
     try:
         active.mkdir()
-        (active / f"{other.pid}.json").write_text(json.dumps({"pid": other.pid, "threads": 2, "started": "now", "command": "robench run (other)"}))
-        args = ["run", "--model", str(SOFTMAX), "--threat", "noise", "--n", "8", "--device", "cpu", "--detector", "max-prob", "--no-sanity", "--no-progress"]
+        (active / f"{other.pid}.json").write_text(
+            json.dumps({"pid": other.pid, "threads": 2, "started": "now", "command": "robench run (other)"})
+        )
+        args = [
+            "run",
+            "--model",
+            str(SOFTMAX),
+            "--threat",
+            "noise",
+            "--n",
+            "8",
+            "--device",
+            "cpu",
+            "--detector",
+            "max-prob",
+            "--no-sanity",
+            "--no-progress",
+        ]
         code, _, err = run_cli(capsys, *args, "--out", str(tmp_path / "a"), "--threads", "1")
         assert code == 0
         lines = [line for line in err.splitlines() if "warning" in line]

@@ -18,19 +18,49 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from test_cli import assert_one_line_error, run as run_cli
-from tiny import make_tiny
 
-from robench.cli.report import report as report_command
 from robench.checkpoints.bundle import save_bundle
+from robench.cli.report import report as report_command
+from robench.report.html_report import CONTENT_SECURITY_POLICY, PNG_DATA_URI, info_table
 from robench.runs.runner import RunConfig, run
 from robench.runs.suite import run_suite
-from robench.report.html_report import CONTENT_SECURITY_POLICY, PNG_DATA_URI, info_table
+from test_cli import assert_one_line_error
+from test_cli import run as run_cli
+from tiny import make_tiny
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # attributes that can make a browser fetch something
-URL_ATTRIBUTES = {"src", "href", "srcset", "action", "formaction", "data", "poster", "background", "ping", "manifest", "cite", "longdesc", "codebase", "xlink:href"}
-FETCHING_TAGS = {"script", "link", "iframe", "frame", "object", "embed", "base", "audio", "video", "source", "track", "form", "applet"}
+URL_ATTRIBUTES = {
+    "src",
+    "href",
+    "srcset",
+    "action",
+    "formaction",
+    "data",
+    "poster",
+    "background",
+    "ping",
+    "manifest",
+    "cite",
+    "longdesc",
+    "codebase",
+    "xlink:href",
+}
+FETCHING_TAGS = {
+    "script",
+    "link",
+    "iframe",
+    "frame",
+    "object",
+    "embed",
+    "base",
+    "audio",
+    "video",
+    "source",
+    "track",
+    "form",
+    "applet",
+}
 SUITE = """
 [defaults]
 n = 8
@@ -128,7 +158,15 @@ def tiny_runs(tmp_path_factory):
     for name in ("softmax", "gm"):
         model, meta = make_tiny(name)
         save_bundle(root / f"{name}.pt", model, meta)
-    config = RunConfig(model=root / "gm.pt", threat="semi-white-box", attacks=("FGSM", "BIM"), n=8, batch_size=8, device="cpu", detectors=("kd", "max-prob"))
+    config = RunConfig(
+        model=root / "gm.pt",
+        threat="semi-white-box",
+        attacks=("FGSM", "BIM"),
+        n=8,
+        batch_size=8,
+        device="cpu",
+        detectors=("kd", "max-prob"),
+    )
     run(config, root / "run", progress=False)
     (root / "suite.toml").write_text(SUITE)
     run_suite(root / "suite.toml", root / "suite", progress=False, echo=lambda _: None)
@@ -157,19 +195,27 @@ def test_run_report_is_one_self_contained_page(tiny_runs, run_page, tmp_path, ca
     page = Page(text)
     assert_self_contained(page)
     tables = {attrs.get("id") for attrs in page.all("table")}
-    assert {"T_detection", "T_worst_case", "T_summary"} <= tables and "T_white_box" not in tables  # no white-box threat in the run
+    assert {
+        "T_detection",
+        "T_worst_case",
+        "T_summary",
+    } <= tables and "T_white_box" not in tables  # no white-box threat in the run
     assert {"evaluated", "tables", "table-detection", "table-worst-case", "summary", "sanity", "figures"} <= page.ids
     # the intervals are on by default in the page: value [low, high], low <= value <= high
     cells = re.findall(r">(\d+\.\d) \[(\d+\.\d), (\d+\.\d)\]<", text)
     assert cells and all(float(low) <= float(value) <= float(high) for value, low, high in cells)
     pngs = embedded_pngs(page)
-    assert len(pngs) == 2 and all(png.startswith(PNG_MAGIC) and len(png) > 1000 for png in pngs)  # the ROC and K-density figures
+    assert len(pngs) == 2 and all(
+        png.startswith(PNG_MAGIC) and len(png) > 1000 for png in pngs
+    )  # the ROC and K-density figures
     assert re.findall(r"Figure \d+: <code>([^<]+)</code>", text) == ["roc-gm-semi-white-box", "kd-hist-semi-white-box"]
     info = json.loads((tiny_runs / "run" / "run.json").read_text())
     content_hash = info["model"]["content_hash"]
     assert f'<code title="{content_hash}">{content_hash[:12]}</code>' in text
     assert f'title="{info["git_revision"]}"' in text or f"<code>{info['git_revision']}</code>" in text
-    assert "<th>torch</th>" in text and f"<code>{info['versions']['torch']}</code>" in text  # run.json's package versions
+    assert (
+        "<th>torch</th>" in text and f"<code>{info['versions']['torch']}</code>" in text
+    )  # run.json's package versions
     assert "gradient-zero-or-nan" in text and "unbounded-budget-not-reached" in text  # the run's sanity checks
     again = report(capsys, tiny_runs / "run", tmp_path / "again.html")
     assert again == text  # the same records render the same bytes
@@ -188,7 +234,9 @@ def test_suite_report_holds_every_layout(tiny_runs, tmp_path, capsys):
     sanity = pd.read_csv(tiny_runs / "suite" / "sanity.csv")
     assert text.count('<tr class="flagged">') == int(sanity["flagged"].sum())  # the suite's own sanity.csv, row for row
     assert f"{len(sanity)} checks" in text
-    assert "black-box (from gm)" in text and "black-box (from softmax)" in text  # each run's threats, with its substitute
+    assert (
+        "black-box (from gm)" in text and "black-box (from softmax)" in text
+    )  # each run's threats, with its substitute
     assert not page.all("img") and "--no-figures" in text
 
 
@@ -207,13 +255,24 @@ def test_no_ci_and_no_figures_and_the_stdout_fragment(tiny_runs, tmp_path, capsy
     bare = report(capsys, tiny_runs / "run", tmp_path / "bare.html", "--no-ci", "--no-figures", "--layout", "detection")
     page = Page(bare)
     assert_self_contained(page)
-    assert not page.all("img") and not re.search(r"\d \[\d", bare) and [t.get("id") for t in page.all("table") if t.get("id", "").startswith("T_")] == ["T_detection"]
+    assert (
+        not page.all("img")
+        and not re.search(r"\d \[\d", bare)
+        and [t.get("id") for t in page.all("table") if t.get("id", "").startswith("T_")] == ["T_detection"]
+    )
     # --format html on stdout without --standalone: the tables' fragment, as before
     code, stdout, err = run_cli(capsys, "report", str(tiny_runs / "run"), "--format", "html", "--layout", "detection")
     assert code == 0, err
-    assert stdout.startswith("<style") and "<!DOCTYPE" not in stdout and "<img" not in stdout and 'id="T_detection"' in stdout
+    assert (
+        stdout.startswith("<style")
+        and "<!DOCTYPE" not in stdout
+        and "<img" not in stdout
+        and 'id="T_detection"' in stdout
+    )
     # --standalone on stdout: the whole page
-    code, stdout, err = run_cli(capsys, "report", str(tiny_runs / "run"), "--format", "html", "--standalone", "--no-figures", "--no-ci")
+    code, stdout, err = run_cli(
+        capsys, "report", str(tiny_runs / "run"), "--format", "html", "--standalone", "--no-figures", "--no-ci"
+    )
     assert code == 0, err
     assert stdout.startswith("<!DOCTYPE html>") and 'id="sanity"' in stdout
     code, _, err = run_cli(capsys, "report", str(tiny_runs / "run"), "--format", "markdown", "--no-figures")
@@ -233,7 +292,9 @@ def test_info_tables_escape_what_run_json_says():
 def chromium() -> str | None:
     if Path("/usr/bin/chromium").is_file():
         return "/usr/bin/chromium"
-    return next((found for name in ("chromium", "chromium-browser", "google-chrome") if (found := shutil.which(name))), None)
+    return next(
+        (found for name in ("chromium", "chromium-browser", "google-chrome") if (found := shutil.which(name))), None
+    )
 
 
 PROBE = """<script>
@@ -262,7 +323,9 @@ def test_chromium_renders_the_tables_and_images(run_page, tmp_path):
     # a copy with a probe script; its policy allows that inline script, nothing else beyond the report's own
     probed = tmp_path / "probed.html"
     probed.write_text(
-        text.replace(CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY + "; script-src 'unsafe-inline'").replace("</body>", PROBE + "</body>"),
+        text.replace(CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY + "; script-src 'unsafe-inline'").replace(
+            "</body>", PROBE + "</body>"
+        ),
         encoding="utf-8",
     )
     done = headless(binary, tmp_path / "profile", "--virtual-time-budget=5000", "--dump-dom", probed.as_uri())
@@ -270,8 +333,17 @@ def test_chromium_renders_the_tables_and_images(run_page, tmp_path):
     found = re.search(r"tables=(\d+) images=(\d+) loaded=(\d+)", done.stdout)
     assert found, done.stdout[-2000:]
     tables, images, loaded = map(int, found.groups())
-    assert tables == len(Page(text).all("table")) >= 3 and images == len(Page(text).all("img")) == 2 and loaded == images
+    assert (
+        tables == len(Page(text).all("table")) >= 3 and images == len(Page(text).all("img")) == 2 and loaded == images
+    )
     shot = tmp_path / "shot.png"
-    done = headless(binary, tmp_path / "profile", "--hide-scrollbars", f"--screenshot={shot}", "--window-size=1280,2000", run_page.as_uri())
+    done = headless(
+        binary,
+        tmp_path / "profile",
+        "--hide-scrollbars",
+        f"--screenshot={shot}",
+        "--window-size=1280,2000",
+        run_page.as_uri(),
+    )
     assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
     assert shot.read_bytes().startswith(PNG_MAGIC) and shot.stat().st_size > 10_000

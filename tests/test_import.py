@@ -18,26 +18,36 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import save_file
-from test_cli import assert_one_line_error
-from test_cli import run as run_cli
 
 import import_fixtures as F
 from robench.attacks.base import AttackTarget, Bounds
 from robench.attacks.objectives import objective_value
-from robench.cli.commands import main
 from robench.checkpoints.bundle import load_bundle
-from robench.core.data import load_dataset
-from robench.core.errors import BundleError, ConfigError
 from robench.checkpoints.imported.archive import check_expression, check_target
 from robench.checkpoints.imported.program import PROGRAM_KEY
+from robench.cli.commands import main
+from robench.core.data import load_dataset
+from robench.core.errors import BundleError, ConfigError
 from robench.core.provenance import state_dict_hash
 from robench.detectors import DETECTORS, fit_or_load
 from robench.detectors.bu import dropout_layers, mc_dropout_uncertainty
 from robench.specs.threat_files import select_threats
+from test_cli import assert_one_line_error
+from test_cli import run as run_cli
 
 MNIST = ["--dataset", "mnist-5k"]
 # Fields that size an attack's work, and the small value a plumbing test runs them at.
-SMALL = {"steps": 2, "binary_search_steps": 1, "samples": 8, "n_iter": 2, "iterations": 2, "restarts": 1, "n_restarts": 1, "queries": 16, "n_queries": 16}
+SMALL = {
+    "steps": 2,
+    "binary_search_steps": 1,
+    "samples": 8,
+    "n_iter": 2,
+    "iterations": 2,
+    "restarts": 1,
+    "n_restarts": 1,
+    "queries": 16,
+    "n_queries": 16,
+}
 
 
 def cli(*args: str) -> tuple[int, str, str]:
@@ -83,7 +93,10 @@ def _shrunk_settings() -> list[str]:
     args = []
     for label, params in attacks.items():
         for field, small in SMALL.items():
-            if all(isinstance(p.get(field), int) and not isinstance(p.get(field), bool) and p[field] > small for p in params):
+            if all(
+                isinstance(p.get(field), int) and not isinstance(p.get(field), bool) and p[field] > small
+                for p in params
+            ):
                 args += ["--set", f"{label}.{field}={small}"]
     return args
 
@@ -193,9 +206,20 @@ def test_mc_dropout_matches_the_eager_model(world):
 
 
 def test_a_model_without_dropout_has_no_bu(tmp_path, capsys):
-    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 12), torch.nn.ReLU(), torch.nn.Linear(12, 10)).eval()
+    net = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(784, 12), torch.nn.ReLU(), torch.nn.Linear(12, 10)
+    ).eval()
     F.export_program(net, tmp_path / "plain.pt2")
-    code, out, err = run_cli(capsys, "import", str(tmp_path / "plain.pt2"), "--out", str(tmp_path / "plain.pt"), "--feature-layer", "2", *MNIST)
+    code, out, err = run_cli(
+        capsys,
+        "import",
+        str(tmp_path / "plain.pt2"),
+        "--out",
+        str(tmp_path / "plain.pt"),
+        "--feature-layer",
+        "2",
+        *MNIST,
+    )
     assert code == 0, err
     assert "BU: not applicable" in out
     bundle = load_bundle(tmp_path / "plain.pt")
@@ -206,7 +230,9 @@ def test_a_model_without_dropout_has_no_bu(tmp_path, capsys):
 def test_a_feature_layer_away_from_the_head_gives_a_joint_program(world, tmp_path, capsys):
     """Features from 'hidden' (not the last layer's input): one pass gives z and the logits; ce and adaptive agree."""
     out = tmp_path / "joint.pt"
-    code, stdout, err = run_cli(capsys, "import", str(world["root"] / "net.pt2"), "--out", str(out), "--feature-layer", "hidden", *MNIST)
+    code, stdout, err = run_cli(
+        capsys, "import", str(world["root"] / "net.pt2"), "--out", str(out), "--feature-layer", "hidden", *MNIST
+    )
     assert code == 0, err
     assert "none separable" in stdout
     bundle = load_bundle(out)
@@ -241,12 +267,34 @@ def test_a_robench_head_in_a_foreign_model_keeps_its_defense(tmp_path, capsys):
 
     torch.manual_seed(0)
     F.export_program(WithGMHead(), tmp_path / "gm.pt2")
-    code, out, err = run_cli(capsys, "import", str(tmp_path / "gm.pt2"), "--out", str(tmp_path / "gm.pt"), "--feature-layer", "body", "--defense", "gm", *MNIST)
+    code, out, err = run_cli(
+        capsys,
+        "import",
+        str(tmp_path / "gm.pt2"),
+        "--out",
+        str(tmp_path / "gm.pt"),
+        "--feature-layer",
+        "body",
+        "--defense",
+        "gm",
+        *MNIST,
+    )
     assert code == 0, err
     bundle = load_bundle(tmp_path / "gm.pt")
     assert isinstance(bundle.model.head, GMHead) and bundle.defense.name == "gm"
     DETECTORS.get("gm-likelihood")().check_applicable(bundle.model, bundle.defense)
-    code, _, err = run_cli(capsys, "import", str(tmp_path / "gm.pt2"), "--out", str(tmp_path / "mmc.pt"), "--feature-layer", "body", "--defense", "rce", *MNIST)
+    code, _, err = run_cli(
+        capsys,
+        "import",
+        str(tmp_path / "gm.pt2"),
+        "--out",
+        str(tmp_path / "mmc.pt"),
+        "--feature-layer",
+        "body",
+        "--defense",
+        "rce",
+        *MNIST,
+    )
     assert_one_line_error(code, err, "--defense rce")
 
 
@@ -275,7 +323,16 @@ def test_bad_import_is_one_line(bad, capsys, case):
 
 
 def test_import_refuses_to_overwrite(bad, capsys):
-    code, _, err = run_cli(capsys, "import", str(bad / "net.pt2"), "--out", str(bad / "from-pt2.pt"), "--feature-layer", "penultimate", *MNIST)
+    code, _, err = run_cli(
+        capsys,
+        "import",
+        str(bad / "net.pt2"),
+        "--out",
+        str(bad / "from-pt2.pt"),
+        "--feature-layer",
+        "penultimate",
+        *MNIST,
+    )
     assert_one_line_error(code, err, "exists", "--force")
 
 
@@ -303,7 +360,10 @@ def test_a_tampered_program_in_a_bundle_is_refused_before_it_loads(world, tmp_pa
         load_bundle(tmp_path / "flipped.pt")
 
 
-@pytest.mark.parametrize("variant", ["second-program.JSON", "guards-code", "expr-tower-of-powers", "extra-models/evil.pt", "pickle-in-weight"])
+@pytest.mark.parametrize(
+    "variant",
+    ["second-program.JSON", "guards-code", "expr-tower-of-powers", "extra-models/evil.pt", "pickle-in-weight"],
+)
 def test_a_crafted_program_in_a_bundle_never_runs_code(world, tmp_path, capsys, variant):
     """The archive attacks of tests/test_archive_attacks.py inside a bundle (hash recomputed): load, info and run."""
     import zipfile
@@ -345,7 +405,13 @@ def test_archive_checks():
     assert check_target("torch.ops.aten.conv2d.default") is None
     assert check_target("_operator.getitem") is None
     assert check_target("torch.sym_max") is None
-    for evil in ("torch.serialization.os.system", "builtins.eval", "torch.ops.torchvision.nms.default", "_operator.attrgetter", "torch.ops.higher_order.call_torchbind"):
+    for evil in (
+        "torch.serialization.os.system",
+        "builtins.eval",
+        "torch.ops.torchvision.nms.default",
+        "_operator.attrgetter",
+        "torch.ops.higher_order.call_torchbind",
+    ):
         assert check_target(evil) is not None, evil
 
 
@@ -371,17 +437,33 @@ def test_torchscript_archive(world, tmp_path, capsys):
     """A TorchScript archive: converted to an exported program; its weighted modules can be named as feature layers."""
     net = world["net"].eval()
     torch.jit.save(torch.jit.script(net), tmp_path / "net.ts")
-    code, out, err = run_cli(capsys, "import", str(tmp_path / "net.ts"), "--out", str(tmp_path / "ts.pt"), "--feature-layer", "penultimate", *MNIST)
+    code, out, err = run_cli(
+        capsys,
+        "import",
+        str(tmp_path / "net.ts"),
+        "--out",
+        str(tmp_path / "ts.pt"),
+        "--feature-layer",
+        "penultimate",
+        *MNIST,
+    )
     assert code == 0, err
     assert err.strip() == ""  # torch's converter logs nothing through
     bundle = load_bundle(tmp_path / "ts.pt")
-    assert bundle.meta.arch_kwargs == {"source": "torchscript", "head": "separate", "head_bias": True, "mc_dropout": 0.25}
+    assert bundle.meta.arch_kwargs == {
+        "source": "torchscript",
+        "head": "separate",
+        "head_bias": True,
+        "mc_dropout": 0.25,
+    }
     x = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         assert torch.allclose(bundle.model(x), net(x), atol=1e-5)
         assert torch.allclose(bundle.model.features(x), penultimate_of(net, x), atol=1e-5)
     # a module without weights has no boundary left in a TorchScript program
-    code, _, err = run_cli(capsys, "import", str(tmp_path / "net.ts"), "--out", str(tmp_path / "ts2.pt"), "--feature-layer", "drop", *MNIST)
+    code, _, err = run_cli(
+        capsys, "import", str(tmp_path / "net.ts"), "--out", str(tmp_path / "ts2.pt"), "--feature-layer", "drop", *MNIST
+    )
     assert_one_line_error(code, err, "no module 'drop'")
 
 
@@ -416,7 +498,9 @@ def test_conversions_reach_the_programs_own_tensors(tmp_path, capsys):
     torch.manual_seed(0)
     net = WithConstants().eval()
     F.export_program(net, tmp_path / "c.pt2")
-    code, _, err = run_cli(capsys, "import", str(tmp_path / "c.pt2"), "--out", str(tmp_path / "c.pt"), "--feature-layer", "flat", *MNIST)
+    code, _, err = run_cli(
+        capsys, "import", str(tmp_path / "c.pt2"), "--out", str(tmp_path / "c.pt"), "--feature-layer", "flat", *MNIST
+    )
     assert code == 0, err
     model = load_bundle(tmp_path / "c.pt").model.double()
     x = torch.rand(3, 1, 28, 28, dtype=torch.float64)

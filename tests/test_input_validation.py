@@ -9,15 +9,15 @@ import shutil
 
 import pytest
 import torch
-from test_bundle import _write_payload
-from test_cli import TINY_TRAIN, assert_one_line_error, run
-from tiny import make_tiny
 
 from robench.checkpoints import bundle as bundle_module
 from robench.checkpoints.bundle import load_bundle, save_bundle
-from robench.core.errors import BundleError, ConfigError
 from robench.checkpoints.training import TrainConfig, train_config_for
+from robench.core.errors import BundleError, ConfigError
 from robench.specs.run_config import RunConfig
+from test_bundle import _write_payload
+from test_cli import TINY_TRAIN, assert_one_line_error, run
+from tiny import make_tiny
 
 HUGE_SEED = "99999999999999999999999"  # beyond what torch.Generator.manual_seed accepts
 
@@ -55,11 +55,17 @@ def test_non_finite_weights_are_refused_at_save_load_and_info(tmp_path, capsys, 
         ({"input_shape": (1, 10**6, 28)}, "input_shape side"),
         ({"input_shape": (10**4, 28, 28), "mean": (0.1,), "std": (0.3,)}, "input_shape channels"),
         ({"feature_dim": 10**9}, "'feature_dim'"),
-        ({"arch_kwargs": {"width": 10**9, "hidden": 16, "feature_dim": 12, "dropout": 0.0}}, "width must be an integer in [1, 4096]"),
+        (
+            {"arch_kwargs": {"width": 10**9, "hidden": 16, "feature_dim": 12, "dropout": 0.0}},
+            "width must be an integer in [1, 4096]",
+        ),
         ({"arch_kwargs": {"width": 4, "hidden": 10**9, "feature_dim": 12, "dropout": 0.0}}, "hidden must be"),
         ({"arch_kwargs": {"width": 4000, "hidden": 16, "feature_dim": 12, "dropout": 0.0}}, "more than robench builds"),
         ({"input_shape": (1, 4096, 4096)}, "more than robench builds"),
-        ({"arch": "resnet20", "arch_kwargs": {"width": 3000, "feature_dim": None, "shortcut": "A", "dropout": 0.0}}, "more than robench builds"),
+        (
+            {"arch": "resnet20", "arch_kwargs": {"width": 3000, "feature_dim": None, "shortcut": "A", "dropout": 0.0}},
+            "more than robench builds",
+        ),
         ({"seed": 2**64}, "'seed'"),
         ({"split_seed": -(2**63) - 1}, "'split_seed'"),
     ],
@@ -83,7 +89,10 @@ def test_weights_that_do_not_fit_are_refused_before_the_real_build(tmp_path, mon
     wide = dataclasses.replace(meta, arch_kwargs={**meta.arch_kwargs, "hidden": 60000})
     _write_payload(tmp_path / "wide.pt", wide, model.state_dict())
     monkeypatch.setattr(bundle_module, "build_classifier", lambda *a, **k: pytest.fail("the model was built"))
-    with pytest.raises(BundleError, match=r"do not fit architecture 'cnn': backbone\.mlp\.2\.bias has shape \[16\] in the file but \[60000\]"):
+    with pytest.raises(
+        BundleError,
+        match=r"do not fit architecture 'cnn': backbone\.mlp\.2\.bias has shape \[16\] in the file but \[60000\]",
+    ):
         load_bundle(tmp_path / "wide.pt")
 
 
@@ -115,14 +124,36 @@ def test_bad_train_options_exit_2_before_training(tmp_path, capsys, args, fragme
     assert not out.exists()
 
 
-@pytest.mark.parametrize("param", ["width=0", "width=5000", "feature_dim=0", "feature_dim=100000", "width=true", "width=2.5"])
+@pytest.mark.parametrize(
+    "param", ["width=0", "width=5000", "feature_dim=0", "feature_dim=100000", "width=true", "width=2.5"]
+)
 def test_bad_resnet_kwargs_exit_2(tmp_path, capsys, param):
-    args = ["train", "--arch", "resnet20", "--dataset", "digits", "--arch-param", param, "--out", str(tmp_path / "x.pt"), "--device", "cpu"]
+    args = [
+        "train",
+        "--arch",
+        "resnet20",
+        "--dataset",
+        "digits",
+        "--arch-param",
+        param,
+        "--out",
+        str(tmp_path / "x.pt"),
+        "--device",
+        "cpu",
+    ]
     _exit(capsys, *args, code=2, fragments=(f"{param.split('=')[0]} must be an integer in [1, ",))
 
 
 def test_train_config_python_api_is_validated():
-    for bad in ({"lr": float("nan")}, {"lr": 0.0}, {"momentum": float("inf")}, {"shift": -1}, {"hflip": 1}, {"seed": 2**64}, {"seed": True}):
+    for bad in (
+        {"lr": float("nan")},
+        {"lr": 0.0},
+        {"momentum": float("inf")},
+        {"shift": -1},
+        {"hflip": 1},
+        {"seed": 2**64},
+        {"seed": True},
+    ):
         with pytest.raises(ConfigError) as info:
             TrainConfig(**bad)
         assert "\n" not in str(info.value)
@@ -176,19 +207,53 @@ def test_empty_out_is_refused(tmp_path, capsys, monkeypatch, args):
 
 @pytest.mark.parametrize("sigma", ["nan", "inf", "-0.1"])
 def test_bad_sigma_is_exit_2(bundles, capsys, sigma):
-    args = ["run", "--model", str(bundles["gm"]), "--threat", "noise", "--sigma", "0.1", "--sigma", sigma, "--device", "cpu"]
+    args = [
+        "run",
+        "--model",
+        str(bundles["gm"]),
+        "--threat",
+        "noise",
+        "--sigma",
+        "0.1",
+        "--sigma",
+        sigma,
+        "--device",
+        "cpu",
+    ]
     _exit(capsys, *args, code=2, fragments=("sigmas (--sigma) must be", "finite numbers >= 0"))
 
 
 @pytest.mark.parametrize("flag", [["--n", "0"], ["--batch-size", "0"], ["--n", "-5"]])
 def test_non_positive_n_is_exit_2(bundles, capsys, flag):
-    _exit(capsys, "run", "--model", str(bundles["gm"]), "--threat", "noise", *flag, code=2, fragments=("must be an integer >= 1",))
+    _exit(
+        capsys,
+        "run",
+        "--model",
+        str(bundles["gm"]),
+        "--threat",
+        "noise",
+        *flag,
+        code=2,
+        fragments=("must be an integer >= 1",),
+    )
 
 
 def test_substitute_equal_to_the_model_is_exit_2(bundles, tmp_path, capsys):
     shutil.copy(bundles["gm"], tmp_path / "copy.pt")
     for substitute in (bundles["gm"], tmp_path / "copy.pt"):
-        args = ["run", "--model", str(bundles["gm"]), "--threat", "black-box", "--substitute", str(substitute), "--device", "cpu", "--out", str(tmp_path / "o")]
+        args = [
+            "run",
+            "--model",
+            str(bundles["gm"]),
+            "--threat",
+            "black-box",
+            "--substitute",
+            str(substitute),
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "o"),
+        ]
         _exit(capsys, *args, code=2, fragments=("is the model", "white-box"))
     assert not (tmp_path / "o").exists()
 
@@ -200,7 +265,9 @@ def test_n_beyond_the_test_split_runs_on_all_of_it_and_says_so(bundles, tmp_path
     code, _, err = run(capsys, *args)
     assert code == 0, err
     notes = [line for line in err.splitlines() if line.strip()]
-    assert notes == ["robench: note: --n 5000 is more than the 1000 test samples of 'mnist-5k': running on all 1000 (run.json records samples = 1000)"]
+    assert notes == [
+        "robench: note: --n 5000 is more than the 1000 test samples of 'mnist-5k': running on all 1000 (run.json records samples = 1000)"
+    ]
     info = json.loads((out / "run.json").read_text())
     assert info["samples"] == 1000 and info["config"]["n"] == 5000
 
@@ -242,7 +309,9 @@ def test_run_config_refuses_wrong_types_in_one_line(kwargs, fragment):
 def test_run_config_takes_lists_for_tuples():
     config = RunConfig(model="m.pt", threat="noise", attacks=["noise-0.1"], detectors=["kd"], sigmas=[0.1, 0])
     assert config.attacks == ("noise-0.1",) and config.detectors == ("kd",) and config.sigmas == (0.1, 0)
-    assert dataclasses.replace(config, n=5) == RunConfig(model="m.pt", threat="noise", n=5, attacks=("noise-0.1",), detectors=("kd",), sigmas=(0.1, 0))
+    assert dataclasses.replace(config, n=5) == RunConfig(
+        model="m.pt", threat="noise", n=5, attacks=("noise-0.1",), detectors=("kd",), sigmas=(0.1, 0)
+    )
 
 
 # ---------------------------------------------------------------- 6. a read-only model folder
@@ -258,7 +327,9 @@ def test_uncachable_detector_fit_is_one_note_and_goes_on(bundles, capsys, monkey
     code, stdout, err = run(capsys, "detect", "--model", str(bundles["softmax"]), "--detector", "kd", "--device", "cpu")
     assert code == 0 and "fitted" in stdout
     lines = [line for line in err.splitlines() if line.strip()]
-    assert lines == [f"robench: note: cannot cache detector 'kd' next to {bundles['softmax']} (Permission denied); fitting it again next time"]
+    assert lines == [
+        f"robench: note: cannot cache detector 'kd' next to {bundles['softmax']} (Permission denied); fitting it again next time"
+    ]
     assert not (bundles["softmax"].parent / "softmax.pt.detectors").exists()
 
 

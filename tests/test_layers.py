@@ -254,7 +254,9 @@ class _ImportCollector(ast.NodeVisitor):
             self._add(submodule if alias.name != "*" and submodule in self.modules else base, node, seen)
 
 
-def import_sites(modules: dict[str, Path], root: str = ROOT_PACKAGE, repo: Path = REPO) -> tuple[list[ImportSite], list[tuple[str, str]]]:
+def import_sites(
+    modules: dict[str, Path], root: str = ROOT_PACKAGE, repo: Path = REPO
+) -> tuple[list[ImportSite], list[tuple[str, str]]]:
     """Every import of a package module by a package module, and the in-package names that resolve to no module."""
     sites: list[ImportSite] = []
     unresolved: list[tuple[str, str]] = []
@@ -280,7 +282,9 @@ def _covers(prefix: str, module: str, root: str) -> bool:
     return module == prefix or module.startswith(prefix + ".")
 
 
-def layer_of(module: str, layers: list[tuple[str, list[str]]] = LAYERS, root: str = ROOT_PACKAGE) -> tuple[int, str] | None:
+def layer_of(
+    module: str, layers: list[tuple[str, list[str]]] = LAYERS, root: str = ROOT_PACKAGE
+) -> tuple[int, str] | None:
     """(index from the bottom, layer name) of the longest prefix covering ``module``; None when none does."""
     best: tuple[int, int, str] | None = None
     for index, (name, prefixes) in enumerate(layers):
@@ -354,7 +358,10 @@ class UpwardEdge:
 
 
 def analyze(
-    repo: Path = REPO, layers: list[tuple[str, list[str]]] = LAYERS, root: str = ROOT_PACKAGE, kinds: frozenset[str] | None = None
+    repo: Path = REPO,
+    layers: list[tuple[str, list[str]]] = LAYERS,
+    root: str = ROOT_PACKAGE,
+    kinds: frozenset[str] | None = None,
 ) -> tuple[dict[tuple[str, str], list[ImportSite]], list[list[str]], list[UpwardEdge]]:
     """(edges, cycles, upward_edges) of the package in ``repo``.
 
@@ -376,14 +383,24 @@ def analyze(
             src, dst = layer_of(site.src, layers, root), layer_of(site.dst, layers, root)
             if src is not None and dst is not None and src[0] < dst[0]:
                 upward.append(UpwardEdge(site, src[1], dst[1]))
-    upward.sort(key=lambda u: (layer_of(u.site.src, layers, root), layer_of(u.site.dst, layers, root), u.site.src, u.site.dst, u.site.line))
+    upward.sort(
+        key=lambda u: (
+            layer_of(u.site.src, layers, root),
+            layer_of(u.site.dst, layers, root),
+            u.site.src,
+            u.site.dst,
+            u.site.line,
+        )
+    )
     return edges, cycles, upward
 
 
 # ---------------------------------------------------------------- reports
 
 
-def shortest_path(start: str, goal: str, members: set[str], edges: dict[tuple[str, str], list[ImportSite]]) -> list[str]:
+def shortest_path(
+    start: str, goal: str, members: set[str], edges: dict[tuple[str, str], list[ImportSite]]
+) -> list[str]:
     """The shortest import path from ``start`` to ``goal`` through ``members`` (breadth first; [] when none)."""
     graph: dict[str, list[str]] = defaultdict(list)
     for src, dst in sorted(edges):
@@ -452,7 +469,11 @@ def test_the_graph_is_found():
 def test_no_import_cycles(analysis):
     edges, cycles, _ = analysis
     if cycles:
-        pytest.fail(f"{len(cycles)} import cycle(s) between robench modules (each with the imports inside it):\n" + describe_cycles(cycles, edges), pytrace=False)
+        pytest.fail(
+            f"{len(cycles)} import cycle(s) between robench modules (each with the imports inside it):\n"
+            + describe_cycles(cycles, edges),
+            pytrace=False,
+        )
 
 
 def test_no_upward_imports_between_layers(analysis):
@@ -475,7 +496,12 @@ def test_every_module_has_a_layer():
 
 def test_every_layer_prefix_names_modules():
     modules = find_modules(package_dirs())
-    stale = [(name, prefix) for name, prefixes in LAYERS for prefix in prefixes if not any(_covers(prefix, m, ROOT_PACKAGE) for m in modules)]
+    stale = [
+        (name, prefix)
+        for name, prefixes in LAYERS
+        for prefix in prefixes
+        if not any(_covers(prefix, m, ROOT_PACKAGE) for m in modules)
+    ]
     assert not stale, f"LAYERS prefixes that cover no module (a typo, or a package that moved): {stale}"
 
 
@@ -541,12 +567,21 @@ def main() -> int:
     for site_list in edges.values():
         for site in site_list:
             by_kind[site.kind] += 1
-    print("  import sites by kind: " + ", ".join(f"{kind} {by_kind[kind]}" for kind in (MODULE_LEVEL, IN_FUNCTION, TYPE_CHECKING_BLOCK)))
+    print(
+        "  import sites by kind: "
+        + ", ".join(f"{kind} {by_kind[kind]}" for kind in (MODULE_LEVEL, IN_FUNCTION, TYPE_CHECKING_BLOCK))
+    )
     upward_by_kind = defaultdict(int)
     for u in upward:
         upward_by_kind[u.site.kind] += 1
-    print("  upward imports by kind: " + ", ".join(f"{kind} {upward_by_kind[kind]}" for kind in (MODULE_LEVEL, IN_FUNCTION, TYPE_CHECKING_BLOCK)))
-    for label, kinds in (("without TYPE_CHECKING edges", {MODULE_LEVEL, IN_FUNCTION}), ("module-level edges only (import time)", {MODULE_LEVEL})):
+    print(
+        "  upward imports by kind: "
+        + ", ".join(f"{kind} {upward_by_kind[kind]}" for kind in (MODULE_LEVEL, IN_FUNCTION, TYPE_CHECKING_BLOCK))
+    )
+    for label, kinds in (
+        ("without TYPE_CHECKING edges", {MODULE_LEVEL, IN_FUNCTION}),
+        ("module-level edges only (import time)", {MODULE_LEVEL}),
+    ):
         _, partial, _ = analyze(kinds=frozenset(kinds))
         print(f"  cycles {label}: {len(partial)}" + "".join(f"\n      {c}" for c in partial))
     print("layers, bottom first: " + " < ".join(name for name, _ in LAYERS))

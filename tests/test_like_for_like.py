@@ -11,11 +11,11 @@ import pytest
 
 from robench.checkpoints.bundle import save_bundle
 from robench.core.errors import ConfigError, RobenchError
-from robench.scoring import records as R
-from robench.scoring.combiner import fit_mask, fitted_column
 from robench.runs.prepare import prepare
 from robench.runs.runner import RunConfig, run
 from robench.runs.suite import load_suite
+from robench.scoring import records as R
+from robench.scoring.combiner import fit_mask, fitted_column
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST_WB = {"C&W-wb.steps": 5, "C&W-wb.binary_search_steps": 2}
@@ -27,14 +27,26 @@ def dropout_bundle(tmp_path_factory):
     from robench.checkpoints.train_bundle import train_bundle
 
     arch = {"width": 8, "hidden": 32, "feature_dim": 16, "dropout": 0.25}
-    bundle = train_bundle(defense="gm", arch_kwargs=arch, train_overrides={"epochs": 2, "lr": 3e-3, "shift": 0}, progress=False)
+    bundle = train_bundle(
+        defense="gm", arch_kwargs=arch, train_overrides={"epochs": 2, "lr": 3e-3, "shift": 0}, progress=False
+    )
     path = tmp_path_factory.mktemp("dropout") / "gm.pt"
     save_bundle(path, bundle.model, bundle.meta)
     return path
 
 
 def _white_box(model: Path, settings: dict, **kwargs) -> RunConfig:
-    return RunConfig(model=model, threat="white-box", attacks=("C&W-wb",), n=12, batch_size=12, device="cpu", detectors=("kd",), settings=settings, **kwargs)
+    return RunConfig(
+        model=model,
+        threat="white-box",
+        attacks=("C&W-wb",),
+        n=12,
+        batch_size=12,
+        device="cpu",
+        detectors=("kd",),
+        settings=settings,
+        **kwargs,
+    )
 
 
 def test_the_attackers_kd_is_the_scored_one_unless_set_apart(bundles, tmp_path):
@@ -42,8 +54,16 @@ def test_the_attackers_kd_is_the_scored_one_unless_set_apart(bundles, tmp_path):
     (density,) = json.loads((tmp_path / "same" / "run.json").read_text())["attacker_density"]
     scored = same.info["detectors"]["kd"]["params"]
     assert density["same_as_scored"] and density["fit"] == "scored detector"
-    assert (density["bandwidth"], density["kd_per_class"], density["seed"]) == (scored["bandwidth"], scored["per_class"], scored["seed"])
-    assert density["scored_kd"] == {"bandwidth": scored["bandwidth"], "per_class": scored["per_class"], "seed": scored["seed"]}
+    assert (density["bandwidth"], density["kd_per_class"], density["seed"]) == (
+        scored["bandwidth"],
+        scored["per_class"],
+        scored["seed"],
+    )
+    assert density["scored_kd"] == {
+        "bandwidth": scored["bandwidth"],
+        "per_class": scored["per_class"],
+        "seed": scored["seed"],
+    }
     assert density["attacks"] == ["white-box/C&W-wb"] and len(density["eta_per_class"]) == 10
     check = same.sanity.set_index("check").loc["attacker-estimator-differs"]
     assert not check["flagged"]
@@ -131,8 +151,8 @@ def test_there_is_a_bundled_and_a_gpu_suite_per_paper_table():
 
 @pytest.mark.parametrize("path", SUITES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_reproduction_suites_parse_and_their_attacks_build(path):
-    from robench.specs.threats import distribute
     from robench.specs.threat_files import select_threats
+    from robench.specs.threats import distribute
 
     pairs = load_suite(path)
     assert pairs
@@ -147,14 +167,15 @@ def test_reproduction_suites_parse_and_their_attacks_build(path):
 
 
 def test_the_ablation_layout_shows_every_population_per_cw_wb_variant():
-    from test_rundir import synthetic_records
-
-    from robench.scoring.metrics import summarize
     from robench.report.tables import build_tables, render_tables
+    from robench.scoring.metrics import summarize
+    from test_rundir import synthetic_records
 
     variants = ("C&W-wb/global/lr0.01", "C&W-wb/class/lr0.01")
     records = synthetic_records(model="gm", threat="white-box", attacks=(*variants, "PGD-10-un"), detectors=("kd",))
-    tables, _ = build_tables(summarize(records), {"gm": {"defense": "gm", "dataset": "mnist-5k"}}, ["white-box-ablation"])
+    tables, _ = build_tables(
+        summarize(records), {"gm": {"defense": "gm", "dataset": "mnist-5k"}}, ["white-box-ablation"]
+    )
     text = render_tables(tables, "markdown")
     for header in ("AUC (%)", "AUC att. (%)", "AUC pair. (%)", "Adv. Success (%)", "Dist."):
         assert header in text

@@ -19,14 +19,18 @@ def hand_records() -> pd.DataFrame:
     #  5      5     5          5        False   0.00        6.0         6.0
     return pd.DataFrame(
         {
-            "model": "m", "threat": "t", "attack": "a", "corruption": False,
+            "model": "m",
+            "threat": "t",
+            "attack": "a",
+            "corruption": False,
             "sample": range(6),
             "label": [0, 1, 2, 3, 4, 5],
             "target": [-1] * 6,
             "clean_pred": [0, 1, 2, 3, 0, 5],
             "adv_pred": [1, 1, 0, 2, 0, 5],
             "success": [True, False, True, True, True, False],
-            "l2": [0.0] * 6, "linf": [0.0] * 6,
+            "l2": [0.0] * 6,
+            "linf": [0.0] * 6,
             "distortion": [0.10, 0.00, 0.30, 0.20, 0.90, 0.00],
             "score_clean:d": [5.0, 4.0, 3.0, 2.0, 1.0, 6.0],
             "score_adv:d": [1.0, 4.5, 3.5, 0.5, 0.0, 6.0],
@@ -95,7 +99,11 @@ def test_transfer_from_two_substitutes_gives_two_rows_and_old_records_are_crafte
 
 
 def test_metrics_carry_label_direction_and_percent_and_reject_unknown_names():
-    assert METRICS.get("auc_roc").label == "AUC (%)" and METRICS.get("auc_roc").percent and METRICS.get("auc_roc").per_detector
+    assert (
+        METRICS.get("auc_roc").label == "AUC (%)"
+        and METRICS.get("auc_roc").percent
+        and METRICS.get("auc_roc").per_detector
+    )
     assert not METRICS.get("distortion").percent and not METRICS.get("distortion").per_detector
     with pytest.raises(Exception, match="did you mean 'auc_roc'"):
         metric_value("auc_rok", hand_records(), "d")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from robench.report.bootstrap import bootstrap_intervals, group_metrics
 from robench.scoring import records as R
 from robench.scoring.metrics import METRICS, metric_names, roc_points, summarize
-from robench.report.bootstrap import bootstrap_intervals, group_metrics
 from test_rundir import synthetic_records
 
 
@@ -61,4 +61,6 @@ def test_bootstrap_interval_contains_point(records):
     for metric in metric_names():
         finite = merged[metric].notna()
         low, high = merged.loc[finite, f"{metric}_low"], merged.loc[finite, f"{metric}_high"]
-        assert (low <= merged.loc[finite, metric] + 1e-12).all() and (merged.loc[finite, metric] <= high + 1e-12).all(), metric
+        assert (low <= merged.loc[finite, metric] + 1e-12).all() and (
+            merged.loc[finite, metric] <= high + 1e-12
+        ).all(), metric

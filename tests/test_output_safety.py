@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 
 from robench.core.errors import ConfigError
-from robench.scoring import records as R
 from robench.runs.lock import LOCK_FILE, OutputLockedError, output_lock
 from robench.runs.output import contained
 from robench.runs.parts import PARTS_DIR
 from robench.runs.runner import RunConfig, run
 from robench.runs.suite import load_suite
+from robench.scoring import records as R
 from tiny import two_model_suite
 
 NOISE = '\n[[threat]]\nname = "noise"\n'
@@ -25,7 +25,9 @@ NOISE = '\n[[threat]]\nname = "noise"\n'
 
 @pytest.mark.parametrize("name", ["../../x", "/abs/path", ".", "", "..", "a/b", "a\\\\b", "-x", "x" * 65, 3])
 def test_suite_model_names_must_be_safe_path_parts(bundles, name):
-    text = two_model_suite(8, NOISE).replace('name = "softmax"', f"name = {name!r}" if isinstance(name, str) else f"name = {name}")
+    text = two_model_suite(8, NOISE).replace(
+        'name = "softmax"', f"name = {name!r}" if isinstance(name, str) else f"name = {name}"
+    )
     (bundles["gm"].parent / "s.toml").write_text(text)
     with pytest.raises(ConfigError, match="cannot name a folder") as info:
         load_suite(bundles["gm"].parent / "s.toml")
@@ -74,7 +76,16 @@ def test_contained_refuses_paths_outside_the_output_folder(tmp_path):
 
 
 def _config(path: Path, n: int = 12) -> RunConfig:
-    return RunConfig(model=path, threat="semi-white-box", attacks=("FGSM",), n=n, batch_size=4, device="cpu", detectors=("max-prob",), sanity=False)
+    return RunConfig(
+        model=path,
+        threat="semi-white-box",
+        attacks=("FGSM",),
+        n=n,
+        batch_size=4,
+        device="cpu",
+        detectors=("max-prob",),
+        sanity=False,
+    )
 
 
 def test_a_part_that_is_not_the_expected_one_is_recomputed(bundles, tmp_path):
@@ -94,7 +105,9 @@ def test_a_part_that_is_not_the_expected_one_is_recomputed(bundles, tmp_path):
     frame[R.ADV_PRED] = (frame[R.ADV_PRED] + 1) % 10
     import pyarrow as pa
 
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(table.schema.metadata), parts[2])
+    pq.write_table(
+        pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(table.schema.metadata), parts[2]
+    )
     messages: list[str] = []
     again = run(config, out, progress=False, echo=messages.append)
     assert again.info["parts"] == {"reused": 0, "computed": 3}
@@ -174,8 +187,22 @@ def test_a_symlinked_lock_file_is_refused_and_its_target_is_unchanged(bundles, t
     out = tmp_path / "run"
     out.mkdir()
     (out / LOCK_FILE).symlink_to(victim)
-    args = ["run", "--model", str(bundles["gm"]), "--threat", "semi-white-box", "--attack", "FGSM", "--n", "4", "--batch-size", "4"]
-    code, err = _robench(capsys, *args, "--device", "cpu", "--detector", "max-prob", "--no-sanity", "--no-progress", "--out", str(out))
+    args = [
+        "run",
+        "--model",
+        str(bundles["gm"]),
+        "--threat",
+        "semi-white-box",
+        "--attack",
+        "FGSM",
+        "--n",
+        "4",
+        "--batch-size",
+        "4",
+    ]
+    code, err = _robench(
+        capsys, *args, "--device", "cpu", "--detector", "max-prob", "--no-sanity", "--no-progress", "--out", str(out)
+    )
     _assert_one_line_error(code, err, "symbolic link", LOCK_FILE)
     assert victim.read_text() == "precious\n" and (out / LOCK_FILE).is_symlink()
     assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # nothing written
@@ -192,7 +219,9 @@ def test_a_lock_file_robench_did_not_write_is_never_truncated(tmp_path):
     outside = tmp_path / "outside.txt"
     outside.write_text("")
     cases = {
-        "hardlink": lambda path: os.link(outside, path),  # a second name of a file elsewhere (empty, so only the link count tells)
+        "hardlink": lambda path: os.link(
+            outside, path
+        ),  # a second name of a file elsewhere (empty, so only the link count tells)
         "foreign": lambda path: path.write_text("not a lock\n"),  # some other file under the lock's name
         "folder": lambda path: path.mkdir(),
         "fifo": lambda path: os.mkfifo(path),
@@ -234,10 +263,18 @@ def test_git_revision_takes_no_index_lock_and_leaves_the_index_alone(tmp_path, m
     repo = tmp_path / "checkout"
     (repo / "pkg").mkdir(parents=True)
     (repo / "pkg" / "mod.py").write_text("x = 1\n")
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     for args in (["init", "-q", "."], ["add", "pkg/mod.py"], ["commit", "-qm", "m"]):
         subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True)
-    os.utime(repo / "pkg" / "mod.py", (978307200, 978307200))  # stale stat data: a plain 'git status' rewrites the index
+    os.utime(
+        repo / "pkg" / "mod.py", (978307200, 978307200)
+    )  # stale stat data: a plain 'git status' rewrites the index
     index = repo / ".git" / "index"
     before = (index.read_bytes(), index.stat().st_mtime_ns)
     calls: list[tuple[list[str], dict]] = []
@@ -251,6 +288,8 @@ def test_git_revision_takes_no_index_lock_and_leaves_the_index_alone(tmp_path, m
     monkeypatch.setattr(provenance, "__file__", str(repo / "pkg" / "mod.py"))
     revision = provenance.git_revision()
     assert len(revision) == 40  # clean: the content did not change, only its stat data
-    assert calls and all(cmd[:2] == ["git", "--no-optional-locks"] and env.get("GIT_OPTIONAL_LOCKS") == "0" for cmd, env in calls)
+    assert calls and all(
+        cmd[:2] == ["git", "--no-optional-locks"] and env.get("GIT_OPTIONAL_LOCKS") == "0" for cmd, env in calls
+    )
     assert (index.read_bytes(), index.stat().st_mtime_ns) == before
     assert not (repo / ".git" / "index.lock").exists()

@@ -11,20 +11,30 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from synthetic import synthetic_records
-from test_cli import assert_one_line_error
-from test_cli import run as run_main
 
 from robench.cli.report import report
 from robench.core.errors import ConfigError
 from robench.defenses import DEFENSES
 from robench.detectors import DETECTORS
+from robench.report.paper import (
+    COLUMNS,
+    KEY,
+    PAPER_TABLES,
+    REPO_ROOT,
+    UPPER_BOUND,
+    parse_table_name,
+    read_papers,
+    select_table,
+    validate_papers,
+)
+from robench.report.tables import PAPER, SOURCE, TableOptions, best_mask, build_table, with_paper_columns
+from robench.runs.output import write_run
 from robench.scoring import records as R
 from robench.scoring.metrics import METRICS, POPULATIONS, summarize
-from robench.runs.output import write_run
 from robench.specs.threats import THREATS
-from robench.report.paper import COLUMNS, KEY, PAPER_TABLES, REPO_ROOT, UPPER_BOUND, parse_table_name, read_papers, select_table, validate_papers
-from robench.report.tables import PAPER, SOURCE, TableOptions, best_mask, build_table, with_paper_columns
+from synthetic import synthetic_records
+from test_cli import assert_one_line_error
+from test_cli import run as run_main
 
 REAL_PAPERS = REPO_ROOT / "reports" / "reproduce" / "papers.csv"
 
@@ -42,7 +52,16 @@ SMALL = [
     ("004", "Table 1", "CIFAR-10", "Softmax", "Clean", "clean_accuracy", "92.5", ""),
     ("004", "Table 1", "CIFAR-10", "Softmax", "PGD-10-un", "robust_accuracy", "1", f"{UPPER_BOUND}: printed as <= 1"),
     ("004", "Table 1", "CIFAR-10", "MMC", "PGD-10-un", "robust_accuracy", "36.5", ""),
-    ("004", "Table 1", "CIFAR-10", "AT-10-tar (SCE)", "PGD-10-un (16/255)", "robust_accuracy", "26.5", "no robench equivalent"),
+    (
+        "004",
+        "Table 1",
+        "CIFAR-10",
+        "AT-10-tar (SCE)",
+        "PGD-10-un (16/255)",
+        "robust_accuracy",
+        "26.5",
+        "no robench equivalent",
+    ),
 ]
 
 
@@ -57,7 +76,9 @@ def write_papers(path: Path, rows=SMALL, header=COLUMNS) -> Path:
 def write_model(root: Path, model: str, defense: str, threat: str, attacks: list[str], shift: float, *, dataset: str = "mnist-5k",
                 detectors=("kd",), crafted_on: str | None = None, input_range: bool = True) -> None:  # fmt: skip
     parts = [
-        synthetic_records(model, threat, a, n=40, seed=i, wrong=2, success_p=0.7, adv_offset=3, shift=shift, detectors=detectors)
+        synthetic_records(
+            model, threat, a, n=40, seed=i, wrong=2, success_p=0.7, adv_offset=3, shift=shift, detectors=detectors
+        )
         for i, a in enumerate(attacks)
     ]
     frame = pd.concat(parts, ignore_index=True)
@@ -68,7 +89,10 @@ def write_model(root: Path, model: str, defense: str, threat: str, attacks: list
         frame[R.CRAFTED_ON] = crafted_on
     info = {
         "model": {"name": model, "defense": defense, "dataset": dataset, "path": f"{model}.pt"},
-        "threat": {"name": threat, "attacks": [{"label": a, "attack": "fgsm", "params": {}, "target_mode": "none"} for a in attacks]},
+        "threat": {
+            "name": threat,
+            "attacks": [{"label": a, "attack": "fgsm", "params": {}, "target_mode": "none"} for a in attacks],
+        },
     }
     write_run(root / model / threat, frame, summarize(frame), info)
 
@@ -120,7 +144,11 @@ def test_white_box_paper_numbers_sit_beside_robench_s(white_box_run, papers):
     assert rows["GM+Likelihood"][2::2] == ["-", "-", "-"]  # the run has it, the paper does not
     assert rows["RCE+KD"][1::2] == ["-", "-", "-"] and rows["RCE+KD"][2] == "67.5"  # the paper has it, the run does not
     assert rows["RCE+KD"][4] == "-"  # and the paper printed nothing else for it in this file
-    assert "AUC population: paired (" in result.stdout and "0-255 pixel scale" in result.stdout and "001 Table 10" in result.stdout
+    assert (
+        "AUC population: paired (" in result.stdout
+        and "0-255 pixel scale" in result.stdout
+        and "001 Table 10" in result.stdout
+    )
 
 
 def test_robench_values_beside_the_paper_are_the_table_s_own(white_box_run, papers):
@@ -137,7 +165,9 @@ def test_robench_values_beside_the_paper_are_the_table_s_own(white_box_run, pape
     assert list(robench.columns.get_level_values(0)) == list(plain.values().columns.get_level_values(0))
     assert robench.loc[plain.values().index].to_numpy() == pytest.approx(plain.values().to_numpy(), nan_ok=True)
     assert values.loc[("GM+KD",), ("Dist. (0-255) ↑", PAPER)] == pytest.approx(99.75)  # as printed: no percent scaling
-    assert values.loc[("GM+KD",), ("Adv. Success (%) ↓", PAPER)] == pytest.approx(0.005)  # percent -> fraction, shown 0.5
+    assert values.loc[("GM+KD",), ("Adv. Success (%) ↓", PAPER)] == pytest.approx(
+        0.005
+    )  # percent -> fraction, shown 0.5
     best = best_mask(table)
     assert not best.xs(PAPER, axis=1, level=SOURCE).to_numpy().any()  # the paper's (better) numbers never compete
     assert best.xs("robench", axis=1, level=SOURCE).to_numpy().any()
@@ -158,9 +188,16 @@ def test_population_and_scale_without_paper_and_explicit_population_with_it(whit
     assert header == ["Detection Method", "AUC (%) ↑", "Dist. ↑", "Adv. Success (%) ↓"]  # the defaults do not change
     assert "AUC population: successful (" in plain.stdout and "pixels in [0, 1]" in plain.stdout
     chosen = invoke(str(white_box_run), "--layout", "white-box", "--population", "attempted", "--scale", "255")
-    assert markdown_table(chosen.stdout)[0] == ["Detection Method", "AUC att. (%) ↑", "Dist. (0-255) ↑", "Adv. Success (%) ↓"]
+    assert markdown_table(chosen.stdout)[0] == [
+        "Detection Method",
+        "AUC att. (%) ↑",
+        "Dist. (0-255) ↑",
+        "Adv. Success (%) ↓",
+    ]
     assert "AUC population: attempted (" in chosen.stdout
-    overridden = invoke(str(white_box_run), "--paper", "001 Table 10", "--papers-file", str(papers), "--population", "successful")
+    overridden = invoke(
+        str(white_box_run), "--paper", "001 Table 10", "--papers-file", str(papers), "--population", "successful"
+    )
     assert markdown_table(overridden.stdout)[0][1:3] == ["AUC (%) ↑ / robench", "AUC (%) ↑ / paper"]
     assert "used 'paired'" in overridden.stderr and "used 'paired'" not in overridden.stdout
 
@@ -177,7 +214,14 @@ def test_black_box_paper_target_models_become_columns(tmp_path, papers):
     write_model(root, "gm", "gm", "black-box", ["C&W-wb"], shift=3.0, crafted_on="soft")
     result = invoke(str(root), "--paper", "001 Table 11", "--papers-file", str(papers))
     header, rows = markdown_table(result.stdout)
-    assert header == ["Attack", "Detector", "GM (from soft) / robench", "GM (from soft) / paper", "RCE / robench", "RCE / paper"]
+    assert header == [
+        "Attack",
+        "Detector",
+        "GM (from soft) / robench",
+        "GM (from soft) / paper",
+        "RCE / robench",
+        "RCE / paper",
+    ]
     cells = rows["C&W-wb"]
     assert cells[3] == "98.5" and cells[4] == "-" and cells[5] == "96.5"  # the target's defense meets the paper's GM
     assert "AUC population: attempted (" in result.stdout
@@ -202,15 +246,26 @@ def test_accuracy_paper_rows_columns_and_bounds(tmp_path, papers):
 
 
 def test_models_of_two_datasets_each_get_their_dataset_s_paper_rows(tmp_path, papers):
-    rows = [*SMALL, ("001", "Table 10", "CIFAR-10", "GM+KD", "C&W-wb", "auc_roc", "11.5", ""), ("001", "Table 10", "ImageNet", "GM+KD", "C&W-wb", "auc_roc", "22.5", "")]
+    rows = [
+        *SMALL,
+        ("001", "Table 10", "CIFAR-10", "GM+KD", "C&W-wb", "auc_roc", "11.5", ""),
+        ("001", "Table 10", "ImageNet", "GM+KD", "C&W-wb", "auc_roc", "22.5", ""),
+    ]
     papers = write_papers(tmp_path / "two.csv", rows)
     root = tmp_path / "runs"
     write_model(root, "gm", "gm", "white-box", ["C&W-wb"], shift=3.0)
     write_model(root, "gmc", "gm", "white-box", ["C&W-wb"], shift=2.0, dataset="cifar10")
     text = invoke(str(root), "--paper", "001-t10", "--papers-file", str(papers)).stdout
     lines = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("|")][2:]
-    assert [r[:2] for r in lines] == [["cifar10", "GM+KD"], ["mnist-5k", "GM+KD"], ["mnist-5k", "Softmax+KD"], ["mnist-5k", "RCE+KD"]]
-    assert lines[0][2 + 1] == "11.5" and lines[1][2 + 1] == "99.9"  # each dataset its own number; ImageNet's is not shown
+    assert [r[:2] for r in lines] == [
+        ["cifar10", "GM+KD"],
+        ["mnist-5k", "GM+KD"],
+        ["mnist-5k", "Softmax+KD"],
+        ["mnist-5k", "RCE+KD"],
+    ]
+    assert (
+        lines[0][2 + 1] == "11.5" and lines[1][2 + 1] == "99.9"
+    )  # each dataset its own number; ImageNet's is not shown
     assert "22.5" not in text and "(MNIST, CIFAR-10;" in text
 
 
@@ -240,7 +295,10 @@ def test_the_summary_layout_names_every_population_it_shows(white_box_run):
         (["--paper", "001 Table 10", "--population", "succesful"], ("did you mean 'successful'",)),
         (["--paper", "001-t10", "--layout", "detection"], ("'white-box' table", "--layout detection")),
         (["--paper", "001-t10", "--scale", "1"], ("0-255 scale",)),
-        (["--paper", "004-t1"], ("004 Table 1 prints numbers for CIFAR-10", "mnist-5k (MNIST)", "tables with MNIST numbers: 001 Table 10")),
+        (
+            ["--paper", "004-t1"],
+            ("004 Table 1 prints numbers for CIFAR-10", "mnist-5k (MNIST)", "tables with MNIST numbers: 001 Table 10"),
+        ),
         (["--paper", "004-t1", "--paper-dataset", "CIFAR10"], ("--paper-dataset CIFAR10", "did you mean 'CIFAR-10'")),
         (["--paper-dataset", "CIFAR-10"], ("--paper-dataset applies with --paper",)),
     ],
@@ -254,7 +312,9 @@ def test_bad_paper_and_population_values_are_one_line_errors(white_box_run, pape
 
 
 def test_a_missing_or_bad_papers_file_is_a_one_line_error(white_box_run, tmp_path, capsys):
-    code, _, err = run_main(capsys, "report", str(white_box_run), "--paper", "001-t10", "--papers-file", str(tmp_path / "none.csv"))
+    code, _, err = run_main(
+        capsys, "report", str(white_box_run), "--paper", "001-t10", "--papers-file", str(tmp_path / "none.csv")
+    )
     assert_one_line_error(code, err, "--papers-file", "does not exist")
     bad = [
         (write_papers(tmp_path / "header.csv", header=COLUMNS[:-1]), "the header must be"),
@@ -268,7 +328,10 @@ def test_a_missing_or_bad_papers_file_is_a_one_line_error(white_box_run, tmp_pat
         assert_one_line_error(code, err, fragment)
 
 
-@pytest.mark.parametrize("text", ["001 Table 10", "001-t10", "001 T10", "001-T10", "001:10", "001 table 10", " 001  Table 10 ", "001-table10"])
+@pytest.mark.parametrize(
+    "text",
+    ["001 Table 10", "001-t10", "001 T10", "001-T10", "001:10", "001 table 10", " 001  Table 10 ", "001-table10"],
+)
 def test_short_forms_of_a_table_name(text):
     assert parse_table_name(text) == "001 Table 10"
 
@@ -284,7 +347,10 @@ def test_table_options_refuse_unknown_population_and_scale():
         TableOptions("atempted")
     with pytest.raises(ConfigError, match="distortion scale"):
         TableOptions(distortion_scale=100)
-    assert TableOptions("paired", 255).auc_metric == "auc_paired" and TableOptions("paired", 255).distortion_metric == "distortion_255"
+    assert (
+        TableOptions("paired", 255).auc_metric == "auc_paired"
+        and TableOptions("paired", 255).distortion_metric == "distortion_255"
+    )
 
 
 # ----------------------------------------------------------------------------- the real papers.csv
@@ -311,7 +377,14 @@ def test_the_real_papers_file_covers_the_tables_it_can(real):
     assert tables == {"001 Table 7", "001 Table 8", "001 Table 9", "001 Table 10", "001 Table 11", "004 Table 1"}
     counts = (real["paper"] + " " + real["table"]).value_counts().to_dict()
     # every printed number (Table 7's "-" cells are not numbers): 6 x 4 - 4 per dataset, 3 x 4, 3 x 3, 6, 10 x 9
-    assert counts == {"001 Table 7": 40, "001 Table 8": 12, "001 Table 9": 9, "001 Table 10": 9, "001 Table 11": 6, "004 Table 1": 90}
+    assert counts == {
+        "001 Table 7": 40,
+        "001 Table 8": 12,
+        "001 Table 9": 9,
+        "001 Table 10": 9,
+        "001 Table 11": 6,
+        "004 Table 1": 90,
+    }
     for name in tables:
         population = PAPER_TABLES[name].population
         assert population is None or population in POPULATIONS
@@ -330,7 +403,11 @@ def test_the_real_papers_file_uses_robench_s_labels_or_says_there_is_none(real):
         column = number["column"]
         # a paper column robench runs only as an attack added in a reproduction suite ("-2x": the doubled budget)
         assert column in attacks or column.split(" (")[0] in attacks or column.removesuffix("-2x") in attacks, column
-        if number["metric"].startswith("auc") or number["metric"] == "success_rate" or number["metric"].endswith("accuracy"):
+        if (
+            number["metric"].startswith("auc")
+            or number["metric"] == "success_rate"
+            or number["metric"].endswith("accuracy")
+        ):
             assert 0 <= number["value"] <= 100
 
 
@@ -347,4 +424,7 @@ def test_another_datasets_numbers_only_when_asked_and_said_so(tmp_path, papers):
     result = invoke(str(root), "--paper", "004-t1", "--paper-dataset", "CIFAR-10", "--papers-file", str(papers))
     header, rows = markdown_table(result.stdout)
     assert rows["MMC"][4] == "36.5" and rows["MMC"][3] != "-"
-    assert "paper's numbers are on CIFAR-10 and robench's on MNIST" in result.stdout and "not as a comparison" in result.stdout
+    assert (
+        "paper's numbers are on CIFAR-10 and robench's on MNIST" in result.stdout
+        and "not as a comparison" in result.stdout
+    )

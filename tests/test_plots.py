@@ -5,19 +5,33 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from synthetic import synthetic_records
 
 from robench.checkpoints.bundle import BundleMeta, save_bundle
+from robench.checkpoints.model_factory import build_classifier
 from robench.cli.report import report
 from robench.defenses import DEFENSES
-from robench.scoring.metrics import metric_value, roc_points, summarize
-from robench.checkpoints.model_factory import build_classifier
 from robench.report.plots import accuracy_vs_budget, budget_table, feature_embeddings, kd_histograms, roc_figures
 from robench.runs.output import write_run
+from robench.scoring.metrics import metric_value, roc_points, summarize
+from synthetic import synthetic_records
 
 
-def records(model: str, threat: str, attack: str, n: int = 40, seed: int = 0, corruption: bool = False, detectors=("kd",)) -> pd.DataFrame:
-    return synthetic_records(model, threat, attack, n=n, seed=seed, wrong=3, success_p=0.5, adv_offset=2, shift=1.5, corruption=corruption, detectors=detectors)
+def records(
+    model: str, threat: str, attack: str, n: int = 40, seed: int = 0, corruption: bool = False, detectors=("kd",)
+) -> pd.DataFrame:
+    return synthetic_records(
+        model,
+        threat,
+        attack,
+        n=n,
+        seed=seed,
+        wrong=3,
+        success_p=0.5,
+        adv_offset=2,
+        shift=1.5,
+        corruption=corruption,
+        detectors=detectors,
+    )
 
 
 def assert_figures(files, stems):
@@ -54,7 +68,9 @@ def test_roc_figure_per_model_and_threat_skips_corruptions(tmp_path):
 
 
 def test_kd_histograms_per_threat_and_a_note_without_kd(tmp_path):
-    frame = pd.concat([records("soft", "semi-white-box", "BIM"), records("gm", "semi-white-box", "BIM", seed=2)], ignore_index=True)
+    frame = pd.concat(
+        [records("soft", "semi-white-box", "BIM"), records("gm", "semi-white-box", "BIM", seed=2)], ignore_index=True
+    )
     result = kd_histograms(frame, tmp_path)
     assert_figures(result.files, ["kd-hist-semi-white-box"])
     without = kd_histograms(records("soft", "rotation", "rotation-30", detectors=("bu",)), tmp_path)
@@ -62,13 +78,23 @@ def test_kd_histograms_per_threat_and_a_note_without_kd(tmp_path):
 
 
 def noise_run(model: str, sigmas: list[float]) -> dict:
-    attacks = [{"label": f"noise-{s:g}", "attack": "gaussian-noise", "params": {"sigma": s}, "target_mode": "none"} for s in sigmas]
+    attacks = [
+        {"label": f"noise-{s:g}", "attack": "gaussian-noise", "params": {"sigma": s}, "target_mode": "none"}
+        for s in sigmas
+    ]
     return {"model": {"name": model}, "threat": {"name": "noise", "attacks": attacks}}
 
 
 def test_accuracy_vs_budget_needs_several_budgets(tmp_path):
     sigmas = [0.05, 0.1, 0.2]
-    frame = pd.concat([records(m, "noise", f"noise-{s:g}", seed=i, corruption=True) for m in ("soft", "gm") for i, s in enumerate(sigmas)], ignore_index=True)
+    frame = pd.concat(
+        [
+            records(m, "noise", f"noise-{s:g}", seed=i, corruption=True)
+            for m in ("soft", "gm")
+            for i, s in enumerate(sigmas)
+        ],
+        ignore_index=True,
+    )
     summary = summarize(frame)
     runs = [noise_run("soft", sigmas), noise_run("gm", sigmas)]
     table = budget_table(summary, runs)
@@ -76,7 +102,9 @@ def test_accuracy_vs_budget_needs_several_budgets(tmp_path):
     assert (table["param"] == "sigma").all()
     result = accuracy_vs_budget(summary, runs, tmp_path)
     assert_figures(result.files, ["budget-noise-gaussian-noise"])
-    single = accuracy_vs_budget(summary[summary["attack"] == "noise-0.05"], [noise_run("gm", [0.05])], tmp_path / "single")
+    single = accuracy_vs_budget(
+        summary[summary["attack"] == "noise-0.05"], [noise_run("gm", [0.05])], tmp_path / "single"
+    )
     assert single.files == [] and "single budget" in single.notes[0]
 
 
@@ -115,14 +143,19 @@ def test_report_plots_writes_figures_and_notes(tmp_path):
         frame = records(model, "semi-white-box", "FGSM", seed=len(model))
         info = {
             "model": {"name": model, "defense": defense, "dataset": "mnist-5k", "path": str(tmp_path / f"{model}.pt")},
-            "threat": {"name": "semi-white-box", "attacks": [{"label": "FGSM", "attack": "fgsm", "params": {"eps": 0.1}, "target_mode": "random"}]},
+            "threat": {
+                "name": "semi-white-box",
+                "attacks": [{"label": "FGSM", "attack": "fgsm", "params": {"eps": 0.1}, "target_mode": "random"}],
+            },
         }
         write_run(root / model / "semi-white-box", frame, summarize(frame), info)
     plots = tmp_path / "figs"
     result = CliRunner().invoke(report, [str(root), "--layout", "detection", "--plots-dir", str(plots)])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in plots.iterdir()) == sorted(
-        f"{stem}.{ext}" for stem in ("roc-gm-semi-white-box", "roc-soft-semi-white-box", "kd-hist-semi-white-box") for ext in ("png", "pdf")
+        f"{stem}.{ext}"
+        for stem in ("roc-gm-semi-white-box", "roc-soft-semi-white-box", "kd-hist-semi-white-box")
+        for ext in ("png", "pdf")
     )
     assert "single budget" in result.stderr and "features soft: skipped, bundle" in result.stderr
     assert "| Softmax+KD" in result.stdout
@@ -155,13 +188,28 @@ def test_names_are_drawn_literally_never_as_math(tmp_path, monkeypatch, model):
 
     texts = _drawn_texts(monkeypatch)
     threat = "t$h$reat"
-    frame = pd.concat([records(model, threat, "F$G$SM", detectors=("kd", "d$e$t")), records(model, threat, "_B$I$M", seed=1, detectors=("kd", "d$e$t"))])
+    frame = pd.concat(
+        [
+            records(model, threat, "F$G$SM", detectors=("kd", "d$e$t")),
+            records(model, threat, "_B$I$M", seed=1, detectors=("kd", "d$e$t")),
+        ]
+    )
     result = roc_figures(frame, tmp_path)
     result.extend(kd_histograms(frame, tmp_path))
     sigmas = [0.05, 0.1]
-    noisy = pd.concat([records(model, "noise", f"n$oise-{s:g}", seed=i, corruption=True) for i, s in enumerate(sigmas)], ignore_index=True)
-    attacks = [{"label": f"n$oise-{s:g}", "attack": "gaussian-noise", "params": {"sigma": s}, "target_mode": "none"} for s in sigmas]
-    result.extend(accuracy_vs_budget(summarize(noisy), [{"model": {"name": model}, "threat": {"name": "noise", "attacks": attacks}}], tmp_path))
+    noisy = pd.concat(
+        [records(model, "noise", f"n$oise-{s:g}", seed=i, corruption=True) for i, s in enumerate(sigmas)],
+        ignore_index=True,
+    )
+    attacks = [
+        {"label": f"n$oise-{s:g}", "attack": "gaussian-noise", "params": {"sigma": s}, "target_mode": "none"}
+        for s in sigmas
+    ]
+    result.extend(
+        accuracy_vs_budget(
+            summarize(noisy), [{"model": {"name": model}, "threat": {"name": "noise", "attacks": attacks}}], tmp_path
+        )
+    )
     assert len(result.files) == 6, result.notes
     dollars = [t for t in texts if "$" in t]
     assert dollars and not [t for t in dollars if cbook.is_math_text(t)]
@@ -176,16 +224,23 @@ def _fgsm_run(root, model: str) -> None:
     frame = records(model, "semi-white-box", "FGSM")
     info = {
         "model": {"name": model, "defense": "softmax", "dataset": "mnist-5k", "path": "nowhere.pt"},
-        "threat": {"name": "semi-white-box", "attacks": [{"label": "FGSM", "attack": "fgsm", "params": {"eps": 0.1}, "target_mode": "random"}]},
+        "threat": {
+            "name": "semi-white-box",
+            "attacks": [{"label": "FGSM", "attack": "fgsm", "params": {"eps": 0.1}, "target_mode": "random"}],
+        },
     }
     write_run(root, frame, summarize(frame), info)
 
 
 def test_report_plots_of_a_model_named_like_math(tmp_path):
     _fgsm_run(tmp_path / "run", "m$\\frac$")
-    result = CliRunner().invoke(report, [str(tmp_path / "run"), "--layout", "detection", "--plots-dir", str(tmp_path / "figs")])
+    result = CliRunner().invoke(
+        report, [str(tmp_path / "run"), "--layout", "detection", "--plots-dir", str(tmp_path / "figs")]
+    )
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == sorted(f"{s}.{e}" for s in ("roc-m_frac-semi-white-box", "kd-hist-semi-white-box") for e in ("png", "pdf"))
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == sorted(
+        f"{s}.{e}" for s in ("roc-m_frac-semi-white-box", "kd-hist-semi-white-box") for e in ("png", "pdf")
+    )
 
 
 def _report_in_a_clean_home(tmp_path, **env):
@@ -205,7 +260,11 @@ def _report_in_a_clean_home(tmp_path, **env):
         "sys.argv = ['robench', 'report', sys.argv[1], '--out', sys.argv[2], '--no-ci', '--plots-dir', sys.argv[3]]; main()"
     )
     done = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path / "run"), str(out / "report.html"), str(out / "plots")], env=clean, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", script, str(tmp_path / "run"), str(out / "report.html"), str(out / "plots")],
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     assert (out / "report.html").stat().st_size > 1000 and len(list((out / "plots").glob("*.png"))) == 2

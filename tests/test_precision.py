@@ -52,7 +52,9 @@ def test_a_criterion_met_only_at_low_precision_never_counts(trained_tiny):
     model = trained_tiny["softmax"].model
     x = data.test.x[:16]
     with torch.no_grad():
-        y = (model(x).argmax(1) + 1) % 10  # labels the model gets wrong: "adversarial" as returned, if the criterion held
+        y = (
+            model(x).argmax(1) + 1
+        ) % 10  # labels the model gets wrong: "adversarial" as returned, if the criterion held
     wrong = torch.ones(16, dtype=torch.bool)
     _Liar.seen_autocast.clear()
     fp32 = _Liar()(_target(trained_tiny, "fp32"), x, y, generator=torch.Generator())
@@ -77,13 +79,24 @@ def test_low_precision_cw_successes_hold_in_fp32(trained_tiny, precision):
         logits = bundle.model(result.x_adv)  # fp32, autocast off
     other = logits.clone()
     other[torch.arange(len(y)), targets] = -torch.inf
-    fp32_criterion = (logits.argmax(1) == targets) & (logits[torch.arange(len(y)), targets] - other.max(1).values >= 1.0)
+    fp32_criterion = (logits.argmax(1) == targets) & (
+        logits[torch.arange(len(y)), targets] - other.max(1).values >= 1.0
+    )
     assert result.success.any()
     assert not (result.success & ~fp32_criterion).any()
 
 
 def test_runs_at_bf16_are_their_own_parts_and_say_so(tmp_path):
-    base = dict(model=GM, threat="semi-white-box", attacks=("FGSM", "PGD-10-un"), n=16, batch_size=16, device="cpu", detectors=("max-prob",), sanity=False)
+    base = dict(
+        model=GM,
+        threat="semi-white-box",
+        attacks=("FGSM", "PGD-10-un"),
+        n=16,
+        batch_size=16,
+        device="cpu",
+        detectors=("max-prob",),
+        sanity=False,
+    )
     out = tmp_path / "out"
     fp32 = run(RunConfig(**base), out, progress=False)
     bf16 = run(RunConfig(**base, precision="bf16"), out, progress=False)
@@ -91,4 +104,6 @@ def test_runs_at_bf16_are_their_own_parts_and_say_so(tmp_path):
     assert bf16.info["execution"]["precision"] == "bf16" and fp32.info["execution"]["precision"] == "fp32"
     a = fp32.summary.set_index(["attack", "detector"])["success_rate"]
     b = bf16.summary.set_index(["attack", "detector"])["success_rate"]
-    assert (a - b).abs().max() <= 0.25  # the same attacks, close on a tiny n (docs/results.md gives the measured agreement)
+    assert (
+        a - b
+    ).abs().max() <= 0.25  # the same attacks, close on a tiny n (docs/results.md gives the measured agreement)

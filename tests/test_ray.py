@@ -21,9 +21,9 @@ import torch
 
 from robench.checkpoints.bundle import save_bundle
 from robench.core.errors import ConfigError
-from robench.specs.run_config import RunConfig
 from robench.runs.runner import run
 from robench.runs.suite import run_suite
+from robench.specs.run_config import RunConfig
 from tiny import make_tiny, two_model_suite
 
 ray = pytest.importorskip("ray", reason="the Ray tests need robench[ray] (installed by the test command)")
@@ -39,7 +39,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def backend():
     """One local Ray of 2 CPUs for the module; each task gets 1 CPU (so 2 workers run at once)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 1024 * 1024, _node_ip_address="127.0.0.1")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=200 * 1024 * 1024,
+        _node_ip_address="127.0.0.1",
+    )
     try:
         yield connect(RaySettings(threads=1))
     finally:
@@ -104,11 +110,21 @@ def test_a_suite_on_ray_writes_the_same_bytes_as_one_process(backend, models, tm
     assert info["attacker_density"] and info["attacker_density"][0]["fit"] == "scored detector"
     local_info = json.loads((tmp_path / "local" / "gm" / "white-box" / "run.json").read_text())
     assert info["attacker_density"] == local_info["attacker_density"]
-    assert local_info["detectors"]["kd"]["fit"] == "fitted" and info["detectors"]["kd"]["fit"] == "cached"  # the local run's fit, cached by the bundle
+    assert (
+        local_info["detectors"]["kd"]["fit"] == "fitted" and info["detectors"]["kd"]["fit"] == "cached"
+    )  # the local run's fit, cached by the bundle
 
 
 def test_ray_and_local_runs_resume_each_other(backend, models, tmp_path, one_thread):
-    config = RunConfig(model=models / "gm.pt", threat="semi-white-box", n=24, batch_size=8, device="cpu", detectors=("max-prob",), attacks=("FGSM", "PGD-10-un"))
+    config = RunConfig(
+        model=models / "gm.pt",
+        threat="semi-white-box",
+        n=24,
+        batch_size=8,
+        device="cpu",
+        detectors=("max-prob",),
+        attacks=("FGSM", "PGD-10-un"),
+    )
     out = tmp_path / "run"
     local = run(config, out, progress=False, echo=lambda _: None)
     assert local.info["parts"] == {"reused": 0, "computed": 6}
@@ -153,7 +169,9 @@ def _part_workers() -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker by its /proc title")
-def test_a_worker_killed_mid_run_is_retried_and_the_records_are_those_of_an_unfaulted_run(backend, models, tmp_path, one_thread):
+def test_a_worker_killed_mid_run_is_retried_and_the_records_are_those_of_an_unfaulted_run(
+    backend, models, tmp_path, one_thread
+):
     config = RunConfig(
         model=models / "gm.pt", threat="semi-white-box", n=32, batch_size=8, device="cpu", detectors=("max-prob",),
         attacks=("BIM", "PGD-10-un"), settings={"BIM.steps": 60, "PGD-10-un.steps": 60}, sanity=False,
@@ -182,7 +200,16 @@ def test_a_worker_killed_mid_run_is_retried_and_the_records_are_those_of_an_unfa
 
 
 def test_each_task_runs_torch_with_the_cpus_it_declared(backend, models, tmp_path, one_thread):
-    config = RunConfig(model=models / "softmax.pt", threat="semi-white-box", n=16, batch_size=8, device="cpu", detectors=("max-prob",), attacks=("FGSM",), sanity=False)
+    config = RunConfig(
+        model=models / "softmax.pt",
+        threat="semi-white-box",
+        n=16,
+        batch_size=8,
+        device="cpu",
+        detectors=("max-prob",),
+        attacks=("FGSM",),
+        sanity=False,
+    )
     two = connect(RaySettings(threads=2))  # the module's Ray again (2 CPUs): one task of 2 CPUs at a time
     result = run(config, tmp_path / "two", progress=False, echo=lambda _: None, ray=two)
     assert result.info["execution"]["ray"]["worker_threads"] == [2]
@@ -202,9 +229,25 @@ def _robench(capsys, *args: str) -> tuple[int, str]:
 
 def test_an_unreachable_address_and_a_missing_extra_are_one_line_errors(models, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("ROBENCH_DEBUG", raising=False)
-    common = ["run", "--model", str(models / "gm.pt"), "--threat", "semi-white-box", "--n", "4", "--out", str(tmp_path / "x"), "--no-progress"]
+    common = [
+        "run",
+        "--model",
+        str(models / "gm.pt"),
+        "--threat",
+        "semi-white-box",
+        "--n",
+        "4",
+        "--out",
+        str(tmp_path / "x"),
+        "--no-progress",
+    ]
     code, err = _robench(capsys, *common, "--ray", "127.0.0.1:1")
-    assert code != 0 and err.strip().count("\n") == 0 and "cannot reach a Ray cluster at 127.0.0.1:1" in err and "ray start --head" in err
+    assert (
+        code != 0
+        and err.strip().count("\n") == 0
+        and "cannot reach a Ray cluster at 127.0.0.1:1" in err
+        and "ray start --head" in err
+    )
     code, err = _robench(capsys, *common, "--ray", "not an address")
     assert code != 0 and err.strip().count("\n") == 0 and "not a cluster address" in err
     monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets without the extra: an ImportError
@@ -261,9 +304,39 @@ def test_a_private_ray_writes_nothing_in_home_and_removes_its_folder(models, tmp
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
         env.update(HOME=str(home), RAY_TMPDIR=str(ray_tmp), OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0")
         out = tmp_path / "out"
-        args = ["run", "--model", str(models / "softmax.pt"), "--threat", "noise", "--n", "4", "--batch-size", "4", "--device", "cpu"]
-        args += ["--detector", "max-prob", "--no-sanity", "--no-progress", "--ray", "local", "--ray-cpus", "1", "--out", str(out)]
-        done = subprocess.run([sys.executable, "-c", _PRIVATE_RAY_PROBE, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        args = [
+            "run",
+            "--model",
+            str(models / "softmax.pt"),
+            "--threat",
+            "noise",
+            "--n",
+            "4",
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+        ]
+        args += [
+            "--detector",
+            "max-prob",
+            "--no-sanity",
+            "--no-progress",
+            "--ray",
+            "local",
+            "--ray-cpus",
+            "1",
+            "--out",
+            str(out),
+        ]
+        done = subprocess.run(
+            [sys.executable, "-c", _PRIVATE_RAY_PROBE, *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         assert (out / "summary.csv").exists()
         assert sorted(p.relative_to(home) for p in home.rglob("*")) == []  # no ~/.ray/auth_token

@@ -28,7 +28,9 @@ proj = load_script()
 def test_part_counts_match_the_suite_files():
     table3 = proj.plan_suite(GPU_SUITES / "004-table3.toml")
     assert (table3.pairs, len(table3.parts)) == (1, 6 * math.ceil(1000 / 100))  # 1 model x 6 SPSA attacks x 10 batches
-    assert {p.images for p in table3.parts} == {100} and len({p.cost for p in table3.parts}) == 3  # 128, 4096, 8192 samples
+    assert {p.images for p in table3.parts} == {100} and len(
+        {p.cost for p in table3.parts}
+    ) == 3  # 128, 4096, 8192 samples
     assert not table3.fits  # detectors = []
     table7 = proj.plan_suite(GPU_SUITES / "001-table7.toml")
     assert len(table7.parts) == 6 * 4 * math.ceil(10000 / 500)  # 6 models x FGSM, BIM, ILCM, C&W x 20 batches
@@ -42,7 +44,11 @@ def test_part_counts_match_the_suite_files():
 
 
 def test_wall_time_falls_with_workers_and_is_bounded_below():
-    times = {(a, f): proj.Timing(t_pass=0.01 if a == "resnet32" else 0.02, t_fwd=0.004) for a in ("resnet32", "resnet56") for f in ("mnist", "cifar10")}
+    times = {
+        (a, f): proj.Timing(t_pass=0.01 if a == "resnet32" else 0.02, t_fwd=0.004)
+        for a in ("resnet32", "resnet56")
+        for f in ("mnist", "cifar10")
+    }
     for path in proj.SUITES:
         row = proj.project(proj.plan_suite(path), times)
         ts = [row.t(n) for n in proj.WORKERS]
@@ -55,7 +61,9 @@ def test_quick_run_prints_a_row_per_suite(tmp_path):
     out = tmp_path / "projection.md"
     suites = [GPU_SUITES / "004-table3.toml", GPU_SUITES / "004-table1.toml"]
     command = [sys.executable, str(SCRIPT), "--quick", "--out", str(out), *map(str, suites)]
-    done = subprocess.run(command, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        command, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "| resnet32 | cifar10 |" in done.stdout and "one CPU thread" in done.stdout
     for name in ("004-table3", "004-table1", "**004 total**"):

@@ -37,7 +37,10 @@ ALLOWED = {
     ("attacks/cw.py", "l2"): "an attack's norm",
     ("robench/app/budget_sweep.py", "label"): "an added attack's label key (AttackSpec.label), not a record column",
     ("robench/runs/sanity.py", "label"): "reads AttackSpec.config()'s key from run.json",
-    ("robench/specs/threat_files.py", "label"): "a threat file's [[attack]] label key (AttackSpec.label), not a record column",
+    (
+        "robench/specs/threat_files.py",
+        "label",
+    ): "a threat file's [[attack]] label key (AttackSpec.label), not a record column",
     ("robench/report/html_report.py", "label"): "reads AttackSpec.config()'s key from run.json",
     ("attacks/apgd.py", "linf"): "an attack's norm",
     ("attacks/apgd.py", "l2"): "an attack's norm",
@@ -45,7 +48,10 @@ ALLOWED = {
     ("attacks/foolbox_adapter.py", "l2"): "a library attack's norm",
     ("attacks/torchattacks_adapter.py", "linf"): "a library attack's norm",
     ("attacks/torchattacks_adapter.py", "l2"): "a library attack's norm",
-    ("robench/checkpoints/imported/program_json.py", "target"): "a torch.export graph node's target operator, not a record column",
+    (
+        "robench/checkpoints/imported/program_json.py",
+        "target",
+    ): "a torch.export graph node's target operator, not a record column",
 }
 
 
@@ -91,7 +97,10 @@ def test_part_builds_every_column_in_schema_order():
     part = R.part(model="m", threat="t", attack="a", corruption=False, crafted_on="m", samples=list(range(n)),
                   columns=columns, scores_clean={"kd": [1.0] * n}, scores_adv={"kd": [0.5] * n})  # fmt: skip
     # the runner adds RUN_COLUMNS to every part afterwards (a part's content does not depend on them)
-    assert list(part.columns) == [c.name for c in R.COLUMNS if c.name not in R.RUN_COLUMNS] + [R.score_clean("kd"), R.score_adv("kd")]
+    assert list(part.columns) == [c.name for c in R.COLUMNS if c.name not in R.RUN_COLUMNS] + [
+        R.score_clean("kd"),
+        R.score_adv("kd"),
+    ]
     assert R.missing_columns(part) == [] and R.detectors_in(part) == ["kd"]
     with pytest.raises(KeyError, match="lacks record column"):
         R.part(model="m", threat="t", attack="a", corruption=False, crafted_on="m", samples=[0], columns={},

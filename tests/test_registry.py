@@ -148,7 +148,13 @@ def test_every_builtin_entry_is_registered_under_its_own_name_and_base():
     from robench.defenses import DEFENSES, Defense
     from robench.detectors import DETECTORS, Detector
 
-    for registry, base in ((ATTACKS, Attack), (DEFENSES, Defense), (DETECTORS, Detector), (ARCHITECTURES, ArchSpec), (DATASETS, DatasetSpec)):
+    for registry, base in (
+        (ATTACKS, Attack),
+        (DEFENSES, Defense),
+        (DETECTORS, Detector),
+        (ARCHITECTURES, ArchSpec),
+        (DATASETS, DatasetSpec),
+    ):
         assert registry.base is base
         for name, obj in registry.items():
             assert obj.name == name

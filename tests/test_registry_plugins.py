@@ -13,7 +13,6 @@ from typing import ClassVar
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny import make_tiny
 from torch import Tensor, nn
 
 from robench.attacks import ATTACKS, Attack, AttackTarget, Bounds
@@ -23,6 +22,7 @@ from robench.core.models import Classifier, Forward
 from robench.defenses import DEFENSES, Defense
 from robench.defenses.base import LinearHead, LossTerms, mean_terms
 from robench.detectors import DETECTORS, Detector
+from tiny import make_tiny
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,9 @@ class UniformNoise(Attack):
     description: ClassVar[str] = "uniform noise (test plugin)"
     budget_param: ClassVar[str | None] = "scale"
 
-    def run(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator) -> Tensor:
+    def run(
+        self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator
+    ) -> Tensor:
         for _ in range(self.repeats):
             noise = torch.rand(x.shape, generator=generator, dtype=x.dtype) * 2 - 1
             x_adv = target.bounds.clip(x + self.scale * target.bounds.width * noise)
@@ -80,9 +82,15 @@ class LogitGapDetector(Detector):
 
 @pytest.fixture
 def plugins():
-    with ATTACKS.registered(UniformNoise), DEFENSES.registered(TemperatureDefense), DETECTORS.registered(LogitGapDetector):
+    with (
+        ATTACKS.registered(UniformNoise),
+        DEFENSES.registered(TemperatureDefense),
+        DETECTORS.registered(LogitGapDetector),
+    ):
         yield
-    assert "test-uniform-noise" not in ATTACKS and "test-temperature" not in DEFENSES and "test-logit-gap" not in DETECTORS
+    assert (
+        "test-uniform-noise" not in ATTACKS and "test-temperature" not in DEFENSES and "test-logit-gap" not in DETECTORS
+    )
 
 
 @pytest.mark.parametrize(
@@ -103,11 +111,15 @@ def test_validated_through_field_metadata(plugins):
         UniformNoise(repeats=0)
     with pytest.raises(ConfigError, match="did you mean 'scale'"):
         UniformNoise.for_dataset("mnist", {"sclae": "0.1"})
-    with pytest.raises(ConfigError, match="defense 'test-temperature': temperature must be a finite number > 0, got 0.0"):
+    with pytest.raises(
+        ConfigError, match="defense 'test-temperature': temperature must be a finite number > 0, got 0.0"
+    ):
         DEFENSES.get("test-temperature")(temperature=0.0)
     with pytest.raises(ConfigError, match="detector 'test-logit-gap': floor must be a finite number >= 0, got inf"):
         DETECTORS.get("test-logit-gap").from_params({"floor": "inf"})
-    assert TemperatureDefense.label == "Temperature" and LogitGapDetector.label == "test-logit-gap"  # label defaults to the name
+    assert (
+        TemperatureDefense.label == "Temperature" and LogitGapDetector.label == "test-logit-gap"
+    )  # label defaults to the name
 
 
 def test_the_real_registries_refuse_the_wrong_kind(plugins):
@@ -134,7 +146,9 @@ def test_the_plugins_work_together_through_the_final_call(plugins):
     assert result.x_adv.min() >= 0 and result.x_adv.max() <= 1
     with torch.no_grad():
         predicted = model(result.x_adv).argmax(1)
-    assert torch.equal(result.predicted, predicted) and torch.equal(result.success, predicted != y)  # judged by the model
+    assert torch.equal(result.predicted, predicted) and torch.equal(
+        result.success, predicted != y
+    )  # judged by the model
 
     with pytest.raises(ConfigError, match="labels must lie in 0..9"):  # the final __call__'s checks apply to plugins
         attack(target, x, y + 10, generator=torch.Generator())
@@ -152,10 +166,10 @@ def test_a_new_metric_is_one_object_and_its_registration(tmp_path):
     """A throwaway metric (median L2 of the successful attacks) reaches the summary, the intervals and the gate."""
     import numpy as np
 
-    from robench.scoring import records as R
-    from robench.scoring.metrics import METRICS, Metric, Weighted, summarize
     from robench.report.bootstrap import bootstrap_intervals
     from robench.report.regression import metric_rows
+    from robench.scoring import records as R
+    from robench.scoring.metrics import METRICS, Metric, Weighted, summarize
     from test_rundir import synthetic_records
 
     def mean_linf(w: Weighted, detector: str | None) -> np.ndarray:
@@ -168,7 +182,9 @@ def test_a_new_metric_is_one_object_and_its_registration(tmp_path):
         summary = summarize(records)
         assert "mean_linf" in summary.columns and summary.columns[-1] == "mean_linf"
         first = records[records[R.ATTACK] == "FGSM"]
-        assert summary.loc[summary[R.ATTACK] == "FGSM", "mean_linf"].iloc[0] == float(R.linf(first)[R.successful(first)].mean())
+        assert summary.loc[summary[R.ATTACK] == "FGSM", "mean_linf"].iloc[0] == float(
+            R.linf(first)[R.successful(first)].mean()
+        )
         assert {"mean_linf_low", "mean_linf_high"} <= set(bootstrap_intervals(records, n_resamples=20).columns)
         assert "mean_linf" in set(metric_rows(summary)["metric"])
     assert "mean_linf" not in summarize(records).columns
@@ -182,7 +198,7 @@ def test_the_readme_plugin_example_registers_and_runs(trained_tiny):
     import pytest
     import torch
 
-    from robench.attacks import ATTACKS, Bounds, AttackTarget
+    from robench.attacks import ATTACKS, AttackTarget, Bounds
     from robench.core.errors import ConfigError
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
@@ -195,7 +211,12 @@ def test_the_readme_plugin_example_registers_and_runs(trained_tiny):
             cls(eps=float("nan"))
         bundle, data = trained_tiny["softmax"], trained_tiny["data"]
         x, y = data.test.x[:8], data.test.y[:8]
-        result = cls(eps=0.2)(AttackTarget(bundle.model, bundle.defense, Bounds(0.0, 1.0)), x, y, generator=torch.Generator().manual_seed(0))
+        result = cls(eps=0.2)(
+            AttackTarget(bundle.model, bundle.defense, Bounds(0.0, 1.0)),
+            x,
+            y,
+            generator=torch.Generator().manual_seed(0),
+        )
         assert result.x_adv.shape == x.shape and float((result.x_adv - x).abs().max()) <= 0.2 + 1e-6
     finally:
         ATTACKS.unregister("uniform-noise")

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from robench.cli.regression import baseline as baseline_command
 from robench.cli.regression import check as check_command
 from robench.core.errors import ConfigError
-from robench.scoring.metrics import METRICS
 from robench.report.regression import check_run, judge, read_baseline, write_baseline
+from robench.scoring.metrics import METRICS
 from test_rundir import synthetic_records, write_synthetic_run
 
 ATTACKS = ("FGSM", "PGD-10-un")
@@ -33,7 +33,11 @@ def record_seed(folder: Path, seed: int = 0, n: int | None = None) -> None:
 def two_model_run(root: Path, n: int = 150, gm_detectors: tuple[str, ...] = ("kd", "gm-likelihood")) -> Path:
     """A softmax and a GM model under the semi-white-box threat, as a suite writes them (OUT/MODEL/THREAT), seed 0 recorded."""
     write_synthetic_run(root / "soft" / "semi-white-box", synthetic_records(model="soft", attacks=ATTACKS, n=n))
-    write_synthetic_run(root / "gm" / "semi-white-box", synthetic_records(model="gm", attacks=ATTACKS, n=n, seed=1, detectors=gm_detectors), defense="gm")
+    write_synthetic_run(
+        root / "gm" / "semi-white-box",
+        synthetic_records(model="gm", attacks=ATTACKS, n=n, seed=1, detectors=gm_detectors),
+        defense="gm",
+    )
     for model in ("soft", "gm"):
         record_seed(root / model / "semi-white-box", 0, n)
     return root
@@ -51,10 +55,16 @@ def baseline(run_dir: Path, tmp_path: Path) -> Path:
     return out
 
 
-def _edit(path: Path, out: Path, model: str, attack: str, metric: str, detector: str = "-", shift: float = 0.0, **values) -> Path:
+def _edit(
+    path: Path, out: Path, model: str, attack: str, metric: str, detector: str = "-", shift: float = 0.0, **values
+) -> Path:
     """A copy of a baseline with one row's value (and interval) shifted (within [0, 1] for a fraction) or replaced."""
     data = json.loads(path.read_text())
-    hits = [r for r in data["rows"] if (r["model"], r["attack"], r["metric"], r["detector"]) == (model, attack, metric, detector)]
+    hits = [
+        r
+        for r in data["rows"]
+        if (r["model"], r["attack"], r["metric"], r["detector"]) == (model, attack, metric, detector)
+    ]
     assert len(hits) == 1
     for key in ("value", "low", "high"):
         hits[0][key] += shift
@@ -121,7 +131,11 @@ def test_missing_rows_fail_and_new_rows_do_not(run_dir: Path, baseline: Path, tm
     report = check_run(run_dir, baseline)
     assert report.failed
     missing = report.table
-    assert set(missing["status"]) == {"missing"} and set(missing["attack"]) == {"PGD-10-un", "worst-case"} and set(missing["model"]) == {"gm"}
+    assert (
+        set(missing["status"]) == {"missing"}
+        and set(missing["attack"]) == {"PGD-10-un", "worst-case"}
+        and set(missing["model"]) == {"gm"}
+    )
 
     data = json.loads(baseline.read_text())
     data["rows"] = [r for r in data["rows"] if r["model"] == "soft"]
@@ -194,7 +208,11 @@ def test_cli_commands(run_dir: Path, tmp_path: Path) -> None:
     edited = _edit(out, tmp_path / "edited.json", "gm", "FGSM", "flagged_rate", detector="kd", shift=0.5)
     result = runner.invoke(check_command, [str(run_dir), "--baseline", str(edited)])
     assert result.exit_code == 1
-    assert "flagged_rate" in result.output and "worse" in result.output and result.output.splitlines()[-1].startswith("FAIL")
+    assert (
+        "flagged_rate" in result.output
+        and "worse" in result.output
+        and result.output.splitlines()[-1].startswith("FAIL")
+    )
     result = runner.invoke(check_command, [str(run_dir), "--baseline", str(edited), "--tolerance", "flagged_rate=0.6"])
     assert result.exit_code == 0
 

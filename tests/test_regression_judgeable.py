@@ -15,16 +15,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from corpus_helpers import set_seed
+from robench.core.errors import ConfigError
+from robench.report.regression import CannotJudge, check_run, read_baseline, write_baseline
+from robench.scoring import records as R
+from robench.scoring.metrics import COUNT, DETECTOR, METRICS, NO_DETECTOR
 from test_cli import assert_one_line_error
 from test_cli import run as run_cli
 from test_regression import two_model_run
 from test_rundir import synthetic_records, write_synthetic_run
-
-from robench.core.errors import ConfigError
-from robench.scoring import records as R
-from robench.scoring.metrics import COUNT, DETECTOR, METRICS, NO_DETECTOR
-from robench.report.regression import CannotJudge, check_run, read_baseline, write_baseline
 
 ROOT = Path(__file__).resolve().parents[1]
 THREAT = "semi-white-box"
@@ -114,7 +114,9 @@ def test_a_real_regression_is_exit_1(capsys, run_dir: Path, baseline: Path, tmp_
         ({"value": "0.5"}, "must be a number or null"),
     ],
 )
-def test_defective_baseline_values_cannot_be_judged(capsys, run_dir: Path, baseline: Path, tmp_path: Path, changes: dict, fragment: str) -> None:
+def test_defective_baseline_values_cannot_be_judged(
+    capsys, run_dir: Path, baseline: Path, tmp_path: Path, changes: dict, fragment: str
+) -> None:
     edited = _rewrite(baseline, tmp_path / "bad.json", _first("clean_accuracy", **changes))
     _cannot_judge(capsys, run_dir, edited, fragment, "row ")
 
@@ -147,7 +149,9 @@ def test_malformed_seeds_header_is_a_one_line_error(capsys, run_dir: Path, basel
 # --- baselines of something else -----------------------------------------------------------------
 
 
-def test_baseline_of_other_models_or_threats_cannot_be_judged(capsys, run_dir: Path, baseline: Path, tmp_path: Path) -> None:
+def test_baseline_of_other_models_or_threats_cannot_be_judged(
+    capsys, run_dir: Path, baseline: Path, tmp_path: Path
+) -> None:
     other_models = _rewrite(baseline, tmp_path / "models.json", lambda row: {**row, R.MODEL: "other-" + row[R.MODEL]})
     _cannot_judge(capsys, run_dir, other_models, "no model x threat pair in common", "other-gm/semi-white-box")
     other_threat = _rewrite(baseline, tmp_path / "threat.json", lambda row: {**row, R.THREAT: "noise"})
@@ -156,7 +160,9 @@ def test_baseline_of_other_models_or_threats_cannot_be_judged(capsys, run_dir: P
     _cannot_judge(capsys, run_dir, other_attacks, "no model x threat x attack")
 
 
-def test_a_subset_baseline_still_passes_and_a_dropped_attack_still_fails(capsys, run_dir: Path, baseline: Path, tmp_path: Path) -> None:
+def test_a_subset_baseline_still_passes_and_a_dropped_attack_still_fails(
+    capsys, run_dir: Path, baseline: Path, tmp_path: Path
+) -> None:
     subset = _rewrite(baseline, tmp_path / "subset.json", lambda row: row if row[R.MODEL] == "soft" else None)
     code, out, _ = _check(capsys, run_dir, subset)
     assert code == 0 and "new" in out
@@ -176,17 +182,28 @@ def test_changed_weights_cannot_be_judged_unless_allowed(capsys, run_dir: Path, 
     assert code == 0, err
     assert "note: model 'gm' has different weights" in out and out.splitlines()[-1].startswith("PASS")
     everything = {name: {**meta, "content_hash": "x"} for name, meta in header["models"].items()}
-    _cannot_judge(capsys, run_dir, _rewrite(baseline, tmp_path / "all.json", models=everything), "models 'gm', 'soft' have")
+    _cannot_judge(
+        capsys, run_dir, _rewrite(baseline, tmp_path / "all.json", models=everything), "models 'gm', 'soft' have"
+    )
 
 
 def test_another_sample_count_cannot_be_judged(capsys, run_dir: Path, baseline: Path, tmp_path: Path) -> None:
     def grow(row: dict) -> dict:
         return {**row, COUNT: 80} if row[R.MODEL] == "soft" and row[R.ATTACK] == "FGSM" else row
 
-    _cannot_judge(capsys, run_dir, _rewrite(baseline, tmp_path / "n.json", grow), "1 group(s)", "soft/semi-white-box/FGSM/soft n 60 (baseline 80)", "--n")
+    _cannot_judge(
+        capsys,
+        run_dir,
+        _rewrite(baseline, tmp_path / "n.json", grow),
+        "1 group(s)",
+        "soft/semi-white-box/FGSM/soft n 60 (baseline 80)",
+        "--n",
+    )
 
 
-def test_another_seed_cannot_be_judged_and_a_baseline_without_seeds_does_not_compare_them(capsys, run_dir: Path, baseline: Path, tmp_path: Path) -> None:
+def test_another_seed_cannot_be_judged_and_a_baseline_without_seeds_does_not_compare_them(
+    capsys, run_dir: Path, baseline: Path, tmp_path: Path
+) -> None:
     set_seed(run_dir / "soft" / THREAT, 3, n=60)
     _cannot_judge(capsys, run_dir, baseline, "soft/semi-white-box ran with seed 3, the baseline with seed 0", "--seed")
     # A version-1 baseline from before seeds were recorded: not recorded, not an error.
@@ -233,7 +250,9 @@ def _retyped(run_dir: Path, column: str, convert) -> Path:
         (R.ADV_PRED, lambda c: c.astype(float).where(c.index > 0), "1 missing value(s)"),
     ],
 )
-def test_records_of_the_wrong_type_cannot_be_judged(capsys, run_dir: Path, baseline: Path, column: str, convert, fragment: str) -> None:
+def test_records_of_the_wrong_type_cannot_be_judged(
+    capsys, run_dir: Path, baseline: Path, column: str, convert, fragment: str
+) -> None:
     file = _retyped(run_dir, column, convert)
     _cannot_judge(capsys, run_dir, baseline, str(file), f"column '{column}'", fragment)
     code, _, err = run_cli(capsys, "report", str(run_dir))
@@ -247,7 +266,9 @@ def test_bool_like_and_integer_valued_columns_are_accepted(capsys, run_dir: Path
     assert code == 0 and out.startswith("PASS"), err
 
 
-def test_unreadable_run_directories_cannot_be_judged(capsys, run_dir: Path, baseline: Path, tmp_path: Path, monkeypatch) -> None:
+def test_unreadable_run_directories_cannot_be_judged(
+    capsys, run_dir: Path, baseline: Path, tmp_path: Path, monkeypatch
+) -> None:
     _cannot_judge(capsys, tmp_path / "nowhere", baseline, "does not exist")
     (tmp_path / "notes.txt").write_text("x")
     _cannot_judge(capsys, tmp_path / "notes.txt", baseline, "neither a run directory nor a records")
@@ -265,7 +286,9 @@ def test_unreadable_run_directories_cannot_be_judged(capsys, run_dir: Path, base
 # --- files that are not overwritten, formats that are not guessed --------------------------------
 
 
-def test_baseline_and_report_refuse_to_overwrite_without_force(capsys, run_dir: Path, baseline: Path, tmp_path: Path) -> None:
+def test_baseline_and_report_refuse_to_overwrite_without_force(
+    capsys, run_dir: Path, baseline: Path, tmp_path: Path
+) -> None:
     before = baseline.read_text()
     code, _, err = run_cli(capsys, "baseline", str(run_dir), "--out", str(baseline), "--resamples", "20")
     assert_one_line_error(code, err, "exists; pass --force")
@@ -283,8 +306,12 @@ def test_baseline_and_report_refuse_to_overwrite_without_force(capsys, run_dir: 
     assert tables.read_text() != "keep me\n" and "FGSM" in tables.read_text()
 
 
-@pytest.mark.parametrize("name, fragment", [("tables.pdf", "suffix '.pdf'"), ("tables", "no suffix"), ("tables.txt", "suffix '.txt'")])
-def test_report_out_suffix_without_a_format_is_an_error(capsys, run_dir: Path, tmp_path: Path, name: str, fragment: str) -> None:
+@pytest.mark.parametrize(
+    "name, fragment", [("tables.pdf", "suffix '.pdf'"), ("tables", "no suffix"), ("tables.txt", "suffix '.txt'")]
+)
+def test_report_out_suffix_without_a_format_is_an_error(
+    capsys, run_dir: Path, tmp_path: Path, name: str, fragment: str
+) -> None:
     out = tmp_path / name
     code, _, err = run_cli(capsys, "report", str(run_dir), "--out", str(out))
     assert_one_line_error(code, err, fragment, "--format latex|markdown|csv|html", ".tex latex")
@@ -326,7 +353,9 @@ def test_undefined_auc_is_a_dash_in_report_baseline_and_check(capsys, tmp_path: 
     code, out, err = _check(capsys, run_dir, baseline, "--two-sided")
     assert code == 0 and out.startswith("PASS: nothing moved"), (out, err)
     # and in the figures (the ROC panels have no curve, the histograms no adversarial side)
-    code, _, err = run_cli(capsys, "report", str(run_dir), "--layout", "detection", "--plots-dir", str(tmp_path / "plots"))
+    code, _, err = run_cli(
+        capsys, "report", str(run_dir), "--layout", "detection", "--plots-dir", str(tmp_path / "plots")
+    )
     assert code == 0, err
 
 
@@ -344,12 +373,16 @@ def test_undefined_auc_is_a_dash_in_report_baseline_and_check(capsys, tmp_path: 
         ({"high": None}, "without an interval"),
     ],
 )
-def test_a_value_and_its_interval_are_defined_together(capsys, run_dir: Path, baseline: Path, tmp_path: Path, changes: dict, fragment: str) -> None:
+def test_a_value_and_its_interval_are_defined_together(
+    capsys, run_dir: Path, baseline: Path, tmp_path: Path, changes: dict, fragment: str
+) -> None:
     edited = _rewrite(baseline, tmp_path / "bad.json", _first("auc_roc", **changes))
     _cannot_judge(capsys, run_dir, edited, fragment, "row ")
 
 
-def test_a_run_without_run_json_cannot_be_judged_nor_baselined(capsys, run_dir: Path, baseline: Path, tmp_path: Path) -> None:
+def test_a_run_without_run_json_cannot_be_judged_nor_baselined(
+    capsys, run_dir: Path, baseline: Path, tmp_path: Path
+) -> None:
     # Was exit 0: the model-hash and seed checks were skipped without a word.
     (run_dir / "soft" / THREAT / "run.json").unlink()
     _cannot_judge(capsys, run_dir, baseline, "no run.json below", "'soft'", "content hash")
@@ -369,12 +402,20 @@ def test_a_run_json_without_a_model_hash_cannot_be_judged(capsys, run_dir: Path,
     _cannot_judge(capsys, run_dir, baseline, "records the weights (content hash) of model 'gm'")
 
 
-def test_a_baseline_without_its_models_cannot_be_judged_unless_allowed(capsys, run_dir: Path, baseline: Path, tmp_path: Path) -> None:
+def test_a_baseline_without_its_models_cannot_be_judged_unless_allowed(
+    capsys, run_dir: Path, baseline: Path, tmp_path: Path
+) -> None:
     # Was exit 0: a baseline without "models" skipped the weights check without a word.
     no_models = _rewrite(baseline, tmp_path / "no-models.json", models=None)
-    _cannot_judge(capsys, run_dir, no_models, "does not record the weights", "models 'gm', 'soft'", "--allow-changed-models")
+    _cannot_judge(
+        capsys, run_dir, no_models, "does not record the weights", "models 'gm', 'soft'", "--allow-changed-models"
+    )
     code, out, err = _check(capsys, run_dir, no_models, "--allow-changed-models")
-    assert code == 0 and "note: model 'gm': the baseline does not record its weights" in out and out.splitlines()[-1].startswith("PASS"), err
+    assert (
+        code == 0
+        and "note: model 'gm': the baseline does not record its weights" in out
+        and out.splitlines()[-1].startswith("PASS")
+    ), err
     header, _ = read_baseline(baseline)
     one_missing = _rewrite(baseline, tmp_path / "one.json", models={"gm": header["models"]["gm"]})
     _cannot_judge(capsys, run_dir, one_missing, "does not record the weights", "model 'soft'")
@@ -384,13 +425,21 @@ def test_a_baseline_without_its_models_cannot_be_judged_unless_allowed(capsys, r
 
 @pytest.mark.parametrize(
     "models, fragment",
-    [([1], '"models" must map model'), ({"soft": "hash"}, "must be an object"), ({"soft": {"content_hash": 3}}, "content_hash must be a string")],
+    [
+        ([1], '"models" must map model'),
+        ({"soft": "hash"}, "must be an object"),
+        ({"soft": {"content_hash": 3}}, "content_hash must be a string"),
+    ],
 )
-def test_a_malformed_models_header_cannot_be_judged(capsys, run_dir: Path, baseline: Path, tmp_path: Path, models, fragment: str) -> None:
+def test_a_malformed_models_header_cannot_be_judged(
+    capsys, run_dir: Path, baseline: Path, tmp_path: Path, models, fragment: str
+) -> None:
     _cannot_judge(capsys, run_dir, _rewrite(baseline, tmp_path / "models.json", models=models), fragment)
 
 
-def test_a_baseline_whose_seeds_lack_a_pair_cannot_be_judged(capsys, run_dir: Path, baseline: Path, tmp_path: Path) -> None:
+def test_a_baseline_whose_seeds_lack_a_pair_cannot_be_judged(
+    capsys, run_dir: Path, baseline: Path, tmp_path: Path
+) -> None:
     header, _ = read_baseline(baseline)
     partial = _rewrite(baseline, tmp_path / "partial.json", seeds={"gm": header["seeds"]["gm"]})
     _cannot_judge(capsys, run_dir, partial, "the baseline records no seed for soft/semi-white-box")
@@ -406,7 +455,9 @@ def test_a_baseline_refuses_a_run_without_seeds(capsys, run_dir: Path, tmp_path:
     assert code == 2
 
 
-def test_a_baseline_refuses_values_the_bootstrap_left_without_interval(capsys, run_dir: Path, tmp_path: Path, monkeypatch) -> None:
+def test_a_baseline_refuses_values_the_bootstrap_left_without_interval(
+    capsys, run_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
     from robench.report import regression
 
     real = regression.bootstrap_intervals
@@ -429,7 +480,9 @@ def test_a_baseline_refuses_values_the_bootstrap_left_without_interval(capsys, r
         (R.TARGET, 10, "or -1 (untargeted)"),
     ],
 )
-def test_records_outside_the_model_classes_are_refused(capsys, run_dir: Path, baseline: Path, tmp_path: Path, column: str, value: int, fragment: str) -> None:
+def test_records_outside_the_model_classes_are_refused(
+    capsys, run_dir: Path, baseline: Path, tmp_path: Path, column: str, value: int, fragment: str
+) -> None:
     # Was: baselined (exit 0), then judged a regression (exit 1).
     file = _retyped(run_dir, column, lambda c: c.where(c.index != 5, value))
     _cannot_judge(capsys, run_dir, baseline, str(file), fragment)
@@ -441,13 +494,19 @@ def test_records_outside_the_model_classes_are_refused(capsys, run_dir: Path, ba
     assert code == 2
 
 
-def test_records_whose_classes_cannot_be_checked_are_not_gated(capsys, run_dir: Path, baseline: Path, tmp_path: Path) -> None:
+def test_records_whose_classes_cannot_be_checked_are_not_gated(
+    capsys, run_dir: Path, baseline: Path, tmp_path: Path
+) -> None:
     path = run_dir / "soft" / THREAT / "run.json"
     info = json.loads(path.read_text())
     info["model"]["dataset"] = info["dataset"] = "mnist-7k"  # a dataset this robench does not know
     path.write_text(json.dumps(info))
-    _cannot_judge(capsys, run_dir, baseline, "cannot be checked against the model's classes", "dataset 'mnist-7k', unknown")
+    _cannot_judge(
+        capsys, run_dir, baseline, "cannot be checked against the model's classes", "dataset 'mnist-7k', unknown"
+    )
     code, _, err = run_cli(capsys, "baseline", str(run_dir), "--out", str(tmp_path / "b.json"), "--resamples", "20")
     assert_one_line_error(code, err, "cannot be checked against the model's classes")
-    code, out, err = run_cli(capsys, "report", str(run_dir), "--layout", "detection")  # tables need no more than classes >= 0
+    code, out, err = run_cli(
+        capsys, "report", str(run_dir), "--layout", "detection"
+    )  # tables need no more than classes >= 0
     assert code == 0 and "Softmax+KD" in out, err

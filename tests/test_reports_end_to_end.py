@@ -8,11 +8,11 @@ import shutil
 import subprocess
 
 import pytest
+
+from robench.checkpoints.bundle import save_bundle
 from test_cli import run as run_cli
 from test_runner_threats import FAST
 from tiny import make_tiny
-
-from robench.checkpoints.bundle import save_bundle
 
 SETTINGS = {**FAST, "C&W.steps": 5, "C&W-hc.steps": 5, "C&W-un.steps": 5, "C&W-tar.steps": 5}
 LAYOUT_CAPTIONS = ("001 Tables 7-8", "001 Tables 9-10", "001 Table 11", "004 Tables 1-2", "Worst case per sample")
@@ -40,18 +40,28 @@ def test_threat_all_report_baseline_and_check(all_run, capsys):
     threats = {t["name"] for t in json.loads((run_dir / "run.json").read_text())["threats"]}
     assert threats == {"semi-white-box", "white-box", "black-box", "spsa", "noise", "rotation"}
 
-    code, _, err = run_cli(capsys, "report", str(run_dir), "--format", "markdown", "--out", str(root / "tables.md"), "--plots")
+    code, _, err = run_cli(
+        capsys, "report", str(run_dir), "--format", "markdown", "--out", str(root / "tables.md"), "--plots"
+    )
     assert code == 0, err
     markdown = (root / "tables.md").read_text()
     for caption in LAYOUT_CAPTIONS:
         assert caption in markdown
     assert list((run_dir / "plots").glob("roc-*.png")) and list((run_dir / "plots").glob("kd-hist-*.pdf"))
-    code, _, err = run_cli(capsys, "report", str(run_dir), "--format", "latex", "--standalone", "--out", str(root / "tables.tex"))
+    code, _, err = run_cli(
+        capsys, "report", str(run_dir), "--format", "latex", "--standalone", "--out", str(root / "tables.tex")
+    )
     assert code == 0, err
     latex = (root / "tables.tex").read_text()
     assert latex.count("\\begin{table}") == len(LAYOUT_CAPTIONS) and "\\toprule" in latex
     if shutil.which("pdflatex") or os.environ.get("ROBENCH_REQUIRE_PDFLATEX"):  # CI installs a minimal TeX (.ci/run)
-        compiled = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "tables.tex"], cwd=root, capture_output=True, text=True, timeout=120)
+        compiled = subprocess.run(
+            ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "tables.tex"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert compiled.returncode == 0, compiled.stdout[-2000:]
 
     baseline = root / "baseline.json"
@@ -61,7 +71,11 @@ def test_threat_all_report_baseline_and_check(all_run, capsys):
     assert code == 0 and "PASS" in out
     data = json.loads(baseline.read_text())
     row = next(r for r in data["rows"] if r["threat"] == "noise" and r["metric"] == "robust_accuracy")
-    row["value"], row["low"], row["high"] = row["value"] + 0.5, row["value"] + 0.4, row["value"] + 0.6  # the baseline claims better
+    row["value"], row["low"], row["high"] = (
+        row["value"] + 0.5,
+        row["value"] + 0.4,
+        row["value"] + 0.6,
+    )  # the baseline claims better
     baseline.write_text(json.dumps(data))
     code, out, _ = run_cli(capsys, "check", str(run_dir), "--baseline", str(baseline))
     assert code == 1 and "FAIL: 1 worse" in out

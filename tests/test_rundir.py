@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from robench.core.errors import ConfigError
-from robench.scoring.metrics import summarize
 from robench.report.rundir import load_run_dir, summarize_run
 from robench.runs.output import write_run
+from robench.scoring.metrics import summarize
 
 
 def synthetic_records(
@@ -53,7 +53,9 @@ def synthetic_records(
         for detector in detectors:
             # Rounded so that ties occur, as with saturated max-prob scores.
             part[f"score_clean:{detector}"] = np.round(rng.normal(1.0, 1.0, n), 1).astype(np.float32)
-            part[f"score_adv:{detector}"] = np.round(np.where(success, rng.normal(0.0, 1.0, n), rng.normal(1.0, 1.0, n)), 1).astype(np.float32)
+            part[f"score_adv:{detector}"] = np.round(
+                np.where(success, rng.normal(0.0, 1.0, n), rng.normal(1.0, 1.0, n)), 1
+            ).astype(np.float32)
         parts.append(pd.DataFrame(part))
     return pd.concat(parts, ignore_index=True)
 
@@ -73,13 +75,17 @@ def write_synthetic_run(out: Path, records: pd.DataFrame, defense: str = "softma
 def test_nested_folders_are_gathered(tmp_path: Path) -> None:
     for model in ("a", "b"):
         for threat in ("semi-white-box", "noise"):
-            write_synthetic_run(tmp_path / model / threat, synthetic_records(model=model, threat=threat, n=50), defense=f"def-{model}")
+            write_synthetic_run(
+                tmp_path / model / threat, synthetic_records(model=model, threat=threat, n=50), defense=f"def-{model}"
+            )
     run = load_run_dir(tmp_path)
     assert len(run.records) == 2 * 2 * 2 * 50
     assert len(run.runs) == 4
     assert set(run.model_meta()) == {"a", "b"}
     assert run.model_meta()["b"]["defense"] == "def-b"
-    assert set(run.records.groupby(["model", "threat"]).groups) == {(m, t) for m in "ab" for t in ("semi-white-box", "noise")}
+    assert set(run.records.groupby(["model", "threat"]).groups) == {
+        (m, t) for m in "ab" for t in ("semi-white-box", "noise")
+    }
 
 
 def test_single_records_file(tmp_path: Path) -> None:
@@ -123,5 +129,7 @@ def test_summary_of_runs_with_different_detectors_has_no_phantom_rows(tmp_path: 
     assert set(summary.loc[summary["model"] == "soft", "detector"]) == {"kd"}
     expected = pd.concat([summarize(gm), summarize(plain)], ignore_index=True)
     key = ["model", "threat", "attack", "detector"]
-    pd.testing.assert_frame_equal(summary.sort_values(key).reset_index(drop=True), expected.sort_values(key).reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        summary.sort_values(key).reset_index(drop=True), expected.sort_values(key).reset_index(drop=True)
+    )
     assert len(summarize_run(plain)) == len(summarize(plain))

@@ -6,21 +6,42 @@ import json
 
 import pandas as pd
 import pytest
-from test_cli import assert_one_line_error, run as run_cli
-from tiny import two_model_suite
 
 from robench.core.errors import ConfigError, UnknownNameError
-from robench.scoring.metrics import summarize
 from robench.runs.runner import RunConfig, run
+from robench.scoring.metrics import summarize
+from test_cli import assert_one_line_error
+from test_cli import run as run_cli
+from tiny import two_model_suite
 
 
 def test_run_writes_records_summary_and_run_json(bundles, tmp_path):
     out = tmp_path / "out"
-    config = RunConfig(model=bundles["gm"], threat="semi-white-box", n=30, batch_size=16, attacks=("FGSM", "PGD-10-un"), device="cpu", detectors=("kd", "max-prob", "gm-likelihood"))
+    config = RunConfig(
+        model=bundles["gm"],
+        threat="semi-white-box",
+        n=30,
+        batch_size=16,
+        attacks=("FGSM", "PGD-10-un"),
+        device="cpu",
+        detectors=("kd", "max-prob", "gm-likelihood"),
+    )
     result = run(config, out, progress=False)
     records = pd.read_parquet(out / "records.parquet")
     assert len(records) == 60 and set(records["attack"]) == {"FGSM", "PGD-10-un"}
-    for column in ["sample", "label", "target", "clean_pred", "adv_pred", "success", "l2", "linf", "distortion", "score_clean:kd", "score_adv:kd"]:
+    for column in [
+        "sample",
+        "label",
+        "target",
+        "clean_pred",
+        "adv_pred",
+        "success",
+        "l2",
+        "linf",
+        "distortion",
+        "score_clean:kd",
+        "score_adv:kd",
+    ]:
         assert column in records
     fgsm = records[records["attack"] == "FGSM"]
     assert (fgsm["target"] != fgsm["label"]).all() and (fgsm["target"] >= 0).all()  # random wrong-class targets
@@ -31,7 +52,10 @@ def test_run_writes_records_summary_and_run_json(bundles, tmp_path):
     assert "sanity_flags" in summary
     pd.testing.assert_frame_equal(summary.drop(columns="sanity_flags"), summarize(records), check_dtype=False)
     info = json.loads((out / "run.json").read_text())
-    assert info["model"]["content_hash"] == result.info["model"]["content_hash"] and len(info["model"]["content_hash"]) == 64
+    assert (
+        info["model"]["content_hash"] == result.info["model"]["content_hash"]
+        and len(info["model"]["content_hash"]) == 64
+    )
     assert info["config"]["seed"] == 0 and info["versions"]["torch"] and "git_revision" in info
     assert {a["label"] for a in info["threat"]["attacks"]} == {"FGSM", "PGD-10-un"}
     pgd = next(a for a in info["threat"]["attacks"] if a["label"] == "PGD-10-un")
@@ -40,7 +64,9 @@ def test_run_writes_records_summary_and_run_json(bundles, tmp_path):
 
 
 def test_same_seed_same_records(bundles):
-    config = RunConfig(model=bundles["softmax"], threat="rotation", n=20, batch_size=8, device="cpu", detectors=("max-prob",))
+    config = RunConfig(
+        model=bundles["softmax"], threat="rotation", n=20, batch_size=8, device="cpu", detectors=("max-prob",)
+    )
     a = run(config, progress=False).records
     b = run(config, progress=False).records
     pd.testing.assert_frame_equal(a, b)
@@ -49,7 +75,10 @@ def test_same_seed_same_records(bundles):
 
 
 def test_noise_takes_a_list_of_sigmas(bundles):
-    result = run(RunConfig(model=bundles["gm"], threat="noise", n=10, device="cpu", detectors=("max-prob",), sigmas=(0.0, 0.3)), progress=False)
+    result = run(
+        RunConfig(model=bundles["gm"], threat="noise", n=10, device="cpu", detectors=("max-prob",), sigmas=(0.0, 0.3)),
+        progress=False,
+    )
     assert list(result.summary["attack"]) == ["noise-0", "noise-0.3"]
     records = result.records
     assert records.loc[records["attack"] == "noise-0", "l2"].max() == 0.0
@@ -59,7 +88,9 @@ def test_noise_takes_a_list_of_sigmas(bundles):
 
 
 def test_noise_reports_flag_rate_on_noisy_inputs(bundles):
-    result = run(RunConfig(model=bundles["gm"], threat="noise", n=20, device="cpu", detectors=("gm-likelihood",)), progress=False)
+    result = run(
+        RunConfig(model=bundles["gm"], threat="noise", n=20, device="cpu", detectors=("gm-likelihood",)), progress=False
+    )
     row = result.summary.iloc[0]
     assert row["attack"] == "noise-0.05" and 0.0 <= row["flagged_rate"] <= 1.0
     assert pd.isna(row["auc_roc"])
@@ -85,11 +116,27 @@ def test_bad_runs_fail_before_attacking(bundles, kwargs, error, fragment):
 
 def test_cli_run_and_errors(bundles, tmp_path, capsys):
     out = tmp_path / "cli-run"
-    code, stdout, _ = run_cli(capsys, "run", "--model", str(bundles["gm"]), "--threat", "rotation", "--n", "16", "--device", "cpu", "--out", str(out), "--no-progress")
+    code, stdout, _ = run_cli(
+        capsys,
+        "run",
+        "--model",
+        str(bundles["gm"]),
+        "--threat",
+        "rotation",
+        "--n",
+        "16",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--no-progress",
+    )
     assert code == 0 and "rotation-30" in stdout and (out / "records.parquet").exists()
     code, _, err = run_cli(capsys, "run", "--model", str(bundles["gm"]), "--threat", "rotatoin")
     assert_one_line_error(code, err, "did you mean 'rotation'")
-    code, _, err = run_cli(capsys, "run", "--model", str(bundles["gm"]), "--threat", "semi-white-box", "--set", "FGSM.nope=1")
+    code, _, err = run_cli(
+        capsys, "run", "--model", str(bundles["gm"]), "--threat", "semi-white-box", "--set", "FGSM.nope=1"
+    )
     assert_one_line_error(code, err, "has no parameter 'nope'")
 
 

@@ -6,26 +6,48 @@ import json
 
 import pandas as pd
 import pytest
-from test_cli import assert_one_line_error, run as run_cli
-from tiny import two_model_suite
 
 from robench.core.errors import ConfigError
 from robench.runs.parts import PARTS_DIR, PartStore
 from robench.runs.runner import RunConfig, run
-from robench.specs.threats import THREATS
 from robench.specs.threat_files import select_threats
+from robench.specs.threats import THREATS
+from test_cli import assert_one_line_error
+from test_cli import run as run_cli
+from tiny import two_model_suite
 
-FAST = {"C&W-wb.steps": 5, "C&W-wb.binary_search_steps": 2, "C&W-wb.kd_per_class": 20, "SPSA-un.steps": 2, "SPSA-un.samples": 8, "SPSA-tar.steps": 2, "SPSA-tar.samples": 8}
+FAST = {
+    "C&W-wb.steps": 5,
+    "C&W-wb.binary_search_steps": 2,
+    "C&W-wb.kd_per_class": 20,
+    "SPSA-un.steps": 2,
+    "SPSA-un.samples": 8,
+    "SPSA-tar.steps": 2,
+    "SPSA-tar.samples": 8,
+}
 
 
 def _fast(threat):
     """FAST's settings for the attacks ``threat`` has (a one-threat run refuses settings for attacks it lacks)."""
-    labels = {a.label for t in select_threats(threat, substitute=True) for a in t.attacks} if threat == "all" else set(THREATS.get(threat).labels())
+    labels = (
+        {a.label for t in select_threats(threat, substitute=True) for a in t.attacks}
+        if threat == "all"
+        else set(THREATS.get(threat).labels())
+    )
     return {k: v for k, v in FAST.items() if k.rpartition(".")[0] in labels}
 
 
 def _config(model, threat, **kwargs):
-    base = dict(model=model, threat=threat, n=12, batch_size=6, device="cpu", detectors=("kd", "max-prob"), settings=_fast(threat), sanity=False)
+    base = dict(
+        model=model,
+        threat=threat,
+        n=12,
+        batch_size=6,
+        device="cpu",
+        detectors=("kd", "max-prob"),
+        settings=_fast(threat),
+        sanity=False,
+    )
     base.update(kwargs)
     return RunConfig(**base)
 
@@ -41,7 +63,9 @@ def test_white_box_cw_wb_records_and_attacker_density(bundles, tmp_path):
     assert (records["crafted_on"] == "gm").all() and (records["success"] == records["crafted_success"]).all()
     info = json.loads((out / "run.json").read_text())
     (density,) = info["attacker_density"]
-    assert density["kd_per_class"] == 20 and density["eta"] == pytest.approx(density["eta"]) and density["bandwidth"] > 0
+    assert (
+        density["kd_per_class"] == 20 and density["eta"] == pytest.approx(density["eta"]) and density["bandwidth"] > 0
+    )
     assert info["threat"]["name"] == "white-box"
 
 
@@ -51,12 +75,17 @@ def test_black_box_is_judged_on_the_target(bundles, tmp_path):
     assert (records["crafted_on"] == "softmax").all() and (records["model"] == "gm").all()
     assert ((records["adv_pred"] != records["label"]) == records["success"]).all()
     info = json.loads((tmp_path / "bb" / "run.json").read_text())
-    assert info["substitute"]["name"] == "softmax" and info["attacker_density"][0]["crafted_on"] != info["model"]["content_hash"]
+    assert (
+        info["substitute"]["name"] == "softmax"
+        and info["attacker_density"][0]["crafted_on"] != info["model"]["content_hash"]
+    )
 
 
 def test_black_box_with_the_model_as_its_own_substitute_matches_white_box(bundles):
     """Transfer from the model itself is the white-box attack: same adversarial predictions."""
-    bb = run(_config(bundles["gm"], "black-box", substitute=bundles["gm"], attacks=("PGD-10-un",)), progress=False).records
+    bb = run(
+        _config(bundles["gm"], "black-box", substitute=bundles["gm"], attacks=("PGD-10-un",)), progress=False
+    ).records
     wb = run(_config(bundles["gm"], "white-box", attacks=("PGD-10-un",)), progress=False).records
     assert bb["adv_pred"].tolist() == wb["adv_pred"].tolist()
     assert bb["l2"].to_numpy() == pytest.approx(wb["l2"].to_numpy())
@@ -74,7 +103,13 @@ def test_threat_all_runs_every_applicable_threat(bundles, tmp_path):
     config = _config(bundles["softmax"], "all", attacks=("FGSM", "C&W-wb", "SPSA-un", "noise-0.05", "rotation-30"))
     result = run(config, tmp_path / "all", progress=False)
     pairs = set(zip(result.records["threat"], result.records["attack"]))
-    assert pairs == {("semi-white-box", "FGSM"), ("white-box", "C&W-wb"), ("spsa", "SPSA-un"), ("noise", "noise-0.05"), ("rotation", "rotation-30")}
+    assert pairs == {
+        ("semi-white-box", "FGSM"),
+        ("white-box", "C&W-wb"),
+        ("spsa", "SPSA-un"),
+        ("noise", "noise-0.05"),
+        ("rotation", "rotation-30"),
+    }
     assert set(result.summary["threat"]) == {"semi-white-box", "white-box", "spsa", "noise", "rotation"}
     assert "threat" not in result.info and len(result.info["threats"]) == 5
     with_sub = _config(bundles["softmax"], "all", attacks=("MIM-10-un",), substitute=bundles["gm"])
@@ -167,7 +202,10 @@ substitute = ["soft", "gm"]
         )
     )
     pairs = load_suite(suite)
-    assert [(p.model_name, p.substitute, p.folder) for p in pairs] == [("soft", "gm", "black-box-from-gm"), ("gm", "soft", "black-box-from-soft")]
+    assert [(p.model_name, p.substitute, p.folder) for p in pairs] == [
+        ("soft", "gm", "black-box-from-gm"),
+        ("gm", "soft", "black-box-from-soft"),
+    ]
     combined = run_suite(suite, tmp_path / "out", progress=False, echo=lambda _: None)
     assert sorted(zip(combined["model"], combined["crafted_on"])) == [("gm", "soft"), ("soft", "gm")]
     assert (tmp_path / "out" / "gm" / "black-box-from-soft" / "records.parquet").exists()
@@ -185,7 +223,9 @@ def test_suite_threat_may_set_its_own_n(bundles, tmp_path):
     from robench.runs.suite import load_suite
 
     suite = tmp_path / "suite.toml"
-    suite.write_text('[defaults]\nn = 50\n[[model]]\nname = "gm"\npath = "gm.pt"\n[[threat]]\nname = "noise"\n[[threat]]\nname = "spsa"\nn = 8\n')
+    suite.write_text(
+        '[defaults]\nn = 50\n[[model]]\nname = "gm"\npath = "gm.pt"\n[[threat]]\nname = "noise"\n[[threat]]\nname = "spsa"\nn = 8\n'
+    )
     assert [p.config.n for p in load_suite(suite)] == [50, 8]
     suite.write_text(suite.read_text().replace("n = 8", 'n = "8"'))
     with pytest.raises(ConfigError, match="'n' must be an integer"):
@@ -204,6 +244,7 @@ def test_suite_sanity_compares_black_box_and_white_box_pairs(bundles, tmp_path, 
         return pd.DataFrame({"model": "gm", "threat": threat, "attack": "PGD-10-un", "crafted_on": "gm" if threat == "white-box" else "soft",
                              "label": np.zeros(n, int), "clean_pred": np.zeros(n, int), "adv_pred": np.where(success, 1, 0),
                              "success": success, "target": -1, "linf": 0.3, "corruption": False})  # fmt: skip
+
     weak_white = RunResult(records("white-box", np.arange(20) < 2), pd.DataFrame(), {})
     strong_black = RunResult(records("black-box", np.arange(20) < 18), pd.DataFrame(), {})
     alone = [suite_sanity([r]) for r in (weak_white, strong_black)]

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from robench.attacks.base import AttackTarget, Bounds
-from robench.defenses import DEFENSES
 from robench.core.errors import ConfigError
 from robench.core.models import Classifier
+from robench.defenses import DEFENSES
 from robench.runs.sanity import (
     SANITY_CHECKS,
     TABLE_COLUMNS,
@@ -77,8 +77,14 @@ def _batch(target: AttackTarget) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _probe(target: AttackTarget, **kwargs) -> dict[str, SanityResult]:
     x, y = _batch(target)
-    results = probe_model(target, x, y, generator=torch.Generator().manual_seed(2), model_name="m", threat="t", **kwargs)
-    assert [r.check for r in results] == ["gradient-zero-or-nan", "nondeterministic-output", "unbounded-budget-not-reached"]
+    results = probe_model(
+        target, x, y, generator=torch.Generator().manual_seed(2), model_name="m", threat="t", **kwargs
+    )
+    assert [r.check for r in results] == [
+        "gradient-zero-or-nan",
+        "nondeterministic-output",
+        "unbounded-budget-not-reached",
+    ]
     assert all(r.model == "m" and r.threat == "t" for r in results)
     return {r.check: r for r in results}
 
@@ -179,7 +185,15 @@ def test_probe_rejects_bad_input():
 
 
 def _attack_records(
-    model: str, threat: str, attack: str, rate: float, *, targeted: bool = False, transfer: bool = False, eps: float = 0.1, n: int = 100
+    model: str,
+    threat: str,
+    attack: str,
+    rate: float,
+    *,
+    targeted: bool = False,
+    transfer: bool = False,
+    eps: float = 0.1,
+    n: int = 100,
 ) -> pd.DataFrame:
     """n clean-correct samples (label 0) of which a fraction ``rate`` succeed, plus 20 misclassified samples that
     all 'succeed' (success_rate must ignore them). Targeted attacks aim at class 3; a ``transfer`` attack is
@@ -215,7 +229,9 @@ def _only(results: list[SanityResult], check: str) -> list[SanityResult]:
 
 
 def test_black_box_stronger_than_white_box_is_flagged():
-    records = _records(_attack_records("m", "black-box", "transfer-PGD", 0.9), _attack_records("m", "white-box", "PGD-10-un", 0.3))
+    records = _records(
+        _attack_records("m", "black-box", "transfer-PGD", 0.9), _attack_records("m", "white-box", "PGD-10-un", 0.3)
+    )
     (result,) = _only(record_flags(records), "black-box-beats-white-box")
     assert result.flagged and result.threat == "white-box"
     assert result.value == pytest.approx(0.6) and result.threshold == 0.02
@@ -223,7 +239,9 @@ def test_black_box_stronger_than_white_box_is_flagged():
 
 
 def test_white_box_stronger_than_black_box_is_quiet():
-    records = _records(_attack_records("m", "spsa", "SPSA", 0.3), _attack_records("m", "semi-white-box", "PGD-10-un", 0.9))
+    records = _records(
+        _attack_records("m", "spsa", "SPSA", 0.3), _attack_records("m", "semi-white-box", "PGD-10-un", 0.9)
+    )
     (result,) = _only(record_flags(records), "black-box-beats-white-box")
     assert not result.flagged and result.value == pytest.approx(-0.6)
 
@@ -232,7 +250,10 @@ def test_black_box_check_compares_like_with_like_and_skips_missing_kinds():
     # Only a black-box side, only a white-box side, or untargeted vs targeted only: nothing to compare, no result.
     assert _only(record_flags(_attack_records("m", "black-box", "transfer", 0.9)), "black-box-beats-white-box") == []
     assert _only(record_flags(_attack_records("m", "white-box", "PGD", 0.1)), "black-box-beats-white-box") == []
-    mixed = _records(_attack_records("m", "black-box", "transfer", 0.9), _attack_records("m", "white-box", "PGD-tar", 0.1, targeted=True))
+    mixed = _records(
+        _attack_records("m", "black-box", "transfer", 0.9),
+        _attack_records("m", "white-box", "PGD-tar", 0.1, targeted=True),
+    )
     assert _only(record_flags(mixed), "black-box-beats-white-box") == []
     # A transfer attack crafted with targets but judged by misclassification is compared with untargeted attacks.
     transfer = _records(
@@ -249,7 +270,9 @@ def test_black_box_check_compares_like_with_like_and_skips_missing_kinds():
 
 def test_corruptions_are_not_black_box_attacks():
     noise = _attack_records("m", "black-box", "noise", 0.9).assign(corruption=True)
-    records = _records(noise, _attack_records("m", "black-box", "transfer", 0.2), _attack_records("m", "white-box", "PGD", 0.3))
+    records = _records(
+        noise, _attack_records("m", "black-box", "transfer", 0.2), _attack_records("m", "white-box", "PGD", 0.3)
+    )
     (result,) = _only(record_flags(records), "black-box-beats-white-box")
     assert not result.flagged and "transfer" in result.detail
 
@@ -265,25 +288,36 @@ def test_iterative_weaker_than_fgsm_is_flagged():
 
 
 def test_iterative_stronger_than_fgsm_is_quiet():
-    records = _records(_attack_records("m", "white-box", "FGSM", 0.5), _attack_records("m", "white-box", "PGD-10-un", 0.9, eps=0.3))
+    records = _records(
+        _attack_records("m", "white-box", "FGSM", 0.5), _attack_records("m", "white-box", "PGD-10-un", 0.9, eps=0.3)
+    )
     (result,) = _only(record_flags(records), "iterative-weaker-than-single-step")
     assert not result.flagged and result.value == pytest.approx(-0.4)
 
 
 def test_iterative_check_needs_same_kind_and_at_least_fgsm_budget():
-    smaller = _records(_attack_records("m", "t", "FGSM", 0.8, eps=0.1), _attack_records("m", "t", "PGD", 0.1, eps=8 / 255))
+    smaller = _records(
+        _attack_records("m", "t", "FGSM", 0.8, eps=0.1), _attack_records("m", "t", "PGD", 0.1, eps=8 / 255)
+    )
     assert _only(record_flags(smaller), "iterative-weaker-than-single-step") == []
     # An explicit budget overrides the one observed in the records.
     (result,) = _only(record_flags(smaller, budgets={"PGD": 0.3}), "iterative-weaker-than-single-step")
     assert result.flagged
-    kinds = _records(_attack_records("m", "t", "FGSM", 0.8, targeted=True), _attack_records("m", "t", "PGD", 0.1, eps=0.3))
+    kinds = _records(
+        _attack_records("m", "t", "FGSM", 0.8, targeted=True), _attack_records("m", "t", "PGD", 0.1, eps=0.3)
+    )
     assert _only(record_flags(kinds), "iterative-weaker-than-single-step") == []
-    ilcm = _records(_attack_records("m", "t", "FGSM", 0.8, targeted=True), _attack_records("m", "t", "ILCM", 0.1, targeted=True, eps=0.2))
+    ilcm = _records(
+        _attack_records("m", "t", "FGSM", 0.8, targeted=True),
+        _attack_records("m", "t", "ILCM", 0.1, targeted=True, eps=0.2),
+    )
     assert _only(record_flags(ilcm), "iterative-weaker-than-single-step") == []
 
 
 def test_record_flags_on_empty_or_all_misclassified_records_is_empty():
-    records = _records(_attack_records("m", "black-box", "transfer", 0.9), _attack_records("m", "white-box", "PGD", 0.1))
+    records = _records(
+        _attack_records("m", "black-box", "transfer", 0.9), _attack_records("m", "white-box", "PGD", 0.1)
+    )
     assert record_flags(records.iloc[:0]) == []
     assert record_flags(records.assign(clean_pred=1)) == []  # no clean-correct sample: no success rate to compare
 
@@ -318,27 +352,47 @@ def test_table_and_flags_by_model_threat():
 
 def test_every_check_is_registered_with_a_citation(plain):
     names = set(SANITY_CHECKS.names())
-    assert set(plain) | {"black-box-beats-white-box", "iterative-weaker-than-single-step", "attacker-estimator-differs", "library-attack-beats-threat"} == names
-    assert all(SANITY_CHECKS.get(n).citation and SANITY_CHECKS.get(n).kind in ("model", "records", "config") for n in names)
+    assert (
+        set(plain)
+        | {
+            "black-box-beats-white-box",
+            "iterative-weaker-than-single-step",
+            "attacker-estimator-differs",
+            "library-attack-beats-threat",
+        }
+        == names
+    )
+    assert all(
+        SANITY_CHECKS.get(n).citation and SANITY_CHECKS.get(n).kind in ("model", "records", "config") for n in names
+    )
 
 
 # ------------------------------------------------- library attacks against the threat's own
 
 
 def test_library_attack_stronger_than_the_threats_own_is_flagged():
-    records = _records(_attack_records("m", "white-box", "PGD-50-un", 0.3), _attack_records("m", "white-box", "torchattacks:APGD", 0.6))
+    records = _records(
+        _attack_records("m", "white-box", "PGD-50-un", 0.3), _attack_records("m", "white-box", "torchattacks:APGD", 0.6)
+    )
     (result,) = _only(record_flags(records), "library-attack-beats-threat")
     assert result.flagged and result.value == pytest.approx(0.3) and 0 < result.threshold < 0.15
     assert "torchattacks:APGD" in result.detail and "PGD-50-un" in result.detail
 
 
 def test_library_attack_within_its_interval_is_quiet_and_needs_both_sides():
-    close = _records(_attack_records("m", "white-box", "PGD-50-un", 0.3), _attack_records("m", "white-box", "foolbox:LinfPGD", 0.32))
+    close = _records(
+        _attack_records("m", "white-box", "PGD-50-un", 0.3), _attack_records("m", "white-box", "foolbox:LinfPGD", 0.32)
+    )
     (result,) = _only(record_flags(close), "library-attack-beats-threat")
     assert not result.flagged and result.value == pytest.approx(0.02) and result.value < result.threshold
-    assert _only(record_flags(_attack_records("m", "autoattack", "torchattacks:APGD", 0.9)), "library-attack-beats-threat") == []
+    assert (
+        _only(record_flags(_attack_records("m", "autoattack", "torchattacks:APGD", 0.9)), "library-attack-beats-threat")
+        == []
+    )
     assert _only(record_flags(_attack_records("m", "white-box", "PGD-50-un", 0.9)), "library-attack-beats-threat") == []
-    weaker = _records(_attack_records("m", "white-box", "PGD-50-un", 0.6), _attack_records("m", "white-box", "torchattacks:APGD", 0.3))
+    weaker = _records(
+        _attack_records("m", "white-box", "PGD-50-un", 0.6), _attack_records("m", "white-box", "torchattacks:APGD", 0.3)
+    )
     (result,) = _only(record_flags(weaker), "library-attack-beats-threat")
     assert not result.flagged and result.value == pytest.approx(-0.3)
 
@@ -355,7 +409,11 @@ def test_library_check_compares_on_the_samples_both_saw():
 def test_library_check_knows_added_attacks_by_their_registered_name():
     own = _attack_records("m", "white-box", "PGD-50-un", 0.3)
     added = _attack_records("m", "white-box", "APGD-lib", 0.6)  # a suite's [[threat.add]] label
-    assert _only(record_flags(_records(own, added)), "library-attack-beats-threat") == []  # by its label: one of the threat's own
-    names = attack_names_of([{"threats": [{"name": "white-box", "attacks": [{"label": "APGD-lib", "attack": "torchattacks:APGD"}]}]}])
+    assert (
+        _only(record_flags(_records(own, added)), "library-attack-beats-threat") == []
+    )  # by its label: one of the threat's own
+    names = attack_names_of(
+        [{"threats": [{"name": "white-box", "attacks": [{"label": "APGD-lib", "attack": "torchattacks:APGD"}]}]}]
+    )
     (result,) = _only(record_flags(_records(own, added), attack_names=names), "library-attack-beats-threat")
     assert result.flagged and "APGD-lib" in result.detail

@@ -8,15 +8,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_cli import assert_one_line_error, run as run_cli
-from test_threat_files import GOOD, SOFTMAX, run_in_subprocess
-from tiny import two_model_suite
 
 from robench.core.files import MAX_TEXT_BYTES
-from robench.specs import threat_files as TF
 from robench.runs.prepare import config_threats
+from robench.specs import threat_files as TF
 from robench.specs.suite_file import MAX_MODELS, MAX_PAIRS, MAX_THREATS, load_suite
 from robench.specs.threats import THREATS
+from test_cli import assert_one_line_error
+from test_cli import run as run_cli
+from test_threat_files import GOOD, SOFTMAX, run_in_subprocess
+from tiny import two_model_suite
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +58,9 @@ def test_attacks_and_added_attacks_run_together(bundles, tmp_path, capsys, monke
     assert load_suite(listed)[0].config.attacks == ("noise-big", "noise-0.05")
     everything = _suite(tmp_path, SELECT_AND_ADD.replace('attacks = ["noise-0.05"]\n', ""), "all.toml")
     assert load_suite(everything)[0].config.attacks == ()
-    monkeypatch.setattr(plan_module, "_sanity", lambda *args, **kwargs: pd.DataFrame())  # the model probes are not what this tests
+    monkeypatch.setattr(
+        plan_module, "_sanity", lambda *args, **kwargs: pd.DataFrame()
+    )  # the model probes are not what this tests
     code, _, err = run_cli(capsys, "suite", str(suite), "--out", str(tmp_path / "out"), "--no-progress")
     assert code == 0, err
     summary = pd.read_csv(tmp_path / "out" / "summary.csv")
@@ -71,7 +74,7 @@ def test_fifos_and_devices_as_suites_or_in_them_are_refused(bundles, tmp_path):
     os.mkfifo(tmp_path / "threat-pipe.toml")
     listed = _suite(tmp_path, NOISE, "listed.toml")
     listed.write_text('threat_files = ["threat-pipe.toml"]\n' + listed.read_text())
-    entry = _suite(tmp_path, '\n[[threat]]\nfile = "threat-pipe.toml"\n', "entry.toml")
+    _suite(tmp_path, '\n[[threat]]\nfile = "threat-pipe.toml"\n', "entry.toml")
     pattern = _suite(tmp_path, NOISE, "pattern.toml")
     pattern.write_text('threat_files = ["threat-*.toml"]\n' + pattern.read_text())
     cases = [
@@ -83,7 +86,12 @@ def test_fifos_and_devices_as_suites_or_in_them_are_refused(bundles, tmp_path):
         ["suite", str(_suite(tmp_path)), "--out", "o", "--threats", "pipe.toml"],
     ]
     results = run_in_subprocess(cases, tmp_path)
-    kinds = ["pipe.toml: is a FIFO", "/dev/zero: is a character device", *["threat-pipe.toml: is a FIFO"] * 3, "pipe.toml: is a FIFO"]
+    kinds = [
+        "pipe.toml: is a FIFO",
+        "/dev/zero: is a character device",
+        *["threat-pipe.toml: is a FIFO"] * 3,
+        "pipe.toml: is a FIFO",
+    ]
     for (code, err), kind in zip(results, kinds):
         assert code == 1, err
         assert_one_line_error(code, err, kind, "must be a regular file")
@@ -106,12 +114,28 @@ def _big_suite(models: int, threats: int) -> str:
         (_big_suite(MAX_MODELS + 1, 1), [f"model: {MAX_MODELS + 1} tables; a suite holds at most {MAX_MODELS}"]),
         (_big_suite(1, MAX_THREATS + 1), [f"threat: {MAX_THREATS + 1} tables; a suite holds at most {MAX_THREATS}"]),
         (
-            two_model_suite(4, "\n[[threat]]\nname = \"noise\"\n" + "[[threat.add]]\nattack = \"gaussian-noise\"\nlabel = \"x\"\n" * 257),
+            two_model_suite(
+                4, '\n[[threat]]\nname = "noise"\n' + '[[threat.add]]\nattack = "gaussian-noise"\nlabel = "x"\n' * 257
+            ),
             ["257 [[threat.add]] attacks; a threat takes at most 256"],
         ),
-        (two_model_suite(4, "\n[[threat]]\nname = \"noise\"\nsigmas = [" + ", ".join(f"0.{i:03d}1" for i in range(257)) + "]\n"), ["257 sigmas"]),
+        (
+            two_model_suite(
+                4, '\n[[threat]]\nname = "noise"\nsigmas = [' + ", ".join(f"0.{i:03d}1" for i in range(257)) + "]\n"
+            ),
+            ["257 sigmas"],
+        ),
     ],
-    ids=["deep", "dotted-key", "over-1-MiB", "not-utf8", "too-many-models", "too-many-threats", "too-many-added", "too-many-sigmas"],
+    ids=[
+        "deep",
+        "dotted-key",
+        "over-1-MiB",
+        "not-utf8",
+        "too-many-models",
+        "too-many-threats",
+        "too-many-added",
+        "too-many-sigmas",
+    ],
 )
 def test_absurd_suites_are_refused_fast_in_one_line(bundles, tmp_path, capsys, text, fragments):
     path = tmp_path / "suite.toml"
@@ -127,7 +151,9 @@ def test_absurd_suites_are_refused_fast_in_one_line(bundles, tmp_path, capsys, t
 def test_pairs_are_bounded(bundles, tmp_path):
     # 70 models, the black-box threat from each of them as substitute: 70 x 69 = 4,830 pairs, above MAX_PAIRS
     names = [f"m{i}" for i in range(70)]
-    text = '[defaults]\nn = 4\ndevice = "cpu"\n' + "".join(f'[[model]]\nname = "{name}"\npath = "softmax.pt"\n' for name in names)
+    text = '[defaults]\nn = 4\ndevice = "cpu"\n' + "".join(
+        f'[[model]]\nname = "{name}"\npath = "softmax.pt"\n' for name in names
+    )
     text += f'[[threat]]\nname = "black-box"\nsubstitute = {names!r}\n'.replace("'", '"')
     path = tmp_path / "suite.toml"
     path.write_text(text)
@@ -159,7 +185,13 @@ def test_suite_threat_files_patterns_are_bounded(tmp_path, monkeypatch):
 )
 def test_user_text_with_line_breaks_stays_on_one_line(bundles, tmp_path, capsys, text, fragment):
     path = tmp_path / "suite.toml"
-    path.write_text(text + two_model_suite(4, NOISE) if text.startswith('"') else two_model_suite(4, text) if "[[threat]]" in text else text + "\n")
+    path.write_text(
+        text + two_model_suite(4, NOISE)
+        if text.startswith('"')
+        else two_model_suite(4, text)
+        if "[[threat]]" in text
+        else text + "\n"
+    )
     code, _, err = run_cli(capsys, "suite", str(path), "--out", str(tmp_path / "out"))
     assert_one_line_error(code, err, fragment)
 

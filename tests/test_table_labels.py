@@ -7,9 +7,16 @@ import pytest
 import robench.report.tables as tables
 from robench.defenses import DEFENSES
 from robench.detectors import DETECTORS
-from robench.scoring.metrics import METRICS, NO_DETECTOR, SUMMARY_KEYS, summary_columns
-from robench.report.tables.labels import defense_label, defense_rank, detector_label, detector_rank, metric_header, model_infos
+from robench.report.tables.labels import (
+    defense_label,
+    defense_rank,
+    detector_label,
+    detector_rank,
+    metric_header,
+    model_infos,
+)
 from robench.report.tables.table import COUNT, DETECTOR
+from robench.scoring.metrics import METRICS, NO_DETECTOR, SUMMARY_KEYS, summary_columns
 
 
 def test_defense_and_detector_labels_and_order_are_the_registered_ones():
@@ -17,7 +24,13 @@ def test_defense_and_detector_labels_and_order_are_the_registered_ones():
     assert by_rank == ["softmax", "center", "lgm", "rce", "mmlda", "mmc", "gccs", "gm"]
     assert [defense_label(n) for n in by_rank] == ["Softmax", "Center", "L-GM", "RCE", "MMLDA", "MMC", "GCCS", "GM"]
     assert sorted(DETECTORS.names(), key=detector_rank) == ["kd", "bu", "kd+bu", "max-prob", "gm-likelihood"]
-    assert [detector_label(n) for n in ("kd", "bu", "kd+bu", "max-prob", "gm-likelihood")] == ["KD", "BU", "KD+BU", "MaxProb", "Likelihood"]
+    assert [detector_label(n) for n in ("kd", "bu", "kd+bu", "max-prob", "gm-likelihood")] == [
+        "KD",
+        "BU",
+        "KD+BU",
+        "MaxProb",
+        "Likelihood",
+    ]
     for name in DETECTORS.names():
         assert detector_label(name) == DETECTORS.get(name).label
 

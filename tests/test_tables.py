@@ -11,13 +11,13 @@ import subprocess
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from synthetic import synthetic_records
 
 from robench.cli.report import report, resolve_format
 from robench.core.errors import ConfigError, UnknownNameError
-from robench.scoring.metrics import summarize
+from robench.report.tables import best_mask, build_table, build_tables, cell_text, format_value, render, render_tables
 from robench.runs.output import write_run
-from robench.report.tables import build_table, build_tables, cell_text, best_mask, format_value, render, render_tables
+from robench.scoring.metrics import summarize
+from synthetic import synthetic_records
 
 META = {
     "soft": {"name": "soft", "defense": "softmax", "dataset": "mnist-5k"},
@@ -25,7 +25,19 @@ META = {
 }
 
 
-def row(model, threat, attack, detector="kd", n=100, clean=0.99, robust=0.5, success=0.5, distortion=0.1, auc=0.9, flagged=0.5):
+def row(
+    model,
+    threat,
+    attack,
+    detector="kd",
+    n=100,
+    clean=0.99,
+    robust=0.5,
+    success=0.5,
+    distortion=0.1,
+    auc=0.9,
+    flagged=0.5,
+):
     return {
         "model": model, "threat": threat, "attack": attack, "detector": detector, "n": n,
         "clean_accuracy": clean, "robust_accuracy": robust, "success_rate": success,
@@ -65,7 +77,11 @@ def test_detection_rows_columns_and_values():
 
 def test_detection_names_models_that_share_a_defense_and_skips_undetected_rows():
     meta = {"gm-a": {"defense": "gm", "dataset": "mnist-5k"}, "gm-b": {"defense": "gm", "dataset": "mnist-5k"}}
-    frame = summary(row("gm-a", "semi-white-box", "BIM"), row("gm-b", "semi-white-box", "BIM"), row("gm-b", "semi-white-box", "BIM", "-"))
+    frame = summary(
+        row("gm-a", "semi-white-box", "BIM"),
+        row("gm-b", "semi-white-box", "BIM"),
+        row("gm-b", "semi-white-box", "BIM", "-"),
+    )
     table = build_table("detection", frame, meta)
     assert [r[0] for r in table.values().index] == ["GM (gm-a)+KD", "GM (gm-b)+KD"]
     # a model without run.json metadata is labelled by its name
@@ -73,7 +89,11 @@ def test_detection_names_models_that_share_a_defense_and_skips_undetected_rows()
 
 
 def test_models_of_several_datasets_get_a_dataset_level_and_are_compared_within_it():
-    meta = {**META, "gm-c": {"defense": "gm", "dataset": "cifar10"}, "soft-c": {"defense": "softmax", "dataset": "cifar10"}}
+    meta = {
+        **META,
+        "gm-c": {"defense": "gm", "dataset": "cifar10"},
+        "soft-c": {"defense": "softmax", "dataset": "cifar10"},
+    }
     frame = summary(
         row("soft", "semi-white-box", "BIM", auc=0.90), row("gm", "semi-white-box", "BIM", auc=0.99),
         row("soft-c", "semi-white-box", "BIM", auc=0.60), row("gm-c", "semi-white-box", "BIM", auc=0.50),
@@ -136,7 +156,9 @@ def accuracy_summary() -> pd.DataFrame:
         row("soft", "semi-white-box", "FGSM", robust=0.2),  # not an accuracy threat
         row("soft", "rotation", "rotation-30", n=50, clean=0.90, robust=0.60),
         row("soft", "white-box", "PGD-10-un", "kd", n=100, clean=0.929, robust=0.037),
-        row("soft", "white-box", "PGD-10-un", "bu", n=100, clean=0.929, robust=0.037),  # one row per model, not per detector
+        row(
+            "soft", "white-box", "PGD-10-un", "bu", n=100, clean=0.929, robust=0.037
+        ),  # one row per model, not per detector
         row("soft", "noise", "noise-0.05", n=100, clean=0.929, robust=0.80),
         row("gm", "white-box", "PGD-10-un", n=100, clean=0.927, robust=0.36),
         row("gm", "spsa", "SPSA-un", n=100, clean=0.927, robust=0.50),
@@ -147,7 +169,13 @@ def accuracy_summary() -> pd.DataFrame:
 def test_accuracy_groups_columns_by_threat_with_clean_first():
     table = build_table("accuracy", accuracy_summary(), META)
     values = table.values()
-    assert list(values.columns) == [("", "Clean"), ("white-box", "PGD-10-un"), ("spsa", "SPSA-un"), ("noise", "noise-0.05"), ("rotation", "rotation-30")]
+    assert list(values.columns) == [
+        ("", "Clean"),
+        ("white-box", "PGD-10-un"),
+        ("spsa", "SPSA-un"),
+        ("noise", "noise-0.05"),
+        ("rotation", "rotation-30"),
+    ]
     assert [r[0] for r in values.index] == ["Softmax", "GM"]
     text = cell_text(table)
     # clean accuracy from the model's largest evaluation (n=100, not the rotation run's n=50)
@@ -164,7 +192,15 @@ def test_summary_layout_holds_every_row_and_metric_and_ignores_unknown_columns()
     table = build_table("summary", frame, META)
     text = cell_text(table)
     assert len(text) == len(frame)
-    assert [c[0] for c in text.columns] == ["n", "Clean Acc. (%) ↑", "Robust Acc. (%) ↑", "Adv. Success (%) ↓", "Dist. ↑", "AUC (%) ↑", "Flagged (%) ↑"]
+    assert [c[0] for c in text.columns] == [
+        "n",
+        "Clean Acc. (%) ↑",
+        "Robust Acc. (%) ↑",
+        "Adv. Success (%) ↓",
+        "Dist. ↑",
+        "AUC (%) ↑",
+        "Flagged (%) ↑",
+    ]
     assert text.loc[("soft", "noise", "noise-0.05", "kd"), ("AUC (%) ↑",)] == "-"
     assert not best_mask(table).to_numpy().any()
 
@@ -242,7 +278,14 @@ def test_markdown_parses_as_a_table_with_bold_best():
     text = render(build_table("accuracy", accuracy_summary(), META), "markdown")
     rows = markdown_rows(text)
     assert len({len(r) for r in rows}) == 1  # the same number of cells on every line
-    assert rows[0] == ["Model", "Clean", "white-box / PGD-10-un", "spsa / SPSA-un", "noise / noise-0.05", "rotation / rotation-30"]
+    assert rows[0] == [
+        "Model",
+        "Clean",
+        "white-box / PGD-10-un",
+        "spsa / SPSA-un",
+        "noise / noise-0.05",
+        "rotation / rotation-30",
+    ]
     assert all(re.fullmatch(r":?-+:?", cell) for cell in rows[1])
     assert rows[2][0] == "Softmax" and rows[3][:3] == ["GM", "92.7", "**36.0**"]
     assert rows[2][1] == "**92.9**"
@@ -262,19 +305,28 @@ def test_csv_and_html():
         render(table, "markdown", standalone=True)
 
 
-@pytest.mark.skipif(shutil.which("pdflatex") is None and not os.environ.get("ROBENCH_REQUIRE_PDFLATEX"), reason="pdflatex is not installed (CI installs it and sets ROBENCH_REQUIRE_PDFLATEX=1)")
+@pytest.mark.skipif(
+    shutil.which("pdflatex") is None and not os.environ.get("ROBENCH_REQUIRE_PDFLATEX"),
+    reason="pdflatex is not installed (CI installs it and sets ROBENCH_REQUIRE_PDFLATEX=1)",
+)
 def test_standalone_latex_compiles(tmp_path):
     tables = [
         build_table("detection", detection_summary(), META),
         build_table("white-box", white_box_summary(), META, intervals=hand_intervals()),
         build_table("accuracy", accuracy_summary(), META),
-        build_table("summary", summary(*(row("gm", "semi-white-box", f"A_{i}") for i in range(50))), META),  # a longtable
+        build_table(
+            "summary", summary(*(row("gm", "semi-white-box", f"A_{i}") for i in range(50))), META
+        ),  # a longtable
     ]
     source = render_tables(tables, "latex", standalone=True)
     assert source.startswith("\\documentclass{article}") and "\\begin{longtable}" in source
     (tmp_path / "tables.tex").write_text(source)
     done = subprocess.run(
-        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "tables.tex"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "tables.tex"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stdout[-2000:]
     assert (tmp_path / "tables.pdf").stat().st_size > 1000
@@ -283,15 +335,24 @@ def test_standalone_latex_compiles(tmp_path):
 # ----------------------------------------------------------------------------- from records, through the CLI
 
 
-def records(model: str, threat: str, attack: str, n: int = 30, seed: int = 0, shift: float = 2.0, detectors=("kd",)) -> pd.DataFrame:
-    return synthetic_records(model, threat, attack, n=n, seed=seed, wrong=2, success_p=0.6, adv_offset=3, shift=shift, detectors=detectors)
+def records(
+    model: str, threat: str, attack: str, n: int = 30, seed: int = 0, shift: float = 2.0, detectors=("kd",)
+) -> pd.DataFrame:
+    return synthetic_records(
+        model, threat, attack, n=n, seed=seed, wrong=2, success_p=0.6, adv_offset=3, shift=shift, detectors=detectors
+    )
 
 
 def write_pair(root, model: str, defense: str, threat: str, attacks: list[str], shift: float) -> None:
-    frame = pd.concat([records(model, threat, a, seed=i, shift=shift) for i, a in enumerate(attacks)], ignore_index=True)
+    frame = pd.concat(
+        [records(model, threat, a, seed=i, shift=shift) for i, a in enumerate(attacks)], ignore_index=True
+    )
     info = {
         "model": {"name": model, "defense": defense, "dataset": "mnist-5k", "path": f"{model}.pt"},
-        "threat": {"name": threat, "attacks": [{"label": a, "attack": "fgsm", "params": {"eps": 0.1}, "target_mode": "none"} for a in attacks]},
+        "threat": {
+            "name": threat,
+            "attacks": [{"label": a, "attack": "fgsm", "params": {"eps": 0.1}, "target_mode": "none"} for a in attacks],
+        },
     }
     write_run(root / model / threat, frame, summarize(frame), info)
 
@@ -353,7 +414,10 @@ def test_one_target_from_two_substitutes_keeps_two_rows_in_black_box_and_summary
         {**row("gm", "black-box", "PGD-10-un", auc=0.97), "crafted_on": "mmc"},
     )
     black = build_table("black-box", frame, META).values()
-    assert [c[0] for c in black.columns] == ["GM (from soft)", "GM (from mmc)"]  # substitutes that are not rows are named as in the records
+    assert [c[0] for c in black.columns] == [
+        "GM (from soft)",
+        "GM (from mmc)",
+    ]  # substitutes that are not rows are named as in the records
     assert black.to_numpy().ravel().tolist() == [pytest.approx(0.91), pytest.approx(0.97)]
     rows = build_table("summary", frame, META).values()
     assert sorted({r[1] for r in rows.index}) == ["black-box (from mmc)", "black-box (from soft)"]

@@ -10,12 +10,17 @@ import pytest
 
 from robench.attacks import ATTACKS
 from robench.core.errors import ConfigError
-from robench.scoring import records as R
 from robench.runs.sanity import record_flags, registered_attack
+from robench.scoring import records as R
 from robench.specs.threats import ACCESS, THREATS, AttackSpec, ThreatModel, noise_threat
 
 EXPECTED_ACCESS = {
-    "white-box": "white-box", "semi-white-box": "grey-box", "black-box": "black-box", "spsa": "black-box", "noise": "none", "rotation": "none",
+    "white-box": "white-box",
+    "semi-white-box": "grey-box",
+    "black-box": "black-box",
+    "spsa": "black-box",
+    "noise": "none",
+    "rotation": "none",
     "autoattack": "grey-box",  # AutoAttack knows the model's logits, not the defense's loss or the detector
 }
 
@@ -23,7 +28,11 @@ EXPECTED_ACCESS = {
 def test_every_registered_threat_declares_a_known_access():
     assert {name: THREATS.get(name).access for name in THREATS.names()} == EXPECTED_ACCESS
     assert set(ACCESS) == {"white-box", "grey-box", "black-box", "none"} and all(ACCESS.values())
-    assert [n for n in THREATS.names() if THREATS.get(n).gradient_access] == ["autoattack", "semi-white-box", "white-box"]
+    assert [n for n in THREATS.names() if THREATS.get(n).gradient_access] == [
+        "autoattack",
+        "semi-white-box",
+        "white-box",
+    ]
     assert noise_threat([0.1, 0.2]).access == "none"
 
 
@@ -63,7 +72,9 @@ def test_recorded_labels_resolve_to_their_registered_attack_classes():
     assert registered_attack("noise", "noise-0.1") is None and registered_attack("t", "transfer-PGD") is None
 
 
-def _group(threat: str, attack: str, rate: float, *, targeted: bool = False, eps: float = 0.1, n: int = 50) -> pd.DataFrame:
+def _group(
+    threat: str, attack: str, rate: float, *, targeted: bool = False, eps: float = 0.1, n: int = 50
+) -> pd.DataFrame:
     success = np.arange(n) < int(round(rate * n))
     return pd.DataFrame(
         {
@@ -76,7 +87,9 @@ def _group(threat: str, attack: str, rate: float, *, targeted: bool = False, eps
 
 def test_sanity_sides_come_from_the_threats_access():
     # SPSA (query-based) and the transfer threat are both black-box; an unregistered threat is not checked
-    strong_spsa = pd.concat([_group("spsa", "SPSA-un", 0.9), _group("semi-white-box", "PGD-10-un", 0.5), _group("custom", "PGD-10-un", 0.1)])
+    strong_spsa = pd.concat(
+        [_group("spsa", "SPSA-un", 0.9), _group("semi-white-box", "PGD-10-un", 0.5), _group("custom", "PGD-10-un", 0.1)]
+    )
     results = [r for r in record_flags(strong_spsa) if r.check == "black-box-beats-white-box"]
     assert [(r.threat, r.flagged) for r in results] == [("semi-white-box", True)]
     corruption = pd.concat([_group("noise", "noise-0.05", 0.9), _group("white-box", "PGD-10-un", 0.5)])
@@ -99,8 +112,26 @@ def test_iterative_check_pairs_fgsm_with_iterative_linf_attacks_of_its_target_mo
 def test_all_runs_the_papers_threats_and_autoattack_runs_by_name():
     from robench.specs.threat_files import select_threats
 
-    assert {t.name for t in select_threats("all", False)} == {"semi-white-box", "white-box", "spsa", "noise", "rotation"}
-    assert {t.name for t in select_threats("all", True)} == {"semi-white-box", "white-box", "black-box", "spsa", "noise", "rotation"}
+    assert {t.name for t in select_threats("all", False)} == {
+        "semi-white-box",
+        "white-box",
+        "spsa",
+        "noise",
+        "rotation",
+    }
+    assert {t.name for t in select_threats("all", True)} == {
+        "semi-white-box",
+        "white-box",
+        "black-box",
+        "spsa",
+        "noise",
+        "rotation",
+    }
     (auto,) = select_threats("autoattack", False)
     assert not auto.in_all and auto.default_cascade == "misclassified"
-    assert [a.attack for a in auto.attacks] == ["torchattacks:APGD", "torchattacks:APGDT", "torchattacks:FAB", "torchattacks:Square"]
+    assert [a.attack for a in auto.attacks] == [
+        "torchattacks:APGD",
+        "torchattacks:APGDT",
+        "torchattacks:FAB",
+        "torchattacks:Square",
+    ]

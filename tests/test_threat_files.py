@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_cli import assert_one_line_error, run as run_cli
 
 from robench.attacks import ATTACKS
 from robench.core.errors import ConfigError, RobenchError
-from robench.specs import threat_files as TF
 from robench.runs.suite import load_suite
-from robench.specs.threats import THREATS
+from robench.specs import threat_files as TF
 from robench.specs.threat_files import select_threats
+from robench.specs.threats import THREATS
+from test_cli import assert_one_line_error
+from test_cli import run as run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "reports" / "threats"
@@ -70,7 +71,11 @@ def test_example_file_parses_into_a_white_box_threat():
     assert threat.detectors == ("kd", "max-prob") and threat.default_cascade is None and not threat.needs_substitute
     assert threat.labels() == ["PGD-100", "MIM-100"]
     pgd = threat.attacks[0]
-    assert (pgd.attack, dict(pgd.params), pgd.target_mode) == ("pgd", {"steps": 100, "objective": "adaptive", "random_start": True}, "none")
+    assert (pgd.attack, dict(pgd.params), pgd.target_mode) == (
+        "pgd",
+        {"steps": 100, "objective": "adaptive", "random_start": True},
+        "none",
+    )
     assert pgd.build("mnist").params()["eps"] == 0.3  # the family's budget still applies at run time
     assert "linf-adaptive" not in THREATS  # parsing registers nothing
 
@@ -79,7 +84,9 @@ def test_access_sets_what_the_attacker_knows(tmp_path):
     assert not TF.parse_threat_file(_write(tmp_path, GOOD)).knows_detector
     black = GOOD.replace('access = "grey-box"', 'access = "black-box"')
     assert not TF.parse_threat_file(_write(tmp_path, black)).knows_detector  # black-box default: it does not know
-    knows = black.replace('source = "tests"', 'source = "tests"\nknows_detector = true\nsubstitute = true\ncascade = "misclassified"')
+    knows = black.replace(
+        'source = "tests"', 'source = "tests"\nknows_detector = true\nsubstitute = true\ncascade = "misclassified"'
+    )
     threat = TF.parse_threat_file(_write(tmp_path, knows))
     assert threat.knows_detector and threat.needs_substitute and threat.default_cascade == "misclassified"
     assert TF.parse_threat_file(_write(tmp_path, GOOD.replace('"grey-box"', '"white-box"'))).knows_detector
@@ -103,21 +110,39 @@ def _attack(body: str, label: str = "A") -> str:
         (GOOD.replace('["max-prob"]', '["kdd"]'), ["unknown detector 'kdd'", "did you mean 'kd'"]),
         (GOOD.replace('["max-prob"]', "[]"), ["non-empty list"]),
         (GOOD.replace('["max-prob"]', '["kd", "kd"]'), ["listed twice: kd"]),
-        (GOOD.replace('source = "tests"', 'cascade = "misclasified"'), ["cascade must be one of", "did you mean 'misclassified'"]),
-        (GOOD.replace('source = "tests"', "substitute = true"), ["substitute = true needs access = \"black-box\""]),
+        (
+            GOOD.replace('source = "tests"', 'cascade = "misclasified"'),
+            ["cascade must be one of", "did you mean 'misclassified'"],
+        ),
+        (GOOD.replace('source = "tests"', "substitute = true"), ['substitute = true needs access = "black-box"']),
         (GOOD.replace('source = "tests"', "knows_detector = true"), ["contradicts access 'grey-box'"]),
-        (GOOD.replace('"grey-box"', '"white-box"').replace('source = "tests"', "knows_detector = false"), ["contradicts access 'white-box'"]),
+        (
+            GOOD.replace('"grey-box"', '"white-box"').replace('source = "tests"', "knows_detector = false"),
+            ["contradicts access 'white-box'"],
+        ),
         (GOOD.replace('name = "my-threat"', 'name = "../up"'), ["cannot name a folder"]),
         (GOOD.replace('name = "my-threat"', 'name = "all"'), ["reserved"]),
         (_attack('attack = "pgdd"'), ["attack 'A'", "unknown attack 'pgdd'", "did you mean 'pgd'"]),
-        (_attack('attack = "pgd"\ntarget_mode = "randm"'), ["attack 'A'", "target mode 'randm'", "did you mean 'random'"]),
-        (_attack('attack = "pgd"\nparams = {stpes = 3}'), ["attack 'A'", "no parameter 'stpes'", "did you mean 'steps'"]),
+        (
+            _attack('attack = "pgd"\ntarget_mode = "randm"'),
+            ["attack 'A'", "target mode 'randm'", "did you mean 'random'"],
+        ),
+        (
+            _attack('attack = "pgd"\nparams = {stpes = 3}'),
+            ["attack 'A'", "no parameter 'stpes'", "did you mean 'steps'"],
+        ),
         (_attack('attack = "pgd"\nparams = {steps = "many"}'), ["attack 'A'", "'steps' must be int"]),
         (_attack('attack = "pgd"\nparams = {steps = 0}'), ["attack 'A'", "steps must be an integer >= 1"]),
         (_attack('attack = "pgd"\nparams = {objective = "adaptiv"}'), ["attack 'A'", "did you mean 'adaptive'"]),
-        (_attack('attack = "pgd"\nparams = {steps = {deep = 1}}'), ["attack 'A'", "parameter 'steps' must be a number"]),
+        (
+            _attack('attack = "pgd"\nparams = {steps = {deep = 1}}'),
+            ["attack 'A'", "parameter 'steps' must be a number"],
+        ),
         (_attack('attack = "pgd"\nparams = 3'), ["attack 'A'", "'params' must be a table"]),
-        (_attack('attack = "pgd"\nparms = {steps = 3}'), ["attack 'A'", "unknown key 'parms'", "did you mean 'params'"]),
+        (
+            _attack('attack = "pgd"\nparms = {steps = 3}'),
+            ["attack 'A'", "unknown key 'parms'", "did you mean 'params'"],
+        ),
         (_attack('target_mode = "none"'), ["attack 'A'", "needs an attack"]),
         (_attack('attack = "pgd"', label="worst-case"), ["reserved"]),
         (_attack('attack = "pgd"', label="x=1"), ["cannot contain '='"]),
@@ -162,7 +187,9 @@ def test_loading_registers_once_and_refuses_clashes(tmp_path):
     copy = _write(tmp_path, "# a copy\n" + GOOD, "copy.toml")
     assert TF.load_threat_file(copy) is threat  # the same definition from another file: a no-op too
     other = _write(tmp_path, GOOD.replace("steps = 3", "steps = 4"), "other.toml")
-    with pytest.raises(ConfigError, match=rf"other\.toml: threat 'my-threat' is already defined differently by .*threat\.toml"):
+    with pytest.raises(
+        ConfigError, match=r"other\.toml: threat 'my-threat' is already defined differently by .*threat\.toml"
+    ):
         TF.load_threat_file(other)
     builtin = _write(tmp_path, GOOD.replace('"my-threat"', '"white-box"'), "builtin.toml")
     with pytest.raises(ConfigError, match="builtin.toml: threat name 'white-box' is a built-in threat model's"):
@@ -197,7 +224,10 @@ def test_list_shows_file_threats_with_their_path(tmp_path, capsys, monkeypatch):
     code, out, _ = run_cli(capsys, "list", "threats", "--threats", str(folder))
     assert code == 0
     row = next(line for line in out.splitlines() if line.strip().startswith("my-threat"))
-    assert "a test threat; attacks: PGD-3; access: grey-box; file: " in row and str((folder / "mine.toml").resolve()) in row
+    assert (
+        "a test threat; attacks: PGD-3; access: grey-box; file: " in row
+        and str((folder / "mine.toml").resolve()) in row
+    )
     builtin = next(line for line in out.splitlines() if line.strip().startswith("semi-white-box"))
     assert "file:" not in builtin and "attacks: FGSM" in builtin  # built-ins as before
     TF.unload("my-threat")
@@ -208,7 +238,9 @@ def test_list_shows_file_threats_with_their_path(tmp_path, capsys, monkeypatch):
     code, _, err = run_cli(capsys, "list", "threats")
     assert_one_line_error(code, err, TF.THREAT_PATH_ENV, "nowhere.toml")
     monkeypatch.delenv(TF.THREAT_PATH_ENV)
-    code, _, err = run_cli(capsys, "list", "threats", "--threats", str(_write(tmp_path, GOOD.replace("pgd", "pgdd"), "bad.toml")))
+    code, _, err = run_cli(
+        capsys, "list", "threats", "--threats", str(_write(tmp_path, GOOD.replace("pgd", "pgdd"), "bad.toml"))
+    )
     assert_one_line_error(code, err, "bad.toml: attack 'PGD-3'", "did you mean 'pgd'")
 
 
@@ -228,29 +260,63 @@ def softmax(tmp_path):
     return tmp_path / "softmax.pt"
 
 
-FAST_LINF = ["--set", "PGD-100.steps=3", "--set", "MIM-100.steps=3", "--set", "PGD-100.step=0.1", "--set", "MIM-100.step=0.1"]
+FAST_LINF = [
+    "--set",
+    "PGD-100.steps=3",
+    "--set",
+    "MIM-100.steps=3",
+    "--set",
+    "PGD-100.step=0.1",
+    "--set",
+    "MIM-100.step=0.1",
+]
 RUN = ["--n", "8", "--batch-size", "8", "--device", "cpu", "--no-sanity", "--no-progress"]
 
 
 def test_run_a_threat_file_end_to_end_then_resume_by_name(softmax, tmp_path, capsys):
     out = tmp_path / "run"
-    code, stdout, err = run_cli(capsys, "run", "--model", str(softmax), "--threat", str(LINF), "--out", str(out), *FAST_LINF, *RUN)
+    code, stdout, err = run_cli(
+        capsys, "run", "--model", str(softmax), "--threat", str(LINF), "--out", str(out), *FAST_LINF, *RUN
+    )
     assert code == 0, err
     records = pd.read_parquet(out / "records.parquet")
-    assert set(records["threat"]) == {"linf-adaptive"} and set(records["attack"]) == {"PGD-100", "MIM-100"} and len(records) == 16
+    assert (
+        set(records["threat"]) == {"linf-adaptive"}
+        and set(records["attack"]) == {"PGD-100", "MIM-100"}
+        and len(records) == 16
+    )
     assert records["success"].any()  # eps 0.3 in 3 steps of 0.1 breaks some of a plain softmax model's inputs
     info = json.loads((out / "run.json").read_text())
     assert info["config"]["threat"] == "linf-adaptive"
     (recorded,) = info["threats"]
-    assert recorded["access"] == "white-box" and recorded["knows_detector"] is True and recorded["detectors"] == ["kd", "max-prob"]
+    assert (
+        recorded["access"] == "white-box"
+        and recorded["knows_detector"] is True
+        and recorded["detectors"] == ["kd", "max-prob"]
+    )
     assert recorded["file"] == str(LINF) and len(recorded["file_sha256"]) == 64 and recorded["source"].startswith("004")
     assert {a["label"]: a["params"]["steps"] for a in recorded["attacks"]} == {"PGD-100": 3, "MIM-100": 3}
     assert set(info["detectors"]) == {"kd", "max-prob"}  # the threat's own detectors, without --detector
     # a rerun without the file is refused (one line saying how to load it); with it, it resumes
     TF.unload("linf-adaptive")
-    code, _, err = run_cli(capsys, "run", "--model", str(softmax), "--threat", "linf-adaptive", "--out", str(out), *FAST_LINF, *RUN)
+    code, _, err = run_cli(
+        capsys, "run", "--model", str(softmax), "--threat", "linf-adaptive", "--out", str(out), *FAST_LINF, *RUN
+    )
     assert_one_line_error(code, err, "unknown threat model 'linf-adaptive'", "--threats")
-    code, stdout, err = run_cli(capsys, "run", "--model", str(softmax), "--threats", str(EXAMPLES / "linf-adaptive.toml"), "--threat", "linf-adaptive", "--out", str(out), *FAST_LINF, *RUN)
+    code, stdout, err = run_cli(
+        capsys,
+        "run",
+        "--model",
+        str(softmax),
+        "--threats",
+        str(EXAMPLES / "linf-adaptive.toml"),
+        "--threat",
+        "linf-adaptive",
+        "--out",
+        str(out),
+        *FAST_LINF,
+        *RUN,
+    )
     assert code == 0, err
     assert "reused 2 of 2 finished parts" in stdout
     assert pd.read_parquet(out / "records.parquet").equals(records)
@@ -262,13 +328,19 @@ def test_run_refuses_a_missing_or_bad_threat_file(softmax, tmp_path, capsys):
     bad = _write(tmp_path, GOOD.replace("steps = 3", "steps = -1"))
     code, _, err = run_cli(capsys, "run", "--model", str(softmax), "--threat", str(bad), *RUN)
     assert_one_line_error(code, err, "threat.toml: attack 'PGD-3'", "steps must be an integer >= 1")
-    code, _, err = run_cli(capsys, "run", "--model", str(softmax), "--threats", str(tmp_path / "gone"), "--threat", "x", *RUN)
+    code, _, err = run_cli(
+        capsys, "run", "--model", str(softmax), "--threats", str(tmp_path / "gone"), "--threat", "x", *RUN
+    )
     assert_one_line_error(code, err, "--threats: no such threat file or folder")
 
 
 def _suite(tmp_path: Path, softmax: Path, body: str) -> Path:
     header = f'[defaults]\nn = 8\nbatch_size = 8\ndevice = "cpu"\n\n[[model]]\nname = "softmax"\npath = "{softmax}"\n'
-    return _write(tmp_path, body.split("\n[[threat]]", 1)[0] + "\n" + header + "\n[[threat]]" + body.split("\n[[threat]]", 1)[1], "suite.toml")
+    return _write(
+        tmp_path,
+        body.split("\n[[threat]]", 1)[0] + "\n" + header + "\n[[threat]]" + body.split("\n[[threat]]", 1)[1],
+        "suite.toml",
+    )
 
 
 def test_suite_with_threat_files_and_a_threat_file_entry(softmax, tmp_path, capsys, monkeypatch):
@@ -281,26 +353,36 @@ def test_suite_with_threat_files_and_a_threat_file_entry(softmax, tmp_path, caps
     shutil.copy(LINF, threats / LINF.name)
     _write(tmp_path, GOOD, "mine.toml")
     suite = _suite(
-        tmp_path, softmax,
+        tmp_path,
+        softmax,
         'threat_files = ["threats/*.toml"]\n'
         '\n[[threat]]\nname = "linf-adaptive"\nattacks = ["PGD-100"]\n[threat.set]\n"PGD-100.steps" = 2\n'
         '\n[[threat]]\nfile = "mine.toml"\n[threat.set]\n"PGD-3.steps" = 1\n',
     )
     pairs = load_suite(suite)
-    assert [(p.config.threat, p.folder) for p in pairs] == [("linf-adaptive", "linf-adaptive"), ("my-threat", "my-threat")]
+    assert [(p.config.threat, p.folder) for p in pairs] == [
+        ("linf-adaptive", "linf-adaptive"),
+        ("my-threat", "my-threat"),
+    ]
     code, stdout, err = run_cli(capsys, "suite", str(suite), "--out", str(tmp_path / "out"), "--no-progress")
     assert code == 0, err
     combined = pd.read_csv(tmp_path / "out" / "summary.csv")
     assert set(zip(combined["threat"], combined["attack"])) >= {("linf-adaptive", "PGD-100"), ("my-threat", "PGD-3")}
     assert set(combined.loc[combined["threat"] == "my-threat", "detector"]) == {"max-prob"}  # the file's detectors
     info = json.loads((tmp_path / "out" / "softmax" / "my-threat" / "run.json").read_text())
-    assert info["threats"][0]["file"] == str((tmp_path / "mine.toml").resolve()) and info["threats"][0]["access"] == "grey-box"
+    assert (
+        info["threats"][0]["file"] == str((tmp_path / "mine.toml").resolve())
+        and info["threats"][0]["access"] == "grey-box"
+    )
 
 
 @pytest.mark.parametrize(
     ("body", "fragment"),
     [
-        ('threat_files = ["nothing/*.toml"]\n\n[[threat]]\nname = "noise"\n', "pattern 'nothing/*.toml' matches no file"),
+        (
+            'threat_files = ["nothing/*.toml"]\n\n[[threat]]\nname = "noise"\n',
+            "pattern 'nothing/*.toml' matches no file",
+        ),
         ('threat_files = ["missing.toml"]\n\n[[threat]]\nname = "noise"\n', "no such threat file or folder"),
         ('threat_files = "threats"\n\n[[threat]]\nname = "noise"\n', "threat_files must be a list"),
         ('\n[[threat]]\nfile = "mine.toml"\nname = "other"\n', "name 'other' differs from the threat 'my-threat'"),
@@ -314,21 +396,27 @@ def test_bad_suite_threat_files_are_one_line_errors(softmax, tmp_path, body, fra
     assert fragment in str(info.value) and "\n" not in str(info.value)
 
 
-@pytest.mark.skipif(not _library_attacks_available(), reason="needs robench's torchattacks adapters (ATTACKS.get('torchattacks:PGD'))")
+@pytest.mark.skipif(
+    not _library_attacks_available(), reason="needs robench's torchattacks adapters (ATTACKS.get('torchattacks:PGD'))"
+)
 def test_library_example_loads_and_runs(softmax, tmp_path, capsys):
     threat = TF.parse_threat_file(LIBRARY)
     assert threat.access == "grey-box" and threat.default_cascade == "misclassified"
     assert [a.attack for a in threat.attacks] == ["torchattacks:APGD", "torchattacks:APGD"]
     out = tmp_path / "lib"
     fast = ["--set", "APGD-CE.steps=2", "--set", "APGD-DLR.steps=2"]
-    code, _, err = run_cli(capsys, "run", "--model", str(softmax), "--threat", str(LIBRARY), "--out", str(out), *fast, *RUN)
+    code, _, err = run_cli(
+        capsys, "run", "--model", str(softmax), "--threat", str(LIBRARY), "--out", str(out), *fast, *RUN
+    )
     assert code == 0, err
     records = pd.read_parquet(out / "records.parquet")
     assert set(records["threat"]) == {"apgd-library"} and "APGD-CE" in set(records["attack"])
     assert json.loads((out / "run.json").read_text())["threats"][0]["default_cascade"] == "misclassified"
 
 
-@pytest.mark.skipif(not _library_attacks_available(), reason="needs robench's torchattacks adapters (ATTACKS.get('torchattacks:PGD'))")
+@pytest.mark.skipif(
+    not _library_attacks_available(), reason="needs robench's torchattacks adapters (ATTACKS.get('torchattacks:PGD'))"
+)
 @pytest.mark.parametrize(
     ("access", "attack", "target_mode", "fragment"),
     [
@@ -338,10 +426,17 @@ def test_library_example_loads_and_runs(softmax, tmp_path, capsys):
     ],
 )
 def test_library_attacks_the_library_refuses_are_file_errors(tmp_path, access, attack, target_mode, fragment):
-    path = _write(tmp_path, f'name = "lib"\naccess = "{access}"\n[[attack]]\nlabel = "L"\nattack = "{attack}"\ntarget_mode = "{target_mode}"\n')
+    path = _write(
+        tmp_path,
+        f'name = "lib"\naccess = "{access}"\n[[attack]]\nlabel = "L"\nattack = "{attack}"\ntarget_mode = "{target_mode}"\n',
+    )
     with pytest.raises(RobenchError) as info:
         TF.load_threat_file(path)
-    assert str(info.value).startswith(f"{path}: attack 'L': ") and fragment in str(info.value) and "\n" not in str(info.value)
+    assert (
+        str(info.value).startswith(f"{path}: attack 'L': ")
+        and fragment in str(info.value)
+        and "\n" not in str(info.value)
+    )
 
 
 # ---------------------------------------------------------------- bounded, regular-file-only reading (robench.core.files)
@@ -371,7 +466,13 @@ def run_in_subprocess(cases: list[list[str]], cwd: Path, timeout: float = 60) ->
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop(TF.THREAT_PATH_ENV, None)
     done = subprocess.run(
-        [sys.executable, "-c", _DRIVER, json.dumps(cases)], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        [sys.executable, "-c", _DRIVER, json.dumps(cases)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     return [(code, err) for code, err in json.loads(done.stdout.strip().splitlines()[-1])]
@@ -384,7 +485,18 @@ def test_fifos_and_devices_are_refused_without_reading(tmp_path):
     folder = tmp_path / "threats"
     folder.mkdir()
     os.mkfifo(folder / "pipe.toml")  # in a --threats folder: refused, not skipped
-    run = ["run", "--model", str(SOFTMAX), "--n", "2", "--device", "cpu", "--no-progress", "--out", str(tmp_path / "out")]
+    run = [
+        "run",
+        "--model",
+        str(SOFTMAX),
+        "--n",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     cases = [
         [*run, "--threat", "pipe.toml"],
         [*run, "--threats", "pipe.toml", "--threat", "noise"],
@@ -409,7 +521,10 @@ def test_read_user_file_refuses_non_regular_files_and_bounds_the_size(tmp_path):
     if os.path.exists("/dev/zero"):
         with pytest.raises(UserFileError, match="is a character device"):
             read_user_file("/dev/zero", "threat file")
-    with pytest.raises(UserFileError, match="is a folder, not a regular file; a threat file must be a regular file \\(--threats takes folders\\)"):
+    with pytest.raises(
+        UserFileError,
+        match="is a folder, not a regular file; a threat file must be a regular file \\(--threats takes folders\\)",
+    ):
         read_user_file(tmp_path, "threat file", "--threats takes folders")
     with pytest.raises(UserFileError, match="not a valid file path"):
         read_user_file(tmp_path / "a\0b", "threat file")
@@ -425,7 +540,9 @@ def test_read_user_file_refuses_non_regular_files_and_bounds_the_size(tmp_path):
 
 
 def _attacks_file(count: int, attack: str = "fgsm") -> str:
-    return 'name = "many"\naccess = "grey-box"\n' + "".join(f'[[attack]]\nlabel = "A{i}"\nattack = "{attack}"\n' for i in range(count))
+    return 'name = "many"\naccess = "grey-box"\n' + "".join(
+        f'[[attack]]\nlabel = "A{i}"\nattack = "{attack}"\n' for i in range(count)
+    )
 
 
 @pytest.mark.parametrize(
@@ -433,7 +550,10 @@ def _attacks_file(count: int, attack: str = "fgsm") -> str:
     [
         ("x = " + "[" * 50_000, ["nested more than 32 deep"]),  # was internal error: RecursionError
         ("x = " + "{a = " * 40 + "1" + "}" * 40, ["nested more than 32 deep"]),
-        ("a" + ".a" * 100_000 + " = 1\n", ["a key of more than 32 dotted parts"]),  # tomllib's memory is quadratic in it
+        (
+            "a" + ".a" * 100_000 + " = 1\n",
+            ["a key of more than 32 dotted parts"],
+        ),  # tomllib's memory is quadratic in it
         ("[" + "a." * 40 + "a]\n", ["a key of more than 32 dotted parts"]),
         ("x = " + "9" * 5000 + "\n", ["not valid TOML", "4300 digits"]),  # int() refuses it with a ValueError
         (_attacks_file(257), ["threat 'many' has 257 attacks", "at most 256"]),
@@ -481,19 +601,28 @@ def test_attack_parameters_are_bounded(tmp_path, attack, param, limit, unit):
     access = "white-box" if attack == "cw-wb" else "grey-box"
     text = f'name = "t"\naccess = "{access}"\n[[attack]]\nlabel = "A"\nattack = "{attack}"\n[attack.params]\n'
     kind = float if param in ("eps", "kappa") else int
-    assert TF.parse_threat_file(_write(tmp_path, text + f"{param} = {kind(limit)!r}\n")).attacks[0].params[param] == limit
+    assert (
+        TF.parse_threat_file(_write(tmp_path, text + f"{param} = {kind(limit)!r}\n")).attacks[0].params[param] == limit
+    )
     with pytest.raises(ConfigError) as info:
         TF.parse_threat_file(_write(tmp_path, text + f"{param} = {kind(limit * 10)!r}\n"))
     message = str(info.value)
-    assert message.startswith(f"{tmp_path / 'threat.toml'}: attack 'A': {param} must be at most {limit:,} (") and unit in message, message
+    assert (
+        message.startswith(f"{tmp_path / 'threat.toml'}: attack 'A': {param} must be at most {limit:,} (")
+        and unit in message
+    ), message
 
 
 def test_huge_steps_are_refused_on_the_command_line_and_in_files(softmax, tmp_path, capsys):
     """steps = 10**12 ran until killed: refused before anything loads, from a file (exit 2) and from --set (exit 2)."""
     path = _write(tmp_path, GOOD.replace("steps = 3", f"steps = {10**12}"))
     code, _, err = run_cli(capsys, "run", "--model", str(softmax), "--threat", str(path), *RUN)
-    assert_one_line_error(code, err, "threat.toml: attack 'PGD-3': steps must be at most 100,000 (iterations", "got 1000000000000")
-    code, _, err = run_cli(capsys, "run", "--model", str(softmax), "--threat", "semi-white-box", "--set", f"BIM.steps={10**12}", *RUN)
+    assert_one_line_error(
+        code, err, "threat.toml: attack 'PGD-3': steps must be at most 100,000 (iterations", "got 1000000000000"
+    )
+    code, _, err = run_cli(
+        capsys, "run", "--model", str(softmax), "--threat", "semi-white-box", "--set", f"BIM.steps={10**12}", *RUN
+    )
     assert code == 2
     assert_one_line_error(code, err, "attack 'BIM': steps must be at most 100,000")
     code, _, err = run_cli(capsys, "run", "--model", str(softmax), "--threat", "noise", "--sigma", "1e9", *RUN)
@@ -504,13 +633,18 @@ def test_huge_steps_are_refused_on_the_command_line_and_in_files(softmax, tmp_pa
 def test_a_name_differing_from_a_builtin_only_in_case_is_refused(tmp_path, capsys, name):
     path = _write(tmp_path, GOOD.replace('"my-threat"', f'"{name}"'))
     code, _, err = run_cli(capsys, "list", "threats", "--threats", str(path))
-    assert_one_line_error(code, err, f"threat name '{name}' differs only in case from '{name.lower()}', a built-in threat model's")
+    assert_one_line_error(
+        code, err, f"threat name '{name}' differs only in case from '{name.lower()}', a built-in threat model's"
+    )
     assert name not in THREATS
 
 
 def test_a_name_differing_from_another_files_only_in_case_is_refused(tmp_path):
     TF.load_threat_file(_write(tmp_path, GOOD, "lower.toml"))
-    with pytest.raises(ConfigError, match=r"upper\.toml: threat name 'My-Threat' differs only in case from 'my-threat', the threat file .*lower\.toml's"):
+    with pytest.raises(
+        ConfigError,
+        match=r"upper\.toml: threat name 'My-Threat' differs only in case from 'my-threat', the threat file .*lower\.toml's",
+    ):
         TF.load_threat_file(_write(tmp_path, GOOD.replace('"my-threat"', '"My-Threat"'), "upper.toml"))
     assert "My-Threat" not in THREATS
 
@@ -518,7 +652,10 @@ def test_a_name_differing_from_another_files_only_in_case_is_refused(tmp_path):
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
-        (GOOD + '\n"bad\\nkey" = 1\n', "no parameter 'bad\\nkey'"),  # a key with a line break (it lands under [attack.params])
+        (
+            GOOD + '\n"bad\\nkey" = 1\n',
+            "no parameter 'bad\\nkey'",
+        ),  # a key with a line break (it lands under [attack.params])
         ('"top\\nkey" = 1\n' + GOOD, "unknown key 'top\\nkey'"),
         (_attack('attack = "pgd"', label="two\\nlines"), "label 'two\\nlines' cannot contain"),
         (_attack('attack = "pgd"', label="bell\\u0007"), "control characters"),

@@ -2,12 +2,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import TINY_CNN
 
-from robench.core.data import load_dataset
-from robench.core.errors import ConfigError
 from robench.checkpoints.train_bundle import train_bundle
 from robench.checkpoints.training import TrainConfig, augment, train_config_for
+from robench.core.data import load_dataset
+from robench.core.errors import ConfigError
+from tiny import TINY_CNN
 
 FAST = {"epochs": 1, "batch_size": 256}
 
@@ -56,7 +56,9 @@ def test_same_seed_same_model_and_global_rng_untouched():
 
 def test_short_training_learns_on_bundled_data():
     bundle = train_bundle(
-        arch_kwargs={**TINY_CNN, "width": 8, "hidden": 32}, train_overrides={"epochs": 2, "lr": 3e-3, "shift": 0}, progress=False
+        arch_kwargs={**TINY_CNN, "width": 8, "hidden": 32},
+        train_overrides={"epochs": 2, "lr": 3e-3, "shift": 0},
+        progress=False,
     )
     history = bundle.meta.train_config["history"]
     assert history[-1]["loss"] < history[0]["loss"]

@@ -7,8 +7,8 @@ import os
 import torch
 
 from robench.checkpoints.bundle import BundleMeta
-from robench.defenses import DEFENSES
 from robench.checkpoints.model_factory import build_classifier
+from robench.defenses import DEFENSES
 
 TINY_CNN = {"width": 4, "hidden": 16, "feature_dim": 12, "dropout": 0.0}
 
@@ -16,7 +16,9 @@ TINY_CNN = {"width": 4, "hidden": 16, "feature_dim": 12, "dropout": 0.0}
 def make_tiny(defense_name: str = "softmax", seed: int = 0, dropout: float = 0.0, **defense_params):
     """A tiny untrained mnist-shaped classifier and its bundle metadata."""
     defense = DEFENSES.get(defense_name).for_dataset("mnist", defense_params)
-    model, resolved = build_classifier("cnn", {**TINY_CNN, "dropout": dropout}, (1, 28, 28), (0.1307,), (0.3081,), defense, 10, seed=seed)
+    model, resolved = build_classifier(
+        "cnn", {**TINY_CNN, "dropout": dropout}, (1, 28, 28), (0.1307,), (0.3081,), defense, 10, seed=seed
+    )
     meta = BundleMeta(
         arch="cnn",
         arch_kwargs=resolved,
@@ -57,7 +59,9 @@ path = "gm.pt"
 {threats}"""
 
 
-def assert_target_success_close(model, ours, theirs: torch.Tensor, targets: torch.Tensor, what: str, tolerance: float) -> None:
+def assert_target_success_close(
+    model, ours, theirs: torch.Tensor, targets: torch.Tensor, what: str, tolerance: float
+) -> None:
     """robench's targeted success rate (``ours``, an AttackResult) within ``tolerance`` of a reference attack's
     (its adversarial inputs ``theirs`` on ``model``), and above 0.2."""
     with torch.no_grad():

@@ -14,12 +14,15 @@ import sys
 import time
 from pathlib import Path
 
-from robench.core.provenance import atomic_write_bytes
 from robench.app.budget_sweep import SWEEP_BUDGETS, sweep_config, sweep_markdown, sweep_plot, sweep_row, sweep_table
+from robench.core.provenance import atomic_write_bytes
 from robench.runs.runner import run
 
 HERE = Path(__file__).resolve().parent
-MODELS = {"softmax": HERE.parent / "regression" / "models" / "softmax.pt", "gm": HERE.parent / "regression" / "models" / "gm.pt"}
+MODELS = {
+    "softmax": HERE.parent / "regression" / "models" / "softmax.pt",
+    "gm": HERE.parent / "regression" / "models" / "gm.pt",
+}
 
 
 def main(argv: list[str] | None = None) -> int:

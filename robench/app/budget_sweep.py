@@ -27,8 +27,8 @@ import pandas as pd
 from robench.core.provenance import atomic_write_bytes
 from robench.scoring import records as R
 from robench.scoring.metrics import metric_value
-from robench.specs.run_config import RunConfig
 from robench.scoring.worst_case import worst_case_group
+from robench.specs.run_config import RunConfig
 
 SWEEP_BUDGETS: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
 SWEEP_THREAT = "white-box"
@@ -36,14 +36,32 @@ SWEEP_THREAT = "white-box"
 OWN_LINF: tuple[str, ...] = ("PGD-10-un", "PGD-50-un", "PGD-10-tar", "PGD-50-tar", "APGD-CE", "APGD-DLR")
 # torchattacks' APGD-CE and APGD-DLR at the AutoAttack paper's 100 iterations (torchattacks' default is 10).
 LIBRARY_APGD: tuple[Mapping[str, Any], ...] = (
-    {"label": "torchattacks-APGD-CE", "attack": "torchattacks:APGD", "params": {"loss": "ce", "steps": 100, "n_restarts": 1}},
-    {"label": "torchattacks-APGD-DLR", "attack": "torchattacks:APGD", "params": {"loss": "dlr", "steps": 100, "n_restarts": 1}},
+    {
+        "label": "torchattacks-APGD-CE",
+        "attack": "torchattacks:APGD",
+        "params": {"loss": "ce", "steps": 100, "n_restarts": 1},
+    },
+    {
+        "label": "torchattacks-APGD-DLR",
+        "attack": "torchattacks:APGD",
+        "params": {"loss": "dlr", "steps": 100, "n_restarts": 1},
+    },
 )
 # The check: the threat's worst case no higher than the libraries' plus this (robust-accuracy fraction).
 SWEEP_TOLERANCE = 0.01
 SWEEP_COLUMNS = [
-    R.MODEL, "eps", "n_clean_correct", "threat_worst_case", "library_worst_case", "gap", "threat_without_apgd",
-    "best_own", "best_own_attack", "best_library", "best_library_attack", "within_goal",
+    R.MODEL,
+    "eps",
+    "n_clean_correct",
+    "threat_worst_case",
+    "library_worst_case",
+    "gap",
+    "threat_without_apgd",
+    "best_own",
+    "best_own_attack",
+    "best_library",
+    "best_library_attack",
+    "within_goal",
 ]
 
 
@@ -163,7 +181,13 @@ def sweep_plot(table: pd.DataFrame, path: Path) -> None:
         mine = table[table[R.MODEL] == model]
         ax.plot(mine["eps"], 100 * mine["threat_worst_case"], "o-", label="white-box worst case (robench)")
         ax.plot(mine["eps"], 100 * mine["library_worst_case"], "s--", label="torchattacks APGD-CE + APGD-DLR")
-        ax.plot(mine["eps"], 100 * mine["threat_without_apgd"], "^:", color="grey", label="white-box PGD attacks only (before APGD)")
+        ax.plot(
+            mine["eps"],
+            100 * mine["threat_without_apgd"],
+            "^:",
+            color="grey",
+            label="white-box PGD attacks only (before APGD)",
+        )
         ax.set_title(literal(model))
         ax.set_xlabel("L-inf budget eps")
         ax.set_xticks(np.asarray(mine["eps"], dtype=float))

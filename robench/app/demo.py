@@ -21,11 +21,11 @@ import pandas as pd
 import torch
 
 from robench.checkpoints.bundle import ModelBundle, load_bundle, save_bundle
+from robench.checkpoints.train_bundle import train_bundle
 from robench.core.errors import BundleError
 from robench.core.provenance import atomic_write_text
 from robench.runs.output import format_summary
 from robench.runs.suite import run_suite
-from robench.checkpoints.train_bundle import train_bundle
 
 DEMO_DATASET = "mnist-5k"
 DEMO_ARCH = "cnn"
@@ -59,7 +59,9 @@ def demo_suite_template() -> str:
     return files("robench.app").joinpath("demo_suite.toml.in").read_text(encoding="utf-8")
 
 
-def ensure_model(path: Path, defense: str, seed: int, device: torch.device, progress: bool, echo: Callable[[str], None]) -> ModelBundle:
+def ensure_model(
+    path: Path, defense: str, seed: int, device: torch.device, progress: bool, echo: Callable[[str], None]
+) -> ModelBundle:
     """Load the bundle at ``path`` if it is the requested model, else train and write it."""
     if path.exists():
         bundle = load_bundle(path, device=device)  # a corrupt file is refused, never silently replaced
@@ -67,9 +69,13 @@ def ensure_model(path: Path, defense: str, seed: int, device: torch.device, prog
         if (meta.dataset, meta.arch, meta.defense, meta.seed) == (DEMO_DATASET, DEMO_ARCH, defense, seed):
             echo(f"reusing {path} ({defense}, content hash {bundle.content_hash[:12]})")
             return bundle
-        raise BundleError(f"{path} holds a different model ({meta.defense}/{meta.arch}/{meta.dataset}, seed {meta.seed}); move it away")
+        raise BundleError(
+            f"{path} holds a different model ({meta.defense}/{meta.arch}/{meta.dataset}, seed {meta.seed}); move it away"
+        )
     echo(f"training {defense} {DEMO_ARCH} on {DEMO_DATASET} (seed {seed}) -> {path}")
-    bundle = train_bundle(dataset=DEMO_DATASET, arch=DEMO_ARCH, defense=defense, seed=seed, device=device, progress=progress)
+    bundle = train_bundle(
+        dataset=DEMO_DATASET, arch=DEMO_ARCH, defense=defense, seed=seed, device=device, progress=progress
+    )
     bundle.content_hash = save_bundle(path, bundle.model, bundle.meta)
     bundle.path = path
     return bundle
@@ -105,14 +111,16 @@ def run_demo(
     reports: bool = True,
 ) -> pd.DataFrame:
     bundles = {
-        defense: ensure_model(models_dir / f"{defense}.pt", defense, seed, device, progress, echo) for defense in DEMO_DEFENSES
+        defense: ensure_model(models_dir / f"{defense}.pt", defense, seed, device, progress, echo)
+        for defense in DEMO_DEFENSES
     }
     table = models_table(bundles)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "models.csv", table.to_csv(index=False))
     echo(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     models = "".join(
-        f'\n[[model]]\nname = "{name}"\npath = "{os.path.relpath(models_dir.resolve() / f"{name}.pt", out.resolve())}"\n' for name in bundles
+        f'\n[[model]]\nname = "{name}"\npath = "{os.path.relpath(models_dir.resolve() / f"{name}.pt", out.resolve())}"\n'
+        for name in bundles
     )
     suite_path = out / "suite.toml"
     text = demo_suite_template().format(
@@ -131,7 +139,9 @@ def run_demo(
     summary = run_suite(suite_path, out, progress=progress, echo=echo)
     echo(format_summary(summary))
     written = [str(p) for p in write_reports(out)] if reports else []
-    echo(f"wrote {', '.join([str(out / 'models.csv'), str(suite_path), str(out / 'summary.csv'), *written])} and per-pair records under {out}/")
+    echo(
+        f"wrote {', '.join([str(out / 'models.csv'), str(suite_path), str(out / 'summary.csv'), *written])} and per-pair records under {out}/"
+    )
     return summary
 
 

@@ -28,15 +28,15 @@ from typing import Any
 
 import torch
 
-from robench.defenses import DEFENSES, Defense
-from robench.core.errors import BundleError, RobenchError
 from robench.checkpoints.imported.program import IMPORTED_ARCH
 from robench.checkpoints.model_factory import build_classifier, plan_backbone
+from robench.checkpoints.training import SEED_RANGE
+from robench.core.errors import BundleError, RobenchError
 from robench.core.models import Classifier
 from robench.core.models.base import MAX_UNITS
 from robench.core.provenance import atomic_write_bytes, state_dict_hash
 from robench.core.safe_load import load_weights_only
-from robench.checkpoints.training import SEED_RANGE
+from robench.defenses import DEFENSES, Defense
 
 BUNDLE_FORMAT = "robench-bundle"
 BUNDLE_VERSION = 1
@@ -133,7 +133,9 @@ class BundleMeta:
 
 def _meta_from_dict(raw: dict[str, Any], source: str) -> BundleMeta:
     fields = {f.name: f for f in dataclasses.fields(BundleMeta)}
-    required = [n for n, f in fields.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    required = [
+        n for n, f in fields.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     missing = [n for n in required if n not in raw]
     if missing:
         raise BundleError(f"{source}: bundle metadata lacks {', '.join(missing)}")
@@ -150,8 +152,10 @@ def _meta_from_dict(raw: dict[str, Any], source: str) -> BundleMeta:
     def numbers(name: str, length: int | None, kind: type) -> tuple:
         value = expect(name, (list, tuple))
         if (
-            length is not None and len(value) != length
-            or length is None and len(value) > MAX_INPUT_CHANNELS
+            length is not None
+            and len(value) != length
+            or length is None
+            and len(value) > MAX_INPUT_CHANNELS
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
         ):
             raise BundleError(f"{source}: bundle metadata field '{name}' is malformed")
@@ -161,7 +165,10 @@ def _meta_from_dict(raw: dict[str, Any], source: str) -> BundleMeta:
         if not low <= value <= high:
             raise BundleError(f"{source}: bundle metadata field '{name}' is {value}, outside [{low}, {high}]: refused")
 
-    for name, value in raw.items():  # JSON's NaN and Infinity, control characters (a forged line in 'info'), deep nesting
+    for (
+        name,
+        value,
+    ) in raw.items():  # JSON's NaN and Infinity, control characters (a forged line in 'info'), deep nesting
         problem = _json_problem(value)
         if problem:
             raise BundleError(f"{source}: bundle metadata field '{name}' {problem}: refused")
@@ -194,7 +201,9 @@ def _meta_from_dict(raw: dict[str, Any], source: str) -> BundleMeta:
         )
     low, high = values["value_range"]
     if not (-MAX_ABS_VALUE <= low < high <= MAX_ABS_VALUE):
-        raise BundleError(f"{source}: bundle metadata field 'value_range' is [{low:g}, {high:g}]: it needs low < high, within [-{MAX_ABS_VALUE:g}, {MAX_ABS_VALUE:g}]: refused")
+        raise BundleError(
+            f"{source}: bundle metadata field 'value_range' is [{low:g}, {high:g}]: it needs low < high, within [-{MAX_ABS_VALUE:g}, {MAX_ABS_VALUE:g}]: refused"
+        )
     channels = values["input_shape"][0]
     if len(values["mean"]) != channels or len(values["std"]) != channels:
         raise BundleError(
@@ -284,11 +293,15 @@ def _read_payload(path: Path, data: bytes | None = None) -> dict[str, Any]:
         raise BundleError(f"{path}: no such file")
     if data is None and not path.is_file():
         raise BundleError(f"{path}: not a file")
-    payload = load_weights_only(path, data, after_global="not a robench bundle", refused=_UNREADABLE, unreadable=_UNREADABLE)
+    payload = load_weights_only(
+        path, data, after_global="not a robench bundle", refused=_UNREADABLE, unreadable=_UNREADABLE
+    )
     if not isinstance(payload, dict) or payload.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path}: not a robench bundle (a plain torch checkpoint? train one with 'robench train')")
     if payload.get("version") != BUNDLE_VERSION:
-        raise BundleError(f"{path}: bundle format version {payload.get('version')!r} is not supported (expected {BUNDLE_VERSION})")
+        raise BundleError(
+            f"{path}: bundle format version {payload.get('version')!r} is not supported (expected {BUNDLE_VERSION})"
+        )
     for key, kind in (("meta", str), ("state_dict", dict), ("content_hash", str)):
         if not isinstance(payload.get(key), kind):
             raise BundleError(f"{path}: bundle field '{key}' is missing or malformed")
@@ -297,7 +310,9 @@ def _read_payload(path: Path, data: bytes | None = None) -> dict[str, Any]:
     return payload
 
 
-def _check_backbone_shapes(planned: dict[str, tuple[int, ...]], state: dict[str, torch.Tensor], arch: str, path: Path) -> None:
+def _check_backbone_shapes(
+    planned: dict[str, tuple[int, ...]], state: dict[str, torch.Tensor], arch: str, path: Path
+) -> None:
     """Refuse weights whose backbone tensors differ from the planned ones (before the real build allocates)."""
     actual = {k: tuple(v.shape) for k, v in state.items() if k.startswith("backbone.")}
     for key in sorted(set(planned) | set(actual)):
@@ -357,11 +372,18 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu", data: byte
     if model.feature_dim != meta.feature_dim:
         raise BundleError(f"{path}: feature dimension {model.feature_dim} differs from the recorded {meta.feature_dim}")
     model.eval().to(device)
-    return ModelBundle(model=model, meta=meta, defense=defense, content_hash=actual, path=path if data is None else None)
+    return ModelBundle(
+        model=model, meta=meta, defense=defense, content_hash=actual, path=path if data is None else None
+    )
 
 
 def _load_imported(
-    path: Path, payload: dict[str, Any], meta: BundleMeta, state: dict[str, torch.Tensor], device: str | torch.device, keep_path: bool = True
+    path: Path,
+    payload: dict[str, Any],
+    meta: BundleMeta,
+    state: dict[str, torch.Tensor],
+    device: str | torch.device,
+    keep_path: bool = True,
 ) -> ModelBundle:
     """An imported model's bundle (``robench import``): the content hash first (it covers the program's bytes), then
     the program is checked before torch deserializes it and rebuilt (:mod:`robench.checkpoints.imported.loading`)."""

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-from robench.defenses import Defense
 from robench.core.errors import ConfigError
 from robench.core.models import Classifier, Normalize, build_backbone
+from robench.defenses import Defense
 
 MAX_PARAMETERS = 100_000_000  # 400 MB of float32 weights; the registered architectures have 0.03-2 M at their defaults
 
@@ -28,7 +28,10 @@ class _SkipInit(TorchFunctionMode):
     """Weight initialisers have nothing to write on the meta device; skip them (some load heavy machinery there)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        if getattr(func, "__module__", None) == "torch.nn.init" or getattr(func, "__name__", "") in ("normal_", "uniform_"):
+        if getattr(func, "__module__", None) == "torch.nn.init" or getattr(func, "__name__", "") in (
+            "normal_",
+            "uniform_",
+        ):
             return args[0] if args else next(iter((kwargs or {}).values()))
         return func(*args, **(kwargs or {}))
 
@@ -42,7 +45,9 @@ class BackbonePlan:
     resolved: dict[str, Any]
 
 
-def plan_backbone(arch: str, arch_kwargs: Mapping[str, Any] | None, input_shape: tuple[int, int, int], num_classes: int) -> BackbonePlan | None:
+def plan_backbone(
+    arch: str, arch_kwargs: Mapping[str, Any] | None, input_shape: tuple[int, int, int], num_classes: int
+) -> BackbonePlan | None:
     """Build the backbone on the meta device and refuse (ConfigError) a model beyond :data:`MAX_PARAMETERS`.
 
     The head is counted as ``num_classes x (feature_dim + 1)``. Returns None for an architecture that

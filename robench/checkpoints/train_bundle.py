@@ -11,12 +11,12 @@ from typing import Any
 import torch
 
 from robench.checkpoints.bundle import BundleMeta, ModelBundle
+from robench.checkpoints.model_factory import build_classifier, plan_backbone
+from robench.checkpoints.training import SEED, train, train_config_for
 from robench.core.data import DATASETS, load_dataset
 from robench.core.errors import ConfigError
-from robench.defenses import DEFENSES
-from robench.checkpoints.model_factory import build_classifier, plan_backbone
 from robench.core.provenance import git_revision, package_versions, state_dict_hash
-from robench.checkpoints.training import SEED, train, train_config_for
+from robench.defenses import DEFENSES
 
 
 def train_bundle(
@@ -35,7 +35,11 @@ def train_bundle(
     progress: bool = True,
 ) -> ModelBundle:
     """Train a model with the paper defaults for ``dataset`` (overridable) and return it with its metadata."""
-    for what, value in (("arch_kwargs", arch_kwargs), ("defense_params", defense_params), ("train_overrides", train_overrides)):
+    for what, value in (
+        ("arch_kwargs", arch_kwargs),
+        ("defense_params", defense_params),
+        ("train_overrides", train_overrides),
+    ):
         if value is not None and not isinstance(value, Mapping):
             raise ConfigError(f"{what} must be a mapping of parameter names to values, got {type(value).__name__}")
     if train_overrides and "seed" in train_overrides:
@@ -51,7 +55,9 @@ def train_bundle(
     problem = SEED.problem("split_seed", split_seed)
     if problem is not None:
         raise ConfigError(problem)
-    plan_backbone(arch, arch_kwargs, spec.input_shape, spec.num_classes)  # bad or oversized kwargs fail before the data loads
+    plan_backbone(
+        arch, arch_kwargs, spec.input_shape, spec.num_classes
+    )  # bad or oversized kwargs fail before the data loads
     data = load_dataset(dataset, data_root=data_root, download=download, split_seed=split_seed)
     model, resolved = build_classifier(
         arch, arch_kwargs, data.input_shape, data.spec.mean, data.spec.std, defense_obj, data.num_classes, seed=seed
@@ -81,4 +87,6 @@ def train_bundle(
     )
     model.eval()
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return ModelBundle(model=model, meta=meta, defense=defense_obj, content_hash=state_dict_hash(state, meta.identity()))
+    return ModelBundle(
+        model=model, meta=meta, defense=defense_obj, content_hash=state_dict_hash(state, meta.identity())
+    )

@@ -18,13 +18,22 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from robench.core.config import Constraint, boolean, choice, constrained, finite, integer, positive_int, replace_fields, validate_fields
+from robench.core.config import (
+    Constraint,
+    boolean,
+    choice,
+    constrained,
+    finite,
+    integer,
+    positive_int,
+    replace_fields,
+    validate_fields,
+)
 from robench.core.data import Dataset
-from robench.defenses import Defense
 from robench.core.errors import ConfigError
 from robench.core.inference import accuracy
 from robench.core.models import Classifier
-
+from robench.defenses import Defense
 
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
 SEED = Constraint(
@@ -62,8 +71,24 @@ class TrainConfig:
 # (SGD, momentum 0.9, weight decay 5e-4, flips and 4-pixel shifts), with a cosine schedule.
 FAMILY_TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
     "mnist": {},
-    "cifar10": {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "shift": 4, "hflip": True, "batch_size": 128, "epochs": 100},
-    "cifar100": {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "shift": 4, "hflip": True, "batch_size": 128, "epochs": 100},
+    "cifar10": {
+        "optimizer": "sgd",
+        "lr": 0.1,
+        "weight_decay": 5e-4,
+        "shift": 4,
+        "hflip": True,
+        "batch_size": 128,
+        "epochs": 100,
+    },
+    "cifar100": {
+        "optimizer": "sgd",
+        "lr": 0.1,
+        "weight_decay": 5e-4,
+        "shift": 4,
+        "hflip": True,
+        "batch_size": 128,
+        "epochs": 100,
+    },
     "svhn": {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "shift": 2, "batch_size": 128, "epochs": 30},
 }
 
@@ -112,7 +137,9 @@ def train(
     if config.optimizer == "adam":
         optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     else:
-        optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=True)
+        optimizer = torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=True
+        )
     x_train, y_train = dataset.train.x, dataset.train.y
     steps_per_epoch = math.ceil(len(y_train) / config.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
@@ -124,7 +151,12 @@ def train(
         torch.manual_seed(config.seed)
         # disable=None: tqdm shows the bar on a terminal and stays silent in logs.
         bar = tqdm(
-            total=config.epochs * steps_per_epoch, desc="train", unit="batch", disable=None if progress else True, leave=False, mininterval=0.5
+            total=config.epochs * steps_per_epoch,
+            desc="train",
+            unit="batch",
+            disable=None if progress else True,
+            leave=False,
+            mininterval=0.5,
         )
         for epoch in range(config.epochs):
             model.train()

@@ -11,11 +11,10 @@ from pathlib import Path
 import click
 
 from robench.cli.params import NonEmptyPath
-
 from robench.core.config import parse_assignments
 from robench.core.errors import ConfigError
-from robench.scoring.metrics import SUMMARY_KEYS
 from robench.report.regression import KEYS, CheckReport, check_run, write_baseline
+from robench.scoring.metrics import SUMMARY_KEYS
 
 SHOWN_COLUMNS = [*KEYS, "status", "baseline", "current", "delta", "allowed_low", "allowed_high", "note"]
 
@@ -43,8 +42,16 @@ def format_report(report: CheckReport, verbose: bool = False) -> str:
 
 @click.command("baseline")
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--out", type=NonEmptyPath(dir_okay=False, path_type=Path), required=True, help="Baseline JSON file to write.")
-@click.option("--resamples", type=click.IntRange(1, 1_000_000), default=1000, show_default=True, help="Bootstrap resamples per attack.")
+@click.option(
+    "--out", type=NonEmptyPath(dir_okay=False, path_type=Path), required=True, help="Baseline JSON file to write."
+)
+@click.option(
+    "--resamples",
+    type=click.IntRange(1, 1_000_000),
+    default=1000,
+    show_default=True,
+    help="Bootstrap resamples per attack.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap resampling.")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 def baseline(run_dir: Path, out: Path, resamples: int, seed: int, force: bool) -> None:
@@ -57,19 +64,46 @@ def baseline(run_dir: Path, out: Path, resamples: int, seed: int, force: bool) -
         raise ConfigError(f"{out} exists; pass --force to overwrite it")
     rows = write_baseline(run_dir, out, n_resamples=resamples, seed=seed)
     groups = rows[SUMMARY_KEYS].drop_duplicates()
-    click.echo(f"wrote {len(rows)} baseline values ({groups['model'].nunique()} model(s), {len(groups)} attack(s)) to {out}")
+    click.echo(
+        f"wrote {len(rows)} baseline values ({groups['model'].nunique()} model(s), {len(groups)} attack(s)) to {out}"
+    )
 
 
 @click.command("check")
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--baseline", "baseline_file", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Baseline file from 'robench baseline'.")
-@click.option("--tolerance", multiple=True, metavar="METRIC=VALUE", help="Absolute tolerance of a metric instead of its bootstrap interval (repeatable).")
-@click.option("--two-sided", is_flag=True, help="Fail on moves beyond tolerance in either direction (a broken attack makes a defense look better).")
+@click.option(
+    "--baseline",
+    "baseline_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Baseline file from 'robench baseline'.",
+)
+@click.option(
+    "--tolerance",
+    multiple=True,
+    metavar="METRIC=VALUE",
+    help="Absolute tolerance of a metric instead of its bootstrap interval (repeatable).",
+)
+@click.option(
+    "--two-sided",
+    is_flag=True,
+    help="Fail on moves beyond tolerance in either direction (a broken attack makes a defense look better).",
+)
 @click.option("--verbose", is_flag=True, help="Show every baseline value, not only those that moved.")
-@click.option("--allow-changed-models", is_flag=True, help="Compare models whose weights (content hash) differ from the baseline's, with a note, instead of exit 2.")
+@click.option(
+    "--allow-changed-models",
+    is_flag=True,
+    help="Compare models whose weights (content hash) differ from the baseline's, with a note, instead of exit 2.",
+)
 @click.pass_context
 def check(
-    ctx: click.Context, run_dir: Path, baseline_file: Path, tolerance: tuple[str, ...], two_sided: bool, verbose: bool, allow_changed_models: bool
+    ctx: click.Context,
+    run_dir: Path,
+    baseline_file: Path,
+    tolerance: tuple[str, ...],
+    two_sided: bool,
+    verbose: bool,
+    allow_changed_models: bool,
 ) -> None:
     """Compare RUN_DIR's metrics with a baseline.
 
@@ -78,7 +112,13 @@ def check(
     run.json, records outside the model's classes, other models, threats, weights (or weights the baseline does
     not record), seeds or sample counts.
     """
-    report = check_run(run_dir, baseline_file, parse_tolerances(tolerance), two_sided=two_sided, allow_changed_models=allow_changed_models)
+    report = check_run(
+        run_dir,
+        baseline_file,
+        parse_tolerances(tolerance),
+        two_sided=two_sided,
+        allow_changed_models=allow_changed_models,
+    )
     table = format_report(report, verbose=verbose)
     if table:
         click.echo(table)

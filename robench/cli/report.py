@@ -23,13 +23,12 @@ from pathlib import Path
 import click
 
 from robench.cli.params import NonEmptyPath
-
 from robench.core.errors import ConfigError
-from robench.scoring import records as R
-from robench.scoring.metrics import DEFAULT_POPULATION, POPULATIONS, population
 from robench.report.paper import DEFAULT_PAPERS_FILE, PAPER_TABLES, PaperNumbers, default_population
 from robench.report.tables import DEFAULT_ORDER, DISTORTION_SCALES, FORMATS, LAYOUTS, PAPER_LAYOUTS, TableOptions
 from robench.report.tables.layouts import DISTORTION_255
+from robench.scoring import records as R
+from robench.scoring.metrics import DEFAULT_POPULATION, POPULATIONS, population
 
 SUFFIX_FORMATS = {".tex": "latex", ".md": "markdown", ".csv": "csv", ".html": "html", ".htm": "html"}
 DEFAULT_FORMAT = "markdown"
@@ -51,7 +50,9 @@ def resolve_format(fmt: str | None, out: Path | None) -> str:
     known = ", ".join(f"{s} {f}" for s, f in SUFFIX_FORMATS.items())
     what = f"suffix '{out.suffix}'" if out.suffix else "no suffix"
     hint = f" (for a PDF: --out {out.with_suffix('.tex')} --standalone, then pdflatex)" if suffix == ".pdf" else ""
-    raise ConfigError(f"--out {out} has {what}, which names no table format; pass --format {'|'.join(FORMATS)}, or use a suffix ({known}){hint}")
+    raise ConfigError(
+        f"--out {out} has {what}, which names no table format; pass --format {'|'.join(FORMATS)}, or use a suffix ({known}){hint}"
+    )
 
 
 MAX_RESAMPLES = 1_000_000  # the count matrix is resamples x samples
@@ -75,12 +76,16 @@ def resolve_paper_options(
     wanted = paper.table.layout
     other = [name for name in layouts if name != wanted]
     if other:
-        raise ConfigError(f"--paper {paper.table.name} is a '{wanted}' table; --layout {other[0]} cannot show it (drop --layout or pass --layout {wanted})")
+        raise ConfigError(
+            f"--paper {paper.table.name} is a '{wanted}' table; --layout {other[0]} cannot show it (drop --layout or pass --layout {wanted})"
+        )
     own = default_population(paper.table)
     if population_name is not None and own is not None and population_name != own:
         notes.append(f"--population {population_name}: {paper.table.name} used '{own}' ({paper.table.reason})")
     if scale is not None and int(scale) != PAPER_SCALE and (paper.numbers["metric"] == DISTORTION_255).any():
-        raise ConfigError(f"--scale {scale}: {paper.table.name} prints its distortion on the 0-255 scale; pass --scale 255 or leave --scale out")
+        raise ConfigError(
+            f"--scale {scale}: {paper.table.name} prints its distortion on the 0-255 scale; pass --scale 255 or leave --scale out"
+        )
     options = TableOptions(population_name or own or DEFAULT_POPULATION, int(scale) if scale else PAPER_SCALE)
     return (wanted,), options, notes
 
@@ -91,8 +96,19 @@ def resolve_paper_options(
     "--format", "fmt", type=click.Choice(FORMATS), default=None,
     help="Table format [default: from --out's suffix; markdown on stdout]. html into a file (or with --standalone): the full self-contained report.",
 )  # fmt: skip
-@click.option("--layout", "layouts", multiple=True, metavar="NAME", help=f"Layout (repeatable): {', '.join(LAYOUTS.names())} [default: all that apply; summary for csv/html only].")
-@click.option("--out", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None, help="File to write the tables to [default: stdout].")
+@click.option(
+    "--layout",
+    "layouts",
+    multiple=True,
+    metavar="NAME",
+    help=f"Layout (repeatable): {', '.join(LAYOUTS.names())} [default: all that apply; summary for csv/html only].",
+)
+@click.option(
+    "--out",
+    type=NonEmptyPath(dir_okay=False, path_type=Path),
+    default=None,
+    help="File to write the tables to [default: stdout].",
+)
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 @click.option(
     "--ci/--no-ci", default=None,
@@ -100,17 +116,30 @@ def resolve_paper_options(
 )  # fmt: skip
 @click.option("--resamples", type=int, default=1000, show_default=True, help="Bootstrap resamples for --ci.")
 @click.option("--best/--no-best", default=True, show_default=True, help="Mark the best value among the models in bold.")
-@click.option("--standalone", is_flag=True, help="Wrap LaTeX in a complete, compilable document; with html, the full report (also on stdout).")
+@click.option(
+    "--standalone",
+    is_flag=True,
+    help="Wrap LaTeX in a complete, compilable document; with html, the full report (also on stdout).",
+)
 @click.option("--plots", is_flag=True, help="Also write figures (PNG and PDF).")
-@click.option("--plots-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Folder for figures (implies --plots) [default: RUN_DIR/plots].")
-@click.option("--figures/--no-figures", default=True, show_default=True, help="Embed the figures in the HTML report (base64 PNG).")
+@click.option(
+    "--plots-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for figures (implies --plots) [default: RUN_DIR/plots].",
+)
+@click.option(
+    "--figures/--no-figures", default=True, show_default=True, help="Embed the figures in the HTML report (base64 PNG)."
+)
 @click.option(
     "--paper", "paper_name", metavar="'PAPER Table N'", default=None,
     help=f"Show that paper table's own numbers beside robench's, e.g. '001 Table 10' or 001-t10 (known: {', '.join(PAPER_TABLES)}); "
     "builds its layout, with its AUC population and the 0-255 distortion scale.",
 )  # fmt: skip
 @click.option(
-    "--paper-dataset", metavar="DATASET", default=None,
+    "--paper-dataset",
+    metavar="DATASET",
+    default=None,
     help="With --paper: show the paper's numbers for this dataset (e.g. CIFAR-10) even though the run is on another (the caption says so).",
 )
 @click.option(
@@ -123,13 +152,29 @@ def resolve_paper_options(
     f"[default: {DEFAULT_POPULATION}; with --paper the paper's].",
 )  # fmt: skip
 @click.option(
-    "--scale", type=click.Choice([str(s) for s in DISTORTION_SCALES]), default=None,
+    "--scale",
+    type=click.Choice([str(s) for s in DISTORTION_SCALES]),
+    default=None,
     help="Distortion scale of the white-box table: 1 = the model's input units ([0, 1]), 255 = the 0-255 pixel scale [default: 1; with --paper 255].",
 )
 def report(
-    run_dir: Path, fmt: str | None, layouts: tuple[str, ...], out: Path | None, force: bool, ci: bool | None, resamples: int,
-    best: bool, standalone: bool, plots: bool, plots_dir: Path | None, figures: bool, paper_name: str | None, paper_dataset: str | None, papers_file: Path | None,
-    population_name: str | None, scale: str | None,
+    run_dir: Path,
+    fmt: str | None,
+    layouts: tuple[str, ...],
+    out: Path | None,
+    force: bool,
+    ci: bool | None,
+    resamples: int,
+    best: bool,
+    standalone: bool,
+    plots: bool,
+    plots_dir: Path | None,
+    figures: bool,
+    paper_name: str | None,
+    paper_dataset: str | None,
+    papers_file: Path | None,
+    population_name: str | None,
+    scale: str | None,
 ) -> None:
     """Tables in the layouts of the papers (001 Tables 7-11, 004 Tables 1-2) from a run directory.
 
@@ -154,9 +199,13 @@ def report(
         raise ConfigError(f"--resamples must be between 1 and {MAX_RESAMPLES:,}, got {resamples}")
     if standalone and fmt not in ("latex", "html"):
         raise ConfigError(f"--standalone applies to --format latex or html, not {fmt}")
-    full_html = fmt == "html" and (out is not None or standalone)  # the report page; html on stdout alone stays the tables' fragment
+    full_html = fmt == "html" and (
+        out is not None or standalone
+    )  # the report page; html on stdout alone stays the tables' fragment
     if not figures and not full_html:
-        raise ConfigError("--no-figures applies to the HTML report (--format html with --out or --standalone); --plots writes figure files")
+        raise ConfigError(
+            "--no-figures applies to the HTML report (--format html with --out or --standalone); --plots writes figure files"
+        )
     if ci is None:
         ci = full_html
     for name in layouts:
@@ -172,15 +221,25 @@ def report(
         from robench.report.bootstrap import bootstrap_intervals
 
         intervals = bootstrap_intervals(run.records, n_resamples=resamples, level=0.95, seed=0)
-    defaults = DEFAULT_ORDER if fmt in ("csv", "html") else PAPER_LAYOUTS  # the long summary table only where it reads well
+    defaults = (
+        DEFAULT_ORDER if fmt in ("csv", "html") else PAPER_LAYOUTS
+    )  # the long summary table only where it reads well
     tables, notes = build_tables(summary, run.model_meta(), list(layouts) or None, intervals, defaults, options)
     if not tables:
         raise ConfigError(f"no table layout applies to {run_dir}")
     notes = option_notes + notes
-    if options.distortion_metric == DISTORTION_255 and R.INPUT_RANGE not in run.records and any(t.layout == "white-box" for t in tables):
-        notes.append("the run's records predate the input-range column: its distortion on the 0-255 scale is '-' (rerun to fill it)")
+    if (
+        options.distortion_metric == DISTORTION_255
+        and R.INPUT_RANGE not in run.records
+        and any(t.layout == "white-box" for t in tables)
+    ):
+        notes.append(
+            "the run's records predate the input-range column: its distortion on the 0-255 scale is '-' (rerun to fill it)"
+        )
     if paper is not None:
-        tables, paper_notes = zip(*(with_paper_columns(t, paper, run.model_meta(), options, paper_dataset) for t in tables))
+        tables, paper_notes = zip(
+            *(with_paper_columns(t, paper, run.model_meta(), options, paper_dataset) for t in tables)
+        )
         tables = list(tables)
         notes += [n for part in paper_notes for n in part]
     for note in notes:
@@ -194,7 +253,9 @@ def report(
         drawn, figure_notes = draw_figures(run, plots_folder) if figures else ([], [])
         for note in figure_notes:
             click.echo(f"note: {note}", err=True)
-        text = render_report(run, tables, drawn, notes=notes + figure_notes, best=best, resamples=resamples if ci else None)
+        text = render_report(
+            run, tables, drawn, notes=notes + figure_notes, best=best, resamples=resamples if ci else None
+        )
         if plots_folder is not None:
             click.echo(f"wrote {len(drawn)} figures (PNG and PDF) under {plots_folder}", err=True)
             plots_folder = None  # drawn once, for both

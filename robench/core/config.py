@@ -49,7 +49,11 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if isinstance(value, str) and value.lower() in {"none", "null"} and len(options) < len(typing.get_args(annotation)):
+        if (
+            isinstance(value, str)
+            and value.lower() in {"none", "null"}
+            and len(options) < len(typing.get_args(annotation))
+        ):
             return None
         if value is None:
             return None
@@ -174,7 +178,11 @@ def finite(
     def accepts(value: Any) -> bool:
         if value is None:
             return optional
-        return _real(value) and (isinstance(value, int) or math.isfinite(value)) and _in_range(value, low, high, low_open, high_open)
+        return (
+            _real(value)
+            and (isinstance(value, int) or math.isfinite(value))
+            and _in_range(value, low, high, low_open, high_open)
+        )
 
     return constrained(default, Constraint(_noted(text, note), accepts))
 

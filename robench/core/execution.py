@@ -73,7 +73,9 @@ def try_compile(model: nn.Module, example: Tensor, echo: Callable[[str], None]) 
         return True
     except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eager
         part._compiled_call_impl = None
-        echo(f"note: torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else 'no message'}); running eager")
+        echo(
+            f"note: torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else 'no message'}); running eager"
+        )
         return False
 
 
@@ -102,4 +104,6 @@ class PassCounter:
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` is a CUDA (or other accelerator) out-of-memory error."""
     kind = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
-    return (kind is not None and isinstance(exc, kind)) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))
+    return (kind is not None and isinstance(exc, kind)) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc)
+    )

@@ -30,7 +30,9 @@ from typing import Any
 
 from robench.core.errors import ConfigError, RobenchError
 
-MAX_TEXT_BYTES = 1 << 20  # 1 MiB: a suite or threat file is a few KiB; the bound keeps a mistaken path from eating memory
+MAX_TEXT_BYTES = (
+    1 << 20
+)  # 1 MiB: a suite or threat file is a few KiB; the bound keeps a mistaken path from eating memory
 MAX_KEY_PARTS = 32  # parts of one dotted key (a.b.c) or table header ([a.b.c])
 MAX_NESTING = 32  # arrays and inline tables inside one another
 MAX_MESSAGE = 4000  # characters of one error line; the rest is elided
@@ -102,7 +104,13 @@ def read_user_file(path: Path | str, what: str, folder_hint: str = "", limit: in
     before = _os_call(os.stat, path, at, what)  # never opened if it is not a regular file
     if not stat.S_ISREG(before.st_mode):
         _refuse_kind(at, before.st_mode, what, folder_hint)
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    flags = (
+        os.O_RDONLY
+        | getattr(os, "O_NONBLOCK", 0)
+        | getattr(os, "O_NOCTTY", 0)
+        | getattr(os, "O_CLOEXEC", 0)
+        | getattr(os, "O_BINARY", 0)
+    )
     fd = _os_call(lambda p: os.open(p, flags), path, at, what)
     try:
         opened = os.fstat(fd)  # the file actually opened (it may have been replaced since the stat)
@@ -160,7 +168,9 @@ def decode_text(data: bytes, at: str, what: str) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise UserFileError(f"{at}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); save the {what} as UTF-8") from None
+        raise UserFileError(
+            f"{at}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); save the {what} as UTF-8"
+        ) from None
 
 
 def load_user_toml(path: Path | str, what: str, folder_hint: str = "") -> tuple[dict[str, Any], bytes]:
@@ -206,7 +216,9 @@ def check_toml_shape(text: str, at: str) -> None:
             dots += 1
             if dots >= MAX_KEY_PARTS:
                 line = text.count("\n", 0, start) + 1
-                raise UserFileError(f"{at}: a key of more than {MAX_KEY_PARTS} dotted parts (line {line}); robench reads at most {MAX_KEY_PARTS}")
+                raise UserFileError(
+                    f"{at}: a key of more than {MAX_KEY_PARTS} dotted parts (line {line}); robench reads at most {MAX_KEY_PARTS}"
+                )
             pos = start + 1
         elif char in "\"'":
             quote = char * 3 if text.startswith(char * 3, start) else char
@@ -225,7 +237,9 @@ def check_toml_shape(text: str, at: str) -> None:
                 depth += 1
                 if depth > MAX_NESTING:
                     line = text.count("\n", 0, start) + 1
-                    raise UserFileError(f"{at}: arrays or tables nested more than {MAX_NESTING} deep (line {line}); robench reads at most {MAX_NESTING}")
+                    raise UserFileError(
+                        f"{at}: arrays or tables nested more than {MAX_NESTING} deep (line {line}); robench reads at most {MAX_NESTING}"
+                    )
             elif char in "]}":
                 depth = max(depth - 1, 0)
             pos = start + 1

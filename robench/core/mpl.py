@@ -66,7 +66,10 @@ def pyplot() -> ModuleType:
         import matplotlib
 
         matplotlib.use("Agg")
-        matplotlib.get_configdir(), matplotlib.get_cachedir()  # resolved (and cached by matplotlib) now, under the folder above
+        (
+            matplotlib.get_configdir(),
+            matplotlib.get_cachedir(),
+        )  # resolved (and cached by matplotlib) now, under the folder above
         import matplotlib.font_manager  # noqa: F401  (builds the font list, running fc-list, now)
         import matplotlib.pyplot as plt
     finally:

@@ -30,7 +30,9 @@ FP32 = "fp32"
 def check_precision(name: object) -> str:
     """``name`` if it is one of :data:`PRECISIONS`; a one-line error otherwise."""
     if not isinstance(name, str) or name not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {name!r}{did_you_mean(str(name), list(PRECISIONS))}")
+        raise ConfigError(
+            f"precision must be one of {', '.join(PRECISIONS)}, got {name!r}{did_you_mean(str(name), list(PRECISIONS))}"
+        )
     return name
 
 

@@ -16,7 +16,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-TRACKED_PACKAGES = ("robench", "torch", "torchvision", "torchattacks", "foolbox", "numpy", "scikit-learn", "pandas", "click")
+TRACKED_PACKAGES = (
+    "robench",
+    "torch",
+    "torchvision",
+    "torchattacks",
+    "foolbox",
+    "numpy",
+    "scikit-learn",
+    "pandas",
+    "click",
+)
 
 
 def package_versions() -> dict[str, str]:
@@ -35,7 +45,14 @@ def _git(*args: str, cwd: Path, check: bool = False) -> str:
     from taking ``.git/index.lock`` to refresh the index, so recording the revision never writes into the checkout."""
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0", "GIT_TERMINAL_PROMPT": "0"}
     return subprocess.run(
-        ["git", "--no-optional-locks", *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=5, check=check
+        ["git", "--no-optional-locks", *args],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=5,
+        check=check,
     ).stdout.strip()
 
 

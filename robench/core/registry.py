@@ -116,7 +116,9 @@ class Registry(Generic[T]):
         ok = issubclass(item, base) if isinstance(item, type) else isinstance(item, base)
         if not ok:
             wanted = f"a subclass of {base.__name__}" if isinstance(item, type) else f"a {base.__name__}"
-            raise ConfigError(f"cannot register {_describe(item)} as {self.kind} '{name}': a {self.kind} must be {wanted}")
+            raise ConfigError(
+                f"cannot register {_describe(item)} as {self.kind} '{name}': a {self.kind} must be {wanted}"
+            )
 
     def unregister(self, name: str) -> T:
         """Remove and return the entry ``name`` (for tests and plugins that clean up after themselves)."""
@@ -137,7 +139,12 @@ class Registry(Generic[T]):
                 self._items.pop(name, None)
 
     def add_resolver(
-        self, prefix: str, build: Callable[[str], T], choices: Callable[[], list[str]] | None = None, *, overwrite: bool = False
+        self,
+        prefix: str,
+        build: Callable[[str], T],
+        choices: Callable[[], list[str]] | None = None,
+        *,
+        overwrite: bool = False,
     ) -> None:
         """Resolve ``PREFIX:NAME`` by ``build(NAME)`` on first lookup, then from a cache.
 
@@ -161,7 +168,9 @@ class Registry(Generic[T]):
     def resolvable(self, prefix: str) -> list[str]:
         """The NAMEs resolver ``prefix`` lists (``choices()``; may import its library), [] when it lists none."""
         if prefix not in self._resolvers:
-            raise UnknownNameError(f"unknown {self.kind} prefix '{prefix}:'{did_you_mean(prefix, self.prefixes())}; known: {', '.join(self.prefixes()) or 'none'}")
+            raise UnknownNameError(
+                f"unknown {self.kind} prefix '{prefix}:'{did_you_mean(prefix, self.prefixes())}; known: {', '.join(self.prefixes()) or 'none'}"
+            )
         choices = self._resolvers[prefix][1]
         return sorted(choices()) if choices is not None else []
 

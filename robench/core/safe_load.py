@@ -35,7 +35,9 @@ def load_weights_only(path: Path, data: bytes | None, *, after_global: str, refu
         # torch's weights-only unpickler names the forbidden global when there is one.
         match = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if match:
-            raise BundleError(f"{path}: refused: the file references {match.group(1)}, which could run code; {after_global}") from None
+            raise BundleError(
+                f"{path}: refused: the file references {match.group(1)}, which could run code; {after_global}"
+            ) from None
         raise BundleError(f"{path}: {refused}") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, UnicodeDecodeError, KeyError, IndexError):
         raise BundleError(f"{path}: {unreadable}") from None

@@ -19,10 +19,10 @@ from torch import Tensor
 
 from robench.core.config import Configurable
 from robench.core.data import Split
-from robench.defenses import Defense
 from robench.core.errors import ConfigError
 from robench.core.models import Classifier, Forward
 from robench.core.registry import Registry
+from robench.defenses import Defense
 
 
 @dataclass

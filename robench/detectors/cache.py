@@ -19,14 +19,20 @@ import torch
 
 from robench.checkpoints.bundle import ModelBundle
 from robench.core.data import Split
-from robench.detectors.base import Detector
 from robench.core.provenance import atomic_write_bytes, canonical_json
+from robench.detectors.base import Detector
 
 CACHE_FORMAT = "robench-detector"
 
 
 def cache_key(detector: Detector, content_hash: str, dataset: str, split_seed: int) -> str:
-    identity = {"detector": detector.name, "params": detector.params(), "model": content_hash, "dataset": dataset, "split_seed": split_seed}
+    identity = {
+        "detector": detector.name,
+        "params": detector.params(),
+        "model": content_hash,
+        "dataset": dataset,
+        "split_seed": split_seed,
+    }
     return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:20]
 
 
@@ -77,7 +83,10 @@ def save_cached(detector: Detector, bundle: ModelBundle, train_name: str | None 
         atomic_write_bytes(path, buffer.getvalue())
     except OSError as exc:  # a read-only model folder must not cost the fit: one line on stderr, and go on
         reason = " ".join(str(exc.strerror or exc).split())
-        print(f"robench: note: cannot cache detector '{detector.name}' next to {bundle.path} ({reason}); fitting it again next time", file=sys.stderr)
+        print(
+            f"robench: note: cannot cache detector '{detector.name}' next to {bundle.path} ({reason}); fitting it again next time",
+            file=sys.stderr,
+        )
 
 
 def fit_or_load(

@@ -76,7 +76,9 @@ class KDBUDetector(Detector):
     name: ClassVar[str] = "kd+bu"
     label: ClassVar[str] = "KD+BU"
     table_rank: ClassVar[int] = 2
-    description: ClassVar[str] = "logistic regression on z-scored [KD, BU], fitted on a held-out split (Feinman et al. 2017)"
+    description: ClassVar[str] = (
+        "logistic regression on z-scored [KD, BU], fitted on a held-out split (Feinman et al. 2017)"
+    )
     needs_fit: ClassVar[bool] = True
     family_defaults: ClassVar = KernelDensityDetector.family_defaults
     combiner: dict[str, Tensor] = field(default_factory=dict, init=False, repr=False)
@@ -104,7 +106,9 @@ class KDBUDetector(Detector):
             return torch.stack([self.kd.score(model, defense, forward), self.bu.score(model, defense, forward)], dim=1)
 
     def fit_combiner(self, clean_features: Tensor, adversarial_features: Tensor) -> None:
-        self.combiner = fit_logistic(clean_features.double().cpu().numpy(), adversarial_features.double().cpu().numpy(), self.seed)
+        self.combiner = fit_logistic(
+            clean_features.double().cpu().numpy(), adversarial_features.double().cpu().numpy(), self.seed
+        )
 
     def score_features(self, features: Tensor) -> Tensor:
         """Minus the regression's logit of 'adversarial' (higher = clean)."""
@@ -115,7 +119,9 @@ class KDBUDetector(Detector):
     def score(self, model: Classifier, defense: Defense, forward: Forward) -> Tensor:
         return self.score_features(self.raw_features(model, defense, forward))
 
-    def holdout_scores(self, clean_features: Tensor, adversarial_features: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def holdout_scores(
+        self, clean_features: Tensor, adversarial_features: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Fit the combiner on one part of each set and score the other part.
 
         Returns (clean scores, adversarial scores, clean indices scored, adversarial indices scored).

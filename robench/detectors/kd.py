@@ -54,7 +54,11 @@ def gaussian_kde_log_density(z: Tensor, points: Tensor, bandwidth: float) -> Ten
         z, points = z.to(dtype), points.to(dtype)
         sq = (z * z).sum(1, keepdim=True) - 2.0 * z @ points.t() + (points * points).sum(1)
         log_kernel = -sq.clamp_min(0.0) / (2.0 * bandwidth**2)
-        return torch.logsumexp(log_kernel, dim=1) - math.log(points.shape[0]) - 0.5 * d * math.log(2 * math.pi * bandwidth**2)
+        return (
+            torch.logsumexp(log_kernel, dim=1)
+            - math.log(points.shape[0])
+            - 0.5 * d * math.log(2 * math.pi * bandwidth**2)
+        )
 
 
 @DETECTORS.register
@@ -69,7 +73,12 @@ class KernelDensityDetector(Detector):
     table_rank: ClassVar[int] = 0
     description: ClassVar[str] = "kernel density of the features under the predicted class (Feinman et al. 2017)"
     needs_fit: ClassVar[bool] = True
-    family_defaults: ClassVar = {"mnist": {"bandwidth": 1.20}, "cifar10": {"bandwidth": 0.26}, "cifar100": {"bandwidth": 0.26}, "svhn": {"bandwidth": 1.00}}
+    family_defaults: ClassVar = {
+        "mnist": {"bandwidth": 1.20},
+        "cifar10": {"bandwidth": 0.26},
+        "cifar100": {"bandwidth": 0.26},
+        "svhn": {"bandwidth": 1.00},
+    }
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -111,7 +120,9 @@ class KernelDensityDetector(Detector):
         for k in classes.unique().tolist():  # a loop over classes, not samples
             rows = (classes == k).nonzero().squeeze(1)
             # .to: under autocast the kernel sums may come back in another precision than the features
-            out = out.index_put((rows,), gaussian_kde_log_density(z[rows], self._points[k], self.bandwidth).to(out.dtype))
+            out = out.index_put(
+                (rows,), gaussian_kde_log_density(z[rows], self._points[k], self.bandwidth).to(out.dtype)
+            )
         return out
 
     def median_training_nll(self, z: Tensor, labels: Tensor, chunk: int = 1024) -> float:
@@ -126,7 +137,9 @@ class KernelDensityDetector(Detector):
         """
         values, classes = self.training_nll(z, labels, chunk)
         overall = values.median()
-        per_class = [values[classes == k].median() if bool((classes == k).any()) else overall for k in range(len(self._points))]
+        per_class = [
+            values[classes == k].median() if bool((classes == k).any()) else overall for k in range(len(self._points))
+        ]
         return float(overall), torch.stack(per_class)
 
     def training_nll(self, z: Tensor, labels: Tensor, chunk: int = 1024) -> tuple[Tensor, Tensor]:
@@ -146,7 +159,9 @@ class KernelDensityDetector(Detector):
             zk = z[labels == k].to(points.device, points.dtype)
             for i in range(0, len(zk), chunk):
                 part = zk[i : i + chunk]
-                sq = ((part * part).sum(1, keepdim=True) - 2.0 * part @ points.t() + (points * points).sum(1)).clamp_min(0.0)
+                sq = (
+                    (part * part).sum(1, keepdim=True) - 2.0 * part @ points.t() + (points * points).sum(1)
+                ).clamp_min(0.0)
                 # float rounding differs between batchings of the same inputs, so "itself" is matched within a
                 # tolerance far below any distance between two distinct images' features
                 distance = torch.cdist(part, points, compute_mode="donot_use_mm_for_euclid_dist")

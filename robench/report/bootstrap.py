@@ -29,9 +29,8 @@ import pandas as pd
 
 from robench.core.errors import ConfigError
 from robench.scoring import records as R
-from robench.scoring.worst_case import with_worst_case
 from robench.scoring.metrics import COUNT, DETECTOR, SUMMARY_KEYS, Weighted, evaluate, metric_names
-
+from robench.scoring.worst_case import with_worst_case
 
 
 def interval_columns() -> list[str]:
@@ -60,7 +59,9 @@ def group_metrics(group: pd.DataFrame, counts: np.ndarray) -> dict[str, dict[str
     return evaluate(Weighted(group, counts))
 
 
-def bootstrap_intervals(records: pd.DataFrame, n_resamples: int = 1000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+def bootstrap_intervals(
+    records: pd.DataFrame, n_resamples: int = 1000, level: float = 0.95, seed: int = 0
+) -> pd.DataFrame:
     """Percentile-bootstrap intervals of every summary metric, one row per model x threat x attack x detector.
 
     Columns: model, threat, attack, detector, n, then ``{metric}_low`` and
@@ -81,7 +82,11 @@ def bootstrap_intervals(records: pd.DataFrame, n_resamples: int = 1000, level: f
             row = {**key, DETECTOR: detector, COUNT: int(len(group))}
             for metric in metric_names():
                 point, draws = values[metric][0], values[metric][1:]
-                low, high = (math.nan, math.nan) if not np.isfinite(point) or not np.isfinite(draws).any() else np.nanquantile(draws, quantiles)
+                low, high = (
+                    (math.nan, math.nan)
+                    if not np.isfinite(point) or not np.isfinite(draws).any()
+                    else np.nanquantile(draws, quantiles)
+                )
                 row[f"{metric}_low"], row[f"{metric}_high"] = float(low), float(high)
             rows.append(row)
     return pd.DataFrame(rows, columns=interval_columns())

@@ -27,9 +27,9 @@ from typing import Any
 import pandas as pd
 
 from robench.core.errors import ConfigError
-from robench.scoring import records as R
 from robench.report.rundir import RUN_FILE, RunDir
 from robench.report.tables import LAYOUTS, Table, render
+from robench.scoring import records as R
 
 # Only inline styles and data: images may load; no script, font, frame or connection at all.
 CONTENT_SECURITY_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -232,14 +232,22 @@ def sanity_frame(run: RunDir) -> tuple[pd.DataFrame | None, list[str]]:
         try:
             frame = pd.read_csv(top, keep_default_na=False, na_values=[""])
         except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as exc:
-            notes.append(f"sanity: cannot read {top} ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); read run.json instead")
+            notes.append(
+                f"sanity: cannot read {top} ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); read run.json instead"
+            )
         else:
             missing = [c for c in SANITY_COLUMNS if c not in frame]
             if missing:
                 notes.append(f"sanity: {top} lacks column(s) {', '.join(missing)}; read run.json instead")
                 frame = None
     if frame is None:
-        entries = [e for info in run.runs if isinstance(info.get("sanity"), list) for e in info["sanity"] if isinstance(e, Mapping)]
+        entries = [
+            e
+            for info in run.runs
+            if isinstance(info.get("sanity"), list)
+            for e in info["sanity"]
+            if isinstance(e, Mapping)
+        ]
         frame = pd.DataFrame(entries).reindex(columns=list(SANITY_COLUMNS)) if entries else None
     if frame is None or frame.empty:
         return None, notes
@@ -270,7 +278,9 @@ def _short(text: str) -> str:
     return head[:HASH_SHOWN] + plus + rest
 
 
-def info_table(frame: pd.DataFrame, wrap: Sequence[str] = (), code: Sequence[str] = (), row_class: Sequence[str] | None = None) -> str:
+def info_table(
+    frame: pd.DataFrame, wrap: Sequence[str] = (), code: Sequence[str] = (), row_class: Sequence[str] | None = None
+) -> str:
     """A plain table of strings, every cell escaped; ``wrap`` columns may break lines, ``code`` ones are monospace.
 
     A ``content hash`` or ``git revision`` column shows its first digits with the full value as the cell's tooltip.
@@ -306,7 +316,7 @@ def _sanity_html(frame: pd.DataFrame | None) -> str:
         else f'<p class="ok">All {len(frame)} checks quiet.</p>'
     )
     classes = ["flagged" if f else "" for f in frame["flagged"]]
-    note = "<p class=\"muted\">A check that does not apply to a model or threat has no row: a missing row means not checked. Threat <code>-</code>: a probe of the model itself.</p>"
+    note = '<p class="muted">A check that does not apply to a model or threat has no row: a missing row means not checked. Threat <code>-</code>: a probe of the model itself.</p>'
     return lead + info_table(shown, wrap=("detail",), code=("check",), row_class=classes) + note
 
 
@@ -447,5 +457,11 @@ def render_report(
             index += 1
             parts.append(_figure_html(figure, index))
     parts.append("</section>")
-    parts += [f"<footer>Written by <code>robench report</code> (robench {_e(_own_version())}).</footer>", "</main>", "</body>", "</html>", ""]
+    parts += [
+        f"<footer>Written by <code>robench report</code> (robench {_e(_own_version())}).</footer>",
+        "</main>",
+        "</body>",
+        "</html>",
+        "",
+    ]
     return "\n".join(p for p in parts if p)

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from robench.core.files import UserFileError, read_user_file
 from robench.core.errors import ConfigError
+from robench.core.files import UserFileError, read_user_file
 from robench.core.registry import did_you_mean
 from robench.scoring.metrics import METRICS, POPULATIONS
 
@@ -181,9 +181,13 @@ def validate_papers(frame: pd.DataFrame, where: Path | str = "papers.csv") -> No
                 raise ConfigError(f"{at}: empty '{column}'")
         name = f"{record['paper']} {record['table']}"
         if name not in PAPER_TABLES:
-            raise ConfigError(f"{at}: '{name}' is not a paper table robench knows{did_you_mean(name, list(PAPER_TABLES))}; known: {', '.join(PAPER_TABLES)}")
+            raise ConfigError(
+                f"{at}: '{name}' is not a paper table robench knows{did_you_mean(name, list(PAPER_TABLES))}; known: {', '.join(PAPER_TABLES)}"
+            )
         if record["metric"] not in METRICS:
-            raise ConfigError(f"{at}: unknown metric '{record['metric']}'{did_you_mean(str(record['metric']), list(METRICS.names()))}")
+            raise ConfigError(
+                f"{at}: unknown metric '{record['metric']}'{did_you_mean(str(record['metric']), list(METRICS.names()))}"
+            )
         if _number(str(record["value"])) is None:
             raise ConfigError(f"{at}: value '{record['value']}' is not a finite number")
     twice = frame.duplicated(list(KEY), keep="first")
@@ -214,7 +218,9 @@ def select_table(papers: pd.DataFrame, text: str, source: Path) -> PaperNumbers:
     present = list(dict.fromkeys(papers["paper"] + " " + papers["table"]))
     if name not in present:
         why = "has no numbers of" if name in PAPER_TABLES else "knows no"
-        raise ConfigError(f"{source} {why} {name}{did_you_mean(name, present)}; its tables: {', '.join(present) or 'none'}")
+        raise ConfigError(
+            f"{source} {why} {name}{did_you_mean(name, present)}; its tables: {', '.join(present) or 'none'}"
+        )
     numbers = papers[(papers["paper"] + " " + papers["table"]) == name].reset_index(drop=True)
     by_dataset = {d: tuple(tables_for(papers, [d])) for d in dict.fromkeys(papers["dataset"])}
     return PaperNumbers(PAPER_TABLES[name], numbers, source, by_dataset)

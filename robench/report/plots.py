@@ -28,11 +28,11 @@ import pandas as pd
 import torch
 
 from robench.core.errors import ConfigError, RobenchError
+from robench.core.mpl import literal, pyplot
 from robench.core.provenance import atomic_write_bytes
+from robench.report.rundir import RunDir
 from robench.scoring import records as R
 from robench.scoring.metrics import metric_value, roc_points
-from robench.core.mpl import literal, pyplot
-from robench.report.rundir import RunDir
 
 plt = pyplot()  # Agg, its caches in a folder robench owns (robench.core.mpl)
 
@@ -77,7 +77,9 @@ def save_figure(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
 
 
 def _grid(n_rows: int, n_cols: int, width: float, height: float) -> tuple[plt.Figure, np.ndarray]:
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width * n_cols, height * n_rows), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(width * n_cols, height * n_rows), squeeze=False, layout="constrained"
+    )
     return fig, axes
 
 
@@ -89,18 +91,29 @@ def roc_figures(records: pd.DataFrame, out_dir: Path) -> PlotResult:
         detectors = R.detectors_in(runs)
         attacks = runs[~R.corruption_mask(runs)]
         if not detectors or attacks.empty:
-            result.notes.append(f"ROC {model}/{threat}: skipped, {'no detector scores' if not detectors else 'only corruptions'}")
+            result.notes.append(
+                f"ROC {model}/{threat}: skipped, {'no detector scores' if not detectors else 'only corruptions'}"
+            )
             continue
         fig, axes = _grid(1, len(detectors), 4.2, 4.0)
         for ax, detector in zip(axes[0], detectors):
-            handles, labels = [], []  # given to legend() as they are: an automatic legend would drop a label starting with "_"
+            handles, labels = (
+                [],
+                [],
+            )  # given to legend() as they are: an automatic legend would drop a label starting with "_"
             for attack, group in attacks.groupby(R.ATTACK, sort=False):
                 points = roc_points(group, detector)
                 if points is not None:  # the legend's AUC is the summary's metric, the area under these points
                     handles += ax.plot(*points, lw=1.2)
                     labels.append(f"{literal(attack)} ({100 * metric_value('auc_roc', group, detector):.1f})")
             ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--")
-            ax.set(title=literal(detector), xlabel="false positive rate (clean flagged)", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
+            ax.set(
+                title=literal(detector),
+                xlabel="false positive rate (clean flagged)",
+                ylabel="true positive rate",
+                xlim=(0, 1),
+                ylim=(0, 1.01),
+            )
             if handles:  # an attack with no success has no curve
                 ax.legend(handles, labels, fontsize=6, loc="lower right", title="attack (AUC %)", title_fontsize=6)
         fig.suptitle(literal(f"ROC: {model}, {threat}"))
@@ -130,7 +143,15 @@ def kd_histograms(records: pd.DataFrame, out_dir: Path, detector: str = KD_DETEC
             for values, name, color in ((clean, "clean", "C0"), (adversarial, "adversarial", "C1")):
                 if len(values):  # a density of nothing divides by zero
                     # one filled outline per histogram, not a patch per bin: the same picture, drawn ~40x faster
-                    ax.hist(values, bins=edges, alpha=0.6, density=True, color=color, histtype="stepfilled", label=f"{name} ({len(values)})")
+                    ax.hist(
+                        values,
+                        bins=edges,
+                        alpha=0.6,
+                        density=True,
+                        color=color,
+                        histtype="stepfilled",
+                        label=f"{name} ({len(values)})",
+                    )
             ax.set_title(literal(f"{model}: {attack}"), fontsize=8)
             ax.tick_params(labelsize=6)
             if len(clean) or len(adversarial):
@@ -185,20 +206,32 @@ def accuracy_vs_budget(summary: pd.DataFrame, runs: Sequence[Mapping[str, Any]],
     """Robust accuracy vs budget, one figure per threat x registered attack, one curve per model x attack family."""
     result = PlotResult()
     table = budget_table(summary, runs)
-    spread = table.groupby([R.MODEL, R.THREAT, "family"])["budget"].transform("nunique") if len(table) else pd.Series(dtype=int)
+    spread = (
+        table.groupby([R.MODEL, R.THREAT, "family"])["budget"].transform("nunique")
+        if len(table)
+        else pd.Series(dtype=int)
+    )
     table = table[spread > 1]
     if table.empty:
-        result.notes.append("accuracy vs budget: skipped, every attack in the run has a single budget (eps / sigma / degrees)")
+        result.notes.append(
+            "accuracy vs budget: skipped, every attack in the run has a single budget (eps / sigma / degrees)"
+        )
         return result
     for (threat, registered, param), group in table.groupby([R.THREAT, "registered", "param"], sort=False):
         fig, ax = plt.subplots(figsize=(5, 3.6), layout="constrained")
         handles, labels = [], []  # given to legend() as they are (a model named "_x" stays in it)
         for (model, family), curve in group.groupby([R.MODEL, "family"], sort=False):
             curve = curve.sort_values("budget")
-            name = model if group["family"].nunique() == 1 else f"{model}: {curve[R.ATTACK].iloc[0]} .. {curve[R.ATTACK].iloc[-1]}"
+            name = (
+                model
+                if group["family"].nunique() == 1
+                else f"{model}: {curve[R.ATTACK].iloc[0]} .. {curve[R.ATTACK].iloc[-1]}"
+            )
             handles += ax.plot(curve["budget"], 100 * curve["robust_accuracy"], marker="o")
             labels.append(literal(name))
-        ax.set(xlabel=literal(param), ylabel="robust accuracy (%)", ylim=(0, 101), title=literal(f"{registered}, {threat}"))
+        ax.set(
+            xlabel=literal(param), ylabel="robust accuracy (%)", ylim=(0, 101), title=literal(f"{registered}, {threat}")
+        )
         ax.legend(handles, labels, fontsize=7)
         result.files += save_figure(fig, out_dir, _slug("budget", threat, registered))
     return result
@@ -212,7 +245,13 @@ def _bundle_path(path: str, run_dir: Path) -> Path | None:
     return None
 
 
-def feature_embeddings(runs: Sequence[Mapping[str, Any]], run_dir: Path, out_dir: Path, max_points: int = MAX_EMBEDDING_POINTS, seed: int = 0) -> PlotResult:
+def feature_embeddings(
+    runs: Sequence[Mapping[str, Any]],
+    run_dir: Path,
+    out_dir: Path,
+    max_points: int = MAX_EMBEDDING_POINTS,
+    seed: int = 0,
+) -> PlotResult:
     """Scatter of the test split's features for each model with feature_dim 2, coloured by class (001 Fig. 1)."""
     from robench.checkpoints.bundle import load_bundle
     from robench.core.data import load_dataset

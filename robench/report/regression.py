@@ -53,14 +53,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from robench.report.bootstrap import bootstrap_intervals
-from robench.core.files import MAX_JSON_BYTES, UserFileError, read_user_file, shown
 from robench.core.errors import ConfigError
-from robench.scoring import records as R
-from robench.scoring.metrics import COUNT, DETECTOR, METRICS, NO_DETECTOR, SUMMARY_KEYS
+from robench.core.files import MAX_JSON_BYTES, UserFileError, read_user_file, shown
 from robench.core.provenance import atomic_write_text
 from robench.core.registry import did_you_mean
+from robench.report.bootstrap import bootstrap_intervals
 from robench.report.rundir import RUN_FILE, RunDir, load_run_dir
+from robench.scoring import records as R
+from robench.scoring.metrics import COUNT, DETECTOR, METRICS, NO_DETECTOR, SUMMARY_KEYS
 
 
 class CannotJudge(ConfigError):
@@ -144,7 +144,9 @@ def format_baseline(header: Mapping[str, Any], rows: pd.DataFrame) -> str:
     return "{\n" + "\n".join(lines) + '\n  "rows": [\n' + ",\n".join(records) + "\n  ]\n}\n"
 
 
-def write_baseline(run_dir: Path, out: Path, *, n_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
+def write_baseline(
+    run_dir: Path, out: Path, *, n_resamples: int = 1000, seed: int = 0, level: float = 0.95
+) -> pd.DataFrame:
     """Write the baseline of every metric in the run's summary, with its bootstrap interval, to ``out``; return its rows."""
     run = load_run_dir(run_dir)
     problem = _provenance_problem(run, _pairs(run.records))
@@ -194,9 +196,13 @@ def _check_row(metric: str, value: float, low: float, high: float, where: str) -
     interval, and a number always has one (``robench baseline`` writes both or neither).
     """
     if math.isnan(value) and not (math.isnan(low) and math.isnan(high)):
-        raise ConfigError(f"{where}: 'value' of {metric} is null (undefined) but its interval is [{_shown(low)}, {_shown(high)}]; an undefined metric has no interval")
+        raise ConfigError(
+            f"{where}: 'value' of {metric} is null (undefined) but its interval is [{_shown(low)}, {_shown(high)}]; an undefined metric has no interval"
+        )
     if not math.isnan(value) and (math.isnan(low) or math.isnan(high)):
-        raise ConfigError(f"{where}: {metric} is {value!r} without an interval ('low' {_shown(low)}, 'high' {_shown(high)}); a number needs both bounds")
+        raise ConfigError(
+            f"{where}: {metric} is {value!r} without an interval ('low' {_shown(low)}, 'high' {_shown(high)}); a number needs both bounds"
+        )
     if METRICS.get(metric).percent:
         for key, number in (("value", value), ("low", low), ("high", high)):
             if not math.isnan(number) and not 0.0 <= number <= 1.0:
@@ -209,7 +215,7 @@ def _check_seeds(seeds: Any, path: Path) -> dict[str, dict[str, list[int]]]:
     """The header's ``seeds`` (model -> threat -> list of ints); absent means not recorded."""
     if seeds is None:
         return {}
-    where = f"baseline file {path}: \"seeds\""
+    where = f'baseline file {path}: "seeds"'
     if not isinstance(seeds, dict):
         raise ConfigError(f"{where} must map model -> threat -> list of seeds, got {seeds!r}")
     for model, by_threat in seeds.items():
@@ -225,14 +231,18 @@ def _check_models(models: Any, path: Path) -> None:
     """The header's ``models`` (model -> {"content_hash": str or null, ...}); absent is judged by ``check_run``."""
     if models is None:
         return
-    where = f"baseline file {path}: \"models\""
+    where = f'baseline file {path}: "models"'
     if not isinstance(models, dict):
-        raise ConfigError(f"{where} must map model -> its weights' entry (content_hash, defense, dataset), got {models!r}")
+        raise ConfigError(
+            f"{where} must map model -> its weights' entry (content_hash, defense, dataset), got {models!r}"
+        )
     for model, meta in models.items():
         if not isinstance(meta, dict):
             raise ConfigError(f"{where} of model '{model}' must be an object with a content_hash, got {meta!r}")
         if meta.get("content_hash") is not None and not isinstance(meta["content_hash"], str):
-            raise ConfigError(f"{where} of model '{model}': content_hash must be a string, got {meta['content_hash']!r}")
+            raise ConfigError(
+                f"{where} of model '{model}': content_hash must be a string, got {meta['content_hash']!r}"
+            )
 
 
 def read_baseline(path: Path) -> tuple[dict[str, Any], pd.DataFrame]:
@@ -249,12 +259,16 @@ def read_baseline(path: Path) -> tuple[dict[str, Any], pd.DataFrame]:
     except json.JSONDecodeError as exc:
         raise ConfigError(f"baseline file {path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ConfigError(f"{path} is not a robench baseline (no \"format\": \"{FORMAT}\"); write one with 'robench baseline'")
+        raise ConfigError(
+            f'{path} is not a robench baseline (no "format": "{FORMAT}"); write one with \'robench baseline\''
+        )
     if data.get("version") != VERSION:
-        raise ConfigError(f"baseline file {path} has version {data.get('version')!r}; this robench reads version {VERSION}")
+        raise ConfigError(
+            f"baseline file {path} has version {data.get('version')!r}; this robench reads version {VERSION}"
+        )
     items = data.get("rows")
     if not isinstance(items, list):
-        raise ConfigError(f"baseline file {path} has no list of \"rows\"")
+        raise ConfigError(f'baseline file {path} has no list of "rows"')
     rows = []
     for i, item in enumerate(items):
         where = f"baseline file {path}, row {i + 1}"
@@ -267,7 +281,9 @@ def read_baseline(path: Path) -> tuple[dict[str, Any], pd.DataFrame]:
             if not isinstance(item[key], str):
                 raise ConfigError(f"{where}: {key!r} must be a string, got {item[key]!r}")
         if item["metric"] not in METRICS:
-            raise ConfigError(f"{where} has unknown metric '{item['metric']}'{did_you_mean(item['metric'], METRICS.names())}")
+            raise ConfigError(
+                f"{where} has unknown metric '{item['metric']}'{did_you_mean(item['metric'], METRICS.names())}"
+            )
         if isinstance(item["n"], bool) or not isinstance(item["n"], int) or item["n"] < 1:
             raise ConfigError(f"{where}: 'n' must be a positive integer, got {item['n']!r}")
         numbers = {k: _number(item[k], f"{where}: {k!r}") for k in ("value", "low", "high")}
@@ -288,14 +304,18 @@ def check_tolerances(tolerances: Mapping[str, float]) -> dict[str, float]:
     checked = {}
     for metric, value in tolerances.items():
         if metric not in METRICS:
-            raise ConfigError(f"unknown metric '{metric}' in --tolerance{did_you_mean(metric, METRICS.names())}; known: {', '.join(METRICS.names())}")
+            raise ConfigError(
+                f"unknown metric '{metric}' in --tolerance{did_you_mean(metric, METRICS.names())}; known: {', '.join(METRICS.names())}"
+            )
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise ConfigError(f"the tolerance of {metric} must be a non-negative number, got {value!r}")
         checked[metric] = float(value)
     return checked
 
 
-def judge(metric: str, value: float, low: float, high: float, current: float, tolerance: float | None) -> tuple[str, float, float, str]:
+def judge(
+    metric: str, value: float, low: float, high: float, current: float, tolerance: float | None
+) -> tuple[str, float, float, str]:
     """(status, allowed low, allowed high, note) of one baseline value against the current one."""
     higher_is_better = METRICS.get(metric).higher_is_better
     if tolerance is not None:
@@ -313,7 +333,18 @@ def judge(metric: str, value: float, low: float, high: float, current: float, to
     return ("better" if went_up == higher_is_better else "worse"), *allowed, ""
 
 
-TABLE_COLUMNS = [*KEYS, "status", "baseline", "current", "delta", "allowed_low", "allowed_high", "n_baseline", "n", "note"]
+TABLE_COLUMNS = [
+    *KEYS,
+    "status",
+    "baseline",
+    "current",
+    "delta",
+    "allowed_low",
+    "allowed_high",
+    "n_baseline",
+    "n",
+    "note",
+]
 
 
 @dataclass(frozen=True)
@@ -347,7 +378,11 @@ class CheckReport:
 
 
 def check_run(
-    run_dir: Path, baseline: Path, tolerances: Mapping[str, float] | None = None, two_sided: bool = False, allow_changed_models: bool = False
+    run_dir: Path,
+    baseline: Path,
+    tolerances: Mapping[str, float] | None = None,
+    two_sided: bool = False,
+    allow_changed_models: bool = False,
 ) -> CheckReport:
     """Compare the run's summary metrics with a baseline file (see the module docstring for the statuses).
 
@@ -356,7 +391,9 @@ def check_run(
     tolerance_of = check_tolerances(tolerances or {})
     header, expected = read_baseline(baseline)
     if expected.empty:
-        raise CannotJudge(f"cannot judge: baseline file {baseline} holds no rows, so there is nothing to check against; write one with 'robench baseline'")
+        raise CannotJudge(
+            f"cannot judge: baseline file {baseline} holds no rows, so there is nothing to check against; write one with 'robench baseline'"
+        )
     run = load_run_dir(run_dir)
     current = metric_rows(run.summary())[[*KEYS, "value", "n"]].rename(columns={"value": "current"})
     compared = _check_comparable(header, expected, current, run, baseline, allow_changed_models)
@@ -370,7 +407,9 @@ def check_run(
         elif row.found == "right_only":
             item.update(status="new", allowed_low=math.nan, allowed_high=math.nan, note="not in the baseline")
         else:
-            status, low, high, note = judge(row.metric, row.value, row.low, row.high, row.current, tolerance_of.get(row.metric))
+            status, low, high, note = judge(
+                row.metric, row.value, row.low, row.high, row.current, tolerance_of.get(row.metric)
+            )
             item.update(status=status, allowed_low=low, allowed_high=high, note=note)
         out.append(item)
     table = pd.DataFrame(out, columns=TABLE_COLUMNS)
@@ -390,7 +429,12 @@ def _pairs(rows: pd.DataFrame) -> set[tuple[str, str]]:
 
 
 def _check_comparable(
-    header: Mapping[str, Any], expected: pd.DataFrame, current: pd.DataFrame, run: RunDir, baseline: Path, allow_changed_models: bool
+    header: Mapping[str, Any],
+    expected: pd.DataFrame,
+    current: pd.DataFrame,
+    run: RunDir,
+    baseline: Path,
+    allow_changed_models: bool,
 ) -> list[str]:
     """The models compared; a CannotJudge unless the run measures what the baseline measured: the same pairs, weights, seeds and n.
 
@@ -406,7 +450,11 @@ def _check_comparable(
             f"cannot judge {against}: no model x threat pair in common (baseline: {_listed(sorted(map('/'.join, before)))}; "
             f"run: {_listed(sorted(map('/'.join, now)))})"
         )
-    groups = expected[[*SUMMARY_KEYS, COUNT]].drop_duplicates().merge(current[[*SUMMARY_KEYS, COUNT]].drop_duplicates(), on=SUMMARY_KEYS, suffixes=("_baseline", ""))
+    groups = (
+        expected[[*SUMMARY_KEYS, COUNT]]
+        .drop_duplicates()
+        .merge(current[[*SUMMARY_KEYS, COUNT]].drop_duplicates(), on=SUMMARY_KEYS, suffixes=("_baseline", ""))
+    )
     if groups.empty:
         raise CannotJudge(f"cannot judge {against}: no model x threat x attack x crafting-model group in common")
     models = sorted({model for model, _ in common})
@@ -417,7 +465,7 @@ def _check_comparable(
     unrecorded = _unrecorded_models(header, models)
     if unrecorded and not allow_changed_models:
         raise CannotJudge(
-            f"cannot judge {against}: the baseline does not record the weights (content hash in its \"models\") of "
+            f'cannot judge {against}: the baseline does not record the weights (content hash in its "models") of '
             f"{'model' if len(unrecorded) == 1 else 'models'} {_listed([repr(m) for m in unrecorded])}, so they cannot be compared; "
             "pass --allow-changed-models to compare anyway, or write a new baseline"
         )
@@ -429,11 +477,13 @@ def _check_comparable(
             "(content hash changed); pass --allow-changed-models to compare anyway, or write a new baseline"
         )
     used = _run_seeds(run)
-    for model, threat in sorted(common) if recorded is not None else ():  # a baseline from before seeds were recorded: not compared
+    for model, threat in (
+        sorted(common) if recorded is not None else ()
+    ):  # a baseline from before seeds were recorded: not compared
         old, new = recorded.get(model, {}).get(threat), used.get(model, {}).get(threat)
         if old is None:
             raise CannotJudge(
-                f"cannot judge {against}: the baseline records no seed for {model}/{threat} (its \"seeds\" lack it), so the test samples cannot be compared; "
+                f'cannot judge {against}: the baseline records no seed for {model}/{threat} (its "seeds" lack it), so the test samples cannot be compared; '
                 "write a new baseline"
             )
         if sorted(set(old)) != sorted(set(new)):
@@ -460,7 +510,9 @@ def _provenance_problem(run: RunDir, pairs: set[tuple[str, str]], need_seeds: bo
     known dataset, so that its labels are checked against the model's classes.
     """
     meta = run.model_meta()
-    unknown = sorted({m for m, _ in pairs if not isinstance(meta.get(m, {}).get("content_hash"), str) or not meta[m]["content_hash"]})
+    unknown = sorted(
+        {m for m, _ in pairs if not isinstance(meta.get(m, {}).get("content_hash"), str) or not meta[m]["content_hash"]}
+    )
     if unknown:
         names = _listed([repr(m) for m in unknown])
         return (
@@ -472,7 +524,7 @@ def _provenance_problem(run: RunDir, pairs: set[tuple[str, str]], need_seeds: bo
         unseeded = [f"{m}/{t}" for m, t in sorted(pairs) if not seeds.get(m, {}).get(t)]
         if unseeded:
             return (
-                f"no {RUN_FILE} below {run.path} records the seed of {_listed(unseeded)} (\"config\": {{\"seed\": ...}}), "
+                f'no {RUN_FILE} below {run.path} records the seed of {_listed(unseeded)} ("config": {{"seed": ...}}), '
                 f"which the gate compares; pass the folder 'robench run' or 'robench suite' wrote, its {RUN_FILE} included"
             )
     if run.unranged:
@@ -496,13 +548,24 @@ def _changed_models(header: Mapping[str, Any], run: RunDir, names: list[str] | N
         if names is not None and name not in names:
             continue
         old = before.get(name)
-        if isinstance(old, dict) and old.get("content_hash") and meta.get("content_hash") and old["content_hash"] != meta["content_hash"]:
+        if (
+            isinstance(old, dict)
+            and old.get("content_hash")
+            and meta.get("content_hash")
+            and old["content_hash"] != meta["content_hash"]
+        ):
             changed.append(name)
     return changed
 
 
 def _model_notes(header: Mapping[str, Any], run: RunDir, compared: list[str]) -> list[str]:
     """Models whose weights differ from the baseline's (compared anyway with ``--allow-changed-models``): their moves may be expected."""
-    notes = [f"model '{name}' has different weights than in the baseline (content hash changed)" for name in _changed_models(header, run, compared)]
+    notes = [
+        f"model '{name}' has different weights than in the baseline (content hash changed)"
+        for name in _changed_models(header, run, compared)
+    ]
     unrecorded = _unrecorded_models(header, compared)
-    return notes + [f"model '{name}': the baseline does not record its weights (no content hash); compared anyway" for name in unrecorded]
+    return notes + [
+        f"model '{name}': the baseline does not record its weights (no content hash); compared anyway"
+        for name in unrecorded
+    ]

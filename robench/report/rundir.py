@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from robench.core.files import MAX_JSON_BYTES, UserFileError, read_user_file
 from robench.core.errors import ConfigError, RobenchError
+from robench.core.files import MAX_JSON_BYTES, UserFileError, read_user_file
 from robench.scoring import records as R
 from robench.scoring.metrics import summarize
 
@@ -80,7 +80,14 @@ def _kind(values: pd.Series) -> str:
         return "float"
     if pd.api.types.is_string_dtype(dtype) or pd.api.types.is_object_dtype(dtype):
         inferred = pd.api.types.infer_dtype(values, skipna=True)
-        return {"string": "str", "boolean": "bool", "integer": "int", "floating": "float", "mixed-integer-float": "float", "empty": "empty"}.get(inferred, "other")
+        return {
+            "string": "str",
+            "boolean": "bool",
+            "integer": "int",
+            "floating": "float",
+            "mixed-integer-float": "float",
+            "empty": "empty",
+        }.get(inferred, "other")
     return "other"
 
 
@@ -100,7 +107,9 @@ def _column_error(values: pd.Series, expected: str) -> str | None:
     if expected == "float":
         ok = kind in ("int", "float")
     elif expected == "int":
-        ok = kind == "int" or (kind == "float" and bool(np.isfinite(numeric).all() and (numeric == np.round(numeric)).all()))
+        ok = kind == "int" or (
+            kind == "float" and bool(np.isfinite(numeric).all() and (numeric == np.round(numeric)).all())
+        )
     elif expected == "bool":
         ok = kind == "bool" or (kind in ("int", "float") and bool(numeric.isin([0, 1]).all()))
     else:
@@ -142,7 +151,12 @@ def dataset_classes(run: dict[str, Any]) -> tuple[int | None, str]:
 
     try:
         classes = DATASETS.get(name).num_classes
-    except (RobenchError, LookupError, ImportError, ValueError):  # an unknown name, or a resolver that cannot answer: the range is not known
+    except (
+        RobenchError,
+        LookupError,
+        ImportError,
+        ValueError,
+    ):  # an unknown name, or a resolver that cannot answer: the range is not known
         return None, name
     return (int(classes), name) if isinstance(classes, int) and classes > 0 else (None, name)
 
@@ -153,7 +167,11 @@ def check_class_range(frame: pd.DataFrame, where: str, classes: int | None = Non
     The target is -1 (untargeted) or a class. Records whose classes lie outside the model's would
     count every sample as misclassified: a corrupt or foreign file, never a result.
     """
-    bounds = f"the {classes} classes 0..{classes - 1} of dataset '{dataset}' (its run.json)" if classes else "the classes (0 or more)"
+    bounds = (
+        f"the {classes} classes 0..{classes - 1} of dataset '{dataset}' (its run.json)"
+        if classes
+        else "the classes (0 or more)"
+    )
     for column, lowest in _CLASS_COLUMNS:
         if column not in frame:
             continue
@@ -162,14 +180,18 @@ def check_class_range(frame: pd.DataFrame, where: str, classes: int | None = Non
         if bad.any():
             example = values[bad][0]
             also = " or -1 (untargeted)" if column == R.TARGET else ""
-            raise ConfigError(f"{where}: column '{column}' holds {int(example)} ({int(bad.sum())} record(s)), outside {bounds}{also}")
+            raise ConfigError(
+                f"{where}: column '{column}' holds {int(example)} ({int(bad.sum())} record(s)), outside {bounds}{also}"
+            )
 
 
 def _read_records(file: Path) -> pd.DataFrame:
     try:
         frame = pd.read_parquet(file)
     except Exception as exc:  # pyarrow raises several unrelated types for a corrupt or truncated file
-        raise ConfigError(f"cannot read records file {file}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
+        raise ConfigError(
+            f"cannot read records file {file}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+        ) from None
     missing = R.missing_columns(frame)
     if missing:
         raise ConfigError(f"records file {file} lacks column(s) {', '.join(missing)}")
@@ -229,7 +251,14 @@ def load_run_dir(path: Path) -> RunDir:
         classes, dataset = dataset_classes(run) if run is not None else (None, "?")
         check_class_range(frame, f"records file {file}", classes, dataset)
         if classes is None:
-            unranged.append((file, f"no {RUN_FILE} beside it" if run is None else f"its {RUN_FILE} names dataset '{dataset}', unknown to this robench"))
+            unranged.append(
+                (
+                    file,
+                    f"no {RUN_FILE} beside it"
+                    if run is None
+                    else f"its {RUN_FILE} names dataset '{dataset}', unknown to this robench",
+                )
+            )
         frames.append(frame.assign(**{_SOURCE: i}))
     records = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     if records.empty:

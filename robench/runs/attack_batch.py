@@ -14,9 +14,9 @@ from robench.checkpoints.bundle import ModelBundle
 from robench.core.execution import PassCounter
 from robench.core.models import Forward
 from robench.detectors import Detector
+from robench.runs.density import AttackerDensity
 from robench.scoring import combiner as C
 from robench.scoring import records as R
-from robench.runs.density import AttackerDensity
 from robench.specs.threats import AttackSpec
 
 
@@ -27,7 +27,11 @@ def detector_scores(detectors: Mapping[str, Detector], bundle: ModelBundle, forw
     """
     combined = C.combined_detectors(detectors)
     with torch.no_grad():
-        return {name: d.score(bundle.model, bundle.defense, forward).float().cpu().numpy() for name, d in detectors.items() if name not in combined}
+        return {
+            name: d.score(bundle.model, bundle.defense, forward).float().cpu().numpy()
+            for name, d in detectors.items()
+            if name not in combined
+        }
 
 
 @dataclass(frozen=True)
@@ -51,12 +55,15 @@ class BatchResult:
     columns: dict[str, np.ndarray]
     scores_clean: dict[str, np.ndarray]
     scores_adv: dict[str, np.ndarray]
-    raw: dict[str, np.ndarray]  # combined detectors' raw features (clean, noisy, adversarial), see robench.scoring.combiner
+    raw: dict[
+        str, np.ndarray
+    ]  # combined detectors' raw features (clean, noisy, adversarial), see robench.scoring.combiner
     images: int = 0  # images forwarded through the crafting model by the attack (its image-steps)
 
     @staticmethod
     def joined(results: list[BatchResult]) -> BatchResult:
         """Consecutive sub-batches' results as one (a batch split after running out of memory)."""
+
         def cat(dicts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
             return {k: np.concatenate([d[k] for d in dicts]) for k in dicts[0]}
 

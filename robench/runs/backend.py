@@ -37,7 +37,9 @@ class Backend(Protocol):
     def put_model(self, ref: BundleRef, bundle: ModelBundle, device: torch.device) -> Any:
         """The handle of a checkpoint's bytes for tasks elsewhere (None where tasks run beside ``bundle``)."""
 
-    def submit(self, fn: Callable[..., Any], args: Sequence[Any], *, device: torch.device, gpus: float, what: str) -> Any:
+    def submit(
+        self, fn: Callable[..., Any], args: Sequence[Any], *, device: torch.device, gpus: float, what: str
+    ) -> Any:
         """Run ``fn(TaskEnv, *args)`` (handles among ``args`` replaced by their values); a handle of its result."""
 
     def wait(self, handles: Sequence[Any]) -> list[Any]:
@@ -66,7 +68,9 @@ class Pending:
     def result(self) -> Any:
         if not self.done:  # its inputs first (handles of other tasks), then the task itself
             assert self.fn is not None and self.device is not None
-            self.value = self.fn(TaskEnv(self.device), *[a.result() if isinstance(a, Pending) else a for a in self.args])
+            self.value = self.fn(
+                TaskEnv(self.device), *[a.result() if isinstance(a, Pending) else a for a in self.args]
+            )
             self.done, self.fn, self.args = True, None, ()
         return self.value
 
@@ -87,7 +91,9 @@ class LocalBackend:
         adopt_bundle(ref, device, bundle)  # the tasks here use the prepared model itself
         return self.put(None)
 
-    def submit(self, fn: Callable[..., Any], args: Sequence[Any], *, device: torch.device, gpus: float, what: str) -> Pending:  # noqa: ARG002 - the run's device decides here
+    def submit(
+        self, fn: Callable[..., Any], args: Sequence[Any], *, device: torch.device, gpus: float, what: str
+    ) -> Pending:  # noqa: ARG002 - the run's device decides here
         return Pending(fn, list(args), device)
 
     def wait(self, handles: Sequence[Any]) -> list[Any]:
@@ -121,7 +127,9 @@ def open_backend(ray: RayBackend | RaySettings | None, echo: Callable[[str], Non
         yield ray
         return
     if not isinstance(ray, RaySettings):
-        raise ConfigError(f"ray= takes RaySettings(...) or a backend from robench.runs.ray_backend.connect, got {type(ray).__name__}")
+        raise ConfigError(
+            f"ray= takes RaySettings(...) or a backend from robench.runs.ray_backend.connect, got {type(ray).__name__}"
+        )
     with connect(ray) as backend:
         if echo is not None:
             echo(f"running on Ray ({backend.describe()})")

@@ -29,7 +29,9 @@ from robench.runs.attack_batch import CleanBatch
 def clean_batch_on(clean: CleanBatch, device: torch.device) -> CleanBatch:
     """``clean`` with its tensors on ``device`` (a Ray worker ships clean batches on the CPU)."""
     forward = clean.forward
-    return CleanBatch(Forward(x=forward.x.to(device), z=forward.z.to(device), logits=forward.logits.to(device)), dict(clean.scores))
+    return CleanBatch(
+        Forward(x=forward.x.to(device), z=forward.z.to(device), logits=forward.logits.to(device)), dict(clean.scores)
+    )
 
 
 def compute_clean(bundle: ModelBundle, x: torch.Tensor, detectors: Mapping[str, Detector]) -> CleanBatch:
@@ -44,7 +46,9 @@ def compute_clean(bundle: ModelBundle, x: torch.Tensor, detectors: Mapping[str, 
     half = len(x) // 2
     a, b = compute_clean(bundle, x[:half], detectors), compute_clean(bundle, x[half:], detectors)
     forward = Forward(
-        x=torch.cat([a.forward.x, b.forward.x]), z=torch.cat([a.forward.z, b.forward.z]), logits=torch.cat([a.forward.logits, b.forward.logits])
+        x=torch.cat([a.forward.x, b.forward.x]),
+        z=torch.cat([a.forward.z, b.forward.z]),
+        logits=torch.cat([a.forward.logits, b.forward.logits]),
     )
     return CleanBatch(forward, {name: np.concatenate([a.scores[name], b.scores[name]]) for name in a.scores})
 
@@ -68,7 +72,9 @@ class CleanCache:
         self.bundle = bundle
         self.detectors = detectors
         self.inputs = inputs
-        self._batch_of: dict[int, int] = {int(s): b for b, batch in enumerate(batches) for s in np.asarray(batch).tolist()}
+        self._batch_of: dict[int, int] = {
+            int(s): b for b, batch in enumerate(batches) for s in np.asarray(batch).tolist()
+        }
         self._batches = [np.asarray(batch) for batch in batches]
         self._row: dict[int, int] = {}
         self._whole: dict[bytes, CleanBatch] = {}  # an original batch's own clean pass, by its sample ids
@@ -105,7 +111,10 @@ class CleanCache:
                 if whole is not None:
                     return whole
             else:
-                self.add(samples[missing], compute_clean(self.bundle, x[torch.from_numpy(missing).to(x.device)], self.detectors))
+                self.add(
+                    samples[missing],
+                    compute_clean(self.bundle, x[torch.from_numpy(missing).to(x.device)], self.detectors),
+                )
         z, logits, scores = self._flattened()
         rows = torch.as_tensor([self._row[s] for s in samples.tolist()], dtype=torch.long)
         on = rows.to(z.device)

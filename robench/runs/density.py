@@ -56,7 +56,9 @@ def resolve_settings(needs: AttackNeeds, scored: DensitySettings | None, family:
 
 def estimator(family: str, settings: DensitySettings) -> KernelDensityDetector:
     """An unfitted KD estimator of ``settings`` (the attacker's own, when it is not the scored detector)."""
-    return KernelDensityDetector.for_dataset(family, {"bandwidth": settings.bandwidth, "per_class": settings.per_class, "seed": settings.seed})
+    return KernelDensityDetector.for_dataset(
+        family, {"bandwidth": settings.bandwidth, "per_class": settings.per_class, "seed": settings.seed}
+    )
 
 
 @dataclass
@@ -84,7 +86,9 @@ def attacker_density(
         kd, reused, is_scored = scored, True, True
     else:
         kd = estimator(data.spec.family, settings)
-        reused = fit_or_load(kd, crafting, data.train, device, train_name=train_name or f"{data.name}:{data.split_seed}")
+        reused = fit_or_load(
+            kd, crafting, data.train, device, train_name=train_name or f"{data.name}:{data.split_seed}"
+        )
         is_scored = False
     eta, per_class = kd.training_medians(features_of(crafting.model, data.train.x, device), data.train.y.to(device))
     return AttackerDensity(kd, eta, per_class.detach().cpu(), settings, reused, is_scored)

@@ -15,9 +15,9 @@ import torch
 
 from robench.checkpoints.bundle import ModelBundle
 from robench.core.data import Split
+from robench.core.errors import ConfigError
 from robench.core.models import Forward
 from robench.detectors import DETECTORS, Detector, fit_or_load, flagged, threshold_at_fpr
-from robench.core.errors import ConfigError
 
 
 def build_detectors(
@@ -47,7 +47,9 @@ def applicable_detectors(bundle: ModelBundle, requested: Sequence[str] | None) -
     return names
 
 
-def clean_scores(bundle: ModelBundle, detector: Detector, split: Split, device: torch.device, batch_size: int = 250) -> torch.Tensor:
+def clean_scores(
+    bundle: ModelBundle, detector: Detector, split: Split, device: torch.device, batch_size: int = 250
+) -> torch.Tensor:
     scores = []
     with torch.no_grad():
         for i in range(0, len(split), batch_size):

@@ -71,14 +71,24 @@ class _Flow:
 class _Driver:
     def __init__(self, backend: Backend, plans: list[RunPlan]) -> None:
         self.backend = backend
-        self.objects: dict[tuple[Any, ...], Any] = {}  # handles shared by every plan (models, fits, densities, clean passes, probes)
-        self.pending: dict[Any, Callable[[Any], None]] = {}  # a submitted task's handle -> what the driver does with its result
+        self.objects: dict[
+            tuple[Any, ...], Any
+        ] = {}  # handles shared by every plan (models, fits, densities, clean passes, probes)
+        self.pending: dict[
+            Any, Callable[[Any], None]
+        ] = {}  # a submitted task's handle -> what the driver does with its result
         self.fit_results: dict[str, dict[str, Any]] = {}  # detector key -> which fits were cached, the fit seconds
         self.density_results: dict[tuple[Any, ...], dict[str, Any]] = {}
         self.queued: list[tuple[float, int, _Flow, int]] = []  # parts to submit: (cost, order, flow, job index)
         if len(plans) > 1:  # one bar for every plan's parts (their own bars would overwrite each other)
             shown = any(not plan.bar.disable for plan in plans)
-            bar = tqdm(total=sum(plan.bar.total for plan in plans), desc=f"{len(plans)} pairs", unit="part", disable=None if shown else True, leave=False)
+            bar = tqdm(
+                total=sum(plan.bar.total for plan in plans),
+                desc=f"{len(plans)} pairs",
+                unit="part",
+                disable=None if shown else True,
+                leave=False,
+            )
             for plan in plans:
                 plan.bar.close()
                 plan.bar = bar
@@ -90,7 +100,14 @@ class _Driver:
             self.objects[key] = make()
         return self.objects[key]
 
-    def submit(self, fn: Callable[..., Any], args: list[Any], plan: _PlanWork, what: str, done: Callable[[Any], None] | None = None) -> Any:
+    def submit(
+        self,
+        fn: Callable[..., Any],
+        args: list[Any],
+        plan: _PlanWork,
+        what: str,
+        done: Callable[[Any], None] | None = None,
+    ) -> Any:
         handle = self.backend.submit(fn, args, device=plan.plan.prepared.device, gpus=plan.gpus, what=what)
         if done is not None:
             self.pending[handle] = done
@@ -163,9 +180,18 @@ class _PlanWork:
         prepared, config = plan.prepared, plan.config
         self.gpus = driver.backend.gpus_for(config.device)
         self.model = self._model(prepared.bundle, str(config.model))
-        self.substitute = self._model(prepared.substitute, str(config.substitute)) if prepared.substitute is not None else None
-        detector_key = _digest({"model": prepared.bundle.content_hash, "train": prepared.train_name, "detectors": plan.detector_identity})
-        self.detectors = DetectorSpec(tuple(prepared.detectors), plan.family, {k: dict(v) for k, v in config.detector_settings.items()}, detector_key)
+        self.substitute = (
+            self._model(prepared.substitute, str(config.substitute)) if prepared.substitute is not None else None
+        )
+        detector_key = _digest(
+            {"model": prepared.bundle.content_hash, "train": prepared.train_name, "detectors": plan.detector_identity}
+        )
+        self.detectors = DetectorSpec(
+            tuple(prepared.detectors),
+            plan.family,
+            {k: dict(v) for k, v in config.detector_settings.items()},
+            detector_key,
+        )
         crafting = tuple(self.model[0] if c is prepared.bundle else self.substitute[0] for c in plan.crafting)  # type: ignore[index]
         specs = tuple(tuple(spec for spec, _ in t.attacks) for t in prepared.threats)
         self.spec = PairSpec(
@@ -184,11 +210,15 @@ class _PlanWork:
     def _model(self, bundle: ModelBundle, path: str) -> tuple[BundleRef, Any]:
         config, device = self.plan.config, self.plan.prepared.device
         ref = BundleRef(path, bundle.content_hash, config.channels_last, config.precision, config.compile)
-        return ref, self.driver.shared(("model", ref, str(device)), lambda: self.driver.backend.put_model(ref, bundle, device))
+        return ref, self.driver.shared(
+            ("model", ref, str(device)), lambda: self.driver.backend.put_model(ref, bundle, device)
+        )
 
     def _train(self) -> Any:
         data = self.plan.prepared.data
-        return self.driver.shared(("train", data.name, data.split_seed, id(data)), lambda: self.driver.backend.put(data.train))
+        return self.driver.shared(
+            ("train", data.name, data.split_seed, id(data)), lambda: self.driver.backend.put(data.train)
+        )
 
     def start(self) -> None:
         """Submit what the plan needs whatever its parts: the sanity probes (once per model and probed samples)."""
@@ -197,7 +227,14 @@ class _PlanWork:
             return
         index = plan.samples[:SANITY_PROBE_SAMPLES].numpy()
         prepared = plan.prepared
-        self.probe_key = (prepared.bundle.content_hash, prepared.train_name, samples_digest(index), plan.config.seed, str(prepared.device), plan.config.name)
+        self.probe_key = (
+            prepared.bundle.content_hash,
+            prepared.train_name,
+            samples_digest(index),
+            plan.config.seed,
+            str(prepared.device),
+            plan.config.name,
+        )
         if self.probe_key in _PROBES:
             return
         x, y = plan.inputs(index)
@@ -213,7 +250,9 @@ class _PlanWork:
         def make() -> Any:
             cached, reused = {}, {}
             for name, detector in prepared.detectors.items():  # prepare checked that each applies
-                reused[name] = bool(detector.needs_fit and load_cached(detector, prepared.bundle, prepared.device, prepared.train_name))
+                reused[name] = bool(
+                    detector.needs_fit and load_cached(detector, prepared.bundle, prepared.device, prepared.train_name)
+                )
                 if reused[name]:
                     cached[name] = cpu_state(detector)
             if not any(d.needs_fit and not reused[n] for n, d in prepared.detectors.items()):
@@ -234,19 +273,35 @@ class _PlanWork:
 
     def report(self) -> ExecutionReport:
         """The plan's execution: detector fits and densities (from the tasks, or the cache when no part was computed), probes, where it ran."""
-        plan, prepared, driver = self.plan, self.plan.prepared, self.driver
+        prepared, driver = self.plan.prepared, self.driver
         result = driver.fit_results.get(self.detectors.key)
         if result is None:
-            reused = {name: bool(d.needs_fit and load_cached(d, prepared.bundle, prepared.device, prepared.train_name)) for name, d in prepared.detectors.items()}
+            reused = {
+                name: bool(d.needs_fit and load_cached(d, prepared.bundle, prepared.device, prepared.train_name))
+                for name, d in prepared.detectors.items()
+            }
             seconds = 0.0
         else:
             reused, seconds = dict(result["reused"]), float(result["seconds"])
-        densities = {key: driver.density_results[shared] for key, shared in self.density_keys.items() if shared in driver.density_results}
+        densities = {
+            key: driver.density_results[shared]
+            for key, shared in self.density_keys.items()
+            if shared in driver.density_results
+        }
         execution = driver.backend.execution(self.gpus)
-        if "ray" in execution:  # which workers computed this plan's parts, and the torch threads they ran with (each task's CPUs)
+        if (
+            "ray" in execution
+        ):  # which workers computed this plan's parts, and the torch threads they ran with (each task's CPUs)
             execution["ray"].update(workers=len(self.workers), worker_threads=sorted(self.threads))
         probes = list(_PROBES.get(self.probe_key, [])) if self.probe_key is not None else []
-        return ExecutionReport(work=self.work, reused_fit=reused, fit_seconds=seconds, densities=densities, probes=probes, execution=execution)
+        return ExecutionReport(
+            work=self.work,
+            reused_fit=reused,
+            fit_seconds=seconds,
+            densities=densities,
+            probes=probes,
+            execution=execution,
+        )
 
     def density(self, t: int, i: int) -> Any | None:
         """The density handle attack ``i`` of threat ``t`` needs (None if it needs none)."""
@@ -269,18 +324,39 @@ class _PlanWork:
                 kd = estimator(plan.family, settings)
                 if load_cached(kd, crafting, prepared.device, prepared.train_name):
                     cached = cpu_state(kd)
-            args = [ref, data, plan.family, self._train(), settings, self.detectors if own else None, self.fits() if own else None, cached]
-            return self.driver.submit(density_task, args, self, "attacker density", lambda out: self._density_built(out, crafting, settings, shared_key))
+            args = [
+                ref,
+                data,
+                plan.family,
+                self._train(),
+                settings,
+                self.detectors if own else None,
+                self.fits() if own else None,
+                cached,
+            ]
+            return self.driver.submit(
+                density_task,
+                args,
+                self,
+                "attacker density",
+                lambda out: self._density_built(out, crafting, settings, shared_key),
+            )
 
         return self.driver.shared(shared_key, make)
 
-    def _density_built(self, out: dict[str, Any], crafting: ModelBundle, settings: DensitySettings, shared_key: tuple[Any, ...]) -> None:
+    def _density_built(
+        self, out: dict[str, Any], crafting: ModelBundle, settings: DensitySettings, shared_key: tuple[Any, ...]
+    ) -> None:
         prepared = self.plan.prepared
         if out["fit"] == "fitted":  # the driver caches the attacker's own estimator
             kd = estimator(self.plan.family, settings)
             kd.load_fitted_state(out["state"], prepared.device)
             save_cached(kd, crafting, prepared.train_name)
-        self.driver.density_results[shared_key] = {"fit": out["fit"], "eta": out["eta"], "eta_per_class": [float(v) for v in out["eta_per_class"]]}
+        self.driver.density_results[shared_key] = {
+            "fit": out["fit"],
+            "eta": out["eta"],
+            "eta_per_class": [float(v) for v in out["eta_per_class"]],
+        }
 
     def cleans(self, samples: np.ndarray) -> list[Any]:
         """Handles of the clean passes of the original batches that hold ``samples`` (each computed once)."""
@@ -305,7 +381,17 @@ class _PlanWork:
         x, y = self.plan.inputs(job.samples)
         crafting = self.spec.crafting[job.threat]
         crafting_data = self.substitute[1] if self.substitute is not None and crafting == self.substitute[0] else None
-        args = [self.spec, job, x, y, self.model[1], crafting_data, self.fits(), self.density(job.threat, job.attack), *self.cleans(job.samples)]
+        args = [
+            self.spec,
+            job,
+            x,
+            y,
+            self.model[1],
+            crafting_data,
+            self.fits(),
+            self.density(job.threat, job.attack),
+            *self.cleans(job.samples),
+        ]
         return self.driver.submit(part_task, args, self, f"part {job.key[:12]}", done)
 
 

@@ -69,7 +69,9 @@ def _is_lock_text(data: bytes) -> bool:
 
 
 def _refused(path: Path, out: Path, problem: str) -> OutputLockedError:
-    return OutputLockedError(f"refused to use {path} as the output lock: {problem}; remove it, or use another --out than {out}")
+    return OutputLockedError(
+        f"refused to use {path} as the output lock: {problem}; remove it, or use another --out than {out}"
+    )
 
 
 def _open_lock(path: Path, out: Path) -> int:

@@ -27,7 +27,9 @@ def contained(root: Path, *parts: str) -> Path:
     return path
 
 
-def write_run(out: Path, records: pd.DataFrame, summary: pd.DataFrame, info: Mapping[str, Any], sanity: pd.DataFrame | None = None) -> None:
+def write_run(
+    out: Path, records: pd.DataFrame, summary: pd.DataFrame, info: Mapping[str, Any], sanity: pd.DataFrame | None = None
+) -> None:
     """records.parquet, worst_case.parquet, summary.csv, run.json (and sanity.csv), each written atomically.
 
     ``worst_case.parquet`` holds the derived worst-case records (:mod:`robench.scoring.worst_case`,
@@ -58,7 +60,12 @@ def with_sanity_flags(summary: pd.DataFrame, sanity: pd.DataFrame) -> pd.DataFra
     flags = flags_by_model_threat(sanity)
 
     def flagged(row: pd.Series) -> str:
-        names = [n for key in ((row[R.MODEL], "-"), (row[R.MODEL], row[R.THREAT])) for n in flags.get(key, "").split(",") if n]
+        names = [
+            n
+            for key in ((row[R.MODEL], "-"), (row[R.MODEL], row[R.THREAT]))
+            for n in flags.get(key, "").split(",")
+            if n
+        ]
         return ",".join(dict.fromkeys(names))
 
     summary[SANITY_FLAGS] = summary.apply(flagged, axis=1) if len(summary) else ""

@@ -23,10 +23,10 @@ from robench.checkpoints.bundle import ModelBundle
 from robench.core.errors import ConfigError
 from robench.core.execution import as_input, is_out_of_memory
 from robench.detectors import Detector
-from robench.scoring import records as R
 from robench.runs.attack_batch import BatchResult, attack_batch
 from robench.runs.clean_cache import CleanCache
 from robench.runs.density import AttackerDensity
+from robench.scoring import records as R
 from robench.specs.threats import AttackSpec
 
 
@@ -88,7 +88,13 @@ class PartContext:
 
 
 def compute_part(
-    ctx: PartContext, job: PartJob, x: torch.Tensor, y: torch.Tensor, clean: CleanCache, echo: Callable[[str], None], work: Work
+    ctx: PartContext,
+    job: PartJob,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    clean: CleanCache,
+    echo: Callable[[str], None],
+    work: Work,
 ) -> pd.DataFrame:
     """The records of ``job`` (inputs ``x``, labels ``y`` on any device), timed and counted into ``work``."""
     spec, attack = ctx.attacks[job.threat][job.attack]
@@ -102,11 +108,26 @@ def compute_part(
     tic = time.perf_counter()
     result = attack_splitting(
         lambda x_, y_, index_, seeds: attack_batch(
-            ctx.bundle, crafting, attack, spec, ctx.bounds, ctx.density(crafting, attack.needs(), label), x_, y_,
-            torch.Generator().manual_seed(derive_seed(ctx.seed, spec.label, b, *seeds)), clean.batch(index_.numpy(), x_), ctx.detectors,
-            torch.Generator().manual_seed(derive_seed(ctx.seed, spec.label, b, *seeds, "noisy")), ctx.precision,
+            ctx.bundle,
+            crafting,
+            attack,
+            spec,
+            ctx.bounds,
+            ctx.density(crafting, attack.needs(), label),
+            x_,
+            y_,
+            torch.Generator().manual_seed(derive_seed(ctx.seed, spec.label, b, *seeds)),
+            clean.batch(index_.numpy(), x_),
+            ctx.detectors,
+            torch.Generator().manual_seed(derive_seed(ctx.seed, spec.label, b, *seeds, "noisy")),
+            ctx.precision,
         ),
-        x, y, index, (), echo, work,
+        x,
+        y,
+        index,
+        (),
+        echo,
+        work,
     )
     work.add(label, time.perf_counter() - tic, result.images)
     part = R.part(
@@ -145,11 +166,15 @@ def attack_splitting(
         if not is_out_of_memory(exc):
             raise
         if len(index) <= 1:
-            raise ConfigError(f"out of memory attacking a single input on {x.device}: use a smaller model or another device") from None
+            raise ConfigError(
+                f"out of memory attacking a single input on {x.device}: use a smaller model or another device"
+            ) from None
     if x.device.type == "cuda":
         torch.cuda.empty_cache()
     if work.splits == 0:
-        echo(f"note: out of memory on a batch of {len(index)} on {x.device}: halving the batch and retrying (logged once; run.json counts the splits)")
+        echo(
+            f"note: out of memory on a batch of {len(index)} on {x.device}: halving the batch and retrying (logged once; run.json counts the splits)"
+        )
     work.splits += 1
     half = len(index) // 2
     return BatchResult.joined(

@@ -81,7 +81,12 @@ class PartStore:
         if meta.get("key") != key:
             return self._reject(key, "holds another part")
         ids = part[sample_column].to_numpy() if sample_column in part else None
-        if ids is None or len(ids) != len(samples) or meta.get("samples") != samples_digest(samples) or samples_digest(ids) != meta["samples"]:
+        if (
+            ids is None
+            or len(ids) != len(samples)
+            or meta.get("samples") != samples_digest(samples)
+            or samples_digest(ids) != meta["samples"]
+        ):
             return self._reject(key, "holds other samples")
         if meta.get("checksum") != content_checksum(part):
             return self._reject(key, "content does not match its checksum")

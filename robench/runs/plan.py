@@ -29,15 +29,15 @@ from robench.checkpoints.bundle import ModelBundle
 from robench.core.execution import use_channels_last
 from robench.core.precision import FP32
 from robench.core.provenance import git_revision, jsonable, package_versions
-from robench.scoring import records as R
-from robench.scoring.cascade import cascade_order, flag_thresholds, still_in
-from robench.scoring.combiner import combine, combined_detectors
 from robench.runs.density import DensitySettings, resolve_settings, scored_settings
-from robench.scoring.metrics import summarize
 from robench.runs.output import with_sanity_flags, write_run
 from robench.runs.part_work import PartJob, Work
 from robench.runs.parts import PARTS_DIR, PartStore, part_key
 from robench.runs.prepare import Prepared
+from robench.scoring import records as R
+from robench.scoring.cascade import cascade_order, flag_thresholds, still_in
+from robench.scoring.combiner import combine, combined_detectors
+from robench.scoring.metrics import summarize
 from robench.specs.run_config import RunConfig
 from robench.specs.threat_files import threat_record
 
@@ -59,7 +59,9 @@ class ExecutionReport:
     work: Work = field(default_factory=Work)
     reused_fit: dict[str, bool] = field(default_factory=dict)  # detector -> its fit came from the detector cache
     fit_seconds: float = 0.0
-    densities: dict[tuple[str, DensitySettings], dict[str, Any]] = field(default_factory=dict)  # built by this call: fit, eta, eta_per_class
+    densities: dict[tuple[str, DensitySettings], dict[str, Any]] = field(
+        default_factory=dict
+    )  # built by this call: fit, eta, eta_per_class
     probes: list[Any] = field(default_factory=list)  # the model probes' results (robench.runs.sanity)
     execution: dict[str, Any] = field(default_factory=dict)  # where the parts ran
 
@@ -108,20 +110,21 @@ class DensityPlan:
                 fit, eta, per_class = result["fit"], result["eta"], result["eta_per_class"]
             else:
                 fit, eta, per_class = "not built (every part that uses it was reused)", None, None
-            entries.append({
-                "crafted_on": h,
-                "attacks": list(users),
-                "bandwidth": k.bandwidth,
-                "kd_per_class": k.per_class,
-                "seed": k.seed,
-                "scored_kd": dataclasses.asdict(self.scored) if self.scored else None,
-                "same_as_scored": self.scored == k,
-                "eta": eta,
-                "eta_per_class": per_class,
-                "fit": fit,
-            })
+            entries.append(
+                {
+                    "crafted_on": h,
+                    "attacks": list(users),
+                    "bandwidth": k.bandwidth,
+                    "kd_per_class": k.per_class,
+                    "seed": k.seed,
+                    "scored_kd": dataclasses.asdict(self.scored) if self.scored else None,
+                    "same_as_scored": self.scored == k,
+                    "eta": eta,
+                    "eta_per_class": per_class,
+                    "fit": fit,
+                }
+            )
         return entries
-
 
 
 class RunPlan:
@@ -134,7 +137,9 @@ class RunPlan:
     whatever backend computed them.
     """
 
-    def __init__(self, config: RunConfig, out: Path | None, prepared: Prepared, progress: bool, echo: Callable[[str], None]) -> None:
+    def __init__(
+        self, config: RunConfig, out: Path | None, prepared: Prepared, progress: bool, echo: Callable[[str], None]
+    ) -> None:
         self.started = time.perf_counter()
         self.config, self.out, self.prepared, self.echo = config, out, prepared, echo
         bundle, data = prepared.bundle, prepared.data
@@ -147,11 +152,18 @@ class RunPlan:
         self.detector_identity = {name: d.params() for name, d in prepared.detectors.items()}
         self.crafting = [prepared.substitute if t.threat.needs_substitute else bundle for t in prepared.threats]
         self.channels_last = use_channels_last(config.channels_last, prepared.device, config.precision)
-        self.live = [name for name in prepared.detectors if name not in combined_detectors(prepared.detectors)]  # scored during the run
+        self.live = [
+            name for name in prepared.detectors if name not in combined_detectors(prepared.detectors)
+        ]  # scored during the run
         self.orders: dict[str, list[str]] = {}  # threat -> attack labels in cascade order (run.json)
         total = len(self.batches) * sum(len(t.attacks) for t in prepared.threats)
-        self.bar = tqdm(total=total, desc=f"{config.name}/{config.threat}", unit="part", disable=None if progress else True, leave=False)
-        self._clean: CleanCache | None = None
+        self.bar = tqdm(
+            total=total,
+            desc=f"{config.name}/{config.threat}",
+            unit="part",
+            disable=None if progress else True,
+            leave=False,
+        )
 
     # -- the parts -------------------------------------------------------------------------------
 
@@ -205,7 +217,9 @@ class RunPlan:
                 so_far = pd.concat(threat_parts, ignore_index=True)
                 thresholds = thresholds if thresholds is not None else flag_thresholds(so_far, self.live)
                 keep = torch.from_numpy(still_in(so_far, self.samples.numpy(), cascade, self.live, thresholds))
-                chunks = [c for c in self.samples[keep].split(self.config.batch_size) if len(c)]  # none when no sample is left
+                chunks = [
+                    c for c in self.samples[keep].split(self.config.batch_size) if len(c)
+                ]  # none when no sample is left
                 self.bar.update(len(self.batches) - len(chunks))
             parts = yield [self.job(t, i, b, index) for b, index in enumerate(chunks)]
             threat_parts.extend(part.assign(**{R.ORDER: rank[i], R.CASCADE: cascade}) for part in parts)
@@ -239,25 +253,39 @@ class RunPlan:
         work = report.work
         self.bar.close()
         if store.rejected:
-            echo(f"{model_name}/{config.threat}: recomputed {len(store.rejected)} finished part(s) that did not prove to be this run's ({'; '.join(store.rejected[:3])}{'; ...' if len(store.rejected) > 3 else ''})")
+            echo(
+                f"{model_name}/{config.threat}: recomputed {len(store.rejected)} finished part(s) that did not prove to be this run's ({'; '.join(store.rejected[:3])}{'; ...' if len(store.rejected) > 3 else ''})"
+            )
         if store.reused:
-            echo(f"{model_name}/{config.threat}: reused {store.reused} of {store.reused + store.computed} finished parts (threat x attack x batch) from {store.root}")
+            echo(
+                f"{model_name}/{config.threat}: reused {store.reused} of {store.reused + store.computed} finished parts (threat x attack x batch) from {store.root}"
+            )
         records = pd.concat([part for parts in threat_parts for part in parts], ignore_index=True)
         combined = combined_detectors(detectors)
         if combined:  # fitted on a held-out split of each group's samples, scored on the rest
             records = combine(records, combined)
-        sanity = _sanity(prepared, records, model_name, report.probes, self.densities.info(report.densities)) if config.sanity else pd.DataFrame()
+        sanity = (
+            _sanity(prepared, records, model_name, report.probes, self.densities.info(report.densities))
+            if config.sanity
+            else pd.DataFrame()
+        )
         summary = with_sanity_flags(summarize(records), sanity)
         info = {
             "config": jsonable(dataclasses.asdict(config)),
             "model": _model_info(config.model, model_name, bundle),
-            "substitute": _model_info(config.substitute, substitute_name, prepared.substitute) if prepared.substitute is not None else None,
+            "substitute": _model_info(config.substitute, substitute_name, prepared.substitute)
+            if prepared.substitute is not None
+            else None,
             "dataset": data.name,
             "threats": [
                 # what the attacker knows, the threat's defaults and, for a TOML-defined threat, its file and SHA-256
-                {**threat_record(t.threat), "attacks": [spec.config(family) for spec, _ in t.attacks]} for t in prepared.threats
+                {**threat_record(t.threat), "attacks": [spec.config(family) for spec, _ in t.attacks]}
+                for t in prepared.threats
             ],
-            "detectors": {name: {"params": d.params(), "fit": _fit_word(report.reused_fit.get(name))} for name, d in detectors.items()},
+            "detectors": {
+                name: {"params": d.params(), "fit": _fit_word(report.reused_fit.get(name))}
+                for name, d in detectors.items()
+            },
             "attacker_density": self.densities.info(report.densities),
             "samples": len(self.samples),
             "parts": {"reused": store.reused, "computed": store.computed},
@@ -266,7 +294,11 @@ class RunPlan:
             "versions": package_versions(),
             "git_revision": git_revision(),
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "timings_seconds": {"detector_fit": round(report.fit_seconds, 3), **{k: round(v, 3) for k, v in work.seconds.items()}, "total": round(time.perf_counter() - self.started, 3)},
+            "timings_seconds": {
+                "detector_fit": round(report.fit_seconds, 3),
+                **{k: round(v, 3) for k, v in work.seconds.items()},
+                "total": round(time.perf_counter() - self.started, 3),
+            },
             # images forwarded through the crafting model by each attack (its image-steps), in the parts computed by this call
             "image_passes": dict(work.images),
             "execution": {
@@ -305,12 +337,17 @@ def _model_info(path: Path | None, name: str | None, bundle: ModelBundle) -> dic
     }
 
 
-def _sanity(prepared: Prepared, records: pd.DataFrame, model_name: str, probes: list[Any], densities: list[dict[str, Any]]) -> pd.DataFrame:
+def _sanity(
+    prepared: Prepared, records: pd.DataFrame, model_name: str, probes: list[Any], densities: list[dict[str, Any]]
+) -> pd.DataFrame:
     """The model probes (run by the driver), the checks that read the records, and the attacker-estimator check (robench.runs.sanity)."""
     from robench.runs.sanity import estimator_flags, record_flags, sanity_table
 
     results = list(probes)
-    results += record_flags(records, attack_names={(t.threat.name, spec.label): spec.attack for t in prepared.threats for spec, _ in t.attacks})
+    results += record_flags(
+        records,
+        attack_names={(t.threat.name, spec.label): spec.attack for t in prepared.threats for spec, _ in t.attacks},
+    )
     white_box = [t.threat.name for t in prepared.threats if t.threat.access == "white-box"]
     results += estimator_flags(model_name, densities, white_box)
     return sanity_table(results)

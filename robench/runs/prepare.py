@@ -15,13 +15,13 @@ from robench.attacks.base import Attack
 from robench.checkpoints.bundle import ModelBundle, load_bundle
 from robench.core.data import Dataset, load_dataset
 from robench.core.devices import resolve_device
-from robench.core.execution import to_memory_format, try_compile, use_channels_last
 from robench.core.errors import ConfigError
+from robench.core.execution import to_memory_format, try_compile, use_channels_last
 from robench.detectors import Detector
 from robench.runs.detection import applicable_detectors, build_detectors
 from robench.specs.run_config import RunConfig
-from robench.specs.threats import AttackSpec, ThreatModel, distribute, noise_threat
 from robench.specs.threat_files import select_threats
+from robench.specs.threats import AttackSpec, ThreatModel, distribute, noise_threat
 
 
 def threat_detectors(threats: list[ThreatModel]) -> tuple[str, ...] | None:
@@ -87,9 +87,13 @@ class Prepared:
 
 def _check_compatible(bundle: ModelBundle, data: Dataset, what: str, path: Path) -> None:
     if tuple(data.input_shape) != tuple(bundle.meta.input_shape):
-        raise ConfigError(f"{what} {path} expects inputs of shape {tuple(bundle.meta.input_shape)} but dataset '{data.name}' has {tuple(data.input_shape)}")
+        raise ConfigError(
+            f"{what} {path} expects inputs of shape {tuple(bundle.meta.input_shape)} but dataset '{data.name}' has {tuple(data.input_shape)}"
+        )
     if data.num_classes != bundle.meta.num_classes:
-        raise ConfigError(f"{what} {path} has {bundle.meta.num_classes} classes but dataset '{data.name}' has {data.num_classes}")
+        raise ConfigError(
+            f"{what} {path} has {bundle.meta.num_classes} classes but dataset '{data.name}' has {data.num_classes}"
+        )
 
 
 def config_threats(config: RunConfig) -> list[ThreatModel]:
@@ -115,10 +119,14 @@ def prepare(config: RunConfig, loader: Loader | None = None) -> Prepared:
         substitute = loader.bundle(config.substitute, device)
         _check_compatible(substitute, data, "substitute", config.substitute)
         if tuple(substitute.meta.value_range) != tuple(bundle.meta.value_range):
-            raise ConfigError(f"substitute's input range {tuple(substitute.meta.value_range)} differs from the model's {tuple(bundle.meta.value_range)}")
+            raise ConfigError(
+                f"substitute's input range {tuple(substitute.meta.value_range)} differs from the model's {tuple(bundle.meta.value_range)}"
+            )
     family = data.spec.family
     prepared_threats = [PreparedThreat(t, [(spec, spec.build(family)) for spec in t.attacks]) for t in threats]
-    names = applicable_detectors(bundle, config.detectors if config.detectors is not None else threat_detectors(threats))
+    names = applicable_detectors(
+        bundle, config.detectors if config.detectors is not None else threat_detectors(threats)
+    )
     detectors = build_detectors(names, family, config.detector_settings)
     for detector in detectors.values():
         detector.check_applicable(bundle.model, bundle.defense)

@@ -29,7 +29,15 @@ import torch
 from robench.checkpoints.bundle import ModelBundle
 from robench.core.errors import ConfigError, RobenchError
 from robench.core.threads import available_cores
-from robench.runs.ray_cluster import LOCAL, LOCAL_OBJECT_STORE, PrivateRay, RaySettings, check_reachable, import_ray, raise_init_error
+from robench.runs.ray_cluster import (
+    LOCAL,
+    LOCAL_OBJECT_STORE,
+    PrivateRay,
+    RaySettings,
+    check_reachable,
+    import_ray,
+    raise_init_error,
+)
 from robench.runs.tasks import BundleRef, TaskEnv
 
 
@@ -60,8 +68,11 @@ def connect(settings: RaySettings) -> RayBackend:
         if settings.address == LOCAL:
             private = PrivateRay.create()
             ray.init(
-                num_cpus=settings.cpus or available_cores(), object_store_memory=LOCAL_OBJECT_STORE,
-                _node_ip_address="127.0.0.1", _temp_dir=private.temp_dir, **quiet,  # a private Ray listens on loopback only
+                num_cpus=settings.cpus or available_cores(),
+                object_store_memory=LOCAL_OBJECT_STORE,
+                _node_ip_address="127.0.0.1",
+                _temp_dir=private.temp_dir,
+                **quiet,  # a private Ray listens on loopback only
             )
         else:
             ray.init(address=settings.address, **quiet)
@@ -92,7 +103,9 @@ class RayBackend:
         self.cluster_gpus = float(resources.get("GPU", 0))
         if self.cluster_cpus < settings.threads:
             self.close()
-            raise ConfigError(f"--threads {settings.threads} asks each Ray task for more CPUs than the cluster has ({self.cluster_cpus:g})")
+            raise ConfigError(
+                f"--threads {settings.threads} asks each Ray task for more CPUs than the cluster has ({self.cluster_cpus:g})"
+            )
         self._remote = ray.remote(_run_task)
         self.what: dict[Any, str] = {}  # a submitted task -> what it is (for its error message)
         self.tasks = 0
@@ -134,11 +147,17 @@ class RayBackend:
     def put_model(self, ref: BundleRef, bundle: ModelBundle, device: torch.device) -> Any:  # noqa: ARG002 - workers rebuild it from the bytes
         return self.ray.put(Path(ref.path).read_bytes())
 
-    def submit(self, fn: Callable[..., Any], args: Sequence[Any], *, device: torch.device, gpus: float, what: str) -> Any:  # noqa: ARG002 - a worker's device is its own
+    def submit(
+        self, fn: Callable[..., Any], args: Sequence[Any], *, device: torch.device, gpus: float, what: str
+    ) -> Any:  # noqa: ARG002 - a worker's device is its own
         """``fn`` as a task of ``--threads`` CPUs and ``gpus`` GPUs, retried if its worker dies."""
         self.tasks += 1
         ref = self._remote.options(
-            num_cpus=self.settings.threads, num_gpus=gpus, max_retries=self.settings.retries, retry_exceptions=False, name=f"robench.{fn.__name__}"
+            num_cpus=self.settings.threads,
+            num_gpus=gpus,
+            max_retries=self.settings.retries,
+            retry_exceptions=False,
+            name=f"robench.{fn.__name__}",
         ).remote(fn, *args)
         self.what[ref] = what
         return ref
@@ -169,9 +188,12 @@ class RayBackend:
             text = (str(cause if isinstance(cause, BaseException) else exc).strip().splitlines() or [""])[0][:200]
             kind = f"{type(cause).__name__}: " if isinstance(cause, BaseException) else ""
             raise ConfigError(f"a Ray task ({what}) failed: {kind}{text}") from None
-        except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.ObjectLostError, ray.exceptions.OutOfMemoryError) as exc:
+        except (
+            ray.exceptions.WorkerCrashedError,
+            ray.exceptions.NodeDiedError,
+            ray.exceptions.ObjectLostError,
+            ray.exceptions.OutOfMemoryError,
+        ) as exc:
             raise ConfigError(
                 f"a Ray task ({what}) was lost after {self.settings.retries} retries ({type(exc).__name__}); rerun the command: finished parts are kept"
             ) from None
-
-

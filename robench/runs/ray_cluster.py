@@ -45,13 +45,23 @@ class RaySettings:
     def __post_init__(self) -> None:
         if not isinstance(self.address, str) or not self.address.strip():
             raise ConfigError(f"--ray takes local, auto or a cluster address HOST:PORT, got {self.address!r}")
-        for name, value, low in (("--ray-cpus", self.cpus, 1), ("--threads", self.threads, 1), ("--ray-retries", self.retries, 0)):
+        for name, value, low in (
+            ("--ray-cpus", self.cpus, 1),
+            ("--threads", self.threads, 1),
+            ("--ray-retries", self.retries, 0),
+        ):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
-        if self.gpus is not None and (isinstance(self.gpus, bool) or not isinstance(self.gpus, (int, float)) or not 0 <= self.gpus <= 64):
-            raise ConfigError(f"--ray-gpus must be a number of GPUs per task between 0 and 64 (0.5 shares one GPU between two tasks), got {self.gpus!r}")
+        if self.gpus is not None and (
+            isinstance(self.gpus, bool) or not isinstance(self.gpus, (int, float)) or not 0 <= self.gpus <= 64
+        ):
+            raise ConfigError(
+                f"--ray-gpus must be a number of GPUs per task between 0 and 64 (0.5 shares one GPU between two tasks), got {self.gpus!r}"
+            )
         if self.cpus is not None and self.address != LOCAL:
-            raise ConfigError(f"--ray-cpus sizes a local Ray (--ray local); a cluster at {self.address} has the CPUs its nodes were started with")
+            raise ConfigError(
+                f"--ray-cpus sizes a local Ray (--ray local); a cluster at {self.address} has the CPUs its nodes were started with"
+            )
 
 
 def import_ray() -> Any:
@@ -69,7 +79,9 @@ def check_reachable(address: str) -> None:
     bare = address.removeprefix("ray://")
     host, sep, port = bare.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"--ray {address}: not a cluster address; use HOST:PORT (e.g. 10.0.0.5:6379), ray://HOST:10001, auto or local")
+        raise ConfigError(
+            f"--ray {address}: not a cluster address; use HOST:PORT (e.g. 10.0.0.5:6379), ray://HOST:10001, auto or local"
+        )
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
             pass
@@ -133,11 +145,15 @@ class PrivateRay:
         try:
             folder = Path(tempfile.mkdtemp(prefix=PRIVATE_PREFIX, dir=base))  # created with mode 0700
         except OSError as exc:
-            raise ConfigError(f"--ray local: cannot create a private folder for Ray in {base} ({exc.strerror or exc})") from None
+            raise ConfigError(
+                f"--ray local: cannot create a private folder for Ray in {base} ({exc.strerror or exc})"
+            ) from None
         os.chmod(folder, 0o700)
         private = cls(folder, {name: os.environ.get(name) for name in _AUTH_ENV})
         try:
-            if os.environ.get("RAY_AUTH_MODE", "token").strip().lower() == "token":  # Ray's default for a new local cluster
+            if (
+                os.environ.get("RAY_AUTH_MODE", "token").strip().lower() == "token"
+            ):  # Ray's default for a new local cluster
                 token = folder / TOKEN_FILE
                 fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
                 with os.fdopen(fd, "w") as handle:
@@ -177,7 +193,9 @@ def raise_init_error(settings: RaySettings, exc: Exception) -> None:
     text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
     if settings.address == "auto":
         why = "" if "could not find any running ray instance" in text.lower() else f" ({text})"
-        raise ConfigError(f"--ray auto found no Ray cluster running on this machine{why}: start one with 'ray start --head', or use --ray local") from None
+        raise ConfigError(
+            f"--ray auto found no Ray cluster running on this machine{why}: start one with 'ray start --head', or use --ray local"
+        ) from None
     hint = ""
     if settings.address != LOCAL and os.environ.get("RAY_AUTH_MODE") != "token":
         hint = (
@@ -185,5 +203,3 @@ def raise_init_error(settings: RaySettings, exc: Exception) -> None:
             "set RAY_AUTH_MODE=token here and give this machine the cluster's token (~/.ray/auth_token or RAY_AUTH_TOKEN)"
         )
     raise ConfigError(f"could not start or join Ray at {settings.address}: {text}{hint}") from None
-
-

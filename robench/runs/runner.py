@@ -28,7 +28,20 @@ if TYPE_CHECKING:
     from robench.runs.ray_backend import RayBackend
     from robench.runs.ray_cluster import RaySettings
 
-__all__ = ["PARTS_DIR", "RunConfig", "RunPlan", "RunResult", "derive_seed", "format_summary", "part_key", "prepare", "run", "select_samples", "with_sanity_flags", "write_run"]
+__all__ = [
+    "PARTS_DIR",
+    "RunConfig",
+    "RunPlan",
+    "RunResult",
+    "derive_seed",
+    "format_summary",
+    "part_key",
+    "prepare",
+    "run",
+    "select_samples",
+    "with_sanity_flags",
+    "write_run",
+]
 
 
 def run(
@@ -54,11 +67,15 @@ def run(
     writes, and the records equal this process's at the tasks' thread count.
     """
     if not isinstance(config, RunConfig):
-        raise ConfigError(f"run() takes a RunConfig (robench.RunConfig(model=..., threat=...)), got {type(config).__name__}")
+        raise ConfigError(
+            f"run() takes a RunConfig (robench.RunConfig(model=..., threat=...)), got {type(config).__name__}"
+        )
     if out is not None and not isinstance(out, (str, Path)):
         raise ConfigError(f"run()'s out must be a folder path (str or Path), got {type(out).__name__}")
     if prepared is not None and not isinstance(prepared, Prepared):
-        raise ConfigError(f"run()'s prepared must come from robench.runs.prepare.prepare, got {type(prepared).__name__}")
+        raise ConfigError(
+            f"run()'s prepared must come from robench.runs.prepare.prepare, got {type(prepared).__name__}"
+        )
     if out is None:
         return _run(config, None, progress, echo, prepared, ray)
     out = Path(out)
@@ -67,7 +84,12 @@ def run(
 
 
 def _run(
-    config: RunConfig, out: Path | None, progress: bool, echo: Callable[[str], None], prepared: Prepared | None, ray: RayBackend | RaySettings | None
+    config: RunConfig,
+    out: Path | None,
+    progress: bool,
+    echo: Callable[[str], None],
+    prepared: Prepared | None,
+    ray: RayBackend | RaySettings | None,
 ) -> RunResult:
     if prepared is None:
         prepared = prepare(config)

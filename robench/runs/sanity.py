@@ -31,12 +31,12 @@ from robench.attacks.base import ATTACKS, Attack, AttackTarget
 from robench.attacks.linf import PGD
 from robench.attacks.objectives import OBJECTIVES, objective_value
 from robench.core.errors import ConfigError
-from robench.core.registry import Registry
 from robench.core.models import Forward
+from robench.core.registry import Registry
 from robench.scoring import records as R
 from robench.scoring.metrics import metric_value
-from robench.specs.threats import THREATS
 from robench.scoring.worst_case import WORST_CASE
+from robench.specs.threats import THREATS
 
 # Probe thresholds. A few exactly-zero gradients can be honest (a saturated
 # ReLU network on a blank input), so zero gradients are tolerated up to 5%.
@@ -151,9 +151,13 @@ def probe_model(
     if objective not in OBJECTIVES:
         raise ConfigError(f"unknown sanity objective '{objective}' (use one of {', '.join(OBJECTIVES)})")
     if x.ndim != 4 or y.ndim != 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
-        raise ConfigError(f"sanity probes need a non-empty batch x (N x C x H x W) and labels y (N), got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ConfigError(
+            f"sanity probes need a non-empty batch x (N x C x H x W) and labels y (N), got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     if not target.bounds.contains(x):
-        raise ConfigError(f"sanity probe inputs fall outside the model's bounds ({target.bounds.low}, {target.bounds.high})")
+        raise ConfigError(
+            f"sanity probe inputs fall outside the model's bounds ({target.bounds.low}, {target.bounds.high})"
+        )
     device = target.device
     x, y = x.detach().to(device), y.to(device)
     model = target.model
@@ -169,7 +173,10 @@ def probe_model(
             ]
     finally:
         model.train(was_training)
-    return [SanityResult(check=c, model=model_name, threat=threat, flagged=f, value=v, threshold=t, detail=d) for c, f, v, t, d in values]
+    return [
+        SanityResult(check=c, model=model_name, threat=threat, flagged=f, value=v, threshold=t, detail=d)
+        for c, f, v, t, d in values
+    ]
 
 
 _Probe = tuple[str, bool, float, float, str]
@@ -219,7 +226,13 @@ def _unbounded_probe(
     correct = target.predict(x) == y
     n = int(correct.sum())
     if n == 0:
-        return ("unbounded-budget-not-reached", False, math.nan, UNBOUNDED_MIN_SUCCESS, "not evaluated: no clean-correct sample in the batch")
+        return (
+            "unbounded-budget-not-reached",
+            False,
+            math.nan,
+            UNBOUNDED_MIN_SUCCESS,
+            "not evaluated: no clean-correct sample in the batch",
+        )
     attack = PGD(eps=width, step=width * UNBOUNDED_STEP_FRACTION, steps=steps, random_start=True, objective=objective)
     result = attack(target, x[correct], y[correct], generator=generator)
     rate = float(result.success.float().mean())
@@ -284,7 +297,9 @@ def record_flags(
     return _black_box_flags(stats, margin) + _iterative_flags(stats, margin) + library_flags(records, attack_names)
 
 
-def estimator_flags(model: str, densities: Sequence[Mapping[str, object]], white_box_threats: Sequence[str]) -> list[SanityResult]:
+def estimator_flags(
+    model: str, densities: Sequence[Mapping[str, object]], white_box_threats: Sequence[str]
+) -> list[SanityResult]:
     """``attacker-estimator-differs``: one result per white-box threat whose attacks used an attacker density.
 
     ``densities`` is run.json's ``attacker_density`` (each entry: ``attacks`` as ``threat/label``,
@@ -297,12 +312,23 @@ def estimator_flags(model: str, densities: Sequence[Mapping[str, object]], white
         if not used:
             continue
         differing = [d for d in used if not d.get("same_as_scored")]
-        detail = "; ".join(
-            f"{', '.join(d['attacks'])}: bandwidth {d['bandwidth']}, {d['kd_per_class'] or 'all'} per class"  # type: ignore[index]
-            + (f" vs the scored kd's {d['scored_kd']['bandwidth']}, {d['scored_kd']['per_class'] or 'all'}" if d.get("scored_kd") else " (no kd scored)")  # type: ignore[index]
-            for d in differing
-        ) or "the attacker descends on the scored KD detector's estimator"
-        results.append(SanityResult("attacker-estimator-differs", model, threat, bool(differing), float(bool(differing)), 0.5, detail))
+        detail = (
+            "; ".join(
+                f"{', '.join(d['attacks'])}: bandwidth {d['bandwidth']}, {d['kd_per_class'] or 'all'} per class"  # type: ignore[index]
+                + (
+                    f" vs the scored kd's {d['scored_kd']['bandwidth']}, {d['scored_kd']['per_class'] or 'all'}"
+                    if d.get("scored_kd")
+                    else " (no kd scored)"
+                )  # type: ignore[index]
+                for d in differing
+            )
+            or "the attacker descends on the scored KD detector's estimator"
+        )
+        results.append(
+            SanityResult(
+                "attacker-estimator-differs", model, threat, bool(differing), float(bool(differing)), 0.5, detail
+            )
+        )
     return results
 
 
@@ -416,7 +442,17 @@ def _black_box_flags(stats: pd.DataFrame, margin: float) -> list[SanityResult]:
                 if worst is None or gap > worst[0]:
                     worst = (gap, detail)
             if worst is not None:
-                results.append(SanityResult("black-box-beats-white-box", str(model), str(threat), worst[0] > margin, worst[0], margin, worst[1]))
+                results.append(
+                    SanityResult(
+                        "black-box-beats-white-box",
+                        str(model),
+                        str(threat),
+                        worst[0] > margin,
+                        worst[0],
+                        margin,
+                        worst[1],
+                    )
+                )
     return results
 
 
@@ -437,7 +473,11 @@ def _iterative_flags(stats: pd.DataFrame, margin: float) -> list[SanityResult]:
             f"{_kind(bool(row[_TARGETED]))}: {row[it(R.ATTACK)]} (eps {row[it(_BUDGET)]:.4g}) {row[it(_RATE)]:.3f} "
             f"vs {row[fgsm(R.ATTACK)]} (eps {row[fgsm(_BUDGET)]:.4g}) {row[fgsm(_RATE)]:.3f}"
         )
-        results.append(SanityResult("iterative-weaker-than-single-step", str(model), str(threat), gap > margin, gap, margin, detail))
+        results.append(
+            SanityResult(
+                "iterative-weaker-than-single-step", str(model), str(threat), gap > margin, gap, margin, detail
+            )
+        )
     return results
 
 
@@ -474,7 +514,9 @@ def _robust(group: pd.DataFrame, samples: pd.Index) -> np.ndarray:
     return ~broken.reindex(samples).to_numpy(dtype=bool)
 
 
-def library_flags(records: pd.DataFrame, attack_names: Mapping[tuple[str, str], str] | None = None) -> list[SanityResult]:
+def library_flags(
+    records: pd.DataFrame, attack_names: Mapping[tuple[str, str], str] | None = None
+) -> list[SanityResult]:
     """``library-attack-beats-threat``: one result per model x threat holding both library attacks and its own.
 
     Compared on the samples every one of those attacks was recorded on (a cascade drops samples
@@ -513,7 +555,9 @@ def library_flags(records: pd.DataFrame, attack_names: Mapping[tuple[str, str], 
             f"robust accuracy on {len(samples)} clean-correct samples: libraries ({labels(theirs)}) {lib.mean():.3f} "
             f"vs the threat's own attacks ({labels(mine)}) {own.mean():.3f}"
         )
-        results.append(SanityResult("library-attack-beats-threat", str(model), str(threat), gap > half, gap, half, detail))
+        results.append(
+            SanityResult("library-attack-beats-threat", str(model), str(threat), gap > half, gap, half, detail)
+        )
     return results
 
 
@@ -523,7 +567,15 @@ def library_flags(records: pd.DataFrame, attack_names: Mapping[tuple[str, str], 
 def sanity_table(results: Sequence[SanityResult]) -> pd.DataFrame:
     """Results as a frame with ``TABLE_COLUMNS``, one row per result, in the order given."""
     rows = [
-        {R.MODEL: r.model, R.THREAT: r.threat, "check": r.check, "flagged": r.flagged, "value": r.value, "threshold": r.threshold, "detail": r.detail}
+        {
+            R.MODEL: r.model,
+            R.THREAT: r.threat,
+            "check": r.check,
+            "flagged": r.flagged,
+            "value": r.value,
+            "threshold": r.threshold,
+            "detail": r.detail,
+        }
         for r in results
     ]
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)

@@ -30,7 +30,12 @@ __all__ = ["SuitePair", "load_suite", "run_suite", "suite_sanity"]
 
 
 def run_suite(
-    path: Path, out: Path, overrides: dict[str, Any] | None = None, progress: bool = True, echo: Callable[[str], None] = print, wait: bool = False,
+    path: Path,
+    out: Path,
+    overrides: dict[str, Any] | None = None,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+    wait: bool = False,
     ray: RayBackend | RaySettings | None = None,
 ) -> pd.DataFrame:
     """Run every pair of the suite file into ``out`` (holding its lock, :mod:`robench.runs.lock`) and return the combined summary.
@@ -44,21 +49,30 @@ def run_suite(
     for pair, ready in zip(pairs, prepared):
         for note in ready.notes:
             echo(f"{pair.model_name} x {pair.folder}: {note}")
-    with output_lock(out, wait=wait), open_backend(ray, echo) as backend:  # after every pair is validated: bad input never waits for Ray
+    with (
+        output_lock(out, wait=wait),
+        open_backend(ray, echo) as backend,
+    ):  # after every pair is validated: bad input never waits for Ray
         return _run_pairs(pairs, prepared, out, progress, echo, backend)
 
 
-def _run_pairs(pairs: list[SuitePair], prepared: list, out: Path, progress: bool, echo: Callable[[str], None], backend: Backend) -> pd.DataFrame:
+def _run_pairs(
+    pairs: list[SuitePair], prepared: list, out: Path, progress: bool, echo: Callable[[str], None], backend: Backend
+) -> pd.DataFrame:
     """Every pair at once on ``backend``, each holding its folder's lock (as :func:`robench.runs.runner.run` holds it)."""
     folders = [contained(out, pair.model_name, pair.folder) for pair in pairs]  # every write stays inside OUT
     with ExitStack() as locks:
         for folder in folders:
             locks.enter_context(output_lock(folder))
         echo(f"running {len(pairs)} pairs: {', '.join(f'{pair.model_name} x {pair.folder}' for pair in pairs)}")
-        plans = [RunPlan(pair.config, folder, ready, progress, echo) for pair, ready, folder in zip(pairs, prepared, folders)]
+        plans = [
+            RunPlan(pair.config, folder, ready, progress, echo) for pair, ready, folder in zip(pairs, prepared, folders)
+        ]
         results = run_plans(backend, plans)
     sanity = suite_sanity(results)
-    combined = with_sanity_flags(pd.concat([r.summary for r in results], ignore_index=True).drop(columns=SANITY_FLAGS), sanity)
+    combined = with_sanity_flags(
+        pd.concat([r.summary for r in results], ignore_index=True).drop(columns=SANITY_FLAGS), sanity
+    )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "summary.csv", combined.to_csv(index=False))
     atomic_write_text(out / "sanity.csv", sanity.to_csv(index=False))
@@ -80,4 +94,6 @@ def suite_sanity(results: list[RunResult]) -> pd.DataFrame:
     frames = [f for f in (*probes, combined) if len(f)]
     if not frames:
         return combined
-    return pd.concat(frames, ignore_index=True).drop_duplicates(subset=["model", "threat", "check"]).reset_index(drop=True)
+    return (
+        pd.concat(frames, ignore_index=True).drop_duplicates(subset=["model", "threat", "check"]).reset_index(drop=True)
+    )

@@ -35,7 +35,14 @@ from robench.detectors import Detector
 from robench.detectors.kd import features_of
 from robench.runs.attack_batch import CleanBatch
 from robench.runs.clean_cache import CleanCache, clean_batch_on, compute_clean
-from robench.runs.density import SCORED_KD, AttackerDensity, DensitySettings, estimator, resolve_settings, scored_settings
+from robench.runs.density import (
+    SCORED_KD,
+    AttackerDensity,
+    DensitySettings,
+    estimator,
+    resolve_settings,
+    scored_settings,
+)
 from robench.runs.detection import build_detectors
 from robench.runs.part_work import PartContext, PartJob, Work, compute_part, derive_seed
 from robench.specs.threats import AttackSpec
@@ -79,7 +86,9 @@ class PairSpec:
     model: BundleRef
     crafting: tuple[BundleRef, ...]  # per threat
     threat_names: tuple[str, ...]
-    specs: tuple[tuple[AttackSpec, ...], ...]  # per threat: the attacks, rebuilt per process (library attacks are made per process)
+    specs: tuple[
+        tuple[AttackSpec, ...], ...
+    ]  # per threat: the attacks, rebuilt per process (library attacks are made per process)
     detectors: DetectorSpec
     family: str
     seed: int
@@ -91,7 +100,9 @@ class PairSpec:
 
 # ------------------------------------------------------------------------------------------- built once per process
 
-_BUILT: dict[tuple[Any, ...], Any] = {}  # this process's models, detectors, densities and attacks, by what determines them
+_BUILT: dict[
+    tuple[Any, ...], Any
+] = {}  # this process's models, detectors, densities and attacks, by what determines them
 _BUILT_KEPT = 64
 
 
@@ -119,7 +130,9 @@ def bundle_of(ref: BundleRef, data: bytes | None, device: torch.device) -> Model
     def build() -> ModelBundle:
         bundle = load_bundle(ref.path, device=device, data=data)  # the same weights_only load and checks as any bundle
         if bundle.content_hash != ref.content_hash:
-            raise ConfigError(f"{ref.path}: the model's bytes give content hash {bundle.content_hash[:12]}, not {ref.content_hash[:12]}")
+            raise ConfigError(
+                f"{ref.path}: the model's bytes give content hash {bundle.content_hash[:12]}, not {ref.content_hash[:12]}"
+            )
         if use_channels_last(ref.channels_last, device, ref.precision):
             to_memory_format(bundle.model, True)
         if ref.compile:
@@ -129,7 +142,9 @@ def bundle_of(ref: BundleRef, data: bytes | None, device: torch.device) -> Model
     return once(_bundle_key(ref, device), build)
 
 
-def detectors_of(spec: DetectorSpec, bundle: ModelBundle, states: dict[str, dict[str, torch.Tensor]], device: torch.device) -> dict[str, Detector]:
+def detectors_of(
+    spec: DetectorSpec, bundle: ModelBundle, states: dict[str, dict[str, torch.Tensor]], device: torch.device
+) -> dict[str, Detector]:
     """The run's detectors with their fitted states (once per process)."""
 
     def build() -> dict[str, Detector]:
@@ -151,7 +166,14 @@ def cpu_state(detector: Detector) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------------------------------- the tasks
 
 
-def fit_task(env: TaskEnv, ref: BundleRef, data: bytes | None, spec: DetectorSpec, train: Any, cached: dict[str, dict[str, torch.Tensor]]) -> dict[str, Any]:
+def fit_task(
+    env: TaskEnv,
+    ref: BundleRef,
+    data: bytes | None,
+    spec: DetectorSpec,
+    train: Any,
+    cached: dict[str, dict[str, torch.Tensor]],
+) -> dict[str, Any]:
     """Fit the detectors not in ``cached`` (fitted states by name); every fitted state, the names fitted here and the seconds."""
     bundle = bundle_of(ref, data, env.device)
     tic = time.perf_counter()
@@ -191,23 +213,41 @@ def density_task(
 
 
 def clean_task(
-    env: TaskEnv, ref: BundleRef, data: bytes | None, spec: DetectorSpec, fits: dict[str, Any], samples: np.ndarray, x: torch.Tensor
+    env: TaskEnv,
+    ref: BundleRef,
+    data: bytes | None,
+    spec: DetectorSpec,
+    fits: dict[str, Any],
+    samples: np.ndarray,
+    x: torch.Tensor,
 ) -> tuple[np.ndarray, CleanBatch]:
     """One original batch's clean pass and detector scores (on the CPU, to travel)."""
     bundle = bundle_of(ref, data, env.device)
     detectors = detectors_of(spec, bundle, fits["states"], env.device)
-    clean = compute_clean(bundle, as_input(x.to(env.device), use_channels_last(ref.channels_last, env.device, ref.precision)), detectors)
+    clean = compute_clean(
+        bundle, as_input(x.to(env.device), use_channels_last(ref.channels_last, env.device, ref.precision)), detectors
+    )
     return samples, clean_batch_on(clean, torch.device("cpu"))
 
 
-def probe_task(env: TaskEnv, ref: BundleRef, data: bytes | None, x: torch.Tensor, y: torch.Tensor, seed: int, model_name: str) -> list[Any]:
+def probe_task(
+    env: TaskEnv, ref: BundleRef, data: bytes | None, x: torch.Tensor, y: torch.Tensor, seed: int, model_name: str
+) -> list[Any]:
     """The model probes of :mod:`robench.runs.sanity` on ``x``, ``y`` (a 100-step PGD)."""
     from robench.runs.sanity import probe_model
 
     bundle = bundle_of(ref, data, env.device)
     target = AttackTarget(bundle.model, bundle.defense, Bounds(*bundle.meta.value_range))
     generator = torch.Generator().manual_seed(derive_seed(seed, "sanity"))
-    return probe_model(target, x.to(env.device), y.to(env.device), generator=generator, objective="adaptive", model_name=model_name, threat="-")
+    return probe_model(
+        target,
+        x.to(env.device),
+        y.to(env.device),
+        generator=generator,
+        objective="adaptive",
+        model_name=model_name,
+        threat="-",
+    )
 
 
 def part_task(
@@ -220,7 +260,9 @@ def part_task(
     crafting_ref = spec.crafting[job.threat]
     crafting_bundle = bundle if crafting_ref == spec.model else bundle_of(crafting_ref, crafting, device)
     detectors = detectors_of(spec.detectors, bundle, fits["states"], device)
-    attacks = once(("attacks", spec.key), lambda: [[(s, s.build(spec.family)) for s in threat] for threat in spec.specs])
+    attacks = once(
+        ("attacks", spec.key), lambda: [[(s, s.build(spec.family)) for s in threat] for threat in spec.specs]
+    )
     scored = scored_settings(detectors)
 
     def density_of(on: ModelBundle, needs: AttackNeeds, label: str) -> AttackerDensity | None:
@@ -235,7 +277,14 @@ def part_task(
             else:
                 kd = estimator(spec.family, settings)
                 kd.load_fitted_state(density["state"], device)
-            return AttackerDensity(kd, density["eta"], density["eta_per_class"], settings, density["fit"] != "fitted", density["state"] is None)  # type: ignore[arg-type]
+            return AttackerDensity(
+                kd,
+                density["eta"],
+                density["eta_per_class"],
+                settings,
+                density["fit"] != "fitted",
+                density["state"] is None,
+            )  # type: ignore[arg-type]
 
         return once(("density", spec.detectors.key, on.content_hash, settings, str(device)), build)
 
@@ -251,7 +300,13 @@ def part_task(
     notes: list[str] = []
     work = Work()
     part = compute_part(ctx, job, x, y, clean, notes.append, work)
-    return {"part": part, "work": work, "notes": notes, "worker": (socket.gethostname(), os.getpid()), "threads": torch.get_num_threads()}
+    return {
+        "part": part,
+        "work": work,
+        "notes": notes,
+        "worker": (socket.gethostname(), os.getpid()),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def samples_digest(samples: np.ndarray) -> str:

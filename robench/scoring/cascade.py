@@ -55,7 +55,9 @@ CASCADE_MODES: dict[str, str] = {
 def check_cascade(mode: object) -> str:
     """``mode`` if it is one of :data:`CASCADE_MODES`; a one-line error otherwise."""
     if not isinstance(mode, str) or mode not in CASCADE_MODES:
-        raise ConfigError(f"cascade must be one of {', '.join(CASCADE_MODES)}, got {mode!r}{did_you_mean(str(mode), list(CASCADE_MODES))}")
+        raise ConfigError(
+            f"cascade must be one of {', '.join(CASCADE_MODES)}, got {mode!r}{did_you_mean(str(mode), list(CASCADE_MODES))}"
+        )
     return mode
 
 
@@ -80,7 +82,9 @@ def flag_thresholds(records: pd.DataFrame, detectors: Sequence[str], fpr: float 
     return out
 
 
-def still_in(records: pd.DataFrame, samples: np.ndarray, mode: str, detectors: Sequence[str], thresholds: dict[str, float]) -> np.ndarray:
+def still_in(
+    records: pd.DataFrame, samples: np.ndarray, mode: str, detectors: Sequence[str], thresholds: dict[str, float]
+) -> np.ndarray:
     """Per sample of ``samples``: whether it stays in the cascade after the attacks whose ``records`` are given.
 
     ``records`` are the threat's records so far (one row per attack and sample attacked);
@@ -98,7 +102,9 @@ def still_in(records: pd.DataFrame, samples: np.ndarray, mode: str, detectors: S
         evaded_all = pd.Series(misclassified).groupby(sample).any()
         for detector in detectors:
             with np.errstate(invalid="ignore"):
-                unflagged = misclassified & (records[R.score_adv(detector)].to_numpy(dtype=float) >= thresholds[detector])
+                unflagged = misclassified & (
+                    records[R.score_adv(detector)].to_numpy(dtype=float) >= thresholds[detector]
+                )
             evaded_all &= pd.Series(unflagged).groupby(sample).any()
         out = clean_wrong | evaded_all
     gone = out.reindex(samples, fill_value=False).to_numpy(dtype=bool)

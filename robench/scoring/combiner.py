@@ -54,7 +54,13 @@ from robench.detectors.base import Detector
 from robench.detectors.combined import KDBUDetector, combiner_scores, fit_logistic, holdout_split
 from robench.scoring import records as R
 
-KINDS, FEATURES, raw_column, raw_columns_of, fitted_column = R.RAW_KINDS, R.RAW_FEATURES, R.raw_column, R.raw_columns_of, R.fitted_column
+KINDS, FEATURES, raw_column, raw_columns_of, fitted_column = (
+    R.RAW_KINDS,
+    R.RAW_FEATURES,
+    R.raw_column,
+    R.raw_columns_of,
+    R.fitted_column,
+)
 MIN_ROWS = 2  # fewest fit records on either side (clean-correct; successful) for a combiner to be fitted
 
 
@@ -80,7 +86,9 @@ def scaled_noise(x: Tensor, x_adv: Tensor, generator: torch.Generator) -> Tensor
     return (draw.double() * scale.view(shape)).to(x.dtype)
 
 
-def noisy_like(x: Tensor, x_adv: Tensor, low: float | Tensor, high: float | Tensor, generator: torch.Generator) -> Tensor:
+def noisy_like(
+    x: Tensor, x_adv: Tensor, low: float | Tensor, high: float | Tensor, generator: torch.Generator
+) -> Tensor:
     """Feinman et al.'s noisy input: ``x`` plus Gaussian noise of the adversarial's L2 norm, clipped to [low, high].
 
     Per sample, the noise (:func:`scaled_noise`) has L2 norm ``||x_adv - x||_2`` before the
@@ -96,7 +104,9 @@ def noisy_like(x: Tensor, x_adv: Tensor, low: float | Tensor, high: float | Tens
     return torch.where(unchanged.view((-1,) + (1,) * (x.dim() - 1)), x, noisy)
 
 
-def raw_features(detector: KDBUDetector, model: Classifier, defense: Defense, forward: Forward) -> dict[str, np.ndarray]:
+def raw_features(
+    detector: KDBUDetector, model: Classifier, defense: Defense, forward: Forward
+) -> dict[str, np.ndarray]:
     """The raw ``kd`` and ``bu`` features (float64, one per input) of one forward pass, by :data:`FEATURES` name.
 
     ``kd``: log kernel density of the features under the predicted class; ``bu``: the BU
@@ -108,7 +118,9 @@ def raw_features(detector: KDBUDetector, model: Classifier, defense: Defense, fo
     return {feature: values[:, i].copy() for i, feature in enumerate(FEATURES)}
 
 
-def raw_columns(name: str, detector: KDBUDetector, model: Classifier, defense: Defense, forwards: Mapping[str, Forward]) -> dict[str, np.ndarray]:
+def raw_columns(
+    name: str, detector: KDBUDetector, model: Classifier, defense: Defense, forwards: Mapping[str, Forward]
+) -> dict[str, np.ndarray]:
     """Every raw-feature record column of one batch for combined detector ``name``: {column: values}.
 
     ``forwards`` maps each of :data:`KINDS` to the evaluated model's forward pass of that input:

@@ -84,7 +84,9 @@ class Weighted:
         return np.full(self.resamples, np.nan)
 
 
-def weighted_auc(pos_counts: np.ndarray, positive: np.ndarray, neg_counts: np.ndarray, negative: np.ndarray) -> np.ndarray:
+def weighted_auc(
+    pos_counts: np.ndarray, positive: np.ndarray, neg_counts: np.ndarray, negative: np.ndarray
+) -> np.ndarray:
     """Mann-Whitney AUC per resample: P(positive score > negative score) + P(tie) / 2, pairs weighted by counts.
 
     ``positive`` / ``negative`` are the scores of the rows that can be drawn as positives /
@@ -101,7 +103,9 @@ def weighted_auc(pos_counts: np.ndarray, positive: np.ndarray, neg_counts: np.nd
     return ratio(wins, pos_counts.sum(axis=1) * neg_counts.sum(axis=1))
 
 
-def weighted_threshold(w: Weighted, clean: np.ndarray, clean_ok: np.ndarray, fpr: float = FLAG_FPR) -> tuple[np.ndarray, np.ndarray]:
+def weighted_threshold(
+    w: Weighted, clean: np.ndarray, clean_ok: np.ndarray, fpr: float = FLAG_FPR
+) -> tuple[np.ndarray, np.ndarray]:
     """Per resample, the score below which an input is flagged at ``fpr`` of the drawn clean scores, and how many were drawn.
 
     The k-th smallest (0-based) drawn clean score with k = floor(fpr m), as
@@ -118,7 +122,14 @@ def weighted_threshold(w: Weighted, clean: np.ndarray, clean_ok: np.ndarray, fpr
     return np.append(sorted_clean, np.inf)[position], total
 
 
-def weighted_flagged_rate(w: Weighted, clean: np.ndarray, clean_ok: np.ndarray, attacked: np.ndarray, attacked_ok: np.ndarray, fpr: float = FLAG_FPR) -> np.ndarray:
+def weighted_flagged_rate(
+    w: Weighted,
+    clean: np.ndarray,
+    clean_ok: np.ndarray,
+    attacked: np.ndarray,
+    attacked_ok: np.ndarray,
+    fpr: float = FLAG_FPR,
+) -> np.ndarray:
     """Per resample, the weighted fraction of ``attacked`` scores below the clean ``fpr`` threshold."""
     threshold, total = weighted_threshold(w, clean, clean_ok, fpr)
     attacked_counts = w.counts[:, attacked_ok]
@@ -169,7 +180,9 @@ DEFAULT_POPULATION = "successful"
 def population(name: str) -> Population:
     """A population by name; an unknown one is a one-line error with a suggestion."""
     if name not in POPULATIONS:
-        raise ConfigError(f"unknown AUC population '{name}'{did_you_mean(name, list(POPULATIONS))}; populations: {', '.join(POPULATIONS)}")
+        raise ConfigError(
+            f"unknown AUC population '{name}'{did_you_mean(name, list(POPULATIONS))}; populations: {', '.join(POPULATIONS)}"
+        )
     return POPULATIONS[name]
 
 
@@ -183,7 +196,9 @@ class DetectionPopulations:
     adversarial: np.ndarray  # every record's adversarial score
 
 
-def detection_populations(records: pd.DataFrame, detector: str, population_name: str = DEFAULT_POPULATION) -> DetectionPopulations:
+def detection_populations(
+    records: pd.DataFrame, detector: str, population_name: str = DEFAULT_POPULATION
+) -> DetectionPopulations:
     """The positives (clean inputs) and negatives (adversarial inputs) of one AUC population (:data:`POPULATIONS`).
 
     - ``successful``: clean-correct clean inputs vs the successful adversarial inputs;
@@ -206,7 +221,9 @@ def detection_populations(records: pd.DataFrame, detector: str, population_name:
     return DetectionPopulations(positive=positive, negative=negative, clean=clean, adversarial=adversarial)
 
 
-def roc_points(records: pd.DataFrame, detector: str, population_name: str = DEFAULT_POPULATION) -> tuple[np.ndarray, np.ndarray] | None:
+def roc_points(
+    records: pd.DataFrame, detector: str, population_name: str = DEFAULT_POPULATION
+) -> tuple[np.ndarray, np.ndarray] | None:
     """(fpr, tpr) of the detector's ROC curve on one group's records, or None without both populations.
 
     The populations are :func:`detection_populations`, those of the population's AUC metric;
@@ -277,7 +294,12 @@ def _auc(population_name: str) -> Compute:
         if detector is None or R.is_corruption(w.records):  # a corruption has no adversarial population to separate
             return w.nan()
         pops = detection_populations(w.records, detector, population_name)
-        return weighted_auc(w.counts[:, pops.positive], pops.clean[pops.positive], w.counts[:, pops.negative], pops.adversarial[pops.negative])
+        return weighted_auc(
+            w.counts[:, pops.positive],
+            pops.clean[pops.positive],
+            w.counts[:, pops.negative],
+            pops.adversarial[pops.negative],
+        )
 
     compute.__name__ = f"_auc_{population_name}"
     return compute
@@ -287,7 +309,9 @@ def _flagged_rate(w: Weighted, detector: str | None) -> np.ndarray:
     if detector is None:
         return w.nan()
     clean, adversarial = R.clean_scores(w.records, detector), R.adv_scores(w.records, detector)
-    return weighted_flagged_rate(w, clean, np.isfinite(clean), adversarial, np.isfinite(adversarial) & R.attacked(w.records))
+    return weighted_flagged_rate(
+        w, clean, np.isfinite(clean), adversarial, np.isfinite(adversarial) & R.attacked(w.records)
+    )
 
 
 def _survival(w: Weighted, detector: str | None) -> np.ndarray:
@@ -313,13 +337,61 @@ def _survival_detected(w: Weighted, detector: str | None) -> np.ndarray:
 _DEFINED = (
     Metric("clean_accuracy", "Clean Acc. (%)", True, True, False, "accuracy on clean inputs", _clean_accuracy),
     Metric("robust_accuracy", "Robust Acc. (%)", True, True, False, "accuracy on attacked inputs", _robust_accuracy),
-    Metric("success_rate", "Adv. Success (%)", False, True, False, "attack success among clean-correct samples", _success_rate),
+    Metric(
+        "success_rate",
+        "Adv. Success (%)",
+        False,
+        True,
+        False,
+        "attack success among clean-correct samples",
+        _success_rate,
+    ),
     Metric("distortion", "Dist.", True, False, False, "mean L2 / sqrt(hwc) of successful perturbations", _distortion),
-    Metric("distortion_255", "Dist. (0-255)", True, False, False, "distortion on the 0-255 pixel scale (x 255 / input range)", _distortion_255),
-    Metric("auc_roc", "AUC (%)", True, True, True, "detector AUC-ROC, clean-correct vs successful adversarial", _auc("successful")),
-    Metric("auc_attempted", "AUC att. (%)", True, True, True, "detector AUC-ROC, clean-correct vs every attack output of them", _auc("attempted")),
-    Metric("auc_paired", "AUC pair. (%)", True, True, True, "detector AUC-ROC, each misclassified adversarial paired with its clean input", _auc("paired")),
-    Metric("survival", "Survived (%)", True, True, False, "clean-correct samples still classified correctly (worst-case rows: after every attack)", _survival),
+    Metric(
+        "distortion_255",
+        "Dist. (0-255)",
+        True,
+        False,
+        False,
+        "distortion on the 0-255 pixel scale (x 255 / input range)",
+        _distortion_255,
+    ),
+    Metric(
+        "auc_roc",
+        "AUC (%)",
+        True,
+        True,
+        True,
+        "detector AUC-ROC, clean-correct vs successful adversarial",
+        _auc("successful"),
+    ),
+    Metric(
+        "auc_attempted",
+        "AUC att. (%)",
+        True,
+        True,
+        True,
+        "detector AUC-ROC, clean-correct vs every attack output of them",
+        _auc("attempted"),
+    ),
+    Metric(
+        "auc_paired",
+        "AUC pair. (%)",
+        True,
+        True,
+        True,
+        "detector AUC-ROC, each misclassified adversarial paired with its clean input",
+        _auc("paired"),
+    ),
+    Metric(
+        "survival",
+        "Survived (%)",
+        True,
+        True,
+        False,
+        "clean-correct samples still classified correctly (worst-case rows: after every attack)",
+        _survival,
+    ),
     Metric(
         "survival_detected",
         "Surv. or flagged (%)",
@@ -329,7 +401,15 @@ _DEFINED = (
         "clean-correct samples still classified correctly or whose attacked input is flagged at the clean 5%-FPR threshold",
         _survival_detected,
     ),
-    Metric("flagged_rate", "Flagged (%)", True, True, True, "fraction of attacked inputs flagged at the clean 5%-FPR threshold", _flagged_rate),
+    Metric(
+        "flagged_rate",
+        "Flagged (%)",
+        True,
+        True,
+        True,
+        "fraction of attacked inputs flagged at the clean 5%-FPR threshold",
+        _flagged_rate,
+    ),
 )
 METRICS: Registry[Metric] = Registry("metric", base=Metric)
 for _metric in _DEFINED:
@@ -337,7 +417,9 @@ for _metric in _DEFINED:
 SUMMARY_KEYS: list[str] = list(R.KEYS)
 DETECTOR = "detector"  # the summary column naming the detector of the detector metrics
 COUNT = "n"  # the summary column counting a group's records
-CASCADE = R.CASCADE  # the summary column saying how the run cascaded the group's threat ('none': every attack on every sample)
+CASCADE = (
+    R.CASCADE
+)  # the summary column saying how the run cascaded the group's threat ('none': every attack on every sample)
 
 
 def metric_names() -> tuple[str, ...]:
@@ -378,11 +460,18 @@ def summarize(records: pd.DataFrame, *, drop_unscored: bool = False) -> pd.DataF
         group = R.scored_columns(group) if drop_unscored else group
         cascade = str(R.cascade_of(group)[0]) if len(group) else R.NO_CASCADE
         for detector, values in evaluate(Weighted.of(group)).items():
-            rows.append({**key, DETECTOR: detector, COUNT: int(len(group)), CASCADE: cascade, **{m: float(v[0]) for m, v in values.items()}})
+            rows.append(
+                {
+                    **key,
+                    DETECTOR: detector,
+                    COUNT: int(len(group)),
+                    CASCADE: cascade,
+                    **{m: float(v[0]) for m, v in values.items()},
+                }
+            )
     return pd.DataFrame(rows, columns=summary_columns())
 
 
 def metric_value(name: str, records: pd.DataFrame, detector: str | None = None) -> float:
     """One metric of one group's records, by name (did-you-mean on typos)."""
     return METRICS.get(name).point(records, detector)
-

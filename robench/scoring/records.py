@@ -65,7 +65,9 @@ COLUMNS: tuple[Column, ...] = (
     Column(MODEL, "str", "the evaluated model's name"),
     Column(THREAT, "str", "the threat model"),
     Column(ATTACK, "str", "the attack's label within the threat (e.g. C&W-hc)"),
-    Column(CORRUPTION, "bool", "a corruption (noise, rotation) rather than an attack: no AUC, flagged rate on every input"),
+    Column(
+        CORRUPTION, "bool", "a corruption (noise, rotation) rather than an attack: no AUC, flagged rate on every input"
+    ),
     Column(CRAFTED_ON, "str", "the model the attack ran on: the model itself, or a black-box threat's substitute"),
     Column(SAMPLE, "int", "index of the test sample in the dataset's test split"),
     Column(LABEL, "int", "the true class"),
@@ -73,14 +75,22 @@ COLUMNS: tuple[Column, ...] = (
     Column(CLEAN_PRED, "int", "the evaluated model's prediction on the clean input"),
     Column(ADV_PRED, "int", "the evaluated model's prediction on the attacked input"),
     Column(SUCCESS, "bool", "the attack succeeded on the evaluated model (see the module docstring)"),
-    Column(BEST_ATTEMPT, "bool", "the attack missed its own criterion and returned its best attempt instead of the clean input (C&W family)"),
+    Column(
+        BEST_ATTEMPT,
+        "bool",
+        "the attack missed its own criterion and returned its best attempt instead of the clean input (C&W family)",
+    ),
     Column(CRAFTED_SUCCESS, "bool", "the attack succeeded on the crafting model (its own criterion)"),
     Column(L2, "float", "||x_adv - x||_2"),
     Column(LINF, "float", "||x_adv - x||_inf"),
     Column(DISTORTION, "float", "||x_adv - x||_2 / sqrt(h w c) (001 Sec. 4.4.2)"),
     Column(INPUT_RANGE, "float", "high - low of the model's declared input range (for distortion on the 0-255 scale)"),
     Column(ORDER, "int", "the attack's place in its threat's cascade order, cheapest first (robench.scoring.cascade)"),
-    Column(CASCADE, "str", "how the run cascaded the threat's attacks: 'none' (every attack on every sample), 'misclassified' or 'undetected'"),
+    Column(
+        CASCADE,
+        "str",
+        "how the run cascaded the threat's attacks: 'none' (every attack on every sample), 'misclassified' or 'undetected'",
+    ),
 )
 # Plus, on the derived worst-case rows only (robench.scoring.worst_case): ``broken_by`` (str), the label of the
 # first attack in cascade order that misclassified the sample ('' where it survived every attack).
@@ -94,7 +104,19 @@ REQUIRED: tuple[str, ...] = (MODEL, THREAT, ATTACK, SAMPLE, LABEL, CLEAN_PRED, A
 RUN_COLUMNS: tuple[str, ...] = (ORDER, CASCADE)
 NO_CASCADE = "none"
 # The per-sample columns an attacked batch yields, in record order (after the identifying columns).
-BATCH_COLUMNS: tuple[str, ...] = (LABEL, TARGET, CLEAN_PRED, ADV_PRED, SUCCESS, BEST_ATTEMPT, CRAFTED_SUCCESS, L2, LINF, DISTORTION, INPUT_RANGE)
+BATCH_COLUMNS: tuple[str, ...] = (
+    LABEL,
+    TARGET,
+    CLEAN_PRED,
+    ADV_PRED,
+    SUCCESS,
+    BEST_ATTEMPT,
+    CRAFTED_SUCCESS,
+    L2,
+    LINF,
+    DISTORTION,
+    INPUT_RANGE,
+)
 
 
 # Combined detectors (KD+BU, robench.scoring.combiner): raw features per input kind, and the fit split.
@@ -131,7 +153,6 @@ def fitted_column(detector: str) -> str:
     scores are NaN. False: the sample was scored, or its group fitted no combiner.
     """
     return _FITTED_ON + detector
-
 
 
 def score_clean(detector: str) -> str:
@@ -179,7 +200,11 @@ def scored_columns(group: pd.DataFrame) -> pd.DataFrame:
         if all(group[c].isna().all() for c in pair):
             empty += pair
     # An adversarial column without its clean one names no detector (detectors_in): left out when empty, as before.
-    empty += [c for c in group.columns if c.startswith(_SCORE_ADV) and score_clean(c[len(_SCORE_ADV) :]) not in group.columns and group[c].isna().all()]
+    empty += [
+        c
+        for c in group.columns
+        if c.startswith(_SCORE_ADV) and score_clean(c[len(_SCORE_ADV) :]) not in group.columns and group[c].isna().all()
+    ]
     return group.drop(columns=empty) if empty else group
 
 

@@ -105,7 +105,11 @@ def worst_case_records(records: pd.DataFrame) -> pd.DataFrame:
     records = R.with_crafted_on(records)
     records = records[records[R.ATTACK] != WORST_CASE]
     parts = [w for _, group in records.groupby(list(_GROUP), sort=False) if (w := worst_case_group(group)) is not None]
-    return pd.concat(parts, ignore_index=True) if parts else records.iloc[:0].assign(**{R.BROKEN_BY: pd.Series(dtype=object)})
+    return (
+        pd.concat(parts, ignore_index=True)
+        if parts
+        else records.iloc[:0].assign(**{R.BROKEN_BY: pd.Series(dtype=object)})
+    )
 
 
 def with_worst_case(records: pd.DataFrame) -> pd.DataFrame:

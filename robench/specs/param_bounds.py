@@ -72,4 +72,6 @@ def check_bounds(attack: Any, names: Iterable[str], what: str) -> None:
             continue
         limit, unit = bound_of(name)
         if abs(value) > limit:
-            raise ConfigError(f"{what}: {name} must be at most {limit:,} ({unit}; robench's bound, see robench.specs.param_bounds), got {_number(value)}")
+            raise ConfigError(
+                f"{what}: {name} must be at most {limit:,} ({unit}; robench's bound, see robench.specs.param_bounds), got {_number(value)}"
+            )

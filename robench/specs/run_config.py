@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from robench.checkpoints.training import seed_field
 from robench.core.config import boolean, positive_int, validate_fields
 from robench.core.errors import ConfigError
 from robench.core.execution import CHANNELS_LAST
 from robench.core.precision import check_precision
-from robench.checkpoints.training import seed_field
 from robench.scoring.cascade import check_cascade
 from robench.specs.threats import ALL
 
@@ -49,8 +49,12 @@ class RunConfig:
     # none, misclassified or undetected: later attacks only on the samples still in; None: each threat's
     # default_cascade (none for all but autoattack, whose ensemble is a per-sample cascade by definition)
     cascade: str | None = None
-    channels_last: str = "auto"  # auto (on CUDA), on or off: the model's and inputs' memory format (same numbers up to rounding)
-    compile: bool = boolean(False)  # torch.compile the model's backbone, eager if compiling fails (same numbers up to rounding)
+    channels_last: str = (
+        "auto"  # auto (on CUDA), on or off: the model's and inputs' memory format (same numbers up to rounding)
+    )
+    compile: bool = boolean(
+        False
+    )  # torch.compile the model's backbone, eager if compiling fails (same numbers up to rounding)
 
     def __post_init__(self) -> None:
         """Check every field's type and value (one-line ConfigError); lists become tuples."""
@@ -65,7 +69,9 @@ class RunConfig:
         if not isinstance(self.sigmas, (tuple, list)) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in self.sigmas
         ):
-            raise ConfigError(f"{_WHAT}: sigmas (--sigma) must be a tuple or list of finite numbers >= 0, got {_shown(self.sigmas)}")
+            raise ConfigError(
+                f"{_WHAT}: sigmas (--sigma) must be a tuple or list of finite numbers >= 0, got {_shown(self.sigmas)}"
+            )
         object.__setattr__(self, "sigmas", tuple(self.sigmas))
         if self.sigmas and self.threat not in ("noise", ALL):
             raise ConfigError(f"--sigma applies to the noise threat, not '{self.threat}'")
@@ -73,7 +79,9 @@ class RunConfig:
         if self.cascade is not None:
             check_cascade(self.cascade)
         if self.channels_last not in CHANNELS_LAST:
-            raise ConfigError(f"{_WHAT}: channels_last must be one of {', '.join(CHANNELS_LAST)}, got {_shown(self.channels_last)}")
+            raise ConfigError(
+                f"{_WHAT}: channels_last must be one of {', '.join(CHANNELS_LAST)}, got {_shown(self.channels_last)}"
+            )
         object.__setattr__(self, "extra_attacks", _extra_attacks(self.extra_attacks))
         if self.extra_attacks and self.threat == ALL:
             raise ConfigError("added attacks need one threat model, not 'all'")
@@ -110,17 +118,23 @@ _EXTRA_KEYS = ("label", "attack", "params", "target_mode")
 
 def _extra_attacks(value: Any) -> tuple[dict[str, Any], ...]:
     """Added attacks as a tuple of dicts with a label, a registered attack name, params and a target mode."""
-    example = "({'label': 'C&W-wb-class', 'attack': 'cw-wb', 'params': {'eta_mode': 'class'}, 'target_mode': 'random'},)"
+    example = (
+        "({'label': 'C&W-wb-class', 'attack': 'cw-wb', 'params': {'eta_mode': 'class'}, 'target_mode': 'random'},)"
+    )
     if not isinstance(value, (tuple, list)) or not all(isinstance(v, Mapping) for v in value):
         raise ConfigError(f"{_WHAT}: extra_attacks must be a list of mappings like {example}, got {_shown(value)}")
     out = []
     for entry in value:
         unknown = [k for k in entry if k not in _EXTRA_KEYS]
         if unknown:
-            raise ConfigError(f"{_WHAT}: an added attack has unknown key(s) {', '.join(map(str, unknown))}; keys: {', '.join(_EXTRA_KEYS)}")
+            raise ConfigError(
+                f"{_WHAT}: an added attack has unknown key(s) {', '.join(map(str, unknown))}; keys: {', '.join(_EXTRA_KEYS)}"
+            )
         for key in ("label", "attack"):
             if not isinstance(entry.get(key), str) or not entry[key]:
-                raise ConfigError(f"{_WHAT}: every added attack needs a non-empty '{key}' string, got {_shown(entry.get(key))}")
+                raise ConfigError(
+                    f"{_WHAT}: every added attack needs a non-empty '{key}' string, got {_shown(entry.get(key))}"
+                )
         params = entry.get("params", {})
         _check_mapping("an added attack's params", params, "{'lr': 0.05}")
         mode = entry.get("target_mode", "none")
@@ -136,14 +150,17 @@ def _check_scalar(key: str, value: Any) -> None:
     kinds = (str, os.PathLike) if key in _PATH_FIELDS else (str,)
     if not isinstance(value, kinds):
         kind = "a str or Path" if key in _PATH_FIELDS else "a str"
-        raise ConfigError(f"{_WHAT}: {key} must be {kind}{' or None' if key in _OPTIONAL_FIELDS else ''}, got {_shown(value)}")
+        raise ConfigError(
+            f"{_WHAT}: {key} must be {kind}{' or None' if key in _OPTIONAL_FIELDS else ''}, got {_shown(value)}"
+        )
 
 
 def _check_mapping(key: str, value: Any, example: str, nested: bool = False) -> None:
     if (
         not isinstance(value, Mapping)
         or not all(isinstance(k, str) for k in value)
-        or nested and not all(isinstance(v, Mapping) and all(isinstance(k, str) for k in v) for v in value.values())
+        or nested
+        and not all(isinstance(v, Mapping) and all(isinstance(k, str) for k in v) for v in value.values())
     ):
         raise ConfigError(f"{_WHAT}: {key} must be a mapping like {example}, got {_shown(value)}")
 

@@ -51,7 +51,6 @@ concatenates their summaries. A model is never paired with itself as substitute
 
 from __future__ import annotations
 
-import re
 import reprlib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -64,9 +63,33 @@ from robench.specs.run_config import RunConfig
 from robench.specs.threat_files import load_threat_file, load_threat_patterns
 from robench.specs.threats import MAX_ATTACKS
 
-_DEFAULT_KEYS = {"n", "batch_size", "seed", "device", "detectors", "data_root", "precision", "cascade", "channels_last", "compile"}
+_DEFAULT_KEYS = {
+    "n",
+    "batch_size",
+    "seed",
+    "device",
+    "detectors",
+    "data_root",
+    "precision",
+    "cascade",
+    "channels_last",
+    "compile",
+}
 _MODEL_KEYS = {"name", "path"}
-_THREAT_KEYS = {"name", "file", "set", "attacks", "models", "detectors", "sigmas", "substitute", "n", "batch_size", "add", "cascade"}
+_THREAT_KEYS = {
+    "name",
+    "file",
+    "set",
+    "attacks",
+    "models",
+    "detectors",
+    "sigmas",
+    "substitute",
+    "n",
+    "batch_size",
+    "add",
+    "cascade",
+}
 
 # The most [[model]] and [[threat]] tables of a suite, and model x threat (x substitute) pairs: far above the
 # papers' suites (at most 9 pairs each); a suite file is also at most 1 MiB (robench.core.files).
@@ -110,7 +133,9 @@ def _tables(value: Any, where: str, example: str, most: int | None = None) -> li
 def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
     for key in table:
         if key not in allowed:
-            raise ConfigError(f"{where}: unknown key '{key}'{did_you_mean(key, sorted(allowed))}; allowed: {', '.join(sorted(allowed))}")
+            raise ConfigError(
+                f"{where}: unknown key '{key}'{did_you_mean(key, sorted(allowed))}; allowed: {', '.join(sorted(allowed))}"
+            )
 
 
 def load_suite(path: Path, overrides: dict[str, Any] | None = None) -> list[SuitePair]:
@@ -131,7 +156,9 @@ def _load_suite(path: Path, overrides: dict[str, Any] | None) -> list[SuitePair]
     defaults = dict(_table(raw.get("defaults", {}), f"{path}: [defaults]", "[defaults] with n = 200 below it"))
     _check_keys(defaults, _DEFAULT_KEYS, f"{path} [defaults]")
     defaults.update(overrides or {})
-    models = _tables(raw.get("model", []), f"{path}: model", '[[model]] with name = "..." and path = "..." below it', MAX_MODELS)
+    models = _tables(
+        raw.get("model", []), f"{path}: model", '[[model]] with name = "..." and path = "..." below it', MAX_MODELS
+    )
     threats = _tables(raw.get("threat", []), f"{path}: threat", '[[threat]] with name = "..." below it', MAX_THREATS)
     if not models or not threats:
         raise ConfigError(f"{path}: a suite needs at least one [[model]] and one [[threat]]")
@@ -142,14 +169,22 @@ def _load_suite(path: Path, overrides: dict[str, Any] | None) -> list[SuitePair]
             raise ConfigError(f"{path}: every [[model]] needs a name and a path")
         names.append(safe_name(model["name"], f"{path} [[model]]"))
         if not isinstance(model["path"], str) or not model["path"]:
-            raise ConfigError(f"{path}: model '{model['name']}': path must be a non-empty string, got {reprlib.repr(model['path'])}")
+            raise ConfigError(
+                f"{path}: model '{model['name']}': path must be a non-empty string, got {reprlib.repr(model['path'])}"
+            )
     folded = [n.casefold() for n in names]  # case-insensitive file systems would merge 'GM' and 'gm'
     if len(set(folded)) != len(folded):
-        raise ConfigError(f"{path}: model names must be unique (ignoring case): {', '.join(sorted(names, key=str.casefold))}")
+        raise ConfigError(
+            f"{path}: model names must be unique (ignoring case): {', '.join(sorted(names, key=str.casefold))}"
+        )
     if "data_root" in defaults and not isinstance(defaults["data_root"], str):
-        raise ConfigError(f"{path} [defaults]: 'data_root' must be a folder path string, got {reprlib.repr(defaults['data_root'])}")
+        raise ConfigError(
+            f"{path} [defaults]: 'data_root' must be a folder path string, got {reprlib.repr(defaults['data_root'])}"
+        )
     if "detectors" in defaults and defaults["detectors"] is not None and not _is_strings(defaults["detectors"]):
-        raise ConfigError(f"{path} [defaults]: 'detectors' must be a list of names, e.g. detectors = [\"kd\"], got {reprlib.repr(defaults['detectors'])}")
+        raise ConfigError(
+            f"{path} [defaults]: 'detectors' must be a list of names, e.g. detectors = [\"kd\"], got {reprlib.repr(defaults['detectors'])}"
+        )
     valid = {f.name for f in fields(RunConfig)}
     pairs = []
     seen: set[tuple[str, str]] = set()
@@ -158,23 +193,44 @@ def _load_suite(path: Path, overrides: dict[str, Any] | None) -> list[SuitePair]
         if "file" in threat:
             threat = _threat_from_file(threat, path)
         if "name" not in threat:
-            raise ConfigError(f"{path}: every [[threat]] needs a name (or a file = \"threat.toml\" defining one)")
+            raise ConfigError(f'{path}: every [[threat]] needs a name (or a file = "threat.toml" defining one)')
         safe_name(threat["name"], f"{path} [[threat]]")
         for key in ("attacks", "models", "detectors", "substitute"):
             if key in threat and not _is_strings(threat[key]):
-                raise ConfigError(f"{path}: threat '{threat['name']}': '{key}' must be a list of names, e.g. {key} = [\"...\"], got {reprlib.repr(threat[key])}")
-        if "sigmas" in threat and not (isinstance(threat["sigmas"], list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in threat["sigmas"])):
-            raise ConfigError(f"{path}: threat '{threat['name']}': 'sigmas' must be a list of numbers, e.g. sigmas = [0.05, 0.1], got {reprlib.repr(threat['sigmas'])}")
-        _table(threat.get("set", {}), f"{path}: threat '{threat['name']}': set", '[threat.set] with "BIM.steps" = 10 below it')
-        added = _tables(threat.get("add", []), f"{path}: threat '{threat['name']}': add", '[[threat.add]] with label = "...", attack = "..." below it')
+                raise ConfigError(
+                    f"{path}: threat '{threat['name']}': '{key}' must be a list of names, e.g. {key} = [\"...\"], got {reprlib.repr(threat[key])}"
+                )
+        if "sigmas" in threat and not (
+            isinstance(threat["sigmas"], list)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in threat["sigmas"])
+        ):
+            raise ConfigError(
+                f"{path}: threat '{threat['name']}': 'sigmas' must be a list of numbers, e.g. sigmas = [0.05, 0.1], got {reprlib.repr(threat['sigmas'])}"
+            )
+        _table(
+            threat.get("set", {}),
+            f"{path}: threat '{threat['name']}': set",
+            '[threat.set] with "BIM.steps" = 10 below it',
+        )
+        added = _tables(
+            threat.get("add", []),
+            f"{path}: threat '{threat['name']}': add",
+            '[[threat.add]] with label = "...", attack = "..." below it',
+        )
         if len(added) > MAX_ATTACKS:
-            raise UserFileError(f"{path}: threat '{threat['name']}': {len(added)} [[threat.add]] attacks; a threat takes at most {MAX_ATTACKS}")
+            raise UserFileError(
+                f"{path}: threat '{threat['name']}': {len(added)} [[threat.add]] attacks; a threat takes at most {MAX_ATTACKS}"
+            )
         if "sigmas" in threat and len(threat["sigmas"]) > MAX_ATTACKS:
-            raise UserFileError(f"{path}: threat '{threat['name']}': {len(threat['sigmas'])} sigmas; a threat runs at most {MAX_ATTACKS} attacks")
+            raise UserFileError(
+                f"{path}: threat '{threat['name']}': {len(threat['sigmas'])} sigmas; a threat runs at most {MAX_ATTACKS} attacks"
+            )
         only = threat.get("models", names)
         substitutes: list[str | None] = list(threat.get("substitute", [None]))
         for unknown in (set(only) | set(substitutes) - {None}) - set(names):
-            raise ConfigError(f"{path}: threat '{threat['name']}' names unknown model '{unknown}'{did_you_mean(str(unknown), names)}")
+            raise ConfigError(
+                f"{path}: threat '{threat['name']}' names unknown model '{unknown}'{did_you_mean(str(unknown), names)}"
+            )
         paths = {m["name"]: path.parent / m["path"] for m in models}
         found = 0
         for model, substitute in ((m, s) for m in models for s in substitutes):
@@ -182,9 +238,13 @@ def _load_suite(path: Path, overrides: dict[str, Any] | None) -> list[SuitePair]
                 continue
             found += 1
             if len(pairs) >= MAX_PAIRS:
-                raise UserFileError(f"{path}: more than {MAX_PAIRS} model x threat pairs; a suite runs at most {MAX_PAIRS}")
+                raise UserFileError(
+                    f"{path}: more than {MAX_PAIRS} model x threat pairs; a suite runs at most {MAX_PAIRS}"
+                )
             if (model["name"], threat["name"], substitute) in seen:
-                raise ConfigError(f"{path}: model '{model['name']}' meets threat '{threat['name']}' twice; their outputs would overwrite each other")
+                raise ConfigError(
+                    f"{path}: model '{model['name']}' meets threat '{threat['name']}' twice; their outputs would overwrite each other"
+                )
             seen.add((model["name"], threat["name"], substitute))
             settings = {k: v for k, v in defaults.items() if k in valid}
             for key in ("detectors", "n", "batch_size", "cascade"):  # a threat's own value beats [defaults]
@@ -201,7 +261,9 @@ def _load_suite(path: Path, overrides: dict[str, Any] | None) -> list[SuitePair]
                 model=(path.parent / model["path"]),
                 threat=threat["name"],
                 settings=dict(threat.get("set", {})),
-                attacks=tuple(threat.get("attacks", ())),  # with [[threat.add]], RunConfig adds the added labels (the union runs)
+                attacks=tuple(
+                    threat.get("attacks", ())
+                ),  # with [[threat.add]], RunConfig adds the added labels (the union runs)
                 sigmas=tuple(float(v) for v in threat.get("sigmas", ())),
                 model_name=model["name"],
                 substitute=paths[substitute] if substitute is not None else None,
@@ -219,10 +281,14 @@ def _threat_from_file(threat: dict[str, Any], path: Path) -> dict[str, Any]:
     """A ``[[threat]]`` with ``file = "x.toml"`` (relative to the suite file): load it; the entry then names its threat."""
     file = threat["file"]
     if not isinstance(file, str) or not file:
-        raise ConfigError(f"{path} [[threat]]: 'file' must be a threat TOML file path, e.g. file = \"threats/x.toml\", got {reprlib.repr(file)}")
+        raise ConfigError(
+            f"{path} [[threat]]: 'file' must be a threat TOML file path, e.g. file = \"threats/x.toml\", got {reprlib.repr(file)}"
+        )
     loaded = load_threat_file(path.parent / file)
     if "name" in threat and threat["name"] != loaded.name:
-        raise ConfigError(f"{path} [[threat]]: name '{threat['name']}' differs from the threat '{loaded.name}' that {file} defines; leave the name out")
+        raise ConfigError(
+            f"{path} [[threat]]: name '{threat['name']}' differs from the threat '{loaded.name}' that {file} defines; leave the name out"
+        )
     return {**{k: v for k, v in threat.items() if k != "file"}, "name": loaded.name}
 
 

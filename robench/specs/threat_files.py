@@ -61,7 +61,17 @@ SUFFIX = ".toml"
 # most MAX_TEXT_BYTES (1 MiB, robench.core.files) and holds at most MAX_ATTACKS (256) attacks (robench.specs.threats).
 MAX_THREAT_FILES = 256
 
-FILE_KEYS = ("name", "description", "access", "detectors", "cascade", "substitute", "knows_detector", "source", "attack")
+FILE_KEYS = (
+    "name",
+    "description",
+    "access",
+    "detectors",
+    "cascade",
+    "substitute",
+    "knows_detector",
+    "source",
+    "attack",
+)
 ATTACK_KEYS = ("label", "attack", "target_mode", "params")
 _NO_CASCADE = "none"
 
@@ -103,14 +113,20 @@ def _load(path: Path) -> ThreatModel:
     if known is not None:
         if known.threat == threat:  # the same definition again (the same file, or a copy): idempotent
             return known.threat
-        raise ConfigError(f"{at}: threat '{name}' is already defined differently by {shown(known.path)}; rename one of them")
+        raise ConfigError(
+            f"{at}: threat '{name}' is already defined differently by {shown(known.path)}; rename one of them"
+        )
     if name in THREATS:
         raise ConfigError(f"{at}: threat name '{name}' is a built-in threat model's; choose another name")
-    for other in THREATS.names():  # a threat's name is a folder: 'WHITE-BOX' and 'white-box' are one on a case-insensitive disk
+    for (
+        other
+    ) in THREATS.names():  # a threat's name is a folder: 'WHITE-BOX' and 'white-box' are one on a case-insensitive disk
         if other.casefold() == name.casefold():
             owner = _LOADED.get(other)
             by = f"the threat file {shown(owner.path)}'s" if owner is not None else "a built-in threat model's"
-            raise ConfigError(f"{at}: threat name '{name}' differs only in case from '{other}', {by}; threat names must be unique ignoring case")
+            raise ConfigError(
+                f"{at}: threat name '{name}' differs only in case from '{other}', {by}; threat names must be unique ignoring case"
+            )
     THREATS.register(threat)
     _LOADED[name] = ThreatFile(path.resolve(), digest, threat)
     return threat
@@ -142,26 +158,36 @@ def _load_paths(paths: Iterable[Path | str], where: str | None) -> list[ThreatMo
         else:
             raise UserFileError(f"{prefix}no such threat file or folder: {shown(path)}")
         if len(files) > MAX_THREAT_FILES:
-            raise UserFileError(f"{prefix}more than {MAX_THREAT_FILES} threat files (at {shown(path)}); robench loads at most {MAX_THREAT_FILES} at once")
+            raise UserFileError(
+                f"{prefix}more than {MAX_THREAT_FILES} threat files (at {shown(path)}); robench loads at most {MAX_THREAT_FILES} at once"
+            )
     return [_load(f) for f in files]
 
 
 def load_threat_patterns(patterns: Any, base: Path, where: str) -> list[ThreatModel]:
     """A suite's ``threat_files``: paths or glob patterns (``threats/*.toml``) relative to ``base``; each must match."""
     if not isinstance(patterns, list) or not all(isinstance(p, str) and p for p in patterns):
-        raise ConfigError(f"{where}: threat_files must be a list of paths or patterns, e.g. threat_files = [\"threats/*.toml\"], got {_brief(patterns)}")
+        raise ConfigError(
+            f'{where}: threat_files must be a list of paths or patterns, e.g. threat_files = ["threats/*.toml"], got {_brief(patterns)}'
+        )
     with one_line_errors():
         paths: list[str] = []
         for pattern in patterns:
             full = str(base / pattern)
             if glob.has_magic(pattern):
                 matched = []
-                for match in glob.iglob(full, recursive=True):  # lazily: a pattern matching a whole disk stops at the bound
+                for match in glob.iglob(
+                    full, recursive=True
+                ):  # lazily: a pattern matching a whole disk stops at the bound
                     matched.append(match)
                     if len(paths) + len(matched) > MAX_THREAT_FILES:
-                        raise UserFileError(f"{where}: threat_files match more than {MAX_THREAT_FILES} files; robench loads at most {MAX_THREAT_FILES} at once")
+                        raise UserFileError(
+                            f"{where}: threat_files match more than {MAX_THREAT_FILES} files; robench loads at most {MAX_THREAT_FILES} at once"
+                        )
                 if not matched:
-                    raise ConfigError(f"{where}: threat_files pattern {pattern!r} matches no file (relative to {shown(base)})")
+                    raise ConfigError(
+                        f"{where}: threat_files pattern {pattern!r} matches no file (relative to {shown(base)})"
+                    )
                 paths.extend(sorted(matched))
             else:
                 paths.append(full)
@@ -228,10 +254,14 @@ def _read(path: Path) -> tuple[dict[str, Any], str]:
 def _check_keys(table: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
     for key in table:
         if key not in allowed:
-            raise ConfigError(f"{where}: unknown key '{key}'{did_you_mean(key, list(allowed))}; allowed: {', '.join(allowed)}")
+            raise ConfigError(
+                f"{where}: unknown key '{key}'{did_you_mean(key, list(allowed))}; allowed: {', '.join(allowed)}"
+            )
 
 
-def _typed(table: Mapping[str, Any], key: str, kind: type, where: str, example: str, default: Any = None, empty: bool = False) -> Any:
+def _typed(
+    table: Mapping[str, Any], key: str, kind: type, where: str, example: str, default: Any = None, empty: bool = False
+) -> Any:
     """``table[key]`` if it is a ``kind`` (a string: non-blank unless ``empty``), ``default`` if absent; else a one-line error."""
     if key not in table:
         return default
@@ -244,7 +274,9 @@ def _typed(table: Mapping[str, Any], key: str, kind: type, where: str, example: 
 def _safe(name: str, where: str) -> str:
     safe_name(name, where)  # the rule for names that become folders (suite pairs, default --out)
     if name == ALL or is_threat_file(name):
-        raise ConfigError(f"{where}: name '{name}' is reserved ({'--threat all' if name == ALL else 'it reads as a threat file'}); choose another")
+        raise ConfigError(
+            f"{where}: name '{name}' is reserved ({'--threat all' if name == ALL else 'it reads as a threat file'}); choose another"
+        )
     return name
 
 
@@ -257,18 +289,24 @@ def _parse(path: Path) -> tuple[ThreatModel, str]:
     where = shown(path)
     _check_keys(raw, FILE_KEYS, where)
     if "name" not in raw:
-        raise ConfigError(f"{where}: a threat file needs a name, e.g. name = \"linf-strong\"")
+        raise ConfigError(f'{where}: a threat file needs a name, e.g. name = "linf-strong"')
     name = _safe(_typed(raw, "name", str, where, 'a string, e.g. name = "linf-strong"'), f"{where}: threat")
     description = _typed(raw, "description", str, where, "a string", "", empty=True)
     source = _typed(raw, "source", str, where, "a string", "", empty=True)
     if "access" not in raw:
-        raise ConfigError(f"{where}: threat '{name}' needs an access: one of {', '.join(ACCESS)} (what the attacker knows)")
+        raise ConfigError(
+            f"{where}: threat '{name}' needs an access: one of {', '.join(ACCESS)} (what the attacker knows)"
+        )
     access = _typed(raw, "access", str, where, f"one of {', '.join(ACCESS)}")
     if access not in ACCESS:
-        raise ConfigError(f"{where}: access '{access}' is not one of {', '.join(ACCESS)}{did_you_mean(access, list(ACCESS))}")
+        raise ConfigError(
+            f"{where}: access '{access}' is not one of {', '.join(ACCESS)}{did_you_mean(access, list(ACCESS))}"
+        )
     substitute = _typed(raw, "substitute", bool, where, "true or false", False)
     if substitute and access != "black-box":
-        raise ConfigError(f"{where}: substitute = true needs access = \"black-box\" (transfer from --substitute), not '{access}'")
+        raise ConfigError(
+            f"{where}: substitute = true needs access = \"black-box\" (transfer from --substitute), not '{access}'"
+        )
     knows = _knows_detector(raw, access, where)
     detectors = _detectors(raw, where)
     cascade = _typed(raw, "cascade", str, where, "one of none, misclassified, undetected", _NO_CASCADE)
@@ -279,8 +317,15 @@ def _parse(path: Path) -> tuple[ThreatModel, str]:
     specs = _attacks(raw, name, access, knows, substitute, where)
     try:
         threat = ThreatModel(
-            name=name, description=description, attacks=specs, access=access, knows_detector=knows, source=source,
-            needs_substitute=substitute, default_cascade=None if cascade == _NO_CASCADE else cascade, detectors=detectors,
+            name=name,
+            description=description,
+            attacks=specs,
+            access=access,
+            knows_detector=knows,
+            source=source,
+            needs_substitute=substitute,
+            default_cascade=None if cascade == _NO_CASCADE else cascade,
+            detectors=detectors,
         )
     except RobenchError as exc:
         raise ConfigError(f"{where}: {exc}") from None
@@ -313,28 +358,38 @@ def _detectors(raw: Mapping[str, Any], where: str) -> tuple[str, ...] | None:
     for detector in value:
         if detector not in DETECTORS:
             known = DETECTORS.names()
-            raise ConfigError(f"{where}: unknown detector '{detector}'{did_you_mean(detector, known)}; known: {', '.join(known)}")
+            raise ConfigError(
+                f"{where}: unknown detector '{detector}'{did_you_mean(detector, known)}; known: {', '.join(known)}"
+            )
     twice = sorted({d for d in value if value.count(d) > 1})
     if twice:
         raise ConfigError(f"{where}: detector(s) listed twice: {', '.join(twice)}")
     return tuple(value)
 
 
-def _attacks(raw: Mapping[str, Any], name: str, access: str, knows: bool, substitute: bool, where: str) -> tuple[AttackSpec, ...]:
+def _attacks(
+    raw: Mapping[str, Any], name: str, access: str, knows: bool, substitute: bool, where: str
+) -> tuple[AttackSpec, ...]:
     entries = raw.get("attack")
     example = '[[attack]] with label = "PGD-100" and attack = "pgd" below it'
     if entries is None or entries == []:
         raise ConfigError(f"{where}: threat '{name}' needs at least one attack: {example}")
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise ConfigError(f"{where}: 'attack' must be an array of tables, each written {example}; got {_brief(entries)}")
+        raise ConfigError(
+            f"{where}: 'attack' must be an array of tables, each written {example}; got {_brief(entries)}"
+        )
     if len(entries) > MAX_ATTACKS:  # before any is built: each build checks its parameters
-        raise UserFileError(f"{where}: threat '{name}' has {len(entries)} attacks; a threat file holds at most {MAX_ATTACKS}")
+        raise UserFileError(
+            f"{where}: threat '{name}' has {len(entries)} attacks; a threat file holds at most {MAX_ATTACKS}"
+        )
     specs: list[AttackSpec] = []
     labels: set[str] = set()
     for number, entry in enumerate(entries, start=1):
         label = entry.get("label")
         if not isinstance(label, str) or not label.strip():
-            raise ConfigError(f"{where}: attack #{number} needs a label (a non-empty string: the records' attack name), got {_brief(label)}")
+            raise ConfigError(
+                f"{where}: attack #{number} needs a label (a non-empty string: the records' attack name), got {_brief(label)}"
+            )
         if "=" in label or not label.isprintable() or label != label.strip():
             raise ConfigError(
                 f"{where}: attack #{number}: label {label!r} cannot contain '=', line breaks, control characters or surrounding spaces "
@@ -349,7 +404,9 @@ def _attacks(raw: Mapping[str, Any], name: str, access: str, knows: bool, substi
     return tuple(specs)
 
 
-def _spec(entry: Mapping[str, Any], label: str, threat: str, access: str, knows: bool, substitute: bool, at: str) -> AttackSpec:
+def _spec(
+    entry: Mapping[str, Any], label: str, threat: str, access: str, knows: bool, substitute: bool, at: str
+) -> AttackSpec:
     """One ``[[attack]]``: its attack resolved by ATTACKS.get (robench's, or a library's ``torchattacks:NAME``), its params built."""
     if "attack" not in entry:
         raise ConfigError(f"{at}: needs an attack, e.g. attack = \"pgd\" (see 'robench list attacks')")
@@ -357,14 +414,20 @@ def _spec(entry: Mapping[str, Any], label: str, threat: str, access: str, knows:
     target_mode = _typed(entry, "target_mode", str, at, 'a target mode, e.g. target_mode = "random"', "none")
     params = entry.get("params", {})
     if not isinstance(params, dict):
-        raise ConfigError(f"{at}: 'params' must be a table, e.g. params = {{steps = 100}} or [attack.params] below the attack; got {_brief(params)}")
+        raise ConfigError(
+            f"{at}: 'params' must be a table, e.g. params = {{steps = 100}} or [attack.params] below the attack; got {_brief(params)}"
+        )
     for key, value in params.items():
         if not (_scalar(value) or isinstance(value, list) and all(_scalar(v) for v in value)):
-            raise ConfigError(f"{at}: parameter '{key}' must be a number, string, boolean or a list of them, got {_brief(value)}")
+            raise ConfigError(
+                f"{at}: parameter '{key}' must be a number, string, boolean or a list of them, got {_brief(value)}"
+            )
     try:
         cls = ATTACKS.get(attack)  # an unknown name: did-you-mean
         spec = AttackSpec(label, attack, dict(params), target_mode)
-        built = spec.build(None)  # every parameter checked against the attack's fields (family defaults apply at run time)
+        built = spec.build(
+            None
+        )  # every parameter checked against the attack's fields (family defaults apply at run time)
         check_bounds(built, params, f"attack {label!r}")  # and against robench's bounds (steps <= 100,000, ...)
         check = getattr(cls, "check_spec", None)  # a library attack refuses threats and target modes it runs wrong
         if callable(check):
@@ -374,11 +437,13 @@ def _spec(entry: Mapping[str, Any], label: str, threat: str, access: str, knows:
         message = message.removeprefix(f"attack {label!r} ({attack})").removeprefix(f"attack {label!r}").lstrip(": ")
         raise type(exc)(f"{at}: {message}") from None
     if access == "none" and built.norm != "none":
-        raise ConfigError(f"{at}: access 'none' is for corruptions (noise, rotation), but '{attack}' is a {built.norm} attack; give the threat an attacker's access")
+        raise ConfigError(
+            f"{at}: access 'none' is for corruptions (noise, rotation), but '{attack}' is a {built.norm} attack; give the threat an attacker's access"
+        )
     if built.needs().density and not knows:
         raise ConfigError(
             f"{at}: '{attack}' attacks the detector, which a {access} attacker does not know "
-            f"(use access = \"white-box\", or black-box with knows_detector = true)"
+            f'(use access = "white-box", or black-box with knows_detector = true)'
         )
     return spec
 
@@ -392,7 +457,11 @@ def select_threats(name: str, substitute: bool) -> list[ThreatModel]:
     if name != ALL:
         with one_line_errors():  # a name with a line break: still one line
             return _select_one(name, substitute)
-    return [THREATS.get(n) for n in THREATS.names() if THREATS.get(n).in_all and (substitute or not THREATS.get(n).needs_substitute)]
+    return [
+        THREATS.get(n)
+        for n in THREATS.names()
+        if THREATS.get(n).in_all and (substitute or not THREATS.get(n).needs_substitute)
+    ]
 
 
 def _select_one(name: str, substitute: bool) -> list[ThreatModel]:
@@ -405,7 +474,9 @@ def _select_one(name: str, substitute: bool) -> list[ThreatModel]:
         try:
             THREATS.get(name)
         except UnknownNameError as exc:  # did-you-mean over the registered ones, then where file-defined ones come from
-            raise UnknownNameError(f"{exc}; a threat defined in a TOML file needs --threats FILE_OR_FOLDER (or {THREAT_PATH_ENV})") from None
+            raise UnknownNameError(
+                f"{exc}; a threat defined in a TOML file needs --threats FILE_OR_FOLDER (or {THREAT_PATH_ENV})"
+            ) from None
     threat = THREATS.get(name)
     if threat.needs_substitute and not substitute:
         raise ConfigError(f"threat '{name}' crafts on a substitute model: pass --substitute MODEL.pt")

@@ -17,10 +17,9 @@ from robench.attacks.base import ATTACKS, Attack
 from robench.attacks.targets import TARGET_MODES
 from robench.core.config import replace_fields
 from robench.core.errors import ConfigError
-from robench.core.files import one_line_errors
 from robench.core.registry import Registry, did_you_mean
-from robench.specs.param_bounds import check_bounds
 from robench.scoring.worst_case import WORST_CASE
+from robench.specs.param_bounds import check_bounds
 
 # The most attacks one threat may hold (a threat file's [[attack]] tables, a suite's [[threat.add]]): far above
 # any threat's (the papers' largest has 10), and it keeps a mistaken file from loading for minutes.
@@ -48,11 +47,17 @@ class AttackSpec:
 
     def __post_init__(self) -> None:
         if not isinstance(self.label, str) or not self.label.isprintable():
-            raise ConfigError(f"attack label {self.label!r} must be a printable string (no line breaks or control characters)")
+            raise ConfigError(
+                f"attack label {self.label!r} must be a printable string (no line breaks or control characters)"
+            )
         if self.label == WORST_CASE:
-            raise ConfigError(f"attack label '{WORST_CASE}' is reserved for the derived worst case over a threat's attacks; choose another")
+            raise ConfigError(
+                f"attack label '{WORST_CASE}' is reserved for the derived worst case over a threat's attacks; choose another"
+            )
         if self.target_mode not in TARGET_MODES:
-            raise ConfigError(f"target mode '{self.target_mode}' is not one of {', '.join(TARGET_MODES)}{did_you_mean(self.target_mode, list(TARGET_MODES))}")
+            raise ConfigError(
+                f"target mode '{self.target_mode}' is not one of {', '.join(TARGET_MODES)}{did_you_mean(self.target_mode, list(TARGET_MODES))}"
+            )
 
     def build(self, family: str | None = None) -> Attack:
         """The attack with the dataset family's defaults (e.g. MNIST's PGD budget), then this spec's params."""
@@ -62,7 +67,12 @@ class AttackSpec:
 
     def config(self, family: str | None = None) -> dict[str, Any]:
         """Everything that determines this attack's output (for run.json and cache keys)."""
-        return {"label": self.label, "attack": self.attack, "params": self.build(family).params(), "target_mode": self.target_mode}
+        return {
+            "label": self.label,
+            "attack": self.attack,
+            "params": self.build(family).params(),
+            "target_mode": self.target_mode,
+        }
 
 
 @dataclass(frozen=True)
@@ -93,13 +103,19 @@ class ThreatModel:
 
     def __post_init__(self) -> None:
         if self.access not in ACCESS:
-            raise ConfigError(f"threat '{self.name}': access '{self.access}' is not one of {', '.join(ACCESS)}{did_you_mean(self.access, list(ACCESS))}")
+            raise ConfigError(
+                f"threat '{self.name}': access '{self.access}' is not one of {', '.join(ACCESS)}{did_you_mean(self.access, list(ACCESS))}"
+            )
         if self.access == "white-box" and not self.knows_detector:
             raise ConfigError(f"threat '{self.name}': a white-box attacker knows the detector (knows_detector=True)")
         if self.access in ("grey-box", "none") and self.knows_detector:
-            raise ConfigError(f"threat '{self.name}': a {self.access} threat does not know the detector (knows_detector=False)")
+            raise ConfigError(
+                f"threat '{self.name}': a {self.access} threat does not know the detector (knows_detector=False)"
+            )
         if self.needs_substitute and self.access != "black-box":
-            raise ConfigError(f"threat '{self.name}': only a black-box threat crafts on a substitute (access '{self.access}')")
+            raise ConfigError(
+                f"threat '{self.name}': only a black-box threat crafts on a substitute (access '{self.access}')"
+            )
 
     @property
     def gradient_access(self) -> bool:
@@ -116,9 +132,13 @@ class ThreatModel:
         for key, value in overrides.items():
             label, dot, param = key.rpartition(".")
             if not dot or not label:
-                raise ConfigError(f"setting '{key}' must be ATTACK.PARAM (attacks of '{self.name}': {', '.join(specs)})")
+                raise ConfigError(
+                    f"setting '{key}' must be ATTACK.PARAM (attacks of '{self.name}': {', '.join(specs)})"
+                )
             if label not in specs:
-                raise ConfigError(f"threat '{self.name}' has no attack '{label}'{did_you_mean(label, list(specs))}; its attacks: {', '.join(specs)}")
+                raise ConfigError(
+                    f"threat '{self.name}' has no attack '{label}'{did_you_mean(label, list(specs))}; its attacks: {', '.join(specs)}"
+                )
             if param == "target_mode":
                 specs[label] = replace(specs[label], target_mode=str(value))
             else:
@@ -138,13 +158,17 @@ class ThreatModel:
         checked when the attack is built.
         """
         if len(added) > MAX_ATTACKS:
-            raise ConfigError(f"threat '{self.name}': {len(added)} added attacks; robench adds at most {MAX_ATTACKS} to a threat")
+            raise ConfigError(
+                f"threat '{self.name}': {len(added)} added attacks; robench adds at most {MAX_ATTACKS} to a threat"
+            )
         specs = list(self.attacks)
         labels = {s.label for s in specs}
         for entry in added:
             label = entry["label"]
             if label in labels:
-                raise ConfigError(f"threat '{self.name}' already has an attack labelled {label!r}; give the added attack another label")
+                raise ConfigError(
+                    f"threat '{self.name}' already has an attack labelled {label!r}; give the added attack another label"
+                )
             ATTACKS.get(entry["attack"])
             spec = AttackSpec(label, entry["attack"], dict(entry.get("params", {})), entry.get("target_mode", "none"))
             check_bounds(spec.build(), spec.params, f"attack {label!r}")  # its parameters checked now, their bounds too
@@ -157,7 +181,9 @@ class ThreatModel:
         known = self.labels()
         for label in labels:
             if label not in known:
-                raise ConfigError(f"threat '{self.name}' has no attack '{label}'{did_you_mean(label, known)}; its attacks: {', '.join(known)}")
+                raise ConfigError(
+                    f"threat '{self.name}' has no attack '{label}'{did_you_mean(label, known)}; its attacks: {', '.join(known)}"
+                )
         return replace(self, attacks=tuple(a for a in self.attacks if a.label in labels))
 
 
@@ -337,7 +363,9 @@ def distribute(threats: list[ThreatModel], overrides: Mapping[str, Any], labels:
             raise ConfigError(f"no selected threat has an attack '{label}'{did_you_mean(label, known)}")
     for label in labels:
         if label not in known:
-            raise ConfigError(f"no selected threat has an attack '{label}'{did_you_mean(label, known)}; attacks: {', '.join(known)}")
+            raise ConfigError(
+                f"no selected threat has an attack '{label}'{did_you_mean(label, known)}; attacks: {', '.join(known)}"
+            )
     out = []
     for threat in threats:
         own = {a.label for a in threat.attacks}
@@ -362,7 +390,13 @@ def _check_spec(threat: ThreatModel, spec: AttackSpec) -> None:
     """The attack's own refusal of this threat / target mode (library adapters declare ``check_spec``), if any."""
     check = getattr(ATTACKS.get(spec.attack), "check_spec", None)
     if check is not None:
-        check(label=spec.label, threat=threat.name, access=threat.access, needs_substitute=threat.needs_substitute, target_mode=spec.target_mode)
+        check(
+            label=spec.label,
+            threat=threat.name,
+            access=threat.access,
+            needs_substitute=threat.needs_substitute,
+            target_mode=spec.target_mode,
+        )
 
 
 def _check_specs(threat: ThreatModel) -> None:

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 import torchattacks
-from tiny import make_tiny
 
 from robench.attacks.apgd import APGD, APGDL2, checkpoints
 from robench.attacks.base import ATTACKS, AttackTarget, Bounds
@@ -26,6 +25,7 @@ from robench.core.data import load_dataset
 from robench.core.errors import ConfigError
 from robench.core.models import Classifier, Normalize
 from robench.defenses import DEFENSES
+from tiny import make_tiny
 
 MODELS = Path(__file__).resolve().parents[2] / "reports" / "regression" / "models"
 
@@ -49,7 +49,9 @@ def _still_correct(model, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return model(x_adv).argmax(1) == y
 
 
-def _torchattacks_robust(model, x: torch.Tensor, y: torch.Tensor, eps: float, loss: str, steps: int = 100, norm: str = "Linf") -> torch.Tensor:
+def _torchattacks_robust(
+    model, x: torch.Tensor, y: torch.Tensor, eps: float, loss: str, steps: int = 100, norm: str = "Linf"
+) -> torch.Tensor:
     """Per-sample: still correct after torchattacks' APGD (which reseeds the global RNG: forked here)."""
     with torch.random.fork_rng(devices=[]):
         attack = torchattacks.APGD(model, norm=norm, eps=eps, steps=steps, n_restarts=1, loss=loss, seed=0)
@@ -74,7 +76,14 @@ def _committed(name: str):
 def test_registered_with_paper_defaults():
     assert ATTACKS.get("apgd") is APGD and ATTACKS.get("apgd-l2") is APGDL2
     attack = APGD()
-    assert (attack.eps, attack.steps, attack.n_restarts, attack.rho, attack.momentum, attack.objective) == (8 / 255, 100, 1, 0.75, 0.75, "ce")
+    assert (attack.eps, attack.steps, attack.n_restarts, attack.rho, attack.momentum, attack.objective) == (
+        8 / 255,
+        100,
+        1,
+        0.75,
+        0.75,
+        "ce",
+    )
     assert (APGD.norm, APGDL2.norm, APGD.budget_param, APGD.iterative) == ("linf", "l2", "eps", True)
     assert APGD.for_dataset("mnist").eps == PGD.for_dataset("mnist").eps == 0.3
     assert APGD.for_dataset("cifar10").eps == PGD.for_dataset("cifar10").eps == 8 / 255
@@ -93,7 +102,15 @@ def test_checkpoints_follow_the_paper():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"eps": 0.0}, {"eps": float("nan")}, {"steps": 0}, {"n_restarts": 0}, {"rho": 1.5}, {"momentum": 0.0}, {"objective": "xent"}],
+    [
+        {"eps": 0.0},
+        {"eps": float("nan")},
+        {"steps": 0},
+        {"n_restarts": 0},
+        {"rho": 1.5},
+        {"momentum": 0.0},
+        {"objective": "xent"},
+    ],
 )
 def test_bad_parameters_raise_config_error(kwargs):
     with pytest.raises(ConfigError):
@@ -108,7 +125,12 @@ def test_bad_parameters_raise_config_error(kwargs):
 # CE at the smaller budget and DLR at the larger run in CI; the other two pairs only with ROBENCH_SLOW=1 (CI time).
 @pytest.mark.parametrize(
     ("loss", "eps"),
-    [("ce", 0.1), ("dlr", 0.15), pytest.param("ce", 0.15, marks=pytest.mark.slow), pytest.param("dlr", 0.1, marks=pytest.mark.slow)],
+    [
+        ("ce", 0.1),
+        ("dlr", 0.15),
+        pytest.param("ce", 0.15, marks=pytest.mark.slow),
+        pytest.param("dlr", 0.1, marks=pytest.mark.slow),
+    ],
 )
 def test_robust_accuracy_at_most_torchattacks_on_a_small_model(trained_tiny, eps, loss):
     bundle = trained_tiny["softmax"]
@@ -118,7 +140,9 @@ def test_robust_accuracy_at_most_torchattacks_on_a_small_model(trained_tiny, eps
     theirs = _torchattacks_robust(bundle.model, x, y, eps, loss, steps=40)
     clean = float(_still_correct(bundle.model, x, y).float().mean())
     acc_ours, acc_theirs = float(ours.float().mean()), float(theirs.float().mean())
-    print(f"tiny softmax eps {eps} apgd-{loss}: clean {clean:.3f}, robust accuracy robench {acc_ours:.3f} torchattacks {acc_theirs:.3f}")
+    print(
+        f"tiny softmax eps {eps} apgd-{loss}: clean {clean:.3f}, robust accuracy robench {acc_ours:.3f} torchattacks {acc_theirs:.3f}"
+    )
     assert acc_ours <= acc_theirs + 0.02
     assert acc_ours < clean - 0.1  # the attack does something
 
@@ -145,7 +169,9 @@ def test_committed_softmax_robust_accuracy_at_most_torchattacks(eps, loss):
     ours = _robench_robust(bundle, x, y, APGD(eps=eps, objective=loss))
     theirs = _torchattacks_robust(bundle.model, x, y, eps, loss)
     acc_ours, acc_theirs = float(ours.float().mean()), float(theirs.float().mean())
-    print(f"committed softmax n=300 eps {eps} apgd-{loss}: robust accuracy robench {acc_ours:.4f} torchattacks {acc_theirs:.4f}")
+    print(
+        f"committed softmax n=300 eps {eps} apgd-{loss}: robust accuracy robench {acc_ours:.4f} torchattacks {acc_theirs:.4f}"
+    )
     assert acc_ours <= acc_theirs + 0.02
 
 
@@ -161,8 +187,12 @@ def test_committed_gm_adaptive_pair_at_most_torchattacks_pair(eps):
     pgd = _robench_robust(bundle, x, y, PGD(eps=eps, step=0.01, steps=50, objective="adaptive"))
     both_ours = float((ours["adaptive"] & ours["adaptive-dlr"]).float().mean())
     both_theirs = float((theirs["ce"] & theirs["dlr"]).float().mean())
-    figures = ", ".join(f"{k} {float(v.float().mean()):.4f}" for k, v in {**ours, **{f"ta-{k}": v for k, v in theirs.items()}}.items())
-    print(f"committed gm n=200 eps {eps}: {figures}; together robench {both_ours:.4f} torchattacks {both_theirs:.4f}; pgd-50 {float(pgd.float().mean()):.4f}")
+    figures = ", ".join(
+        f"{k} {float(v.float().mean()):.4f}" for k, v in {**ours, **{f"ta-{k}": v for k, v in theirs.items()}}.items()
+    )
+    print(
+        f"committed gm n=200 eps {eps}: {figures}; together robench {both_ours:.4f} torchattacks {both_theirs:.4f}; pgd-50 {float(pgd.float().mean()):.4f}"
+    )
     assert both_ours <= both_theirs + 0.01
 
 

@@ -8,8 +8,19 @@ from robench.attacks import ATTACKS
 
 ITERATIVE = {"bim", "ilcm", "pgd", "mim", "cw-l2", "cw-hc", "cw-wb", "spsa", "apgd", "apgd-l2"}
 BUDGET = {
-    "fgsm": "eps", "bim": "eps", "ilcm": "eps", "pgd": "eps", "mim": "eps", "spsa": "eps", "apgd": "eps", "apgd-l2": "eps",
-    "gaussian-noise": "sigma", "rotation": "max_degrees", "cw-l2": None, "cw-hc": None, "cw-wb": None,
+    "fgsm": "eps",
+    "bim": "eps",
+    "ilcm": "eps",
+    "pgd": "eps",
+    "mim": "eps",
+    "spsa": "eps",
+    "apgd": "eps",
+    "apgd-l2": "eps",
+    "gaussian-noise": "sigma",
+    "rotation": "max_degrees",
+    "cw-l2": None,
+    "cw-hc": None,
+    "cw-wb": None,
 }
 
 

@@ -1,12 +1,12 @@
 import pytest
 import torch
-from tiny import make_tiny
 from torchvision.transforms.v2 import functional as TF
 
 from robench.attacks.base import AttackTarget, Bounds
 from robench.attacks.corruptions import GaussianNoise, RandomRotation, rotate
-from robench.defenses import DEFENSES
 from robench.core.errors import ConfigError
+from robench.defenses import DEFENSES
+from tiny import make_tiny
 
 
 @pytest.mark.parametrize("angle", [0.0, 17.0, -30.0, 90.0])
@@ -33,7 +33,9 @@ def test_noise_is_clipped_to_the_declared_bounds_and_has_the_right_scale():
     model, _ = make_tiny()
     target = AttackTarget(model, DEFENSES.get("softmax")(), Bounds(0.0, 0.5))
     x = torch.full((4, 1, 28, 28), 0.25)
-    result = GaussianNoise(sigma=0.1)(target, x, torch.zeros(4, dtype=torch.long), generator=torch.Generator().manual_seed(0))
+    result = GaussianNoise(sigma=0.1)(
+        target, x, torch.zeros(4, dtype=torch.long), generator=torch.Generator().manual_seed(0)
+    )
     assert result.x_adv.min() >= 0.0 and result.x_adv.max() <= 0.5
     # sigma is relative to the range width (0.5): std of the noise is 0.05 where no clipping happens
     assert abs(float((result.x_adv - x).std()) - 0.05) < 0.005

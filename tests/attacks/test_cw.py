@@ -65,7 +65,9 @@ def test_registered_names_norm_and_defaults():
     assert plain.norm == hc.norm == "l2"
     assert (plain.kappa, hc.kappa) == (0.0, 10.0)
     assert dataclasses.replace(hc, kappa=0.0) == CarliniWagnerHighConfidence(kappa=0.0)
-    assert {k: v for k, v in hc.params().items() if k != "kappa"} == {k: v for k, v in plain.params().items() if k != "kappa"}
+    assert {k: v for k, v in hc.params().items() if k != "kappa"} == {
+        k: v for k, v in plain.params().items() if k != "kappa"
+    }
     assert plain.params() == {
         "binary_search_steps": 5,
         "steps": 1000,
@@ -75,10 +77,12 @@ def test_registered_names_norm_and_defaults():
         "abort_early": True,
         "objective": "margin",
         "likelihood_weight": 0.0,
-            "return_attempt": True,
+        "return_attempt": True,
         "search_tolerance": 0.01,
     }
-    assert CarliniWagnerL2.for_dataset("mnist", {"steps": "20", "abort_early": "no"}) == CarliniWagnerL2(steps=20, abort_early=False)
+    assert CarliniWagnerL2.for_dataset("mnist", {"steps": "20", "abort_early": "no"}) == CarliniWagnerL2(
+        steps=20, abort_early=False
+    )
 
 
 def test_at_least_as_strong_as_foolbox_with_equal_settings(trained_tiny):

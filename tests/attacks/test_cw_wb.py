@@ -10,8 +10,8 @@ import torch
 from robench.attacks.base import ATTACKS, AttackTarget, Bounds
 from robench.attacks.cw_wb import CarliniWagnerWhiteBox, density_penalty
 from robench.attacks.targets import choose_targets
-from robench.detectors.kd import KernelDensityDetector, features_of
 from robench.core.errors import ConfigError
+from robench.detectors.kd import KernelDensityDetector, features_of
 
 FAST = {"steps": 100, "binary_search_steps": 3, "lr": 0.1}
 UNIT = Bounds(0.0, 1.0)
@@ -79,7 +79,9 @@ def test_success_means_target_class_and_f2_zero(trained_tiny):
     failed = ~hit
     assert result.best_attempt[failed].all()  # failures come back as flagged best attempts
     # the plain C&W (no f_2) leaves many of its adversarial inputs below the density level
-    plain = ATTACKS.get("cw-l2")(**FAST, initial_const=1.0)(AttackTarget(bundle.model, bundle.defense, UNIT), x, y, targets, generator=torch.Generator())
+    plain = ATTACKS.get("cw-l2")(**FAST, initial_const=1.0)(
+        AttackTarget(bundle.model, bundle.defense, UNIT), x, y, targets, generator=torch.Generator()
+    )
     plain_nll = -kd.log_density(plain.forward.z, targets)
     assert (plain_nll[plain.success] > eta).float().mean() > (nll[hit] > eta + 1e-4).float().mean()
 
@@ -129,16 +131,32 @@ def test_needs_targets_a_kd_detector_and_eta(trained_tiny):
     kd, eta = fitted_kd(bundle, data)
     attack = CarliniWagnerWhiteBox(**FAST)
     with pytest.raises(ConfigError, match="targeted"):
-        attack(AttackTarget(bundle.model, bundle.defense, UNIT, detector=kd, detector_eta=eta), x, y, None, generator=torch.Generator())
+        attack(
+            AttackTarget(bundle.model, bundle.defense, UNIT, detector=kd, detector_eta=eta),
+            x,
+            y,
+            None,
+            generator=torch.Generator(),
+        )
     with pytest.raises(ConfigError, match="'kd' detector"):
         attack(AttackTarget(bundle.model, bundle.defense, UNIT), x, y, targets, generator=torch.Generator())
     with pytest.raises(ConfigError, match="detector_eta"):
-        attack(AttackTarget(bundle.model, bundle.defense, UNIT, detector=kd), x, y, targets, generator=torch.Generator())
+        attack(
+            AttackTarget(bundle.model, bundle.defense, UNIT, detector=kd), x, y, targets, generator=torch.Generator()
+        )
 
 
 @pytest.mark.parametrize(
     "params",
-    [{"eta_mode": "median"}, {"kd_per_class": -2}, {"kd_per_class": 1.5}, {"steps": 0}, {"kd_bandwidth": -1.0}, {"first_lr": 0.0}, {"first_search_steps": 0}],
+    [
+        {"eta_mode": "median"},
+        {"kd_per_class": -2},
+        {"kd_per_class": 1.5},
+        {"steps": 0},
+        {"kd_bandwidth": -1.0},
+        {"first_lr": 0.0},
+        {"first_search_steps": 0},
+    ],
 )
 def test_bad_parameters(params):
     with pytest.raises(ConfigError):
@@ -153,7 +171,12 @@ def test_an_unknown_eta_mode_is_one_line_with_a_suggestion():
 
 def test_registered_with_reference_defaults():
     attack = ATTACKS.get("cw-wb")()
-    assert attack.initial_const == 1.0 and attack.kd_per_class == -1 and attack.kd_bandwidth == 0.0 and attack.eta_mode == "global"
+    assert (
+        attack.initial_const == 1.0
+        and attack.kd_per_class == -1
+        and attack.kd_bandwidth == 0.0
+        and attack.eta_mode == "global"
+    )
     needs = attack.needs()
     assert attack.norm == "l2" and needs.density and needs.kd_per_class is None and needs.kd_bandwidth is None
     assert CarliniWagnerWhiteBox(kd_per_class=100, kd_bandwidth=0.5).needs().kd_per_class == 100
@@ -175,7 +198,9 @@ def test_a_failure_returns_a_target_classified_iterate_when_one_was_found(traine
     settings = {**FAST, "abort_early": False}
     result = NeverDense(**settings)(target, x, y, targets, generator=torch.Generator())
     assert not result.success.any() and result.best_attempt.all()
-    plain = ATTACKS.get("cw-l2")(**settings, initial_const=1.0)(AttackTarget(bundle.model, bundle.defense, UNIT), x, y, targets, generator=torch.Generator())
+    plain = ATTACKS.get("cw-l2")(**settings, initial_const=1.0)(
+        AttackTarget(bundle.model, bundle.defense, UNIT), x, y, targets, generator=torch.Generator()
+    )
     assert plain.success.float().mean() >= 0.5
     assert (result.predicted[plain.success] == targets[plain.success]).all()
     unchanged = NeverDense(**settings, return_attempt=False)(target, x, y, targets, generator=torch.Generator())
@@ -196,7 +221,9 @@ def test_class_eta_mode_uses_the_target_class_median(trained_tiny):
     assert result.success.any()
     assert (nll[result.success] <= per_class[targets[result.success]] + 1e-4).all()
     with pytest.raises(ConfigError, match="detector_eta_per_class"):
-        CarliniWagnerWhiteBox(**FAST, eta_mode="class")(AttackTarget(bundle.model, bundle.defense, UNIT, detector=kd), x, y, targets, generator=torch.Generator())
+        CarliniWagnerWhiteBox(**FAST, eta_mode="class")(
+            AttackTarget(bundle.model, bundle.defense, UNIT, detector=kd), x, y, targets, generator=torch.Generator()
+        )
 
 
 def test_two_phase_starts_the_density_phase_from_a_plain_cw(trained_tiny):
@@ -204,7 +231,9 @@ def test_two_phase_starts_the_density_phase_from_a_plain_cw(trained_tiny):
     kd, eta = fitted_kd(bundle, data)
     target = AttackTarget(bundle.model, bundle.defense, UNIT, detector=kd, detector_eta=eta)
     settings = {**FAST, "steps": 40}
-    two = CarliniWagnerWhiteBox(**settings, two_phase=True, first_initial_const=1.0)(target, x, y, targets, generator=torch.Generator())
+    two = CarliniWagnerWhiteBox(**settings, two_phase=True, first_initial_const=1.0)(
+        target, x, y, targets, generator=torch.Generator()
+    )
     assert two.success.any()
     nll = -kd.log_density(two.forward.z, targets)
     assert (nll[two.success] <= eta + 1e-4).all() and (two.predicted[two.success] == targets[two.success]).all()
@@ -219,8 +248,16 @@ def test_without_the_density_term_it_is_exactly_targeted_cw_l2(trained_tiny):
     bundle, data, x, y, targets = attack_inputs(trained_tiny, 8, seed=5)
     kd, _ = fitted_kd(bundle, data)
     settings = {**FAST, "steps": 40, "initial_const": 1.0}
-    wb = CarliniWagnerWhiteBox(**settings)(AttackTarget(bundle.model, bundle.defense, UNIT, detector=kd, detector_eta=1e30), x, y, targets, generator=torch.Generator())
-    plain = ATTACKS.get("cw-l2")(**settings)(AttackTarget(bundle.model, bundle.defense, UNIT), x, y, targets, generator=torch.Generator())
+    wb = CarliniWagnerWhiteBox(**settings)(
+        AttackTarget(bundle.model, bundle.defense, UNIT, detector=kd, detector_eta=1e30),
+        x,
+        y,
+        targets,
+        generator=torch.Generator(),
+    )
+    plain = ATTACKS.get("cw-l2")(**settings)(
+        AttackTarget(bundle.model, bundle.defense, UNIT), x, y, targets, generator=torch.Generator()
+    )
     assert wb.success.sum() >= 4
     assert torch.equal(wb.success, plain.success)
     assert (wb.x_adv - plain.x_adv).abs().max() < 1e-6

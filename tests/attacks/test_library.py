@@ -17,8 +17,7 @@ import torch
 import torchattacks
 from torch import nn
 
-from robench.attacks import ATTACKS, AttackTarget, Bounds
-from robench.attacks import foolbox_adapter, torchattacks_adapter
+from robench.attacks import ATTACKS, AttackTarget, Bounds, foolbox_adapter, torchattacks_adapter
 from robench.attacks.library import LibraryAttack, forked_global_rng
 from robench.attacks.targets import choose_targets
 from robench.checkpoints.bundle import load_bundle
@@ -27,8 +26,8 @@ from robench.core.data import load_dataset
 from robench.core.errors import ConfigError, UnknownNameError
 from robench.core.models import Classifier
 from robench.core.registry import Registry
-from robench.specs.threats import THREATS, AttackSpec, distribute
 from robench.specs.threat_files import select_threats
+from robench.specs.threats import THREATS, AttackSpec, distribute
 
 MODELS = Path(__file__).resolve().parents[2] / "reports" / "regression" / "models"
 N = 100
@@ -115,7 +114,10 @@ def test_library_names_resolve_with_did_you_mean_and_are_not_listed():
     assert "torchattacks:APGD" in ATTACKS and "foolbox:LinfPGD" in ATTACKS and "torchattacks:Nope" not in ATTACKS
     assert not [n for n in ATTACKS.names() if ":" in n]
     assert set(ATTACKS.prefixes()) >= {"torchattacks", "foolbox"}
-    for name, hint in (("torchattacks:APGX", "did you mean 'torchattacks:APGD'"), ("foolbox:LinfPDG", "did you mean 'foolbox:LinfPGD'")):
+    for name, hint in (
+        ("torchattacks:APGX", "did you mean 'torchattacks:APGD'"),
+        ("foolbox:LinfPDG", "did you mean 'foolbox:LinfPGD'"),
+    ):
         with pytest.raises(UnknownNameError) as info:
             ATTACKS.get(name)
         assert hint in str(info.value) and "\n" not in str(info.value)
@@ -143,12 +145,24 @@ def test_a_missing_library_is_a_one_line_error(monkeypatch):
 
 def test_fields_come_from_the_constructor_typed_and_checked():
     apgd = ATTACKS.get("torchattacks:APGD")
-    assert apgd().params() == {"norm": "linf", "eps": 8 / 255, "steps": 10, "n_restarts": 1, "loss": "ce", "eot_iter": 1, "rho": 0.75}
+    assert apgd().params() == {
+        "norm": "linf",
+        "eps": 8 / 255,
+        "steps": 10,
+        "n_restarts": 1,
+        "loss": "ce",
+        "eot_iter": 1,
+        "rho": 0.75,
+    }
     assert apgd.for_dataset("mnist").eps == 0.3  # robench's PGD budget on MNIST-like data
     pgd = ATTACKS.get("torchattacks:PGD").for_dataset("mnist")
     assert (pgd.eps, pgd.alpha, pgd.steps, pgd.random_start) == (0.3, 0.01, 10, True)
     changed = replace_fields(apgd(), {"steps": "50", "norm": "L2", "loss": "dlr"}, "attack 'x'")
-    assert (changed.steps, changed.norm, changed.loss) == (50, "l2", "dlr")  # CLI strings coerced; norm in robench's spelling
+    assert (changed.steps, changed.norm, changed.loss) == (
+        50,
+        "l2",
+        "dlr",
+    )  # CLI strings coerced; norm in robench's spelling
     with pytest.raises(ConfigError, match="did you mean 'dlr'"):
         replace_fields(apgd(), {"loss": "drl"}, "attack 'x'")
     with pytest.raises(ConfigError, match="steps must be an integer >= 1"):
@@ -183,13 +197,30 @@ def test_fields_come_from_the_constructor_typed_and_checked():
 )
 def test_declared_traits(name, norm, budget, gradient_free, single_step):
     cls = ATTACKS.get(name)
-    assert (cls.norm, cls.budget_param, cls.gradient_free, cls.single_step, cls.iterative) == (norm, budget, gradient_free, single_step, not single_step)
+    assert (cls.norm, cls.budget_param, cls.gradient_free, cls.single_step, cls.iterative) == (
+        norm,
+        budget,
+        gradient_free,
+        single_step,
+        not single_step,
+    )
 
 
 def test_cost_orders_the_cascade_by_steps_times_restarts():
-    cost = {n: ATTACKS.get(n)().cost() for n in ("torchattacks:FGSM", "torchattacks:APGD", "torchattacks:APGDT", "torchattacks:Square", "foolbox:LinfPGD")}
+    cost = {
+        n: ATTACKS.get(n)().cost()
+        for n in (
+            "torchattacks:FGSM",
+            "torchattacks:APGD",
+            "torchattacks:APGDT",
+            "torchattacks:Square",
+            "foolbox:LinfPGD",
+        )
+    }
     assert cost["torchattacks:FGSM"] == 1 and cost["torchattacks:APGD"] == 10 and cost["foolbox:LinfPGD"] == 40
-    assert cost["torchattacks:APGDT"] == 90  # 9 target classes of 10 steps (n_classes None: 10 assumed for the estimate)
+    assert (
+        cost["torchattacks:APGDT"] == 90
+    )  # 9 target classes of 10 steps (n_classes None: 10 assumed for the estimate)
     assert cost["torchattacks:Square"] == 5000
     assert ATTACKS.get("torchattacks:APGD")(steps=100, n_restarts=5).cost() == 500
 
@@ -213,11 +244,25 @@ def _torchattacks_case(name: str, params: dict, make, model_name: str, targeted:
     "name, params, make, model_name, targeted",
     [
         ("torchattacks:APGD", {"eps": 0.1, "steps": 5}, lambda m: torchattacks.APGD(m, eps=0.1, steps=5), "gm", False),
-        ("torchattacks:PGD", {"eps": 0.15, "alpha": 0.02, "steps": 5}, lambda m: torchattacks.PGD(m, eps=0.15, alpha=0.02, steps=5), "softmax", False),
-        ("torchattacks:PGD", {"eps": 0.2, "alpha": 0.02, "steps": 10}, lambda m: torchattacks.PGD(m, eps=0.2, alpha=0.02, steps=10), "gm", True),
+        (
+            "torchattacks:PGD",
+            {"eps": 0.15, "alpha": 0.02, "steps": 5},
+            lambda m: torchattacks.PGD(m, eps=0.15, alpha=0.02, steps=5),
+            "softmax",
+            False,
+        ),
+        (
+            "torchattacks:PGD",
+            {"eps": 0.2, "alpha": 0.02, "steps": 10},
+            lambda m: torchattacks.PGD(m, eps=0.2, alpha=0.02, steps=10),
+            "gm",
+            True,
+        ),
     ],
 )
-def test_torchattacks_success_matches_the_library_called_directly(name, params, make, model_name, targeted, models, batch):
+def test_torchattacks_success_matches_the_library_called_directly(
+    name, params, make, model_name, targeted, models, batch
+):
     ours, theirs = _torchattacks_case(name, params, make, model_name, targeted, models, batch)
     assert 0.05 < theirs < 0.95  # a rate with room to disagree
     assert abs(ours - theirs) <= 0.02
@@ -226,17 +271,42 @@ def test_torchattacks_success_matches_the_library_called_directly(name, params, 
 @pytest.mark.parametrize(
     "name, params, make, eps, model_name, targeted",
     [
-        ("foolbox:LinfPGD", {"eps": 0.15, "steps": 10, "rel_stepsize": 0.1}, lambda: foolbox.attacks.LinfPGD(steps=10, rel_stepsize=0.1), 0.15, "softmax", False),
-        ("foolbox:L2DeepFoolAttack", {"steps": 5, "candidates": 3}, lambda: foolbox.attacks.L2DeepFoolAttack(steps=5, candidates=3), None, "gm", False),
-        ("foolbox:LinfPGD", {"eps": 0.2, "steps": 10, "rel_stepsize": 0.1}, lambda: foolbox.attacks.LinfPGD(steps=10, rel_stepsize=0.1), 0.2, "gm", True),
+        (
+            "foolbox:LinfPGD",
+            {"eps": 0.15, "steps": 10, "rel_stepsize": 0.1},
+            lambda: foolbox.attacks.LinfPGD(steps=10, rel_stepsize=0.1),
+            0.15,
+            "softmax",
+            False,
+        ),
+        (
+            "foolbox:L2DeepFoolAttack",
+            {"steps": 5, "candidates": 3},
+            lambda: foolbox.attacks.L2DeepFoolAttack(steps=5, candidates=3),
+            None,
+            "gm",
+            False,
+        ),
+        (
+            "foolbox:LinfPGD",
+            {"eps": 0.2, "steps": 10, "rel_stepsize": 0.1},
+            lambda: foolbox.attacks.LinfPGD(steps=10, rel_stepsize=0.1),
+            0.2,
+            "gm",
+            True,
+        ),
     ],
 )
-def test_foolbox_success_matches_the_library_called_directly(name, params, make, eps, model_name, targeted, models, batch):
+def test_foolbox_success_matches_the_library_called_directly(
+    name, params, make, eps, model_name, targeted, models, batch
+):
     x, y = batch
     model = models[model_name]
     targets = choose_targets("random", model(x).detach(), y, _gen(1)) if targeted else None
     result = ATTACKS.get(name)(**params)(_target(model), x, y, targets, generator=_gen(0))
-    criterion = foolbox.criteria.TargetedMisclassification(targets) if targeted else foolbox.criteria.Misclassification(y)
+    criterion = (
+        foolbox.criteria.TargetedMisclassification(targets) if targeted else foolbox.criteria.Misclassification(y)
+    )
     fmodel = foolbox.PyTorchModel(model, bounds=(0.0, 1.0), device="cpu")
     _, adv, _ = _direct(lambda: make()(fmodel, x, criterion, epsilons=eps))
     ours, theirs = float(result.success.float().mean()), _rate(model, adv, y, targets)
@@ -251,7 +321,12 @@ def test_foolbox_success_matches_the_library_called_directly(name, params, make,
 
 @pytest.mark.parametrize(
     "name, params",
-    [("torchattacks:APGD", {"steps": 3}), ("torchattacks:PGD", {"steps": 2}), ("foolbox:LinfPGD", {"steps": 2}), ("torchattacks:Square", {"n_queries": 20})],
+    [
+        ("torchattacks:APGD", {"steps": 3}),
+        ("torchattacks:PGD", {"steps": 2}),
+        ("foolbox:LinfPGD", {"steps": 2}),
+        ("torchattacks:Square", {"n_queries": 20}),
+    ],
 )
 def test_same_seed_same_result_and_the_global_rng_is_untouched(name, params, models, batch):
     x, y = batch[0][:20], batch[1][:20]
@@ -296,7 +371,11 @@ class _Signed(nn.Module):
 
 @pytest.mark.parametrize(
     "name, eps, step",
-    [("torchattacks:PGD", 0.2, "alpha"), ("foolbox:LinfPGD", 0.2, None), ("torchattacks:APGD", 0.1, None)],  # foolbox's step is relative to eps
+    [
+        ("torchattacks:PGD", 0.2, "alpha"),
+        ("foolbox:LinfPGD", 0.2, None),
+        ("torchattacks:APGD", 0.1, None),
+    ],  # foolbox's step is relative to eps
 )
 def test_bounds_other_than_unit_are_the_models_own(name, eps, step, models, batch):
     x, y = batch[0][:40], batch[1][:40]
@@ -304,7 +383,9 @@ def test_bounds_other_than_unit_are_the_models_own(name, eps, step, models, batc
     signed = Classifier(nn.Sequential(_Signed(), model.normalize), model.backbone, model.head).eval()
     steps = {step: 0.05} if step else {}
     unit = ATTACKS.get(name)(eps=eps, steps=3, **steps)
-    twice = ATTACKS.get(name)(eps=2 * eps, steps=3, **{k: 2 * v for k, v in steps.items()})  # the same budget on a range twice as wide
+    twice = ATTACKS.get(name)(
+        eps=2 * eps, steps=3, **{k: 2 * v for k, v in steps.items()}
+    )  # the same budget on a range twice as wide
     ours = unit(_target(model), x, y, generator=_gen(3))
     wide = twice(_target(signed, Bounds(-1.0, 1.0)), 2 * x - 1, y, generator=_gen(3))
     assert float(wide.x_adv.min()) < -0.5 and float(wide.x_adv.max()) <= 1.0  # not clamped to [0, 1]
@@ -332,7 +413,13 @@ def test_bounds_other_than_unit_are_the_models_own(name, eps, step, models, batc
 def test_combinations_the_library_runs_wrong_are_refused_in_one_line(name, threat, target_mode, fragment):
     known = THREATS.get(threat)
     with pytest.raises(ConfigError) as info:
-        ATTACKS.get(name).check_spec(label=name, threat=threat, access=known.access, needs_substitute=known.needs_substitute, target_mode=target_mode)
+        ATTACKS.get(name).check_spec(
+            label=name,
+            threat=threat,
+            access=known.access,
+            needs_substitute=known.needs_substitute,
+            target_mode=target_mode,
+        )
     assert fragment in str(info.value) and "\n" not in str(info.value)
 
 
@@ -346,7 +433,9 @@ def test_combinations_that_work_are_accepted():
         ("foolbox:HopSkipJumpAttack", "spsa", "none"),
     ):
         known = THREATS.get(threat)
-        ATTACKS.get(name).check_spec(label=name, threat=threat, access=known.access, needs_substitute=known.needs_substitute, target_mode=mode)
+        ATTACKS.get(name).check_spec(
+            label=name, threat=threat, access=known.access, needs_substitute=known.needs_substitute, target_mode=mode
+        )
 
 
 def test_refusals_also_hold_when_called_directly(models, batch):
@@ -415,13 +504,17 @@ def test_autoattack_components_take_their_standard_settings(models, batch):
 
 
 def test_attack_option_adds_a_library_attack_and_set_applies_to_it():
-    (threat,) = distribute(select_threats("semi-white-box", False), {"torchattacks:APGD.steps": "50"}, ("torchattacks:APGD", "FGSM"))
+    (threat,) = distribute(
+        select_threats("semi-white-box", False), {"torchattacks:APGD.steps": "50"}, ("torchattacks:APGD", "FGSM")
+    )
     assert threat.labels() == ["FGSM", "torchattacks:APGD"]
     spec = threat.attacks[1]
     assert (spec.attack, spec.params, spec.target_mode) == ("torchattacks:APGD", {"steps": "50"}, "none")
     assert spec.build("mnist").steps == 50 and spec.build("mnist").eps == 0.3
     with pytest.raises(ConfigError, match="supports only default mode"):
-        distribute(select_threats("semi-white-box", False), {"torchattacks:APGD.target_mode": "random"}, ("torchattacks:APGD",))
+        distribute(
+            select_threats("semi-white-box", False), {"torchattacks:APGD.target_mode": "random"}, ("torchattacks:APGD",)
+        )
     with pytest.raises(ConfigError, match="black-box with queries only"):
         distribute(select_threats("spsa", False), {}, ("torchattacks:APGD",))
     with pytest.raises(UnknownNameError, match="did you mean 'torchattacks:APGD'"):
@@ -438,7 +531,9 @@ def test_threat_all_hosts_a_gradient_attack_only_where_gradients_are_known():
 
 def test_suite_added_library_attacks_are_checked():
     base = THREATS.get("semi-white-box")
-    added = base.with_added([{"label": "APGD-lib", "attack": "torchattacks:APGD", "params": {"steps": 5}, "target_mode": "none"}])
+    added = base.with_added(
+        [{"label": "APGD-lib", "attack": "torchattacks:APGD", "params": {"steps": 5}, "target_mode": "none"}]
+    )
     (threat,) = distribute([added], {"APGD-lib.n_restarts": 2}, ("APGD-lib",))
     assert threat.attacks[0].build("mnist").n_restarts == 2
     wrong = base.with_added([{"label": "APGD-tar", "attack": "torchattacks:APGD", "target_mode": "random"}])

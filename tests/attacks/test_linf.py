@@ -7,15 +7,15 @@ import dataclasses
 import pytest
 import torch
 import torchattacks
-from tiny import assert_target_success_close, make_tiny
 
 import robench.attacks.linf  # noqa: F401  (registration side effects)
 from robench.attacks.base import ATTACKS, AttackTarget, Bounds
 from robench.attacks.linf import BIM, FGSM, ILCM, LINF_ATTACKS, MIM, PGD, LinfGradientAttack
 from robench.attacks.targets import choose_targets
-from robench.defenses import DEFENSES
 from robench.core.errors import ConfigError
 from robench.core.models import Classifier, Normalize
+from robench.defenses import DEFENSES
+from tiny import assert_target_success_close, make_tiny
 
 N_TEST = 300
 
@@ -60,7 +60,12 @@ def test_registered_with_paper_defaults():
 CROSS_CHECKS = [
     ("fgsm", FGSM(eps=0.1), lambda m: torchattacks.FGSM(m, eps=0.1), True),
     ("bim", BIM(), lambda m: torchattacks.BIM(m, eps=0.2, alpha=0.01, steps=20), True),
-    ("pgd", PGD(eps=0.1, step=0.02, steps=10), lambda m: torchattacks.PGD(m, eps=0.1, alpha=0.02, steps=10, random_start=True), False),
+    (
+        "pgd",
+        PGD(eps=0.1, step=0.02, steps=10),
+        lambda m: torchattacks.PGD(m, eps=0.1, alpha=0.02, steps=10, random_start=True),
+        False,
+    ),
     (
         "pgd-no-start",
         PGD(eps=0.1, step=0.02, steps=10, random_start=False),
@@ -69,11 +74,18 @@ CROSS_CHECKS = [
     ),
     ("pgd-paper", PGD(), lambda m: torchattacks.PGD(m, eps=8 / 255, alpha=2 / 255, steps=10, random_start=True), False),
     ("mim-paper", MIM(), lambda m: torchattacks.MIFGSM(m, eps=8 / 255, alpha=2 / 255, steps=10, decay=1.0), True),
-    ("mim", MIM(eps=0.1, step=0.02, steps=10), lambda m: torchattacks.MIFGSM(m, eps=0.1, alpha=0.02, steps=10, decay=1.0), True),
+    (
+        "mim",
+        MIM(eps=0.1, step=0.02, steps=10),
+        lambda m: torchattacks.MIFGSM(m, eps=0.1, alpha=0.02, steps=10, decay=1.0),
+        True,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("name", "attack", "make_reference", "deterministic"), CROSS_CHECKS, ids=[c[0] for c in CROSS_CHECKS])
+@pytest.mark.parametrize(
+    ("name", "attack", "make_reference", "deterministic"), CROSS_CHECKS, ids=[c[0] for c in CROSS_CHECKS]
+)
 def test_robust_accuracy_matches_torchattacks(trained_tiny, name, attack, make_reference, deterministic):
     bundle = trained_tiny["softmax"]
     x, y = _data(trained_tiny)
@@ -82,7 +94,9 @@ def test_robust_accuracy_matches_torchattacks(trained_tiny, name, attack, make_r
         torch.manual_seed(0)
         theirs = make_reference(bundle.model)(x, y)
     acc_ours, acc_theirs = _accuracy(bundle.model, ours.x_adv, y), _accuracy(bundle.model, theirs, y)
-    print(f"{name}: clean {_accuracy(bundle.model, x, y):.4f}, robust accuracy robench {acc_ours:.4f} torchattacks {acc_theirs:.4f}")
+    print(
+        f"{name}: clean {_accuracy(bundle.model, x, y):.4f}, robust accuracy robench {acc_ours:.4f} torchattacks {acc_theirs:.4f}"
+    )
     assert abs(acc_ours - acc_theirs) <= 0.02
     assert acc_ours < _accuracy(bundle.model, x, y)  # the attack does something
     if deterministic:  # same update rule: (almost) the same pixels
@@ -142,12 +156,20 @@ def test_declared_bounds_not_hard_coded_unit_interval(trained_tiny, scale, shift
     assert ((result.x_adv - (unit * scale + shift)).abs() > 1e-4).float().mean() < 0.01
 
 
-GM_CASES = [(cls, mode, objective, 0.0) for cls, mode in ((BIM, "random"), (ILCM, "least-likely")) for objective in ("ce", "adaptive")]
-GM_CASES.append((BIM, "random", "adaptive", 0.1))  # plus the GM likelihood term (white-box against a likelihood detector)
+GM_CASES = [
+    (cls, mode, objective, 0.0)
+    for cls, mode in ((BIM, "random"), (ILCM, "least-likely"))
+    for objective in ("ce", "adaptive")
+]
+GM_CASES.append(
+    (BIM, "random", "adaptive", 0.1)
+)  # plus the GM likelihood term (white-box against a likelihood detector)
 
 
 @pytest.mark.parametrize(
-    ("cls", "mode", "objective", "likelihood_weight"), GM_CASES, ids=[f"{c.name}-{m}-{o}-{w}" for c, m, o, w in GM_CASES]
+    ("cls", "mode", "objective", "likelihood_weight"),
+    GM_CASES,
+    ids=[f"{c.name}-{m}-{o}-{w}" for c, m, o, w in GM_CASES],
 )
 def test_targeted_attacks_work_on_negative_logit_gm_model(trained_tiny, cls, mode, objective, likelihood_weight):
     """Paper 001 Sec. 4.4 attacks are targeted; eps 0.3 with 20 steps of 0.03 (the paper's 20 x 0.01 is too short for GM)."""

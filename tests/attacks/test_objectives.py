@@ -3,7 +3,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny import make_tiny
 
 from robench.attacks.base import AttackTarget, Bounds
 from robench.attacks.objectives import OBJECTIVES, logit_margin, objective_value
@@ -11,6 +10,7 @@ from robench.core.errors import ConfigError
 from robench.core.models import Forward
 from robench.defenses import DEFENSES
 from robench.defenses.base import stable_negative_cross_entropy
+from tiny import make_tiny
 
 
 def test_untargeted_ce_keeps_its_gradient_when_the_softmax_saturates():
@@ -22,7 +22,9 @@ def test_untargeted_ce_keeps_its_gradient_when_the_softmax_saturates():
     (ours,) = torch.autograd.grad(objective_value("ce", None, forward, y, None).sum(), logits)
     assert ours[0, 0] > 0.99 and ours[0, 1] < -0.99  # pushes the true logit down, the best other up
     small = torch.tensor([[1.0, 0.5, -0.5]], requires_grad=True)
-    (a,) = torch.autograd.grad(objective_value("ce", None, Forward(torch.zeros(1), torch.zeros(1, 2), small), y, None).sum(), small)
+    (a,) = torch.autograd.grad(
+        objective_value("ce", None, Forward(torch.zeros(1), torch.zeros(1, 2), small), y, None).sum(), small
+    )
     (b,) = torch.autograd.grad(-F.cross_entropy(small, y), small)
     assert torch.equal(a.sign(), b.sign())  # the same direction where -CE does not underflow
 
@@ -38,7 +40,9 @@ def test_kappa_clamps_the_margin_and_the_likelihood_term_is_added_after():
         forward = Forward.of(model, x)
         margin = objective_value("adaptive-margin", target, forward, y, t, kappa=1e9)  # so large nothing clamps
         s = model.head.half_sq_distances(forward.z)
-        torch.testing.assert_close(margin, s.gather(1, t[:, None]).squeeze(1) - s.gather(1, y[:, None]).squeeze(1), atol=1e-3, rtol=1e-4)
+        torch.testing.assert_close(
+            margin, s.gather(1, t[:, None]).squeeze(1) - s.gather(1, y[:, None]).squeeze(1), atol=1e-3, rtol=1e-4
+        )
         with_term = objective_value("adaptive-margin", target, forward, y, t, kappa=0.0, likelihood_weight=2.0)
         term = defense.likelihood_term(model.head, forward.z, t)
         torch.testing.assert_close(with_term, margin.clamp_min(0.0) + 2.0 * term)
@@ -76,7 +80,9 @@ def test_dlr_ignores_the_logits_scale_and_shift_and_keeps_its_gradient():
     moved = objective_value("dlr", None, _logits_forward(50.0 * logits - 300.0), y, None)  # GM-like: large, negative
     torch.testing.assert_close(plain, moved, rtol=1e-4, atol=1e-5)
     saturated = torch.tensor([[120.0, 0.0, -5.0, -6.0]], requires_grad=True)  # CE's gradient is 0 here in fp32
-    (grad,) = torch.autograd.grad(objective_value("dlr", None, _logits_forward(saturated), torch.tensor([0]), None).sum(), saturated)
+    (grad,) = torch.autograd.grad(
+        objective_value("dlr", None, _logits_forward(saturated), torch.tensor([0]), None).sum(), saturated
+    )
     assert grad[0, 0] > 0 and grad[0, 1] < 0
 
 
@@ -92,7 +98,9 @@ def test_adaptive_dlr_equals_dlr_for_cross_entropy_defenses(defense_name):
         forward = Forward.of(model, x)
         for targets in (None, t):
             adaptive = objective_value("adaptive-dlr", target, forward, y, targets)
-            torch.testing.assert_close(adaptive, objective_value("dlr", target, forward, y, targets), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(
+                adaptive, objective_value("dlr", target, forward, y, targets), rtol=1e-4, atol=1e-5
+            )
 
 
 def test_dlr_refuses_too_few_classes_and_a_likelihood_term():

@@ -16,7 +16,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchattacks
-from tiny import assert_target_success_close, make_tiny
 from torch import nn
 
 import robench.attacks.spsa  # noqa: F401  (registers spsa)
@@ -24,9 +23,10 @@ from robench.attacks.base import ATTACKS, AttackTarget, Bounds
 from robench.attacks.objectives import objective_value
 from robench.attacks.spsa import SPSA, spsa_gradient
 from robench.attacks.targets import choose_targets
-from robench.defenses import DEFENSES
 from robench.core.errors import ConfigError
 from robench.core.models import Classifier, Normalize
+from robench.defenses import DEFENSES
+from tiny import assert_target_success_close, make_tiny
 
 K = 10
 SHAPE = (1, 8, 8)
@@ -106,7 +106,10 @@ def test_cosine_with_the_true_gradient_rises_with_samples():
     x = torch.rand(n, 1, 4, 4, generator=_gen(2))
     mean_cosine = {}
     for samples in (8, 128, 2048):
-        cosines = [_cosine(spsa_gradient(_linear_loss(weights), x, 0.01, samples, _gen(seed), 4096), weights) for seed in range(4)]
+        cosines = [
+            _cosine(spsa_gradient(_linear_loss(weights), x, 0.01, samples, _gen(seed), 4096), weights)
+            for seed in range(4)
+        ]
         mean_cosine[samples] = torch.stack(cosines)
     low, mid, high = (mean_cosine[s].mean() for s in (8, 128, 2048))
     assert low < mid < high
@@ -209,7 +212,9 @@ def test_matches_torchattacks_robust_accuracy(mlp):
     ours = SPSA(eps=eps, steps=steps, samples=samples, objective="margin")(target, x, y, generator=_gen())
     with torch.random.fork_rng(devices=[]):  # torchattacks draws from the global RNG
         torch.manual_seed(0)
-        reference = torchattacks.SPSA(target.model, eps=eps, delta=0.01, lr=0.01, nb_iter=steps, nb_sample=samples, max_batch_size=samples)
+        reference = torchattacks.SPSA(
+            target.model, eps=eps, delta=0.01, lr=0.01, nb_iter=steps, nb_sample=samples, max_batch_size=samples
+        )
         theirs = reference(x, y)
     acc_ours, acc_theirs = 1 - float(ours.success.float().mean()), _accuracy(target.model, theirs, y)
     print(f"spsa eps {eps}: robust accuracy robench {acc_ours:.4f} torchattacks {acc_theirs:.4f}")
@@ -227,10 +232,14 @@ def test_targeted_matches_torchattacks_by_label_and_its_random_mode_does_nothing
     ours = SPSA(eps=eps, steps=steps, samples=samples, objective="margin")(target, x, y, targets, generator=_gen())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        by_label = torchattacks.SPSA(target.model, eps=eps, delta=0.01, lr=0.01, nb_iter=steps, nb_sample=samples, max_batch_size=samples)
+        by_label = torchattacks.SPSA(
+            target.model, eps=eps, delta=0.01, lr=0.01, nb_iter=steps, nb_sample=samples, max_batch_size=samples
+        )
         by_label.set_mode_targeted_by_label(quiet=True)
         theirs = by_label(x, targets)
-        random_mode = torchattacks.SPSA(target.model, eps=eps, delta=0.01, lr=0.01, nb_iter=5, nb_sample=samples, max_batch_size=samples)
+        random_mode = torchattacks.SPSA(
+            target.model, eps=eps, delta=0.01, lr=0.01, nb_iter=5, nb_sample=samples, max_batch_size=samples
+        )
         random_mode.set_mode_targeted_random(quiet=True)
         theirs_random = random_mode(x, y)
     assert_target_success_close(target.model, ours, theirs, targets, f"spsa targeted eps {eps}", tolerance=0.1)

@@ -69,7 +69,12 @@ def test_unknown_mode_suggests_the_closest():
 
 @pytest.mark.parametrize(
     ("logits", "y"),
-    [(torch.zeros(3, 4), torch.zeros(2, dtype=torch.long)), (torch.zeros(3), torch.zeros(3, dtype=torch.long)), (torch.zeros(2, 4), torch.tensor([0, 4])), (torch.zeros(2, 1), torch.tensor([0, 0]))],
+    [
+        (torch.zeros(3, 4), torch.zeros(2, dtype=torch.long)),
+        (torch.zeros(3), torch.zeros(3, dtype=torch.long)),
+        (torch.zeros(2, 4), torch.tensor([0, 4])),
+        (torch.zeros(2, 1), torch.tensor([0, 0])),
+    ],
     ids=["length-mismatch", "logits-1d", "label-out-of-range", "one-class"],
 )
 def test_bad_shapes_raise_config_error(logits, y):

@@ -22,7 +22,10 @@ def test_split_is_fixed_by_its_seed():
     assert not torch.equal(a.test.x, c.test.x)
     # train and test are disjoint and cover all 5,000 images
     together = torch.cat([a.train.x, a.test.x]).flatten(1)
-    assert torch.unique(together, dim=0).shape[0] == torch.unique(torch.cat([c.train.x, c.test.x]).flatten(1), dim=0).shape[0]
+    assert (
+        torch.unique(together, dim=0).shape[0]
+        == torch.unique(torch.cat([c.train.x, c.test.x]).flatten(1), dim=0).shape[0]
+    )
 
 
 def test_digits():

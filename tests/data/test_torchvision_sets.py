@@ -296,9 +296,7 @@ def _python2_cifar_pickle(images: np.ndarray, labels: list[int]) -> bytes:
         b"M" + struct.pack("<H", len(images)) + b"M\x00\x0c\x86",
         b"cnumpy\ndtype\nU\x02u1K\x00K\x01\x87R(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb",
         b"\x89T" + struct.pack("<I", len(raw)) + raw + b"tb",
-        b"U\x06labels]("
-        + b"".join(b"K" + bytes([label]) for label in labels)
-        + b"eu.",
+        b"U\x06labels](" + b"".join(b"K" + bytes([label]) for label in labels) + b"eu.",
     ]
     return b"".join(out)
 
@@ -315,7 +313,9 @@ def test_cifar_python2_pickles(tmp_path: Path) -> None:
         (folder / name).write_bytes(blob)
         batches.append((images, labels))
     data = load_dataset("cifar10", data_root=tmp_path)
-    assert torch.equal(data.train.x * 255, torch.from_numpy(np.concatenate([b[0] for b in batches[:5]]).astype(np.float32)))
+    assert torch.equal(
+        data.train.x * 255, torch.from_numpy(np.concatenate([b[0] for b in batches[:5]]).astype(np.float32))
+    )
     assert data.test.y.tolist() == batches[5][1]
 
 
@@ -347,7 +347,10 @@ def test_cifar_pickle_with_eval_or_object_array_is_refused(tmp_path: Path) -> No
         (None, "truncated"),
         (b"", "corrupt CIFAR batch"),
         (pickle.dumps([1, 2, 3]), "must be a dict"),
-        (b"\x80\x04}(C\x04datacnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85C\x01b\x87Ru.", "without state"),
+        (
+            b"\x80\x04}(C\x04datacnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85C\x01b\x87Ru.",
+            "without state",
+        ),
         (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8)}), "lacks"),
         (pickle.dumps({b"data": np.zeros((2, 1024), np.uint8), b"labels": [0, 1]}), "N x 3072"),
         (pickle.dumps({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}), "uint8"),

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny import make_tiny
 
 from robench.defenses import DEFENSES
+from tiny import make_tiny
 
 CASES = [(form, targeted) for form in ("gradient", "margin") for targeted in (False, True)]
 

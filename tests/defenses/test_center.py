@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 import robench.defenses.center  # noqa: F401  (registration)
+from robench.core.errors import ConfigError
 from robench.defenses import DEFENSES
 from robench.defenses.center import CenterDefense, CenterHead, update_centers
-from robench.core.errors import ConfigError
 
 
 def zero_head(centers):

@@ -2,7 +2,16 @@
 
 from robench.defenses import DEFENSES
 
-LABELS = {"softmax": "Softmax", "center": "Center", "lgm": "L-GM", "rce": "RCE", "mmlda": "MMLDA", "mmc": "MMC", "gccs": "GCCS", "gm": "GM"}
+LABELS = {
+    "softmax": "Softmax",
+    "center": "Center",
+    "lgm": "L-GM",
+    "rce": "RCE",
+    "mmlda": "MMLDA",
+    "mmc": "MMC",
+    "gccs": "GCCS",
+    "gm": "GM",
+}
 ORDER = ["softmax", "center", "lgm", "rce", "mmlda", "mmc", "gccs", "gm"]
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import robench.defenses.gccs  # noqa: F401  (registration)
+from robench.core.errors import ConfigError
 from robench.defenses import DEFENSES
 from robench.defenses.gccs import GCCSDefense, GCCSHead, gccs_loss
-from robench.core.errors import ConfigError
 
 
 def identity_head(num_classes=2, mu_t=2.0):
@@ -38,7 +38,9 @@ def test_loss_matches_hand_computation():
     assert terms.parts["kurtosis"].item() == pytest.approx(kurt, abs=1e-5)
     assert terms.total.item() == pytest.approx(kl + 0.2 * kurt, abs=1e-5)
     # The defense computes the same through the head (u = z).
-    assert GCCSDefense(lam=0.2, mu_t=2.0).loss(identity_head(), u, y).total.item() == pytest.approx(kl + 0.2 * kurt, abs=1e-5)
+    assert GCCSDefense(lam=0.2, mu_t=2.0).loss(identity_head(), u, y).total.item() == pytest.approx(
+        kl + 0.2 * kurt, abs=1e-5
+    )
 
 
 def test_sigma_t_scales_the_kl_terms():
@@ -110,4 +112,6 @@ def test_margin_form_is_linear_in_the_latent():
     y = torch.tensor([0, 1, 2, 0])
     t = torch.tensor([1, 2, 0, 2])
     expected = (u.gather(1, y[:, None]) - u.gather(1, t[:, None])).squeeze(1)
-    torch.testing.assert_close(defense.adaptive_objective(head, u, y, target=t, form="margin"), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        defense.adaptive_objective(head, u, y, target=t, form="margin"), expected, atol=1e-5, rtol=1e-5
+    )

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from robench.core.errors import ConfigError
 from robench.defenses import DEFENSES
 from robench.defenses.gm import GMDefense, GMHead, gm_loss, margined_logits
-from robench.core.errors import ConfigError
 
 
 def head_with(means):

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 import robench.defenses.lgm  # noqa: F401  (registration)
+from robench.core.errors import ConfigError
 from robench.defenses import DEFENSES
 from robench.defenses.lgm import LGMDefense, LGMHead, lgm_loss
-from robench.core.errors import ConfigError
 
 
 def head_with(means, variances):
@@ -87,7 +87,11 @@ def test_attack_loss_has_no_margin_and_likelihood_hooks():
     torch.testing.assert_close(defense.likelihood_term(head, z, labels), torch.tensor([4.0, 0.5 + math.log(2.0)]))
     # log N(z; mu_k, Lambda_k) = -d_k - 1/2 log|Lambda_k| - (2/2) log(2 pi), checked against torch.distributions.
     expected = torch.stack(
-        [torch.distributions.Normal(torch.tensor(m), torch.tensor(v).sqrt()).log_prob(z).sum(1) for m, v in zip(MEANS, VARIANCES)], 1
+        [
+            torch.distributions.Normal(torch.tensor(m), torch.tensor(v).sqrt()).log_prob(z).sum(1)
+            for m, v in zip(MEANS, VARIANCES)
+        ],
+        1,
     )
     torch.testing.assert_close(defense.class_log_likelihood(head, z), expected)
 

@@ -8,12 +8,12 @@ import torch.nn.functional as F
 
 import robench.defenses.mmc  # noqa: F401  (registration, until defenses/__init__ imports it)
 import robench.defenses.mmlda  # noqa: F401
+from robench.checkpoints.model_factory import build_classifier
+from robench.core.errors import ConfigError
 from robench.defenses import DEFENSES
 from robench.defenses.mm_centers import MMHead, max_mahalanobis_centers
 from robench.defenses.mmc import MMCDefense
 from robench.defenses.mmlda import MMLDADefense
-from robench.core.errors import ConfigError
-from robench.checkpoints.model_factory import build_classifier
 
 NAMES = ["mmc", "mmlda"]
 # The tiny test cnn, with enough feature dimensions for 10 MM centres (d >= L - 1 = 9).
@@ -146,7 +146,9 @@ def test_mmlda_loss_is_cross_entropy_on_the_head_logits():
     torch.testing.assert_close(defense.attack_loss(head, z, y), F.cross_entropy(head(z), y, reduction="none"))
     # Eq. 10's right-hand form: equal-norm centres make the logits z^T mu*_k up to a per-sample shift.
     torch.testing.assert_close(terms.total, F.cross_entropy(z @ head.centers.t(), y), rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(defense.likelihood_term(head, z, y), head.half_sq_distances(z).gather(1, y[:, None]).squeeze(1))
+    torch.testing.assert_close(
+        defense.likelihood_term(head, z, y), head.half_sq_distances(z).gather(1, y[:, None]).squeeze(1)
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -174,8 +176,12 @@ def test_mmc_adaptive_objectives_are_those_of_appendix_b4():
     y_tilde = (-s).scatter(1, y[:, None], float("-inf")).argmax(1)
     torch.testing.assert_close(defense.adaptive_objective(head, z, y), -at(y))  # L_Ada^{un,1}
     torch.testing.assert_close(defense.adaptive_objective(head, z, y, target=t), at(t))  # L_Ada^{tar,1}
-    torch.testing.assert_close(defense.adaptive_objective(head, z, y, form="margin"), at(y_tilde) - at(y))  # L_Ada^{un,2}
-    torch.testing.assert_close(defense.adaptive_objective(head, z, y, target=t, form="margin"), at(t) - at(y))  # L_Ada^{tar,2}
+    torch.testing.assert_close(
+        defense.adaptive_objective(head, z, y, form="margin"), at(y_tilde) - at(y)
+    )  # L_Ada^{un,2}
+    torch.testing.assert_close(
+        defense.adaptive_objective(head, z, y, target=t, form="margin"), at(t) - at(y)
+    )  # L_Ada^{tar,2}
     with_lkd = defense.adaptive_objective(head, z, y, target=t, form="margin", likelihood_weight=0.5)
     torch.testing.assert_close(with_lkd, at(t) - at(y) + 0.5 * at(t))
 

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 import robench.defenses.rce  # noqa: F401  (registration)
-from robench.defenses import DEFENSES
-from robench.defenses.rce import NegatedLinear, RCEDefense, reverse_labels, rce_per_sample
 from robench.core.errors import ConfigError
+from robench.defenses import DEFENSES
+from robench.defenses.rce import NegatedLinear, RCEDefense, rce_per_sample, reverse_labels
 
 
 def identity_head(num_classes=3):
@@ -53,7 +53,9 @@ def test_rce_minimum_is_at_the_predicted_class():
     # For fixed other logits, lowering Z_t lowers L_RCE(z, t) (toward its infimum log(L - 1)) and moves argmax(-Z) to t.
     head = identity_head()
     t = torch.tensor([0])
-    losses = [rce_per_sample(head.reverse_logits(torch.tensor([[v, 0.0, 0.0]])), t).item() for v in (2.0, 0.0, -2.0, -20.0)]
+    losses = [
+        rce_per_sample(head.reverse_logits(torch.tensor([[v, 0.0, 0.0]])), t).item() for v in (2.0, 0.0, -2.0, -20.0)
+    ]
     assert losses == sorted(losses, reverse=True)
     assert losses[-1] == pytest.approx(math.log(2.0), abs=1e-6)
 
@@ -88,4 +90,6 @@ def test_margin_form_is_the_cw_difference_of_test_time_logits_over_l_minus_1():
     t = torch.tensor([9, 8, 7, 6, 5])
     logits = head(z)  # -Z
     expected = (logits.gather(1, y[:, None]) - logits.gather(1, t[:, None])).squeeze(1) / 9
-    torch.testing.assert_close(defense.adaptive_objective(head, z, y, target=t, form="margin"), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        defense.adaptive_objective(head, z, y, target=t, form="margin"), expected, atol=1e-5, rtol=1e-5
+    )

@@ -7,18 +7,20 @@ import math
 import pytest
 import torch
 from torch import nn
-from tiny import make_tiny
 
 from robench.core.models import Forward
 from robench.defenses import DEFENSES
 from robench.detectors import DETECTORS
 from robench.detectors.bu import MAX_ROWS, mc_dropout_uncertainty
+from tiny import make_tiny
 
 
 def mlp(seed: int = 0, p: float = 0.5) -> nn.Module:
     """Logits (N, 4) for (N, 1, 4, 4) inputs; a batch norm checks that only dropout is put in train mode."""
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(p), nn.Linear(32, 4))
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(16, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(p), nn.Linear(32, 4)
+    )
     model[2].running_mean.normal_()  # eval-mode batch norm is then visibly not the identity
     return model.eval()
 
@@ -87,7 +89,9 @@ def test_chunkings_and_the_sequential_passes_agree_in_distribution():
     # passes the mean U varies by ~0.5% (relative std) from seed to seed, for each of the three ways (measured
     # over 20 seeds); 5% is > 7 standard deviations of a difference. Passes sharing one mask would give U = 0.
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(16, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 4)).eval()
+    model = nn.Sequential(
+        nn.Flatten(), nn.Dropout(0.2), nn.Linear(16, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 4)
+    ).eval()
     x = inputs(512)
     with torch.no_grad():
         one_pass_per_chunk = mc_dropout_uncertainty(model, x, 50, seed=0, max_rows=512)
@@ -101,7 +105,13 @@ def test_chunkings_and_the_sequential_passes_agree_in_distribution():
 
 @pytest.mark.parametrize(
     "model",
-    [mlp(), conv(nn.Dropout(0.5)), conv(nn.Dropout2d(0.5)), conv(nn.AlphaDropout(0.5)), conv(nn.FeatureAlphaDropout(0.5))],
+    [
+        mlp(),
+        conv(nn.Dropout(0.5)),
+        conv(nn.Dropout2d(0.5)),
+        conv(nn.AlphaDropout(0.5)),
+        conv(nn.FeatureAlphaDropout(0.5)),
+    ],
     ids=["dropout-mlp", "dropout", "dropout2d", "alpha", "feature-alpha"],
 )
 def test_passes_are_independent_samples(model):
@@ -112,10 +122,12 @@ def test_passes_are_independent_samples(model):
     assert float((u > 1e-7).float().mean()) >= 0.95  # identical masks across passes would give U = 0
 
 
-@pytest.mark.parametrize("n, passes, max_rows", [(8, 10, MAX_ROWS), (8, 10, 80), (8, 10, 79), (8, 10, 24), (8, 7, 24), (8, 5, 3), (1, 50, 7)])
+@pytest.mark.parametrize(
+    "n, passes, max_rows", [(8, 10, MAX_ROWS), (8, 10, 80), (8, 10, 79), (8, 10, 24), (8, 7, 24), (8, 5, 3), (1, 50, 7)]
+)
 def test_forward_calls_and_rows_per_call(n, passes, max_rows):
     model, x = mlp(), inputs(n)
-    rows, head_rows = [], []
+    rows = []
     handle = model.register_forward_hook(lambda module, args, out: rows.append((args[0].shape[0], out.shape[0])))
     try:
         with torch.no_grad():

@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 import torch
 from sklearn.neighbors import KernelDensity
-from tiny import make_tiny
 
 from robench.checkpoints.bundle import load_bundle, save_bundle
 from robench.core.data import Split
+from robench.core.errors import ConfigError
 from robench.core.models import Forward
 from robench.defenses import DEFENSES
 from robench.detectors import DETECTORS, fit_or_load, flagged, threshold_at_fpr
 from robench.detectors.cache import cache_path
 from robench.detectors.combined import KDBUDetector
 from robench.detectors.kd import KernelDensityDetector, gaussian_kde_log_density
-from robench.core.errors import ConfigError
+from tiny import make_tiny
 
 
 def tiny_split(n: int = 60, seed: int = 0) -> Split:
@@ -32,7 +32,9 @@ def test_kd_log_density_matches_scikit_learn(bandwidth):
     points = rng.normal(size=(40, 8))
     queries = rng.normal(size=(15, 8)) * 1.5
     expected = KernelDensity(kernel="gaussian", bandwidth=bandwidth).fit(points).score_samples(queries)
-    ours = gaussian_kde_log_density(torch.tensor(queries, dtype=torch.float32), torch.tensor(points, dtype=torch.float32), bandwidth)
+    ours = gaussian_kde_log_density(
+        torch.tensor(queries, dtype=torch.float32), torch.tensor(points, dtype=torch.float32), bandwidth
+    )
     np.testing.assert_allclose(ours.numpy(), expected, atol=1e-4, rtol=0)
 
 
@@ -100,7 +102,9 @@ def test_gm_likelihood_refuses_softmax_and_matches_gaussian_on_gm():
 
 def test_max_prob_is_a_probability():
     model, _ = make_tiny("softmax")
-    score = DETECTORS.get("max-prob")().score(model, DEFENSES.get("softmax")(), Forward.of(model, torch.rand(9, 1, 28, 28)))
+    score = DETECTORS.get("max-prob")().score(
+        model, DEFENSES.get("softmax")(), Forward.of(model, torch.rand(9, 1, 28, 28))
+    )
     assert ((score >= 0.1 - 1e-6) & (score <= 1.0)).all()
 
 
@@ -145,7 +149,9 @@ def test_cache_reuses_fits_keyed_by_model_and_config(tmp_path):
     second = KernelDensityDetector(bandwidth=1.0)
     assert fit_or_load(second, bundle, split, cpu) is True
     forward = Forward.of(bundle.model, torch.rand(3, 1, 28, 28))
-    torch.testing.assert_close(first.score(bundle.model, bundle.defense, forward), second.score(bundle.model, bundle.defense, forward))
+    torch.testing.assert_close(
+        first.score(bundle.model, bundle.defense, forward), second.score(bundle.model, bundle.defense, forward)
+    )
     assert fit_or_load(KernelDensityDetector(bandwidth=2.0), bundle, split, cpu) is False  # new config, new key
     files = sorted((tmp_path / "gm.pt.detectors").iterdir())
     assert len(files) == 2

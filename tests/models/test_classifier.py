@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import make_tiny
 from torch import nn
 
 from robench.core.errors import ConfigError
 from robench.core.models import Classifier, Forward, Normalize, build_backbone
 from robench.defenses import DEFENSES
+from tiny import make_tiny
 
 
 @pytest.mark.parametrize("defense", DEFENSES.names())

@@ -42,8 +42,8 @@ from typing import Any
 
 import torch
 
-from robench.core.errors import BundleError
 from robench.checkpoints.imported.program_json import canonical_program, check_target, parse_json, resolve_target  # noqa: F401 - re-exported
+from robench.core.errors import BundleError
 
 MAX_ARCHIVE_BYTES = 2 * 1024**3  # uncompressed, all members together
 MAX_JSON_BYTES = 64 * 1024**2
@@ -120,7 +120,9 @@ def _members(data: bytes, source: str) -> tuple[str, dict[str, bytes]]:
             raise _fail(source, info.filename, "is not the size its header says")
     missing = sorted(REQUIRED - set(members))
     if missing:
-        raise BundleError(f"{source}: not a program archive robench reads: it lacks '{missing[0]}' (one program named 'model', saved by torch.export.save)")
+        raise BundleError(
+            f"{source}: not a program archive robench reads: it lacks '{missing[0]}' (one program named 'model', saved by torch.export.save)"
+        )
     return root, members
 
 
@@ -139,7 +141,11 @@ def _load_tensor_pickle(data: bytes, member: str, source: str) -> Any:
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         match = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        what = f"references {match.group(1)}, which could run code" if match else "is a pickle that torch.load(weights_only=True) refuses"
+        what = (
+            f"references {match.group(1)}, which could run code"
+            if match
+            else "is a pickle that torch.load(weights_only=True) refuses"
+        )
         raise _fail(source, member, what) from None
     except Exception:  # noqa: BLE001 - any failure to read it as plain tensors is a refusal
         raise _fail(source, member, "is not readable as plain tensors") from None
@@ -147,7 +153,12 @@ def _load_tensor_pickle(data: bytes, member: str, source: str) -> Any:
 
 def _int_of(value: Any) -> int | None:
     """The integer of a serialized SymInt that must be concrete ({"as_int": n}); None if it is anything else."""
-    if isinstance(value, dict) and set(value) == {"as_int"} and isinstance(value["as_int"], int) and not isinstance(value["as_int"], bool):
+    if (
+        isinstance(value, dict)
+        and set(value) == {"as_int"}
+        and isinstance(value["as_int"], int)
+        and not isinstance(value["as_int"], bool)
+    ):
         return value["as_int"]
     return None
 
@@ -182,7 +193,9 @@ class _Payload:
     files: dict[str, bytes]
 
 
-def _check_payload(members: dict[str, bytes], config_name: str, pattern: re.Pattern[str], directory: str, source: str) -> _Payload:
+def _check_payload(
+    members: dict[str, bytes], config_name: str, pattern: re.Pattern[str], directory: str, source: str
+) -> _Payload:
     fail = _failing(source, config_name)
     config = parse_json(_text(members, config_name, source), fail)
     entries = config.get("config") if isinstance(config, dict) and set(config) == {"config"} else None
@@ -193,7 +206,12 @@ def _check_payload(members: dict[str, bytes], config_name: str, pattern: re.Patt
     for name, entry in entries.items():
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_]{1,200}(?:\.[A-Za-z0-9_]{1,200}){0,63}", name):
             raise fail(f"names the weight {str(name)[:60]!r}, which is not a plain name")
-        if not isinstance(entry, dict) or set(entry) != ENTRY_KEYS or not isinstance(entry["is_param"], bool) or not isinstance(entry["use_pickle"], bool):
+        if (
+            not isinstance(entry, dict)
+            or set(entry) != ENTRY_KEYS
+            or not isinstance(entry["is_param"], bool)
+            or not isinstance(entry["use_pickle"], bool)
+        ):
             raise fail(f"has a malformed entry for '{name}'")
         member = f"{directory}{entry['path_name']}" if isinstance(entry["path_name"], str) else ""
         if pattern.fullmatch(member) is None:
@@ -230,9 +248,13 @@ def checked_archive(data: bytes, source: str) -> bytes:
     if members["archive_format"] != names.ARCHIVE_FORMAT_VALUE.encode():
         raise _fail(source, "archive_format", "does not say pt2")
     if members["archive_version"] != names.ARCHIVE_VERSION_VALUE.encode():
-        raise BundleError(f"{source}: program archive version {members['archive_version'][:20]!r} is not the one this torch reads ({names.ARCHIVE_VERSION_VALUE})")
+        raise BundleError(
+            f"{source}: program archive version {members['archive_version'][:20]!r} is not the one this torch reads ({names.ARCHIVE_VERSION_VALUE})"
+        )
     if SAMPLE_INPUTS in members and members[SAMPLE_INPUTS]:
-        _load_tensor_pickle(members[SAMPLE_INPUTS], SAMPLE_INPUTS, source)  # refused if it is not plain data; never passed on
+        _load_tensor_pickle(
+            members[SAMPLE_INPUTS], SAMPLE_INPUTS, source
+        )  # refused if it is not plain data; never passed on
     program = canonical_program(_text(members, PROGRAM, source), _failing(source, PROGRAM))
     weights = _check_payload(members, WEIGHTS_CONFIG, WEIGHT_FILE, "data/weights/", source)
     constants = _check_payload(members, CONSTANTS_CONFIG, CONSTANT_FILE, "data/constants/", source)

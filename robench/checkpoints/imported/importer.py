@@ -23,15 +23,29 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robench.checkpoints.bundle import MAX_CLASSES, BundleMeta, ModelBundle, input_shape_problem, load_bundle, save_bundle
-from robench.core.data import DATASETS, load_dataset
-from robench.core.errors import BundleError, ConfigError, RobenchError
+from robench.checkpoints.bundle import (
+    MAX_CLASSES,
+    BundleMeta,
+    ModelBundle,
+    input_shape_problem,
+    load_bundle,
+    save_bundle,
+)
 from robench.checkpoints.imported import sources
 from robench.checkpoints.imported.archive import load_checked_program
 from robench.checkpoints.imported.loading import make_head
 from robench.checkpoints.imported.probe import close, fit_head, probe, probe_inputs
-from robench.checkpoints.imported.program import IMPORTED_ARCH, SOURCE_KINDS, assemble, program_bytes, total_size, weight_specs
+from robench.checkpoints.imported.program import (
+    IMPORTED_ARCH,
+    SOURCE_KINDS,
+    assemble,
+    program_bytes,
+    total_size,
+    weight_specs,
+)
 from robench.checkpoints.model_factory import MAX_PARAMETERS
+from robench.core.data import DATASETS, load_dataset
+from robench.core.errors import BundleError, ConfigError, RobenchError
 from robench.core.models import Normalize
 from robench.core.provenance import git_revision, package_versions, state_dict_hash
 from robench.defenses import DEFENSES
@@ -80,7 +94,9 @@ def declared_inputs(request: ImportRequest) -> Declared:
         spec = DATASETS.get(request.dataset)
         family = spec.family
         if shape is not None and tuple(shape) != tuple(spec.input_shape):
-            raise ConfigError(f"--input-shape {tuple(shape)} differs from dataset '{spec.name}''s {tuple(spec.input_shape)}")
+            raise ConfigError(
+                f"--input-shape {tuple(shape)} differs from dataset '{spec.name}''s {tuple(spec.input_shape)}"
+            )
         if classes is not None and classes != spec.num_classes:
             raise ConfigError(f"--num-classes {classes} differs from dataset '{spec.name}''s {spec.num_classes}")
         shape, classes = tuple(spec.input_shape), spec.num_classes
@@ -102,10 +118,14 @@ def declared_inputs(request: ImportRequest) -> Declared:
     mean = tuple(request.mean) if request.mean is not None else (0.0,) * shape[0]
     std = tuple(request.std) if request.std is not None else (1.0,) * shape[0]
     if len(mean) != shape[0] or len(std) != shape[0]:
-        raise ConfigError(f"--mean and --std need one value per input channel ({shape[0]}), got {len(mean)} and {len(std)}")
+        raise ConfigError(
+            f"--mean and --std need one value per input channel ({shape[0]}), got {len(mean)} and {len(std)}"
+        )
     if not all(math.isfinite(v) for v in mean + std) or any(s <= 0 for s in std):
         raise ConfigError(f"--mean must be finite and --std finite and positive, got mean={mean} std={std}")
-    return Declared(request.dataset or UNSPECIFIED_DATASET, family, tuple(shape), int(classes), (float(low), float(high)), mean, std)
+    return Declared(
+        request.dataset or UNSPECIFIED_DATASET, family, tuple(shape), int(classes), (float(low), float(high)), mean, std
+    )
 
 
 class _Capture(nn.Module):
@@ -129,7 +149,9 @@ class _Capture(nn.Module):
 
 def _source_module(request: ImportRequest, kind: str, example: Tensor) -> nn.Module:
     if kind in ("export", "torchscript") and request.weights is not None:
-        raise ConfigError(f"a {'torch.export program' if kind == 'export' else 'TorchScript archive'} carries its weights; --weights applies to --kind factory or timm")
+        raise ConfigError(
+            f"a {'torch.export program' if kind == 'export' else 'TorchScript archive'} carries its weights; --weights applies to --kind factory or timm"
+        )
     if kind in ("export", "torchscript") and request.factory_kwargs:
         raise ConfigError("--factory-kwarg applies to --kind factory or timm")
     if kind == "export":
@@ -162,12 +184,17 @@ def _export(module: nn.Module, layer: str, joint: bool, example: Tensor) -> torc
     try:
         with sources.quiet_torch():
             return torch.export.export(
-                _Capture(module, layer, joint), (example,), dynamic_shapes=({0: torch.export.Dim("batch")},), strict=False
+                _Capture(module, layer, joint),
+                (example,),
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                strict=False,
             )
     except Exception as exc:  # noqa: BLE001 - torch.export's errors are many and long
         text = str(exc).strip()
         first = text.splitlines()[0][:200] if text else type(exc).__name__
-        raise ConfigError(f"the model cannot be exported with torch.export and a dynamic batch size ({type(exc).__name__}: {first})") from None
+        raise ConfigError(
+            f"the model cannot be exported with torch.export and a dynamic batch size ({type(exc).__name__}: {first})"
+        ) from None
 
 
 def _sha256(path: Path) -> str:
@@ -215,7 +242,9 @@ def import_model(request: ImportRequest) -> ModelBundle:
     if total_size(weight_specs(ep)) > MAX_PARAMETERS:
         raise ConfigError(f"the exported model has more than {MAX_PARAMETERS:,} weights")
     program = program_bytes(ep)
-    checked = load_checked_program(program.numpy().tobytes(), "the exported program")  # robench's own output, checked as any archive is
+    checked = load_checked_program(
+        program.numpy().tobytes(), "the exported program"
+    )  # robench's own output, checked as any archive is
     weights = {name: t.detach().to("cpu").contiguous().clone() for name, t in ep.state_dict.items()}
     if head is None:
         head = make_head(defense, feature_dim, declared.num_classes, joint=True, bias=True)
@@ -226,8 +255,13 @@ def import_model(request: ImportRequest) -> ModelBundle:
     with torch.no_grad():
         forward = model.forward_pass(x)
         odd = model(x[:3])  # another batch size: the program's batch dimension is dynamic
-    if not (close(forward.logits, result.logits) and close(forward.z, result.z)) or tuple(odd.shape) != (3, declared.num_classes):
-        raise ConfigError("the exported program does not reproduce the model's logits and features on the probe batch (does the model depend on anything but its input?)")
+    if not (close(forward.logits, result.logits) and close(forward.z, result.z)) or tuple(odd.shape) != (
+        3,
+        declared.num_classes,
+    ):
+        raise ConfigError(
+            "the exported program does not reproduce the model's logits and features on the probe batch (does the model depend on anything but its input?)"
+        )
     origin: dict[str, Any] = {"source": request.source if kind in ("factory", "timm") else Path(request.source).name}
     if kind in ("export", "torchscript"):
         origin["sha256"] = _sha256(Path(request.source))
@@ -237,7 +271,12 @@ def import_model(request: ImportRequest) -> ModelBundle:
         origin["kwargs"] = dict(request.factory_kwargs)
     meta = BundleMeta(
         arch=IMPORTED_ARCH,
-        arch_kwargs={"source": kind, "head": "joint" if joint else "separate", "head_bias": bool(has_bias), "mc_dropout": float(model.backbone.mc_rate)},
+        arch_kwargs={
+            "source": kind,
+            "head": "joint" if joint else "separate",
+            "head_bias": bool(has_bias),
+            "mc_dropout": float(model.backbone.mc_rate),
+        },
         defense=defense.name,
         defense_params=defense.params(),
         dataset=declared.dataset,

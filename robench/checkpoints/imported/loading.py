@@ -14,7 +14,6 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from robench.core.errors import BundleError
 from robench.checkpoints.imported.archive import load_checked_program
 from robench.checkpoints.imported.program import (
     HEAD_KINDS,
@@ -29,9 +28,9 @@ from robench.checkpoints.imported.program import (
     weight_specs,
 )
 from robench.checkpoints.model_factory import MAX_PARAMETERS
+from robench.core.errors import BundleError
 from robench.defenses import Defense
 from robench.defenses.base import LinearHead
-
 
 
 class ImportedMeta(Protocol):
@@ -45,13 +44,16 @@ class ImportedMeta(Protocol):
     std: tuple[float, ...]
     input_shape: tuple[int, int, int]
 
+
 ARCH_KWARGS = ("source", "head", "head_bias", "mc_dropout")
 
 
 def check_arch_kwargs(kwargs: dict[str, Any], source: str) -> None:
     """The arch_kwargs of an imported model: exactly :data:`ARCH_KWARGS`, each of its type and range."""
     if sorted(kwargs) != sorted(ARCH_KWARGS):
-        raise BundleError(f"{source}: an imported model's arch_kwargs must be {', '.join(ARCH_KWARGS)}; got {', '.join(sorted(kwargs)) or 'none'}")
+        raise BundleError(
+            f"{source}: an imported model's arch_kwargs must be {', '.join(ARCH_KWARGS)}; got {', '.join(sorted(kwargs)) or 'none'}"
+        )
     rate = kwargs["mc_dropout"]
     if (
         kwargs["source"] not in SOURCE_KINDS
@@ -80,14 +82,18 @@ def rebuild(meta: ImportedMeta, state: dict[str, Tensor], defense: Defense, path
     check_arch_kwargs(kwargs, source)
     joint = kwargs["head"] == "joint"
     if joint and defense.name != "softmax":
-        raise BundleError(f"{source}: an imported model without a separable head is a softmax classifier, not '{defense.name}'")
+        raise BundleError(
+            f"{source}: an imported model without a separable head is a softmax classifier, not '{defense.name}'"
+        )
     program = state.get(PROGRAM_KEY)
     if not isinstance(program, Tensor) or program.dtype != torch.uint8 or program.dim() != 1:
         raise BundleError(f"{source}: an imported model's bundle lacks its exported program ({PROGRAM_KEY})")
     ep = load_checked_program(program.numpy().tobytes(), f"{source} (its exported program)")
     specs = weight_specs(ep)
     if total_size(specs) > MAX_PARAMETERS:
-        raise BundleError(f"{source}: the exported program has {total_size(specs):,} weights, more than robench builds ({MAX_PARAMETERS:,})")
+        raise BundleError(
+            f"{source}: the exported program has {total_size(specs):,} weights, more than robench builds ({MAX_PARAMETERS:,})"
+        )
     weights = {k[len(WEIGHTS_PREFIX) :]: v for k, v in state.items() if k.startswith(WEIGHTS_PREFIX)}
     try:
         head = make_head(defense, meta.feature_dim, meta.num_classes, joint, kwargs["head_bias"])
@@ -103,6 +109,8 @@ def rebuild(meta: ImportedMeta, state: dict[str, Tensor], defense: Defense, path
         first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc).splitlines()[0])
         raise BundleError(f"{source}: the weights do not fit the imported model: {first}") from None
     if abs(model.backbone.mc_rate - float(kwargs["mc_dropout"])) > 1e-9:
-        raise BundleError(f"{source}: the program's dropout rate {model.backbone.mc_rate} differs from the recorded {kwargs['mc_dropout']}")
+        raise BundleError(
+            f"{source}: the program's dropout rate {model.backbone.mc_rate} differs from the recorded {kwargs['mc_dropout']}"
+        )
     check_shapes(model, meta.input_shape, meta.num_classes, source)
     return model

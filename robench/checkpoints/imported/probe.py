@@ -34,14 +34,18 @@ class ProbeResult:
     last_module: nn.Module | None
 
 
-def probe_inputs(input_shape: tuple[int, int, int], value_range: tuple[float, float], rows: int = PROBE_ROWS, seed: int = 0) -> Tensor:
+def probe_inputs(
+    input_shape: tuple[int, int, int], value_range: tuple[float, float], rows: int = PROBE_ROWS, seed: int = 0
+) -> Tensor:
     generator = torch.Generator().manual_seed(seed)
     low, high = value_range
     return low + (high - low) * torch.rand(rows, *input_shape, generator=generator)
 
 
 def _owns_weights(module: nn.Module) -> bool:
-    return any(t is not None for t in module._parameters.values()) or any(t is not None for t in module._buffers.values())
+    return any(t is not None for t in module._parameters.values()) or any(
+        t is not None for t in module._buffers.values()
+    )
 
 
 def _describe(output: object) -> str:
@@ -56,7 +60,11 @@ def probe(module: nn.Module, layer: str, x: Tensor, num_classes: int) -> ProbeRe
     if layer not in names:
         hint = did_you_mean(layer, names)
         listed = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
-        flat = " (a TorchScript program keeps only its modules with weights)" if getattr(module, "marked_module_outputs", False) else ""
+        flat = (
+            " (a TorchScript program keeps only its modules with weights)"
+            if getattr(module, "marked_module_outputs", False)
+            else ""
+        )
         raise ConfigError(f"the model has no module '{layer}' to take features from{hint}; its modules{flat}: {listed}")
     target = module.get_submodule(layer)
     captured: list[object] = []
@@ -71,25 +79,37 @@ def probe(module: nn.Module, layer: str, x: Tensor, num_classes: int) -> ProbeRe
     except Exception as exc:  # noqa: BLE001 - the model does not run on the declared inputs
         text = str(exc).strip()
         first = text.splitlines()[0][:200] if text else type(exc).__name__
-        raise ConfigError(f"the model fails on inputs of shape {tuple(x.shape[1:])} (check --input-shape / --dataset): {type(exc).__name__}: {first}") from None
+        raise ConfigError(
+            f"the model fails on inputs of shape {tuple(x.shape[1:])} (check --input-shape / --dataset): {type(exc).__name__}: {first}"
+        ) from None
     finally:
         for handle in handles:
             handle.remove()
     if isinstance(output, (tuple, list, dict)) or not isinstance(output, Tensor):
-        raise ConfigError(f"the model returns {_describe(output)}, not a logits tensor: wrap your model so forward returns the logits (N x classes) only")
+        raise ConfigError(
+            f"the model returns {_describe(output)}, not a logits tensor: wrap your model so forward returns the logits (N x classes) only"
+        )
     if output.dim() != 2 or output.shape[0] != x.shape[0]:
-        raise ConfigError(f"the model returns {_describe(output)} for {x.shape[0]} inputs, not logits of shape ({x.shape[0]}, classes): wrap your model so forward returns them")
+        raise ConfigError(
+            f"the model returns {_describe(output)} for {x.shape[0]} inputs, not logits of shape ({x.shape[0]}, classes): wrap your model so forward returns them"
+        )
     if output.shape[1] != num_classes:
-        raise ConfigError(f"the model gives {output.shape[1]} outputs per input but {num_classes} classes were declared")
+        raise ConfigError(
+            f"the model gives {output.shape[1]} outputs per input but {num_classes} classes were declared"
+        )
     if not output.is_floating_point() or not bool(torch.isfinite(output).all()):
         raise ConfigError("the model's outputs are not finite floating-point logits")
     rows = output.double().sum(1)
     if bool((output >= 0).all()) and bool(((rows - 1).abs() <= PROBABILITY_TOLERANCE).all()):
-        raise ConfigError("the model outputs probabilities (rows are non-negative and sum to 1): return logits, not softmax (drop the final softmax)")
+        raise ConfigError(
+            "the model outputs probabilities (rows are non-negative and sum to 1): return logits, not softmax (drop the final softmax)"
+        )
     if not captured:
         raise ConfigError(f"module '{layer}' did not run in the forward pass, so it gives no features")
     if len(captured) > 1:
-        raise ConfigError(f"module '{layer}' ran {len(captured)} times in one forward pass; name a module that runs once")
+        raise ConfigError(
+            f"module '{layer}' ran {len(captured)} times in one forward pass; name a module that runs once"
+        )
     z = captured[0]
     if not isinstance(z, Tensor):
         raise ConfigError(f"module '{layer}' outputs {_describe(z)}; the feature layer must output one tensor")

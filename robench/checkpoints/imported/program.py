@@ -44,7 +44,12 @@ WEIGHTS_PREFIX = "backbone.weights."
 
 def _dropout_ops() -> tuple[Any, ...]:
     aten = torch.ops.aten
-    return (aten.dropout.default, aten.feature_dropout.default, aten.alpha_dropout.default, aten.feature_alpha_dropout.default)
+    return (
+        aten.dropout.default,
+        aten.feature_dropout.default,
+        aten.alpha_dropout.default,
+        aten.feature_alpha_dropout.default,
+    )
 
 
 def enable_dropout(gm: torch.fx.GraphModule) -> float:
@@ -71,7 +76,9 @@ def strip_weights(ep: torch.export.ExportedProgram) -> torch.export.ExportedProg
     """A shallow copy of ``ep`` whose state dict holds shapes only (meta tensors) and no example inputs."""
     stripped = copy.copy(ep)
     stripped._state_dict = {
-        name: nn.Parameter(torch.empty_like(t, device="meta"), requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else torch.empty_like(t, device="meta")
+        name: nn.Parameter(torch.empty_like(t, device="meta"), requires_grad=t.requires_grad)
+        if isinstance(t, nn.Parameter)
+        else torch.empty_like(t, device="meta")
         for name, t in ep.state_dict.items()
     }
     stripped._example_inputs = None
@@ -125,7 +132,9 @@ class MCDropoutSwitch(nn.Dropout):
 class ImportedBackbone(nn.Module):
     """Normalized x -> z ("separate") or (z, logits) ("joint") through the exported program."""
 
-    def __init__(self, program: Tensor, ep: torch.export.ExportedProgram, weights: WeightTree, feature_dim: int, joint: bool) -> None:
+    def __init__(
+        self, program: Tensor, ep: torch.export.ExportedProgram, weights: WeightTree, feature_dim: int, joint: bool
+    ) -> None:
         super().__init__()
         self.register_buffer("program", program)
         self.weights = weights
@@ -144,7 +153,9 @@ class ImportedBackbone(nn.Module):
     @staticmethod
     def _detached(gm: torch.fx.GraphModule, owned: set[str]) -> torch.fx.GraphModule:
         """``gm`` with the weights robench holds removed (they are passed on each call); its constants stay."""
-        missing = [name for name in owned if name not in dict(gm.named_parameters()) and name not in dict(gm.named_buffers())]
+        missing = [
+            name for name in owned if name not in dict(gm.named_parameters()) and name not in dict(gm.named_buffers())
+        ]
         if missing:
             raise BundleError(f"the program has no weight '{missing[0]}'")
         for name in owned:
@@ -257,7 +268,9 @@ def weight_specs(ep: torch.export.ExportedProgram) -> dict[str, tuple[tuple[int,
     return {name: (tuple(t.shape), t.dtype, isinstance(t, nn.Parameter)) for name, t in ep.state_dict.items()}
 
 
-def check_weights(specs: Mapping[str, tuple[tuple[int, ...], torch.dtype, bool]], weights: Mapping[str, Tensor], source: str) -> None:
+def check_weights(
+    specs: Mapping[str, tuple[tuple[int, ...], torch.dtype, bool]], weights: Mapping[str, Tensor], source: str
+) -> None:
     """Refuse weights that are not exactly the program's (names, shapes, dtypes), in one line."""
     for name in sorted(set(specs) | set(weights)):
         if name not in weights:
@@ -265,7 +278,9 @@ def check_weights(specs: Mapping[str, tuple[tuple[int, ...], torch.dtype, bool]]
         elif name not in specs:
             problem = f"unexpected {name}"
         elif tuple(weights[name].shape) != specs[name][0]:
-            problem = f"{name} has shape {list(weights[name].shape)} in the file but {list(specs[name][0])} in the program"
+            problem = (
+                f"{name} has shape {list(weights[name].shape)} in the file but {list(specs[name][0])} in the program"
+            )
         elif weights[name].dtype != specs[name][1]:
             problem = f"{name} is {weights[name].dtype} in the file but {specs[name][1]} in the program"
         else:
@@ -278,7 +293,9 @@ def check_program_signature(ep: torch.export.ExportedProgram, joint: bool, sourc
     signature = ep.graph_signature
     outputs = 2 if joint else 1
     if len(signature.user_inputs) != 1 or len(signature.user_outputs) != outputs:
-        raise BundleError(f"{source}: the exported program has {len(signature.user_inputs)} inputs and {len(signature.user_outputs)} outputs, not 1 and {outputs}")
+        raise BundleError(
+            f"{source}: the exported program has {len(signature.user_inputs)} inputs and {len(signature.user_outputs)} outputs, not 1 and {outputs}"
+        )
     if signature.buffers_to_mutate or signature.user_inputs_to_mutate:
         raise BundleError(f"{source}: the exported program mutates its state; robench runs only pure programs")
     if any(spec.kind.name == "CUSTOM_OBJ" for spec in signature.input_specs):
@@ -315,11 +332,17 @@ def check_shapes(model: ImportedClassifier, input_shape: tuple[int, int, int], n
             forward = model.eval().forward_pass(x)
     except Exception as exc:  # noqa: BLE001 - a program that does not run on its declared input shape
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise BundleError(f"{source}: the exported program does not run on inputs of shape {tuple(input_shape)} ({first})") from None
+        raise BundleError(
+            f"{source}: the exported program does not run on inputs of shape {tuple(input_shape)} ({first})"
+        ) from None
     if tuple(forward.z.shape) != (2, model.feature_dim):
-        raise BundleError(f"{source}: the program's features have shape {tuple(forward.z.shape[1:])}, not the recorded ({model.feature_dim},)")
+        raise BundleError(
+            f"{source}: the program's features have shape {tuple(forward.z.shape[1:])}, not the recorded ({model.feature_dim},)"
+        )
     if tuple(forward.logits.shape) != (2, num_classes):
-        raise BundleError(f"{source}: the program gives {tuple(forward.logits.shape[1:])} logits, not the recorded ({num_classes},)")
+        raise BundleError(
+            f"{source}: the program gives {tuple(forward.logits.shape[1:])} logits, not the recorded ({num_classes},)"
+        )
 
 
 def total_size(specs: Mapping[str, tuple[tuple[int, ...], torch.dtype, bool]]) -> int:

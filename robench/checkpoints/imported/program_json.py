@@ -42,16 +42,49 @@ _PY_OPERATORS = {
     "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "xor", "not_", "invert",
 }  # fmt: skip
 _MATH = {"ceil", "floor", "trunc", "sqrt"}
-_SYM_FUNCTIONS = {"sym_float", "sym_int", "sym_max", "sym_min", "sym_not", "sym_ite", "sym_sum", "sym_sqrt", "_sym_sqrt"}
+_SYM_FUNCTIONS = {
+    "sym_float",
+    "sym_int",
+    "sym_max",
+    "sym_min",
+    "sym_not",
+    "sym_ite",
+    "sym_sum",
+    "sym_sqrt",
+    "_sym_sqrt",
+}
 # Higher-order operators that only run subgraphs of the same archive (checked like the main graph).
-_HIGHER_ORDER = {"cond", "while_loop", "wrap_with_set_grad_enabled", "wrap_with_autocast", "map_impl", "scan", "invoke_subgraph"}
+_HIGHER_ORDER = {
+    "cond",
+    "while_loop",
+    "wrap_with_set_grad_enabled",
+    "wrap_with_autocast",
+    "map_impl",
+    "scan",
+    "invoke_subgraph",
+}
 _OP_NAMESPACES = {"aten", "prims"}
 
-TOP_KEYS = {"graph_module", "opset_version", "range_constraints", "schema_version", "verifiers", "torch_version", "guards_code"}
+TOP_KEYS = {
+    "graph_module",
+    "opset_version",
+    "range_constraints",
+    "schema_version",
+    "verifiers",
+    "torch_version",
+    "guards_code",
+}
 GRAPH_MODULE_KEYS = {"graph", "signature", "module_call_graph", "metadata", "treespec_namedtuple_fields"}
 VERIFIERS = {"", "ATEN", "TRAINING", "EXPORT"}
 INPUT_SPEC_KINDS = {"user_input", "parameter", "buffer", "tensor_constant"}
-OUTPUT_SPEC_KINDS = {"user_output", "loss_output", "buffer_mutation", "gradient_to_parameter", "gradient_to_user_input", "user_input_mutation"}
+OUTPUT_SPEC_KINDS = {
+    "user_output",
+    "loss_output",
+    "buffer_mutation",
+    "gradient_to_parameter",
+    "gradient_to_user_input",
+    "user_input_mutation",
+}
 REFUSED_KEYS = {
     "as_custom_obj": "uses a custom (torchbind) object",
     "custom_obj": "uses a custom (torchbind) object",
@@ -227,7 +260,9 @@ def _canonical_walk(value: Any, fail: Fail) -> None:
             try:
                 item["expr_str"] = canonical_expression(item["expr_str"])
             except ExpressionError as exc:
-                raise fail(f"holds the symbolic expression {str(item['expr_str'])[:60]!r}, outside robench's shape grammar ({exc})") from None
+                raise fail(
+                    f"holds the symbolic expression {str(item['expr_str'])[:60]!r}, outside robench's shape grammar ({exc})"
+                ) from None
         for key in ("as_tensor", "as_sym_int"):
             ref = item.get(key)
             if isinstance(ref, dict) and "name" in ref:
@@ -236,12 +271,18 @@ def _canonical_walk(value: Any, fail: Fail) -> None:
 
 
 def _check_signature(signature: Any, fail: Fail) -> None:
-    if not isinstance(signature, dict) or not isinstance(signature.get("input_specs"), list) or not isinstance(signature.get("output_specs"), list):
+    if (
+        not isinstance(signature, dict)
+        or not isinstance(signature.get("input_specs"), list)
+        or not isinstance(signature.get("output_specs"), list)
+    ):
         raise fail("has a malformed graph signature")
     for spec in signature["input_specs"]:
         kind = next(iter(spec), None) if isinstance(spec, dict) and len(spec) == 1 else None
         if kind not in INPUT_SPEC_KINDS:
-            raise fail(f"has an input of kind {str(kind)[:40]!r}; robench reads tensors, parameters, buffers and tensor constants")
+            raise fail(
+                f"has an input of kind {str(kind)[:40]!r}; robench reads tensors, parameters, buffers and tensor constants"
+            )
         body = spec[kind]
         arg = body.get("arg") if isinstance(body, dict) else None
         if kind == "user_input" and not (isinstance(arg, dict) and set(arg) == {"as_tensor"}):

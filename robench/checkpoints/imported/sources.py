@@ -29,20 +29,36 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robench.core.errors import BundleError, ConfigError, UnknownNameError
 from robench.checkpoints.imported.archive import load_checked_program
+from robench.core.errors import BundleError, ConfigError, UnknownNameError
 from robench.core.registry import did_you_mean
 from robench.core.safe_load import load_weights_only
 
 FACTORY_PATTERN = re.compile(r"(?P<module>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):(?P<attr>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)")
 # timm keyword arguments that would fetch or read weights behind robench's back.
-TIMM_FORBIDDEN = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "pretrained_strict", "checkpoint_path", "cache_dir")
+TIMM_FORBIDDEN = (
+    "pretrained",
+    "pretrained_cfg",
+    "pretrained_cfg_overlay",
+    "pretrained_strict",
+    "checkpoint_path",
+    "cache_dir",
+)
 
 
 @contextlib.contextmanager
 def quiet_torch() -> Iterator[None]:
     """torch.export and the TorchScript converter log warnings (0/1 specialization, ...) to stderr; the CLI's errors are one line."""
-    loggers = [logging.getLogger(name) for name in ("torch._export", "torch.export", "torch._dynamo", "torch.fx.experimental.symbolic_shapes", "torch._subclasses")]
+    loggers = [
+        logging.getLogger(name)
+        for name in (
+            "torch._export",
+            "torch.export",
+            "torch._dynamo",
+            "torch.fx.experimental.symbolic_shapes",
+            "torch._subclasses",
+        )
+    ]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
@@ -111,7 +127,9 @@ def load_weights(path: Path) -> dict[str, Tensor]:
             raise BundleError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
     else:
         state = load_weights_only(
-            path, None, after_global="weights must be tensors only",
+            path,
+            None,
+            after_global="weights must be tensors only",
             refused="refused: torch.load(weights_only=True) does not read it (pickled objects other than tensors?)",
             unreadable="not a readable weights file (truncated, corrupt, or not a torch / safetensors file)",
         )
@@ -119,7 +137,11 @@ def load_weights(path: Path) -> dict[str, Tensor]:
         raise BundleError(f"{path} is a robench bundle already: pass it to 'robench run --model' directly")
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):  # e.g. a Lightning checkpoint
         state = state["state_dict"]
-    if not isinstance(state, Mapping) or not state or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
+    if (
+        not isinstance(state, Mapping)
+        or not state
+        or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items())
+    ):
         raise BundleError(f"{path}: not a state dict (a mapping of parameter names to tensors)")
     for name, tensor in state.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
@@ -136,7 +158,9 @@ def apply_weights(module: nn.Module, state: Mapping[str, Tensor], path: Path) ->
         elif name not in expected:
             problem = f"unexpected {name}{did_you_mean(name, list(expected))}"
         elif tuple(state[name].shape) != tuple(expected[name].shape):
-            problem = f"{name} has shape {list(state[name].shape)} in the file but {list(expected[name].shape)} in the model"
+            problem = (
+                f"{name} has shape {list(state[name].shape)} in the file but {list(expected[name].shape)} in the model"
+            )
         else:
             continue
         raise BundleError(f"{path}: the weights do not fit the model: {problem}")
@@ -212,9 +236,13 @@ def from_timm(name: str, kwargs: Mapping[str, Any]) -> nn.Module:
     """``timm.create_model(name, pretrained=False, **kwargs)``, offline; names and kwargs that would fetch are refused."""
     for key in kwargs:
         if key in TIMM_FORBIDDEN:
-            raise ConfigError(f"timm argument '{key}' is refused: robench never downloads or reads weights behind --weights; pass the weights file with --weights")
+            raise ConfigError(
+                f"timm argument '{key}' is refused: robench never downloads or reads weights behind --weights; pass the weights file with --weights"
+            )
     if not re.fullmatch(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)?", name):
-        raise ConfigError(f"timm model '{name}' is refused: only a plain architecture name (no hub or local-dir prefix) is imported, its weights with --weights")
+        raise ConfigError(
+            f"timm model '{name}' is refused: only a plain architecture name (no hub or local-dir prefix) is imported, its weights with --weights"
+        )
     try:
         import timm
     except ImportError:
@@ -238,7 +266,9 @@ def from_export(path: Path) -> nn.Module:
     inputs = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in ep.graph_signature.user_inputs]
     shapes = [getattr(n.meta.get("val"), "shape", None) for n in inputs]
     if len(inputs) != 1 or shapes[0] is None or len(shapes[0]) != 4:
-        raise ConfigError(f"{path}: the program takes {len(inputs)} inputs; robench imports programs of one image batch (N x C x H x W)")
+        raise ConfigError(
+            f"{path}: the program takes {len(inputs)} inputs; robench imports programs of one image batch (N x C x H x W)"
+        )
     if isinstance(shapes[0][0], int):
         raise ConfigError(
             f"{path}: the program was exported for batches of exactly {shapes[0][0]}; export it with a dynamic batch: "
@@ -263,11 +293,15 @@ def from_torchscript(path: Path, example: Tensor) -> nn.Module:
         with quiet_torch():
             ep = TS2EPConverter(scripted, (example,)).convert()
     except Exception as exc:  # noqa: BLE001
-        raise ConfigError(f"{path}: the TorchScript model does not convert to an exported program on inputs of shape {tuple(example.shape[1:])} ({_first_line(exc)})") from None
+        raise ConfigError(
+            f"{path}: the TorchScript model does not convert to an exported program on inputs of shape {tuple(example.shape[1:])} ({_first_line(exc)})"
+        ) from None
     try:
         return mark_module_outputs(ep.module())
     except Exception as exc:  # noqa: BLE001
-        raise ConfigError(f"{path}: the converted TorchScript program's modules cannot be recovered ({_first_line(exc)})") from None
+        raise ConfigError(
+            f"{path}: the converted TorchScript program's modules cannot be recovered ({_first_line(exc)})"
+        ) from None
 
 
 class ModuleOutput(nn.Module):

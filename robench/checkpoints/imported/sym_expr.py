@@ -31,7 +31,9 @@ MAX_INTEGER = 2**63
 SYMBOL = re.compile(r"[a-z]{1,4}\d{1,9}")
 FLAGS = ("positive", "integer", "nonnegative", "real", "finite")
 FUNCTIONS = ("Max", "Min", "FloorDiv", "Mod", "PythonMod", "CleanDiv", "CeilDiv")
-_TOKEN = re.compile(r"\s*(?:(?P<int>\d{1,19})(?![\w.])|(?P<quoted>'[a-z]{1,4}\d{1,9}')|(?P<name>[A-Za-z_]\w{0,31})|(?P<op>//|[-+*%(),=]))")
+_TOKEN = re.compile(
+    r"\s*(?:(?P<int>\d{1,19})(?![\w.])|(?P<quoted>'[a-z]{1,4}\d{1,9}')|(?P<name>[A-Za-z_]\w{0,31})|(?P<op>//|[-+*%(),=]))"
+)
 
 
 class ExpressionError(ValueError):
@@ -54,7 +56,7 @@ def _tokens(text: str) -> list[_Token]:
     while text[position:].strip():
         match = _TOKEN.match(text, position)
         if match is None:
-            raise ExpressionError(f"unexpected text at {text[position:position + 12].strip()!r}")
+            raise ExpressionError(f"unexpected text at {text[position : position + 12].strip()!r}")
         kind = match.lastgroup or "op"
         tokens.append(_Token(kind, match.group(kind)))
         if len(tokens) > MAX_TOKENS:
@@ -94,7 +96,11 @@ class _Parser:
             self.position += 1
             right = self.unary(depth + 1)
             # sympy reads a // b as floor(a / b) and a % b as its Mod; torch writes its own FloorDiv / Mod for both
-            out = f"({out} * {right})" if token.text == "*" else f"{'FloorDiv' if token.text == '//' else 'Mod'}({out}, {right})"
+            out = (
+                f"({out} * {right})"
+                if token.text == "*"
+                else f"{'FloorDiv' if token.text == '//' else 'Mod'}({out}, {right})"
+            )
         return out
 
     def unary(self, depth: int) -> str:

@@ -99,7 +99,9 @@ class Dataset:
 DATASETS: Registry[DatasetSpec] = Registry("dataset", base=DatasetSpec)
 
 
-def split_from_uint8(images: np.ndarray, labels: np.ndarray, *, channels_last: bool = True, scale: float = 255.0) -> Split:
+def split_from_uint8(
+    images: np.ndarray, labels: np.ndarray, *, channels_last: bool = True, scale: float = 255.0
+) -> Split:
     """Build a :class:`Split` from integer images (N x H x W, N x H x W x C, or N x C x H x W).
 
     Pixel values are divided by ``scale`` to land in [0, 1].
@@ -152,7 +154,9 @@ def load_dataset(
         raise DatasetError(
             f"dataset '{name}' is read from disk: pass --data-root DIR (add --download to fetch it there first)"
         )
-    options = LoadOptions(data_root=Path(data_root) if data_root is not None else None, download=download, split_seed=split_seed)
+    options = LoadOptions(
+        data_root=Path(data_root) if data_root is not None else None, download=download, split_seed=split_seed
+    )
     train, test = spec.load_splits(options)
     _check_split(spec, train, "train")
     _check_split(spec, test, "test")

@@ -58,7 +58,9 @@ def read_cifar_batch(path: Path, label_key: str, num_classes: int) -> tuple[np.n
         raise DatasetError(f"{path}: CIFAR batch lacks the b'data' or b'{label_key}' entry")
     if isinstance(data, (bytes, bytearray)):
         if len(data) % 3072:
-            raise DatasetError(f"{path}: b'data' holds {len(data)} bytes, not a multiple of 3072 (one 3 x 32 x 32 image)")
+            raise DatasetError(
+                f"{path}: b'data' holds {len(data)} bytes, not a multiple of 3072 (one 3 x 32 x 32 image)"
+            )
         data = np.frombuffer(bytes(data), dtype=np.uint8).reshape(-1, 3072)
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         described = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__

@@ -57,9 +57,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
             if zero != 0:
                 raise DatasetError(f"{path}: not an IDX file (magic number 0x{header.hex()} does not start with 0000)")
             if dtype_code != _IDX_UBYTE:
-                raise DatasetError(
-                    f"{path}: IDX element type 0x{dtype_code:02x}, expected 0x08 (unsigned byte)"
-                )
+                raise DatasetError(f"{path}: IDX element type 0x{dtype_code:02x}, expected 0x08 (unsigned byte)")
             if dims != ndim:
                 raise DatasetError(f"{path}: IDX file has {dims} dimensions, expected {ndim}")
             raw_shape = _read_exactly(handle, 4 * dims)

@@ -87,7 +87,9 @@ def _array_from_bytes(data: object, dtype: object, shape: object, order: object)
         raise pickle.UnpicklingError(f"invalid array order {order!r}")
     count = int(np.prod(shape, dtype=np.int64)) if shape else 1
     if count * dtype.dtype.itemsize != len(data):
-        raise pickle.UnpicklingError(f"array of shape {shape} needs {count * dtype.dtype.itemsize} bytes, got {len(data)}")
+        raise pickle.UnpicklingError(
+            f"array of shape {shape} needs {count * dtype.dtype.itemsize} bytes, got {len(data)}"
+        )
     return np.frombuffer(bytes(data), dtype=dtype.dtype).reshape(shape, order=order)
 
 
@@ -109,8 +111,18 @@ def _codecs_encode(text: object, encoding: object = "utf-8") -> bytes:
     return text.encode("latin-1")
 
 
-_PLAIN_BUILTINS = {"dict": dict, "list": list, "tuple": tuple, "bytes": bytes, "bytearray": bytearray,
-                   "str": str, "int": int, "float": float, "set": set, "frozenset": frozenset}
+_PLAIN_BUILTINS = {
+    "dict": dict,
+    "list": list,
+    "tuple": tuple,
+    "bytes": bytes,
+    "bytearray": bytearray,
+    "str": str,
+    "int": int,
+    "float": float,
+    "set": set,
+    "frozenset": frozenset,
+}
 
 _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     **{(module, key): value for module in ("builtins", "__builtin__") for key, value in _PLAIN_BUILTINS.items()},

@@ -36,7 +36,9 @@ def read_svhn_mat(path: Path) -> Split:
         raise DatasetError(f"{path}: 'X' must be a uint8 32 x 32 x 3 x N array, found {images.dtype} {images.shape}")
     count = images.shape[3]
     if labels.ndim not in (1, 2) or labels.size != count or (labels.ndim == 2 and 1 not in labels.shape):
-        raise DatasetError(f"{path}: 'y' must be N x 1 with N = {count} (the images in 'X'), found shape {labels.shape}")
+        raise DatasetError(
+            f"{path}: 'y' must be N x 1 with N = {count} (the images in 'X'), found shape {labels.shape}"
+        )
     labels = labels.reshape(-1)
     if labels.dtype.kind == "f":
         if not np.all(np.isfinite(labels)) or not np.array_equal(labels, np.round(labels)):

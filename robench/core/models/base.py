@@ -131,7 +131,9 @@ def layer_size(name: str, value: object, cap: int) -> int:
     return value
 
 
-def build_backbone(arch: str, input_shape: tuple[int, int, int], kwargs: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def build_backbone(
+    arch: str, input_shape: tuple[int, int, int], kwargs: dict[str, Any] | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
     """Build a registered backbone; returns it with the fully resolved kwargs (to store in the bundle)."""
     spec = ARCHITECTURES.get(arch)
     resolved = spec.resolve_kwargs(dict(kwargs or {}))

@@ -46,7 +46,15 @@ from robench.report.tables.layouts import (
     white_box_metrics,
 )
 from robench.report.tables.paper_columns import PAPER, PAPER_READY_LAYOUTS, ROBENCH, SOURCE, with_paper_columns
-from robench.report.tables.render import COMPACT_LATEX, FORMATS, LONGTABLE_ROWS, STANDALONE_HTML, STANDALONE_LATEX, render, render_tables
+from robench.report.tables.render import (
+    COMPACT_LATEX,
+    FORMATS,
+    LONGTABLE_ROWS,
+    STANDALONE_HTML,
+    STANDALONE_LATEX,
+    render,
+    render_tables,
+)
 from robench.report.tables.table import Table
 
 __all__ = [

@@ -9,11 +9,19 @@ import numpy as np
 import pandas as pd
 
 from robench.core.errors import ConfigError
+from robench.report.tables.labels import model_infos
+from robench.report.tables.layouts import (
+    DEFAULT_OPTIONS,
+    DEFAULT_ORDER,
+    DISTORTION,
+    DISTORTION_255,
+    LAYOUTS,
+    Layout,
+    TableOptions,
+)
+from robench.report.tables.table import COUNT, DETECTOR, HIGH, LOW, METRIC, Table
 from robench.scoring import records as R
 from robench.scoring.metrics import METRICS, POPULATIONS, SUMMARY_KEYS
-from robench.report.tables.labels import model_infos
-from robench.report.tables.layouts import DEFAULT_OPTIONS, DEFAULT_ORDER, DISTORTION, DISTORTION_255, LAYOUTS, Layout, TableOptions
-from robench.report.tables.table import COUNT, DETECTOR, HIGH, LOW, METRIC, Table
 
 DATASET_LEVEL = "Dataset"
 
@@ -94,7 +102,11 @@ def metric_notes(metrics: Sequence[str]) -> list[str]:
     if len(aucs) == 1:
         notes.append(f"AUC population: {aucs[0].name} ({aucs[0].description}).")
     elif aucs:
-        notes.append("AUC populations: " + "; ".join(f"{METRICS.get(p.metric).label} {p.name} ({p.description})" for p in aucs) + ".")
+        notes.append(
+            "AUC populations: "
+            + "; ".join(f"{METRICS.get(p.metric).label} {p.name} ({p.description})" for p in aucs)
+            + "."
+        )
     scales = [m for m in (DISTORTION, DISTORTION_255) if m in shown]
     if scales:
         notes.append("; ".join(f"{METRICS.get(m).label}: {_DISTORTION_NOTES[m]}" for m in scales) + ".")

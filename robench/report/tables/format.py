@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from robench.scoring.metrics import METRICS
 from robench.report.tables.table import COUNT, HIGH, LOW, METRIC, TEXT, Table
+from robench.scoring.metrics import METRICS
 
 NA = "-"  # a NaN value, or no cell
 

@@ -16,11 +16,11 @@ import pandas as pd
 
 from robench.core.errors import ConfigError
 from robench.core.registry import Registry
-from robench.scoring import records as R
-from robench.scoring.worst_case import WORST_CASE
-from robench.scoring.metrics import DEFAULT_POPULATION, METRICS, NO_DETECTOR, SUMMARY_KEYS, population
 from robench.report.tables.labels import ModelInfo, detector_label, detector_rank, metric_header
 from robench.report.tables.table import COUNT, DETECTOR, METRIC, VALUE
+from robench.scoring import records as R
+from robench.scoring.metrics import DEFAULT_POPULATION, METRICS, NO_DETECTOR, SUMMARY_KEYS, population
+from robench.scoring.worst_case import WORST_CASE
 
 DISTORTION, DISTORTION_255 = "distortion", "distortion_255"  # the metrics' names
 DISTORTION_SCALES = {1: DISTORTION, 255: DISTORTION_255}  # --scale -> the white-box layout's distortion metric
@@ -36,7 +36,9 @@ class TableOptions:
     def __post_init__(self) -> None:
         population(self.population)  # an unknown name: one-line error with a suggestion
         if self.distortion_scale not in DISTORTION_SCALES:
-            raise ConfigError(f"distortion scale must be one of {', '.join(map(str, DISTORTION_SCALES))}, got {self.distortion_scale}")
+            raise ConfigError(
+                f"distortion scale must be one of {', '.join(map(str, DISTORTION_SCALES))}, got {self.distortion_scale}"
+            )
 
     @property
     def auc_metric(self) -> str:
@@ -130,7 +132,9 @@ def _ordered(summary: pd.DataFrame, infos: Mapping[str, ModelInfo]) -> pd.DataFr
 
 def _cells(frame: pd.DataFrame, metric: str, **levels: pd.Series | str) -> pd.DataFrame:
     if metric not in frame:  # a hand-made or old summary without the requested population's column
-        raise ConfigError(f"the summary has no '{metric}' column (summaries of runs read by this robench have every metric)")
+        raise ConfigError(
+            f"the summary has no '{metric}' column (summaries of runs read by this robench have every metric)"
+        )
     keys = frame[[*SUMMARY_KEYS, DETECTOR]]
     return keys.assign(**levels, **{METRIC: metric, VALUE: frame[metric].astype(float)})
 
@@ -151,7 +155,9 @@ def _auc_only(options: TableOptions) -> tuple[str, ...]:
 
 def _detection_cells(selected: pd.DataFrame, infos: Mapping[str, ModelInfo], options: TableOptions) -> pd.DataFrame:
     ordered = _ordered(selected, infos)
-    return _cells(ordered, options.auc_metric, **{"Detection Method": _method_label(ordered, infos), "Attack": ordered[R.ATTACK]})
+    return _cells(
+        ordered, options.auc_metric, **{"Detection Method": _method_label(ordered, infos), "Attack": ordered[R.ATTACK]}
+    )
 
 
 WHITE_BOX_METRICS = ("auc_roc", DISTORTION, "success_rate")  # with the default options
@@ -165,7 +171,10 @@ def white_box_metrics(options: TableOptions) -> tuple[str, ...]:
 def _white_box_cells(selected: pd.DataFrame, infos: Mapping[str, ModelInfo], options: TableOptions) -> pd.DataFrame:
     ordered = _ordered(selected, infos)
     method = _method_label(ordered, infos)
-    parts = [_cells(ordered, m, **{"Detection Method": method, "Metric": metric_header(m)}) for m in white_box_metrics(options)]
+    parts = [
+        _cells(ordered, m, **{"Detection Method": method, "Metric": metric_header(m)})
+        for m in white_box_metrics(options)
+    ]
     # interleave so each row's three cells are adjacent and rows keep their order
     return pd.concat(parts).sort_index(kind="stable")
 
@@ -181,7 +190,9 @@ def ablation_metrics(options: TableOptions) -> tuple[str, ...]:
 def _ablation_cells(selected: pd.DataFrame, infos: Mapping[str, ModelInfo], options: TableOptions) -> pd.DataFrame:
     ordered = _ordered(selected, infos)
     attack_rank = {a: i for i, a in enumerate(dict.fromkeys(selected[R.ATTACK]))}
-    ordered = ordered.iloc[np.argsort(ordered[R.ATTACK].map(attack_rank).to_numpy(), kind="stable")].reset_index(drop=True)
+    ordered = ordered.iloc[np.argsort(ordered[R.ATTACK].map(attack_rank).to_numpy(), kind="stable")].reset_index(
+        drop=True
+    )
     levels = {"Attack": ordered[R.ATTACK], "Detection Method": _method_label(ordered, infos)}
     parts = [_cells(ordered, m, **levels, Metric=metric_header(m)) for m in ablation_metrics(options)]
     return pd.concat(parts).sort_index(kind="stable")
@@ -225,7 +236,13 @@ def _accuracy_cells(selected: pd.DataFrame, infos: Mapping[str, ModelInfo], opti
     return pd.concat(
         [
             _cells(clean, ACCURACY_METRICS[0], Model=_model_label(clean, infos), Threat="", Attack=CLEAN_COLUMN),
-            _cells(per_attack, ACCURACY_METRICS[1], Model=_model_label(per_attack, infos), Threat=per_attack[R.THREAT], Attack=per_attack[R.ATTACK]),
+            _cells(
+                per_attack,
+                ACCURACY_METRICS[1],
+                Model=_model_label(per_attack, infos),
+                Threat=per_attack[R.THREAT],
+                Attack=per_attack[R.ATTACK],
+            ),
         ],
         ignore_index=True,
     )
@@ -237,11 +254,16 @@ WORST_CASE_METRICS = ("survival", "survival_detected")
 
 def _worst_case_cells(selected: pd.DataFrame, infos: Mapping[str, ModelInfo], options: TableOptions) -> pd.DataFrame:
     ordered = _ordered(selected, infos)
-    threat_rank = ordered[R.THREAT].map({t: i for i, t in enumerate(WORST_CASE_THREATS)}).fillna(len(WORST_CASE_THREATS))
+    threat_rank = (
+        ordered[R.THREAT].map({t: i for i, t in enumerate(WORST_CASE_THREATS)}).fillna(len(WORST_CASE_THREATS))
+    )
     ordered = ordered.iloc[np.argsort(threat_rank.to_numpy(), kind="stable")].reset_index(drop=True)
     threat = ordered[R.THREAT] + _substitute_note(ordered, infos)
     method = _method_label(ordered, infos)
-    parts = [_cells(ordered, m, **{"Detection Method": method, "Threat": threat, "Metric": metric_header(m)}) for m in WORST_CASE_METRICS]
+    parts = [
+        _cells(ordered, m, **{"Detection Method": method, "Threat": threat, "Metric": metric_header(m)})
+        for m in WORST_CASE_METRICS
+    ]
     return pd.concat(parts).sort_index(kind="stable")
 
 
@@ -249,7 +271,12 @@ def _summary_cells(selected: pd.DataFrame, infos: Mapping[str, ModelInfo], optio
     metrics = [COUNT, *[c for c in selected.columns if c in METRICS]]  # unknown extra columns are ignored
     # transfer rows name their substitute, so one target attacked from two substitutes keeps two rows
     threat = selected[R.THREAT] + _substitute_note(selected, infos)
-    levels = {"Model": selected[R.MODEL], "Threat": threat, "Attack": selected[R.ATTACK], "Detector": selected[DETECTOR]}
+    levels = {
+        "Model": selected[R.MODEL],
+        "Threat": threat,
+        "Attack": selected[R.ATTACK],
+        "Detector": selected[DETECTOR],
+    }
     parts = [_cells(selected, m, **levels, Metric=metric_header(m)) for m in metrics]
     return pd.concat(parts).sort_index(kind="stable")
 

@@ -25,22 +25,24 @@ import pandas as pd
 
 from robench.core.errors import ConfigError
 from robench.core.registry import did_you_mean
-from robench.scoring import records as R
-from robench.scoring.metrics import METRICS, NO_DETECTOR, POPULATIONS
-from robench.specs.threats import THREATS
 from robench.report.paper import UPPER_BOUND, PaperNumbers, paper_dataset
 from robench.report.tables.build import DATASET_LEVEL
 from robench.report.tables.format import NA, format_value
 from robench.report.tables.labels import defense_label, detector_label, metric_header
 from robench.report.tables.layouts import ACCURACY_THREATS, CLEAN_COLUMN, LAYOUTS, TableOptions
 from robench.report.tables.table import DETECTOR, HIGH, LOW, METRIC, TEXT, VALUE, Table
+from robench.scoring import records as R
+from robench.scoring.metrics import METRICS, NO_DETECTOR, POPULATIONS
+from robench.specs.threats import THREATS
 
 SOURCE = "Source"  # the column level added: whose number a column holds
 ROBENCH, PAPER = "robench", "paper"
 AUC = "auc"  # the metric family of every AUC population
 _AUC_METRICS = {p.metric for p in POPULATIONS.values()}
 
-Levels = Callable[[str, str, str], dict[str, str]]  # (paper row, paper column, metric shown) -> the layout's level values
+Levels = Callable[
+    [str, str, str], dict[str, str]
+]  # (paper row, paper column, metric shown) -> the layout's level values
 
 
 def metric_family(metric: str) -> str:
@@ -96,7 +98,9 @@ _AXES: dict[str, tuple[bool, str | None, Levels]] = {
 PAPER_READY_LAYOUTS = tuple(_AXES)
 
 
-def _robench_keys(table: Table, meta: Mapping[str, Mapping[str, Any]], with_detector: bool, column_level: str | None) -> pd.DataFrame:
+def _robench_keys(
+    table: Table, meta: Mapping[str, Mapping[str, Any]], with_detector: bool, column_level: str | None
+) -> pd.DataFrame:
     """Each robench cell's (dataset, row, column, family) in the papers' terms (dataset None: no paper uses it)."""
     cells = table.cells
     defense = cells[R.MODEL].map(lambda m: str(meta.get(m, {}).get("defense") or ""))
@@ -146,7 +150,9 @@ def with_paper_columns(
     own_datasets = [d for d in dict.fromkeys(keys["dataset"]) if d]
     if other_dataset is not None:
         if other_dataset not in paper.datasets:
-            raise ConfigError(f"--paper-dataset {other_dataset}: {paper.table.name} prints numbers for {', '.join(paper.datasets)}{did_you_mean(other_dataset, paper.datasets)}")
+            raise ConfigError(
+                f"--paper-dataset {other_dataset}: {paper.table.name} prints numbers for {', '.join(paper.datasets)}{did_you_mean(other_dataset, paper.datasets)}"
+            )
         keys = keys.assign(dataset=other_dataset)
     run_datasets = [d for d in dict.fromkeys(keys["dataset"]) if d]
     kept = numbers[numbers["dataset"].isin(run_datasets)]
@@ -155,18 +161,24 @@ def with_paper_columns(
         run = ", ".join(f"{n} ({paper_dataset(n)})" if paper_dataset(n) else n for n in names)
         others = [t for d in run_datasets for t in paper.by_dataset.get(d, ())]
         hint = f"; tables with {', '.join(run_datasets)} numbers: {', '.join(dict.fromkeys(others))}" if others else ""
-        raise ConfigError(f"{paper.table.name} prints numbers for {', '.join(paper.datasets)}; the run's models are on {run}{hint}")
+        raise ConfigError(
+            f"{paper.table.name} prints numbers for {', '.join(paper.datasets)}; the run's models are on {run}{hint}"
+        )
     shown = {metric_family(m): m for m in LAYOUTS.get(table.layout).metrics(options)}
     notes = []
     unshown = kept[~kept["metric"].map(metric_family).isin(shown)]
     if not unshown.empty:
-        notes.append(f"{paper.table.name}: {len(unshown)} numbers of metrics the {table.layout} layout does not show ({', '.join(dict.fromkeys(unshown['metric']))}) left out")
+        notes.append(
+            f"{paper.table.name}: {len(unshown)} numbers of metrics the {table.layout} layout does not show ({', '.join(dict.fromkeys(unshown['metric']))}) left out"
+        )
     kept = kept[kept["metric"].map(metric_family).isin(shown)]
     by_key: dict[tuple[str, str, str, str], pd.Series] = {}
     for _, entry in kept.iterrows():
         key = (entry["dataset"], entry["row"], entry["column"], metric_family(entry["metric"]))
         if key in by_key:
-            raise ConfigError(f"{paper.source}: {paper.table.name} gives two numbers for one cell ({', '.join(key[:3])}: {by_key[key]['metric']} and {entry['metric']})")
+            raise ConfigError(
+                f"{paper.source}: {paper.table.name} gives two numbers for one cell ({', '.join(key[:3])}: {by_key[key]['metric']} and {entry['metric']})"
+            )
         by_key[key] = entry
 
     level_names = [*table.rows, *table.columns]
@@ -175,13 +187,18 @@ def with_paper_columns(
     matched = [by_key.get(k) for k in cell_keys]
     paper_values, paper_texts = [], []
     for cell_metric, entry in zip(robench[METRIC], matched):
-        value, text = (np.nan, None) if entry is None else _paper_text(float(entry["value"]), cell_metric, str(entry["note"]))
+        value, text = (
+            (np.nan, None) if entry is None else _paper_text(float(entry["value"]), cell_metric, str(entry["note"]))
+        )
         paper_values.append(value)
         paper_texts.append(text)
     beside = robench[[*level_names, METRIC]].assign(**{SOURCE: PAPER, VALUE: paper_values, TEXT: paper_texts})
 
     used = {k for k in cell_keys if k in by_key}
-    home = {paper_dataset(str(meta.get(m, {}).get("dataset") or "")): str(meta.get(m, {}).get("dataset") or "") for m in reversed(list(table.cells[R.MODEL]))}
+    home = {
+        paper_dataset(str(meta.get(m, {}).get("dataset") or "")): str(meta.get(m, {}).get("dataset") or "")
+        for m in reversed(list(table.cells[R.MODEL]))
+    }
     extra = []
     for key, entry in by_key.items():
         if key in used:
@@ -205,7 +222,17 @@ def with_paper_columns(
             " different data, shown for orientation, not as a comparison."
         )
     return (
-        Table(table.layout, caption, table.label, cells, table.rows, (*table.columns, SOURCE), table.best_along, table.group, (SOURCE, PAPER)),
+        Table(
+            table.layout,
+            caption,
+            table.label,
+            cells,
+            table.rows,
+            (*table.columns, SOURCE),
+            table.best_along,
+            table.group,
+            (SOURCE, PAPER),
+        ),
         notes,
     )
 
@@ -235,7 +262,9 @@ def _full_grid(cells: pd.DataFrame, rows: tuple[str, ...], columns: tuple[str, .
         [(*r, *c, source) for r in row_keys for c in base_keys for source in (ROBENCH, PAPER)],
         columns=[*rows, *columns, SOURCE],
     )
-    cells = cells.drop_duplicates([*rows, *columns, SOURCE], keep="first")  # a paper row that repeats a robench label keeps robench's cell
+    cells = cells.drop_duplicates(
+        [*rows, *columns, SOURCE], keep="first"
+    )  # a paper row that repeats a robench label keeps robench's cell
     full = grid.merge(cells, on=[*rows, *columns, SOURCE], how="left", validate="one_to_one")
     missing = full[METRIC].isna()
     if missing.any():

@@ -23,7 +23,10 @@ FORMATS = ("latex", "markdown", "csv", "html")
 # Tables of more rows than this are longtables (they need \\usepackage{longtable}), which break across pages.
 LONGTABLE_ROWS = 40
 # Standalone documents are previews: landscape, small type and narrow columns so wide tables fit.
-COMPACT_LATEX = [{"selector": "footnotesize", "props": ":;"}, {"selector": "setlength", "props": ":{\\tabcolsep}{3pt};"}]
+COMPACT_LATEX = [
+    {"selector": "footnotesize", "props": ":;"},
+    {"selector": "setlength", "props": ":{\\tabcolsep}{3pt};"},
+]
 STANDALONE_LATEX = (
     "\\documentclass{article}\n\\usepackage[landscape,margin=1.5cm]{geometry}\n\\usepackage{booktabs}\n\\usepackage{longtable}\n"
     "\\begin{document}\n%s\n\\end{document}\n"
@@ -71,7 +74,11 @@ def _latex(table: Table, best: bool, compact: bool = False) -> str:
         environment="longtable" if long else "table",
     )
     # inside a longtable a size command would land in the first cell: set it around the environment instead
-    return "\\begingroup\\footnotesize\\setlength{\\tabcolsep}{3pt}\n" + latex + "\\endgroup\n" if compact and long else latex
+    return (
+        "\\begingroup\\footnotesize\\setlength{\\tabcolsep}{3pt}\n" + latex + "\\endgroup\n"
+        if compact and long
+        else latex
+    )
 
 
 def _html(table: Table, best: bool) -> str:
@@ -83,7 +90,9 @@ def _html(table: Table, best: bool) -> str:
         .format_index(escape="html", axis=1)
         .apply(lambda _: css, axis=None)
         .set_caption(html.escape(table.caption))  # Styler escapes cells and headers, not the caption
-        .set_uuid(table.layout.replace("-", "_"))  # a fixed id instead of a random one: the same run renders the same bytes
+        .set_uuid(
+            table.layout.replace("-", "_")
+        )  # a fixed id instead of a random one: the same run renders the same bytes
     )
     return styler.to_html()
 
@@ -102,7 +111,12 @@ def _csv(table: Table, best: bool) -> str:
     return frame.to_csv(index=False)
 
 
-_RENDERERS: dict[str, Callable[[Table, bool], str]] = {"latex": _latex, "markdown": _markdown, "csv": _csv, "html": _html}
+_RENDERERS: dict[str, Callable[[Table, bool], str]] = {
+    "latex": _latex,
+    "markdown": _markdown,
+    "csv": _csv,
+    "html": _html,
+}
 
 
 def render(table: Table, fmt: str, *, best: bool = True, standalone: bool = False) -> str:
@@ -116,10 +130,14 @@ def render_tables(tables: Sequence[Table], fmt: str, *, best: bool = True, stand
     CSV holds one table as plain CSV; several are blocks, each after a ``# layout: caption`` line.
     """
     if fmt not in _RENDERERS:
-        raise ConfigError(f"unknown table format '{fmt}'{did_you_mean(fmt, list(FORMATS))}; known: {', '.join(FORMATS)}")
+        raise ConfigError(
+            f"unknown table format '{fmt}'{did_you_mean(fmt, list(FORMATS))}; known: {', '.join(FORMATS)}"
+        )
     if standalone and fmt not in ("latex", "html"):
         raise ConfigError(f"--standalone applies to the latex and html formats, not '{fmt}'")
-    parts = [_latex(table, best, compact=standalone) if fmt == "latex" else _RENDERERS[fmt](table, best) for table in tables]
+    parts = [
+        _latex(table, best, compact=standalone) if fmt == "latex" else _RENDERERS[fmt](table, best) for table in tables
+    ]
     if fmt == "csv" and len(tables) > 1:
         parts = [f"# {t.layout}: {t.caption}\n{part}" for t, part in zip(tables, parts)]
     body = "\n".join(parts)
