@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.robench-installed
 
-.PHONY: install demo demo-full test test-all regression regression-baseline reproduce ablation sweep clean
+.PHONY: install lint demo demo-full test test-all regression regression-baseline reproduce ablation sweep clean
 
 install: $(STAMP)
 
@@ -20,7 +20,12 @@ demo: $(STAMP)
 demo-full: $(STAMP)
 	$(VENV)/bin/robench demo --full --out reports/demo-full
 
-test: $(STAMP)
+# ruff (configured in pyproject.toml): lint and format check; `make test` runs it first.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 # The CI regression gate: the committed bundled models x every threat model, checked against the
@@ -53,7 +58,7 @@ sweep: $(STAMP)
 	$(PY) reports/sweep/run_sweep.py --out build/sweep
 
 # Also the tests marked slow (long training runs).
-test-all: $(STAMP)
+test-all: lint
 	ROBENCH_SLOW=1 $(PY) -m pytest -q -n 2 --dist loadgroup
 
 clean:

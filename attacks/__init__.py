@@ -1,6 +1,8 @@
 """Attacks (installed as ``robench.attacks``): a final ``__call__`` that checks and scores, subclasses write ``run``."""
 
-from robench.attacks import (  # noqa: F401  (registration side effects)  # noqa: F401  (resolvers for foolbox:NAME, torchattacks:NAME; import the libraries lazily)
+# Imported for their registrations (the library modules register the foolbox:NAME and torchattacks:NAME resolvers,
+# which import the libraries lazily).
+from robench.attacks import (  # noqa: F401 - registration side effects
     apgd,  # noqa: F401  (registers apgd, apgd-l2)
     corruptions,
     cw,

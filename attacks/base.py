@@ -177,7 +177,8 @@ class Attack(Configurable, ABC):
     ) -> AttackResult:
         if x.ndim != 4 or y.ndim != 1 or x.shape[0] != y.shape[0]:
             raise ConfigError(
-                f"attack inputs need x of shape N x C x H x W and y of shape N, got {tuple(x.shape)} and {tuple(y.shape)}"
+                "attack inputs need x of shape N x C x H x W and y "
+                f"of shape N, got {tuple(x.shape)} and {tuple(y.shape)}"
             )
         if not target.bounds.contains(x):
             raise ConfigError(
@@ -229,7 +230,8 @@ class Attack(Configurable, ABC):
         )
 
     def cost(self) -> float:
-        """Estimated model passes per image (a forward with its backward counts as one): the cascade's cheapest-first key.
+        """Estimated model passes per image (a forward with its backward counts as one):
+        the cascade's cheapest-first key.
 
         :mod:`robench.scoring.cascade` runs a threat's attacks in increasing cost; the estimate only
         orders them, it is never reported as a measurement (run.json counts the passes made).

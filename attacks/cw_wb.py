@@ -101,7 +101,8 @@ class CarliniWagnerWhiteBox(CarliniWagnerL2):
 
     # The runner gives this attack a fitted KD estimator (AttackTarget.detector) and eta.
     def needs(self) -> AttackNeeds:
-        """An attacker-side KD (the scored detector's settings unless ``kd_per_class`` / ``kd_bandwidth`` set them) and its eta."""
+        """An attacker-side KD (the scored detector's settings unless ``kd_per_class`` / ``kd_bandwidth`` set them) and
+        its eta."""
         return AttackNeeds(
             density=True,
             kd_per_class=None if self.kd_per_class < 0 else self.kd_per_class,
@@ -109,7 +110,8 @@ class CarliniWagnerWhiteBox(CarliniWagnerL2):
         )
 
     def cost(self) -> float:
-        """``cw-l2``'s, doubled for the kernel density over the training features at every step, plus the first phase."""
+        """``cw-l2``'s, doubled for the kernel density over the training features at every step, plus the first
+        phase."""
         first = self.first_search_steps * self.steps if self.two_phase else 0
         return float(2 * self.binary_search_steps * self.steps + first)
 
@@ -143,7 +145,12 @@ class CarliniWagnerWhiteBox(CarliniWagnerL2):
     def _context(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None) -> Tensor:
         """eta per sample."""
         if self.eta_mode == "global":
-            return torch.full((x.shape[0],), float(target.detector_eta), dtype=x.dtype, device=x.device)  # type: ignore[arg-type]
+            return torch.full(
+                (x.shape[0],),
+                float(target.detector_eta),  # type: ignore[arg-type]
+                dtype=x.dtype,
+                device=x.device,
+            )
         if self.eta_mode == "class":
             assert targets is not None and target.detector_eta_per_class is not None
             return target.detector_eta_per_class.to(device=x.device, dtype=x.dtype)[targets]

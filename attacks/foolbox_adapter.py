@@ -61,12 +61,14 @@ _TARGETED_BASES = {"BaseGradientDescent", "L2CarliniWagnerAttack", "DDNAttack", 
 _TARGETED_ONLY = {"GenAttack"}
 # Query-only attacks (decision-based, score-based, noise, blur, contrast): no gradient of the model.
 _GRADIENT_FREE_BASES = {
-    "BoundaryAttack", "HopSkipJumpAttack", "PointwiseAttack", "SaltAndPepperNoiseAttack", "LinearSearchBlendedUniformNoiseAttack",
-    "GaussianBlurAttack", "BinarySearchContrastReductionAttack", "LinearSearchContrastReductionAttack", "L2ContrastReductionAttack",
+    "BoundaryAttack", "HopSkipJumpAttack", "PointwiseAttack", "SaltAndPepperNoiseAttack",
+    "LinearSearchBlendedUniformNoiseAttack", "GaussianBlurAttack", "BinarySearchContrastReductionAttack",
+    "LinearSearchContrastReductionAttack", "L2ContrastReductionAttack",
     "InversionAttack", "GenAttack", "BaseAdditiveNoiseAttack", "BaseRepeatedAdditiveNoiseAttack",
 }  # fmt: skip
 _SINGLE_STEP_BASES = {"L1FastGradientAttack", "L2FastGradientAttack", "LinfFastGradientAttack"}
-# Not offered: DatasetAttack needs a fed dataset, BinarizationRefinementAttack starting points (its run() requires them).
+# Not offered: DatasetAttack needs a fed dataset, BinarizationRefinementAttack starting points
+# (its run() requires them).
 _EXCLUDED = {"DatasetAttack", "BinarizationRefinementAttack"}
 _OWNED = ("tensorboard",)  # robench writes no logs of its own choosing
 _NORMS = ("l0", "l1", "l2", "linf")
@@ -77,7 +79,7 @@ _BUDGETS = {"linf": (8 / 255, 0.3), "l2": (0.5, 2.0), "l1": (12.0, 10.0)}
 def _import() -> Any:
     try:
         return importlib.import_module("foolbox")
-    except Exception as error:  # noqa: BLE001  (any import failure: one line naming the package)
+    except Exception as error:  # noqa: BLE001 - any import failure: one line naming the package
         raise missing_library(PREFIX, error) from None
 
 
@@ -108,10 +110,11 @@ def names() -> list[str]:
 
 
 def _default_norm(cls: type) -> str | None:
-    """The norm of an instance's ``distance`` with the constructor's defaults (a class attribute or a property), else None."""
+    """The norm of an instance's ``distance`` with the constructor's defaults (a class attribute or a property),
+    else None."""
     try:
         distance = cls().distance
-    except Exception:  # noqa: BLE001  (flexible-distance attacks raise until given a distance)
+    except Exception:  # noqa: BLE001 - flexible-distance attacks raise until given a distance
         return None
     p = getattr(distance, "p", None)
     if p is None:
@@ -135,7 +138,8 @@ class FoolboxAttack(LibraryAttack):
         return _classes()[self.library_class]
 
     def library_kwargs(self) -> dict[str, Any]:
-        """The constructor's keyword arguments: fields in foolbox's spelling (``norm`` -> ``distance`` / ``constraint``)."""
+        """The constructor's keyword arguments: fields in foolbox's spelling
+        (``norm`` -> ``distance`` / ``constraint``)."""
         kwargs: dict[str, Any] = {}
         for key, value in self.params().items():
             if key == "eps":
@@ -212,7 +216,8 @@ def build(name: str) -> type[FoolboxAttack]:
     namespace.update(
         {
             "name": f"{PREFIX}:{name}",
-            "description": f"foolbox {getattr(_import(), '__version__', '')} {lib.__name__} (adapter): {first_doc_line(lib)}",
+            "description": f"foolbox {getattr(_import(), '__version__', '')} {lib.__name__} (adapter): "
+            f"{first_doc_line(lib)}",
             "library_class": name,
             "library_params": tuple(p.name for p in params),
             "renamed": renamed,

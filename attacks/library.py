@@ -49,10 +49,11 @@ _QUERY_ONLY = "black-box"
 
 # Count-like parameters (>= 1) and what multiplies into cost(); the rest of the ints are >= 0.
 _COUNTS = {
-    "steps", "n_restarts", "restarts", "n_queries", "nb_iter", "nb_sample", "max_batch_size", "eot_iter", "binary_search_steps",
-    "max_iterations", "pixels", "popsize", "inf_batch", "noise_batch_size", "batch_max", "num_iter_set", "N", "m", "len_kernel",
-    "repeats", "directions", "population", "initial_gradient_eval_steps", "max_gradient_eval_steps", "update_stats_every_k",
-    "lr_num_decay", "num_translations", "num_rotations", "random_steps", "n_classes", "candidates",
+    "steps", "n_restarts", "restarts", "n_queries", "nb_iter", "nb_sample", "max_batch_size", "eot_iter",
+    "binary_search_steps", "max_iterations", "pixels", "popsize", "inf_batch", "noise_batch_size", "batch_max",
+    "num_iter_set", "N", "m", "len_kernel", "repeats", "directions", "population", "initial_gradient_eval_steps",
+    "max_gradient_eval_steps", "update_stats_every_k", "lr_num_decay", "num_translations", "num_rotations",
+    "random_steps", "n_classes", "candidates",
 }  # fmt: skip
 _STEP_COUNTS = ("steps", "nb_iter", "n_queries", "max_iterations", "num_iter_set")
 _REPEAT_COUNTS = ("n_restarts", "restarts", "binary_search_steps", "eot_iter", "repeats")
@@ -139,11 +140,13 @@ class LibraryAttack(Attack):
 
     @classmethod
     def check_spec(cls, *, label: str, threat: str, access: str, needs_substitute: bool, target_mode: str) -> None:
-        """Refuse, in one line, a threat or target mode this attack cannot run correctly (called when a run is prepared)."""
+        """Refuse, in one line, a threat or target mode this attack cannot run correctly
+        (called when a run is prepared)."""
         what = f"attack '{label}' ({cls.name})"
         if access == _NO_ATTACKER:
             raise ConfigError(
-                f"{what} cannot join threat '{threat}': it has no attacker (access '{access}'); add it to a threat with an attacker"
+                f"{what} cannot join threat '{threat}': it has no attacker (access '{access}'); "
+                "add it to a threat with an attacker"
             )
         if access == _QUERY_ONLY and not needs_substitute and not cls.gradient_free:
             raise ConfigError(
@@ -306,7 +309,8 @@ def _typed(name: str, kind: type, default: Any, options: tuple[str, ...] | None)
 
 
 def constructor_params(cls: type, skip: int) -> list[inspect.Parameter]:
-    """The keyword parameters of ``cls.__init__`` after the first ``skip`` (self, model), without ``*args`` / ``**kwargs``."""
+    """The keyword parameters of ``cls.__init__`` after the first ``skip`` (self, model),
+    without ``*args`` / ``**kwargs``."""
     try:
         signature = inspect.signature(cls.__init__)
     except (TypeError, ValueError):
@@ -314,7 +318,7 @@ def constructor_params(cls: type, skip: int) -> list[inspect.Parameter]:
     hints: dict[str, Any] = {}
     try:
         hints = typing.get_type_hints(cls.__init__)
-    except Exception:  # unresolvable forward references: fall back to the raw annotations  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - unresolvable forward references: fall back to the raw annotations
         hints = {}
     params = list(signature.parameters.values())[skip:]
     out = []
@@ -343,7 +347,8 @@ def unknown_library_name(prefix: str, name: str, known: list[str], version: str)
 
 def missing_library(prefix: str, error: BaseException) -> ConfigError:
     return ConfigError(
-        f"attack '{prefix}:...' needs the {prefix} package, which does not import here ({type(error).__name__}: {error}); pip install {prefix}"
+        f"attack '{prefix}:...' needs the {prefix} package, which does not import here "
+        f"({type(error).__name__}: {error}); pip install {prefix}"
     )
 
 
@@ -370,7 +375,8 @@ def library_rows(registry: Any) -> list[tuple[str, str]]:
         rows.append(
             (
                 f"{prefix}:NAME",
-                f"any attack class of {prefix} through robench's adapter (the constructor's parameters; --set {prefix}:NAME.PARAM=VALUE): {', '.join(known)}",
+                f"any attack class of {prefix} through robench's adapter "
+                f"(the constructor's parameters; --set {prefix}:NAME.PARAM=VALUE): {', '.join(known)}",
             )
         )
     return rows

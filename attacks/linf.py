@@ -117,7 +117,8 @@ class LinfGradientAttack(Attack):
     ) -> Tensor:
         if targets is None and self.requires_targets:
             raise ConfigError(
-                f"attack '{self.name}' is targeted: pass targets (e.g. choose_targets('{self.default_target_mode}', ...))"
+                f"attack '{self.name}' is targeted: pass targets "
+                f"(e.g. choose_targets('{self.default_target_mode}', ...))"
             )
         if x.shape[0] == 0:
             return x.clone()
@@ -172,7 +173,8 @@ class FGSM(LinfGradientAttack):
 @ATTACKS.register
 @dataclass(frozen=True)
 class BIM(LinfGradientAttack):
-    """Basic iterative method (Kurakin et al. 2017): 20 clipped steps of 0.01, paper 001 Sec. 4.4; eps 0.2 = 20 * 0.01."""
+    """Basic iterative method (Kurakin et al. 2017): 20 clipped steps of 0.01, paper 001 Sec. 4.4;
+    eps 0.2 = 20 * 0.01."""
 
     name: ClassVar[str] = "bim"
     description: ClassVar[str] = "basic iterative method, 20 steps of 0.01, eps 0.2 (Kurakin et al. 2017; 001)"
@@ -214,7 +216,8 @@ class _Paper004Budget(LinfGradientAttack):
 @ATTACKS.register
 @dataclass(frozen=True)
 class PGD(_Paper004Budget):
-    """Projected gradient descent (Madry et al. 2018) with a uniform random start; paper 004 Sec. 4.3 (8/255, 2/255, 10 or 50 steps)."""
+    """Projected gradient descent (Madry et al. 2018) with a uniform random start; paper 004 Sec. 4.3
+    (8/255, 2/255, 10 or 50 steps)."""
 
     name: ClassVar[str] = "pgd"
     description: ClassVar[str] = (

@@ -68,7 +68,8 @@ def logit_margin(logits: Tensor, y: Tensor, targets: Tensor | None, kappa: float
 
 
 def dlr_normaliser(logits: Tensor, targeted: bool) -> Tensor:
-    """The denominator of Croce & Hein's DLR loss: Z_pi1 - Z_pi3 (eq. 6), or Z_pi1 - (Z_pi3 + Z_pi4) / 2 (eq. 7), + 1e-12."""
+    """The denominator of Croce & Hein's DLR loss: Z_pi1 - Z_pi3 (eq. 6), or Z_pi1 - (Z_pi3 + Z_pi4) / 2 (eq. 7),
+    + 1e-12."""
     needed = 4 if targeted else 3
     if logits.shape[1] < needed:
         raise ConfigError(

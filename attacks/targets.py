@@ -38,13 +38,15 @@ def choose_targets(mode: str, logits_clean: Tensor, y: Tensor, generator: torch.
     """
     if mode not in TARGET_MODES:
         raise ConfigError(
-            f"unknown target mode '{mode}'{did_you_mean(str(mode), list(TARGET_MODES))}; known: {', '.join(TARGET_MODES)}"
+            f"unknown target mode '{mode}'{did_you_mean(str(mode), list(TARGET_MODES))}; "
+            f"known: {', '.join(TARGET_MODES)}"
         )
     if mode == "none":
         return None
     if logits_clean.ndim != 2 or y.ndim != 1 or logits_clean.shape[0] != y.shape[0]:
         raise ConfigError(
-            f"choose_targets needs logits of shape N x K and labels of shape N, got {tuple(logits_clean.shape)} and {tuple(y.shape)}"
+            "choose_targets needs logits of shape N x K and labels of shape N, "
+            f"got {tuple(logits_clean.shape)} and {tuple(y.shape)}"
         )
     num_classes = int(logits_clean.shape[1])
     if num_classes < 2:

@@ -102,9 +102,11 @@ _OPTIONS = {
 _FLOATS = frozenset({"c", "kappa", "lam", "scale", "std"})
 _OWNED = ("seed", "verbose")  # robench's generator / robench's output
 _TARGETED_REFUSALS = {
-    "SPSA": "torchattacks' SPSA never calls get_target_label (its random and least-likely modes attack the true label); use robench's spsa",
-    "FAB": "torchattacks' FAB compares its predictions with the labels it is given, which in targeted mode are the targets, so it attacks "
-    "nothing; run it untargeted (multi_targeted=true is AutoAttack's FAB-T)",
+    "SPSA": "torchattacks' SPSA never calls get_target_label "
+    "(its random and least-likely modes attack the true label); use robench's spsa",
+    "FAB": "torchattacks' FAB compares its predictions with the labels it is given, "
+    "which in targeted mode are the targets, so it attacks nothing; "
+    "run it untargeted (multi_targeted=true is AutoAttack's FAB-T)",
 }
 _LINF_BUDGET, _MNIST_LINF = 8 / 255, {"eps": 0.3}
 _MNIST_STEP = 0.01
@@ -113,7 +115,7 @@ _MNIST_STEP = 0.01
 def _import() -> Any:
     try:
         return importlib.import_module("torchattacks")
-    except Exception as error:  # noqa: BLE001  (any import failure: one line naming the package)
+    except Exception as error:  # noqa: BLE001 - any import failure: one line naming the package
         raise missing_library(PREFIX, error) from None
 
 
@@ -143,7 +145,7 @@ def _supported_modes(cls: type) -> tuple[str, ...]:
     """The instance's ``supported_mode`` (set in ``__init__``), read from an instance on a one-weight model."""
     try:
         return tuple(cls(nn.Linear(1, 1)).supported_mode)
-    except Exception:  # noqa: BLE001  (a constructor that wants a real model: treat as untargeted only)
+    except Exception:  # noqa: BLE001 - a constructor that wants a real model: treat as untargeted only
         return ("default",)
 
 
@@ -192,15 +194,18 @@ class TorchattacksAttack(LibraryAttack):
                 logits = module(u)
             if bool((logits.max(1).values <= 0).any()):
                 raise ConfigError(
-                    f"attack '{self.name}' cannot attack this model: its logits are all negative (a distance head such as GM's or MMC's), "
-                    "where torchattacks' CW f-loss, max((1 - one_hot) * logits), is 0 and the attack never moves; use robench's cw-l2"
+                    f"attack '{self.name}' cannot attack this model: its logits are all negative "
+                    "(a distance head such as GM's or MMC's), "
+                    "where torchattacks' CW f-loss, max((1 - one_hot) * logits), is 0 and the attack never moves; "
+                    "use robench's cw-l2"
                 )
         if self.library_class == "JSMA" and targets is None:
             with torch.no_grad():
                 classes = int(module(u[:1]).shape[1])
             if classes != 10:  # its untargeted mode aims at (label + 1) % 10
                 raise ConfigError(
-                    f"attack '{self.name}' runs untargeted only on 10-class models (it aims at (label + 1) % 10); run it targeted"
+                    f"attack '{self.name}' runs untargeted only on 10-class models (it aims at (label + 1) % 10); "
+                    "run it targeted"
                 )
 
     def run(

@@ -1,4 +1,5 @@
-"""robench's `autoattack` threat beside torchattacks' own AutoAttack on the same inputs (the figures in docs/results.md).
+"""robench's `autoattack` threat beside torchattacks' own AutoAttack on the same inputs
+(the figures in docs/results.md).
 
     .venv/bin/python benchmarks/autoattack_check.py gm 0.1 50
 
@@ -59,7 +60,8 @@ def main() -> None:
     }
     seen = result.records.groupby("attack", sort=False).size().to_dict()
     print(
-        f"robench autoattack: {ours:.3f} robust ({time.perf_counter() - tic:.0f} s); per attack {single}; samples seen {seen}"
+        f"robench autoattack: {ours:.3f} robust ({time.perf_counter() - tic:.0f} s); "
+        f"per attack {single}; samples seen {seen}"
     )
 
     tic = time.perf_counter()
@@ -77,7 +79,8 @@ def main() -> None:
     draws = robust[np.random.default_rng(0).integers(0, len(robust), size=(1000, len(robust)))].mean(1)
     low, high = np.quantile(draws, [0.025, 0.975])
     print(
-        f"torchattacks AutoAttack: {robust.mean():.3f} robust [{low:.3f}, {high:.3f}] over {len(robust)} clean-correct ({time.perf_counter() - tic:.0f} s)"
+        f"torchattacks AutoAttack: {robust.mean():.3f} robust [{low:.3f}, {high:.3f}] "
+        f"over {len(robust)} clean-correct ({time.perf_counter() - tic:.0f} s)"
     )
 
 

@@ -78,7 +78,8 @@ def forward_loop(
     max_batch: int = 4096,
     precision: str = "fp32",
 ) -> Tensor:
-    """``steps`` x ``copies`` forward passes per image, ``max_batch`` inputs at most per forward; returns the last logits."""
+    """``steps`` x ``copies`` forward passes per image, ``max_batch`` inputs at most per forward; returns the last
+    logits."""
     device = x.device
     n = x.shape[0]
     per_forward = max(1, max_batch // max(copies, 1)) if copies <= max_batch else 1

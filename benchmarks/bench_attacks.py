@@ -43,17 +43,26 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bare_loop import PRECISIONS, GradForwardCounter, forward_loop, gradient_loop, precision_context, synchronize, timed  # noqa: E402
+from bare_loop import (  # noqa: E402 - after the sys.path insert that finds it
+    PRECISIONS,
+    GradForwardCounter,
+    forward_loop,
+    gradient_loop,
+    precision_context,
+    synchronize,
+    timed,
+)
 
-import robench  # noqa: E402
-from robench.attacks import ATTACKS, AttackTarget, Bounds  # noqa: E402
-from robench.attacks.targets import choose_targets  # noqa: E402
-from robench.core.data import load_dataset  # noqa: E402
-from robench.core.devices import resolve_device  # noqa: E402
+import robench  # noqa: E402 - after the sys.path insert
+from robench.attacks import ATTACKS, AttackTarget, Bounds  # noqa: E402 - after the sys.path insert
+from robench.attacks.targets import choose_targets  # noqa: E402 - after the sys.path insert
+from robench.core.data import load_dataset  # noqa: E402 - after the sys.path insert
+from robench.core.devices import resolve_device  # noqa: E402 - after the sys.path insert
 
 
 def spsa_rows(device: torch.device) -> int:
-    """Robench SPSA's default perturbed inputs per forward on ``device`` (the bare forward loop and torchattacks use the same)."""
+    """Robench SPSA's default perturbed inputs per forward on ``device`` (the bare forward loop and torchattacks use the
+    same)."""
     return ATTACKS.get("spsa")().rows_per_forward(device)
 
 
@@ -446,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
                         ),
                     ),
                 ),
-                # no binary search there: one run of search x steps at c = 1; it stops early when its loss stalls, so its steps are counted
+                # no binary search there: one run of search x steps at c = 1; it stops early when its loss
+                # stalls, so its steps are counted
                 (
                     torchattacks,
                     lambda: Peer(
@@ -513,14 +523,17 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     how = "AttackTarget.precision" if native else "torch.autocast around the attack call"
     print(
-        f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}, n = {n}, repeats = {args.repeats}"
+        f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}, n = {n}, repeats = "
+        f"{args.repeats}"
     )
     print(
-        f"precision: robench and bare loop {args.precision}{f' ({how})' if args.precision != 'fp32' else ''}; peers fp32"
+        f"precision: robench and bare loop {args.precision}{f' ({how})' if args.precision != 'fp32' else ''}; "
+        "peers fp32"
     )
     print(f"model: {args.model} ({bundle.meta.arch}, {bundle.meta.defense}, {bundle.meta.dataset})")
     print(
-        "img-steps: images x steps, a step one forward + backward per image; SPSA: images x steps x 2 x samples forwards"
+        "img-steps: images x steps, a step one forward + backward per image; "
+        "SPSA: images x steps x 2 x samples forwards"
     )
     for note in peer_notes:
         print(f"note: {note}")
@@ -536,7 +549,10 @@ def main(argv: list[str] | None = None) -> int:
     optimizer.step()
     synchronize(device)
 
-    header = f"{'attack':54} {'robench/s':>11} {'bare/s':>11} {'r/bare':>6}  {'peer':36} {'peer/s':>11} {'r/peer':>6} {'r ok':>6} {'peer ok':>7}"
+    header = (
+        f"{'attack':54} {'robench/s':>11} {'bare/s':>11} {'r/bare':>6}  {'peer':36} {'peer/s':>11} "
+        f"{'r/peer':>6} {'r ok':>6} {'peer ok':>7}"
+    )
     print(header)
     print("-" * len(header))
     rows: list[dict[str, Any]] = []
@@ -602,9 +618,12 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             first = i == 0
             print(
-                f"{(case.label if first else ''):54.54} {(fmt(r_ours, '11.4g') if first else ''):>11} {(fmt(r_bare, '11.4g') if first else ''):>11} "
-                f"{(fmt(r_ours / r_bare, '6.2f') if first else ''):>6}  {(row['peer'] or '-'):36.36} {fmt(row['peer_img_steps_per_s'], '11.4g'):>11} "
-                f"{fmt(row['robench_over_peer'], '6.2f'):>6} {fmt(s_ours, '6.3f'):>6} {fmt(row['peer_success'], '7.3f'):>7}"
+                f"{(case.label if first else ''):54.54} {(fmt(r_ours, '11.4g') if first else ''):>11} "
+                f"{(fmt(r_bare, '11.4g') if first else ''):>11} "
+                f"{(fmt(r_ours / r_bare, '6.2f') if first else ''):>6}  {(row['peer'] or '-'):36.36} "
+                f"{fmt(row['peer_img_steps_per_s'], '11.4g'):>11} "
+                f"{fmt(row['robench_over_peer'], '6.2f'):>6} {fmt(s_ours, '6.3f'):>6} "
+                f"{fmt(row['peer_success'], '7.3f'):>7}"
             )
             for error in row_errors if (first or not errors) else row_errors[len(errors) :]:
                 print(f"    failed: {error}")

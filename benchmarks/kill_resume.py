@@ -51,7 +51,8 @@ def commands(work: Path, n: int) -> dict[str, list[str]]:
     suite.write_text(SUITE.format(n=n, models=models))
     run = _robench(
         "run", "--model", str(MODELS / "gm.pt"), "--threat", "semi-white-box", "--attack", "FGSM", "--attack", "BIM",
-        "--n", str(n), "--batch-size", "8", "--detector", "max-prob", "--device", "cpu", "--no-progress", "--out", "{out}",
+        "--n", str(n), "--batch-size", "8", "--detector", "max-prob", "--device", "cpu", "--no-progress",
+        "--out", "{out}",
     )  # fmt: skip
     return {"run": run, "suite": _robench("suite", str(suite), "--no-progress", "--out", "{out}")}
 
@@ -85,7 +86,9 @@ def trial(command: list[str], reference: Path, out: Path, delay: float) -> tuple
     ok = same_summary and no_duplicates and same_records
     return (
         ok,
-        f"killed after {delay:.2f} s{'' if killed else ' (had finished)'}: summary {'identical' if same_summary else 'DIFFERS'}, records {'identical' if same_records else 'DIFFER'}, {'no' if no_duplicates else 'SOME'} duplicates",
+        f"killed after {delay:.2f} s{'' if killed else ' (had finished)'}: "
+        f"summary {'identical' if same_summary else 'DIFFERS'}, records "
+        f"{'identical' if same_records else 'DIFFER'}, {'no' if no_duplicates else 'SOME'} duplicates",
     )
 
 

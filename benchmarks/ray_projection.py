@@ -87,7 +87,8 @@ def family_of(name: str, path: Path) -> str:
             if text.startswith(f"{family}-"):
                 return family
     raise ValueError(
-        f"model '{name}' ({path.name}): neither name nor file starts with one of {', '.join(f'{f}-' for f in TEST_SIZE)}"
+        f"model '{name}' ({path.name}): neither name nor file starts with one of "
+        f"{', '.join(f'{f}-' for f in TEST_SIZE)}"
     )
 
 
@@ -138,7 +139,8 @@ def _median_seconds(step: Callable[[], object], reps: int) -> float:
 
 
 def measure(keys: Sequence[Key], batch: int = 32, reps: int = 3) -> dict[Key, Timing]:
-    """Per-image seconds of an untrained softmax classifier (train_gpu.sh's dropout 0.25), eval mode, at the current threads."""
+    """Per-image seconds of an untrained softmax classifier (train_gpu.sh's dropout 0.25), eval mode, at the current
+    threads."""
     out = {}
     for arch, family in sorted(set(keys)):
         spec = DATASETS.get(family)
@@ -201,7 +203,7 @@ def project(plan: Plan, times: dict[Key, Timing]) -> Projection:
 
 def total(name: str, rows: list[Projection]) -> Projection:
     """Separate suites run one after another: every figure (and every T(N)) sums; p_max is the longest of all."""
-    add = lambda field: sum(getattr(r, field) for r in rows)  # noqa: E731
+    add = lambda field: sum(getattr(r, field) for r in rows)  # noqa: E731 - a one-line sum over the rows
     ts = tuple(sum(r.ts[i] for r in rows) for i in range(len(WORKERS)))
     return Projection(name, add("pairs"), add("parts"), add("fits"), add("s"), add("p"), max(r.p_max for r in rows), ts)
 

@@ -118,9 +118,11 @@ def suite_checks(out: Path, n: int, batch: int, cw_steps: int) -> tuple[list[str
         "|---|---|",
         *(f"| {mode} ({' '.join(modes[mode])}) | {seconds[mode]:.1f} |" for mode in modes),
         "",
-        f"- speed-up ray-1 / ray-2: **{speedup:.2f}x** (threshold >= 1.7x); plain (2 threads) / ray-2: {seconds['plain'] / seconds['ray-2']:.2f}x",
+        f"- speed-up ray-1 / ray-2: **{speedup:.2f}x** (threshold >= 1.7x); plain (2 threads) / ray-2: "
+        f"{seconds['plain'] / seconds['ray-2']:.2f}x",
         f"- summary.csv byte-identical to one-1: ray-1 {identical['ray-1']}, ray-2 {identical['ray-2']}",
-        f"- robench check plain (2 threads) --baseline ray-2 (1 thread) --two-sided: exit {check.returncode}: {verdict}",
+        f"- robench check plain (2 threads) --baseline ray-2 (1 thread) --two-sided: exit {check.returncode}: "
+        f"{verdict}",
     ]
     return rows, ok
 
@@ -154,8 +156,9 @@ def _part_worker(root: int) -> int | None:
 def kill_goal(out: Path, steps: int) -> tuple[list[str], bool]:
     models = _models(out / "models-kill")
     common = [
-        *ROBENCH, "run", "--model", str(models / "gm.pt"), "--threat", "semi-white-box", "--attack", "BIM", "--attack", "PGD-10-un",
-        "--n", "32", "--batch-size", "8", "--set", f"BIM.steps={steps}", "--set", f"PGD-10-un.steps={steps}", "--detector", "kd",
+        *ROBENCH, "run", "--model", str(models / "gm.pt"), "--threat", "semi-white-box",
+        "--attack", "BIM", "--attack", "PGD-10-un", "--n", "32", "--batch-size", "8",
+        "--set", f"BIM.steps={steps}", "--set", f"PGD-10-un.steps={steps}", "--detector", "kd",
         "--no-sanity", "--no-progress", "--threads", "1",
     ]  # fmt: skip
     _timed([*common, "--out", str(out / "kill-unfaulted")])
@@ -193,8 +196,10 @@ def kill_goal(out: Path, steps: int) -> tuple[list[str], bool]:
         parts = {}
     ok = run.returncode == 0 and bool(killed) and same
     rows = [
-        f"- 8-part run (2 attacks x 4 batches) on 2 Ray workers: killed worker pid {killed[0] if killed else '-'} (SIGKILL) while it ran a part; "
-        f"the run exited {run.returncode}, computed {parts.get('computed', '-')} parts, records identical to the unfaulted one-process run: {same}"
+        f"- 8-part run (2 attacks x 4 batches) on 2 Ray workers: killed worker pid {killed[0] if killed else '-'} "
+        "(SIGKILL) while it ran a part; "
+        f"the run exited {run.returncode}, computed {parts.get('computed', '-')} parts, records identical to the "
+        f"unfaulted one-process run: {same}"
         + ("" if run.returncode == 0 else f" ({err.strip().splitlines()[-1] if err.strip() else ''})"),
     ]
     return rows, ok

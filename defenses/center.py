@@ -1,4 +1,5 @@
-"""Softmax + centre loss (Wen et al., ECCV 2016, "A Discriminative Feature Learning Approach for Deep Face Recognition").
+"""Softmax + centre loss (Wen et al., ECCV 2016,
+"A Discriminative Feature Learning Approach for Deep Face Recognition").
 
 A linear head gives the logits; training minimises, per sample,
 

@@ -52,7 +52,8 @@ class MMCDefense(Defense):
         return mean_terms(self.attack_loss(head, z, y), "mmc")
 
     def attack_loss(self, head: nn.Module, z: Tensor, labels: Tensor) -> Tensor:
-        """L_MMC(z, labels) = ||z - mu*_labels||^2 / 2 per sample (Eq. 8; App. B.4's adaptive objectives build on it)."""
+        """L_MMC(z, labels) = ||z - mu*_labels||^2 / 2 per sample (Eq. 8; App. B.4's adaptive objectives build on
+        it)."""
         assert isinstance(head, MMHead)
         return head.half_sq_distance_to(z, labels)
 

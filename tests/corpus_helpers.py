@@ -270,10 +270,11 @@ def _baselines(world: Path) -> None:
 
 
 BAD_BASELINES = [
-    "not-json", "not-utf8", "empty-file", "list", "null", "wrong-format", "no-format", "wrong-version", "no-version", "rows-not-list",
-    "empty-rows", "row-not-object", "row-missing-value", "row-value-string", "row-value-bool", "row-value-inf", "row-low-minus-inf",
-    "row-high-inf", "row-n-zero", "row-n-float", "row-metric-unknown", "row-metric-int", "row-model-int", "row-low-above-high",
-    "row-fraction-above-one", "row-duplicated", "seeds-not-dict", "seeds-strings", "other-models", "dir", "missing",
+    "not-json", "not-utf8", "empty-file", "list", "null", "wrong-format", "no-format", "wrong-version", "no-version",
+    "rows-not-list", "empty-rows", "row-not-object", "row-missing-value", "row-value-string", "row-value-bool",
+    "row-value-inf", "row-low-minus-inf", "row-high-inf", "row-n-zero", "row-n-float", "row-metric-unknown",
+    "row-metric-int", "row-model-int", "row-low-above-high", "row-fraction-above-one", "row-duplicated",
+    "seeds-not-dict", "seeds-strings", "other-models", "dir", "missing",
 ]  # fmt: skip
 
 

@@ -34,7 +34,8 @@ class SmallNet(nn.Module):
 
 
 def small_net(width: int = 8) -> SmallNet:
-    """The factory ``import_fixtures:small_net``; weights are drawn from a fixed seed (without touching the global RNG)."""
+    """The factory ``import_fixtures:small_net``; weights are drawn from a fixed seed (without touching the global
+    RNG)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         return SmallNet(width)

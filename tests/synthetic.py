@@ -27,8 +27,9 @@ def synthetic_records(
     clean_pred = np.where(np.arange(n) < n - wrong, label, (label + 1) % 10)
     success = rng.random(n) < success_p
     frame = {
-        "model": model, "threat": threat, "attack": attack, "corruption": corruption, "sample": np.arange(n), "label": label,
-        "target": -1, "clean_pred": clean_pred, "adv_pred": np.where(success, (label + adv_offset) % 10, clean_pred), "success": success,
+        "model": model, "threat": threat, "attack": attack, "corruption": corruption, "sample": np.arange(n),
+        "label": label, "target": -1, "clean_pred": clean_pred,
+        "adv_pred": np.where(success, (label + adv_offset) % 10, clean_pred), "success": success,
         "l2": rng.random(n), "linf": rng.random(n), "distortion": rng.random(n) / 10, "input_range": 1.0,
     }  # fmt: skip
     for detector in detectors:

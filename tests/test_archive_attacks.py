@@ -38,7 +38,7 @@ class Hang(Exception):
     pass
 
 
-def _on_alarm(signum, frame):  # noqa: ARG001
+def _on_alarm(signum, frame):  # noqa: ARG001 - a signal handler takes both arguments
     raise Hang(f"no answer within {ALARM_S} s")
 
 
@@ -78,7 +78,7 @@ def _set_json(members: Members, top: str, name: str, value: dict) -> Members:
 
 
 def _edit_program(edit: Callable[[dict], None]) -> Callable[[str, Members, Path], Members]:
-    def variant(top: str, members: Members, marker: Path) -> Members:  # noqa: ARG001
+    def variant(top: str, members: Members, marker: Path) -> Members:  # noqa: ARG001 - the variant signature
         program = _json(members, top, "models/model.json")
         edit(program)
         return _set_json(members, top, "models/model.json", program)
@@ -118,7 +118,8 @@ def _extra_member(folder: str, name: str) -> Callable[[str, Members, Path], Memb
 
 
 def _second_program(extension: str) -> Callable[[str, Members, Path], Members]:
-    """A whole second program 'evil' beside 'model' (torch reads every member of models/ as one, whatever its extension)."""
+    """A whole second program 'evil' beside 'model' (torch reads every member of models/ as one,
+    whatever its extension)."""
     return lambda top, members, marker: _second_program_members(top, members, marker, extension)
 
 
@@ -138,7 +139,7 @@ def _second_program_members(top: str, members: Members, marker: Path, extension:
 
 
 def _renamed(old: str, new: str, keep: bool = False) -> Callable[[str, Members, Path], Members]:
-    def variant(top: str, members: Members, marker: Path) -> Members:  # noqa: ARG001
+    def variant(top: str, members: Members, marker: Path) -> Members:  # noqa: ARG001 - the variant signature
         out = dict(members)
         data = out[f"{top}/{old}"] if keep else out.pop(f"{top}/{old}")
         out[f"{top}/{new}"] = data
@@ -178,7 +179,7 @@ def _constant(prefix: str) -> Callable[[str, Members, Path], Members]:
     return variant
 
 
-def _huge_zero_weight(top: str, members: Members, marker: Path) -> Members:  # noqa: ARG001
+def _huge_zero_weight(top: str, members: Members, marker: Path) -> Members:  # noqa: ARG001 - the variant signature
     """A weight described as 2**40 elements stored in an empty record: torch would allocate it with torch.zeros."""
     config = _json(members, top, "data/weights/model_weights_config.json")
     entry = next(iter(config["config"].values()))
@@ -346,7 +347,8 @@ def test_what_robench_drops_never_runs(base, tmp_path, name):
     marker = tmp_path / "MARKER"
     ep = _read(_zip(DROPPED[name](top, members, marker), marker))
     assert ep._guards_code == []
-    assert all(set(node.meta) <= {"nn_module_stack", "val", "tensor_meta", "stack_trace", "torch_fn", "source_fn_stack", "custom", "from_node", "seq_nr", "unbacked_bindings"}
+    assert all(set(node.meta) <= {"nn_module_stack", "val", "tensor_meta", "stack_trace", "torch_fn", "source_fn_stack",
+                                  "custom", "from_node", "seq_nr", "unbacked_bindings"}
                for node in ep.graph.nodes)  # fmt: skip
     assert not any("os.system" in str(node.meta.get("source_fn_stack", "")) for node in ep.graph.nodes)
     assert not marker.exists(), "a code payload ran"

@@ -47,7 +47,8 @@ def _ours(model: str, eps: float, n: int, settings: dict[str, object] | None = N
 
 
 def _theirs(model: str, eps: float, n: int, build) -> tuple[float, float]:
-    """torchattacks' robust accuracy over the clean-correct samples of robench's seeded subset, and its 95% bootstrap half-width."""
+    """torchattacks' robust accuracy over the clean-correct samples of robench's seeded subset, and its 95% bootstrap
+    half-width."""
     bundle = load_bundle(MODELS / f"{model}.pt")
     data = load_dataset("mnist-5k")
     index = select_samples(len(data.test), n, 0)

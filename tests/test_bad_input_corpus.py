@@ -273,8 +273,8 @@ COUNTS = {"--epochs", "--batch-size", "--n", "--resamples"}  # ints that count s
 # records how many; a batch beyond the split is one batch), epochs have no upper bound (a long training is not
 # an invalid one), and baseline's --seed is hashed (sha256 of its text), so any integer seeds it.
 HUGE_IS_VALID = {
-    ("run", "--n"), ("run", "--batch-size"), ("suite", "--n"), ("demo", "--n"), ("train", "--batch-size"), ("train", "--epochs"),
-    ("baseline", "--seed"),
+    ("run", "--n"), ("run", "--batch-size"), ("suite", "--n"), ("demo", "--n"),
+    ("train", "--batch-size"), ("train", "--epochs"), ("baseline", "--seed"),
 }  # fmt: skip
 NEGATIVE_IS_VALID: set[tuple[str, str]] = set()  # float options that may be negative (none yet)
 
@@ -310,7 +310,8 @@ def _numeric() -> None:
             )
 
 
-# ---------------------------------------------------------------- generated: attack, detector, defense, training and architecture fields
+# ---------------------------------------------------------------- generated: attack, detector, defense, training
+#                                                                  and architecture fields
 
 
 def _first_label(attack: str) -> tuple[str, str] | None:
@@ -556,7 +557,8 @@ def _data_roots() -> None:
     case("run--dataset:shape-mismatch", _run_ctx() + ["--dataset", "digits"], FILE_CODES, ("shape",))
 
 
-# ---------------------------------------------------------------- hand-written: options of run, detect, train, demo and the group
+# ---------------------------------------------------------------- hand-written: options of run, detect, train, demo
+#                                                                  and the group
 
 
 def _options() -> None:
@@ -668,7 +670,7 @@ def _options() -> None:
     case("group:unknown-option", ["--bogus"], NAME_CODES, ("--bogus",))
 
 
-# ---------------------------------------------------------------- hand-written: robench import (tests/import_fixtures.py)
+# ---------------------------------------------------------------- hand-written: robench import (import_fixtures.py)
 
 
 def _imports() -> None:
@@ -969,8 +971,22 @@ def _assert_one_line(exc: BaseException) -> None:
 
 
 API_CASES = (
-    [pytest.param("config", kwargs, id=f"RunConfig({name})", marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[f"RunConfig({name})"])] if f"RunConfig({name})" in KNOWN_BUGS else []) for name, kwargs in API_CONFIG_CASES.items()]
-    + [pytest.param("run", kwargs, id=f"robench.run({name})", marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[f"robench.run({name})"])] if f"robench.run({name})" in KNOWN_BUGS else []) for name, kwargs in API_RUN_CASES.items()]
+    [
+        pytest.param(
+            "config", kwargs, id=f"RunConfig({name})",
+            marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[f"RunConfig({name})"])]
+            if f"RunConfig({name})" in KNOWN_BUGS else [],
+        )
+        for name, kwargs in API_CONFIG_CASES.items()
+    ]
+    + [
+        pytest.param(
+            "run", kwargs, id=f"robench.run({name})",
+            marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[f"robench.run({name})"])]
+            if f"robench.run({name})" in KNOWN_BUGS else [],
+        )
+        for name, kwargs in API_RUN_CASES.items()
+    ]
 )  # fmt: skip
 
 

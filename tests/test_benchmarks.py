@@ -1,4 +1,5 @@
-"""The benchmark harness runs: bench_attacks.py --quick writes a finite row per attack, gpu_check.sh's CPU path passes."""
+"""The benchmark harness runs: bench_attacks.py --quick writes a finite row per attack, gpu_check.sh's CPU path
+passes."""
 
 from __future__ import annotations
 

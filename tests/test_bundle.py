@@ -287,7 +287,7 @@ def test_valid_edge_metadata_still_loads(tmp_path, capsys):
     assert code == 0 and "75.00%" in out
 
 
-# ---------------------------------------------------------------- --input-shape is bounded before anything of that shape is allocated
+# ------------------------------------------------ --input-shape is bounded before anything of that shape is allocated
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""The worst case per sample over a threat's attacks, and the cascade that runs later attacks on the samples still in."""
+"""The worst case per sample over a threat's attacks, and the cascade that runs later attacks on the samples still
+in."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ SOFTMAX = ROOT / "reports" / "regression" / "models" / "softmax.pt"
 
 
 def _records(rows: list[tuple[str, int, int, int, int, float]], order: dict[str, int]) -> pd.DataFrame:
-    """Hand-made records: (attack, sample, label, clean_pred, adv_pred, adversarial kd score); clean kd scores = sample id."""
+    """Hand-made records: (attack, sample, label, clean_pred, adv_pred, adversarial kd score); clean kd scores =
+    sample id."""
     frame = pd.DataFrame(rows, columns=["attack", "sample", "label", "clean_pred", "adv_pred", "score_adv:kd"])
     n = len(frame)
     return frame.assign(
@@ -176,7 +178,8 @@ def test_cascade_gives_the_full_runs_worst_case_with_fewer_passes(full_and_casca
     for detector in ("max-prob", "kd"):
         assert _worst(undetected, detector)["survival"] == _worst(full, detector)["survival"]
         assert _worst(undetected, detector)["survival_detected"] == _worst(full, detector)["survival_detected"]
-        # leaving at misclassification skips later attacks on flagged samples: the detector-aware worst case can only be higher
+        # leaving at misclassification skips later attacks on flagged samples:
+        # the detector-aware worst case can only be higher
         assert _worst(cascaded, detector)["survival_detected"] >= _worst(full, detector)["survival_detected"]
     passes = {m: sum(r.info["image_passes"].values()) for m, r in full_and_cascaded.items()}
     assert passes["misclassified"] < passes["undetected"] <= passes["none"]

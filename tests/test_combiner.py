@@ -30,7 +30,8 @@ def synthetic(
     wrong: int = 10,
     separation: float = 3.0,
 ) -> pd.DataFrame:
-    """One group's records with raw KD+BU features: clean and noisy ~ N((0, 0), 1), adversarial ~ N(-separation (1, 1), 1)."""
+    """One group's records with raw KD+BU features: clean and noisy ~ N((0, 0), 1), adversarial
+    ~ N(-separation (1, 1), 1)."""
     rng = np.random.default_rng(seed)
     label = np.arange(n) % 10
     clean_pred = np.where(np.arange(n) < n - wrong, label, (label + 1) % 10)
@@ -39,7 +40,8 @@ def synthetic(
         {
             R.MODEL: "m", R.THREAT: "t", R.ATTACK: attack, R.CORRUPTION: corruption, R.CRAFTED_ON: "m",
             R.SAMPLE: rng.permutation(1000)[:n], R.LABEL: label, R.TARGET: -1, R.CLEAN_PRED: clean_pred,
-            R.ADV_PRED: np.where(success, (label + 1) % 10, clean_pred), R.SUCCESS: success, R.DISTORTION: rng.random(n),
+            R.ADV_PRED: np.where(success, (label + 1) % 10, clean_pred), R.SUCCESS: success,
+            R.DISTORTION: rng.random(n),
         }
     )  # fmt: skip
     centre = {"clean": 0.0, "noisy": 0.0, "adv": -separation}

@@ -4,9 +4,8 @@ import pandas as pd
 
 from robench.app.demo import DEMO_DEFENSES, DemoBudget, run_demo
 from robench.checkpoints.bundle import save_bundle
-from tiny import make_tiny
-
 from robench.runs.suite import load_suite
+from tiny import make_tiny
 
 QUICK = DemoBudget(cw_steps=5, cw_wb_steps=5, spsa_steps=2)
 

@@ -153,7 +153,8 @@ def embedded_pngs(page: Page) -> list[bytes]:
 
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
-    """A one-model run (semi-white-box, FGSM + BIM, sanity checks on) and a two-model suite (three threats) of tiny bundles."""
+    """A one-model run (semi-white-box, FGSM + BIM, sanity checks on) and a two-model suite (three threats) of tiny
+    bundles."""
     root = tmp_path_factory.mktemp("html")
     for name in ("softmax", "gm"):
         model, meta = make_tiny(name)
@@ -303,7 +304,8 @@ window.addEventListener("load", function () {
   var loaded = images.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
   var probe = document.createElement("pre");
   probe.id = "probe";
-  probe.textContent = "tables=" + document.querySelectorAll("table").length + " images=" + images.length + " loaded=" + loaded;
+  probe.textContent = "tables=" + document.querySelectorAll("table").length \
++ " images=" + images.length + " loaded=" + loaded;
   document.body.appendChild(probe);
 });
 </script>
@@ -311,8 +313,9 @@ window.addEventListener("load", function () {
 
 
 def headless(binary: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={profile}"]  # fmt: skip
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={profile}"]  # fmt: skip
     return subprocess.run([binary, *flags, *args], capture_output=True, text=True, timeout=120)
 
 

@@ -110,8 +110,9 @@ def test_run_all_threats_on_imported_models(world, name):
     root = world["root"]
     out = root / f"run-{name}"
     code, stdout, err = cli(
-        "run", "--model", root / f"{name}.pt", "--threat", "all", "--n", "8", "--batch-size", "8", "--device", "cpu", "--no-progress",
-        "--no-sanity", "--out", out, "--detector", "kd", "--detector", "bu", "--detector-set", "bu.passes=4", *_shrunk_settings(),
+        "run", "--model", root / f"{name}.pt", "--threat", "all", "--n", "8", "--batch-size", "8", "--device", "cpu",
+        "--no-progress", "--no-sanity", "--out", out, "--detector", "kd", "--detector", "bu",
+        "--detector-set", "bu.passes=4", *_shrunk_settings(),
     )  # fmt: skip
     assert code == 0, err
     records = pd.read_parquet(out / "records.parquet")
@@ -142,8 +143,8 @@ def test_kd_fits_on_the_named_layer(world):
 def test_noise_threat_runs_through_the_cli(world, capsys):
     root = world["root"]
     code, out, err = run_cli(
-        capsys, "run", "--model", str(root / "from-pt2.pt"), "--threat", "noise", "--n", "8", "--batch-size", "8", "--device", "cpu",
-        "--no-progress", "--no-sanity", "--out", str(root / "noise"), "--detector", "kd",
+        capsys, "run", "--model", str(root / "from-pt2.pt"), "--threat", "noise", "--n", "8", "--batch-size", "8",
+        "--device", "cpu", "--no-progress", "--no-sanity", "--out", str(root / "noise"), "--detector", "kd",
     )  # fmt: skip
     assert code == 0, err
     assert set(pd.read_parquet(root / "noise" / "records.parquet")["threat"]) == {"noise"}
@@ -337,7 +338,8 @@ def test_import_refuses_to_overwrite(bad, capsys):
 
 
 def test_a_tampered_program_in_a_bundle_is_refused_before_it_loads(world, tmp_path):
-    """A bundle whose program is swapped for an archive with a pickle payload (hash recomputed): refused, nothing runs."""
+    """A bundle whose program is swapped for an archive with a pickle payload (hash recomputed): refused, nothing
+    runs."""
     marker = tmp_path / "MARKER"
     F.pt2_with_payload(world["root"] / "net.pt2", tmp_path / "evil.pt2", marker)
     payload = torch.load(world["root"] / "from-pt2.pt", weights_only=True)
@@ -391,7 +393,8 @@ def test_a_crafted_program_in_a_bundle_never_runs_code(world, tmp_path, capsys, 
         with pytest.raises(BundleError, match="refused"):
             load_bundle(tmp_path / "crafted.pt")
         for command in (["info", str(tmp_path / "crafted.pt")],
-                        ["run", "--model", str(tmp_path / "crafted.pt"), "--threat", "noise", "--n", "2", "--out", str(tmp_path / "out")]):  # fmt: skip
+                        ["run", "--model", str(tmp_path / "crafted.pt"), "--threat", "noise", "--n", "2",
+                         "--out", str(tmp_path / "out")]):  # fmt: skip
             code, _, err = run_cli(capsys, *command)
             assert_one_line_error(code, err, "refused")
     assert not marker.exists(), "a code payload ran"
@@ -421,7 +424,8 @@ def test_timm_architecture_with_local_weights(tmp_path, capsys):
     save_file(model.state_dict(), tmp_path / "timm.safetensors")
     code, out, err = run_cli(
         capsys, "import", "timm:test_resnet", "--factory-kwarg", "num_classes=10", "--factory-kwarg", "in_chans=1",
-        "--weights", str(tmp_path / "timm.safetensors"), "--feature-layer", "global_pool", "--out", str(tmp_path / "timm.pt"), *MNIST,
+        "--weights", str(tmp_path / "timm.safetensors"), "--feature-layer", "global_pool",
+        "--out", str(tmp_path / "timm.pt"), *MNIST,
     )  # fmt: skip
     assert code == 0, err
     bundle = load_bundle(tmp_path / "timm.pt")

@@ -1,4 +1,5 @@
-"""User-caused errors through the CLI and the Python API: one line, exit 2 (names, options) or 1 (files), never a traceback."""
+"""User-caused errors through the CLI and the Python API: one line, exit 2 (names, options) or 1 (files),
+never a traceback."""
 
 from __future__ import annotations
 
@@ -260,13 +261,14 @@ def test_substitute_equal_to_the_model_is_exit_2(bundles, tmp_path, capsys):
 
 def test_n_beyond_the_test_split_runs_on_all_of_it_and_says_so(bundles, tmp_path, capsys):
     out = tmp_path / "o"
-    args = ["run", "--model", str(bundles["softmax"]), "--threat", "noise", "--n", "5000", "--batch-size", "1000", "--detector", "max-prob",
-            "--no-sanity", "--device", "cpu", "--out", str(out), "--no-progress"]  # fmt: skip
+    args = ["run", "--model", str(bundles["softmax"]), "--threat", "noise", "--n", "5000", "--batch-size", "1000",
+            "--detector", "max-prob", "--no-sanity", "--device", "cpu", "--out", str(out), "--no-progress"]  # fmt: skip
     code, _, err = run(capsys, *args)
     assert code == 0, err
     notes = [line for line in err.splitlines() if line.strip()]
     assert notes == [
-        "robench: note: --n 5000 is more than the 1000 test samples of 'mnist-5k': running on all 1000 (run.json records samples = 1000)"
+        "robench: note: --n 5000 is more than the 1000 test samples of "
+        "'mnist-5k': running on all 1000 (run.json records samples = 1000)"
     ]
     info = json.loads((out / "run.json").read_text())
     assert info["samples"] == 1000 and info["config"]["n"] == 5000
@@ -328,7 +330,8 @@ def test_uncachable_detector_fit_is_one_note_and_goes_on(bundles, capsys, monkey
     assert code == 0 and "fitted" in stdout
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines == [
-        f"robench: note: cannot cache detector 'kd' next to {bundles['softmax']} (Permission denied); fitting it again next time"
+        "robench: note: cannot cache detector 'kd' next to "
+        f"{bundles['softmax']} (Permission denied); fitting it again next time"
     ]
     assert not (bundles["softmax"].parent / "softmax.pt.detectors").exists()
 

@@ -1,4 +1,5 @@
-"""The kill-and-resume benchmark's quick mode: a run killed by SIGKILL at a random moment resumes to identical records."""
+"""The kill-and-resume benchmark's quick mode: a run killed by SIGKILL at a random moment resumes to identical
+records."""
 
 from __future__ import annotations
 

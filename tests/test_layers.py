@@ -65,7 +65,8 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("core", ["robench.core"]),
     # Heads and training losses, registered by name: need only core.
     ("defenses", ["robench.defenses"]),
-    # Checkpoint bundles: a model built from its description (a bundle names its defense), trained, imported, saved, loaded.
+    # Checkpoint bundles: a model built from its description (a bundle names its defense), trained, imported, saved,
+    # loaded.
     ("checkpoints", ["robench.checkpoints"]),
     # Fit on a (defended) model's features.
     ("detectors", ["robench.detectors"]),
@@ -515,7 +516,9 @@ def test_the_resolver(tmp_path):
     files = {
         "pkg/__init__.py": "from pkg.top import run\n",
         "pkg/low/__init__.py": "",
-        "pkg/low/a.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.high import h\nelse:\n    import os\n",
+        "pkg/low/a.py": (
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.high import h\nelse:\n    import os\n"
+        ),
         "pkg/low/b.py": "from . import a\nfrom .a import thing\ndef f():\n    from ..high import h\n    return h\n",
         "pkg/high/__init__.py": "",
         "pkg/high/h.py": "from pkg.low import b, missing_name\nimport pkg.low.a\n",

@@ -15,8 +15,9 @@ def hand_records() -> pd.DataFrame:
     #  1      1     1          1        False   0.00        4.0         4.5
     #  2      2     2          0        True    0.30        3.0         3.5
     #  3      3     3          2        True    0.20        2.0         0.5
-    #  4      4     0          0        True    0.90        1.0         0.0   (clean input wrong: excluded from success/AUC)
+    #  4      4     0          0        True    0.90        1.0         0.0   (*)
     #  5      5     5          5        False   0.00        6.0         6.0
+    # (*) clean input wrong: excluded from success/AUC
     return pd.DataFrame(
         {
             "model": "m",

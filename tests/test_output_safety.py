@@ -1,4 +1,5 @@
-"""Output safety: names that become paths, writes inside --out, parts that must prove to be the expected ones, one writer per folder."""
+"""Output safety: names that become paths, writes inside --out, parts that must prove to be the expected ones,
+one writer per folder."""
 
 from __future__ import annotations
 
@@ -161,7 +162,7 @@ def test_two_runs_into_one_folder_the_second_is_refused(bundles, tmp_path):
             run(_config(bundles["gm"]), out, progress=False)
 
 
-# ---------------------------------------------------------------- the lock file is untrusted (never followed, never truncated)
+# -------------------------------------------------------- the lock file is untrusted (never followed, never truncated)
 
 
 def _robench(capsys, *args: str) -> tuple[int, str]:
@@ -249,7 +250,7 @@ def _umask() -> int:
     return mask
 
 
-# ---------------------------------------------------------------- recording the git revision writes nothing into the checkout
+# -------------------------------------------------------- recording the git revision writes nothing into the checkout
 
 
 def test_git_revision_takes_no_index_lock_and_leaves_the_index_alone(tmp_path, monkeypatch):

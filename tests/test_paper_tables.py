@@ -1,5 +1,5 @@
-"""The papers' own numbers beside robench's (``robench report --paper``), the AUC population and distortion scale options,
-and the real ``reports/reproduce/papers.csv`` (001 Tables 7-11, 004 Tables 1-3)."""
+"""The papers' own numbers beside robench's (``robench report --paper``), the AUC population and distortion scale
+options, and the real ``reports/reproduce/papers.csv`` (001 Tables 7-11, 004 Tables 1-3)."""
 
 from __future__ import annotations
 
@@ -73,8 +73,9 @@ def write_papers(path: Path, rows=SMALL, header=COLUMNS) -> Path:
     return path
 
 
-def write_model(root: Path, model: str, defense: str, threat: str, attacks: list[str], shift: float, *, dataset: str = "mnist-5k",
-                detectors=("kd",), crafted_on: str | None = None, input_range: bool = True) -> None:  # fmt: skip
+def write_model(root: Path, model: str, defense: str, threat: str, attacks: list[str], shift: float, *,
+                dataset: str = "mnist-5k", detectors=("kd",), crafted_on: str | None = None,
+                input_range: bool = True) -> None:  # fmt: skip
     parts = [
         synthetic_records(
             model, threat, a, n=40, seed=i, wrong=2, success_p=0.7, adv_offset=3, shift=shift, detectors=detectors
@@ -164,7 +165,8 @@ def test_robench_values_beside_the_paper_are_the_table_s_own(white_box_run, pape
     robench = values.xs("robench", axis=1, level=SOURCE)
     assert list(robench.columns.get_level_values(0)) == list(plain.values().columns.get_level_values(0))
     assert robench.loc[plain.values().index].to_numpy() == pytest.approx(plain.values().to_numpy(), nan_ok=True)
-    assert values.loc[("GM+KD",), ("Dist. (0-255) ↑", PAPER)] == pytest.approx(99.75)  # as printed: no percent scaling
+    # as printed: no percent scaling
+    assert values.loc[("GM+KD",), ("Dist. (0-255) ↑", PAPER)] == pytest.approx(99.75)
     assert values.loc[("GM+KD",), ("Adv. Success (%) ↓", PAPER)] == pytest.approx(
         0.005
     )  # percent -> fraction, shown 0.5
@@ -185,7 +187,8 @@ def test_latex_and_csv_with_paper_columns(white_box_run, papers):
 def test_population_and_scale_without_paper_and_explicit_population_with_it(white_box_run, papers):
     plain = invoke(str(white_box_run), "--layout", "white-box")
     header, _ = markdown_table(plain.stdout)
-    assert header == ["Detection Method", "AUC (%) ↑", "Dist. ↑", "Adv. Success (%) ↓"]  # the defaults do not change
+    # the defaults do not change
+    assert header == ["Detection Method", "AUC (%) ↑", "Dist. ↑", "Adv. Success (%) ↓"]
     assert "AUC population: successful (" in plain.stdout and "pixels in [0, 1]" in plain.stdout
     chosen = invoke(str(white_box_run), "--layout", "white-box", "--population", "attempted", "--scale", "255")
     assert markdown_table(chosen.stdout)[0] == [
@@ -282,7 +285,7 @@ def test_the_summary_layout_names_every_population_it_shows(white_box_run):
     assert "AUC populations: " in text and all(f"{name} (" in text for name in POPULATIONS)
 
 
-# ----------------------------------------------------------------------------- errors: one line, a suggestion, no traceback
+# ----------------------------------------------------------------------- errors: one line, a suggestion, no traceback
 
 
 @pytest.mark.parametrize(

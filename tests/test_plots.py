@@ -113,7 +113,8 @@ def tiny_bundle(path, feature_dim: int):
     arch = {"width": 4, "hidden": 16, "feature_dim": feature_dim, "dropout": 0.0}
     model, resolved = build_classifier("cnn", arch, (1, 28, 28), (0.1307,), (0.3081,), defense, 10, seed=0)
     meta = BundleMeta(
-        arch="cnn", arch_kwargs=resolved, defense="gm", defense_params=defense.params(), dataset="mnist-5k", split_seed=0,
+        arch="cnn", arch_kwargs=resolved, defense="gm", defense_params=defense.params(), dataset="mnist-5k",
+        split_seed=0,
         num_classes=10, input_shape=(1, 28, 28), value_range=(0.0, 1.0), mean=(0.1307,), std=(0.3081,),
         feature_layer=model.feature_layer, feature_dim=model.feature_dim, seed=0,
     )  # fmt: skip
@@ -257,7 +258,8 @@ def _report_in_a_clean_home(tmp_path, **env):
     clean.update(HOME=str(home), TMPDIR=str(scratch), OMP_NUM_THREADS="1", **env)
     script = (
         "import sys; from robench.cli.commands import main; "
-        "sys.argv = ['robench', 'report', sys.argv[1], '--out', sys.argv[2], '--no-ci', '--plots-dir', sys.argv[3]]; main()"
+        "sys.argv = ['robench', 'report', sys.argv[1], '--out', sys.argv[2], '--no-ci', '--plots-dir', sys.argv[3]]; "
+        "main()"
     )
     done = subprocess.run(
         [sys.executable, "-c", script, str(tmp_path / "run"), str(out / "report.html"), str(out / "plots")],

@@ -28,7 +28,7 @@ from tiny import make_tiny, two_model_suite
 
 ray = pytest.importorskip("ray", reason="the Ray tests need robench[ray] (installed by the test command)")
 
-from robench.runs.ray_backend import RaySettings, connect  # noqa: E402
+from robench.runs.ray_backend import RaySettings, connect  # noqa: E402 - after pytest.importorskip
 
 pytestmark = pytest.mark.xdist_group("ray")
 
@@ -142,7 +142,8 @@ def test_ray_and_local_runs_resume_each_other(backend, models, tmp_path, one_thr
 
 
 def test_a_cascade_and_a_transfer_threat_on_ray_equal_one_process(backend, models, tmp_path, one_thread):
-    """A cascade's later stages (re-packed batches, clean rows from the first stage's batches) and a substitute's bytes."""
+    """A cascade's later stages (re-packed batches, clean rows from the first stage's batches) and a substitute's
+    bytes."""
     config = RunConfig(
         model=models / "gm.pt", threat="black-box", substitute=models / "softmax.pt", n=24, batch_size=8, device="cpu",
         detectors=("kd",), attacks=("PGD-10-un", "MIM-10-un"), cascade="misclassified",
@@ -260,7 +261,8 @@ def test_an_unreachable_address_and_a_missing_extra_are_one_line_errors(models, 
 def test_without_ray_nothing_imports_ray():
     code = (
         "import sys; import robench, robench.cli.commands, robench.runs.runner, robench.runs.suite; "
-        "assert 'ray' not in sys.modules and 'robench.runs.ray_backend' not in sys.modules, sorted(m for m in sys.modules if 'ray' in m)"
+        "assert 'ray' not in sys.modules and 'robench.runs.ray_backend' not in sys.modules, "
+        "sorted(m for m in sys.modules if 'ray' in m)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -278,7 +280,8 @@ def recording_close(self):
     if private is not None:
         folder = private.folder
         token = os.environ.get("RAY_AUTH_TOKEN_PATH")
-        seen.update(folder=str(folder), mode=os.stat(folder).st_mode & 0o777, token=token, token_mode=token and os.stat(token).st_mode & 0o777)
+        seen.update(folder=str(folder), mode=os.stat(folder).st_mode & 0o777, token=token, \
+token_mode=token and os.stat(token).st_mode & 0o777)
     close(self)
 
 ray_backend.RayBackend.close = recording_close
@@ -292,7 +295,8 @@ finally:
 
 
 def test_a_private_ray_writes_nothing_in_home_and_removes_its_folder(models, tmp_path):
-    """--ray local: Ray's token (mode 0600) and session folders live in one 0700 folder robench makes and removes; HOME stays empty."""
+    """--ray local: Ray's token (mode 0600) and session folders live in one 0700 folder robench makes and removes; HOME
+    stays empty."""
     import json
     import shutil
     import tempfile

@@ -1,4 +1,5 @@
-"""benchmarks/ray_projection.py: its part counts match the suite files, its T(N) behaves, its --quick run prints a row per suite."""
+"""benchmarks/ray_projection.py: its part counts match the suite files, its T(N) behaves, its --quick run prints
+a row per suite."""
 
 from __future__ import annotations
 

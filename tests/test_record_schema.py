@@ -109,7 +109,8 @@ def test_part_builds_every_column_in_schema_order():
 
 def test_selectors_follow_the_populations():
     frame = pd.DataFrame({R.LABEL: [0, 1, 2, 3], R.CLEAN_PRED: [0, 1, 0, 3], R.ADV_PRED: [1, 1, 1, 0],
-                          R.SUCCESS: [True, False, True, True], R.CORRUPTION: [False] * 4, R.TARGET: [-1, 0, -1, 0]})  # fmt: skip
+                          R.SUCCESS: [True, False, True, True], R.CORRUPTION: [False] * 4,
+                          R.TARGET: [-1, 0, -1, 0]})  # fmt: skip
     assert R.clean_correct(frame).tolist() == [True, True, False, True]
     assert R.successful(frame).tolist() == [True, False, False, True]
     assert R.attacked(frame.assign(**{R.CORRUPTION: True})).tolist() == [True] * 4

@@ -31,7 +31,8 @@ def record_seed(folder: Path, seed: int = 0, n: int | None = None) -> None:
 
 
 def two_model_run(root: Path, n: int = 150, gm_detectors: tuple[str, ...] = ("kd", "gm-likelihood")) -> Path:
-    """A softmax and a GM model under the semi-white-box threat, as a suite writes them (OUT/MODEL/THREAT), seed 0 recorded."""
+    """A softmax and a GM model under the semi-white-box threat, as a suite writes them (OUT/MODEL/THREAT), seed 0
+    recorded."""
     write_synthetic_run(root / "soft" / "semi-white-box", synthetic_records(model="soft", attacks=ATTACKS, n=n))
     write_synthetic_run(
         root / "gm" / "semi-white-box",
@@ -83,7 +84,8 @@ def test_baseline_file_is_sorted_one_row_per_line(baseline: Path) -> None:
     keys = list(zip(rows["model"], rows["threat"], rows["attack"], rows["detector"], rows["metric"]))
     assert keys == sorted(keys) and len(set(keys)) == len(keys)
     assert len([line for line in text.splitlines() if line.strip().startswith('{"model"')]) == len(rows)
-    # 6 detector-free metrics per attack, 5 detector metrics per detector: 2 models x (2 attacks + their worst case) x (6 + 2 x 5)
+    # 6 detector-free metrics per attack, 5 detector metrics per detector:
+    # 2 models x (2 attacks + their worst case) x (6 + 2 x 5)
     assert len(rows) == 2 * 3 * (6 + 2 * 5)
     assert (rows["low"] <= rows["value"]).all() and (rows["value"] <= rows["high"]).all()
 
@@ -179,8 +181,14 @@ def test_unknown_tolerance_metric_suggests_the_name(run_dir: Path, baseline: Pat
         '{"format": "other", "version": 1, "rows": []}',
         '{"format": "robench-baseline", "version": 9, "rows": []}',
         '{"format": "robench-baseline", "version": 1, "rows": [{"model": "m"}]}',
-        '{"format": "robench-baseline", "version": 1, "rows": [{"model": "m", "threat": "t", "attack": "a", "detector": "-", "metric": "clean_accuracy", "value": "x", "low": 0, "high": 1, "n": 3}]}',
-        '{"format": "robench-baseline", "version": 1, "rows": [{"model": "m", "threat": "t", "attack": "a", "detector": "-", "metric": "clean_acc", "value": 1, "low": 0, "high": 1, "n": 3}]}',
+        (
+            '{"format": "robench-baseline", "version": 1, "rows": [{"model": "m", "threat": "t", "attack": "a", '
+            '"detector": "-", "metric": "clean_accuracy", "value": "x", "low": 0, "high": 1, "n": 3}]}'
+        ),
+        (
+            '{"format": "robench-baseline", "version": 1, "rows": [{"model": "m", "threat": "t", "attack": "a", '
+            '"detector": "-", "metric": "clean_acc", "value": 1, "low": 0, "high": 1, "n": 3}]}'
+        ),
         None,
     ],
 )

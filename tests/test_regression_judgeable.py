@@ -47,7 +47,8 @@ def baseline(run_dir: Path, tmp_path: Path) -> Path:
 
 
 def _rewrite(baseline: Path, out: Path, rows=None, **header) -> Path:
-    """A copy of ``baseline`` with each row passed through ``rows`` (returning None drops it) and header entries replaced."""
+    """A copy of ``baseline`` with each row passed through ``rows`` (returning None drops it) and header entries
+    replaced."""
     data = json.loads(baseline.read_text())
     if rows is not None:
         data["rows"] = [r for r in (rows(dict(row)) for row in data["rows"]) if r is not None]

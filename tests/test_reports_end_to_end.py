@@ -1,4 +1,5 @@
-"""The reporting path end to end on tiny bundles: ``run --threat all`` -> ``report`` (every layout) -> ``baseline`` -> ``check``."""
+"""The reporting path end to end on tiny bundles: ``run --threat all`` -> ``report`` (every layout) -> ``baseline`` ->
+``check``."""
 
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ def all_run(tmp_path_factory):
     for name in ("softmax", "gm"):
         model, meta = make_tiny(name)
         save_bundle(root / f"{name}.pt", model, meta)
-    args = ["run", "--model", str(root / "gm.pt"), "--threat", "all", "--substitute", str(root / "softmax.pt"), "--n", "8", "--batch-size", "8",
-            "--device", "cpu", "--detector", "kd", "--detector", "max-prob", "--no-sanity", "--no-progress", "--out", str(root / "run")]  # fmt: skip
+    args = ["run", "--model", str(root / "gm.pt"), "--threat", "all", "--substitute", str(root / "softmax.pt"),
+            "--n", "8", "--batch-size", "8", "--device", "cpu", "--detector", "kd", "--detector", "max-prob",
+            "--no-sanity", "--no-progress", "--out", str(root / "run")]  # fmt: skip
     for key, value in SETTINGS.items():
         args += ["--set", f"{key}={value}"]
     return root, args

@@ -224,7 +224,8 @@ def test_suite_threat_may_set_its_own_n(bundles, tmp_path):
 
     suite = tmp_path / "suite.toml"
     suite.write_text(
-        '[defaults]\nn = 50\n[[model]]\nname = "gm"\npath = "gm.pt"\n[[threat]]\nname = "noise"\n[[threat]]\nname = "spsa"\nn = 8\n'
+        '[defaults]\nn = 50\n[[model]]\nname = "gm"\npath = "gm.pt"\n'
+        '[[threat]]\nname = "noise"\n[[threat]]\nname = "spsa"\nn = 8\n'
     )
     assert [p.config.n for p in load_suite(suite)] == [50, 8]
     suite.write_text(suite.read_text().replace("n = 8", 'n = "8"'))
@@ -241,8 +242,9 @@ def test_suite_sanity_compares_black_box_and_white_box_pairs(bundles, tmp_path, 
 
     def records(threat, success):
         n = 20
-        return pd.DataFrame({"model": "gm", "threat": threat, "attack": "PGD-10-un", "crafted_on": "gm" if threat == "white-box" else "soft",
-                             "label": np.zeros(n, int), "clean_pred": np.zeros(n, int), "adv_pred": np.where(success, 1, 0),
+        return pd.DataFrame({"model": "gm", "threat": threat, "attack": "PGD-10-un",
+                             "crafted_on": "gm" if threat == "white-box" else "soft", "label": np.zeros(n, int),
+                             "clean_pred": np.zeros(n, int), "adv_pred": np.where(success, 1, 0),
                              "success": success, "target": -1, "linf": 0.3, "corruption": False})  # fmt: skip
 
     weak_white = RunResult(records("white-box", np.arange(20) < 2), pd.DataFrame(), {})

@@ -1,4 +1,5 @@
-"""Suite files as untrusted input: regular files only, bounded, one line per error; [[threat.add]] beside attacks = [...]; --ray ADDRESS."""
+"""Suite files as untrusted input: regular files only, bounded, one line per error;
+[[threat.add]] beside attacks = [...]; --ray ADDRESS."""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def _suite(folder: Path, threats: str = NOISE, name: str = "suite.toml") -> Path
 
 
 def test_attacks_and_added_attacks_run_together(bundles, tmp_path, capsys, monkeypatch):
-    """With attacks = [...] on a threat, its [[threat.add]] attacks were dropped in silence (exit 0): now the union runs."""
+    """With attacks = [...] on a threat, its [[threat.add]] attacks were dropped in silence (exit 0):
+    now the union runs."""
     import robench.runs.plan as plan_module
 
     suite = _suite(tmp_path, SELECT_AND_ADD)

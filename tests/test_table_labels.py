@@ -1,4 +1,5 @@
-"""Table labels and formats come from the registered defenses, detectors and metrics; the package re-exports its parts."""
+"""Table labels and formats come from the registered defenses, detectors and metrics; the package re-exports its
+parts."""
 
 from __future__ import annotations
 
@@ -58,8 +59,9 @@ def test_summary_columns_the_tables_read_are_the_summary_s():
 
 @pytest.mark.parametrize(
     "name",
-    ["build_table", "build_tables", "render", "render_tables", "cell_text", "best_mask", "format_value", "display_frame",
-     "LAYOUTS", "FORMATS", "DEFAULT_ORDER", "PAPER_LAYOUTS", "Layout", "Table", "ModelInfo", "model_infos", "detector_label", "metric_header", "NA"],
+    ["build_table", "build_tables", "render", "render_tables", "cell_text", "best_mask", "format_value",
+     "display_frame", "LAYOUTS", "FORMATS", "DEFAULT_ORDER", "PAPER_LAYOUTS", "Layout", "Table", "ModelInfo",
+     "model_infos", "detector_label", "metric_header", "NA"],
 )  # fmt: skip
 def test_the_package_re_exports_its_public_names(name):
     assert name in tables.__all__ and getattr(tables, name) is not None

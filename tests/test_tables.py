@@ -234,8 +234,8 @@ def hand_intervals() -> pd.DataFrame:
              "auc_roc_low": 0.521, "auc_roc_high": 0.590, "distortion_low": 0.17, "distortion_high": 0.2,
              "success_rate_low": 0.97, "success_rate_high": 0.995},
             {"model": "gm", "threat": "white-box", "attack": "C&W-wb", "detector": "kd", "n": 100,
-             "auc_roc_low": 0.821, "auc_roc_high": 0.860, "distortion_low": float("nan"), "distortion_high": float("nan"),
-             "success_rate_low": 0.64, "success_rate_high": 0.72},
+             "auc_roc_low": 0.821, "auc_roc_high": 0.860, "distortion_low": float("nan"),
+             "distortion_high": float("nan"), "success_rate_low": 0.64, "success_rate_high": 0.72},
         ]
     )  # fmt: skip
 

@@ -79,7 +79,8 @@ def _group(
     return pd.DataFrame(
         {
             R.MODEL: "m", R.THREAT: threat, R.ATTACK: attack, R.CORRUPTION: False, R.SAMPLE: np.arange(n),
-            R.LABEL: 0, R.TARGET: 3 if targeted else -1, R.CLEAN_PRED: 0, R.ADV_PRED: np.where(success, 3 if targeted else 5, 0),
+            R.LABEL: 0, R.TARGET: 3 if targeted else -1, R.CLEAN_PRED: 0,
+            R.ADV_PRED: np.where(success, 3 if targeted else 5, 0),
             R.SUCCESS: success, R.LINF: eps,
         }
     )  # fmt: skip

@@ -346,7 +346,8 @@ def _suite(tmp_path: Path, softmax: Path, body: str) -> Path:
 def test_suite_with_threat_files_and_a_threat_file_entry(softmax, tmp_path, capsys, monkeypatch):
     import robench.runs.plan as plan_module
 
-    # a suite always runs the model probes (its unbounded-budget probe alone takes ~30 s on 2 cores); they are not what this tests
+    # a suite always runs the model probes (its unbounded-budget probe alone takes ~30 s on 2 cores);
+    # they are not what this tests
     monkeypatch.setattr(plan_module, "_sanity", lambda *args, **kwargs: pd.DataFrame())
     threats = tmp_path / "threats"
     threats.mkdir()
@@ -428,7 +429,8 @@ def test_library_example_loads_and_runs(softmax, tmp_path, capsys):
 def test_library_attacks_the_library_refuses_are_file_errors(tmp_path, access, attack, target_mode, fragment):
     path = _write(
         tmp_path,
-        f'name = "lib"\naccess = "{access}"\n[[attack]]\nlabel = "L"\nattack = "{attack}"\ntarget_mode = "{target_mode}"\n',
+        f'name = "lib"\naccess = "{access}"\n[[attack]]\n'
+        f'label = "L"\nattack = "{attack}"\ntarget_mode = "{target_mode}"\n',
     )
     with pytest.raises(RobenchError) as info:
         TF.load_threat_file(path)
@@ -439,7 +441,7 @@ def test_library_attacks_the_library_refuses_are_file_errors(tmp_path, access, a
     )
 
 
-# ---------------------------------------------------------------- bounded, regular-file-only reading (robench.core.files)
+# ------------------------------------------------------------ bounded, regular-file-only reading (robench.core.files)
 
 _DRIVER = """
 import contextlib, io, json, sys
@@ -459,7 +461,8 @@ print(json.dumps(results))
 
 
 def run_in_subprocess(cases: list[list[str]], cwd: Path, timeout: float = 60) -> list[tuple[int, str]]:
-    """Run robench command lines one after another in one fresh process (a hang fails the test after ``timeout``): [(exit, stderr)]."""
+    """Run robench command lines one after another in one fresh process (a hang fails the test after ``timeout``):
+    [(exit, stderr)]."""
     import subprocess
     import sys
 
@@ -643,7 +646,10 @@ def test_a_name_differing_from_another_files_only_in_case_is_refused(tmp_path):
     TF.load_threat_file(_write(tmp_path, GOOD, "lower.toml"))
     with pytest.raises(
         ConfigError,
-        match=r"upper\.toml: threat name 'My-Threat' differs only in case from 'my-threat', the threat file .*lower\.toml's",
+        match=(
+            r"upper\.toml: threat name 'My-Threat' differs only in case from 'my-threat', "
+            r"the threat file .*lower\.toml's"
+        ),
     ):
         TF.load_threat_file(_write(tmp_path, GOOD.replace('"my-threat"', '"My-Threat"'), "upper.toml"))
     assert "My-Threat" not in THREATS

@@ -70,7 +70,8 @@ def ensure_model(
             echo(f"reusing {path} ({defense}, content hash {bundle.content_hash[:12]})")
             return bundle
         raise BundleError(
-            f"{path} holds a different model ({meta.defense}/{meta.arch}/{meta.dataset}, seed {meta.seed}); move it away"
+            f"{path} holds a different model "
+            f"({meta.defense}/{meta.arch}/{meta.dataset}, seed {meta.seed}); move it away"
         )
     echo(f"training {defense} {DEMO_ARCH} on {DEMO_DATASET} (seed {seed}) -> {path}")
     bundle = train_bundle(
@@ -119,7 +120,8 @@ def run_demo(
     atomic_write_text(out / "models.csv", table.to_csv(index=False))
     echo(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     models = "".join(
-        f'\n[[model]]\nname = "{name}"\npath = "{os.path.relpath(models_dir.resolve() / f"{name}.pt", out.resolve())}"\n'
+        f'\n[[model]]\nname = "{name}"\npath = '
+        f'"{os.path.relpath(models_dir.resolve() / f"{name}.pt", out.resolve())}"\n'
         for name in bundles
     )
     suite_path = out / "suite.toml"
@@ -140,7 +142,8 @@ def run_demo(
     echo(format_summary(summary))
     written = [str(p) for p in write_reports(out)] if reports else []
     echo(
-        f"wrote {', '.join([str(out / 'models.csv'), str(suite_path), str(out / 'summary.csv'), *written])} and per-pair records under {out}/"
+        f"wrote {', '.join([str(out / 'models.csv'), str(suite_path), str(out / 'summary.csv'), *written])} "
+        f"and per-pair records under {out}/"
     )
     return summary
 

@@ -70,7 +70,8 @@ def input_shape_problem(shape: tuple[int, ...]) -> str | None:
     elements = math.prod(shape)
     if elements > MAX_INPUT_ELEMENTS:
         return (
-            f"{elements:,} values per image is more than robench allocates ({MAX_INPUT_ELEMENTS:,} = 2**24 values = C*H*W, "
+            f"{elements:,} values per image is more than robench allocates "
+            f"({MAX_INPUT_ELEMENTS:,} = 2**24 values = C*H*W, "
             f"e.g. 1x4096x4096 or 3x2364x2364)"
         )
     return None
@@ -196,13 +197,15 @@ def _meta_from_dict(raw: dict[str, Any], source: str) -> BundleMeta:
     elements = math.prod(values["input_shape"])
     if elements > MAX_INPUT_ELEMENTS:
         raise BundleError(
-            f"{source}: bundle metadata field 'input_shape' {list(values['input_shape'])} is {elements:,} values per image, "
+            f"{source}: bundle metadata field 'input_shape' {list(values['input_shape'])} "
+            f"is {elements:,} values per image, "
             f"more than robench allocates ({MAX_INPUT_ELEMENTS:,} = 2**24): refused"
         )
     low, high = values["value_range"]
     if not (-MAX_ABS_VALUE <= low < high <= MAX_ABS_VALUE):
         raise BundleError(
-            f"{source}: bundle metadata field 'value_range' is [{low:g}, {high:g}]: it needs low < high, within [-{MAX_ABS_VALUE:g}, {MAX_ABS_VALUE:g}]: refused"
+            f"{source}: bundle metadata field 'value_range' is [{low:g}, {high:g}]: it needs low < high, within "
+            f"[-{MAX_ABS_VALUE:g}, {MAX_ABS_VALUE:g}]: refused"
         )
     channels = values["input_shape"][0]
     if len(values["mean"]) != channels or len(values["std"]) != channels:

@@ -63,7 +63,8 @@ def plan_backbone(
     total = sum(math.prod(s) for s in shapes.values()) + num_classes * (feature_dim + 1)
     if total > MAX_PARAMETERS:
         raise ConfigError(
-            f"architecture '{arch}' with {resolved} on inputs {tuple(input_shape)} and {num_classes} classes would have "
+            f"architecture '{arch}' with {resolved} on inputs {tuple(input_shape)} and {num_classes} classes "
+            "would have "
             f"{total:,} weights, more than robench builds ({MAX_PARAMETERS:,}); choose smaller architecture parameters"
         )
     return BackbonePlan(shapes, feature_dim, resolved)

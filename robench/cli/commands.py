@@ -201,7 +201,8 @@ def info(bundle_path: Path, as_json: bool) -> None:
 
 
 def _number_list(text: str | None, option: str, count: int | None = None, kind: type = float) -> tuple | None:
-    """``"0.1,0.2"`` -> (0.1, 0.2) for an option of comma-separated numbers (``count`` of them if given); None stays None."""
+    """``"0.1,0.2"`` -> (0.1, 0.2) for an option of comma-separated numbers (``count`` of them if given);
+    None stays None."""
     if text is None:
         return None
     parts = [p.strip() for p in text.split(",")]
@@ -221,8 +222,10 @@ def _number_list(text: str | None, option: str, count: int | None = None, kind: 
 @cli.command(name="import")
 @click.argument("source", metavar="SOURCE")
 @click.option("--out", type=NonEmptyPath(dir_okay=False, path_type=Path), required=True, help="Bundle file to write.")
-@click.option("--kind", type=click.Choice(["auto", "export", "torchscript", "factory", "timm"]), default="auto", show_default=True,
-              help="What SOURCE is: a .pt2 program, a TorchScript archive, package.module:function, a timm name [auto: from SOURCE].")  # fmt: skip
+@click.option("--kind", type=click.Choice(["auto", "export", "torchscript", "factory", "timm"]), default="auto",
+              show_default=True,
+              help="What SOURCE is: a .pt2 program, a TorchScript archive, package.module:function, "
+                   "a timm name [auto: from SOURCE].")  # fmt: skip
 @click.option(
     "--weights",
     type=click.Path(path_type=Path),
@@ -282,7 +285,8 @@ def import_command(
     factory_kwarg: tuple[str, ...],
     force: bool,
 ) -> None:
-    """Import your own model (torch.export .pt2, TorchScript, factory + weights, timm + weights) as a verified bundle."""
+    """Import your own model (torch.export .pt2, TorchScript, factory + weights, timm + weights) as a verified
+    bundle."""
     from robench.checkpoints.bundle import input_shape_problem
     from robench.checkpoints.imported.importer import ImportRequest, import_model, write_imported
 
@@ -296,7 +300,8 @@ def import_command(
     request = ImportRequest(
         source=source, feature_layer=feature_layer, kind=kind, weights=weights, dataset=dataset,
         input_shape=shape, num_classes=num_classes,
-        value_range=_number_list(value_range, "--value-range", 2), mean=_number_list(mean, "--mean"), std=_number_list(std, "--std"),
+        value_range=_number_list(value_range, "--value-range", 2),
+        mean=_number_list(mean, "--mean"), std=_number_list(std, "--std"),
         defense=defense, defense_params=parse_assignments(defense_param, "--defense-param"),
         factory_kwargs=_typed(parse_assignments(factory_kwarg, "--factory-kwarg")),
     )  # fmt: skip
@@ -315,7 +320,8 @@ def import_command(
         else ""
     )
     click.echo(
-        f"imported {kwargs['source']} model {source}: features from '{meta.feature_layer}' (d={meta.feature_dim}), head: {head}, "
+        f"imported {kwargs['source']} model {source}: features from '{meta.feature_layer}' (d={meta.feature_dim}), "
+        f"head: {head}, "
         f"BU: {bu}{accuracy}; wrote {out} (content hash {bundle.content_hash[:12]})"
     )
 
@@ -437,7 +443,8 @@ def _execution_options(command):
             "--precision",
             type=click.Choice(["fp32", "bf16", "fp16"]),
             default=None,
-            help="Attack loops under autocast at this precision; success, distortion and detector scores are judged in fp32 [default: fp32].",
+            help="Attack loops under autocast at this precision; success, distortion and detector scores are judged "
+            "in fp32 [default: fp32].",
         ),
         click.option(
             "--cascade",
@@ -445,7 +452,8 @@ def _execution_options(command):
             is_flag=False,
             flag_value="misclassified",
             default=None,
-            help="Run each threat's attacks cheapest first, each on the samples still robust (bare --cascade: misclassified) [default: none].",
+            help="Run each threat's attacks cheapest first, each on the samples still robust "
+            "(bare --cascade: misclassified) [default: none].",
         ),
         click.option(
             "--threads",
@@ -473,7 +481,8 @@ def _execution_options(command):
 
 
 def _ray_options(command):
-    """--ray, --ray-cpus, --ray-gpus and --ray-retries (run, suite): the parts as Ray tasks (robench.runs.ray_backend)."""
+    """--ray, --ray-cpus, --ray-gpus and --ray-retries (run, suite): the parts as Ray tasks
+    (robench.runs.ray_backend)."""
     options = [
         click.option(
             "--ray",
@@ -482,8 +491,10 @@ def _ray_options(command):
             flag_value="local",
             default=None,
             metavar="[local|auto|ADDRESS]",
-            help="Run the parts as Ray tasks: local (a bare --ray) starts a Ray on this machine for this command, auto joins the one "
-            "'ray start' runs here, HOST:PORT or ray://HOST:PORT a cluster; --threads is then each task's CPUs and torch threads [default: 1]. "
+            help="Run the parts as Ray tasks: local (a bare --ray) starts a Ray on this machine for this command, "
+            "auto joins the one "
+            "'ray start' runs here, HOST:PORT or ray://HOST:PORT a cluster; "
+            "--threads is then each task's CPUs and torch threads [default: 1]. "
             "Needs pip install 'robench[ray]'.",
         ),
         click.option(
@@ -531,11 +542,13 @@ _RAY_ADDRESS = re.compile(rf"[!-~]{{1,{RAY_ADDRESS_MAX}}}")  # printable ASCII w
 
 
 def _check_ray_address(address: str) -> None:
-    """--ray ADDRESS, checked before anything uses it: printable ASCII, no whitespace or control characters, bounded length."""
+    """--ray ADDRESS, checked before anything uses it: printable ASCII, no whitespace or control characters,
+    bounded length."""
     if not _RAY_ADDRESS.fullmatch(address):
         shown = repr(address[:60]) + (f"... ({len(address)} characters)" if len(address) > 60 else "")
         raise ConfigError(
-            f"--ray {shown}: not a cluster address; use HOST:PORT (e.g. 10.0.0.5:6379), ray://HOST:10001, auto or local "
+            f"--ray {shown}: not a cluster address; "
+            "use HOST:PORT (e.g. 10.0.0.5:6379), ray://HOST:10001, auto or local "
             f"(printable ASCII without spaces, at most {RAY_ADDRESS_MAX} characters)"
         )
 
@@ -550,7 +563,8 @@ def _execution(
 
 @contextlib.contextmanager
 def _cores(threads: int | None, command: str):
-    """Set torch's threads and register this process; warn (one line, stderr) when other robench runs share the cores."""
+    """Set torch's threads and register this process; warn (one line, stderr) when other robench runs share the
+    cores."""
     from robench.core.threads import registered, set_threads
 
     n = set_threads(threads)
@@ -567,7 +581,8 @@ def _cores(threads: int | None, command: str):
 @click.option(
     "--threat",
     required=True,
-    help="Threat model (see 'robench list threats'), a threat TOML file (FILE.toml), or 'all' for every one that applies.",
+    help="Threat model (see 'robench list threats'), a threat TOML file (FILE.toml), "
+    "or 'all' for every one that applies.",
 )
 @click.option(
     "--substitute",
@@ -689,7 +704,8 @@ def _run_prepared(
     if prepared.substitute is not None and prepared.substitute.content_hash == prepared.bundle.content_hash:
         # The Python API allows it (transfer from the model itself reproduces white-box, a consistency check).
         raise ConfigError(
-            f"--substitute {substitute_path} is the model {model_path} itself (same content hash): that is the white-box threat; pass another model"
+            f"--substitute {substitute_path} is the model {model_path} itself (same content hash): "
+            "that is the white-box threat; pass another model"
         )
     for note in prepared.notes:
         _echo_err(f"robench: note: {note}")
@@ -741,7 +757,8 @@ def suite(
     ray_gpus: float | None,
     ray_retries: int,
 ) -> None:
-    """Run every model x threat pair of a TOML suite into one combined summary (with --ray, all pairs' parts as Ray tasks)."""
+    """Run every model x threat pair of a TOML suite into one combined summary
+    (with --ray, all pairs' parts as Ray tasks)."""
     ray = _ray_settings(ray_address, ray_cpus, ray_gpus, ray_retries, threads)
     from robench.runs.output import format_summary
     from robench.runs.suite import run_suite
@@ -787,7 +804,8 @@ def suite(
 def demo(
     out: Path, models_dir: Path, device: str, seed: int, n: int | None, full: bool, threads: int | None, progress: bool
 ) -> None:
-    """The main job on the embedded default: train the bundled models if needed, run the threat models, write the tables."""
+    """The main job on the embedded default: train the bundled models if needed, run the threat models,
+    write the tables."""
     from robench.app.demo import DEMO_N, FULL_BUDGET, FULL_N, DemoBudget, run_demo
     from robench.core.devices import resolve_device
 
@@ -848,7 +866,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         _echo_err(
-            f"robench: internal error: {type(exc).__name__}: {one_line(text)} (rerun with ROBENCH_DEBUG=1 for the traceback)"
+            f"robench: internal error: {type(exc).__name__}: {one_line(text)} "
+            "(rerun with ROBENCH_DEBUG=1 for the traceback)"
         )
         code = 1
     sys.exit(code)

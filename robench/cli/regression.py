@@ -1,4 +1,5 @@
-"""``robench baseline`` and ``robench check``: record a run's metrics with bootstrap intervals, and gate later runs on them.
+"""``robench baseline`` and ``robench check``: record a run's metrics with bootstrap intervals,
+and gate later runs on them.
 
 ``check`` exits 0 on a pass, 1 on a real regression only, and 2 (one line,
 ``robench: error: ...``) on anything it cannot judge; see :mod:`robench.report.regression`.

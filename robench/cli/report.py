@@ -51,7 +51,8 @@ def resolve_format(fmt: str | None, out: Path | None) -> str:
     what = f"suffix '{out.suffix}'" if out.suffix else "no suffix"
     hint = f" (for a PDF: --out {out.with_suffix('.tex')} --standalone, then pdflatex)" if suffix == ".pdf" else ""
     raise ConfigError(
-        f"--out {out} has {what}, which names no table format; pass --format {'|'.join(FORMATS)}, or use a suffix ({known}){hint}"
+        f"--out {out} has {what}, which names no table format; pass --format {'|'.join(FORMATS)}, "
+        f"or use a suffix ({known}){hint}"
     )
 
 
@@ -77,14 +78,16 @@ def resolve_paper_options(
     other = [name for name in layouts if name != wanted]
     if other:
         raise ConfigError(
-            f"--paper {paper.table.name} is a '{wanted}' table; --layout {other[0]} cannot show it (drop --layout or pass --layout {wanted})"
+            f"--paper {paper.table.name} is a '{wanted}' table; --layout {other[0]} cannot show it "
+            f"(drop --layout or pass --layout {wanted})"
         )
     own = default_population(paper.table)
     if population_name is not None and own is not None and population_name != own:
         notes.append(f"--population {population_name}: {paper.table.name} used '{own}' ({paper.table.reason})")
     if scale is not None and int(scale) != PAPER_SCALE and (paper.numbers["metric"] == DISTORTION_255).any():
         raise ConfigError(
-            f"--scale {scale}: {paper.table.name} prints its distortion on the 0-255 scale; pass --scale 255 or leave --scale out"
+            f"--scale {scale}: {paper.table.name} prints its distortion on the 0-255 scale; "
+            "pass --scale 255 or leave --scale out"
         )
     options = TableOptions(population_name or own or DEFAULT_POPULATION, int(scale) if scale else PAPER_SCALE)
     return (wanted,), options, notes
@@ -94,7 +97,8 @@ def resolve_paper_options(
 @click.argument("run_dir", metavar="RUN_DIR", type=click.Path(path_type=Path))
 @click.option(
     "--format", "fmt", type=click.Choice(FORMATS), default=None,
-    help="Table format [default: from --out's suffix; markdown on stdout]. html into a file (or with --standalone): the full self-contained report.",
+    help="Table format [default: from --out's suffix; markdown on stdout]. "
+    "html into a file (or with --standalone): the full self-contained report.",
 )  # fmt: skip
 @click.option(
     "--layout",
@@ -112,7 +116,8 @@ def resolve_paper_options(
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 @click.option(
     "--ci/--no-ci", default=None,
-    help="Show 95% bootstrap confidence intervals, e.g. 84.3 [82.1, 86.0] [default: on for the HTML report, off otherwise].",
+    help="Show 95% bootstrap confidence intervals, e.g. 84.3 [82.1, 86.0] "
+    "[default: on for the HTML report, off otherwise].",
 )  # fmt: skip
 @click.option("--resamples", type=int, default=1000, show_default=True, help="Bootstrap resamples for --ci.")
 @click.option("--best/--no-best", default=True, show_default=True, help="Mark the best value among the models in bold.")
@@ -133,29 +138,34 @@ def resolve_paper_options(
 )
 @click.option(
     "--paper", "paper_name", metavar="'PAPER Table N'", default=None,
-    help=f"Show that paper table's own numbers beside robench's, e.g. '001 Table 10' or 001-t10 (known: {', '.join(PAPER_TABLES)}); "
+    help="Show that paper table's own numbers beside robench's, e.g. '001 Table 10' or 001-t10 "
+    f"(known: {', '.join(PAPER_TABLES)}); "
     "builds its layout, with its AUC population and the 0-255 distortion scale.",
 )  # fmt: skip
 @click.option(
     "--paper-dataset",
     metavar="DATASET",
     default=None,
-    help="With --paper: show the paper's numbers for this dataset (e.g. CIFAR-10) even though the run is on another (the caption says so).",
+    help="With --paper: show the paper's numbers for this dataset (e.g. CIFAR-10) even though the run is on another "
+    "(the caption says so).",
 )
 @click.option(
     "--papers-file", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None,
-    help=f"The papers' numbers, read with --paper [default: {DEFAULT_PAPERS_FILE} under the current folder, else the repository root].",
+    help=f"The papers' numbers, read with --paper [default: {DEFAULT_PAPERS_FILE} under the current folder, "
+    "else the repository root].",
 )  # fmt: skip
 @click.option(
     "--population", "population_name", metavar="NAME", default=None,
-    help=f"AUC population of the AUC cells: {', '.join(f'{p.name} ({p.metric})' for p in POPULATIONS.values())} "
+    help="AUC population of the AUC cells: "
+    f"{', '.join(f'{p.name} ({p.metric})' for p in POPULATIONS.values())} "
     f"[default: {DEFAULT_POPULATION}; with --paper the paper's].",
 )  # fmt: skip
 @click.option(
     "--scale",
     type=click.Choice([str(s) for s in DISTORTION_SCALES]),
     default=None,
-    help="Distortion scale of the white-box table: 1 = the model's input units ([0, 1]), 255 = the 0-255 pixel scale [default: 1; with --paper 255].",
+    help="Distortion scale of the white-box table: 1 = the model's input units ([0, 1]), "
+    "255 = the 0-255 pixel scale [default: 1; with --paper 255].",
 )
 def report(
     run_dir: Path,
@@ -204,7 +214,8 @@ def report(
     )  # the report page; html on stdout alone stays the tables' fragment
     if not figures and not full_html:
         raise ConfigError(
-            "--no-figures applies to the HTML report (--format html with --out or --standalone); --plots writes figure files"
+            "--no-figures applies to the HTML report (--format html with --out or --standalone); "
+            "--plots writes figure files"
         )
     if ci is None:
         ci = full_html
@@ -234,7 +245,8 @@ def report(
         and any(t.layout == "white-box" for t in tables)
     ):
         notes.append(
-            "the run's records predate the input-range column: its distortion on the 0-255 scale is '-' (rerun to fill it)"
+            "the run's records predate the input-range column: its distortion on the 0-255 scale is '-' "
+            "(rerun to fill it)"
         )
     if paper is not None:
         tables, paper_notes = zip(

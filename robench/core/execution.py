@@ -56,7 +56,8 @@ def compiled_part(model: nn.Module) -> nn.Module:
 
 
 def try_compile(model: nn.Module, example: Tensor, echo: Callable[[str], None]) -> bool:
-    """Compile ``model``'s backbone in place and probe it on ``example``; on any failure, stay eager (True if compiled)."""
+    """Compile ``model``'s backbone in place and probe it on ``example``; on any failure, stay eager (True if
+    compiled)."""
     part = compiled_part(model)
     if getattr(part, "_compiled_call_impl", None) is not None:
         return True
@@ -74,7 +75,8 @@ def try_compile(model: nn.Module, example: Tensor, echo: Callable[[str], None]) 
     except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eager
         part._compiled_call_impl = None
         echo(
-            f"note: torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else 'no message'}); running eager"
+            "note: torch.compile failed "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else 'no message'}); running eager"
         )
         return False
 

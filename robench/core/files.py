@@ -39,7 +39,8 @@ MAX_MESSAGE = 4000  # characters of one error line; the rest is elided
 
 
 class UserFileError(ConfigError):
-    """A user's file that cannot be read as what it should be (missing, not a regular file, too large, not UTF-8 / TOML)."""
+    """A user's file that cannot be read as what it should be (missing, not a regular file, too large,
+    not UTF-8 / TOML)."""
 
     exit_code = 1
 
@@ -58,7 +59,8 @@ def _kind(mode: int) -> str:
 
 
 def shown(value: Any) -> str:
-    """``value`` (a path or user string) for a one-line message: as is, or escaped (``repr``) if it holds line breaks or control characters."""
+    """``value`` (a path or user string) for a one-line message: as is, or escaped
+    (``repr``) if it holds line breaks or control characters."""
     text = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
     return text if text.isprintable() else repr(text)
 
@@ -76,7 +78,8 @@ def one_line(message: str, limit: int = MAX_MESSAGE) -> str:
 
 @contextlib.contextmanager
 def one_line_errors() -> Iterator[None]:
-    """Re-raise a RobenchError whose message holds user text with line breaks or control characters, with them escaped."""
+    """Re-raise a RobenchError whose message holds user text with line breaks or control characters,
+    with them escaped."""
     try:
         yield
     except RobenchError as exc:
@@ -95,7 +98,8 @@ MAX_JSON_BYTES = 256 * 1024**2  # a run.json or baseline robench wrote is far sm
 
 
 def read_user_file(path: Path | str, what: str, folder_hint: str = "", limit: int = MAX_TEXT_BYTES) -> bytes:
-    """The bytes of the regular file ``path`` (``what`` names it in errors, e.g. "threat file"), at most ``limit`` of them.
+    """The bytes of the regular file ``path`` (``what`` names it in errors, e.g. "threat file"),
+    at most ``limit`` of them.
 
     ``folder_hint`` completes the error for a folder (e.g. "--threats takes folders").
     """
@@ -174,7 +178,8 @@ def decode_text(data: bytes, at: str, what: str) -> str:
 
 
 def load_user_toml(path: Path | str, what: str, folder_hint: str = "") -> tuple[dict[str, Any], bytes]:
-    """``path`` read by :func:`read_user_file`, decoded, scanned (:func:`check_toml_shape`) and parsed: (the table, the file's bytes)."""
+    """``path`` read by :func:`read_user_file`, decoded, scanned (:func:`check_toml_shape`) and parsed: (the table,
+    the file's bytes)."""
     at = shown(Path(path))
     data = read_user_file(path, what, folder_hint)
     text = decode_text(data, at, what)
@@ -201,7 +206,8 @@ _STRINGS = {
 
 
 def check_toml_shape(text: str, at: str) -> None:
-    """Refuse TOML whose keys have more than MAX_KEY_PARTS dotted parts or whose arrays / inline tables nest deeper than MAX_NESTING.
+    """Refuse TOML whose keys have more than MAX_KEY_PARTS dotted parts or whose arrays / inline tables nest deeper than
+    MAX_NESTING.
 
     A conservative scan (strings and comments skipped): it never refuses a file within the bounds;
     a malformed string ends the scan, and the parser then reports it.
@@ -217,7 +223,8 @@ def check_toml_shape(text: str, at: str) -> None:
             if dots >= MAX_KEY_PARTS:
                 line = text.count("\n", 0, start) + 1
                 raise UserFileError(
-                    f"{at}: a key of more than {MAX_KEY_PARTS} dotted parts (line {line}); robench reads at most {MAX_KEY_PARTS}"
+                    f"{at}: a key of more than {MAX_KEY_PARTS} dotted parts "
+                    f"(line {line}); robench reads at most {MAX_KEY_PARTS}"
                 )
             pos = start + 1
         elif char in "\"'":
@@ -238,7 +245,8 @@ def check_toml_shape(text: str, at: str) -> None:
                 if depth > MAX_NESTING:
                     line = text.count("\n", 0, start) + 1
                     raise UserFileError(
-                        f"{at}: arrays or tables nested more than {MAX_NESTING} deep (line {line}); robench reads at most {MAX_NESTING}"
+                        f"{at}: arrays or tables nested more than {MAX_NESTING} "
+                        f"deep (line {line}); robench reads at most {MAX_NESTING}"
                     )
             elif char in "]}":
                 depth = max(depth - 1, 0)
@@ -249,9 +257,11 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 
 
 def safe_name(name: Any, where: str) -> str:
-    """``name`` if it is safe as one path component (letters, digits, ``.``, ``_``, ``+``, ``-``), else a one-line error."""
+    """``name`` if it is safe as one path component (letters, digits, ``.``, ``_``, ``+``, ``-``),
+    else a one-line error."""
     if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
         raise ConfigError(
-            f"{where}: name {name!r} cannot name a folder: use 1-64 letters, digits, '.', '_', '+' or '-', starting with a letter or digit"
+            f"{where}: name {name!r} cannot name a folder: use 1-64 letters, "
+            "digits, '.', '_', '+' or '-', starting with a letter or digit"
         )
     return name

@@ -35,14 +35,16 @@ def _remove(folder: str, owner: int) -> None:
 
 
 def cache_folder() -> str:
-    """robench's temporary folder for matplotlib's (and fontconfig's) caches, created once per process, removed at exit."""
+    """robench's temporary folder for matplotlib's (and fontconfig's) caches, created once per process, removed at
+    exit."""
     global _folder
     if _folder is None or not os.path.isdir(_folder):
         try:
             _folder = tempfile.mkdtemp(prefix="robench-matplotlib-")
         except OSError as exc:
             raise ConfigError(
-                f"cannot create a temporary folder for matplotlib's caches under {os.environ.get('TMPDIR') or 'the system temporary folder'}: {exc.strerror or exc}; "
+                f"cannot create a temporary folder for matplotlib's caches under "
+                f"{os.environ.get('TMPDIR') or 'the system temporary folder'}: {exc.strerror or exc}; "
                 "set TMPDIR to a writable folder (or MPLCONFIGDIR to matplotlib's own)"
             ) from None
         atexit.register(_remove, _folder, os.getpid())
@@ -70,7 +72,7 @@ def pyplot() -> ModuleType:
             matplotlib.get_configdir(),
             matplotlib.get_cachedir(),
         )  # resolved (and cached by matplotlib) now, under the folder above
-        import matplotlib.font_manager  # noqa: F401  (builds the font list, running fc-list, now)
+        import matplotlib.font_manager  # noqa: F401 - imported to build the font list (running fc-list) now
         import matplotlib.pyplot as plt
     finally:
         for name, value in saved.items():

@@ -41,8 +41,9 @@ def package_versions() -> dict[str, str]:
 
 
 def _git(*args: str, cwd: Path, check: bool = False) -> str:
-    """``git ARGS`` in ``cwd`` that writes nothing: ``--no-optional-locks`` and ``GIT_OPTIONAL_LOCKS=0`` keep ``git status``
-    from taking ``.git/index.lock`` to refresh the index, so recording the revision never writes into the checkout."""
+    """``git ARGS`` in ``cwd`` that writes nothing: ``--no-optional-locks`` and ``GIT_OPTIONAL_LOCKS=0`` keep
+    ``git status`` from taking ``.git/index.lock`` to refresh the index,
+    so recording the revision never writes into the checkout."""
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0", "GIT_TERMINAL_PROMPT": "0"}
     return subprocess.run(
         ["git", "--no-optional-locks", *args],
@@ -57,7 +58,8 @@ def _git(*args: str, cwd: Path, check: bool = False) -> str:
 
 
 def git_revision() -> str:
-    """The git commit of the robench checkout (with ``+dirty`` if modified), or ``unknown``; read-only (see :func:`_git`)."""
+    """The git commit of the robench checkout (with ``+dirty`` if modified), or ``unknown``; read-only
+    (see :func:`_git`)."""
     here = Path(__file__).resolve().parent
     try:
         rev = _git("rev-parse", "HEAD", cwd=here, check=True)

@@ -96,7 +96,8 @@ class Registry(Generic[T]):
                 raise ConfigError(f"cannot register {_describe(item)} as a {self.kind}: it has no name")
             if isinstance(item, type) and "name" not in vars(item):
                 raise ConfigError(
-                    f"cannot register {_describe(item)} as a {self.kind}: it inherits the name '{own}' instead of setting its own"
+                    f"cannot register {_describe(item)} as a {self.kind}: it inherits the name '{own}' instead of "
+                    "setting its own"
                 )
             name = own
         else:
@@ -169,7 +170,8 @@ class Registry(Generic[T]):
         """The NAMEs resolver ``prefix`` lists (``choices()``; may import its library), [] when it lists none."""
         if prefix not in self._resolvers:
             raise UnknownNameError(
-                f"unknown {self.kind} prefix '{prefix}:'{did_you_mean(prefix, self.prefixes())}; known: {', '.join(self.prefixes()) or 'none'}"
+                f"unknown {self.kind} prefix '{prefix}:'{did_you_mean(prefix, self.prefixes())}; known: "
+                f"{', '.join(self.prefixes()) or 'none'}"
             )
         choices = self._resolvers[prefix][1]
         return sorted(choices()) if choices is not None else []

@@ -47,7 +47,8 @@ class Detector(Configurable, ABC):
         """Raise a one-line ConfigError if this detector cannot work with the model."""
 
     def fit(self, model: Classifier, defense: Defense, train: Split, device: torch.device) -> None:
-        """Fit on clean training data (no-op for detectors without state); randomness comes from the detector's own seed field."""
+        """Fit on clean training data (no-op for detectors without state); randomness comes from the detector's own
+        seed field."""
 
     def fitted_state(self) -> dict[str, Tensor]:
         return {}

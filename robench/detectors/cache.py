@@ -73,7 +73,8 @@ def load_cached(detector: Detector, bundle: ModelBundle, device: torch.device, t
 
 
 def save_cached(detector: Detector, bundle: ModelBundle, train_name: str | None = None) -> None:
-    """Cache ``detector``'s fit next to ``bundle`` (atomically); a read-only folder costs one line on stderr, not the run."""
+    """Cache ``detector``'s fit next to ``bundle`` (atomically); a read-only folder costs one line on stderr, not the
+    run."""
     path, key = _cache_file(detector, bundle, train_name)
     if path is None:
         return
@@ -84,7 +85,8 @@ def save_cached(detector: Detector, bundle: ModelBundle, train_name: str | None 
     except OSError as exc:  # a read-only model folder must not cost the fit: one line on stderr, and go on
         reason = " ".join(str(exc.strerror or exc).split())
         print(
-            f"robench: note: cannot cache detector '{detector.name}' next to {bundle.path} ({reason}); fitting it again next time",
+            f"robench: note: cannot cache detector '{detector.name}' next to {bundle.path} ({reason}); "
+            "fitting it again next time",
             file=sys.stderr,
         )
 

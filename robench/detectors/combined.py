@@ -29,7 +29,8 @@ from robench.detectors.kd import KernelDensityDetector
 
 
 def fit_logistic(clean: np.ndarray, adversarial: np.ndarray, seed: int) -> dict[str, Tensor]:
-    """Fit scaler + logistic regression on [clean; adversarial] feature rows; returns tensors (label 1 = adversarial)."""
+    """Fit scaler + logistic regression on [clean; adversarial] feature rows; returns tensors
+    (label 1 = adversarial)."""
     from sklearn.linear_model import LogisticRegression
 
     features = np.concatenate([clean, adversarial]).astype(np.float64)

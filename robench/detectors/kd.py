@@ -126,7 +126,8 @@ class KernelDensityDetector(Detector):
         return out
 
     def median_training_nll(self, z: Tensor, labels: Tensor, chunk: int = 1024) -> float:
-        """eta of C&W-wb (paper 001 Sec. 4.4.2): the median over training features of -log KD_y(z) (:meth:`training_nll`)."""
+        """eta of C&W-wb (paper 001 Sec. 4.4.2): the median over training features of -log KD_y(z)
+        (:meth:`training_nll`)."""
         return float(self.training_nll(z, labels, chunk)[0].median())
 
     def training_medians(self, z: Tensor, labels: Tensor, chunk: int = 1024) -> tuple[float, Tensor]:

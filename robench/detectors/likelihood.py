@@ -32,7 +32,8 @@ class GMLikelihoodDetector(Detector):
         probe = torch.zeros(1, model.feature_dim, device=next(model.parameters()).device)
         if defense.class_log_likelihood(model.head, probe) is None:
             raise ConfigError(
-                f"detector 'gm-likelihood' needs a Gaussian head (e.g. gm, lgm, mmc, mmlda); defense '{defense.name}' has none"
+                f"detector 'gm-likelihood' needs a Gaussian head (e.g. gm, lgm, mmc, mmlda); defense '{defense.name}' "
+                "has none"
             )
 
     def score(self, model: Classifier, defense: Defense, forward: Forward) -> Tensor:

@@ -49,9 +49,11 @@ FIGURE_KINDS = {
 }
 
 CSS = """
-:root { color-scheme: light; --fg: #1d2330; --muted: #5b6475; --line: #d5dae3; --band: #f4f6f9; --accent: #2f5d9e; --flag: #b3261e; }
+:root { color-scheme: light; --fg: #1d2330; --muted: #5b6475; --line: #d5dae3; --band: #f4f6f9; --accent: #2f5d9e; \
+--flag: #b3261e; }
 * { box-sizing: border-box; }
-body { margin: 0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; color: var(--fg); background: #fff; }
+body { margin: 0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; \
+color: var(--fg); background: #fff; }
 main { max-width: 1240px; margin: 0 auto; padding: 20px 28px 48px; }
 header.page { border-bottom: 3px solid var(--accent); padding-bottom: 10px; margin-bottom: 16px; }
 header.page h1 { margin: 0 0 4px; font-size: 24px; }
@@ -59,7 +61,8 @@ header.page p { margin: 2px 0; color: var(--muted); }
 h2 { font-size: 19px; margin: 30px 0 8px; padding-bottom: 3px; border-bottom: 1px solid var(--line); }
 h3 { font-size: 15px; margin: 20px 0 6px; }
 code { font: 12px/1.3 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
-nav.toc { background: var(--band); border: 1px solid var(--line); border-radius: 6px; padding: 8px 16px; margin: 12px 0 4px; }
+nav.toc { background: var(--band); border: 1px solid var(--line); border-radius: 6px; padding: 8px 16px; \
+margin: 12px 0 4px; }
 nav.toc h2 { border: 0; margin: 4px 0; font-size: 15px; }
 nav.toc ol { margin: 2px 0 4px; padding-left: 22px; }
 nav.toc ol ol { font-size: 13px; }
@@ -67,10 +70,12 @@ a { color: var(--accent); text-decoration: none; }
 a:hover { text-decoration: underline; }
 .facts { display: flex; flex-wrap: wrap; gap: 8px 24px; margin: 8px 0; }
 .facts div { min-width: 120px; }
-.facts b { display: block; font-size: 11px; text-transform: uppercase; letter-spacing: .04em; color: var(--muted); font-weight: 600; }
+.facts b { display: block; font-size: 11px; text-transform: uppercase; letter-spacing: .04em; color: var(--muted); \
+font-weight: 600; }
 .scroll { overflow-x: auto; margin: 6px 0 14px; }
 table { border-collapse: collapse; font-size: 12.5px; font-variant-numeric: tabular-nums; }
-caption { caption-side: top; text-align: left; color: var(--muted); font-size: 12px; padding: 0 0 6px; max-width: 1180px; }
+caption { caption-side: top; text-align: left; color: var(--muted); font-size: 12px; padding: 0 0 6px; \
+max-width: 1180px; }
 th, td { border-bottom: 1px solid var(--line); padding: 3px 9px; text-align: right; white-space: nowrap; }
 th { background: var(--band); font-weight: 600; }
 thead th { border-bottom: 2px solid #aab3c2; text-align: center; }
@@ -174,8 +179,8 @@ def models_frame(run: RunDir) -> pd.DataFrame:
                 continue
             accuracy = entry.get("clean_accuracy_at_training")
             rows[name] = {
-                "model": name, "role": role, "defense": entry.get("defense"), "arch": entry.get("arch"), "dataset": entry.get("dataset"),
-                "feature_dim": entry.get("feature_dim"),
+                "model": name, "role": role, "defense": entry.get("defense"), "arch": entry.get("arch"),
+                "dataset": entry.get("dataset"), "feature_dim": entry.get("feature_dim"),
                 "clean accuracy at training": f"{100 * accuracy:.1f}%" if isinstance(accuracy, (int, float)) else None,
                 "content hash": entry.get("content_hash"), "path": entry.get("path"),
             }  # fmt: skip
@@ -197,7 +202,10 @@ def runs_frame(run: RunDir) -> pd.DataFrame:
         rows.append({
             "folder": where or ".",
             "model": _get(info, "model", "name"),
-            "threats": ", ".join(str(t.get("name")) + (f" (from {substitute})" if substitute and _crafts_on_substitute(t) else "") for t in threats),
+            "threats": ", ".join(
+                str(t.get("name")) + (f" (from {substitute})" if substitute and _crafts_on_substitute(t) else "")
+                for t in threats
+            ),
             "attacks": "; ".join(", ".join(_labels(t)) for t in threats),
             "n": info.get("samples", _get(info, "config", "n")),
             "seed": _get(info, "config", "seed"),
@@ -233,7 +241,9 @@ def sanity_frame(run: RunDir) -> tuple[pd.DataFrame | None, list[str]]:
             frame = pd.read_csv(top, keep_default_na=False, na_values=[""])
         except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as exc:
             notes.append(
-                f"sanity: cannot read {top} ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); read run.json instead"
+                f"sanity: cannot read {top} "
+                f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
+                "read run.json instead"
             )
         else:
             missing = [c for c in SANITY_COLUMNS if c not in frame]
@@ -298,12 +308,18 @@ def info_table(
             cells.append(f'<td class="wrap">{text}</td>' if column in wrap else f"<td>{text}</td>")
         cls = f' class="{row_class[i]}"' if row_class is not None and row_class[i] else ""
         body.append(f"<tr{cls}>{''.join(cells)}</tr>")
-    return f'<div class="scroll"><table class="info"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+    return (
+        f'<div class="scroll"><table class="info"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
 
 
 def _sanity_html(frame: pd.DataFrame | None) -> str:
     if frame is None:
-        return "<p>No sanity check ran (<code>--no-sanity</code>, or the runs predate the checks): nothing was checked, which is not the same as passed.</p>"
+        return (
+            "<p>No sanity check ran (<code>--no-sanity</code>, or the runs predate the checks): "
+            "nothing was checked, which is not the same as passed.</p>"
+        )
     shown = frame.assign(
         flagged=frame["flagged"].map(lambda f: "FLAGGED" if f else "quiet"),
         value=frame["value"].map(_number),
@@ -316,7 +332,11 @@ def _sanity_html(frame: pd.DataFrame | None) -> str:
         else f'<p class="ok">All {len(frame)} checks quiet.</p>'
     )
     classes = ["flagged" if f else "" for f in frame["flagged"]]
-    note = '<p class="muted">A check that does not apply to a model or threat has no row: a missing row means not checked. Threat <code>-</code>: a probe of the model itself.</p>'
+    note = (
+        '<p class="muted">A check that does not apply to a model or threat has no row: '
+        "a missing row means not checked. "
+        "Threat <code>-</code>: a probe of the model itself.</p>"
+    )
     return lead + info_table(shown, wrap=("detail",), code=("check",), row_class=classes) + note
 
 
@@ -398,7 +418,8 @@ def render_report(
         return f'<nav class="toc"><h2>Contents</h2><ol>{"".join(items)}</ol></nav>'
 
     ci = (
-        f"Cells show the value and its 95% percentile-bootstrap interval, e.g. <code>84.3 [82.1, 86.0]</code> ({resamples:,} resamples of each "
+        "Cells show the value and its 95% percentile-bootstrap interval, e.g. <code>84.3 [82.1, 86.0]</code> "
+        f"({resamples:,} resamples of each "
         "model x threat x attack group's samples, seed 0)."
         if resamples
         else "No bootstrap intervals (<code>--no-ci</code>)."
@@ -406,7 +427,10 @@ def render_report(
     best_text = " Bold: the best value of its column (or row) among the models, compared as displayed." if best else ""
 
     def table_block(table: Table, heading: str) -> str:
-        return f'<section id="{_section_id(table)}"><h3>{_e(heading)}</h3><div class="scroll">{render(table, "html", best=best)}</div></section>'
+        return (
+            f'<section id="{_section_id(table)}"><h3>{_e(heading)}</h3>'
+            f'<div class="scroll">{render(table, "html", best=best)}</div></section>'
+        )
 
     parts = [
         "<!DOCTYPE html>",
@@ -421,7 +445,8 @@ def render_report(
         "</head>",
         "<body>",
         "<main>",
-        f'<header class="page"><h1>{_e(title)}</h1><p>Records below <code>{_e(run.path)}</code>; every number is recomputed from them.</p></header>',
+        f'<header class="page"><h1>{_e(title)}</h1>'
+        f"<p>Records below <code>{_e(run.path)}</code>; every number is recomputed from them.</p></header>",
         _facts(run, models, runs),
         toc(),
         '<section id="evaluated"><h2>What was evaluated</h2>',

@@ -121,7 +121,8 @@ class PaperNumbers:
 
 
 def resolve_papers_file(path: Path | None) -> Path:
-    """``path``, or the default ``reports/reproduce/papers.csv`` under the current folder, else under the repository root."""
+    """``path``, or the default ``reports/reproduce/papers.csv`` under the current folder, else under the repository
+    root."""
     if path is not None:
         if not path.is_file():
             raise ConfigError(f"--papers-file {path} does not exist (or is not a file)")
@@ -134,7 +135,8 @@ def resolve_papers_file(path: Path | None) -> Path:
 
 
 def read_papers(path: Path) -> pd.DataFrame:
-    """papers.csv as a frame (``value`` a float), validated by :func:`validate_papers`; a bad file is a one-line error."""
+    """papers.csv as a frame (``value`` a float), validated by :func:`validate_papers`; a bad file is a one-line
+    error."""
     try:
         text = read_user_file(path, "papers file").decode("utf-8")
         reader = csv.reader(io.StringIO(text, newline=""))
@@ -168,7 +170,8 @@ def _number(text: str) -> float | None:
 
 
 def validate_papers(frame: pd.DataFrame, where: Path | str = "papers.csv") -> None:
-    """Every field filled, every table one of :data:`PAPER_TABLES`, every metric registered, every value finite, no key twice.
+    """Every field filled, every table one of :data:`PAPER_TABLES`, every metric registered, every value finite,
+    no key twice.
 
     ``frame`` holds the file's text fields (and, when read from a file, its ``line`` numbers).
     The key is :data:`KEY`: 001 Table 7 prints the same row, column and metric for MNIST and CIFAR-10.
@@ -182,7 +185,8 @@ def validate_papers(frame: pd.DataFrame, where: Path | str = "papers.csv") -> No
         name = f"{record['paper']} {record['table']}"
         if name not in PAPER_TABLES:
             raise ConfigError(
-                f"{at}: '{name}' is not a paper table robench knows{did_you_mean(name, list(PAPER_TABLES))}; known: {', '.join(PAPER_TABLES)}"
+                f"{at}: '{name}' is not a paper table robench knows{did_you_mean(name, list(PAPER_TABLES))}; known: "
+                f"{', '.join(PAPER_TABLES)}"
             )
         if record["metric"] not in METRICS:
             raise ConfigError(
@@ -202,18 +206,21 @@ _NAME = re.compile(r"^\s*(\d{3})\s*[-_:/ ]?\s*(?:t|tab|table)?\.?\s*(\d{1,3})\s*
 
 
 def parse_table_name(text: str) -> str:
-    """``001 Table 10``, ``001-t10``, ``001 t10``, ``001:10`` (any case) -> ``001 Table 10``; anything else a one-line error."""
+    """``001 Table 10``, ``001-t10``, ``001 t10``, ``001:10`` (any case) -> ``001 Table 10``; anything else a one-line
+    error."""
     match = _NAME.match(text)
     if not match:
         raise ConfigError(
-            f"--paper '{text}' names no paper table{did_you_mean(text, [*PAPER_TABLES, *(t.short for t in PAPER_TABLES.values())])}; "
+            f"--paper '{text}' names no paper "
+            f"table{did_you_mean(text, [*PAPER_TABLES, *(t.short for t in PAPER_TABLES.values())])}; "
             f"give PAPER TABLE, e.g. '001 Table 10' or 001-t10 (known: {', '.join(PAPER_TABLES)})"
         )
     return f"{match.group(1)} Table {int(match.group(2))}"
 
 
 def select_table(papers: pd.DataFrame, text: str, source: Path) -> PaperNumbers:
-    """The numbers of the table ``text`` names (:func:`parse_table_name`); a table absent from the file is a one-line error."""
+    """The numbers of the table ``text`` names (:func:`parse_table_name`); a table absent from the file is a one-line
+    error."""
     name = parse_table_name(text)
     present = list(dict.fromkeys(papers["paper"] + " " + papers["table"]))
     if name not in present:
@@ -227,7 +234,8 @@ def select_table(papers: pd.DataFrame, text: str, source: Path) -> PaperNumbers:
 
 
 def load_paper_table(text: str, papers_file: Path | None = None) -> PaperNumbers:
-    """``--paper TEXT`` with ``--papers-file``: the file found (:func:`resolve_papers_file`), read, and the table picked."""
+    """``--paper TEXT`` with ``--papers-file``: the file found (:func:`resolve_papers_file`), read, and the table
+    picked."""
     name = parse_table_name(text)  # a malformed name fails before any file is looked for
     path = resolve_papers_file(papers_file)
     return select_table(read_papers(path), name, path)

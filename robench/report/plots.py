@@ -59,7 +59,8 @@ def _slug(*parts: str) -> str:
 
 
 def save_figure(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
-    """Write ``fig`` as STEM.png and STEM.pdf (the formats of the current ``plot_run_dir`` call), each atomically; closes the figure."""
+    """Write ``fig`` as STEM.png and STEM.pdf (the formats of the current ``plot_run_dir`` call), each atomically;
+    closes the figure."""
     paths = []
     try:
         for fmt in _FORMATS.get():
@@ -122,7 +123,8 @@ def roc_figures(records: pd.DataFrame, out_dir: Path) -> PlotResult:
 
 
 def kd_histograms(records: pd.DataFrame, out_dir: Path, detector: str = KD_DETECTOR, bins: int = 40) -> PlotResult:
-    """Per threat, histograms of the detector's clean vs adversarial scores: a row per attack, a column per model (001 Fig. 5)."""
+    """Per threat, histograms of the detector's clean vs adversarial scores: a row per attack, a column per model
+    (001 Fig. 5)."""
     result = PlotResult()
     for threat, runs in records.groupby(R.THREAT, sort=False):
         if not R.has_scores(runs, detector):
@@ -195,8 +197,9 @@ def budget_table(summary: pd.DataFrame, runs: Sequence[Mapping[str, Any]]) -> pd
                 continue
             others = {k: v for k, v in spec["params"].items() if k != budget[0]}
             family = f"{spec['attack']}|{spec.get('target_mode', 'none')}|{sorted(others.items())}"
-            rows.append({R.MODEL: model, R.THREAT: threat.get("name"), R.ATTACK: spec["label"], "registered": spec["attack"],
-                         "family": family, "param": budget[0], "budget": budget[1]})  # fmt: skip
+            rows.append({R.MODEL: model, R.THREAT: threat.get("name"), R.ATTACK: spec["label"],
+                         "registered": spec["attack"], "family": family,
+                         "param": budget[0], "budget": budget[1]})  # fmt: skip
     specs = pd.DataFrame(rows, columns=[R.MODEL, R.THREAT, R.ATTACK, "registered", "family", "param", "budget"])
     accuracy = summary.drop_duplicates(_KEYS)[[*_KEYS, "robust_accuracy"]]
     return specs.drop_duplicates(_KEYS).merge(accuracy, on=_KEYS)

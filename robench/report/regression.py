@@ -147,7 +147,8 @@ def format_baseline(header: Mapping[str, Any], rows: pd.DataFrame) -> str:
 def write_baseline(
     run_dir: Path, out: Path, *, n_resamples: int = 1000, seed: int = 0, level: float = 0.95
 ) -> pd.DataFrame:
-    """Write the baseline of every metric in the run's summary, with its bootstrap interval, to ``out``; return its rows."""
+    """Write the baseline of every metric in the run's summary, with its bootstrap interval, to ``out``;
+    return its rows."""
     run = load_run_dir(run_dir)
     problem = _provenance_problem(run, _pairs(run.records))
     if problem:
@@ -158,7 +159,8 @@ def write_baseline(
     if len(bare):
         first = bare.iloc[0]
         raise ConfigError(
-            f"cannot write a baseline of {run_dir}: {len(bare)} value(s) have no bootstrap interval (every resample left the metric undefined), "
+            f"cannot write a baseline of {run_dir}: {len(bare)} value(s) have "
+            "no bootstrap interval (every resample left the metric undefined), "
             f"e.g. {'/'.join(str(first[k]) for k in KEYS)}; pass more --resamples (now {n_resamples})"
         )
     header = {
@@ -197,11 +199,13 @@ def _check_row(metric: str, value: float, low: float, high: float, where: str) -
     """
     if math.isnan(value) and not (math.isnan(low) and math.isnan(high)):
         raise ConfigError(
-            f"{where}: 'value' of {metric} is null (undefined) but its interval is [{_shown(low)}, {_shown(high)}]; an undefined metric has no interval"
+            f"{where}: 'value' of {metric} is null (undefined) but its interval is "
+            f"[{_shown(low)}, {_shown(high)}]; an undefined metric has no interval"
         )
     if not math.isnan(value) and (math.isnan(low) or math.isnan(high)):
         raise ConfigError(
-            f"{where}: {metric} is {value!r} without an interval ('low' {_shown(low)}, 'high' {_shown(high)}); a number needs both bounds"
+            f"{where}: {metric} is {value!r} without an interval ('low' "
+            f"{_shown(low)}, 'high' {_shown(high)}); a number needs both bounds"
         )
     if METRICS.get(metric).percent:
         for key, number in (("value", value), ("low", low), ("high", high)):
@@ -305,7 +309,8 @@ def check_tolerances(tolerances: Mapping[str, float]) -> dict[str, float]:
     for metric, value in tolerances.items():
         if metric not in METRICS:
             raise ConfigError(
-                f"unknown metric '{metric}' in --tolerance{did_you_mean(metric, METRICS.names())}; known: {', '.join(METRICS.names())}"
+                f"unknown metric '{metric}' in --tolerance{did_you_mean(metric, METRICS.names())}; "
+                f"known: {', '.join(METRICS.names())}"
             )
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise ConfigError(f"the tolerance of {metric} must be a non-negative number, got {value!r}")
@@ -374,7 +379,10 @@ class CheckReport:
         compared = sum(counts[s] for s in ("worse", "missing", "better", "ok"))
         parts = [f"{counts[s]} {s}" for s in STATUS_ORDER if counts[s] and s != "ok"]
         mode = "two-sided" if self.two_sided else "one-sided"
-        return f"{'FAIL' if self.failed else 'PASS'}: {', '.join(parts) or 'nothing moved'} ({compared} baseline values, {mode})"
+        return (
+            f"{'FAIL' if self.failed else 'PASS'}: {', '.join(parts) or 'nothing moved'} "
+            f"({compared} baseline values, {mode})"
+        )
 
 
 def check_run(
@@ -392,7 +400,8 @@ def check_run(
     header, expected = read_baseline(baseline)
     if expected.empty:
         raise CannotJudge(
-            f"cannot judge: baseline file {baseline} holds no rows, so there is nothing to check against; write one with 'robench baseline'"
+            f"cannot judge: baseline file {baseline} holds no rows, so there "
+            "is nothing to check against; write one with 'robench baseline'"
         )
     run = load_run_dir(run_dir)
     current = metric_rows(run.summary())[[*KEYS, "value", "n"]].rename(columns={"value": "current"})
@@ -436,7 +445,8 @@ def _check_comparable(
     baseline: Path,
     allow_changed_models: bool,
 ) -> list[str]:
-    """The models compared; a CannotJudge unless the run measures what the baseline measured: the same pairs, weights, seeds and n.
+    """The models compared; a CannotJudge unless the run measures what the baseline measured: the same pairs, weights,
+    seeds and n.
 
     What the comparison needs must be recorded on both sides: the run's run.json (weights, seed,
     dataset), the baseline's ``models`` (weights; ``--allow-changed-models`` compares without) and,
@@ -447,7 +457,8 @@ def _check_comparable(
     common = before & now
     if not common:
         raise CannotJudge(
-            f"cannot judge {against}: no model x threat pair in common (baseline: {_listed(sorted(map('/'.join, before)))}; "
+            f"cannot judge {against}: no model x threat pair in common "
+            f"(baseline: {_listed(sorted(map('/'.join, before)))}; "
             f"run: {_listed(sorted(map('/'.join, now)))})"
         )
     groups = (
@@ -466,14 +477,16 @@ def _check_comparable(
     if unrecorded and not allow_changed_models:
         raise CannotJudge(
             f'cannot judge {against}: the baseline does not record the weights (content hash in its "models") of '
-            f"{'model' if len(unrecorded) == 1 else 'models'} {_listed([repr(m) for m in unrecorded])}, so they cannot be compared; "
+            f"{'model' if len(unrecorded) == 1 else 'models'} "
+            f"{_listed([repr(m) for m in unrecorded])}, so they cannot be compared; "
             "pass --allow-changed-models to compare anyway, or write a new baseline"
         )
     changed = _changed_models(header, run, models)
     if changed and not allow_changed_models:
         names = ", ".join(f"'{name}'" for name in changed)
         raise CannotJudge(
-            f"cannot judge {against}: {'model' if len(changed) == 1 else 'models'} {names} {'has' if len(changed) == 1 else 'have'} different weights than in the baseline "
+            f"cannot judge {against}: {'model' if len(changed) == 1 else 'models'} {names} "
+            f"{'has' if len(changed) == 1 else 'have'} different weights than in the baseline "
             "(content hash changed); pass --allow-changed-models to compare anyway, or write a new baseline"
         )
     used = _run_seeds(run)
@@ -483,20 +496,24 @@ def _check_comparable(
         old, new = recorded.get(model, {}).get(threat), used.get(model, {}).get(threat)
         if old is None:
             raise CannotJudge(
-                f'cannot judge {against}: the baseline records no seed for {model}/{threat} (its "seeds" lack it), so the test samples cannot be compared; '
+                f"cannot judge {against}: the baseline records no seed for {model}/{threat} "
+                '(its "seeds" lack it), so the test samples cannot be compared; '
                 "write a new baseline"
             )
         if sorted(set(old)) != sorted(set(new)):
             raise CannotJudge(
-                f"cannot judge {against}: {model}/{threat} ran with seed {_listed([str(v) for v in new])}, the baseline with seed "
-                f"{_listed([str(v) for v in sorted(set(old))])} (other test samples); rerun with the baseline's --seed, or write a new baseline"
+                f"cannot judge {against}: {model}/{threat} ran with seed "
+                f"{_listed([str(v) for v in new])}, the baseline with seed "
+                f"{_listed([str(v) for v in sorted(set(old))])} (other test "
+                "samples); rerun with the baseline's --seed, or write a new baseline"
             )
     differ = groups[groups[COUNT] != groups[f"{COUNT}_baseline"]]
     if len(differ):
         first = differ.iloc[0]
         raise CannotJudge(
             f"cannot judge {against}: {len(differ)} group(s) hold another number of samples than in the baseline, e.g. "
-            f"{'/'.join(str(first[k]) for k in SUMMARY_KEYS)} n {int(first[COUNT])} (baseline {int(first[f'{COUNT}_baseline'])}); "
+            f"{'/'.join(str(first[k]) for k in SUMMARY_KEYS)} n "
+            f"{int(first[COUNT])} (baseline {int(first[f'{COUNT}_baseline'])}); "
             "rerun with the baseline's --n, or write a new baseline"
         )
     return models
@@ -516,7 +533,8 @@ def _provenance_problem(run: RunDir, pairs: set[tuple[str, str]], need_seeds: bo
     if unknown:
         names = _listed([repr(m) for m in unknown])
         return (
-            f"no {RUN_FILE} below {run.path} records the weights (content hash) of {'model' if len(unknown) == 1 else 'models'} {names}, "
+            f"no {RUN_FILE} below {run.path} records the weights (content hash) "
+            f"of {'model' if len(unknown) == 1 else 'models'} {names}, "
             f"which the gate compares; pass the folder 'robench run' or 'robench suite' wrote, its {RUN_FILE} included"
         )
     if need_seeds:
@@ -525,7 +543,8 @@ def _provenance_problem(run: RunDir, pairs: set[tuple[str, str]], need_seeds: bo
         if unseeded:
             return (
                 f'no {RUN_FILE} below {run.path} records the seed of {_listed(unseeded)} ("config": {{"seed": ...}}), '
-                f"which the gate compares; pass the folder 'robench run' or 'robench suite' wrote, its {RUN_FILE} included"
+                "which the gate compares; pass the folder 'robench run' or "
+                f"'robench suite' wrote, its {RUN_FILE} included"
             )
     if run.unranged:
         file, reason = run.unranged[0]
@@ -535,7 +554,8 @@ def _provenance_problem(run: RunDir, pairs: set[tuple[str, str]], need_seeds: bo
 
 
 def _unrecorded_models(header: Mapping[str, Any], names: list[str]) -> list[str]:
-    """The models of ``names`` whose weights the baseline header does not record (no ``models`` entry or content hash)."""
+    """The models of ``names`` whose weights the baseline header does not record
+    (no ``models`` entry or content hash)."""
     before = header.get("models") if isinstance(header.get("models"), dict) else {}
     return [name for name in names if not (isinstance(before.get(name), dict) and before[name].get("content_hash"))]
 
@@ -559,7 +579,8 @@ def _changed_models(header: Mapping[str, Any], run: RunDir, names: list[str] | N
 
 
 def _model_notes(header: Mapping[str, Any], run: RunDir, compared: list[str]) -> list[str]:
-    """Models whose weights differ from the baseline's (compared anyway with ``--allow-changed-models``): their moves may be expected."""
+    """Models whose weights differ from the baseline's (compared anyway with ``--allow-changed-models``):
+    their moves may be expected."""
     notes = [
         f"model '{name}' has different weights than in the baseline (content hash changed)"
         for name in _changed_models(header, run, compared)

@@ -132,12 +132,14 @@ def check_record_types(frame: pd.DataFrame, where: str) -> None:
             raise ConfigError(f"{where}: column '{column}' {problem}")
 
 
-# The class columns of a record and their lowest value: a true class or a prediction in 0..C-1, the target also -1 (untargeted).
+# The class columns of a record and their lowest value: a true class or a prediction in 0..C-1,
+# the target also -1 (untargeted).
 _CLASS_COLUMNS = ((R.LABEL, 0), (R.CLEAN_PRED, 0), (R.ADV_PRED, 0), (R.TARGET, -1))
 
 
 def dataset_classes(run: dict[str, Any]) -> tuple[int | None, str]:
-    """(number of classes, dataset name) of the dataset a run.json evaluated on; None when it names none this robench knows."""
+    """(number of classes, dataset name) of the dataset a run.json evaluated on; None when it names none this robench
+    knows."""
     name = run.get("dataset")
     model = run.get("model") if isinstance(run.get("model"), dict) else {}
     recorded = model.get("num_classes")  # the model's own class count, recorded since run.json carried it
@@ -190,7 +192,8 @@ def _read_records(file: Path) -> pd.DataFrame:
         frame = pd.read_parquet(file)
     except Exception as exc:  # pyarrow raises several unrelated types for a corrupt or truncated file
         raise ConfigError(
-            f"cannot read records file {file}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+            f"cannot read records file {file}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
         ) from None
     missing = R.missing_columns(frame)
     if missing:

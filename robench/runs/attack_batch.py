@@ -1,4 +1,5 @@
-"""One attack on one batch: craft on the crafting model, judge and score on the evaluated one, return the per-sample columns."""
+"""One attack on one batch: craft on the crafting model, judge and score on the evaluated one, return the per-sample
+columns."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def detector_scores(detectors: Mapping[str, Detector], bundle: ModelBundle, forw
 
 @dataclass(frozen=True)
 class CleanBatch:
-    """A batch's clean forward pass on the evaluated model and its detector scores (shared by every attack of the batch)."""
+    """A batch's clean forward pass on the evaluated model and its detector scores (shared by every attack of the
+    batch)."""
 
     forward: Forward
     scores: dict[str, np.ndarray]
@@ -50,7 +52,8 @@ class CleanBatch:
 
 @dataclass(frozen=True)
 class BatchResult:
-    """The record columns of one attacked batch (:data:`robench.scoring.records.BATCH_COLUMNS`) and the detector scores."""
+    """The record columns of one attacked batch (:data:`robench.scoring.records.BATCH_COLUMNS`) and the detector
+    scores."""
 
     columns: dict[str, np.ndarray]
     scores_clean: dict[str, np.ndarray]

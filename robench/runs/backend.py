@@ -32,7 +32,8 @@ class Backend(Protocol):
     name: str
 
     def put(self, value: Any) -> Any:
-        """A handle of ``value`` that tasks can take as an argument (shared, not copied per task where the backend can)."""
+        """A handle of ``value`` that tasks can take as an argument (shared, not copied per task where the backend
+        can)."""
 
     def put_model(self, ref: BundleRef, bundle: ModelBundle, device: torch.device) -> Any:
         """The handle of a checkpoint's bytes for tasks elsewhere (None where tasks run beside ``bundle``)."""
@@ -107,7 +108,7 @@ class LocalBackend:
     def gpus_for(self, device: str) -> float:  # noqa: ARG002 - the run's device is used as it is
         return 0.0
 
-    def execution(self, gpus: float) -> dict[str, Any]:  # noqa: ARG002
+    def execution(self, gpus: float) -> dict[str, Any]:  # noqa: ARG002 - a local run reserves no GPU share
         return {"backend": "local", "threads": torch.get_num_threads()}
 
 

@@ -81,7 +81,8 @@ def attacker_density(
     scored: KernelDensityDetector | None = None,
     train_name: str | None = None,
 ) -> AttackerDensity:
-    """KD with ``settings`` over the crafting model's training features; ``scored`` (fitted, same settings) is used as is."""
+    """KD with ``settings`` over the crafting model's training features; ``scored`` (fitted, same settings) is used
+    as is."""
     if scored is not None:
         kd, reused, is_scored = scored, True, True
     else:

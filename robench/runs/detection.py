@@ -31,7 +31,8 @@ def build_detectors(
 
 
 def applicable_detectors(bundle: ModelBundle, requested: Sequence[str] | None) -> list[str]:
-    """The requested detectors (errors if one does not apply; an empty list: none), or, for None, every one that applies without adversarial data."""
+    """The requested detectors (errors if one does not apply; an empty list: none), or, for None,
+    every one that applies without adversarial data."""
     if requested is not None:
         return list(requested)
     names = []

@@ -54,7 +54,8 @@ def _digest(value: Any) -> str:
 
 
 def run_plans(backend: Backend, plans: list[RunPlan]) -> list[RunResult]:
-    """Every plan's parts on ``backend``, all plans at once; each plan's :class:`~robench.runs.plan.RunResult`, in order."""
+    """Every plan's parts on ``backend``, all plans at once; each plan's :class:`~robench.runs.plan.RunResult`,
+    in order."""
     return _Driver(backend, plans).run()
 
 
@@ -125,7 +126,10 @@ class _Driver:
                 done = self.pending.pop(handle)
                 done(self.backend.get(handle))
             self.submit_queued()
-        return [work.plan.finish([f.parts for f in flows if f.plan is work], work.report()) for work in self.plans]  # type: ignore[misc]
+        return [
+            work.plan.finish([f.parts for f in flows if f.plan is work], work.report())  # type: ignore[misc]
+            for work in self.plans
+        ]
 
     def advance(self, f: _Flow, parts: list[pd.DataFrame] | None) -> None:
         """Feed flow ``f`` its finished stage and queue the next stage's missing parts (reused parts need no task)."""
@@ -192,12 +196,17 @@ class _PlanWork:
             {k: dict(v) for k, v in config.detector_settings.items()},
             detector_key,
         )
-        crafting = tuple(self.model[0] if c is prepared.bundle else self.substitute[0] for c in plan.crafting)  # type: ignore[index]
+        crafting = tuple(
+            self.model[0] if c is prepared.bundle else self.substitute[0]  # type: ignore[index]
+            for c in plan.crafting
+        )
         specs = tuple(tuple(spec for spec, _ in t.attacks) for t in prepared.threats)
         self.spec = PairSpec(
-            key=_digest({"detectors": detector_key, "crafting": [c.content_hash for c in crafting], "specs": [[s.config(plan.family) for s in t] for t in specs]}),
-            model=self.model[0], crafting=crafting, threat_names=tuple(t.threat.name for t in prepared.threats), specs=specs,
-            detectors=self.detectors, family=plan.family, seed=config.seed, precision=config.precision, channels_last=config.channels_last,
+            key=_digest({"detectors": detector_key, "crafting": [c.content_hash for c in crafting],
+                         "specs": [[s.config(plan.family) for s in t] for t in specs]}),
+            model=self.model[0], crafting=crafting, threat_names=tuple(t.threat.name for t in prepared.threats),
+            specs=specs, detectors=self.detectors, family=plan.family, seed=config.seed, precision=config.precision,
+            channels_last=config.channels_last,
             model_name=config.name, substitute_name=config.crafting_name,
         )  # fmt: skip
         self.batch_of = {int(s): b for b, batch in enumerate(plan.batches) for s in batch.numpy().tolist()}
@@ -240,11 +249,13 @@ class _PlanWork:
         x, y = plan.inputs(index)
         key = self.probe_key
         self.driver.shared(("probe", key), lambda: self.driver.submit(
-            probe_task, [*self.model, x, y, plan.config.seed, plan.config.name], self, "sanity probes", lambda out: _remember_probes(key, out)
+            probe_task, [*self.model, x, y, plan.config.seed, plan.config.name], self, "sanity probes",
+            lambda out: _remember_probes(key, out),
         ))  # fmt: skip
 
     def fits(self) -> Any:
-        """The fitted detectors' states (a handle): the detector cache's, else fitted by one task (the driver writes the cache)."""
+        """The fitted detectors' states (a handle): the detector cache's, else fitted by one task
+        (the driver writes the cache)."""
         driver, prepared = self.driver, self.plan.prepared
 
         def make() -> Any:
@@ -272,7 +283,8 @@ class _PlanWork:
         self.driver.fit_results[self.detectors.key] = {"reused": reused, "seconds": out["seconds"]}
 
     def report(self) -> ExecutionReport:
-        """The plan's execution: detector fits and densities (from the tasks, or the cache when no part was computed), probes, where it ran."""
+        """The plan's execution: detector fits and densities (from the tasks, or the cache when no part was computed),
+        probes, where it ran."""
         prepared, driver = self.plan.prepared, self.driver
         result = driver.fit_results.get(self.detectors.key)
         if result is None:
@@ -374,7 +386,8 @@ class _PlanWork:
         return handles
 
     def part_cost(self, job: PartJob) -> float:
-        """The part's estimated model passes (:meth:`robench.attacks.base.Attack.cost` x its images): the submission order."""
+        """The part's estimated model passes (:meth:`robench.attacks.base.Attack.cost` x its images):
+        the submission order."""
         return float(self.plan.prepared.threats[job.threat].attacks[job.attack][1].cost()) * len(job.samples)
 
     def submit_part(self, job: PartJob, done: Callable[[Any], None]) -> Any:

@@ -52,7 +52,10 @@ def _holder(fd: int) -> str:
         return "another process"
     if not isinstance(info, dict):
         return "another process"
-    return f"robench process {info.get('pid', '?')} on {info.get('host', '?')} (started {info.get('started', '?')}: {info.get('command', '?')})"
+    return (
+        f"robench process {info.get('pid', '?')} on {info.get('host', '?')} "
+        f"(started {info.get('started', '?')}: {info.get('command', '?')})"
+    )
 
 
 def _is_lock_text(data: bytes) -> bool:

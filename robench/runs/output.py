@@ -1,4 +1,5 @@
-"""A run's output folder: records.parquet, worst_case.parquet, summary.csv, run.json and sanity.csv, each written atomically."""
+"""A run's output folder: records.parquet, worst_case.parquet, summary.csv, run.json and sanity.csv, each written
+atomically."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ SANITY_FLAGS = "sanity_flags"  # the summary column naming the flagged sanity ch
 
 
 def contained(root: Path, *parts: str) -> Path:
-    """``root / parts...``, refused with a one-line error if it would lie outside ``root`` (``..``, absolute parts, links)."""
+    """``root / parts...``, refused with a one-line error if it would lie outside ``root``
+    (``..``, absolute parts, links)."""
     root = Path(root)
     path = root.joinpath(*parts)
     base, target = root.resolve(), path.resolve()

@@ -37,7 +37,8 @@ def derive_seed(seed: int, *parts: object) -> int:
 
 @dataclass(frozen=True)
 class PartJob:
-    """Which part: threat ``threat`` (its place in the run), its attack ``attack``, batch ``batch`` of ``samples``; ``key`` in the part store."""
+    """Which part: threat ``threat`` (its place in the run), its attack ``attack``, batch ``batch`` of ``samples``;
+    ``key`` in the part store."""
 
     key: str
     threat: int
@@ -173,7 +174,8 @@ def attack_splitting(
         torch.cuda.empty_cache()
     if work.splits == 0:
         echo(
-            f"note: out of memory on a batch of {len(index)} on {x.device}: halving the batch and retrying (logged once; run.json counts the splits)"
+            f"note: out of memory on a batch of {len(index)} on {x.device}: halving "
+            "the batch and retrying (logged once; run.json counts the splits)"
         )
     work.splits += 1
     half = len(index) // 2

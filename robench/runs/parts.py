@@ -65,7 +65,8 @@ class PartStore:
         return self.root / f"{key}.parquet" if self.root is not None else None
 
     def get(self, key: str, samples: np.ndarray, sample_column: str) -> pd.DataFrame | None:
-        """The finished part of ``key`` holding exactly ``samples`` (in ``sample_column``), or None: then it is recomputed."""
+        """The finished part of ``key`` holding exactly ``samples`` (in ``sample_column``), or None: then it is
+        recomputed."""
         self.used.add(key)
         path = self._path(key)
         if path is None or not path.exists():
@@ -98,7 +99,8 @@ class PartStore:
         return None
 
     def put(self, key: str, part: pd.DataFrame, samples: np.ndarray) -> None:
-        """Keep a computed part (written atomically, with its key, sample ids and checksum, when the store has a folder)."""
+        """Keep a computed part (written atomically, with its key, sample ids and checksum, when the store has a
+        folder)."""
         self.used.add(key)
         self.computed += 1
         path = self._path(key)

@@ -97,12 +97,13 @@ class DensityPlan:
         return crafting.content_hash, resolve_settings(needs, self.scored, self.prepared.data.spec.family)
 
     def is_own(self, crafting: ModelBundle, settings: DensitySettings) -> bool:
-        """Whether the attacker's estimator is the scored KD detector itself (crafted on the evaluated model, same settings)."""
+        """Whether the attacker's estimator is the scored KD detector itself (crafted on the evaluated model,
+        same settings)."""
         return crafting.content_hash == self.prepared.bundle.content_hash and settings == self.scored
 
     def info(self, built: dict[tuple[str, DensitySettings], dict[str, Any]]) -> list[dict[str, Any]]:
-        """run.json's ``attacker_density``: each estimator's settings, eta levels (of the densities ``built`` by this call)
-        and the scored detector's beside them."""
+        """run.json's ``attacker_density``: each estimator's settings, eta levels (of the densities ``built`` by this
+        call) and the scored detector's beside them."""
         entries = []
         for (h, k), users in self.used_by.items():
             result = built.get((h, k))
@@ -245,7 +246,8 @@ class RunPlan:
     # -- records -> summary -> files -------------------------------------------------------------
 
     def finish(self, threat_parts: list[list[pd.DataFrame]], report: ExecutionReport) -> RunResult:
-        """Merge the threats' parts into records, score, check and write (the same whatever backend computed the parts)."""
+        """Merge the threats' parts into records, score, check and write
+        (the same whatever backend computed the parts)."""
         config, prepared, store, echo, out = self.config, self.prepared, self.store, self.echo, self.out
         bundle, data, detectors = prepared.bundle, prepared.data, prepared.detectors
         model_name, substitute_name = config.name, config.crafting_name
@@ -254,11 +256,13 @@ class RunPlan:
         self.bar.close()
         if store.rejected:
             echo(
-                f"{model_name}/{config.threat}: recomputed {len(store.rejected)} finished part(s) that did not prove to be this run's ({'; '.join(store.rejected[:3])}{'; ...' if len(store.rejected) > 3 else ''})"
+                f"{model_name}/{config.threat}: recomputed {len(store.rejected)} finished part(s) that did not prove "
+                f"to be this run's ({'; '.join(store.rejected[:3])}{'; ...' if len(store.rejected) > 3 else ''})"
             )
         if store.reused:
             echo(
-                f"{model_name}/{config.threat}: reused {store.reused} of {store.reused + store.computed} finished parts (threat x attack x batch) from {store.root}"
+                f"{model_name}/{config.threat}: reused {store.reused} of {store.reused + store.computed} "
+                f"finished parts (threat x attack x batch) from {store.root}"
             )
         records = pd.concat([part for parts in threat_parts for part in parts], ignore_index=True)
         combined = combined_detectors(detectors)
@@ -299,7 +303,8 @@ class RunPlan:
                 **{k: round(v, 3) for k, v in work.seconds.items()},
                 "total": round(time.perf_counter() - self.started, 3),
             },
-            # images forwarded through the crafting model by each attack (its image-steps), in the parts computed by this call
+            # images forwarded through the crafting model by each attack (its image-steps),
+            # in the parts computed by this call
             "image_passes": dict(work.images),
             "execution": {
                 "precision": config.precision,
@@ -340,7 +345,8 @@ def _model_info(path: Path | None, name: str | None, bundle: ModelBundle) -> dic
 def _sanity(
     prepared: Prepared, records: pd.DataFrame, model_name: str, probes: list[Any], densities: list[dict[str, Any]]
 ) -> pd.DataFrame:
-    """The model probes (run by the driver), the checks that read the records, and the attacker-estimator check (robench.runs.sanity)."""
+    """The model probes (run by the driver), the checks that read the records, and the attacker-estimator check
+    (robench.runs.sanity)."""
     from robench.runs.sanity import estimator_flags, record_flags, sanity_table
 
     results = list(probes)

@@ -25,7 +25,8 @@ from robench.specs.threats import AttackSpec, ThreatModel, distribute, noise_thr
 
 
 def threat_detectors(threats: list[ThreatModel]) -> tuple[str, ...] | None:
-    """The detectors the selected threats declare (their union), or None (every one that applies) when one declares none."""
+    """The detectors the selected threats declare (their union), or None (every one that applies) when one declares
+    none."""
     if not threats or any(t.detectors is None for t in threats):
         return None
     return tuple(dict.fromkeys(name for t in threats for name in t.detectors))
@@ -88,7 +89,8 @@ class Prepared:
 def _check_compatible(bundle: ModelBundle, data: Dataset, what: str, path: Path) -> None:
     if tuple(data.input_shape) != tuple(bundle.meta.input_shape):
         raise ConfigError(
-            f"{what} {path} expects inputs of shape {tuple(bundle.meta.input_shape)} but dataset '{data.name}' has {tuple(data.input_shape)}"
+            f"{what} {path} expects inputs of shape {tuple(bundle.meta.input_shape)} but dataset '{data.name}' has "
+            f"{tuple(data.input_shape)}"
         )
     if data.num_classes != bundle.meta.num_classes:
         raise ConfigError(
@@ -97,7 +99,8 @@ def _check_compatible(bundle: ModelBundle, data: Dataset, what: str, path: Path)
 
 
 def config_threats(config: RunConfig) -> list[ThreatModel]:
-    """The config's threat models with its sigmas, added attacks, attack subset and settings applied (nothing loaded)."""
+    """The config's threat models with its sigmas, added attacks, attack subset and settings applied (nothing
+    loaded)."""
     threats = select_threats(config.threat, substitute=config.substitute is not None)
     if config.sigmas:
         threats = [noise_threat(list(config.sigmas)) if t.name == "noise" else t for t in threats]
@@ -120,7 +123,8 @@ def prepare(config: RunConfig, loader: Loader | None = None) -> Prepared:
         _check_compatible(substitute, data, "substitute", config.substitute)
         if tuple(substitute.meta.value_range) != tuple(bundle.meta.value_range):
             raise ConfigError(
-                f"substitute's input range {tuple(substitute.meta.value_range)} differs from the model's {tuple(bundle.meta.value_range)}"
+                f"substitute's input range {tuple(substitute.meta.value_range)} differs from the model's "
+                f"{tuple(bundle.meta.value_range)}"
             )
     family = data.spec.family
     prepared_threats = [PreparedThreat(t, [(spec, spec.build(family)) for spec in t.attacks]) for t in threats]

@@ -1,4 +1,5 @@
-"""The Ray backend: the task functions of :mod:`robench.runs.tasks` as Ray tasks, for the driver of :mod:`robench.runs.driver`.
+"""The Ray backend: the task functions of :mod:`robench.runs.tasks` as Ray tasks, for the driver of
+:mod:`robench.runs.driver`.
 
 ``robench run ... --ray`` and ``robench suite ... --ray`` hand the driver this backend instead of the
 local one; the driver, the plan and the task functions are the same, so the records are too:
@@ -42,7 +43,8 @@ from robench.runs.tasks import BundleRef, TaskEnv
 
 
 def _run_task(fn: Callable[..., Any], *args: Any) -> Any:
-    """On a Ray worker: torch threads from the CPUs Ray assigned this task, its device (a GPU when assigned one), then ``fn``."""
+    """On a Ray worker: torch threads from the CPUs Ray assigned this task, its device (a GPU when assigned one),
+    then ``fn``."""
     import ray
 
     resources = ray.get_runtime_context().get_assigned_resources()
@@ -104,7 +106,8 @@ class RayBackend:
         if self.cluster_cpus < settings.threads:
             self.close()
             raise ConfigError(
-                f"--threads {settings.threads} asks each Ray task for more CPUs than the cluster has ({self.cluster_cpus:g})"
+                f"--threads {settings.threads} asks each Ray task for more CPUs than the cluster has "
+                f"({self.cluster_cpus:g})"
             )
         self._remote = ray.remote(_run_task)
         self.what: dict[Any, str] = {}  # a submitted task -> what it is (for its error message)
@@ -113,7 +116,10 @@ class RayBackend:
     def describe(self) -> str:
         """One line: where the tasks run and what each takes."""
         gpus = f", {self.cluster_gpus:g} GPUs" if self.cluster_gpus else ""
-        return f"{self.settings.address}: {self.cluster_cpus:g} CPUs{gpus}, {self.settings.threads} CPU(s) and torch thread(s) per task"
+        return (
+            f"{self.settings.address}: {self.cluster_cpus:g} CPUs{gpus}, "
+            f"{self.settings.threads} CPU(s) and torch thread(s) per task"
+        )
 
     def close(self) -> None:
         """Shut down a Ray this backend started (a joined cluster stays up), and remove a private Ray's folder."""
@@ -144,7 +150,12 @@ class RayBackend:
     def put(self, value: Any) -> Any:
         return self.ray.put(value)
 
-    def put_model(self, ref: BundleRef, bundle: ModelBundle, device: torch.device) -> Any:  # noqa: ARG002 - workers rebuild it from the bytes
+    def put_model(
+        self,
+        ref: BundleRef,
+        bundle: ModelBundle,
+        device: torch.device,  # noqa: ARG002 - workers rebuild it from the bytes
+    ) -> Any:
         return self.ray.put(Path(ref.path).read_bytes())
 
     def submit(
@@ -195,5 +206,6 @@ class RayBackend:
             ray.exceptions.OutOfMemoryError,
         ) as exc:
             raise ConfigError(
-                f"a Ray task ({what}) was lost after {self.settings.retries} retries ({type(exc).__name__}); rerun the command: finished parts are kept"
+                f"a Ray task ({what}) was lost after {self.settings.retries} retries ({type(exc).__name__}); "
+                "rerun the command: finished parts are kept"
             ) from None

@@ -56,11 +56,13 @@ class RaySettings:
             isinstance(self.gpus, bool) or not isinstance(self.gpus, (int, float)) or not 0 <= self.gpus <= 64
         ):
             raise ConfigError(
-                f"--ray-gpus must be a number of GPUs per task between 0 and 64 (0.5 shares one GPU between two tasks), got {self.gpus!r}"
+                "--ray-gpus must be a number of GPUs per task between 0 and 64 (0.5 shares one GPU between two tasks), "
+                f"got {self.gpus!r}"
             )
         if self.cpus is not None and self.address != LOCAL:
             raise ConfigError(
-                f"--ray-cpus sizes a local Ray (--ray local); a cluster at {self.address} has the CPUs its nodes were started with"
+                "--ray-cpus sizes a local Ray (--ray local); "
+                f"a cluster at {self.address} has the CPUs its nodes were started with"
             )
 
 
@@ -75,12 +77,14 @@ def import_ray() -> Any:
 
 
 def check_reachable(address: str) -> None:
-    """A one-line error unless ``HOST:PORT`` (of ``address``, ``ray://`` allowed) accepts a TCP connection within 5 s."""
+    """A one-line error unless ``HOST:PORT`` (of ``address``, ``ray://`` allowed) accepts a TCP connection within
+    5 s."""
     bare = address.removeprefix("ray://")
     host, sep, port = bare.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(
-            f"--ray {address}: not a cluster address; use HOST:PORT (e.g. 10.0.0.5:6379), ray://HOST:10001, auto or local"
+            f"--ray {address}: not a cluster address; "
+            "use HOST:PORT (e.g. 10.0.0.5:6379), ray://HOST:10001, auto or local"
         )
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
@@ -88,7 +92,8 @@ def check_reachable(address: str) -> None:
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise ConfigError(
-            f"cannot reach a Ray cluster at {address} ({reason}): start one there with 'ray start --head', check the address, or use --ray local"
+            f"cannot reach a Ray cluster at {address} ({reason}): start one there with 'ray start --head', "
+            "check the address, or use --ray local"
         ) from None
 
 
@@ -97,14 +102,15 @@ def check_reachable(address: str) -> None:
 PRIVATE_PREFIX = "robench-ray-"  # <RAY_TMPDIR, TMPDIR or /tmp>/robench-ray-XXXXXXXX: everything a private Ray writes
 TOKEN_FILE = "auth_token"
 _AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")  # what Ray (or robench) sets in this process for a private Ray
-# Ray's longest socket path below its temp dir: /robench-ray-XXXXXXXX/r/session_<date>_<time>_<us>_<pid>/sockets/plasma_store
+# Ray's longest socket path below its temp dir:
+# /robench-ray-XXXXXXXX/r/session_<date>_<time>_<us>_<pid>/sockets/plasma_store
 _SOCKET_TAIL = 90  # 88 bytes with a 7-digit pid
 _AF_UNIX_MAX = 107
 
 
 def _private_base() -> str:
-    """Where a private Ray's folder goes: Ray's own default place (``RAY_TMPDIR``, else ``TMPDIR``, else /tmp), or /tmp when
-    that path is too long for Ray's socket files (AF_UNIX paths are at most 107 bytes)."""
+    """Where a private Ray's folder goes: Ray's own default place (``RAY_TMPDIR``, else ``TMPDIR``, else /tmp), or
+    /tmp when that path is too long for Ray's socket files (AF_UNIX paths are at most 107 bytes)."""
     base = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
     if len(os.fsencode(base)) + _SOCKET_TAIL > _AF_UNIX_MAX and os.path.isdir("/tmp"):
         return "/tmp"
@@ -172,7 +178,8 @@ class PrivateRay:
         return str(self.folder / "r")
 
     def remove(self) -> None:
-        """Restore the environment and delete the folder (after Ray stopped; its last processes may still be exiting)."""
+        """Restore the environment and delete the folder (after Ray stopped; its last processes may still be
+        exiting)."""
         changed = any(os.environ.get(name) != value for name, value in self.saved_env.items())
         for name, value in self.saved_env.items():
             if value is None:
@@ -194,12 +201,14 @@ def raise_init_error(settings: RaySettings, exc: Exception) -> None:
     if settings.address == "auto":
         why = "" if "could not find any running ray instance" in text.lower() else f" ({text})"
         raise ConfigError(
-            f"--ray auto found no Ray cluster running on this machine{why}: start one with 'ray start --head', or use --ray local"
+            f"--ray auto found no Ray cluster running on this machine{why}: "
+            "start one with 'ray start --head', or use --ray local"
         ) from None
     hint = ""
     if settings.address != LOCAL and os.environ.get("RAY_AUTH_MODE") != "token":
         hint = (
             "; if the cluster uses Ray's token authentication (the default of 'ray start' in Ray 2.60), "
-            "set RAY_AUTH_MODE=token here and give this machine the cluster's token (~/.ray/auth_token or RAY_AUTH_TOKEN)"
+            "set RAY_AUTH_MODE=token here and give this machine the cluster's token "
+            "(~/.ray/auth_token or RAY_AUTH_TOKEN)"
         )
     raise ConfigError(f"could not start or join Ray at {settings.address}: {text}{hint}") from None

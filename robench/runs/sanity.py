@@ -81,7 +81,8 @@ for _check in (
     SanityCheck(
         "gradient-zero-or-nan",
         MODEL_PROBE,
-        f"input gradient of the attack objective is exactly zero for more than {ZERO_GRADIENT_FRACTION:.0%} of samples, or non-finite for any",
+        f"input gradient of the attack objective is exactly zero for more than {ZERO_GRADIENT_FRACTION:.0%} "
+        "of samples, or non-finite for any",
         "Carlini et al. 2019 Sec. 5 (gradient masking); Athalye et al. 2018 (shattered gradients)",
     ),
     SanityCheck(
@@ -93,7 +94,8 @@ for _check in (
     SanityCheck(
         "unbounded-budget-not-reached",
         MODEL_PROBE,
-        f"PGD whose L-inf budget is the whole input range succeeds on fewer than {UNBOUNDED_MIN_SUCCESS:.0%} of clean-correct samples",
+        f"PGD whose L-inf budget is the whole input range succeeds on fewer than {UNBOUNDED_MIN_SUCCESS:.0%} "
+        "of clean-correct samples",
         "Carlini et al. 2019 Sec. 5: unbounded attacks must reach 100% success",
     ),
     SanityCheck(
@@ -105,15 +107,18 @@ for _check in (
     SanityCheck(
         "attacker-estimator-differs",
         CONFIG_CHECK,
-        "a white-box attack descends on a kernel density other than the scored KD detector's (bandwidth, points per class, seed), or the run scores no KD",
+        "a white-box attack descends on a kernel density other than the scored KD detector's "
+        "(bandwidth, points per class, seed), or the run scores no KD",
         "001 Sec. 4.4.2: the white-box attacker knows the detector it is scored by; Carlini & Wagner 2017b",
     ),
     SanityCheck(
         "library-attack-beats-threat",
         RECORD_CHECK,
-        "the peer libraries' attacks (torchattacks:NAME, foolbox:NAME) together leave fewer samples robust than the threat's own "
+        "the peer libraries' attacks (torchattacks:NAME, foolbox:NAME) together leave fewer samples robust "
+        "than the threat's own "
         "attacks together, by more than the bootstrap half-width of the libraries' robust accuracy",
-        "Croce & Hein 2020 (AutoAttack: a threat model's own attacks should not be weaker than the standard ensemble); Carlini et al. 2019 Sec. 5",
+        "Croce & Hein 2020 (AutoAttack: a threat model's own attacks should not be weaker than the standard ensemble); "
+        "Carlini et al. 2019 Sec. 5",
     ),
     SanityCheck(
         "iterative-weaker-than-single-step",
@@ -152,7 +157,8 @@ def probe_model(
         raise ConfigError(f"unknown sanity objective '{objective}' (use one of {', '.join(OBJECTIVES)})")
     if x.ndim != 4 or y.ndim != 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
         raise ConfigError(
-            f"sanity probes need a non-empty batch x (N x C x H x W) and labels y (N), got {tuple(x.shape)} and {tuple(y.shape)}"
+            f"sanity probes need a non-empty batch x (N x C x H x W) and labels y (N), "
+            f"got {tuple(x.shape)} and {tuple(y.shape)}"
         )
     if not target.bounds.contains(x):
         raise ConfigError(
@@ -236,7 +242,10 @@ def _unbounded_probe(
     attack = PGD(eps=width, step=width * UNBOUNDED_STEP_FRACTION, steps=steps, random_start=True, objective=objective)
     result = attack(target, x[correct], y[correct], generator=generator)
     rate = float(result.success.float().mean())
-    detail = f"PGD-{steps} ({objective}), eps = input range {width:g}: {int(result.success.sum())}/{n} clean-correct samples fooled"
+    detail = (
+        f"PGD-{steps} ({objective}), eps = input range {width:g}: "
+        f"{int(result.success.sum())}/{n} clean-correct samples fooled"
+    )
     return "unbounded-budget-not-reached", rate < UNBOUNDED_MIN_SUCCESS, rate, UNBOUNDED_MIN_SUCCESS, detail
 
 
@@ -308,13 +317,18 @@ def estimator_flags(
     """
     results = []
     for threat in white_box_threats:
-        used = [d for d in densities if any(str(a).split("/", 1)[0] == threat for a in d.get("attacks", []))]  # type: ignore[union-attr]
+        used = [
+            d
+            for d in densities
+            if any(str(a).split("/", 1)[0] == threat for a in d.get("attacks", []))  # type: ignore[union-attr]
+        ]
         if not used:
             continue
         differing = [d for d in used if not d.get("same_as_scored")]
         detail = (
             "; ".join(
-                f"{', '.join(d['attacks'])}: bandwidth {d['bandwidth']}, {d['kd_per_class'] or 'all'} per class"  # type: ignore[index]
+                f"{', '.join(d['attacks'])}: bandwidth {d['bandwidth']}, "  # type: ignore[index]
+                f"{d['kd_per_class'] or 'all'} per class"
                 + (
                     f" vs the scored kd's {d['scored_kd']['bandwidth']}, {d['scored_kd']['per_class'] or 'all'}"
                     if d.get("scored_kd")
@@ -360,7 +374,8 @@ def _side(threat: str) -> str | None:
 
 
 def _step(attack: tuple[type[Attack], str] | None) -> str | None:
-    """``single`` for a single-step attack (FGSM), ``iterative`` for an iterative one (BIM, PGD, C&W, ...), else None."""
+    """``single`` for a single-step attack (FGSM), ``iterative`` for an iterative one (BIM, PGD, C&W, ...),
+    else None."""
     if attack is None:
         return None
     return _SINGLE if attack[0].single_step else _ITERATIVE if attack[0].iterative else None
@@ -508,7 +523,8 @@ def _library_attack(threat: str, label: str, attack_names: Mapping[tuple[str, st
 
 
 def _robust(group: pd.DataFrame, samples: pd.Index) -> np.ndarray:
-    """Per sample of ``samples``: clean-correct and still correct after every attack in ``group`` (misclassification, as AutoAttack)."""
+    """Per sample of ``samples``: clean-correct and still correct after every attack in ``group``
+    (misclassification, as AutoAttack)."""
     wrong = (group[R.ADV_PRED] != group[R.LABEL]) | (group[R.CLEAN_PRED] != group[R.LABEL])
     broken = wrong.groupby(group[R.SAMPLE]).any()
     return ~broken.reindex(samples).to_numpy(dtype=bool)
@@ -550,7 +566,7 @@ def library_flags(
         low, high = np.quantile(draws, [tail, 1 - tail])
         half = float(high - low) / 2
         gap = float(own.mean() - lib.mean())
-        labels = lambda frame: ", ".join(dict.fromkeys(frame[R.ATTACK].astype(str)))  # noqa: E731
+        labels = lambda frame: ", ".join(dict.fromkeys(frame[R.ATTACK].astype(str)))  # noqa: E731 - a one-line helper
         detail = (
             f"robust accuracy on {len(samples)} clean-correct samples: libraries ({labels(theirs)}) {lib.mean():.3f} "
             f"vs the threat's own attacks ({labels(mine)}) {own.mean():.3f}"

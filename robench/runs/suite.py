@@ -38,7 +38,8 @@ def run_suite(
     wait: bool = False,
     ray: RayBackend | RaySettings | None = None,
 ) -> pd.DataFrame:
-    """Run every pair of the suite file into ``out`` (holding its lock, :mod:`robench.runs.lock`) and return the combined summary.
+    """Run every pair of the suite file into ``out`` (holding its lock, :mod:`robench.runs.lock`) and return the
+    combined summary.
 
     ``ray`` (a :class:`~robench.runs.ray_backend.RaySettings` or a connected backend): every
     pair's parts run as Ray tasks, all pairs at once; the combined summary is the same as without.
@@ -59,7 +60,8 @@ def run_suite(
 def _run_pairs(
     pairs: list[SuitePair], prepared: list, out: Path, progress: bool, echo: Callable[[str], None], backend: Backend
 ) -> pd.DataFrame:
-    """Every pair at once on ``backend``, each holding its folder's lock (as :func:`robench.runs.runner.run` holds it)."""
+    """Every pair at once on ``backend``, each holding its folder's lock (as :func:`robench.runs.runner.run` holds
+    it)."""
     folders = [contained(out, pair.model_name, pair.folder) for pair in pairs]  # every write stays inside OUT
     with ExitStack() as locks:
         for folder in folders:

@@ -125,13 +125,15 @@ def adopt_bundle(ref: BundleRef, device: torch.device, bundle: ModelBundle) -> N
 
 
 def bundle_of(ref: BundleRef, data: bytes | None, device: torch.device) -> ModelBundle:
-    """The checkpoint (from its bytes, or its file), in the memory format and compiled as the run asks (as prepare does)."""
+    """The checkpoint (from its bytes, or its file), in the memory format and compiled as the run asks (as prepare
+    does)."""
 
     def build() -> ModelBundle:
         bundle = load_bundle(ref.path, device=device, data=data)  # the same weights_only load and checks as any bundle
         if bundle.content_hash != ref.content_hash:
             raise ConfigError(
-                f"{ref.path}: the model's bytes give content hash {bundle.content_hash[:12]}, not {ref.content_hash[:12]}"
+                f"{ref.path}: the model's bytes give content hash {bundle.content_hash[:12]}, "
+                f"not {ref.content_hash[:12]}"
             )
         if use_channels_last(ref.channels_last, device, ref.precision):
             to_memory_format(bundle.model, True)
@@ -174,7 +176,8 @@ def fit_task(
     train: Any,
     cached: dict[str, dict[str, torch.Tensor]],
 ) -> dict[str, Any]:
-    """Fit the detectors not in ``cached`` (fitted states by name); every fitted state, the names fitted here and the seconds."""
+    """Fit the detectors not in ``cached`` (fitted states by name); every fitted state, the names fitted here and the
+    seconds."""
     bundle = bundle_of(ref, data, env.device)
     tic = time.perf_counter()
     states, fitted = dict(cached), []
@@ -191,7 +194,8 @@ def density_task(
     env: TaskEnv, ref: BundleRef, data: bytes | None, family: str, train: Any, settings: DensitySettings,
     scored: DetectorSpec | None, fits: dict[str, Any] | None, cached: dict[str, torch.Tensor] | None,
 ) -> dict[str, Any]:  # fmt: skip
-    """The attacker density of ``settings`` on the crafting model: its fitted state, eta levels and where the fit came from.
+    """The attacker density of ``settings`` on the crafting model: its fitted state, eta levels and where the fit
+    came from.
 
     ``scored``: the density is the scored KD detector itself (its fit ``fits`` from :func:`fit_task`);
     ``cached``: the estimator's fit from the detector cache; else it is fitted here.
@@ -208,7 +212,9 @@ def density_task(
         else:
             kd.fit(crafting.model, crafting.defense, train, env.device)
         fit, state = ("cached" if cached is not None else "fitted"), cpu_state(kd)
-    eta, per_class = kd.training_medians(features_of(crafting.model, train.x, env.device), train.y.to(env.device))  # type: ignore[union-attr]
+    eta, per_class = kd.training_medians(  # type: ignore[union-attr]
+        features_of(crafting.model, train.x, env.device), train.y.to(env.device)
+    )
     return {"state": state, "eta": eta, "eta_per_class": per_class.detach().cpu(), "fit": fit}
 
 
@@ -251,8 +257,9 @@ def probe_task(
 
 
 def part_task(
-    env: TaskEnv, spec: PairSpec, job: PartJob, x: torch.Tensor, y: torch.Tensor, model: bytes | None, crafting: bytes | None,
-    fits: dict[str, Any], density: dict[str, Any] | None, *cleans: tuple[np.ndarray, CleanBatch],
+    env: TaskEnv, spec: PairSpec, job: PartJob, x: torch.Tensor, y: torch.Tensor, model: bytes | None,
+    crafting: bytes | None, fits: dict[str, Any], density: dict[str, Any] | None,
+    *cleans: tuple[np.ndarray, CleanBatch],
 ) -> dict[str, Any]:  # fmt: skip
     """One part's records (:func:`robench.runs.part_work.compute_part`), its work and notes, and who computed it."""
     device = env.device
@@ -289,9 +296,10 @@ def part_task(
         return once(("density", spec.detectors.key, on.content_hash, settings, str(device)), build)
 
     ctx = PartContext(
-        bundle=bundle, crafting=[bundle if r == spec.model else crafting_bundle for r in spec.crafting], threat_names=list(spec.threat_names),
-        attacks=attacks, detectors=detectors, density=density_of, bounds=Bounds(*bundle.meta.value_range), seed=spec.seed,
-        precision=spec.precision, channels_last=use_channels_last(spec.channels_last, device, spec.precision), device=device,
+        bundle=bundle, crafting=[bundle if r == spec.model else crafting_bundle for r in spec.crafting],
+        threat_names=list(spec.threat_names), attacks=attacks, detectors=detectors, density=density_of,
+        bounds=Bounds(*bundle.meta.value_range), seed=spec.seed, precision=spec.precision,
+        channels_last=use_channels_last(spec.channels_last, device, spec.precision), device=device,
         model_name=spec.model_name, substitute_name=spec.substitute_name,
     )  # fmt: skip
     clean = CleanCache(bundle, detectors)

@@ -48,7 +48,8 @@ from robench.scoring.metrics import FLAG_FPR
 CASCADE_MODES: dict[str, str] = {
     R.NO_CASCADE: "every attack on every sample",
     "misclassified": "a sample leaves once an attack misclassifies it (exact for the worst-case robust accuracy)",
-    "undetected": "a sample leaves once misclassified unflagged by every detector scored during the run (exact for both worst cases)",
+    "undetected": "a sample leaves once misclassified unflagged by every detector scored during the run "
+    "(exact for both worst cases)",
 }
 
 
@@ -56,7 +57,8 @@ def check_cascade(mode: object) -> str:
     """``mode`` if it is one of :data:`CASCADE_MODES`; a one-line error otherwise."""
     if not isinstance(mode, str) or mode not in CASCADE_MODES:
         raise ConfigError(
-            f"cascade must be one of {', '.join(CASCADE_MODES)}, got {mode!r}{did_you_mean(str(mode), list(CASCADE_MODES))}"
+            f"cascade must be one of {', '.join(CASCADE_MODES)}, "
+            f"got {mode!r}{did_you_mean(str(mode), list(CASCADE_MODES))}"
         )
     return mode
 

@@ -106,7 +106,8 @@ def weighted_auc(
 def weighted_threshold(
     w: Weighted, clean: np.ndarray, clean_ok: np.ndarray, fpr: float = FLAG_FPR
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per resample, the score below which an input is flagged at ``fpr`` of the drawn clean scores, and how many were drawn.
+    """Per resample, the score below which an input is flagged at ``fpr`` of the drawn clean scores,
+    and how many were drawn.
 
     The k-th smallest (0-based) drawn clean score with k = floor(fpr m), as
     :func:`robench.detectors.base.threshold_at_fpr`; +inf where k >= m (nothing clean is flagged).
@@ -163,14 +164,17 @@ POPULATIONS: dict[str, Population] = {
         Population(
             "attempted",
             "auc_attempted",
-            "clean-correct clean inputs vs the attack's output for every clean-correct input (failures scored as returned)",
-            "001 Sec. 4.4: normal test samples vs the adversarial examples generated for every test image (Tables 7-8, 11)",
+            "clean-correct clean inputs vs the attack's output for "
+            "every clean-correct input (failures scored as returned)",
+            "001 Sec. 4.4: normal test samples vs the adversarial "
+            "examples generated for every test image (Tables 7-8, 11)",
         ),
         Population(
             "paired",
             "auc_paired",
             "each clean-correct input whose adversarial is misclassified, paired with that adversarial",
-            "the RCE reference code (Pang et al. 2018), whose layout 001 Tables 9-10 copy; Feinman et al. 2017's detect_adv_samples",
+            "the RCE reference code (Pang et al. 2018), whose layout 001 "
+            "Tables 9-10 copy; Feinman et al. 2017's detect_adv_samples",
         ),
     )
 }
@@ -181,7 +185,8 @@ def population(name: str) -> Population:
     """A population by name; an unknown one is a one-line error with a suggestion."""
     if name not in POPULATIONS:
         raise ConfigError(
-            f"unknown AUC population '{name}'{did_you_mean(name, list(POPULATIONS))}; populations: {', '.join(POPULATIONS)}"
+            f"unknown AUC population '{name}'{did_you_mean(name, list(POPULATIONS))}; "
+            f"populations: {', '.join(POPULATIONS)}"
         )
     return POPULATIONS[name]
 
@@ -398,7 +403,8 @@ _DEFINED = (
         True,
         True,
         True,
-        "clean-correct samples still classified correctly or whose attacked input is flagged at the clean 5%-FPR threshold",
+        "clean-correct samples still classified correctly or whose "
+        "attacked input is flagged at the clean 5%-FPR threshold",
         _survival_detected,
     ),
     Metric(

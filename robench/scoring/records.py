@@ -89,7 +89,8 @@ COLUMNS: tuple[Column, ...] = (
     Column(
         CASCADE,
         "str",
-        "how the run cascaded the threat's attacks: 'none' (every attack on every sample), 'misclassified' or 'undetected'",
+        "how the run cascaded the threat's attacks: 'none' (every "
+        "attack on every sample), 'misclassified' or 'undetected'",
     ),
 )
 # Plus, on the derived worst-case rows only (robench.scoring.worst_case): ``broken_by`` (str), the label of the
@@ -129,9 +130,9 @@ _FITTED_ON = "fitted_on:"
 def raw_column(detector: str, kind: str, feature: str) -> str:
     """The float record column of one raw feature of a combined detector, e.g. ``raw_clean:kd+bu:kd``.
 
-    ``kind`` is one of :data:`RAW_KINDS` (the clean input, the noisy input of :func:`robench.scoring.combiner.noisy_like`,
-    the attacked input), ``feature`` one of :data:`RAW_FEATURES` (``kd``: log KD under the predicted
-    class; ``bu``: the BU detector's score, minus the MC-dropout uncertainty). NaN where the
+    ``kind`` is one of :data:`RAW_KINDS` (the clean input, the noisy input of
+    :func:`robench.scoring.combiner.noisy_like`, the attacked input), ``feature`` one of :data:`RAW_FEATURES` (``kd``:
+    log KD under the predicted class; ``bu``: the BU detector's score, minus the MC-dropout uncertainty). NaN where the
     feature was not computed.
     """
     if kind not in RAW_KINDS:

@@ -43,7 +43,8 @@ def _order(group: pd.DataFrame) -> np.ndarray:
 
 
 def worst_case_group(group: pd.DataFrame) -> pd.DataFrame | None:
-    """The worst-case records of one model x threat x crafting model's attack rows (None with fewer than two attacks)."""
+    """The worst-case records of one model x threat x crafting model's attack rows (None with fewer than two
+    attacks)."""
     attacks = group[~R.corruption_mask(group)]
     if attacks[R.ATTACK].nunique() < 2:
         return None
@@ -123,6 +124,7 @@ def with_worst_case(records: pd.DataFrame) -> pd.DataFrame:
 
 
 def broken_by(records: pd.DataFrame) -> pd.DataFrame:
-    """Per model x threat x crafting model and sample: the first attack (cascade order) that misclassified it ('' if none)."""
+    """Per model x threat x crafting model and sample: the first attack (cascade order) that misclassified it ('' if
+    none)."""
     derived = worst_case_records(records)
     return derived[[*_GROUP, R.SAMPLE, R.BROKEN_BY]]

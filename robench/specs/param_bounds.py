@@ -41,11 +41,13 @@ BATCH = 65_536
 ANY_NUMBER = 1_000_000
 
 _GROUPS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
-    (ITERATIONS, "iterations", ("steps", "max_iterations", "nb_iter", "num_iter_set", "n_queries", "max_gradient_eval_steps",
-                                "initial_gradient_eval_steps", "directions", "repeats", "lr_num_decay")),
+    (ITERATIONS, "iterations", ("steps", "max_iterations", "nb_iter", "num_iter_set", "n_queries",
+                                "max_gradient_eval_steps", "initial_gradient_eval_steps", "directions", "repeats",
+                                "lr_num_decay")),
     (RESTARTS, "restarts", ("n_restarts", "restarts")),
     (SEARCH_STEPS, "binary-search steps", ("binary_search_steps", "first_search_steps")),
-    (SAMPLES, "samples per iteration", ("samples", "nb_sample", "eot_iter", "noise_batch_size", "population", "popsize", "N", "m")),
+    (SAMPLES, "samples per iteration", ("samples", "nb_sample", "eot_iter", "noise_batch_size", "population",
+                                        "popsize", "N", "m")),
     (BATCH, "inputs per forward pass", ("max_batch", "max_batch_size", "batch_max", "inf_batch")),
 )  # fmt: skip
 
@@ -65,7 +67,8 @@ def _number(value: int | float) -> str:
 
 
 def check_bounds(attack: Any, names: Iterable[str], what: str) -> None:
-    """A one-line ConfigError if a parameter in ``names`` of the built ``attack`` exceeds its bound (:data:`PARAM_BOUNDS`)."""
+    """A one-line ConfigError if a parameter in ``names`` of the built ``attack`` exceeds its bound
+    (:data:`PARAM_BOUNDS`)."""
     for name in names:
         value = getattr(attack, name, None)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -73,5 +76,6 @@ def check_bounds(attack: Any, names: Iterable[str], what: str) -> None:
         limit, unit = bound_of(name)
         if abs(value) > limit:
             raise ConfigError(
-                f"{what}: {name} must be at most {limit:,} ({unit}; robench's bound, see robench.specs.param_bounds), got {_number(value)}"
+                f"{what}: {name} must be at most {limit:,} ({unit}; robench's bound, see robench.specs.param_bounds), "
+                f"got {_number(value)}"
             )

@@ -128,7 +128,8 @@ def _extra_attacks(value: Any) -> tuple[dict[str, Any], ...]:
         unknown = [k for k in entry if k not in _EXTRA_KEYS]
         if unknown:
             raise ConfigError(
-                f"{_WHAT}: an added attack has unknown key(s) {', '.join(map(str, unknown))}; keys: {', '.join(_EXTRA_KEYS)}"
+                f"{_WHAT}: an added attack has unknown key(s) {', '.join(map(str, unknown))}; "
+                f"keys: {', '.join(_EXTRA_KEYS)}"
             )
         for key in ("label", "attack"):
             if not isinstance(entry.get(key), str) or not entry[key]:

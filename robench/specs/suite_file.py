@@ -2,7 +2,8 @@
 
 ::
 
-    threat_files = ["threats/*.toml"]  # optional, before any table: threat TOML files (paths or patterns, relative to the suite file)
+    threat_files = ["threats/*.toml"]  # optional, before any table: threat TOML files
+                                       # (paths or patterns, relative to the suite file)
 
     [defaults]                 # any run setting: n, batch_size, seed, device, detectors
     n = 200
@@ -134,7 +135,8 @@ def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
     for key in table:
         if key not in allowed:
             raise ConfigError(
-                f"{where}: unknown key '{key}'{did_you_mean(key, sorted(allowed))}; allowed: {', '.join(sorted(allowed))}"
+                f"{where}: unknown key '{key}'{did_you_mean(key, sorted(allowed))}; allowed: "
+                f"{', '.join(sorted(allowed))}"
             )
 
 
@@ -183,7 +185,8 @@ def _load_suite(path: Path, overrides: dict[str, Any] | None) -> list[SuitePair]
         )
     if "detectors" in defaults and defaults["detectors"] is not None and not _is_strings(defaults["detectors"]):
         raise ConfigError(
-            f"{path} [defaults]: 'detectors' must be a list of names, e.g. detectors = [\"kd\"], got {reprlib.repr(defaults['detectors'])}"
+            f"{path} [defaults]: 'detectors' must be a list of names, e.g. detectors = [\"kd\"], got "
+            f"{reprlib.repr(defaults['detectors'])}"
         )
     valid = {f.name for f in fields(RunConfig)}
     pairs = []
@@ -198,14 +201,16 @@ def _load_suite(path: Path, overrides: dict[str, Any] | None) -> list[SuitePair]
         for key in ("attacks", "models", "detectors", "substitute"):
             if key in threat and not _is_strings(threat[key]):
                 raise ConfigError(
-                    f"{path}: threat '{threat['name']}': '{key}' must be a list of names, e.g. {key} = [\"...\"], got {reprlib.repr(threat[key])}"
+                    f"{path}: threat '{threat['name']}': '{key}' must be a list of names, e.g. {key} = [\"...\"], got "
+                    f"{reprlib.repr(threat[key])}"
                 )
         if "sigmas" in threat and not (
             isinstance(threat["sigmas"], list)
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in threat["sigmas"])
         ):
             raise ConfigError(
-                f"{path}: threat '{threat['name']}': 'sigmas' must be a list of numbers, e.g. sigmas = [0.05, 0.1], got {reprlib.repr(threat['sigmas'])}"
+                f"{path}: threat '{threat['name']}': 'sigmas' must be a list of numbers, e.g. sigmas = [0.05, 0.1], "
+                f"got {reprlib.repr(threat['sigmas'])}"
             )
         _table(
             threat.get("set", {}),
@@ -219,11 +224,13 @@ def _load_suite(path: Path, overrides: dict[str, Any] | None) -> list[SuitePair]
         )
         if len(added) > MAX_ATTACKS:
             raise UserFileError(
-                f"{path}: threat '{threat['name']}': {len(added)} [[threat.add]] attacks; a threat takes at most {MAX_ATTACKS}"
+                f"{path}: threat '{threat['name']}': {len(added)} [[threat.add]] attacks; a threat takes at most "
+                f"{MAX_ATTACKS}"
             )
         if "sigmas" in threat and len(threat["sigmas"]) > MAX_ATTACKS:
             raise UserFileError(
-                f"{path}: threat '{threat['name']}': {len(threat['sigmas'])} sigmas; a threat runs at most {MAX_ATTACKS} attacks"
+                f"{path}: threat '{threat['name']}': {len(threat['sigmas'])} sigmas; a threat runs at most "
+                f"{MAX_ATTACKS} attacks"
             )
         only = threat.get("models", names)
         substitutes: list[str | None] = list(threat.get("substitute", [None]))
@@ -243,7 +250,8 @@ def _load_suite(path: Path, overrides: dict[str, Any] | None) -> list[SuitePair]
                 )
             if (model["name"], threat["name"], substitute) in seen:
                 raise ConfigError(
-                    f"{path}: model '{model['name']}' meets threat '{threat['name']}' twice; their outputs would overwrite each other"
+                    f"{path}: model '{model['name']}' meets threat '{threat['name']}' twice; their outputs would "
+                    "overwrite each other"
                 )
             seen.add((model["name"], threat["name"], substitute))
             settings = {k: v for k, v in defaults.items() if k in valid}
@@ -278,16 +286,19 @@ def _load_suite(path: Path, overrides: dict[str, Any] | None) -> list[SuitePair]
 
 
 def _threat_from_file(threat: dict[str, Any], path: Path) -> dict[str, Any]:
-    """A ``[[threat]]`` with ``file = "x.toml"`` (relative to the suite file): load it; the entry then names its threat."""
+    """A ``[[threat]]`` with ``file = "x.toml"`` (relative to the suite file): load it; the entry then names its
+    threat."""
     file = threat["file"]
     if not isinstance(file, str) or not file:
         raise ConfigError(
-            f"{path} [[threat]]: 'file' must be a threat TOML file path, e.g. file = \"threats/x.toml\", got {reprlib.repr(file)}"
+            f"{path} [[threat]]: 'file' must be a threat TOML file path, e.g. file = \"threats/x.toml\", got "
+            f"{reprlib.repr(file)}"
         )
     loaded = load_threat_file(path.parent / file)
     if "name" in threat and threat["name"] != loaded.name:
         raise ConfigError(
-            f"{path} [[threat]]: name '{threat['name']}' differs from the threat '{loaded.name}' that {file} defines; leave the name out"
+            f"{path} [[threat]]: name '{threat['name']}' differs from the threat '{loaded.name}' that {file} defines; "
+            "leave the name out"
         )
     return {**{k: v for k, v in threat.items() if k != "file"}, "name": loaded.name}
 

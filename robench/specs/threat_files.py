@@ -31,8 +31,9 @@ A file is untrusted input: it is read by :mod:`robench.core.files` (a regular fi
 or device; at most 1 MiB; TOML keys of at most 32 dotted parts, nesting at most 32 deep), holds at
 most :data:`~robench.specs.threats.MAX_ATTACKS` (256) attacks, each parameter it sets is bounded
 (:mod:`robench.specs.param_bounds`: e.g. steps <= 100,000), and a folder, ``ROBENCH_THREAT_PATH`` or a
-suite's ``threat_files`` loads at most :data:`MAX_THREAT_FILES` (256) files at once. :func:`threat_record` is what run.json records of a threat
-(its access, detectors, cascade, source and, for a file's threat, the file and its SHA-256).
+suite's ``threat_files`` loads at most :data:`MAX_THREAT_FILES` (256) files at once. :func:`threat_record`
+is what run.json records of a threat (its access, detectors, cascade, source and, for a file's threat,
+the file and its SHA-256).
 """
 
 from __future__ import annotations
@@ -125,7 +126,8 @@ def _load(path: Path) -> ThreatModel:
             owner = _LOADED.get(other)
             by = f"the threat file {shown(owner.path)}'s" if owner is not None else "a built-in threat model's"
             raise ConfigError(
-                f"{at}: threat name '{name}' differs only in case from '{other}', {by}; threat names must be unique ignoring case"
+                f"{at}: threat name '{name}' differs only in case from '{other}', {by}; threat names must be unique "
+                "ignoring case"
             )
     THREATS.register(threat)
     _LOADED[name] = ThreatFile(path.resolve(), digest, threat)
@@ -159,7 +161,8 @@ def _load_paths(paths: Iterable[Path | str], where: str | None) -> list[ThreatMo
             raise UserFileError(f"{prefix}no such threat file or folder: {shown(path)}")
         if len(files) > MAX_THREAT_FILES:
             raise UserFileError(
-                f"{prefix}more than {MAX_THREAT_FILES} threat files (at {shown(path)}); robench loads at most {MAX_THREAT_FILES} at once"
+                f"{prefix}more than {MAX_THREAT_FILES} threat files (at {shown(path)}); robench loads at most "
+                f"{MAX_THREAT_FILES} at once"
             )
     return [_load(f) for f in files]
 
@@ -168,7 +171,8 @@ def load_threat_patterns(patterns: Any, base: Path, where: str) -> list[ThreatMo
     """A suite's ``threat_files``: paths or glob patterns (``threats/*.toml``) relative to ``base``; each must match."""
     if not isinstance(patterns, list) or not all(isinstance(p, str) and p for p in patterns):
         raise ConfigError(
-            f'{where}: threat_files must be a list of paths or patterns, e.g. threat_files = ["threats/*.toml"], got {_brief(patterns)}'
+            f'{where}: threat_files must be a list of paths or patterns, e.g. threat_files = ["threats/*.toml"], got '
+            f"{_brief(patterns)}"
         )
     with one_line_errors():
         paths: list[str] = []
@@ -182,7 +186,8 @@ def load_threat_patterns(patterns: Any, base: Path, where: str) -> list[ThreatMo
                     matched.append(match)
                     if len(paths) + len(matched) > MAX_THREAT_FILES:
                         raise UserFileError(
-                            f"{where}: threat_files match more than {MAX_THREAT_FILES} files; robench loads at most {MAX_THREAT_FILES} at once"
+                            f"{where}: threat_files match more than {MAX_THREAT_FILES} files; robench loads at most "
+                            f"{MAX_THREAT_FILES} at once"
                         )
                 if not matched:
                     raise ConfigError(
@@ -222,7 +227,8 @@ def unload(name: str) -> None:
 
 
 def threat_record(threat: ThreatModel) -> dict[str, Any]:
-    """What run.json records of a threat besides its attacks: what the attacker knows, its defaults, where it is defined.
+    """What run.json records of a threat besides its attacks: what the attacker knows, its defaults, where it is
+    defined.
 
     ``file`` / ``file_sha256`` name the TOML file a threat was loaded from (None for a built-in), so a
     run can be traced to the exact definition; a rerun without the file is refused (unknown threat).
@@ -246,7 +252,8 @@ def threat_record(threat: ThreatModel) -> dict[str, Any]:
 
 
 def _read(path: Path) -> tuple[dict[str, Any], str]:
-    """The file's table and SHA-256: a regular file of at most MAX_TEXT_BYTES, UTF-8 (a BOM tolerated), valid TOML (robench.core.files)."""
+    """The file's table and SHA-256: a regular file of at most MAX_TEXT_BYTES, UTF-8 (a BOM tolerated), valid TOML
+    (robench.core.files)."""
     raw, data = load_user_toml(path, "threat file", folder_hint="--threats takes folders")
     return raw, hashlib.sha256(data).hexdigest()
 
@@ -262,7 +269,8 @@ def _check_keys(table: Mapping[str, Any], allowed: tuple[str, ...], where: str) 
 def _typed(
     table: Mapping[str, Any], key: str, kind: type, where: str, example: str, default: Any = None, empty: bool = False
 ) -> Any:
-    """``table[key]`` if it is a ``kind`` (a string: non-blank unless ``empty``), ``default`` if absent; else a one-line error."""
+    """``table[key]`` if it is a ``kind`` (a string: non-blank unless ``empty``), ``default`` if absent; else a one-line
+    error."""
     if key not in table:
         return default
     value = table[key]
@@ -275,7 +283,8 @@ def _safe(name: str, where: str) -> str:
     safe_name(name, where)  # the rule for names that become folders (suite pairs, default --out)
     if name == ALL or is_threat_file(name):
         raise ConfigError(
-            f"{where}: name '{name}' is reserved ({'--threat all' if name == ALL else 'it reads as a threat file'}); choose another"
+            f"{where}: name '{name}' is reserved ({'--threat all' if name == ALL else 'it reads as a threat file'}); "
+            "choose another"
         )
     return name
 
@@ -341,7 +350,8 @@ def _knows_detector(raw: Mapping[str, Any], access: str, where: str) -> bool:
     if access != "black-box" and value != derived:
         raise ConfigError(
             f"{where}: knows_detector = {str(value).lower()} contradicts access '{access}' "
-            f"(a white-box attacker knows the detector, a grey-box one or a corruption does not); only a black-box threat sets it"
+            "(a white-box attacker knows the detector, a grey-box one or a corruption does not); only a black-box "
+            "threat sets it"
         )
     return value
 
@@ -388,11 +398,13 @@ def _attacks(
         label = entry.get("label")
         if not isinstance(label, str) or not label.strip():
             raise ConfigError(
-                f"{where}: attack #{number} needs a label (a non-empty string: the records' attack name), got {_brief(label)}"
+                f"{where}: attack #{number} needs a label (a non-empty string: the records' attack name), got "
+                f"{_brief(label)}"
             )
         if "=" in label or not label.isprintable() or label != label.strip():
             raise ConfigError(
-                f"{where}: attack #{number}: label {label!r} cannot contain '=', line breaks, control characters or surrounding spaces "
+                f"{where}: attack #{number}: label {label!r} cannot contain '=', line breaks, control characters "
+                "or surrounding spaces "
                 f"(--set LABEL.PARAM=VALUE names it)"
             )
         at = f"{where}: attack '{label}'"
@@ -407,7 +419,8 @@ def _attacks(
 def _spec(
     entry: Mapping[str, Any], label: str, threat: str, access: str, knows: bool, substitute: bool, at: str
 ) -> AttackSpec:
-    """One ``[[attack]]``: its attack resolved by ATTACKS.get (robench's, or a library's ``torchattacks:NAME``), its params built."""
+    """One ``[[attack]]``: its attack resolved by ATTACKS.get (robench's, or a library's ``torchattacks:NAME``), its
+    params built."""
     if "attack" not in entry:
         raise ConfigError(f"{at}: needs an attack, e.g. attack = \"pgd\" (see 'robench list attacks')")
     attack = _typed(entry, "attack", str, at, 'an attack name, e.g. attack = "pgd"')
@@ -415,7 +428,8 @@ def _spec(
     params = entry.get("params", {})
     if not isinstance(params, dict):
         raise ConfigError(
-            f"{at}: 'params' must be a table, e.g. params = {{steps = 100}} or [attack.params] below the attack; got {_brief(params)}"
+            f"{at}: 'params' must be a table, e.g. params = {{steps = 100}} or [attack.params] below the attack; got "
+            f"{_brief(params)}"
         )
     for key, value in params.items():
         if not (_scalar(value) or isinstance(value, list) and all(_scalar(v) for v in value)):
@@ -438,7 +452,8 @@ def _spec(
         raise type(exc)(f"{at}: {message}") from None
     if access == "none" and built.norm != "none":
         raise ConfigError(
-            f"{at}: access 'none' is for corruptions (noise, rotation), but '{attack}' is a {built.norm} attack; give the threat an attacker's access"
+            f"{at}: access 'none' is for corruptions (noise, rotation), but '{attack}' is a {built.norm} attack; give "
+            "the threat an attacker's access"
         )
     if built.needs().density and not knows:
         raise ConfigError(
@@ -449,7 +464,8 @@ def _spec(
 
 
 def select_threats(name: str, substitute: bool) -> list[ThreatModel]:
-    """``name``'s threat model, or for ``all`` every registered one with ``in_all`` that applies (black-box only with a substitute).
+    """``name``'s threat model, or for ``all`` every registered one with ``in_all`` that applies (black-box only
+    with a substitute).
 
     ``name`` may be a threat TOML file (``*.toml``, :mod:`robench.specs.threat_files`): it is loaded
     and registered first. An unknown name's error says how to load threats defined in files.

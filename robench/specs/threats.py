@@ -52,11 +52,13 @@ class AttackSpec:
             )
         if self.label == WORST_CASE:
             raise ConfigError(
-                f"attack label '{WORST_CASE}' is reserved for the derived worst case over a threat's attacks; choose another"
+                f"attack label '{WORST_CASE}' is reserved for the derived worst case over a threat's attacks; "
+                "choose another"
             )
         if self.target_mode not in TARGET_MODES:
             raise ConfigError(
-                f"target mode '{self.target_mode}' is not one of {', '.join(TARGET_MODES)}{did_you_mean(self.target_mode, list(TARGET_MODES))}"
+                f"target mode '{self.target_mode}' is not one of {', '.join(TARGET_MODES)}"
+                f"{did_you_mean(self.target_mode, list(TARGET_MODES))}"
             )
 
     def build(self, family: str | None = None) -> Attack:
@@ -104,7 +106,8 @@ class ThreatModel:
     def __post_init__(self) -> None:
         if self.access not in ACCESS:
             raise ConfigError(
-                f"threat '{self.name}': access '{self.access}' is not one of {', '.join(ACCESS)}{did_you_mean(self.access, list(ACCESS))}"
+                f"threat '{self.name}': access '{self.access}' is not one of {', '.join(ACCESS)}"
+                f"{did_you_mean(self.access, list(ACCESS))}"
             )
         if self.access == "white-box" and not self.knows_detector:
             raise ConfigError(f"threat '{self.name}': a white-box attacker knows the detector (knows_detector=True)")
@@ -126,7 +129,8 @@ class ThreatModel:
         return [a.label for a in self.attacks]
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> ThreatModel:
-        """Apply ``{"LABEL.PARAM": value}`` (and ``LABEL.target_mode``); unknown labels or params get did-you-mean errors."""
+        """Apply ``{"LABEL.PARAM": value}`` (and ``LABEL.target_mode``); unknown labels or params get did-you-mean
+        errors."""
         specs = {a.label: a for a in self.attacks}
         collected: dict[str, dict[str, Any]] = {}
         for key, value in overrides.items():
@@ -137,7 +141,8 @@ class ThreatModel:
                 )
             if label not in specs:
                 raise ConfigError(
-                    f"threat '{self.name}' has no attack '{label}'{did_you_mean(label, list(specs))}; its attacks: {', '.join(specs)}"
+                    f"threat '{self.name}' has no attack '{label}'{did_you_mean(label, list(specs))}; "
+                    f"its attacks: {', '.join(specs)}"
                 )
             if param == "target_mode":
                 specs[label] = replace(specs[label], target_mode=str(value))
@@ -167,7 +172,8 @@ class ThreatModel:
             label = entry["label"]
             if label in labels:
                 raise ConfigError(
-                    f"threat '{self.name}' already has an attack labelled {label!r}; give the added attack another label"
+                    f"threat '{self.name}' already has an attack labelled {label!r}; "
+                    "give the added attack another label"
                 )
             ATTACKS.get(entry["attack"])
             spec = AttackSpec(label, entry["attack"], dict(entry.get("params", {})), entry.get("target_mode", "none"))
@@ -182,7 +188,8 @@ class ThreatModel:
         for label in labels:
             if label not in known:
                 raise ConfigError(
-                    f"threat '{self.name}' has no attack '{label}'{did_you_mean(label, known)}; its attacks: {', '.join(known)}"
+                    f"threat '{self.name}' has no attack '{label}'{did_you_mean(label, known)}; "
+                    f"its attacks: {', '.join(known)}"
                 )
         return replace(self, attacks=tuple(a for a in self.attacks if a.label in labels))
 
@@ -221,7 +228,8 @@ THREATS.register(
 THREATS.register(
     ThreatModel(
         name="white-box",
-        description="attacker knows the model, its defense's loss and the KD detector (001 Sec. 4.4.2; 004 Sec. 4.3, App. B.4; APGD: Croce & Hein 2020)",
+        description="attacker knows the model, its defense's loss and the KD detector "
+        "(001 Sec. 4.4.2; 004 Sec. 4.3, App. B.4; APGD: Croce & Hein 2020)",
         attacks=(
             AttackSpec("C&W-wb", "cw-wb", {}, "random"),
             AttackSpec("PGD-10-un", "pgd", {"steps": 10, "objective": "adaptive"}, "none"),
@@ -248,7 +256,8 @@ THREATS.register(
 THREATS.register(
     ThreatModel(
         name="black-box",
-        description="transfer: crafted on a substitute model (--substitute) knowing the defense, evaluated on the target (001 Sec. 4.4.3; 004 Sec. 4.4)",
+        description="transfer: crafted on a substitute model (--substitute) knowing the defense, "
+        "evaluated on the target (001 Sec. 4.4.3; 004 Sec. 4.4)",
         attacks=(
             AttackSpec("C&W-wb", "cw-wb", {}, "random"),
             AttackSpec("PGD-10-un", "pgd", {"steps": 10, "objective": "adaptive"}, "none"),
@@ -266,7 +275,8 @@ THREATS.register(
 THREATS.register(
     ThreatModel(
         name="spsa",
-        description="gradient-free SPSA on the adaptive objective, 128 samples, Adam lr 0.01, delta 0.01 (004 Sec. 4.4)",
+        description="gradient-free SPSA on the adaptive objective, 128 samples, Adam lr 0.01, delta 0.01 "
+        "(004 Sec. 4.4)",
         attacks=(
             AttackSpec("SPSA-un", "spsa", {}, "none"),
             AttackSpec("SPSA-tar", "spsa", {}, "random"),
@@ -288,7 +298,8 @@ THREATS.register(
 THREATS.register(
     ThreatModel(
         name="autoattack",
-        description="AutoAttack's standard ensemble from torchattacks: APGD-CE, APGD-T, FAB-T, Square, as a per-sample cascade (Croce & Hein 2020)",
+        description="AutoAttack's standard ensemble from torchattacks: APGD-CE, APGD-T, FAB-T, Square, "
+        "as a per-sample cascade (Croce & Hein 2020)",
         attacks=(
             AttackSpec("APGD-CE", "torchattacks:APGD", {"loss": "ce", "steps": 100, "n_restarts": 1}, "none"),
             AttackSpec("APGD-T", "torchattacks:APGDT", {"steps": 100, "n_restarts": 1}, "none"),

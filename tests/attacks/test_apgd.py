@@ -141,7 +141,8 @@ def test_robust_accuracy_at_most_torchattacks_on_a_small_model(trained_tiny, eps
     clean = float(_still_correct(bundle.model, x, y).float().mean())
     acc_ours, acc_theirs = float(ours.float().mean()), float(theirs.float().mean())
     print(
-        f"tiny softmax eps {eps} apgd-{loss}: clean {clean:.3f}, robust accuracy robench {acc_ours:.3f} torchattacks {acc_theirs:.3f}"
+        f"tiny softmax eps {eps} apgd-{loss}: clean {clean:.3f}, "
+        f"robust accuracy robench {acc_ours:.3f} torchattacks {acc_theirs:.3f}"
     )
     assert acc_ours <= acc_theirs + 0.02
     assert acc_ours < clean - 0.1  # the attack does something
@@ -170,7 +171,8 @@ def test_committed_softmax_robust_accuracy_at_most_torchattacks(eps, loss):
     theirs = _torchattacks_robust(bundle.model, x, y, eps, loss)
     acc_ours, acc_theirs = float(ours.float().mean()), float(theirs.float().mean())
     print(
-        f"committed softmax n=300 eps {eps} apgd-{loss}: robust accuracy robench {acc_ours:.4f} torchattacks {acc_theirs:.4f}"
+        f"committed softmax n=300 eps {eps} apgd-{loss}: "
+        f"robust accuracy robench {acc_ours:.4f} torchattacks {acc_theirs:.4f}"
     )
     assert acc_ours <= acc_theirs + 0.02
 
@@ -191,7 +193,8 @@ def test_committed_gm_adaptive_pair_at_most_torchattacks_pair(eps):
         f"{k} {float(v.float().mean()):.4f}" for k, v in {**ours, **{f"ta-{k}": v for k, v in theirs.items()}}.items()
     )
     print(
-        f"committed gm n=200 eps {eps}: {figures}; together robench {both_ours:.4f} torchattacks {both_theirs:.4f}; pgd-50 {float(pgd.float().mean()):.4f}"
+        f"committed gm n=200 eps {eps}: {figures}; together robench {both_ours:.4f} torchattacks {both_theirs:.4f}; "
+        f"pgd-50 {float(pgd.float().mean()):.4f}"
     )
     assert both_ours <= both_theirs + 0.01
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchattacks
 
-import robench.attacks.linf  # noqa: F401  (registration side effects)
+import robench.attacks.linf  # noqa: F401 - imported for its registrations
 from robench.attacks.base import ATTACKS, AttackTarget, Bounds
 from robench.attacks.linf import BIM, FGSM, ILCM, LINF_ATTACKS, MIM, PGD, LinfGradientAttack
 from robench.attacks.targets import choose_targets
@@ -95,7 +95,8 @@ def test_robust_accuracy_matches_torchattacks(trained_tiny, name, attack, make_r
         theirs = make_reference(bundle.model)(x, y)
     acc_ours, acc_theirs = _accuracy(bundle.model, ours.x_adv, y), _accuracy(bundle.model, theirs, y)
     print(
-        f"{name}: clean {_accuracy(bundle.model, x, y):.4f}, robust accuracy robench {acc_ours:.4f} torchattacks {acc_theirs:.4f}"
+        f"{name}: clean {_accuracy(bundle.model, x, y):.4f}, robust "
+        f"accuracy robench {acc_ours:.4f} torchattacks {acc_theirs:.4f}"
     )
     assert abs(acc_ours - acc_theirs) <= 0.02
     assert acc_ours < _accuracy(bundle.model, x, y)  # the attack does something
@@ -172,7 +173,8 @@ GM_CASES.append(
     ids=[f"{c.name}-{m}-{o}-{w}" for c, m, o, w in GM_CASES],
 )
 def test_targeted_attacks_work_on_negative_logit_gm_model(trained_tiny, cls, mode, objective, likelihood_weight):
-    """Paper 001 Sec. 4.4 attacks are targeted; eps 0.3 with 20 steps of 0.03 (the paper's 20 x 0.01 is too short for GM)."""
+    """Paper 001 Sec. 4.4 attacks are targeted; eps 0.3 with 20 steps of 0.03
+    (the paper's 20 x 0.01 is too short for GM)."""
     bundle = trained_tiny["gm"]
     x, y = _data(trained_tiny)
     with torch.no_grad():
@@ -224,7 +226,8 @@ def test_adaptive_objective_equals_ce_for_softmax(trained_tiny):
 
 
 def test_momentum_survives_zero_gradients(trained_tiny):
-    """The clamped margin has zero gradient once a sample is misclassified; MIM's L1 normalisation must not divide by 0."""
+    """The clamped margin has zero gradient once a sample is misclassified;
+    MIM's L1 normalisation must not divide by 0."""
     bundle = trained_tiny["softmax"]
     x, y = _data(trained_tiny, 64)
     with torch.no_grad():

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import torchattacks
 from torch import nn
 
-import robench.attacks.spsa  # noqa: F401  (registers spsa)
+import robench.attacks.spsa  # noqa: F401 - imported to register spsa
 from robench.attacks.base import ATTACKS, AttackTarget, Bounds
 from robench.attacks.objectives import objective_value
 from robench.attacks.spsa import SPSA, spsa_gradient
@@ -273,7 +273,8 @@ def test_budget_bounds_reproducibility_and_global_rng(mlp):
 
 
 def test_declared_bounds_not_hard_coded_unit_interval(mlp):
-    """The same network on inputs 2x - 1 in (-1, 1): outputs stay inside, and pixels pushed onto either bound are clipped there."""
+    """The same network on inputs 2x - 1 in (-1, 1): outputs stay inside,
+    and pixels pushed onto either bound are clipped there."""
     target, x, y = mlp
     old = target.model
     model = Classifier(Normalize((0.0,), (1.0,)), old.backbone, old.head).eval()  # (2x - 1 - 0) / 1 = (x - 0.5) / 0.5

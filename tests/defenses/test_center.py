@@ -1,4 +1,5 @@
-"""Softmax + centre loss (Wen et al., ECCV 2016): Eq. 5 by hand, the centre update of Alg. 1, eval mode leaves centres alone."""
+"""Softmax + centre loss (Wen et al., ECCV 2016): Eq. 5 by hand, the centre update of Alg. 1, eval mode leaves centres
+alone."""
 
 import math
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import robench.defenses.center  # noqa: F401  (registration)
+import robench.defenses.center  # noqa: F401 - imported for its registration
 from robench.core.errors import ConfigError
 from robench.defenses import DEFENSES
 from robench.defenses.center import CenterDefense, CenterHead, update_centers
@@ -42,7 +43,8 @@ def test_one_training_step_updates_centres_by_wens_rule():
     head = zero_head(CENTERS).train()
     CenterDefense(lam=0.5, alpha=0.5).loss(head, Z, Y)
     # Alg. 1: c_j <- c_j - alpha * sum_{y_i = j} (c_j - z_i) / (1 + n_j), alpha = 0.5.
-    # Class 0 (n = 2): sum (c - z) = (0-1, 0-0) + (0-3, 0-0) = (-4, 0); delta = (-4, 0)/3; c = (0,0) + 0.5*(4/3, 0) = (2/3, 0).
+    # Class 0 (n = 2): sum (c - z) = (0-1, 0-0) + (0-3, 0-0) = (-4, 0); delta = (-4, 0)/3;
+    #   c = (0,0) + 0.5*(4/3, 0) = (2/3, 0).
     # Class 1 (n = 1): sum (c - z) = (1-1, 1-3) = (0, -2); delta = (0, -1); c = (1, 1) + 0.5*(0, 1) = (1, 1.5).
     # Class 2 (n = 0): no samples, unchanged.
     expected = torch.tensor([[2 / 3, 0.0], [1.0, 1.5], [5.0, 5.0]])

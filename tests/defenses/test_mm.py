@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import robench.defenses.mmc  # noqa: F401  (registration, until defenses/__init__ imports it)
-import robench.defenses.mmlda  # noqa: F401
+import robench.defenses.mmlda  # noqa: F401 - imported for its registration
 from robench.checkpoints.model_factory import build_classifier
 from robench.core.errors import ConfigError
 from robench.defenses import DEFENSES

@@ -42,7 +42,12 @@ from typing import Any
 
 import torch
 
-from robench.checkpoints.imported.program_json import canonical_program, check_target, parse_json, resolve_target  # noqa: F401 - re-exported
+from robench.checkpoints.imported.program_json import (  # noqa: F401 - re-exported
+    canonical_program,
+    check_target,
+    parse_json,
+    resolve_target,
+)
 from robench.core.errors import BundleError
 
 MAX_ARCHIVE_BYTES = 2 * 1024**3  # uncompressed, all members together
@@ -67,7 +72,8 @@ STRIDED_LAYOUT = 7  # torch/_export/serde/schema.py Layout.Strided
 
 
 def allowed_member(name: str) -> bool:
-    """True for a member name (below the archive's top folder) that ``torch.export.save`` writes for one program named 'model'."""
+    """True for a member name (below the archive's top folder) that ``torch.export.save`` writes for one program
+    named 'model'."""
     return (
         name in FIXED
         or name in (PROGRAM, WEIGHTS_CONFIG, CONSTANTS_CONFIG, SAMPLE_INPUTS)
@@ -121,7 +127,8 @@ def _members(data: bytes, source: str) -> tuple[str, dict[str, bytes]]:
     missing = sorted(REQUIRED - set(members))
     if missing:
         raise BundleError(
-            f"{source}: not a program archive robench reads: it lacks '{missing[0]}' (one program named 'model', saved by torch.export.save)"
+            f"{source}: not a program archive robench reads: it lacks '{missing[0]}' "
+            "(one program named 'model', saved by torch.export.save)"
         )
     return root, members
 
@@ -249,7 +256,8 @@ def checked_archive(data: bytes, source: str) -> bytes:
         raise _fail(source, "archive_format", "does not say pt2")
     if members["archive_version"] != names.ARCHIVE_VERSION_VALUE.encode():
         raise BundleError(
-            f"{source}: program archive version {members['archive_version'][:20]!r} is not the one this torch reads ({names.ARCHIVE_VERSION_VALUE})"
+            f"{source}: program archive version {members['archive_version'][:20]!r} "
+            f"is not the one this torch reads ({names.ARCHIVE_VERSION_VALUE})"
         )
     if SAMPLE_INPUTS in members and members[SAMPLE_INPUTS]:
         _load_tensor_pickle(

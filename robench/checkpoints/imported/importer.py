@@ -1,4 +1,5 @@
-"""``robench import``: a user's model (exported program, TorchScript, factory + weights, timm + weights) -> a verified bundle.
+"""``robench import``: a user's model (exported program, TorchScript, factory + weights, timm + weights) -> a verified
+bundle.
 
 Every source becomes a ``torch.export`` program at import time. The model is probed once
 (:mod:`robench.checkpoints.imported.probe`): it must be a logit classifier on the declared inputs, and the
@@ -150,7 +151,8 @@ class _Capture(nn.Module):
 def _source_module(request: ImportRequest, kind: str, example: Tensor) -> nn.Module:
     if kind in ("export", "torchscript") and request.weights is not None:
         raise ConfigError(
-            f"a {'torch.export program' if kind == 'export' else 'TorchScript archive'} carries its weights; --weights applies to --kind factory or timm"
+            f"a {'torch.export program' if kind == 'export' else 'TorchScript archive'} carries its weights; "
+            "--weights applies to --kind factory or timm"
         )
     if kind in ("export", "torchscript") and request.factory_kwargs:
         raise ConfigError("--factory-kwarg applies to --kind factory or timm")
@@ -234,8 +236,9 @@ def import_model(request: ImportRequest) -> ModelBundle:
     if joint and defense.name != "softmax":
         where = f"'{result.last_name}'" if result.last_name else "none"
         raise ConfigError(
-            f"--defense {defense.name} needs the model's last weighted layer to be that defense's head applied to the feature layer "
-            f"'{request.feature_layer}' (its last weighted layer: {where}); without one the model is imported as a softmax logit classifier"
+            f"--defense {defense.name} needs the model's last weighted layer to be that defense's head "
+            f"applied to the feature layer '{request.feature_layer}' (its last weighted layer: {where}); "
+            "without one the model is imported as a softmax logit classifier"
         )
     feature_dim = int(result.z.shape[1])
     ep = _export(module, request.feature_layer, joint, xn)
@@ -260,7 +263,8 @@ def import_model(request: ImportRequest) -> ModelBundle:
         declared.num_classes,
     ):
         raise ConfigError(
-            "the exported program does not reproduce the model's logits and features on the probe batch (does the model depend on anything but its input?)"
+            "the exported program does not reproduce the model's logits and features on the probe batch "
+            "(does the model depend on anything but its input?)"
         )
     origin: dict[str, Any] = {"source": request.source if kind in ("factory", "timm") else Path(request.source).name}
     if kind in ("export", "torchscript"):
@@ -300,7 +304,8 @@ def import_model(request: ImportRequest) -> ModelBundle:
 
 
 def write_imported(bundle: ModelBundle, out: Path) -> ModelBundle:
-    """Save the bundle and load it back through ``load_bundle`` (what ``robench run`` will do); returns the loaded one."""
+    """Save the bundle and load it back through ``load_bundle`` (what ``robench run`` will do); returns the loaded
+    one."""
     save_bundle(out, bundle.model, bundle.meta)
     try:
         loaded = load_bundle(out)

@@ -1,4 +1,5 @@
-"""Rebuilding an imported model from a bundle's state (``robench.checkpoints.bundle.load_bundle`` calls :func:`rebuild`).
+"""Rebuilding an imported model from a bundle's state (``robench.checkpoints.bundle.load_bundle`` calls
+:func:`rebuild`).
 
 The bundle is untrusted input like any other: its arch_kwargs are validated field by field, its program
 archive is checked before torch deserializes it (:mod:`robench.checkpoints.imported.archive`), its weights must be
@@ -34,7 +35,8 @@ from robench.defenses.base import LinearHead
 
 
 class ImportedMeta(Protocol):
-    """The fields of a bundle's metadata (:class:`robench.checkpoints.bundle.BundleMeta`) that rebuilding an imported model reads."""
+    """The fields of a bundle's metadata (:class:`robench.checkpoints.bundle.BundleMeta`) that rebuilding an imported
+    model reads."""
 
     arch_kwargs: dict[str, Any]
     feature_dim: int
@@ -52,7 +54,8 @@ def check_arch_kwargs(kwargs: dict[str, Any], source: str) -> None:
     """The arch_kwargs of an imported model: exactly :data:`ARCH_KWARGS`, each of its type and range."""
     if sorted(kwargs) != sorted(ARCH_KWARGS):
         raise BundleError(
-            f"{source}: an imported model's arch_kwargs must be {', '.join(ARCH_KWARGS)}; got {', '.join(sorted(kwargs)) or 'none'}"
+            f"{source}: an imported model's arch_kwargs must be "
+            f"{', '.join(ARCH_KWARGS)}; got {', '.join(sorted(kwargs)) or 'none'}"
         )
     rate = kwargs["mc_dropout"]
     if (
@@ -92,7 +95,8 @@ def rebuild(meta: ImportedMeta, state: dict[str, Tensor], defense: Defense, path
     specs = weight_specs(ep)
     if total_size(specs) > MAX_PARAMETERS:
         raise BundleError(
-            f"{source}: the exported program has {total_size(specs):,} weights, more than robench builds ({MAX_PARAMETERS:,})"
+            f"{source}: the exported program has {total_size(specs):,} "
+            f"weights, more than robench builds ({MAX_PARAMETERS:,})"
         )
     weights = {k[len(WEIGHTS_PREFIX) :]: v for k, v in state.items() if k.startswith(WEIGHTS_PREFIX)}
     try:
@@ -110,7 +114,8 @@ def rebuild(meta: ImportedMeta, state: dict[str, Tensor], defense: Defense, path
         raise BundleError(f"{source}: the weights do not fit the imported model: {first}") from None
     if abs(model.backbone.mc_rate - float(kwargs["mc_dropout"])) > 1e-9:
         raise BundleError(
-            f"{source}: the program's dropout rate {model.backbone.mc_rate} differs from the recorded {kwargs['mc_dropout']}"
+            f"{source}: the program's dropout rate {model.backbone.mc_rate} "
+            f"differs from the recorded {kwargs['mc_dropout']}"
         )
     check_shapes(model, meta.input_shape, meta.num_classes, source)
     return model

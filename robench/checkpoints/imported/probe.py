@@ -55,7 +55,8 @@ def _describe(output: object) -> str:
 
 
 def probe(module: nn.Module, layer: str, x: Tensor, num_classes: int) -> ProbeResult:
-    """Run ``module`` on the normalized batch ``x``; every way it is not a logit classifier is a one-line ConfigError."""
+    """Run ``module`` on the normalized batch ``x``; every way it is not a logit classifier is a one-line
+    ConfigError."""
     names = [name for name, _ in module.named_modules() if name]
     if layer not in names:
         hint = did_you_mean(layer, names)
@@ -80,18 +81,21 @@ def probe(module: nn.Module, layer: str, x: Tensor, num_classes: int) -> ProbeRe
         text = str(exc).strip()
         first = text.splitlines()[0][:200] if text else type(exc).__name__
         raise ConfigError(
-            f"the model fails on inputs of shape {tuple(x.shape[1:])} (check --input-shape / --dataset): {type(exc).__name__}: {first}"
+            f"the model fails on inputs of shape {tuple(x.shape[1:])} (check --input-shape / --dataset): "
+            f"{type(exc).__name__}: {first}"
         ) from None
     finally:
         for handle in handles:
             handle.remove()
     if isinstance(output, (tuple, list, dict)) or not isinstance(output, Tensor):
         raise ConfigError(
-            f"the model returns {_describe(output)}, not a logits tensor: wrap your model so forward returns the logits (N x classes) only"
+            f"the model returns {_describe(output)}, not a logits tensor: "
+            "wrap your model so forward returns the logits (N x classes) only"
         )
     if output.dim() != 2 or output.shape[0] != x.shape[0]:
         raise ConfigError(
-            f"the model returns {_describe(output)} for {x.shape[0]} inputs, not logits of shape ({x.shape[0]}, classes): wrap your model so forward returns them"
+            f"the model returns {_describe(output)} for {x.shape[0]} inputs, "
+            f"not logits of shape ({x.shape[0]}, classes): wrap your model so forward returns them"
         )
     if output.shape[1] != num_classes:
         raise ConfigError(
@@ -102,7 +106,8 @@ def probe(module: nn.Module, layer: str, x: Tensor, num_classes: int) -> ProbeRe
     rows = output.double().sum(1)
     if bool((output >= 0).all()) and bool(((rows - 1).abs() <= PROBABILITY_TOLERANCE).all()):
         raise ConfigError(
-            "the model outputs probabilities (rows are non-negative and sum to 1): return logits, not softmax (drop the final softmax)"
+            "the model outputs probabilities (rows are non-negative and sum to 1): "
+            "return logits, not softmax (drop the final softmax)"
         )
     if not captured:
         raise ConfigError(f"module '{layer}' did not run in the forward pass, so it gives no features")
@@ -115,7 +120,8 @@ def probe(module: nn.Module, layer: str, x: Tensor, num_classes: int) -> ProbeRe
         raise ConfigError(f"module '{layer}' outputs {_describe(z)}; the feature layer must output one tensor")
     if z.dim() != 2 or z.shape[0] != x.shape[0]:
         raise ConfigError(
-            f"module '{layer}' outputs shape {tuple(z.shape)}; the kernel density needs flat features (N x d): name a layer after the pooling / flatten"
+            f"module '{layer}' outputs shape {tuple(z.shape)}; the kernel density needs flat features (N x d): "
+            "name a layer after the pooling / flatten"
         )
     if not 1 <= z.shape[1] <= MAX_UNITS:
         raise ConfigError(f"module '{layer}' has {z.shape[1]} features, more than robench handles ({MAX_UNITS})")

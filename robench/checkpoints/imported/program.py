@@ -53,7 +53,8 @@ def _dropout_ops() -> tuple[Any, ...]:
 
 
 def enable_dropout(gm: torch.fx.GraphModule) -> float:
-    """Turn ``gm``'s dropout nodes to train mode in place (they sample on every call); returns their largest p (0: none)."""
+    """Turn ``gm``'s dropout nodes to train mode in place (they sample on every call); returns their largest p
+    (0: none)."""
     largest = 0.0
     for node in gm.graph.nodes:
         if node.op != "call_function" or node.target not in _dropout_ops():
@@ -93,7 +94,8 @@ def program_bytes(ep: torch.export.ExportedProgram) -> Tensor:
 
 
 class WeightTree(nn.Module):
-    """The program's parameters and buffers under its own dotted names (``conv.weight``: submodule conv, tensor weight)."""
+    """The program's parameters and buffers under its own dotted names (``conv.weight``: submodule conv, tensor
+    weight)."""
 
     def __init__(self, tensors: Mapping[str, Tensor], parameters: set[str]) -> None:
         super().__init__()
@@ -225,7 +227,8 @@ class PassHead(nn.Module):
                     return logits
         raise ConfigError(
             "this imported model has no separable head (its feature layer is not the input of its last layer): "
-            "its logits come only with a forward pass; objectives other than ce, margin and softmax's adaptive ones do not apply"
+            "its logits come only with a forward pass; objectives other than ce, margin and softmax's adaptive ones do "
+            "not apply"
         )
 
 
@@ -294,7 +297,8 @@ def check_program_signature(ep: torch.export.ExportedProgram, joint: bool, sourc
     outputs = 2 if joint else 1
     if len(signature.user_inputs) != 1 or len(signature.user_outputs) != outputs:
         raise BundleError(
-            f"{source}: the exported program has {len(signature.user_inputs)} inputs and {len(signature.user_outputs)} outputs, not 1 and {outputs}"
+            f"{source}: the exported program has {len(signature.user_inputs)} inputs and {len(signature.user_outputs)} "
+            f"outputs, not 1 and {outputs}"
         )
     if signature.buffers_to_mutate or signature.user_inputs_to_mutate:
         raise BundleError(f"{source}: the exported program mutates its state; robench runs only pure programs")
@@ -337,7 +341,8 @@ def check_shapes(model: ImportedClassifier, input_shape: tuple[int, int, int], n
         ) from None
     if tuple(forward.z.shape) != (2, model.feature_dim):
         raise BundleError(
-            f"{source}: the program's features have shape {tuple(forward.z.shape[1:])}, not the recorded ({model.feature_dim},)"
+            f"{source}: the program's features have shape {tuple(forward.z.shape[1:])}, not the recorded "
+            f"({model.feature_dim},)"
         )
     if tuple(forward.logits.shape) != (2, num_classes):
         raise BundleError(

@@ -261,7 +261,8 @@ def _canonical_walk(value: Any, fail: Fail) -> None:
                 item["expr_str"] = canonical_expression(item["expr_str"])
             except ExpressionError as exc:
                 raise fail(
-                    f"holds the symbolic expression {str(item['expr_str'])[:60]!r}, outside robench's shape grammar ({exc})"
+                    f"holds the symbolic expression {str(item['expr_str'])[:60]!r}, "
+                    f"outside robench's shape grammar ({exc})"
                 ) from None
         for key in ("as_tensor", "as_sym_int"):
             ref = item.get(key)
@@ -281,7 +282,8 @@ def _check_signature(signature: Any, fail: Fail) -> None:
         kind = next(iter(spec), None) if isinstance(spec, dict) and len(spec) == 1 else None
         if kind not in INPUT_SPEC_KINDS:
             raise fail(
-                f"has an input of kind {str(kind)[:40]!r}; robench reads tensors, parameters, buffers and tensor constants"
+                f"has an input of kind {str(kind)[:40]!r}; "
+                "robench reads tensors, parameters, buffers and tensor constants"
             )
         body = spec[kind]
         arg = body.get("arg") if isinstance(body, dict) else None
@@ -328,7 +330,8 @@ def _check_range_constraints(constraints: Any, fail: Fail) -> None:
 
 
 def canonical_program(text: str, fail: Fail) -> str:
-    """The program member ``models/model.json``, checked (module docstring) and printed back without what robench drops."""
+    """The program member ``models/model.json``, checked (module docstring) and printed back without what robench
+    drops."""
     program = parse_json(text, fail)
     if not isinstance(program, dict) or set(program) - TOP_KEYS or "graph_module" not in program:
         raise fail("is not an exported program robench reads")

@@ -48,7 +48,8 @@ TIMM_FORBIDDEN = (
 
 @contextlib.contextmanager
 def quiet_torch() -> Iterator[None]:
-    """torch.export and the TorchScript converter log warnings (0/1 specialization, ...) to stderr; the CLI's errors are one line."""
+    """torch.export and the TorchScript converter log warnings (0/1 specialization, ...) to stderr; the CLI's errors are
+    one line."""
     loggers = [
         logging.getLogger(name)
         for name in (
@@ -77,7 +78,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def detect_kind(source: str) -> str:
-    """``export`` (a .pt2 file), ``torchscript`` (a TorchScript zip), ``factory`` (``module:function``) or ``timm`` (``timm:NAME``)."""
+    """``export`` (a .pt2 file), ``torchscript`` (a TorchScript zip), ``factory`` (``module:function``) or ``timm``
+    (``timm:NAME``)."""
     if source.startswith("timm:"):
         return "timm"
     path = Path(source)
@@ -233,15 +235,18 @@ def _offline() -> Iterator[None]:
 
 
 def from_timm(name: str, kwargs: Mapping[str, Any]) -> nn.Module:
-    """``timm.create_model(name, pretrained=False, **kwargs)``, offline; names and kwargs that would fetch are refused."""
+    """``timm.create_model(name, pretrained=False, **kwargs)``, offline; names and kwargs that would fetch are
+    refused."""
     for key in kwargs:
         if key in TIMM_FORBIDDEN:
             raise ConfigError(
-                f"timm argument '{key}' is refused: robench never downloads or reads weights behind --weights; pass the weights file with --weights"
+                f"timm argument '{key}' is refused: robench never downloads or reads weights behind --weights; pass "
+                "the weights file with --weights"
             )
     if not re.fullmatch(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)?", name):
         raise ConfigError(
-            f"timm model '{name}' is refused: only a plain architecture name (no hub or local-dir prefix) is imported, its weights with --weights"
+            f"timm model '{name}' is refused: only a plain architecture name (no hub or local-dir prefix) is imported, "
+            "its weights with --weights"
         )
     try:
         import timm
@@ -267,7 +272,8 @@ def from_export(path: Path) -> nn.Module:
     shapes = [getattr(n.meta.get("val"), "shape", None) for n in inputs]
     if len(inputs) != 1 or shapes[0] is None or len(shapes[0]) != 4:
         raise ConfigError(
-            f"{path}: the program takes {len(inputs)} inputs; robench imports programs of one image batch (N x C x H x W)"
+            f"{path}: the program takes {len(inputs)} inputs; "
+            "robench imports programs of one image batch (N x C x H x W)"
         )
     if isinstance(shapes[0][0], int):
         raise ConfigError(
@@ -292,13 +298,14 @@ def from_torchscript(path: Path, example: Tensor) -> nn.Module:
 
         with quiet_torch():
             ep = TS2EPConverter(scripted, (example,)).convert()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - the converter fails in many ways; each is one line
         raise ConfigError(
-            f"{path}: the TorchScript model does not convert to an exported program on inputs of shape {tuple(example.shape[1:])} ({_first_line(exc)})"
+            f"{path}: the TorchScript model does not convert to an exported program on inputs of shape "
+            f"{tuple(example.shape[1:])} ({_first_line(exc)})"
         ) from None
     try:
         return mark_module_outputs(ep.module())
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any failure to recover the modules is one line
         raise ConfigError(
             f"{path}: the converted TorchScript program's modules cannot be recovered ({_first_line(exc)})"
         ) from None
@@ -355,5 +362,5 @@ def _unflatten(ep: torch.export.ExportedProgram, path: Path) -> nn.Module:
     try:
         with quiet_torch():
             return torch.export.unflatten(ep)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any failure to unflatten is one line
         raise ConfigError(f"{path}: the program's submodules cannot be recovered ({_first_line(exc)})") from None

@@ -32,7 +32,8 @@ SYMBOL = re.compile(r"[a-z]{1,4}\d{1,9}")
 FLAGS = ("positive", "integer", "nonnegative", "real", "finite")
 FUNCTIONS = ("Max", "Min", "FloorDiv", "Mod", "PythonMod", "CleanDiv", "CeilDiv")
 _TOKEN = re.compile(
-    r"\s*(?:(?P<int>\d{1,19})(?![\w.])|(?P<quoted>'[a-z]{1,4}\d{1,9}')|(?P<name>[A-Za-z_]\w{0,31})|(?P<op>//|[-+*%(),=]))"
+    r"\s*(?:(?P<int>\d{1,19})(?![\w.])|(?P<quoted>'[a-z]{1,4}\d{1,9}')"
+    r"|(?P<name>[A-Za-z_]\w{0,31})|(?P<op>//|[-+*%(),=]))"
 )
 
 

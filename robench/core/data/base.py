@@ -30,7 +30,8 @@ class Split:
     def __post_init__(self) -> None:
         if self.x.ndim != 4 or self.y.ndim != 1 or self.x.shape[0] != self.y.shape[0]:
             raise DatasetError(
-                f"a split needs x of shape N x C x H x W and y of shape N, got {tuple(self.x.shape)} and {tuple(self.y.shape)}"
+                "a split needs x of shape N x C x H x W and y of shape N, "
+                f"got {tuple(self.x.shape)} and {tuple(self.y.shape)}"
             )
 
     def __len__(self) -> int:

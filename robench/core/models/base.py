@@ -105,7 +105,8 @@ class ArchSpec:
         for key in kwargs:
             if key not in known:
                 raise ConfigError(
-                    f"architecture '{self.name}' has no parameter '{key}'{did_you_mean(key, known)}; known: {', '.join(known)}"
+                    f"architecture '{self.name}' has no parameter "
+                    f"'{key}'{did_you_mean(key, known)}; known: {', '.join(known)}"
                 )
         resolved = {
             name: param.default

@@ -22,7 +22,8 @@ class Forward:
 
     @classmethod
     def of(cls, model: Any, x: Tensor) -> Forward:
-        """``model``'s pass on ``x``: a :class:`~robench.core.models.Classifier`, or any module with ``features`` and ``head``."""
+        """``model``'s pass on ``x``: a :class:`~robench.core.models.Classifier`, or any module with ``features`` and
+        ``head``."""
         forward_pass = getattr(model, "forward_pass", None)
         if forward_pass is not None:  # a Classifier (an imported one may compute z and the logits in one pass)
             return forward_pass(x)

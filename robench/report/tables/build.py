@@ -85,8 +85,13 @@ def _caption(spec: Layout, selected: pd.DataFrame) -> str:
 
 
 _DISTORTION_NOTES = {
-    DISTORTION: "mean L2 / sqrt(hwc) of the successful adversarial inputs, in the model's input units (pixels in [0, 1])",
-    DISTORTION_255: "mean L2 / sqrt(hwc) of the successful adversarial inputs on the 0-255 pixel scale (x 255 / input range; the scale 001 Tables 9-10 imply)",
+    DISTORTION: (
+        "mean L2 / sqrt(hwc) of the successful adversarial inputs, in the model's input units (pixels in [0, 1])"
+    ),
+    DISTORTION_255: (
+        "mean L2 / sqrt(hwc) of the successful adversarial inputs on the 0-255 pixel scale "
+        "(x 255 / input range; the scale 001 Tables 9-10 imply)"
+    ),
 }
 
 
@@ -114,15 +119,16 @@ def metric_notes(metrics: Sequence[str]) -> list[str]:
 
 
 def cascade_notes(selected: pd.DataFrame) -> list[str]:
-    """A caption sentence when rows come from a cascaded run (robench.scoring.cascade): their per-attack cells are not each attack alone."""
+    """A caption sentence when rows come from a cascaded run (robench.scoring.cascade): their per-attack cells are
+    not each attack alone."""
     if R.CASCADE not in selected:
         return []
     modes = sorted({str(m) for m in selected[R.CASCADE].dropna()} - {R.NO_CASCADE})
     if not modes:
         return []
     return [
-        f"Cascaded ({', '.join(modes)}): each attack ran only on the samples the cheaper attacks left, so a per-attack cell describes "
-        "those samples, not the attack alone; the worst-case cells cover every sample."
+        f"Cascaded ({', '.join(modes)}): each attack ran only on the samples the cheaper attacks left, "
+        "so a per-attack cell describes those samples, not the attack alone; the worst-case cells cover every sample."
     ]
 
 
@@ -147,7 +153,8 @@ def build_tables(
     defaults: Sequence[str] = DEFAULT_ORDER,
     options: TableOptions = DEFAULT_OPTIONS,
 ) -> tuple[list[Table], list[str]]:
-    """The named layouts (each must apply), or every one of ``defaults`` that applies; returns (tables, notes on skipped ones)."""
+    """The named layouts (each must apply), or every one of ``defaults`` that applies; returns (tables, notes on
+    skipped ones)."""
     if layouts:
         for name in layouts:
             LAYOUTS.get(name)  # unknown names fail with did-you-mean before anything is built

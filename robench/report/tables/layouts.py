@@ -101,11 +101,17 @@ class Layout:
         if self.attacks:
             rows = rows[rows[R.ATTACK].isin(self.attacks)]
             if rows.empty:
-                return f"layout '{self.name}' needs attack {' or '.join(self.attacks)} of threat {wanted}, which the run does not hold"
+                return (
+                    f"layout '{self.name}' needs attack {' or '.join(self.attacks)} of threat {wanted}, "
+                    "which the run does not hold"
+                )
         if self.attack_prefix:
             rows = rows[rows[R.ATTACK].astype(str).str.startswith(self.attack_prefix)]
             if rows.empty:
-                return f"layout '{self.name}' needs attacks labelled '{self.attack_prefix}...' of threat {wanted}, which the run does not hold"
+                return (
+                    f"layout '{self.name}' needs attacks labelled '{self.attack_prefix}...' of threat {wanted}, "
+                    "which the run does not hold"
+                )
         if self.needs_detectors and (rows[DETECTOR] == NO_DETECTOR).all():
             return f"layout '{self.name}' needs detector scores, and threat {wanted} was run without detectors"
         return None
@@ -299,7 +305,9 @@ for _layout in (
     Layout(
         name="white-box",
         description="AUC-ROC, distortion and success rate of C&W-wb per model+detector (001 Tables 9-10)",
-        caption="Results under white-box attacks; adversarial examples generated with C&W-wb (layout of 001 Tables 9-10).",
+        caption=(
+            "Results under white-box attacks; adversarial examples generated with C&W-wb (layout of 001 Tables 9-10)."
+        ),
         threats=("white-box",),
         attacks=("C&W-wb",),
         rows=("Detection Method",),
@@ -334,8 +342,13 @@ for _layout in (
 LAYOUTS.register(
     Layout(
         name="white-box-ablation",
-        description="C&W-wb variants (a suite's added 'C&W-wb/...' attacks): every AUC population, success and distortion",
-        caption="C&W-wb variants against the classifier and its KD detector: the AUC of each population (successful, attempted, paired), success rate and distortion.",
+        description=(
+            "C&W-wb variants (a suite's added 'C&W-wb/...' attacks): every AUC population, success and distortion"
+        ),
+        caption=(
+            "C&W-wb variants against the classifier and its KD detector: the AUC of each population "
+            "(successful, attempted, paired), success rate and distortion."
+        ),
         threats=("white-box",),
         attack_prefix="C&W-wb/",
         rows=("Attack", "Detection Method"),
@@ -347,10 +360,15 @@ LAYOUTS.register(
 LAYOUTS.register(
     Layout(
         name="worst-case",
-        description="worst case per sample over each threat's attacks: survived, and survived or flagged per detector (AutoAttack-style)",
+        description=(
+            "worst case per sample over each threat's attacks: survived, and survived or flagged per detector "
+            "(AutoAttack-style)"
+        ),
         caption=(
-            "Worst case per sample over each threat's attacks: the clean-correct samples that every attack left correctly classified "
-            "(Survived), and, per detector, those that no attack misclassified without being flagged at the clean 5% false-positive threshold "
+            "Worst case per sample over each threat's attacks: the "
+            "clean-correct samples that every attack left correctly classified "
+            "(Survived), and, per detector, those that no attack misclassified "
+            "without being flagged at the clean 5% false-positive threshold "
             "(Surv. or flagged)."
         ),
         threats=WORST_CASE_THREATS,

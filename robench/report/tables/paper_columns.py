@@ -51,7 +51,8 @@ def metric_family(metric: str) -> str:
 
 
 def _split_method(row: str) -> tuple[str, str]:
-    """``Softmax+KD+BU`` -> (``Softmax``, ``KD+BU``): defense labels hold no ``+``; a row without one has no detector."""
+    """``Softmax+KD+BU`` -> (``Softmax``, ``KD+BU``): defense labels hold no ``+``;
+    a row without one has no detector."""
     defense, _, detector = row.partition("+")
     return defense, detector or NA
 
@@ -120,7 +121,8 @@ def _robench_keys(
 
 
 def _paper_text(value: float, metric: str, note: str) -> tuple[float, str | None]:
-    """The paper's number in robench's units (fractions for percentages) and its display text where that is not the value's."""
+    """The paper's number in robench's units (fractions for percentages) and its display text where that is not the
+    value's."""
     spec = METRICS.get(metric)
     shown = value / 100.0 if spec.percent else value
     bound = note.strip().lower().startswith(UPPER_BOUND)
@@ -134,7 +136,8 @@ def with_paper_columns(
     options: TableOptions,
     other_dataset: str | None = None,
 ) -> tuple[Table, list[str]]:
-    """``table`` with a ``Source`` column level: each column as ``robench`` and ``paper`` (the paper's numbers as printed).
+    """``table`` with a ``Source`` column level: each column as ``robench`` and ``paper``
+    (the paper's numbers as printed).
 
     Returns the table and notes (numbers the layout cannot show). A layout without paper
     columns, or a run on none of the paper table's datasets, is a one-line error, unless
@@ -151,7 +154,8 @@ def with_paper_columns(
     if other_dataset is not None:
         if other_dataset not in paper.datasets:
             raise ConfigError(
-                f"--paper-dataset {other_dataset}: {paper.table.name} prints numbers for {', '.join(paper.datasets)}{did_you_mean(other_dataset, paper.datasets)}"
+                f"--paper-dataset {other_dataset}: {paper.table.name} prints numbers for "
+                f"{', '.join(paper.datasets)}{did_you_mean(other_dataset, paper.datasets)}"
             )
         keys = keys.assign(dataset=other_dataset)
     run_datasets = [d for d in dict.fromkeys(keys["dataset"]) if d]
@@ -169,7 +173,8 @@ def with_paper_columns(
     unshown = kept[~kept["metric"].map(metric_family).isin(shown)]
     if not unshown.empty:
         notes.append(
-            f"{paper.table.name}: {len(unshown)} numbers of metrics the {table.layout} layout does not show ({', '.join(dict.fromkeys(unshown['metric']))}) left out"
+            f"{paper.table.name}: {len(unshown)} numbers of metrics the {table.layout} "
+            f"layout does not show ({', '.join(dict.fromkeys(unshown['metric']))}) left out"
         )
     kept = kept[kept["metric"].map(metric_family).isin(shown)]
     by_key: dict[tuple[str, str, str, str], pd.Series] = {}
@@ -177,7 +182,8 @@ def with_paper_columns(
         key = (entry["dataset"], entry["row"], entry["column"], metric_family(entry["metric"]))
         if key in by_key:
             raise ConfigError(
-                f"{paper.source}: {paper.table.name} gives two numbers for one cell ({', '.join(key[:3])}: {by_key[key]['metric']} and {entry['metric']})"
+                f"{paper.source}: {paper.table.name} gives two numbers for one cell "
+                f"({', '.join(key[:3])}: {by_key[key]['metric']} and {entry['metric']})"
             )
         by_key[key] = entry
 
@@ -213,12 +219,14 @@ def with_paper_columns(
     cells = _full_grid(pd.concat([robench, beside, extra_frame], ignore_index=True), table.rows, table.columns)
     datasets = ", ".join(dict.fromkeys(kept["dataset"]))
     caption = (
-        f"{table.caption} Beside each robench column, {paper.table.name}'s own number ({datasets}; as printed, from {paper.source.name}; "
+        f"{table.caption} Beside each robench column, {paper.table.name}'s "
+        f"own number ({datasets}; as printed, from {paper.source.name}; "
         f"'-': none); the protocols differ (PROTOCOLS.md beside that file)."
     )
     if other_dataset is not None and other_dataset not in own_datasets:
         caption += (
-            f" The paper's numbers are on {other_dataset} and robench's on {', '.join(own_datasets) or 'another dataset'}:"
+            f" The paper's numbers are on {other_dataset} and robench's "
+            f"on {', '.join(own_datasets) or 'another dataset'}:"
             " different data, shown for orientation, not as a comparison."
         )
     return (
@@ -247,7 +255,8 @@ def _grouped(keys: list[tuple[Any, ...]], levels: tuple[str, ...]) -> list[tuple
 
 
 def _full_grid(cells: pd.DataFrame, rows: tuple[str, ...], columns: tuple[str, ...]) -> pd.DataFrame:
-    """Every row x column x source cell (NaN where none) in order: the run's rows and columns first, then the paper's own.
+    """Every row x column x source cell (NaN where none) in order: the run's rows and columns first,
+    then the paper's own.
 
     :meth:`Table.values` pivots in first-appearance order, so a complete grid in row-major order
     fixes both the row order and the column order (each column's robench side before its paper side).

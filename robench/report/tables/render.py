@@ -28,10 +28,14 @@ COMPACT_LATEX = [
     {"selector": "setlength", "props": ":{\\tabcolsep}{3pt};"},
 ]
 STANDALONE_LATEX = (
-    "\\documentclass{article}\n\\usepackage[landscape,margin=1.5cm]{geometry}\n\\usepackage{booktabs}\n\\usepackage{longtable}\n"
+    "\\documentclass{article}\n\\usepackage[landscape,margin=1.5cm]{geometry}\n"
+    "\\usepackage{booktabs}\n\\usepackage{longtable}\n"
     "\\begin{document}\n%s\n\\end{document}\n"
 )
-STANDALONE_HTML = '<!DOCTYPE html>\n<html>\n<head>\n<meta charset="utf-8">\n<title>robench report</title>\n</head>\n<body>\n%s\n</body>\n</html>\n'
+STANDALONE_HTML = (
+    '<!DOCTYPE html>\n<html>\n<head>\n<meta charset="utf-8">\n<title>robench report</title>\n</head>\n'
+    "<body>\n%s\n</body>\n</html>\n"
+)
 _LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
                   "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}  # fmt: skip
 

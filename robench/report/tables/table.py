@@ -9,7 +9,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from robench.scoring.metrics import COUNT, DETECTOR  # noqa: F401 - the summary's detector and count columns, re-exported
+# the summary's detector and count columns, re-exported
+from robench.scoring.metrics import COUNT, DETECTOR  # noqa: F401 - re-exported for the table modules
 
 METRIC, VALUE, LOW, HIGH = "metric", "value", "low", "high"  # a cell's metric, value and interval
 TEXT = "text"  # optional: a cell's display text where it is not its formatted value (a paper's "<= 1")
@@ -44,7 +45,8 @@ class Table:
 
 
 def pivot(cells: pd.DataFrame, rows: Sequence[str], columns: Sequence[str], field: str) -> pd.DataFrame:
-    """``cells[field]`` as a rows x columns frame, both in first-appearance order; no cell: NaN (None for ``metric`` and ``text``)."""
+    """``cells[field]`` as a rows x columns frame, both in first-appearance order; no cell: NaN
+    (None for ``metric`` and ``text``)."""
     row_keys = list(zip(*(cells[level] for level in rows)))
     col_keys = list(zip(*(cells[level] for level in columns)))
     row_order, col_order = list(dict.fromkeys(row_keys)), list(dict.fromkeys(col_keys))
