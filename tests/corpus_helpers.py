@@ -41,7 +41,33 @@ BAD_CHECKPOINTS = {
     "state-dict.pt": "a bare state_dict, not a bundle",
     "other-format.pt": "a torch.save dict with another format tag",
     "dir.pt": "a directory",
+    "accuracy-750.pt": "crafted metadata (content hash recomputed): a clean accuracy of 7.5",
+    "range-inverted.pt": "crafted metadata (content hash recomputed): the value range [1, 0]",
+    "std-zero.pt": "crafted metadata (content hash recomputed): a std of 0",
+    "forged-line.pt": "crafted metadata (content hash recomputed): a git revision with a line break",
 }
+
+# The metadata changes of the crafted bundles above (BAD_CHECKPOINTS), applied with a valid content hash.
+CRAFTED_META = {
+    "accuracy-750.pt": {"clean_accuracy": 7.5},
+    "range-inverted.pt": {"value_range": [1.0, 0.0]},
+    "std-zero.pt": {"std": [0.0]},
+    "forged-line.pt": {"git_revision": "abc\nrobench: ok"},
+}
+
+
+def _crafted(path: Path, meta, state, changes: dict) -> None:
+    """A bundle whose metadata JSON has ``changes`` applied, hashed as an attacker would (the hash is valid)."""
+    from robench.core.provenance import state_dict_hash
+
+    raw = json.loads(meta.to_json())
+    raw.update(changes)
+    keys = ("arch", "arch_kwargs", "defense", "defense_params", "num_classes", "input_shape", "value_range")
+    keys += ("mean", "std")
+    identity = {k: raw[k] for k in keys}
+    payload = {"format": "robench-bundle", "version": 1, "meta": json.dumps(raw), "state_dict": state}
+    payload["content_hash"] = state_dict_hash(state, identity)
+    torch.save(payload, path)
 
 
 def _checkpoints(world: Path) -> None:
@@ -67,6 +93,8 @@ def _checkpoints(world: Path) -> None:
     torch.save(model.state_dict(), world / "state-dict.pt")
     torch.save({"format": "not-robench", "version": 1}, world / "other-format.pt")
     (world / "dir.pt").mkdir()
+    for name, changes in CRAFTED_META.items():
+        _crafted(world / name, meta, model.state_dict(), changes)
 
 
 # ---------------------------------------------------------------- suites
@@ -149,6 +177,11 @@ def suite_texts() -> dict[str, str | bytes]:
         "defaults-not-table": "defaults = 3\n\n[[model]]" + base.split("[[model]]", 1)[1],
         "no-threat": base.split("[[threat]]", 1)[0],
         "no-model": "[defaults]\nn = 4\n" + NOISE,
+        "set-steps-huge": semi.replace('["FGSM"]', '["BIM"]') + '[threat.set]\n"BIM.steps" = 1000000000000\n',
+        "nested-arrays": "x = " + "[" * 50_000 + "]" * 50_000 + "\n",
+        "dotted-key-deep": "a" + ".a" * 10_000 + " = 1\n" + base,
+        "threat-name-upper-builtin": _replace(base, 'name = "noise"', 'name = "NOISE"'),
+        "threat-file-fifo": 'threat_files = ["fifo.toml"]\n' + base,
     }
 
 
@@ -357,6 +390,7 @@ def build_world(world: Path) -> Path:
     _baselines(world)
     _data_roots(world)
     (world / "a-file").write_text("a plain file\n")
+    os.mkfifo(world / "fifo.toml")  # a threat file or suite that would block a reader forever
     return world
 
 

@@ -469,6 +469,13 @@ def _suites() -> None:
     case("suite:not-a-toml-file", ["suite", f"{W}/softmax.pt", "--out", "o"], FILE_CODES)
     case("suite--out:a-file", ["suite", f"{W}/good-suite.toml", "--out", f"{W}/a-file"], NAME_CODES, ("--out",))
     case("suite--device:tpu", CONTEXTS["suite"] + ["--device", "tpu"], NAME_CODES, ("tpu",))
+    case("suite:a-fifo", ["suite", f"{W}/fifo.toml", "--out", "o"], FILE_CODES, ("FIFO",))
+    case("suite:dev-zero", ["suite", "/dev/zero", "--out", "o"], FILE_CODES, ("character device",))
+    case("run--threats:dev-zero", _run_ctx() + ["--threats", "/dev/zero"], FILE_CODES, ("character device",))
+    case("run--threat:a-fifo", _without(_run_ctx(), "--threat") + ["--threat", f"{W}/fifo.toml"], FILE_CODES, ("FIFO",))
+    steps = ["--attack", "BIM", "--set", "BIM.steps=1000000000000"]
+    case("run--set:steps-huge", _run_ctx("semi-white-box") + steps, NAME_CODES, ("100,000",))
+    case("run--ray:line-break", _run_ctx() + ["--ray", "10.0.0.1:6379\nX"], NAME_CODES, ("not a cluster address",))
 
 
 # ---------------------------------------------------------------- hand-written: baselines and run folders

@@ -322,7 +322,7 @@ def headless(binary: str, profile: Path, *args: str) -> subprocess.CompletedProc
 
 @pytest.mark.skipif(
     chromium() is None and not os.environ.get("ROBENCH_REQUIRE_CHROMIUM"),
-    reason="no chromium, chromium-browser or google-chrome installed (CI installs it and sets ROBENCH_REQUIRE_CHROMIUM=1)",
+    reason="no chromium, chromium-browser or google-chrome (CI installs it and sets ROBENCH_REQUIRE_CHROMIUM=1)",
 )
 def test_chromium_renders_the_tables_and_images(run_page, tmp_path):
     binary = chromium()
