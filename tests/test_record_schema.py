@@ -30,6 +30,7 @@ ALLOWED = {
     ("robench/specs/threats.py", "label"): "AttackSpec.config()'s key in run.json, not a record column",
     ("robench/specs/run_config.py", "label"): "an added attack's label key (AttackSpec.label), not a record column",
     ("robench/report/plots.py", "label"): "reads AttackSpec.config()'s key from run.json",
+    ("robench/report/export.py", "label"): "reads AttackSpec.config()'s key from run.json",
     ("attacks/base.py", "linf"): "an attack's norm",
     ("attacks/base.py", "l2"): "an attack's norm",
     ("attacks/linf.py", "linf"): "an attack's norm",

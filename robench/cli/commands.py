@@ -825,10 +825,11 @@ def demo(
 
 def _register_subcommands() -> None:
     """Commands that live in their own modules (reports, regression), attached to the group."""
+    from robench.cli.export import export
     from robench.cli.regression import baseline, check
     from robench.cli.report import report
 
-    for command in (report, baseline, check):
+    for command in (report, baseline, check, export):
         cli.add_command(command)
 
 
