@@ -44,6 +44,8 @@ ALLOWED = {
     ): "a threat file's [[attack]] label key (AttackSpec.label), not a record column",
     ("robench/report/html_report.py", "label"): "reads AttackSpec.config()'s key from run.json",
     ("attacks/apgd.py", "linf"): "an attack's norm",
+    ("attacks/fmn.py", "linf"): "an attack's norm",
+    ("attacks/fmn.py", "l2"): "an attack's norm",
     ("attacks/apgd.py", "l2"): "an attack's norm",
     ("attacks/foolbox_adapter.py", "linf"): "a library attack's norm",
     ("attacks/foolbox_adapter.py", "l2"): "a library attack's norm",

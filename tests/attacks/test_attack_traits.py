@@ -6,7 +6,7 @@ import pytest
 
 from robench.attacks import ATTACKS
 
-ITERATIVE = {"bim", "ilcm", "pgd", "mim", "cw-l2", "cw-hc", "cw-wb", "spsa", "apgd", "apgd-l2"}
+ITERATIVE = {"bim", "ilcm", "pgd", "mim", "cw-l2", "cw-hc", "cw-wb", "spsa", "apgd", "apgd-l2", "fmn-l2", "fmn-linf"}
 BUDGET = {
     "fgsm": "eps",
     "bim": "eps",
@@ -21,6 +21,8 @@ BUDGET = {
     "cw-l2": None,
     "cw-hc": None,
     "cw-wb": None,
+    "fmn-l2": None,
+    "fmn-linf": None,
 }
 
 
