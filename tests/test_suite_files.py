@@ -17,19 +17,13 @@ from robench.specs.suite_file import MAX_MODELS, MAX_PAIRS, MAX_THREATS, load_su
 from robench.specs.threats import THREATS
 from test_cli import assert_one_line_error
 from test_cli import run as run_cli
-from test_threat_files import GOOD, SOFTMAX, run_in_subprocess
+from test_threat_files import (
+    GOOD,
+    SOFTMAX,
+    _forget_loaded_threats,  # noqa: F401 - the autouse fixture, shared
+    run_in_subprocess,
+)
 from tiny import two_model_suite
-
-
-@pytest.fixture(autouse=True)
-def _forget_loaded_threats(monkeypatch):
-    monkeypatch.delenv(TF.THREAT_PATH_ENV, raising=False)
-    before = set(THREATS.names())
-    yield
-    for name in list(TF._LOADED):
-        if name not in before:
-            TF.unload(name)
-
 
 NOISE = '\n[[threat]]\nname = "noise"\n'
 # attacks = [...] picks the threat's own noise-0.05; [[threat.add]] adds another noise level: both must run
