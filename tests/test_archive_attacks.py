@@ -251,6 +251,24 @@ def _node_name(program: dict) -> None:
     _nodes(program)[0]["name"] = "x = __import__('os').system('touch @@MARKER@@')"
 
 
+def _as_name_payload(program: dict) -> None:
+    _nodes(program)[0]["inputs"].append(
+        {"name": "", "arg": {"as_sym_int": {"as_name": "z=__import__('os').system('touch @@MARKER@@')"}}, "kind": 1}
+    )
+
+
+def _huge_symbol_index(program: dict) -> None:
+    program["range_constraints"]["u999999999"] = {"min_val": 0, "max_val": None}  # torch counts up to the index
+
+
+def _deflated_pickle(top: str, members: Members, marker: Path) -> Members:  # noqa: ARG001 - the variant signature
+    """Sample inputs whose torch.save zip holds a DEFLATE record: torch.load would inflate it whole, unchecked."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as inner:
+        inner.writestr("archive/data.pkl", b"\x00" * 1_000_000)
+    return {**members, f"{top}/data/sample_inputs/model.pt": buffer.getvalue()}
+
+
 HOSTILE_EXPRESSIONS = {
     "tower-of-powers": "2**2**2**2**2**2**2**2**2**2",
     "python-call": "__import__('os').system('touch @@MARKER@@')",
@@ -264,6 +282,8 @@ HOSTILE_EXPRESSIONS = {
     "string-symbol": "Symbol('__import__')",
     "float-power": "Pow(s0, 10**100)",
     "attribute": "s0.func",
+    "products-of-sums": "(s77+1)*(s77+2)*(s77+3)*(s77+4)*(s77+5)*(s77+6)",
+    "huge-symbol-index": "u999999999",
 }
 
 REFUSED: dict[str, Callable[[str, Members, Path], object]] = {
@@ -297,6 +317,12 @@ REFUSED: dict[str, Callable[[str, Members, Path], object]] = {
     "target-eval": _edit_program(_target("builtins.eval")),
     "target-private-torch": _edit_program(_target("torch._C._set_grad_enabled")),
     "target-dunder": _edit_program(_target("torch.ops.aten.__class__.default")),
+    "target-from-file": _edit_program(_target("torch.ops.aten.from_file.default")),
+    "target-out-variant": _edit_program(_target("torch.ops.aten.add.out")),
+    "target-while-loop": _edit_program(_target("torch.ops.higher_order.while_loop")),
+    "as-name-payload": _edit_program(_as_name_payload),
+    "range-key-huge-index": _edit_program(_huge_symbol_index),
+    "deflated-pickle": _deflated_pickle,
     "in-spec-namedtuple": _edit_program(_spec_type("collections.namedtuple")),
     "in-spec-os": _edit_program(_spec_type("os.system")),
     "string-input": _edit_program(_string_input),

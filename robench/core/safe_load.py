@@ -19,6 +19,27 @@ import torch
 
 from robench.core.errors import BundleError
 
+MAX_UNPACKED_BYTES = 4 * 1024**3  # a torch.save zip's records, unpacked: robench's largest model is 400 MB of weights
+
+
+def check_torch_zip(source: Path | bytes, limit: int = MAX_UNPACKED_BYTES) -> str | None:
+    """Why a ``torch.save`` zip must not be handed to ``torch.load``, or None (also None for what is not a zip).
+
+    ``torch.load`` inflates a compressed record whole before anything else is checked, so a few MB of DEFLATE can
+    ask for gigabytes; ``torch.save`` writes every record stored (uncompressed), so a compressed one is refused,
+    and the records' declared sizes are bounded.
+    """
+    try:
+        with zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
+        return None  # not a zip: torch's legacy format, which torch.load reads without inflating
+    if any(info.compress_type != zipfile.ZIP_STORED for info in infos):
+        return "it holds compressed records, which torch.save never writes"
+    if sum(info.file_size for info in infos) > limit:
+        return f"its records unpack to more than {limit // 1024**3} GiB"
+    return None
+
 
 def load_weights_only(path: Path, data: bytes | None, *, after_global: str, refused: str, unreadable: str) -> Any:
     """``path`` (or its bytes ``data``) through ``torch.load(weights_only=True)`` on the CPU.
@@ -27,6 +48,9 @@ def load_weights_only(path: Path, data: bytes | None, *, after_global: str, refu
     references GLOBAL, which could run code; {after_global}``; another refused pickle ``refused``;
     a truncated, corrupt or foreign file ``unreadable``.
     """
+    problem = check_torch_zip(path if data is None else data)
+    if problem is not None:
+        raise BundleError(f"{path}: refused: {problem}")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols; the errors below say enough
             warnings.simplefilter("ignore")

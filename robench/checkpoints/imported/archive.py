@@ -49,6 +49,7 @@ from robench.checkpoints.imported.program_json import (  # noqa: F401 - re-expor
     resolve_target,
 )
 from robench.core.errors import BundleError
+from robench.core.safe_load import check_torch_zip
 
 MAX_ARCHIVE_BYTES = 2 * 1024**3  # uncompressed, all members together
 MAX_JSON_BYTES = 64 * 1024**2
@@ -142,6 +143,9 @@ def _text(members: dict[str, bytes], name: str, source: str) -> str:
 
 def _load_tensor_pickle(data: bytes, member: str, source: str) -> Any:
     """A pickled member through ``torch.load(weights_only=True)``; the object it holds, or a one-line refusal."""
+    problem = check_torch_zip(data, MAX_ARCHIVE_BYTES)
+    if problem is not None:
+        raise _fail(source, member, f"is refused: {problem}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -24,6 +24,7 @@ bounded, and the whole document at most :data:`MAX_NODES` objects deep and wide.
 from __future__ import annotations
 
 import json
+import keyword
 import math
 import operator
 import re
@@ -53,16 +54,19 @@ _SYM_FUNCTIONS = {
     "sym_sqrt",
     "_sym_sqrt",
 }
-# Higher-order operators that only run subgraphs of the same archive (checked like the main graph).
+# Higher-order operators that only run subgraphs of the same archive (checked like the main graph) a bounded number
+# of times: while_loop is not among them (a loop whose condition never fails would hang every load).
 _HIGHER_ORDER = {
     "cond",
-    "while_loop",
     "wrap_with_set_grad_enabled",
     "wrap_with_autocast",
     "map_impl",
     "scan",
     "invoke_subgraph",
 }
+# Operators with effects outside their output tensors, refused whatever their schema says: from_file maps a file
+# (with shared=True, writes to it), print writes to stdout.
+_EFFECT_OPERATORS = {"from_file", "_print", "print", "save", "load"}
 _OP_NAMESPACES = {"aten", "prims"}
 
 TOP_KEYS = {
@@ -107,6 +111,8 @@ _MODULE_PATH = re.compile(r"(?:[A-Za-z0-9_]{1,200}(?:\.[A-Za-z0-9_]{1,200}){0,63
 _TYPE_NAME = re.compile(r"[A-Za-z0-9_.<>]{1,400}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _KEPT_NODE_METADATA = ("nn_module_stack",)
+# Name fields that hold a dotted path (a weight's or submodule's name); every other "name" / "*_name" is an identifier.
+DOTTED_NAME_KEYS = {"parameter_name", "buffer_name", "tensor_constant_name", "user_input_name", "target_name"}
 SPEC_TYPES = {None, "builtins.tuple", "builtins.list", "builtins.dict"}
 
 
@@ -125,13 +131,32 @@ def check_target(target: Any) -> str | None:
         return None if name in _HIGHER_ORDER else f"calls the higher-order operator {target}"
     if target.startswith("torch.ops."):
         parts = target.split(".")
-        if len(parts) in (4, 5) and parts[2] in _OP_NAMESPACES and all(_NAME.fullmatch(p) for p in parts):
+        if len(parts) == 5 and parts[2] in _OP_NAMESPACES and all(_NAME.fullmatch(p) for p in parts):
             resolved = resolve_target(target)
-            if isinstance(resolved, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
-                return None
-            return f"names the unknown operator {target}"
+            if not isinstance(resolved, torch._ops.OpOverload):
+                return f"names the unknown operator {target}"
+            return _operator_problem(target, resolved)
         return f"calls {target[:80]}, outside the aten and prims operators"
     return f"calls {target[:80]}, which is not a tensor operator"
+
+
+def _operator_problem(target: str, op: torch._ops.OpOverload) -> str | None:
+    """None for a tensor operator that touches nothing but tensors of the program: no ``out=`` argument, no file.
+
+    In-place operators (``relu_``: the name ends in ``_``) write into the program's own intermediate tensors, which
+    torch.export keeps for modules such as ``nn.ReLU(inplace=True)``; no operator robench accepts can make a tensor
+    whose memory is a file (``from_file`` is refused), so an in-place write stays inside the program's memory.
+    """
+    schema = op._schema
+    packet = op._overloadpacket.__name__
+    if packet in _EFFECT_OPERATORS:
+        return f"calls {target}, which has effects outside its output"
+    if schema.is_mutable and not packet.endswith("_"):
+        return f"calls {target}, which writes into its arguments (out=); robench runs functional programs"
+    for argument in schema.arguments:
+        if "file" in argument.name or "path" in argument.name:
+            return f"calls {target}, which takes a file ({argument.name})"
+    return None
 
 
 def resolve_target(target: str) -> Any:
@@ -264,10 +289,16 @@ def _canonical_walk(value: Any, fail: Fail) -> None:
                     f"holds the symbolic expression {str(item['expr_str'])[:60]!r}, "
                     f"outside robench's shape grammar ({exc})"
                 ) from None
-        for key in ("as_tensor", "as_sym_int"):
-            ref = item.get(key)
-            if isinstance(ref, dict) and "name" in ref:
-                _check_name(ref["name"], "value name", fail)
+        for key, value in item.items():  # every name, anywhere (subgraphs too): fx writes names into Python source
+            if key == "fqn":
+                _check_name(value, "module name", fail, _MODULE_PATH)
+            elif key in DOTTED_NAME_KEYS:
+                _check_name(value, key.replace("_", " "), fail, _DOTTED)
+            elif key in ("name", "as_name") or key.endswith("_name"):
+                if key == "name" and value == "" and "arg" in item:  # a positional argument of a node (no keyword)
+                    continue
+                if not isinstance(value, str) or not _NAME.fullmatch(value) or keyword.iskeyword(value):
+                    raise fail(f"has the {key.replace('_', ' ')} {str(value)[:60]!r}, which is not a plain name")
         stack.extend(item.values())
 
 

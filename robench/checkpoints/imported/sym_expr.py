@@ -25,14 +25,15 @@ import re
 from dataclasses import dataclass
 
 MAX_LENGTH = 512
-MAX_TOKENS = 256
+MAX_TOKENS = 64
+MAX_PRODUCTS = 4  # "*" operators: torch expands products of sums, whose terms grow exponentially with the factors
 MAX_DEPTH = 24
 MAX_INTEGER = 2**63
-SYMBOL = re.compile(r"[a-z]{1,4}\d{1,9}")
+SYMBOL = re.compile(r"[a-z]{1,4}\d{1,6}")  # torch counts unbacked symbols up to the largest index it reads
 FLAGS = ("positive", "integer", "nonnegative", "real", "finite")
 FUNCTIONS = ("Max", "Min", "FloorDiv", "Mod", "PythonMod", "CleanDiv", "CeilDiv")
 _TOKEN = re.compile(
-    r"\s*(?:(?P<int>\d{1,19})(?![\w.])|(?P<quoted>'[a-z]{1,4}\d{1,9}')"
+    r"\s*(?:(?P<int>\d{1,19})(?![\w.])|(?P<quoted>'[a-z]{1,4}\d{1,6}')"
     r"|(?P<name>[A-Za-z_]\w{0,31})|(?P<op>//|[-+*%(),=]))"
 )
 
@@ -62,6 +63,8 @@ def _tokens(text: str) -> list[_Token]:
         tokens.append(_Token(kind, match.group(kind)))
         if len(tokens) > MAX_TOKENS:
             raise ExpressionError(f"more than {MAX_TOKENS} tokens")
+        if sum(t.text == "*" for t in tokens) > MAX_PRODUCTS:
+            raise ExpressionError(f"more than {MAX_PRODUCTS} products")
         position = match.end()
     return tokens
 
