@@ -19,7 +19,7 @@ import torch
 
 from robench.checkpoints.bundle import ModelBundle
 from robench.core.errors import ConfigError
-from robench.runs.tasks import BundleRef, TaskEnv, adopt_bundle
+from robench.runs.tasks import BundleRef, TaskEnv, adopt_bundle, forget
 
 if TYPE_CHECKING:
     from robench.runs.ray_backend import RayBackend
@@ -119,7 +119,10 @@ def open_backend(ray: RayBackend | RaySettings | None, echo: Callable[[str], Non
     Ray is imported only here, and only when asked for: a run without ``--ray`` never imports it.
     """
     if ray is None:
-        yield LocalBackend()
+        try:
+            yield LocalBackend()
+        finally:
+            forget()  # the models, detectors and attacks lent to or built for this run's tasks are the caller's again
         return
     from robench.runs.ray_backend import RayBackend, connect
     from robench.runs.ray_cluster import RaySettings

@@ -80,6 +80,7 @@ class _Driver:
         ] = {}  # a submitted task's handle -> what the driver does with its result
         self.fit_results: dict[str, dict[str, Any]] = {}  # detector key -> which fits were cached, the fit seconds
         self.density_results: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self.probes: dict[tuple[Any, ...], list[Any]] = {}  # probe results of this run, by probe key
         self.queued: list[tuple[float, int, _Flow, int]] = []  # parts to submit: (cost, order, flow, job index)
         if len(plans) > 1:  # one bar for every plan's parts (their own bars would overwrite each other)
             shown = any(not plan.bar.disable for plan in plans)
@@ -250,8 +251,12 @@ class _PlanWork:
         key = self.probe_key
         self.driver.shared(("probe", key), lambda: self.driver.submit(
             probe_task, [*self.model, x, y, plan.config.seed, plan.config.name], self, "sanity probes",
-            lambda out: _remember_probes(key, out),
+            lambda out: self._probed(key, out),
         ))  # fmt: skip
+
+    def _probed(self, key: tuple[Any, ...], out: list[Any]) -> None:
+        self.driver.probes[key] = out  # this run's own copy: the process cache below may evict it before the run ends
+        _remember_probes(key, out)
 
     def fits(self) -> Any:
         """The fitted detectors' states (a handle): the detector cache's, else fitted by one task
@@ -305,7 +310,7 @@ class _PlanWork:
             "ray" in execution
         ):  # which workers computed this plan's parts, and the torch threads they ran with (each task's CPUs)
             execution["ray"].update(workers=len(self.workers), worker_threads=sorted(self.threads))
-        probes = list(_PROBES.get(self.probe_key, [])) if self.probe_key is not None else []
+        probes = list(driver.probes.get(self.probe_key, _PROBES.get(self.probe_key, []))) if self.probe_key else []
         return ExecutionReport(
             work=self.work,
             reused_fit=reused,

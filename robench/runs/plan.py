@@ -184,6 +184,8 @@ class RunPlan:
                 "attack": spec.config(self.family),
                 "detectors": self.detector_identity,
                 "seed": config.seed,
+                # the names the records carry: a part of another name (the same bytes, renamed) is not this run's
+                "names": [config.name, config.crafting_name],
                 "batch": b,
                 "samples": hashlib.sha256(index.numpy().tobytes()).hexdigest(),
                 **({"precision": config.precision} if config.precision != FP32 else {}),

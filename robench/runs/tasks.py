@@ -119,14 +119,27 @@ def _bundle_key(ref: BundleRef, device: torch.device) -> tuple[Any, ...]:
     return ("bundle", ref, str(device))
 
 
+_ADOPTED: dict[tuple[Any, ...], ModelBundle] = {}  # bundles the local backend lends its tasks (never evicted mid-run)
+
+
 def adopt_bundle(ref: BundleRef, device: torch.device, bundle: ModelBundle) -> None:
     """This process holds ``bundle`` already (prepared, in its memory format, compiled): tasks here use it as it is."""
-    _BUILT[_bundle_key(ref, device)] = bundle
+    _ADOPTED[_bundle_key(ref, device)] = bundle
+
+
+def forget() -> None:
+    """Drop everything this process built or was lent for tasks (the local backend, when its run ends)."""
+    _ADOPTED.clear()
+    _BUILT.clear()
 
 
 def bundle_of(ref: BundleRef, data: bytes | None, device: torch.device) -> ModelBundle:
     """The checkpoint (from its bytes, or its file), in the memory format and compiled as the run asks (as prepare
     does)."""
+
+    adopted = _ADOPTED.get(_bundle_key(ref, device))
+    if adopted is not None:
+        return adopted
 
     def build() -> ModelBundle:
         bundle = load_bundle(ref.path, device=device, data=data)  # the same weights_only load and checks as any bundle
