@@ -23,8 +23,9 @@ import import_fixtures as F
 from robench.attacks.base import AttackTarget, Bounds
 from robench.attacks.objectives import objective_value
 from robench.checkpoints.bundle import load_bundle
-from robench.checkpoints.imported.archive import check_expression, check_target
+from robench.checkpoints.imported.archive import check_expression
 from robench.checkpoints.imported.program import PROGRAM_KEY
+from robench.checkpoints.imported.program_json import check_target
 from robench.cli.commands import main
 from robench.core.data import load_dataset
 from robench.core.errors import BundleError, ConfigError

@@ -5,16 +5,16 @@ batch share its clean pass; with one (:mod:`robench.scoring.cascade`) later atta
 samples still in, re-packed into new batches, and take their clean rows from here instead of
 recomputing them (BU's Monte-Carlo passes alone cost as much as a short attack).
 
-Rows are always computed in the run's original batches (``batches``): a re-packed batch whose
-rows are missing (a resumed run whose first attacks' parts were reused from the part store, a Ray
-worker) computes the original batches that hold them. A sample's clean scores therefore do not
-depend on which attack asks first, on a cascade, on a resume or on the process that computes
-them (BU's dropout draws depend on the batch a sample is in).
+Rows are always computed in the run's original batches: the driver (:mod:`robench.runs.driver`)
+runs one clean task per original batch and hands a part the passes of the batches that hold its
+samples. A sample's clean scores therefore do not depend on which attack asks first, on a
+cascade, on a resume or on the backend that computes them (BU's dropout draws depend on the
+batch a sample is in).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -56,45 +56,19 @@ def compute_clean(bundle: ModelBundle, x: torch.Tensor, detectors: Mapping[str, 
 class CleanCache:
     """Per test sample: clean features, logits and detector scores on the evaluated model.
 
-    ``batches`` (the run's original batches of sample ids) and ``inputs`` (sample ids -> the
-    inputs on the run's device) let the cache compute a missing row's whole original batch;
-    without them a batch of missing rows is computed as it is (the rows a Ray worker is handed
-    are always complete, :meth:`add`).
+    A part task is handed the clean passes of the original batches that hold its samples
+    (:meth:`add`, from the driver's clean tasks); a batch with rows it was not handed is computed as it is.
     """
 
-    def __init__(
-        self,
-        bundle: ModelBundle,
-        detectors: Mapping[str, Detector],
-        batches: Sequence[np.ndarray] = (),
-        inputs: Callable[[np.ndarray], torch.Tensor] | None = None,
-    ) -> None:
+    def __init__(self, bundle: ModelBundle, detectors: Mapping[str, Detector]) -> None:
         self.bundle = bundle
         self.detectors = detectors
-        self.inputs = inputs
-        self._batch_of: dict[int, int] = {
-            int(s): b for b, batch in enumerate(batches) for s in np.asarray(batch).tolist()
-        }
-        self._batches = [np.asarray(batch) for batch in batches]
         self._row: dict[int, int] = {}
         self._whole: dict[bytes, CleanBatch] = {}  # an original batch's own clean pass, by its sample ids
         self._z: list[torch.Tensor] = []
         self._logits: list[torch.Tensor] = []
         self._scores: list[dict[str, np.ndarray]] = []
         self._flat: tuple[torch.Tensor, torch.Tensor, dict[str, np.ndarray]] | None = None
-
-    def original(self, b: int) -> CleanBatch:
-        """The clean pass of original batch ``b`` (computed now if not yet)."""
-        samples = self._batches[b]
-        key = np.asarray(samples, dtype=np.int64).tobytes()
-        if key not in self._whole:
-            assert self.inputs is not None
-            self.add(samples, compute_clean(self.bundle, self.inputs(samples), self.detectors))
-        return self._whole[key]
-
-    def batches_of(self, samples: np.ndarray) -> list[int]:
-        """The original batches that hold ``samples``, in order."""
-        return sorted({self._batch_of[int(s)] for s in np.asarray(samples).tolist()})
 
     def batch(self, samples: np.ndarray, x: torch.Tensor) -> CleanBatch:
         """The clean batch of test samples ``samples`` (inputs ``x``), computing the rows not seen yet."""
@@ -104,17 +78,9 @@ class CleanCache:
             return whole
         missing = np.array([s not in self._row for s in samples.tolist()], dtype=bool)
         if missing.any():
-            if self.inputs is not None and all(int(s) in self._batch_of for s in samples[missing].tolist()):
-                for b in self.batches_of(samples[missing]):
-                    self.original(b)
-                whole = self._whole.get(np.asarray(samples, dtype=np.int64).tobytes())
-                if whole is not None:
-                    return whole
-            else:
-                self.add(
-                    samples[missing],
-                    compute_clean(self.bundle, x[torch.from_numpy(missing).to(x.device)], self.detectors),
-                )
+            self.add(
+                samples[missing], compute_clean(self.bundle, x[torch.from_numpy(missing).to(x.device)], self.detectors)
+            )
         z, logits, scores = self._flattened()
         rows = torch.as_tensor([self._row[s] for s in samples.tolist()], dtype=torch.long)
         on = rows.to(z.device)

@@ -15,14 +15,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from robench.attacks.base import AttackNeeds
-from robench.checkpoints.bundle import ModelBundle
-from robench.core.data import Dataset
-from robench.detectors import Detector, fit_or_load
-from robench.detectors.kd import KernelDensityDetector, features_of
+from robench.detectors import Detector
+from robench.detectors.kd import KernelDensityDetector
 
 SCORED_KD = "kd"  # the detector whose settings the attacker's estimator follows
 
@@ -71,25 +68,3 @@ class AttackerDensity:
     settings: DensitySettings
     reused: bool  # the fit came from the detector cache, or is the scored detector itself
     is_scored: bool  # the scored detector's own fitted estimator
-
-
-def attacker_density(
-    crafting: ModelBundle,
-    data: Dataset,
-    settings: DensitySettings,
-    device: torch.device,
-    scored: KernelDensityDetector | None = None,
-    train_name: str | None = None,
-) -> AttackerDensity:
-    """KD with ``settings`` over the crafting model's training features; ``scored`` (fitted, same settings) is used
-    as is."""
-    if scored is not None:
-        kd, reused, is_scored = scored, True, True
-    else:
-        kd = estimator(data.spec.family, settings)
-        reused = fit_or_load(
-            kd, crafting, data.train, device, train_name=train_name or f"{data.name}:{data.split_seed}"
-        )
-        is_scored = False
-    eta, per_class = kd.training_medians(features_of(crafting.model, data.train.x, device), data.train.y.to(device))
-    return AttackerDensity(kd, eta, per_class.detach().cpu(), settings, reused, is_scored)

@@ -42,12 +42,7 @@ from typing import Any
 
 import torch
 
-from robench.checkpoints.imported.program_json import (  # noqa: F401 - re-exported
-    canonical_program,
-    check_target,
-    parse_json,
-    resolve_target,
-)
+from robench.checkpoints.imported.program_json import canonical_program, parse_json
 from robench.core.errors import BundleError
 from robench.core.safe_load import check_torch_zip
 
@@ -281,11 +276,6 @@ def checked_archive(data: bytes, source: str) -> bytes:
             writer.write_bytes(member, payload)
         writer.write_bytes(names.SAMPLE_INPUTS_FILENAME_FORMAT.format(MODEL), b"")
     return buffer.getvalue()
-
-
-def check_program_archive(data: bytes, source: str) -> None:
-    """Refuse (one-line :class:`BundleError`) an archive robench would not read; see :func:`checked_archive`."""
-    checked_archive(data, source)
 
 
 def load_checked_program(data: bytes, source: str) -> torch.export.ExportedProgram:

@@ -320,9 +320,6 @@ def _check_signature(signature: Any, fail: Fail) -> None:
         arg = body.get("arg") if isinstance(body, dict) else None
         if kind == "user_input" and not (isinstance(arg, dict) and set(arg) == {"as_tensor"}):
             raise fail("has an input that is not a tensor")
-        for field in ("parameter_name", "buffer_name", "tensor_constant_name"):
-            if isinstance(body, dict) and field in body:
-                _check_name(body[field], field.replace("_", " "), fail, _DOTTED)
     for spec in signature["output_specs"]:
         kind = next(iter(spec), None) if isinstance(spec, dict) and len(spec) == 1 else None
         if kind not in OUTPUT_SPEC_KINDS:
