@@ -21,6 +21,7 @@ Randomness comes only from the ``torch.Generator`` passed in; the global RNG is 
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, final
@@ -151,6 +152,7 @@ class AttackNeeds:
     density: bool = False
     kd_per_class: int | None = None
     kd_bandwidth: float | None = None
+    kd_subset: str | None = None  # which kd_per_class points: "random" (seeded) or "first"; None = the scored's
 
 
 @dataclass(frozen=True)
@@ -257,6 +259,19 @@ class Attack(Configurable, ABC):
         self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, generator: torch.Generator
     ) -> Tensor | Crafted:
         """Return adversarial inputs for the batch (same shape as x, inside ``target.bounds``), or :class:`Crafted`."""
+
+
+def attack_eps(attack: Attack) -> float:
+    """The attack's eps budget in its norm (NaN for a minimum-norm attack, which has none, or a corruption).
+
+    A bounded attack sizes itself with ``budget_param`` = ``eps`` (PGD, APGD, SPSA, the library attacks with a
+    budget); C&W, FMN, DDN and the library's minimum-norm attacks have none; noise and rotation measure
+    ``sigma`` and degrees, not a norm ball.
+    """
+    if attack.budget_param != "eps" or getattr(attack, "norm", "none") == "none":
+        return math.nan
+    value = getattr(attack, "eps", None)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
 ATTACKS: Registry[type[Attack]] = Registry("attack", base=Attack)

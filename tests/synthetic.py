@@ -5,6 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+# One L-inf ball that holds every synthetic output (linf is uniform in [0, 1)): its worst case is "misclassified".
+SYNTHETIC_BUDGETS = "linf:1.0"
+SYNTHETIC_WORST_CASE = "worst-case Linf 1"
+
 
 def synthetic_records(
     model: str,
@@ -31,6 +35,7 @@ def synthetic_records(
         "label": label, "target": -1, "clean_pred": clean_pred,
         "adv_pred": np.where(success, (label + adv_offset) % 10, clean_pred), "success": success,
         "l2": rng.random(n), "linf": rng.random(n), "distortion": rng.random(n) / 10, "input_range": 1.0,
+        "worst_case_budgets": SYNTHETIC_BUDGETS,
     }  # fmt: skip
     for detector in detectors:
         frame[f"score_clean:{detector}"] = rng.normal(shift, 1.0, n)

@@ -17,13 +17,15 @@ from robench.runs.runner import RunConfig, run
 from robench.scoring import records as R
 from robench.scoring.cascade import cascade_order, flag_thresholds, still_in
 from robench.scoring.metrics import summarize
-from robench.scoring.worst_case import WORST_CASE, with_worst_case, worst_case_records
+from robench.scoring.budgets import Budget
+from robench.scoring.worst_case import with_worst_case, worst_case_label, worst_case_records
 from robench.specs.threats import AttackSpec
 from test_cli import assert_one_line_error
 from test_cli import run as run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SOFTMAX = ROOT / "reports" / "regression" / "models" / "softmax.pt"
+WORST_CASE = worst_case_label(Budget("linf", 0.1))  # the hand-made records' one budget
 
 
 def _records(rows: list[tuple[str, int, int, int, int, float]], order: dict[str, int]) -> pd.DataFrame:
@@ -46,6 +48,7 @@ def _records(rows: list[tuple[str, int, int, int, int, float]], order: dict[str,
         input_range=1.0,
         order=lambda f: f["attack"].map(order),
         cascade_mode="none",
+        budgets="linf:0.1",
         **{"score_clean:kd": lambda f: f["sample"].astype(float)},
     )
 
@@ -157,8 +160,12 @@ def _config(cascade: str, **kw) -> RunConfig:
         detectors=("max-prob", "kd"),
         sanity=False,
         cascade=cascade,
+        budgets=("linf:0.3",),  # one ball that holds every output of these attacks: "broken" is misclassified
     )
     return RunConfig(**{**base, **kw})
+
+
+RUN_WORST_CASE = worst_case_label(Budget("linf", 0.3))
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +175,7 @@ def full_and_cascaded():
 
 def _worst(result, detector="max-prob"):
     s = result.summary
-    return s[(s["attack"] == WORST_CASE) & (s["detector"] == detector)].iloc[0]
+    return s[(s["attack"] == RUN_WORST_CASE) & (s["detector"] == detector)].iloc[0]
 
 
 def test_cascade_gives_the_full_runs_worst_case_with_fewer_passes(full_and_cascaded):
@@ -245,6 +252,9 @@ def test_cli_cascade_flag_and_bad_mode(tmp_path, capsys):
     assert code == 0, err
     info = json.loads((out / "run.json").read_text())
     assert info["config"]["cascade"] == "misclassified" and info["execution"]["threads"] == 1
-    assert WORST_CASE in set(pd.read_csv(out / "summary.csv")["attack"])
+    # the semi-white-box threat's nominal MNIST budgets in its attacks' norm (L-inf)
+    assert {worst_case_label(Budget("linf", e)) for e in (0.1, 0.2, 0.3)} <= set(
+        pd.read_csv(out / "summary.csv")["attack"]
+    )
     code, _, err = run_cli(capsys, *args, "--out", str(tmp_path / "bad"), "--cascade", "sometimes")
     assert_one_line_error(code, err, "sometimes")

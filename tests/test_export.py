@@ -32,7 +32,7 @@ from robench.report.rundir import load_run_dir
 from robench.runs.runner import run as run_robench
 from robench.scoring import records as R
 from robench.scoring.metrics import metric_value
-from robench.scoring.worst_case import WORST_CASE, worst_case_records
+from robench.scoring.worst_case import worst_case_records
 from robench.specs.run_config import RunConfig
 
 MODELS = Path(__file__).resolve().parent.parent / "reports" / "regression" / "models"
@@ -59,7 +59,14 @@ def runs(tmp_path_factory) -> Path:
     """base/flat/gm/{semi-white-box,noise} and base/aa/softmax/autoattack."""
     base = tmp_path_factory.mktemp("export")
     detectors = ("max-prob", "kd")
-    _run("gm", "semi-white-box", base / "flat/gm/semi-white-box", attacks=("FGSM", "PGD-10-un"), detectors=detectors)
+    _run(
+        "gm",
+        "semi-white-box",
+        base / "flat/gm/semi-white-box",
+        attacks=("FGSM", "PGD-10-un"),
+        detectors=detectors,
+        budgets=("linf:0.3",),
+    )
     _run("gm", "noise", base / "flat/gm/noise", sigmas=(0.05, 0.1), detectors=detectors)
     try:
         import torchattacks  # noqa: F401 - the autoattack threat's components
@@ -72,6 +79,7 @@ def runs(tmp_path_factory) -> Path:
         base / "aa/softmax/autoattack",
         settings={**short, **{f"{label}.eps": 0.1 for label in AUTOATTACK}},
         detectors=("max-prob",),
+        budgets=("linf:0.1",),
     )
     return base
 
@@ -96,6 +104,9 @@ def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
     assert "Traceback" not in err and "internal error" not in err
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+WORST_CASE = "worst-case Linf 0.3"  # the flat semi-white-box run's one budget
 
 
 def _export_json(capsys, folder: Path) -> dict:
@@ -146,8 +157,8 @@ def test_json_rows_are_the_summarys_worst_case_with_its_intervals(runs, capsys):
     by = pd.read_parquet(runs / "flat/gm/semi-white-box/worst_case.parquet")
     by = by.loc[(by.clean_pred == by.label) & (by.broken_by != ""), "broken_by"].value_counts()
     assert row["broke_most"] == by.index[0] and row["broke_most_samples"] == by.iloc[0]
-    # two budgets (FGSM 0.1, PGD-10-un 0.3): no eps is made up, the norm and each budget are said
-    assert row["eps"] is None and row["norm"] == "Linf"
+    # the worst case's budget (the run's one) is the row's; each attack's own budget is said
+    assert row["eps"] == 0.3 and row["norm"] == "Linf"
     assert row["budgets"] == "FGSM: Linf eps=0.1; PGD-10-un: Linf eps=0.3"
     # provenance from run.json
     assert row["content_hash"] == info["model"]["content_hash"] and row["seed"] == 0

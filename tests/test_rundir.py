@@ -12,6 +12,7 @@ from robench.core.errors import ConfigError
 from robench.report.rundir import load_run_dir, summarize_run
 from robench.runs.output import write_run
 from robench.scoring.metrics import summarize
+from synthetic import SYNTHETIC_BUDGETS
 
 
 def synthetic_records(
@@ -49,6 +50,7 @@ def synthetic_records(
             "linf": l2 / 10,
             "distortion": l2 / 28.0,
             "input_range": 1.0,
+            "worst_case_budgets": SYNTHETIC_BUDGETS,
         }
         for detector in detectors:
             # Rounded so that ties occur, as with saturated max-prob scores.

@@ -26,8 +26,9 @@ import pandas as pd
 
 from robench.core.provenance import atomic_write_bytes
 from robench.scoring import records as R
+from robench.scoring.budgets import Budget
 from robench.scoring.metrics import metric_value
-from robench.scoring.worst_case import worst_case_group
+from robench.scoring.worst_case import worst_case_group, worst_case_mask
 from robench.specs.run_config import RunConfig
 
 SWEEP_BUDGETS: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
@@ -112,10 +113,11 @@ def sweep_config(
     )
 
 
-def _side(records: pd.DataFrame, labels: Sequence[str]) -> tuple[float, float, str]:
-    """(worst-case robust accuracy, best single attack's robust accuracy, its label) of ``labels``' records."""
+def _side(records: pd.DataFrame, labels: Sequence[str], eps: float) -> tuple[float, float, str]:
+    """(worst-case robust accuracy at L-inf ``eps``, best single attack's robust accuracy, its label) of ``labels``'
+    records."""
     mine = records[records[R.ATTACK].isin(list(labels))]
-    worst = worst_case_group(mine) if mine[R.ATTACK].nunique() > 1 else mine
+    worst = worst_case_group(mine, Budget("linf", eps)) if mine[R.ATTACK].nunique() > 1 else mine
     single = {label: metric_value("survival", group) for label, group in mine.groupby(R.ATTACK, sort=False)}
     best = min(single, key=lambda label: single[label])
     return metric_value("survival", worst), single[best], str(best)
@@ -123,16 +125,16 @@ def _side(records: pd.DataFrame, labels: Sequence[str]) -> tuple[float, float, s
 
 def sweep_row(records: pd.DataFrame, eps: float, own: Sequence[str] = OWN_LINF) -> dict[str, Any]:
     """One model's row at budget ``eps`` from its run's records (pure)."""
-    plain = records[(records[R.ATTACK] != "worst-case") & (records[R.THREAT] == SWEEP_THREAT)]
+    plain = records[~worst_case_mask(records) & (records[R.THREAT] == SWEEP_THREAT).to_numpy()]
     models = plain[R.MODEL].unique()
     if len(models) != 1:
         raise ValueError(f"a sweep row needs the records of one model, got {list(models)}")
     first = plain.drop_duplicates(R.SAMPLE)
-    threat, best_own, best_own_attack = _side(plain, own)
+    threat, best_own, best_own_attack = _side(plain, own, eps)
     # the threat before it had APGD (its PGD attacks alone): weaker than the field's standard
     before = [label for label in own if not label.startswith("APGD")]
-    without_apgd = _side(plain, before)[0] if before else float("nan")
-    library, best_lib, best_lib_attack = _side(plain, library_labels())
+    without_apgd = _side(plain, before, eps)[0] if before else float("nan")
+    library, best_lib, best_lib_attack = _side(plain, library_labels(), eps)
     return {
         R.MODEL: str(models[0]),
         "eps": float(eps),

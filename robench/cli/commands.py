@@ -474,6 +474,14 @@ def _execution_options(command):
             default=None,
             help="torch.compile the model's backbone (eager if compiling fails) [default: no].",
         ),
+        click.option(
+            "--budget",
+            "budgets",
+            multiple=True,
+            metavar="NORM:EPS",
+            help="A budget the worst case is stated at, in the model's input units (repeatable), e.g. linf:0.1, "
+            "l2:2.0, linf:8/255 [default: each threat's nominal budgets for the dataset, docs/threat-models.md].",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -554,10 +562,20 @@ def _check_ray_address(address: str) -> None:
 
 
 def _execution(
-    precision: str | None, cascade: str | None, channels_last: str | None, compile_model: bool | None
+    precision: str | None,
+    cascade: str | None,
+    channels_last: str | None,
+    compile_model: bool | None,
+    budgets: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """The execution settings given on the command line (the others keep the config's or suite's values)."""
-    given = {"precision": precision, "cascade": cascade, "channels_last": channels_last, "compile": compile_model}
+    given = {
+        "precision": precision,
+        "cascade": cascade,
+        "channels_last": channels_last,
+        "compile": compile_model,
+        "budgets": tuple(budgets) or None,
+    }
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -651,6 +669,7 @@ def run_command(
     threads: int | None,
     channels_last: str | None,
     compile_model: bool | None,
+    budgets: tuple[str, ...],
     threat_paths: tuple[Path, ...],
     ray_address: str | None,
     ray_cpus: int | None,
@@ -686,7 +705,7 @@ def run_command(
         sigmas=sigmas,
         substitute=substitute_path,
         sanity=sanity,
-        **_execution(precision, cascade, channels_last, compile_model),
+        **_execution(precision, cascade, channels_last, compile_model, budgets),
     )
     out = out or Path("reports/runs") / f"{model_path.stem}-{threat}"
     with _cores(ray.threads if ray is not None else threads, f"robench run --model {model_path} --threat {threat}"):
@@ -751,6 +770,7 @@ def suite(
     threads: int | None,
     channels_last: str | None,
     compile_model: bool | None,
+    budgets: tuple[str, ...],
     threat_paths: tuple[Path, ...],
     ray_address: str | None,
     ray_cpus: int | None,
@@ -765,7 +785,7 @@ def suite(
 
     _load_threats(threat_paths)
     overrides = {k: v for k, v in (("n", n), ("device", device)) if v is not None}
-    overrides.update(_execution(precision, cascade, channels_last, compile_model))
+    overrides.update(_execution(precision, cascade, channels_last, compile_model, budgets))
     if data_root is not None:  # absolute: a suite's own data_root is relative to the suite file, this one to the shell
         overrides["data_root"] = str(data_root.resolve())
     with _cores(ray.threads if ray is not None else threads, f"robench suite {suite_file}"):

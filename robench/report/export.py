@@ -44,8 +44,9 @@ from robench.core.provenance import jsonable
 from robench.report.bootstrap import bootstrap_intervals
 from robench.report.rundir import RunDir
 from robench.scoring import records as R
+from robench.scoring.budgets import budgets_of
 from robench.scoring.metrics import COUNT, DETECTOR, NO_DETECTOR
-from robench.scoring.worst_case import WORST_CASE, worst_case_records
+from robench.scoring.worst_case import worst_case_label, worst_case_mask, worst_case_records
 
 EXPORT_FORMATS: tuple[str, ...] = ("json", "csv", "robustbench")
 FORMAT_NAME = "robench-export"
@@ -222,15 +223,23 @@ def _versions(runs: Sequence[Mapping[str, Any]]) -> str | None:
 
 @dataclass(frozen=True)
 class _Unit:
-    """The attacks one row is about, and the label of its summary rows (``worst-case``, or the one attack's)."""
+    """The attacks one row is about, the label of its summary rows (``worst-case <budget>``, or the one attack's),
+    and for a worst case its budget's norm and eps."""
 
     attacks: tuple[str, ...]
     summary_attack: str
+    norm: str | None = None
+    eps: float | None = None
+
+    @property
+    def worst_case(self) -> bool:
+        return self.norm is not None
 
 
 def _units(group: pd.DataFrame, listed: Sequence[str] = ()) -> list[_Unit]:
-    """One model x threat x crafting model's rows: the worst case over its attacks (the attack alone when it has
-    one), then each corruption on its own (a worst case leaves corruptions out).
+    """One model x threat x crafting model's rows: the worst case over its attacks at each budget the records carry
+    (the attack alone when it has one; each attack alone when the records carry no budget), then each corruption on
+    its own (a worst case leaves corruptions out).
 
     ``listed`` is the threat's attacks in cascade order as run.json records them: a cascade's attack that was left
     no sample has no record, but it ran, and belongs to the worst case's attacks (and budgets).
@@ -249,7 +258,13 @@ def _units(group: pd.DataFrame, listed: Sequence[str] = ()) -> list[_Unit]:
         if unseen:  # in run.json's (cascade) order
             plain = [a for a in listed if a in plain or a in unseen] + [a for a in plain if a not in listed]
         recorded = [a for a in plain if a in labels]
-        units.append(_Unit(tuple(plain), WORST_CASE if len(recorded) >= 2 else recorded[0]))
+        budgets = budgets_of(group)
+        if len(recorded) >= 2 and budgets:
+            units += [_Unit(tuple(plain), worst_case_label(b), b.norm, b.eps) for b in budgets]
+        elif len(recorded) >= 2:
+            units += [_Unit((a,), a) for a in recorded]
+        else:
+            units.append(_Unit(tuple(plain), recorded[0]))
     units += [_Unit((a,), a) for a in labels if a in corrupt]
     return units
 
@@ -269,7 +284,8 @@ def _listed_attacks(runs: Sequence[Mapping[str, Any]], threat: str, specs: Mappi
 def _broke_most(unit: _Unit, group: pd.DataFrame, worst: pd.DataFrame) -> tuple[str | None, int]:
     """(attack, count): the attack that broke the most clean-correct samples first, in cascade order
     (``broken_by`` of the worst-case records); ties go to the earlier attack."""
-    if unit.summary_attack == WORST_CASE:
+    if unit.worst_case:
+        worst = worst[worst[R.ATTACK] == unit.summary_attack]
         correct = R.clean_correct(worst)
         broken = worst.loc[correct & (worst[R.BROKEN_BY].to_numpy() != ""), R.BROKEN_BY]
         counts = {a: int((broken == a).sum()) for a in unit.attacks}
@@ -289,7 +305,7 @@ def export_table(run_dir: RunDir, *, n_resamples: int = 1000, seed: int = 0) -> 
     """The flat table: one row per model x threat x crafting model (x corruption), :data:`COLUMNS` then the
     detector columns (:func:`detector_columns`), None where a value is not defined or not recorded."""
     records = R.with_crafted_on(run_dir.records)
-    records = records[records[R.ATTACK] != WORST_CASE]
+    records = records[~worst_case_mask(records)]
     summary = run_dir.summary()
     intervals = bootstrap_intervals(records, n_resamples=n_resamples, level=LEVEL, seed=seed)
     worst = worst_case_records(records)
@@ -309,7 +325,7 @@ def export_table(run_dir: RunDir, *, n_resamples: int = 1000, seed: int = 0) -> 
             spread = intervals[in_intervals & (intervals[R.ATTACK] == unit.summary_attack)]
             first, first_spread = point.iloc[0], spread.iloc[0]
             budgets = [attack_budget(a, specs.get(a)) for a in unit.attacks]
-            norm, eps = shared_budget(budgets)
+            norm, eps = (norm_name(unit.norm), unit.eps) if unit.worst_case else shared_budget(budgets)
             broke_most, broke_count = _broke_most(unit, group, worst_group)
             row: dict[str, Any] = {
                 "model": model,
@@ -428,8 +444,7 @@ def robustbench_info(run_dir: RunDir, *, n_resamples: int = 1000, seed: int = 0)
     ]
     registered = _registered_autoattack()
     out: dict[str, dict[str, Any]] = {}
-    for _, row in rows.drop_duplicates("model").iterrows():
-        model = row["model"]
+    for model in dict.fromkeys(rows["model"]):
         runs = _runs_of(run_dir, model, AUTOATTACK, model)
         where = f"the {AUTOATTACK} threat of model '{model}'"
         if not runs:
@@ -441,10 +456,21 @@ def robustbench_info(run_dir: RunDir, *, n_resamples: int = 1000, seed: int = 0)
                 f"{where} ran without {', '.join(missing)}: RobustBench's autoattack_acc is the full ensemble's "
                 f"({', '.join(registered or [])}); rerun without --attack"
             )
-        if row["eps"] is None or row["norm"] not in ("Linf", "L2"):
+        budgets = [attack_budget(a, spec) for a, spec in specs.items()]
+        norm, eps = shared_budget(budgets)
+        if eps is None or norm not in ("Linf", "L2"):
             raise ConfigError(
-                f"{where} has no single L-inf or L2 budget ({row['budgets']}); RobustBench records one eps"
+                f"{where} has no single L-inf or L2 budget ({'; '.join(b.text() for b in budgets)}); "
+                "RobustBench records one eps"
             )
+        mine = rows[rows["model"] == model]
+        at = mine[(mine["norm"] == norm) & mine["eps"].map(lambda e: e is not None and math.isclose(e, eps))]
+        if at.empty:
+            raise ConfigError(
+                f"{where} states no worst case at its attacks' budget ({norm} {eps:g}); "
+                f"rerun with --budget {norm.lower()}:{eps!r}"
+            )
+        row = at.iloc[0]
         run = runs[0]
         meta = run.get("model") if isinstance(run.get("model"), dict) else {}
         config = run.get("config") if isinstance(run.get("config"), dict) else {}

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from robench.attacks.base import Attack, AttackTarget, Bounds
+from robench.attacks.base import Attack, AttackTarget, Bounds, attack_eps
 from robench.attacks.targets import choose_targets
 from robench.checkpoints.bundle import ModelBundle
 from robench.core.execution import PassCounter
@@ -140,6 +140,10 @@ def attack_batch(
         R.LINF: delta.abs().max(dim=1).values.cpu().numpy(),
         R.DISTORTION: l2 / np.sqrt(float(np.prod(bundle.meta.input_shape))),
         R.INPUT_RANGE: np.full(len(y), bounds.width),
+        R.ATTACK_NORM: np.full(len(y), str(getattr(attack, "norm", "none")), dtype=object),
+        R.ATTACK_EPS: np.full(len(y), attack_eps(attack), dtype=float),
+        # the batch's passes shared evenly: an attack's records sum to its passes, whatever the batches
+        R.IMAGE_PASSES: np.full(len(y), passes.images / max(len(y), 1), dtype=float),
     }
     raw: dict[str, np.ndarray] = {}
     combined = C.combined_detectors(detectors)

@@ -35,6 +35,7 @@ from robench.runs.part_work import PartJob, Work
 from robench.runs.parts import PARTS_DIR, PartStore, part_key
 from robench.runs.prepare import Prepared
 from robench.scoring import records as R
+from robench.scoring.budgets import format_budgets
 from robench.scoring.cascade import cascade_order, flag_thresholds, still_in
 from robench.scoring.combiner import combine, combined_detectors
 from robench.scoring.metrics import summarize
@@ -109,14 +110,18 @@ class DensityPlan:
             result = built.get((h, k))
             if result is not None:
                 fit, eta, per_class = result["fit"], result["eta"], result["eta_per_class"]
+                width = result.get("width")
             else:
                 fit, eta, per_class = "not built (every part that uses it was reused)", None, None
+                width = None
             entries.append(
                 {
                     "crafted_on": h,
                     "attacks": list(users),
                     "bandwidth": k.bandwidth,
                     "kd_per_class": k.per_class,
+                    "kd_subset": k.subset,
+                    "width": width,
                     "seed": k.seed,
                     "scored_kd": dataclasses.asdict(self.scored) if self.scored else None,
                     "same_as_scored": self.scored == k,
@@ -157,6 +162,8 @@ class RunPlan:
             name for name in prepared.detectors if name not in combined_detectors(prepared.detectors)
         ]  # scored during the run
         self.orders: dict[str, list[str]] = {}  # threat -> attack labels in cascade order (run.json)
+        # per threat: the budgets its worst case is stated at (robench.specs.budgets), carried by every record
+        self.budgets = [t.threat.budgets_for(self.family, config.budgets) for t in prepared.threats]
         total = len(self.batches) * sum(len(t.attacks) for t in prepared.threats)
         self.bar = tqdm(
             total=total,
@@ -208,10 +215,14 @@ class RunPlan:
         self.orders[pt.threat.name] = [pt.attacks[i][0].label for i in order]
         rank = {i: r for r, i in enumerate(order)}
         cascade = self.cascade_of(t)
+        budgets = format_budgets(self.budgets[t])
         if cascade == R.NO_CASCADE:
             jobs = [self.job(t, i, b, index) for b, index in enumerate(self.batches) for i in range(len(pt.attacks))]
             parts = yield jobs
-            return [part.assign(**{R.ORDER: rank[job.attack], R.CASCADE: cascade}) for part, job in zip(parts, jobs)]
+            return [
+                part.assign(**{R.ORDER: rank[job.attack], R.CASCADE: cascade, R.BUDGETS: budgets})
+                for part, job in zip(parts, jobs)
+            ]
         threat_parts: list[pd.DataFrame] = []
         thresholds: dict[str, float] | None = None
         for r, i in enumerate(order):
@@ -219,13 +230,17 @@ class RunPlan:
             if r > 0:  # the samples still in, re-packed into batches of the run's size
                 so_far = pd.concat(threat_parts, ignore_index=True)
                 thresholds = thresholds if thresholds is not None else flag_thresholds(so_far, self.live)
-                keep = torch.from_numpy(still_in(so_far, self.samples.numpy(), cascade, self.live, thresholds))
+                keep = torch.from_numpy(
+                    still_in(so_far, self.samples.numpy(), cascade, self.live, thresholds, self.budgets[t])
+                )
                 chunks = [
                     c for c in self.samples[keep].split(self.config.batch_size) if len(c)
                 ]  # none when no sample is left
                 self.bar.update(len(self.batches) - len(chunks))
             parts = yield [self.job(t, i, b, index) for b, index in enumerate(chunks)]
-            threat_parts.extend(part.assign(**{R.ORDER: rank[i], R.CASCADE: cascade}) for part in parts)
+            threat_parts.extend(
+                part.assign(**{R.ORDER: rank[i], R.CASCADE: cascade, R.BUDGETS: budgets}) for part in parts
+            )
         return threat_parts
 
     def reuse(self, job: PartJob) -> pd.DataFrame | None:
@@ -285,11 +300,15 @@ class RunPlan:
             "dataset": data.name,
             "threats": [
                 # what the attacker knows, the threat's defaults and, for a TOML-defined threat, its file and SHA-256
-                {**threat_record(t.threat), "attacks": [spec.config(family) for spec, _ in t.attacks]}
-                for t in prepared.threats
+                {
+                    **threat_record(t.threat),
+                    "attacks": [spec.config(family) for spec, _ in t.attacks],
+                    "run_budgets": [b.spec for b in budgets],  # the budgets its worst case is stated at
+                }
+                for t, budgets in zip(prepared.threats, self.budgets)
             ],
             "detectors": {
-                name: {"params": d.params(), "fit": _fit_word(report.reused_fit.get(name))}
+                name: {"params": d.params(), "fit": _fit_word(report.reused_fit.get(name)), "fitted": d.fitted_info()}
                 for name, d in detectors.items()
             },
             "attacker_density": self.densities.info(report.densities),
@@ -349,9 +368,11 @@ def _sanity(
 ) -> pd.DataFrame:
     """The model probes (run by the driver), the checks that read the records, and the attacker-estimator check
     (robench.runs.sanity)."""
+    from robench.runs.budget_checks import budget_flags
     from robench.runs.sanity import estimator_flags, record_flags, sanity_table
 
     results = list(probes)
+    results += budget_flags(records)
     results += record_flags(
         records,
         attack_names={(t.threat.name, spec.label): spec.attack for t in prepared.threats for spec, _ in t.attacks},

@@ -127,6 +127,7 @@ def prepare(config: RunConfig, loader: Loader | None = None) -> Prepared:
                 f"{tuple(bundle.meta.value_range)}"
             )
     family = data.spec.family
+    threats = [t.at_budgets(family, config.budgets) for t in threats]  # the per-budget copies of bounded attacks
     prepared_threats = [PreparedThreat(t, [(spec, spec.build(family)) for spec in t.attacks]) for t in threats]
     names = applicable_detectors(
         bundle, config.detectors if config.detectors is not None else threat_detectors(threats)

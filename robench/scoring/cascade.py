@@ -15,16 +15,24 @@ The first attack runs on every selected sample (so every sample has a record and
 accuracy and the thresholds are those of the whole run); each later attack runs on the samples
 still in, re-packed into batches of the run's size. A sample leaves (:data:`CASCADE_MODES`):
 
-- ``misclassified``: once its clean input is misclassified or an attack's output is. The
-  worst-case robust accuracy (``survival`` of the worst-case row) is then exactly what the
-  full run would estimate, up to the randomness of the attacks (random starts are drawn per
-  batch, and the batches differ); the detector-aware worst case (``survival_detected``) is
-  only an upper bound, since a sample broken but flagged never meets a later attack;
-- ``undetected``: once it is misclassified *and*, for every detector the run scores during the
-  attacks, some output misclassified it without being flagged at the 5% false-positive threshold
-  of the clean scores (from the first attack's records, every sample's). Both worst cases are
-  then the full run's, at a smaller saving. Combined detectors (KD+BU) are fitted after the
-  run and cannot be consulted: their worst-case rows of a cascaded run are upper bounds.
+- ``misclassified``: once its clean input is misclassified, or, at every budget of the threat
+  (:mod:`robench.scoring.budgets`), some output misclassified it inside that budget's ball: a
+  sample that only an unbounded attack broke far away stays in for the later attacks. The
+  worst-case robust accuracy at each budget (``survival`` of the worst-case rows) is then what
+  the full run would estimate, up to the randomness of the attacks (random starts are drawn per
+  batch, and the batches differ); the detector-aware worst case (``survival_detected``) is only
+  an upper bound, since a sample broken but flagged never meets a later attack. Records without
+  budgets (none declared) fall back to any misclassification;
+- ``undetected``: once, at every budget and for every detector the run scores during the
+  attacks, some output misclassified it inside the ball without being flagged at the 5%
+  false-positive threshold of the clean scores (from the first attack's records, every
+  sample's). Both worst cases are then the full run's, at a smaller saving. Combined detectors
+  (KD+BU) are fitted after the run and cannot be consulted: their worst-case rows of a cascaded
+  run are upper bounds.
+
+The robustness curves (:mod:`robench.scoring.curves`) of a cascaded run are upper bounds between
+the budgets: a sample leaves once broken at every budget, so a later attack that would have
+found a smaller distance never meets it.
 
 Each attack's own rows in a cascaded run describe the samples it was left, not the attack
 alone: records and summary rows carry ``cascade`` (the mode), and the tables say so.
@@ -43,6 +51,7 @@ from robench.core.errors import ConfigError
 from robench.core.registry import did_you_mean
 from robench.detectors.base import threshold_at_fpr
 from robench.scoring import records as R
+from robench.scoring.budgets import Budget
 from robench.scoring.metrics import FLAG_FPR
 
 CASCADE_MODES: dict[str, str] = {
@@ -78,36 +87,44 @@ def flag_thresholds(records: pd.DataFrame, detectors: Sequence[str], fpr: float 
     per_sample = records.drop_duplicates(R.SAMPLE)
     out = {}
     for detector in detectors:
-        clean = torch.as_tensor(per_sample[R.score_clean(detector)].to_numpy(dtype=float))
+        clean = torch.as_tensor(per_sample[R.score_clean(detector)].to_numpy(dtype=float, copy=True))
         clean = clean[torch.isfinite(clean)]
         out[detector] = threshold_at_fpr(clean, fpr) if clean.numel() else float("inf")
     return out
 
 
 def still_in(
-    records: pd.DataFrame, samples: np.ndarray, mode: str, detectors: Sequence[str], thresholds: dict[str, float]
+    records: pd.DataFrame,
+    samples: np.ndarray,
+    mode: str,
+    detectors: Sequence[str],
+    thresholds: dict[str, float],
+    budgets: Sequence[Budget] = (),
 ) -> np.ndarray:
     """Per sample of ``samples``: whether it stays in the cascade after the attacks whose ``records`` are given.
 
     ``records`` are the threat's records so far (one row per attack and sample attacked);
-    ``detectors`` the ones the ``undetected`` mode consults, with their ``thresholds``.
+    ``detectors`` the ones the ``undetected`` mode consults, with their ``thresholds``; ``budgets``
+    the threat's (none: any misclassification counts, wherever the output lies).
     """
     check_cascade(mode)
     if mode == R.NO_CASCADE:
         return np.ones(len(samples), dtype=bool)
     sample = records[R.SAMPLE].to_numpy()
     misclassified = records[R.ADV_PRED].to_numpy() != records[R.LABEL].to_numpy()
-    wrong_clean = records[R.CLEAN_PRED].to_numpy() != records[R.LABEL].to_numpy()
-    out = pd.Series(wrong_clean | misclassified).groupby(sample).any()
-    if mode == "undetected":
-        clean_wrong = pd.Series(wrong_clean).groupby(sample).any()
-        evaded_all = pd.Series(misclassified).groupby(sample).any()
-        for detector in detectors:
-            with np.errstate(invalid="ignore"):
-                unflagged = misclassified & (
-                    records[R.score_adv(detector)].to_numpy(dtype=float) >= thresholds[detector]
-                )
-            evaded_all &= pd.Series(unflagged).groupby(sample).any()
-        out = clean_wrong | evaded_all
+    wrong_clean = pd.Series(records[R.CLEAN_PRED].to_numpy() != records[R.LABEL].to_numpy()).groupby(sample).any()
+    balls = [b.within(records) for b in budgets] or [np.ones(len(records), dtype=bool)]
+    done = None
+    for inside in balls:
+        hit = misclassified & inside
+        broken = pd.Series(hit).groupby(sample).any()
+        if mode == "undetected":
+            for detector in detectors:
+                with np.errstate(invalid="ignore"):
+                    unflagged = hit & (records[R.score_adv(detector)].to_numpy(dtype=float) >= thresholds[detector])
+                broken &= pd.Series(unflagged).groupby(sample).any()
+        done = broken if done is None else done & broken
+    assert done is not None
+    out = wrong_clean | done
     gone = out.reindex(samples, fill_value=False).to_numpy(dtype=bool)
     return ~gone

@@ -26,6 +26,12 @@ Definitions (docs/runs.md), populations as in :mod:`robench.scoring.records`:
 - ``survival_detected``: per detector, among clean-correct samples, the fraction still classified
   correctly *or* whose attacked input is flagged at the clean 5% false-positive threshold (the
   threshold of ``flagged_rate``); on worst-case rows, the samples no attack misclassified unflagged.
+- ``median_l2``, ``median_linf``: per attack, the median over clean-correct samples of the distance
+  (L2, L-inf; the model's input units) of its output where the output is misclassified, +inf where
+  it is not (the minimum-norm attacks' statistic, Pintor et al. 2021 Sec. 4; AttackBench's
+  per-sample distances); undefined (NaN) where the median is infinite (the attack misclassified
+  at most half of them) and on the worst-case rows (their per-sample distances are the
+  robustness curves', :mod:`robench.scoring.curves`).
 - ``flagged_rate``: fraction of attacked inputs whose score falls below the threshold that flags
   5% of the group's clean inputs (the k-th smallest clean score, k = floor(0.05 m), as
   :func:`robench.detectors.base.threshold_at_fpr`); for noise this is the detector's
@@ -47,7 +53,7 @@ import pandas as pd
 from robench.core.errors import ConfigError
 from robench.core.registry import Registry, did_you_mean
 from robench.scoring import records as R
-from robench.scoring.worst_case import with_worst_case
+from robench.scoring.worst_case import is_worst_case, with_worst_case
 
 FLAG_FPR = 0.05
 NO_DETECTOR = "-"  # the detector of a summary row that no detector scored
@@ -339,6 +345,36 @@ def _survival_detected(w: Weighted, detector: str | None) -> np.ndarray:
     return np.where(total > 0, rate, np.nan)
 
 
+def weighted_median(w: Weighted, values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per resample, the lower weighted median of ``values`` over the records where ``mask`` (NaN where none is drawn).
+
+    The smallest value whose cumulative drawn count reaches half the drawn total: the plain median's lower middle
+    on the point estimate's all-ones weights.
+    """
+    chosen = values[mask]
+    if chosen.size == 0:
+        return w.nan()
+    order = np.argsort(chosen, kind="stable")
+    cumulative = np.cumsum(w.counts[:, mask][:, order], axis=1)
+    total = cumulative[:, -1]
+    position = np.minimum((cumulative < total[:, None] / 2).sum(axis=1), chosen.size - 1)
+    median = chosen[order][position]
+    return np.where(total > 0, median, np.nan)
+
+
+def _median_distance(column: str) -> Compute:
+    def compute(w: Weighted, detector: str | None) -> np.ndarray:
+        if R.is_corruption(w.records) or is_worst_case(w.records[R.ATTACK].iloc[0]):
+            return w.nan()
+        distance = w.records[column].to_numpy(dtype=float)
+        broken = ~R.robust(w.records)
+        values = np.where(broken & np.isfinite(distance), distance, np.inf)
+        median = weighted_median(w, values, R.clean_correct(w.records))
+        return np.where(np.isfinite(median), median, np.nan)
+
+    return compute
+
+
 _DEFINED = (
     Metric("clean_accuracy", "Clean Acc. (%)", True, True, False, "accuracy on clean inputs", _clean_accuracy),
     Metric("robust_accuracy", "Robust Acc. (%)", True, True, False, "accuracy on attacked inputs", _robust_accuracy),
@@ -415,6 +451,26 @@ _DEFINED = (
         True,
         "fraction of attacked inputs flagged at the clean 5%-FPR threshold",
         _flagged_rate,
+    ),
+    Metric(
+        "median_l2",
+        "Med. L2",
+        True,
+        False,
+        False,
+        "median L2 distance of the attack's misclassified outputs over clean-correct samples (+inf where none; "
+        "undefined when infinite)",
+        _median_distance(R.L2),
+    ),
+    Metric(
+        "median_linf",
+        "Med. Linf",
+        True,
+        False,
+        False,
+        "median L-inf distance of the attack's misclassified outputs over clean-correct samples (+inf where none; "
+        "undefined when infinite)",
+        _median_distance(R.LINF),
     ),
 )
 METRICS: Registry[Metric] = Registry("metric", base=Metric)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-FORMAT = 4  # bump when the records' columns or meaning change: old parts are then never reused
+FORMAT = 5  # bump when the records' columns or meaning change: old parts are then never reused
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,10 @@ INPUT_RANGE = "input_range"
 BEST_ATTEMPT = "best_attempt"
 ORDER = "order"
 CASCADE = "cascade_mode"
+BUDGETS = "worst_case_budgets"
+IMAGE_PASSES = "attack_image_passes"
+ATTACK_NORM = "attack_norm"
+ATTACK_EPS = "attack_eps"
 BROKEN_BY = "broken_by"
 _SCORE_CLEAN = "score_clean:"
 _SCORE_ADV = "score_adv:"
@@ -85,12 +89,28 @@ COLUMNS: tuple[Column, ...] = (
     Column(LINF, "float", "||x_adv - x||_inf"),
     Column(DISTORTION, "float", "||x_adv - x||_2 / sqrt(h w c) (001 Sec. 4.4.2)"),
     Column(INPUT_RANGE, "float", "high - low of the model's declared input range (for distortion on the 0-255 scale)"),
+    Column(
+        ATTACK_NORM, "str", "the norm the attack is bounded in or minimises ('linf', 'l2', ...; 'none': a corruption)"
+    ),
+    Column(ATTACK_EPS, "float", "the attack's eps budget in its norm; NaN for a minimum-norm attack or a corruption"),
+    Column(
+        IMAGE_PASSES,
+        "float",
+        "images forwarded through the crafting model by the attack on this sample's batch, divided by the batch's "
+        "size: summed over an attack's records, its forward(+backward) passes (the attack audit)",
+    ),
     Column(ORDER, "int", "the attack's place in its threat's cascade order, cheapest first (robench.scoring.cascade)"),
     Column(
         CASCADE,
         "str",
         "how the run cascaded the threat's attacks: 'none' (every "
         "attack on every sample), 'misclassified' or 'undetected'",
+    ),
+    Column(
+        BUDGETS,
+        "str",
+        "the run's budgets for this threat (robench.scoring.budgets.format_budgets, e.g. 'linf:0.1;l2:2.0'): the "
+        "balls the worst case is taken in",
     ),
 )
 # Plus, on the derived worst-case rows only (robench.scoring.worst_case): ``broken_by`` (str), the label of the
@@ -102,7 +122,7 @@ KEYS: tuple[str, ...] = (MODEL, THREAT, ATTACK, CRAFTED_ON)
 SAMPLE_KEYS: tuple[str, ...] = (*KEYS, SAMPLE)  # unique per record
 REQUIRED: tuple[str, ...] = (MODEL, THREAT, ATTACK, SAMPLE, LABEL, CLEAN_PRED, ADV_PRED, SUCCESS, DISTORTION)
 # The columns the runner adds to every part after it is computed or reused (a part's content does not depend on them).
-RUN_COLUMNS: tuple[str, ...] = (ORDER, CASCADE)
+RUN_COLUMNS: tuple[str, ...] = (ORDER, CASCADE, BUDGETS)
 NO_CASCADE = "none"
 # The per-sample columns an attacked batch yields, in record order (after the identifying columns).
 BATCH_COLUMNS: tuple[str, ...] = (
@@ -117,6 +137,9 @@ BATCH_COLUMNS: tuple[str, ...] = (
     LINF,
     DISTORTION,
     INPUT_RANGE,
+    ATTACK_NORM,
+    ATTACK_EPS,
+    IMAGE_PASSES,
 )
 
 

@@ -1,23 +1,31 @@
-"""The worst case per sample over a threat's attacks (AutoAttack's per-sample ensemble), derived from the records.
+"""The worst case per sample over a threat's attacks at each budget (AutoAttack's per-sample ensemble), from records.
 
-For each model x threat x crafting model with at least two attacks (corruptions excluded), one
-synthetic record per test sample, under the attack label :data:`WORST_CASE`:
+Robust accuracy is stated at a norm and a budget (:mod:`robench.scoring.budgets`). For each model x
+threat x crafting model with at least two attacks (corruptions excluded) and each budget its records
+carry (``budgets``), one synthetic record per test sample, under the attack label
+``worst-case <budget>`` (:func:`worst_case_label`, e.g. ``worst-case Linf 0.3``):
 
-- the sample *survives* when its clean input is classified correctly and every attack's output
-  is still classified correctly (misclassification is the criterion, as AutoAttack's, also for
-  targeted attacks that missed their target); ``success`` is clean-correct and not survived, and
-  ``adv_pred`` and the distortions are those of the first attack, in the threat's cascade order
-  (:mod:`robench.scoring.cascade`, cheapest first), that misclassified it: ``broken_by`` names it;
+- the sample is *broken* at the budget when some attack output misclassifies it and lies in the
+  ball (:meth:`Budget.within`, with its float tolerance), whatever the attack's own norm or budget:
+  an unbounded C&W output counts where it is small enough and not elsewhere. It *survives* when
+  its clean input is classified correctly and it is not broken (misclassification is the
+  criterion, as AutoAttack's, also for targeted attacks that missed their target); ``success`` is
+  clean-correct and not survived, and ``adv_pred`` and the distortions are those of the first
+  attack, in the threat's cascade order (:mod:`robench.scoring.cascade`, cheapest first), whose
+  output broke it in the ball: ``broken_by`` names it;
 - per detector, ``score_clean:D`` is the sample's clean score and ``score_adv:D`` the highest
-  (most clean-looking) score among the attack outputs that misclassified it, so "misclassified
-  and not flagged at the 5% false-positive threshold" holds for the synthetic record exactly
-  when it holds for one of the attacks: the detector-aware worst case
-  (``survival_detected``, :mod:`robench.scoring.metrics`).
+  (most clean-looking) score among the outputs that misclassified it in the ball, so
+  "misclassified in the ball and not flagged at the 5% false-positive threshold" holds for the
+  synthetic record exactly when it holds for one of the outputs: the detector-aware worst case
+  at the budget (``survival_detected``, :mod:`robench.scoring.metrics`).
+
+Records written before budgets existed carry none and get no worst case: a worst case with no
+budget says nothing once an unbounded attack is in the threat.
 
 The thresholds are the synthetic group's own (every sample's clean score), which equal each
 attack's when every attack ran on every sample (no cascade, or a cascade's first attack). For a
 combined detector (KD+BU) fitted per attack, each attack has its own score function, and the
-worst case takes the scores as they are: an approximation, said in its docstring.
+worst case takes the scores as they are: an approximation.
 
 Everything is a pure function of the records: ``summary.csv``'s worst-case rows, their bootstrap
 intervals and the paper layouts' worst-case columns all come from :func:`with_worst_case`.
@@ -29,9 +37,51 @@ import numpy as np
 import pandas as pd
 
 from robench.scoring import records as R
+from robench.scoring.budgets import Budget, budgets_of, parse_budget
 
-WORST_CASE = "worst-case"  # the attack label of the derived rows; no threat may use it for an attack
+WORST_CASE = "worst-case"  # the prefix of the derived rows' attack labels; no threat may use it for an attack
 _GROUP = (R.MODEL, R.THREAT, R.CRAFTED_ON)
+
+
+def worst_case_label(budget: Budget) -> str:
+    """The attack label of the worst case at ``budget``: ``worst-case Linf 0.3``."""
+    return f"{WORST_CASE} {budget.label}"
+
+
+def is_worst_case(label: object) -> bool:
+    """Whether an attack label names a derived worst case (any budget)."""
+    return isinstance(label, str) and (label == WORST_CASE or label.startswith(WORST_CASE + " "))
+
+
+def worst_case_mask(records: pd.DataFrame) -> np.ndarray:
+    """Per record: a derived worst-case row."""
+    return records[R.ATTACK].map(is_worst_case).to_numpy(dtype=bool)
+
+
+def budget_of(label: str) -> Budget | None:
+    """The budget a worst-case label names (None for any other label)."""
+    if not is_worst_case(label) or label == WORST_CASE:
+        return None
+    norm, _, eps = label[len(WORST_CASE) + 1 :].partition(" ")
+    return parse_budget(f"{norm}:{eps}")
+
+
+def budget_attacked(group: pd.DataFrame, budget: Budget) -> bool | None:
+    """Whether some attack of one model x threat x crafting model's records attacked ``budget`` itself: a bounded
+    attack in its norm at its eps, or a minimum-norm attack in its norm (which seeks the smallest distance, so every
+    ball of its norm); None for records written before the attacks' norm and eps were recorded.
+
+    A worst case at a budget no attack aimed at holds only the outputs that happened to fall inside the ball (a
+    bounded attack at a smaller eps, an unbounded one's lucky outputs): an upper bound on the robust accuracy.
+    """
+    if R.ATTACK_NORM not in group or R.ATTACK_EPS not in group:
+        return None
+    attacks = group[~R.corruption_mask(group)].drop_duplicates(R.ATTACK)
+    norm = attacks[R.ATTACK_NORM].to_numpy(dtype=object) == budget.norm
+    eps = attacks[R.ATTACK_EPS].to_numpy(dtype=float)
+    with np.errstate(invalid="ignore"):
+        same = np.isclose(eps, budget.eps, rtol=1e-9, atol=1e-12)
+    return bool((norm & (np.isnan(eps) | same)).any())
 
 
 def _order(group: pd.DataFrame) -> np.ndarray:
@@ -42,16 +92,16 @@ def _order(group: pd.DataFrame) -> np.ndarray:
     return group[R.ATTACK].map(first).to_numpy(dtype=np.int64)
 
 
-def worst_case_group(group: pd.DataFrame) -> pd.DataFrame | None:
-    """The worst-case records of one model x threat x crafting model's attack rows (None with fewer than two
-    attacks)."""
+def worst_case_group(group: pd.DataFrame, budget: Budget) -> pd.DataFrame | None:
+    """The worst-case records at ``budget`` of one model x threat x crafting model's attack rows (None with fewer
+    than two attacks)."""
     attacks = group[~R.corruption_mask(group)]
     if attacks[R.ATTACK].nunique() < 2:
         return None
     order = _order(attacks)
     frame = attacks.assign(_order=order, _row=np.arange(len(attacks)))
     frame = frame.sort_values([R.SAMPLE, "_order", "_row"], kind="stable")
-    misclassified = frame[R.ADV_PRED].to_numpy() != frame[R.LABEL].to_numpy()
+    misclassified = (frame[R.ADV_PRED].to_numpy() != frame[R.LABEL].to_numpy()) & budget.within(frame)
     first_rows = frame.drop_duplicates(R.SAMPLE, keep="first").set_index(R.SAMPLE)
     breaking = frame[misclassified].drop_duplicates(R.SAMPLE, keep="first").set_index(R.SAMPLE)
     samples = first_rows.index.to_numpy()
@@ -72,7 +122,7 @@ def worst_case_group(group: pd.DataFrame) -> pd.DataFrame | None:
     out: dict[str, object] = {
         R.MODEL: first[R.MODEL],
         R.THREAT: first[R.THREAT],
-        R.ATTACK: WORST_CASE,
+        R.ATTACK: worst_case_label(budget),
         R.CORRUPTION: False,
         R.CRAFTED_ON: first[R.CRAFTED_ON] if R.CRAFTED_ON in attacks else first[R.MODEL],
         R.SAMPLE: samples,
@@ -92,6 +142,8 @@ def worst_case_group(group: pd.DataFrame) -> pd.DataFrame | None:
     }
     if R.INPUT_RANGE in attacks:
         out[R.INPUT_RANGE] = first_rows[R.INPUT_RANGE].to_numpy(dtype=float)
+    out[R.BUDGETS] = budget.spec
+    out[R.IMAGE_PASSES] = np.nan
     for detector in R.detectors_in(attacks):
         clean = frame.groupby(R.SAMPLE, sort=True)[R.score_clean(detector)].first()  # first non-NaN per sample
         adv = frame[R.score_adv(detector)].where(misclassified)
@@ -102,10 +154,16 @@ def worst_case_group(group: pd.DataFrame) -> pd.DataFrame | None:
 
 
 def worst_case_records(records: pd.DataFrame) -> pd.DataFrame:
-    """The derived worst-case records of every model x threat x crafting model with two or more attacks."""
+    """The derived worst-case records of every model x threat x crafting model with two or more attacks, at each
+    budget its records carry."""
     records = R.with_crafted_on(records)
-    records = records[records[R.ATTACK] != WORST_CASE]
-    parts = [w for _, group in records.groupby(list(_GROUP), sort=False) if (w := worst_case_group(group)) is not None]
+    records = records[~worst_case_mask(records)]
+    parts = [
+        w
+        for _, group in records.groupby(list(_GROUP), sort=False)
+        for budget in budgets_of(group)
+        if (w := worst_case_group(group, budget)) is not None
+    ]
     return (
         pd.concat(parts, ignore_index=True)
         if parts
@@ -116,7 +174,7 @@ def worst_case_records(records: pd.DataFrame) -> pd.DataFrame:
 def with_worst_case(records: pd.DataFrame) -> pd.DataFrame:
     """``records`` (without any earlier worst-case rows) followed by their worst-case records."""
     records = R.with_crafted_on(records)
-    plain = records[records[R.ATTACK] != WORST_CASE]
+    plain = records[~worst_case_mask(records)]
     derived = worst_case_records(plain)
     if derived.empty:
         return plain
@@ -124,7 +182,7 @@ def with_worst_case(records: pd.DataFrame) -> pd.DataFrame:
 
 
 def broken_by(records: pd.DataFrame) -> pd.DataFrame:
-    """Per model x threat x crafting model and sample: the first attack (cascade order) that misclassified it ('' if
-    none)."""
+    """Per model x threat x crafting model, budget (the worst-case label) and sample: the first attack (cascade order)
+    that misclassified it in the ball ('' if none)."""
     derived = worst_case_records(records)
-    return derived[[*_GROUP, R.SAMPLE, R.BROKEN_BY]]
+    return derived[[*_GROUP, R.ATTACK, R.SAMPLE, R.BROKEN_BY]]

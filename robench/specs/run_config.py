@@ -15,6 +15,7 @@ from robench.core.config import boolean, positive_int, validate_fields
 from robench.core.errors import ConfigError
 from robench.core.execution import CHANNELS_LAST
 from robench.core.precision import check_precision
+from robench.scoring.budgets import parse_budgets
 from robench.scoring.cascade import check_cascade
 from robench.specs.threats import ALL
 
@@ -55,6 +56,9 @@ class RunConfig:
     compile: bool = boolean(
         False
     )  # torch.compile the model's backbone, eager if compiling fails (same numbers up to rounding)
+    # The budgets every attack threat's worst case is stated at (NORM:EPS, e.g. "linf:0.1"); empty: each threat's own
+    # for the dataset family (robench.specs.budgets).
+    budgets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         """Check every field's type and value (one-line ConfigError); lists become tuples."""
@@ -83,6 +87,9 @@ class RunConfig:
                 f"{_WHAT}: channels_last must be one of {', '.join(CHANNELS_LAST)}, got {_shown(self.channels_last)}"
             )
         object.__setattr__(self, "extra_attacks", _extra_attacks(self.extra_attacks))
+        if not isinstance(self.budgets, (tuple, list)):
+            raise ConfigError(f"{_WHAT}: budgets must be a list of NORM:EPS, got {_shown(self.budgets)}")
+        object.__setattr__(self, "budgets", tuple(b.spec for b in parse_budgets(self.budgets)))
         if self.extra_attacks and self.threat == ALL:
             raise ConfigError("added attacks need one threat model, not 'all'")
         if self.attacks and self.extra_attacks:

@@ -75,6 +75,7 @@ _DEFAULT_KEYS = {
     "cascade",
     "channels_last",
     "compile",
+    "budgets",
 }
 _MODEL_KEYS = {"name", "path"}
 _THREAT_KEYS = {
@@ -90,6 +91,7 @@ _THREAT_KEYS = {
     "batch_size",
     "add",
     "cascade",
+    "budgets",
 }
 
 # The most [[model]] and [[threat]] tables of a suite, and model x threat (x substitute) pairs: far above the
@@ -255,7 +257,7 @@ def _load_suite(path: Path, overrides: dict[str, Any] | None) -> list[SuitePair]
                 )
             seen.add((model["name"], threat["name"], substitute))
             settings = {k: v for k, v in defaults.items() if k in valid}
-            for key in ("detectors", "n", "batch_size", "cascade"):  # a threat's own value beats [defaults]
+            for key in ("detectors", "n", "batch_size", "cascade", "budgets"):  # a threat's own value beats [defaults]
                 if key in threat:
                     settings[key] = threat[key]
             if settings.get("detectors") is not None:

@@ -71,6 +71,7 @@ FILE_KEYS = (
     "substitute",
     "knows_detector",
     "source",
+    "budgets",
     "attack",
 )
 ATTACK_KEYS = ("label", "attack", "target_mode", "params")
@@ -241,6 +242,7 @@ def threat_record(threat: ThreatModel) -> dict[str, Any]:
         "knows_detector": threat.knows_detector,
         "needs_substitute": threat.needs_substitute,
         "default_cascade": threat.default_cascade,
+        "budgets": {k: list(v) for k, v in threat.budgets.items()} if threat.budgets is not None else None,
         "detectors": list(threat.detectors) if threat.detectors is not None else None,
         "source": threat.source,
         "file": str(loaded.path) if loaded is not None else None,
@@ -335,6 +337,7 @@ def _parse(path: Path) -> tuple[ThreatModel, str]:
             needs_substitute=substitute,
             default_cascade=None if cascade == _NO_CASCADE else cascade,
             detectors=detectors,
+            budgets=raw.get("budgets"),  # [budgets] mnist = ["linf:0.3"]: checked by ThreatModel
         )
     except RobenchError as exc:
         raise ConfigError(f"{where}: {exc}") from None

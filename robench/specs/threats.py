@@ -9,6 +9,7 @@ from the CLI or a suite file, type-checked against the attack's fields.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -18,7 +19,9 @@ from robench.attacks.targets import TARGET_MODES
 from robench.core.config import replace_fields
 from robench.core.errors import ConfigError
 from robench.core.registry import Registry, did_you_mean
-from robench.scoring.worst_case import WORST_CASE
+from robench.scoring.budgets import Budget
+from robench.scoring.worst_case import WORST_CASE, is_worst_case
+from robench.specs import budgets as B
 from robench.specs.param_bounds import check_bounds
 
 # The most attacks one threat may hold (a threat file's [[attack]] tables, a suite's [[threat.add]]): far above
@@ -50,10 +53,10 @@ class AttackSpec:
             raise ConfigError(
                 f"attack label {self.label!r} must be a printable string (no line breaks or control characters)"
             )
-        if self.label == WORST_CASE:
+        if is_worst_case(self.label):
             raise ConfigError(
-                f"attack label '{WORST_CASE}' is reserved for the derived worst case over a threat's attacks; "
-                "choose another"
+                f"attack labels starting '{WORST_CASE}' are reserved for the derived worst case over a threat's "
+                f"attacks; choose another than {self.label!r}"
             )
         if self.target_mode not in TARGET_MODES:
             raise ConfigError(
@@ -102,8 +105,15 @@ class ThreatModel:
     # Whether ``--threat all`` runs it: the papers' six threat models do; AutoAttack and threats defined in TOML
     # files run by name (``all`` stays the papers' protocol, and its cost does not grow with every file loaded).
     in_all: bool = False
+    # The budgets its worst case is stated at, per dataset family ({"mnist": ("linf:0.3", ...)}); None, or a family
+    # not named: the family's nominal budgets in its attacks' norms (robench.specs.budgets).
+    budgets: Mapping[str, tuple[str, ...]] | None = None
+    # Labels of bounded attacks that also run at every other budget of their norm (``at_budgets``), so that each
+    # budget of the worst case is attacked at its own eps, not only by outputs that happen to fall inside it.
+    per_budget: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "budgets", B.check_own(self.name, self.budgets))
         if self.access not in ACCESS:
             raise ConfigError(
                 f"threat '{self.name}': access '{self.access}' is not one of {', '.join(ACCESS)}"
@@ -127,6 +137,35 @@ class ThreatModel:
 
     def labels(self) -> list[str]:
         return [a.label for a in self.attacks]
+
+    def at_budgets(self, family: str | None, run: tuple[str, ...] = ()) -> ThreatModel:
+        """This threat plus, for each ``per_budget`` attack it holds, a copy at every other budget of its norm:
+        ``APGD-CE@Linf 0.1`` is APGD-CE with eps 0.1 (its other settings, overrides included, as the original's)."""
+        budgets = self.budgets_for(family, run)
+        labels = set(self.labels())
+        added = []
+        for spec in self.attacks:
+            if spec.label not in self.per_budget:
+                continue
+            attack = spec.build(family)
+            if attack.budget_param != "eps":
+                continue
+            own = float(getattr(attack, "eps"))
+            for budget in budgets:
+                if budget.norm != attack.norm or math.isclose(budget.eps, own, rel_tol=1e-9, abs_tol=1e-12):
+                    continue
+                label = f"{spec.label}@{budget.label}"
+                if label not in labels:
+                    added.append(replace(spec, label=label, params={**spec.params, "eps": budget.eps}))
+                    labels.add(label)
+        return replace(self, attacks=(*self.attacks, *added)) if added else self
+
+    def budgets_for(self, family: str | None, run: tuple[str, ...] = ()) -> tuple[Budget, ...]:
+        """The budgets of its worst case on a dataset family, ``run``'s own when given (robench.specs.budgets)."""
+        if self.access == "none":
+            return ()
+        norms = [str(getattr(spec.build(family), "norm", "none")) for spec in self.attacks]
+        return B.resolve(norms, family, self.budgets, run)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> ThreatModel:
         """Apply ``{"LABEL.PARAM": value}`` (and ``LABEL.target_mode``); unknown labels or params get did-you-mean
@@ -219,6 +258,7 @@ THREATS.register(
         access="grey-box",
         source="001 Sec. 4.4.1; 004 Sec. 4.3",
         in_all=True,
+        per_budget=("PGD-50-un",),  # FGSM and BIM alone would be the only attacks at L-inf 0.1 and 0.2
     ),
 )
 
@@ -247,6 +287,7 @@ THREATS.register(
         knows_detector=True,
         source="001 Sec. 4.4.2; 004 Sec. 4.3, App. B.4",
         in_all=True,
+        per_budget=("APGD-CE", "APGD-DLR"),  # step-size free (Croce & Hein 2020): no retuning per eps
     ),
 )
 
@@ -268,6 +309,7 @@ THREATS.register(
         source="001 Sec. 4.4.3, Table 11; 004 Sec. 4.4, Fig. 4",
         needs_substitute=True,
         in_all=True,
+        per_budget=("PGD-10-un", "MIM-10-un"),
     ),
 )
 
@@ -284,6 +326,9 @@ THREATS.register(
         access="black-box",
         source="004 Sec. 4.4, Tables 2-3",
         in_all=True,
+        # 004 Table 3's one budget (8/255; MNIST-like: the family's eps 0.3): SPSA's 256 x 100 queries per sample are
+        # too dear to repeat per budget
+        budgets={"mnist": ("linf:0.3",), "cifar10": (f"linf:{8 / 255!r}",), "cifar100": (f"linf:{8 / 255!r}",)},
     ),
 )
 
@@ -309,6 +354,30 @@ THREATS.register(
         access="grey-box",
         source="Croce & Hein 2020 (ICML), AutoAttack standard version",
         default_cascade="misclassified",
+        # AutoAttack is run at one budget: the family's eps (the attacks' defaults); --budget states others
+        budgets={"mnist": ("linf:0.3",), "cifar10": (f"linf:{8 / 255!r}",), "cifar100": (f"linf:{8 / 255!r}",)},
+    ),
+)
+
+# Minimum-norm attacks, untargeted, on the defense's adaptive objective (004 App. B.4): the Fast Minimum-Norm attack
+# in L2 and L-inf (Pintor, Roli, Brendel, Biggio, NeurIPS 2021, Alg. 1; adaptive margin) and the Decoupled Direction
+# and Norm attack (Rony et al., CVPR 2019, Alg. 1; adaptive gradient form), 100 steps each with the defaults of
+# foolbox 3.3.4 (attacks/fmn.py, attacks/ddn.py). They have no budget: each returns every sample's smallest
+# adversarial perturbation found, so the summary's distortion (the records' l2 / linf) is what they measure. The
+# attacker knows the model and its defense's loss but not the detector: grey-box.
+THREATS.register(
+    ThreatModel(
+        name="minimum-norm",
+        description="minimum-norm attacks on the adaptive objective: FMN-L2, FMN-Linf (Pintor et al. 2021) and DDN "
+        "(Rony et al. 2019), 100 steps",
+        attacks=(
+            AttackSpec("FMN-L2", "fmn-l2", {}, "none"),
+            AttackSpec("FMN-Linf", "fmn-linf", {}, "none"),
+            AttackSpec("DDN", "ddn", {}, "none"),
+        ),
+        access="grey-box",
+        source="Pintor et al., NeurIPS 2021 (FMN); Rony et al., CVPR 2019 (DDN); foolbox 3.3.4's defaults",
+        in_all=True,
     ),
 )
 
@@ -362,7 +431,8 @@ def distribute(threats: list[ThreatModel], overrides: Mapping[str, Any], labels:
     attack after ``--attack`` are dropped. A library attack (``--attack torchattacks:APGD``,
     ``foolbox:NAME``: a resolver prefix of ``ATTACKS``) that a threat lacks is added to it first,
     labelled by its name, to every selected threat that can host it (:func:`_with_library_attacks`),
-    so ``--set torchattacks:APGD.steps=50`` then applies. Every attack that declares
+    so ``--set torchattacks:APGD.steps=50`` then applies; so is a registered robench attack that no
+    selected threat has as a label (``--attack fmn-l2``, with the dataset family's defaults). Every attack that declares
     ``check_spec`` (the library adapters) is checked against its threat and target mode here,
     before anything runs.
     """
@@ -393,6 +463,7 @@ def distribute(threats: list[ThreatModel], overrides: Mapping[str, Any], labels:
 
 
 def _is_library_name(label: str) -> bool:
+    """``LIB:NAME`` with a resolver prefix of ``ATTACKS`` (``torchattacks:APGD``, ``foolbox:NAME``)."""
     prefix, sep, rest = label.partition(":")
     return bool(sep and rest) and prefix in ATTACKS.prefixes()
 
@@ -416,19 +487,38 @@ def _check_specs(threat: ThreatModel) -> None:
 
 
 def _with_library_attacks(threats: list[ThreatModel], labels: tuple[str, ...]) -> list[ThreatModel]:
-    """Add each ``--attack LIB:NAME`` a threat lacks as ``AttackSpec(LIB:NAME, LIB:NAME)``, untargeted.
+    """Add each ``--attack NAME`` that is an attack's name, not a label, to the threats lacking it, untargeted.
 
-    One selected threat: it is added there, or the attack's refusal of that threat is the error.
-    Several (``--threat all``): it is added to each threat that can host it (a gradient-based
-    attack to those with the model's gradients or a substitute), an error when none can.
-    Unknown library classes get the resolver's did-you-mean error.
+    NAME is a library attack (``LIB:NAME``, ``torchattacks:APGD``) or a registered robench attack
+    that no selected threat has as a label (``--attack fmn-l2``, ``ddn``, ``apgd-l2``): it is added
+    as ``AttackSpec(NAME, NAME)``, labelled by its name, with the dataset family's defaults and
+    target mode none. One selected threat: it is added there, or the attack's refusal of that
+    threat is the error. Several (``--threat all``): it is added to each threat that can host it
+    (a gradient-based attack to those with the model's gradients or a substitute; a corruption to
+    those without an attacker), an error when none can. A robench attack is refused by a threat
+    without an attacker (access none) unless it is a corruption, by one with an attacker if it is,
+    by a query-only black-box threat unless it is gradient-free (spsa), and by an attacker who does
+    not know the detector if it attacks the detector (cw-wb). Unknown library classes get the
+    resolver's did-you-mean error; any other NAME that is neither a label nor a registered attack
+    gets one over both.
     """
-    wanted = [label for label in dict.fromkeys(labels) if _is_library_name(label)]
+    labelled = sorted({a.label for t in threats for a in t.attacks})
+    for label in dict.fromkeys(labels):
+        if label not in labelled and not _is_library_name(label) and label not in ATTACKS.names():
+            raise ConfigError(
+                f"no selected threat has an attack '{label}'{did_you_mean(label, [*labelled, *ATTACKS.names()])}; "
+                f"attacks: {', '.join(labelled)}; or a registered attack's name (robench list attacks)"
+            )
+    wanted = [
+        label
+        for label in dict.fromkeys(labels)
+        if _is_library_name(label) or (label in ATTACKS.names() and label not in labelled)
+    ]
     if not wanted:
         return threats
     out = list(threats)
     for label in wanted:
-        ATTACKS.get(label)  # unknown class: did-you-mean; missing library: one line
+        cls = ATTACKS.get(label)  # unknown class: did-you-mean; missing library: one line
         spec = AttackSpec(label, label)
         refusals: list[ConfigError] = []
         hosts = 0
@@ -437,7 +527,24 @@ def _with_library_attacks(threats: list[ThreatModel], labels: tuple[str, ...]) -
                 hosts += 1
                 continue
             try:
-                _check_spec(threat, spec)
+                if _is_library_name(label):
+                    _check_spec(threat, spec)
+                else:  # robench's own attack: the rules a threat file's [[attack]] follows, and the threat's attacker
+                    what = f"attack '{label}' cannot join threat '{threat.name}'"
+                    corruption = cls.norm == "none"
+                    if corruption != (threat.access == "none"):
+                        raise ConfigError(
+                            f"{what}: it is {'a corruption' if corruption else f'an attack ({cls.norm})'}, and the "
+                            f"threat's access is '{threat.access}'"
+                        )
+                    if threat.access == "black-box" and not threat.needs_substitute and label != "spsa":
+                        raise ConfigError(
+                            f"{what}: it takes the model's gradients, and the threat is black-box with queries only"
+                        )
+                    if spec.build().needs().density and not threat.knows_detector:
+                        raise ConfigError(
+                            f"{what}: it attacks the detector, which a {threat.access} attacker does not know"
+                        )
             except ConfigError as refusal:
                 refusals.append(refusal)
                 continue

@@ -20,9 +20,11 @@ from robench.report.tables.labels import ModelInfo, detector_label, detector_ran
 from robench.report.tables.table import COUNT, DETECTOR, METRIC, VALUE
 from robench.scoring import records as R
 from robench.scoring.metrics import DEFAULT_POPULATION, METRICS, NO_DETECTOR, SUMMARY_KEYS, population
-from robench.scoring.worst_case import WORST_CASE
+from robench.scoring.worst_case import WORST_CASE, is_worst_case
 
 DISTORTION, DISTORTION_255 = "distortion", "distortion_255"  # the metrics' names
+# 001 Table 10's reference-copy attacker (robench.attacks.cw_wb.REFERENCE_COPY_LABEL; a test checks they agree)
+REFERENCE_COPY_LABEL = "C&W-wb/carlini"
 DISTORTION_SCALES = {1: DISTORTION, 255: DISTORTION_255}  # --scale -> the white-box layout's distortion metric
 
 
@@ -80,9 +82,12 @@ class Layout:
     needs_detectors: bool = False
     model_axis: Literal["rows", "columns"] = "rows"
     mark_best: bool = True
+    single_dropped: tuple[str, ...] = ()  # levels left out of the table when they hold one value (white-box: Attack)
 
     def select(self, summary: pd.DataFrame) -> pd.DataFrame:
         selected = summary[summary[R.THREAT].isin(self.threats)]
+        if not self.attack_prefix.startswith(WORST_CASE):  # the worst cases have their own layout
+            selected = selected[~selected[R.ATTACK].map(is_worst_case).to_numpy(dtype=bool)]
         if self.attacks:
             selected = selected[selected[R.ATTACK].isin(self.attacks)]
         if self.attack_prefix:
@@ -170,15 +175,22 @@ WHITE_BOX_METRICS = ("auc_roc", DISTORTION, "success_rate")  # with the default 
 
 
 def white_box_metrics(options: TableOptions) -> tuple[str, ...]:
-    """AUC of the population, distortion at the scale, success rate: the columns of 001 Tables 9-10."""
-    return (options.auc_metric, options.distortion_metric, "success_rate")
+    """AUC of the population, the successful-only AUC beside it (when the population is another), distortion at the
+    scale, success rate: the columns of 001 Tables 9-10.
+
+    The successful-only AUC is always shown: an attacker that descends on the scored detector ends its successful
+    examples at eta by construction, so that AUC sits near 50 there, while a paired AUC also counts how far the
+    failed ones got (docs/detectors.md).
+    """
+    aucs = (options.auc_metric,) if options.auc_metric == "auc_roc" else (options.auc_metric, "auc_roc")
+    return (*aucs, options.distortion_metric, "success_rate")
 
 
 def _white_box_cells(selected: pd.DataFrame, infos: Mapping[str, ModelInfo], options: TableOptions) -> pd.DataFrame:
     ordered = _ordered(selected, infos)
     method = _method_label(ordered, infos)
     parts = [
-        _cells(ordered, m, **{"Detection Method": method, "Metric": metric_header(m)})
+        _cells(ordered, m, **{"Detection Method": method, "Attack": ordered[R.ATTACK], "Metric": metric_header(m)})
         for m in white_box_metrics(options)
     ]
     # interleave so each row's three cells are adjacent and rows keep their order
@@ -266,8 +278,11 @@ def _worst_case_cells(selected: pd.DataFrame, infos: Mapping[str, ModelInfo], op
     ordered = ordered.iloc[np.argsort(threat_rank.to_numpy(), kind="stable")].reset_index(drop=True)
     threat = ordered[R.THREAT] + _substitute_note(ordered, infos)
     method = _method_label(ordered, infos)
+    budget = ordered[R.ATTACK].astype(str).str.slice(len(WORST_CASE) + 1)  # "worst-case Linf 0.3" -> "Linf 0.3"
     parts = [
-        _cells(ordered, m, **{"Detection Method": method, "Threat": threat, "Metric": metric_header(m)})
+        _cells(
+            ordered, m, **{"Detection Method": method, "Threat": threat, "Budget": budget, "Metric": metric_header(m)}
+        )
         for m in WORST_CASE_METRICS
     ]
     return pd.concat(parts).sort_index(kind="stable")
@@ -309,11 +324,12 @@ for _layout in (
             "Results under white-box attacks; adversarial examples generated with C&W-wb (layout of 001 Tables 9-10)."
         ),
         threats=("white-box",),
-        attacks=("C&W-wb",),
+        attacks=("C&W-wb", REFERENCE_COPY_LABEL),  # the scored-KD attacker and the reference copy, side by side
         rows=("Detection Method",),
-        columns=("Metric",),
+        columns=("Attack", "Metric"),
         cells=_white_box_cells,
         metrics=white_box_metrics,
+        single_dropped=("Attack",),
     ),
     Layout(
         name="black-box",
@@ -361,20 +377,20 @@ LAYOUTS.register(
     Layout(
         name="worst-case",
         description=(
-            "worst case per sample over each threat's attacks: survived, and survived or flagged per detector "
-            "(AutoAttack-style)"
+            "worst case per sample over each threat's attacks at each budget: survived, and survived or flagged per "
+            "detector (AutoAttack-style)"
         ),
         caption=(
-            "Worst case per sample over each threat's attacks: the "
-            "clean-correct samples that every attack left correctly classified "
-            "(Survived), and, per detector, those that no attack misclassified "
+            "Worst case per sample over each threat's attacks at each budget (norm and eps, in the model's input "
+            "units): the clean-correct samples that no attack output inside the ball misclassified "
+            "(Survived), and, per detector, those that no output inside the ball misclassified "
             "without being flagged at the clean 5% false-positive threshold "
             "(Surv. or flagged)."
         ),
         threats=WORST_CASE_THREATS,
-        attacks=(WORST_CASE,),
+        attack_prefix=WORST_CASE + " ",
         rows=("Detection Method",),
-        columns=("Threat", "Metric"),
+        columns=("Threat", "Budget", "Metric"),
         cells=_worst_case_cells,
         metrics=lambda options: WORST_CASE_METRICS,
     ),
