@@ -7,6 +7,7 @@ from robench.attacks import (  # noqa: F401 - registration side effects
     corruptions,
     cw,
     cw_wb,
+    ddn,  # noqa: F401  (registers ddn)
     fmn,  # noqa: F401  (registers fmn-l2, fmn-linf)
     foolbox_adapter,
     linf,

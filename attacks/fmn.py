@@ -80,8 +80,8 @@ images of the committed softmax bundle after 100 steps; foolbox with the project
 same ones; docs/attacks.md).
 
 Registered: ``fmn-l2`` and ``fmn-linf``, both unbounded minimum-norm attacks (no budget parameter:
-the summary's distortion is what they measure). They are in no built-in threat; run them from a
-threat file (reports/threats/minimum-norm.toml) or a suite's ``[[threat.add]]``.
+the summary's distortion is what they measure). The built-in ``minimum-norm`` threat runs both (with
+DDN, :mod:`robench.attacks.ddn`); ``--attack fmn-l2`` adds one to any threat with the model's gradients.
 """
 
 from __future__ import annotations

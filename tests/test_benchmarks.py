@@ -1,5 +1,5 @@
-"""The benchmark harness runs: bench_attacks.py --quick writes a finite row per attack, gpu_check.sh's CPU path
-passes."""
+"""The benchmark harness runs: bench_attacks.py --quick writes a finite row per attack, cw_tail.py --quick a finite
+ratio per model, gpu_check.sh's CPU path passes."""
 
 from __future__ import annotations
 
@@ -86,6 +86,35 @@ def test_bench_attacks_quick_writes_a_finite_row_per_attack(tmp_path):
     assert not next(row for row in rows if row["attack"] == "C&W-wb")["peer"]  # robench only
     spsa = next(row for row in rows if row["attack"] == "SPSA")
     assert spsa["unit"] == "fwd" and int(spsa["img_steps"]) == 16 * 2 * 2 * 8  # n x steps x 2 x samples forwards
+
+
+def test_cw_tail_quick_prints_a_finite_ratio_per_model():
+    command = [sys.executable, "benchmarks/cw_tail.py", "--quick", "--device", "cpu", "--threads", "1"]
+    done = subprocess.run(command, cwd=ROOT, env=one_thread_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for model in ("gm.pt", "softmax.pt"):
+        assert f"{model}: cw-l2 2 x 20 lr 0.01 (untargeted), n 8:" in done.stdout, done.stdout
+    ratios = done.stdout.split("robench / bare: ")[-1].strip().split(", ")
+    assert len(ratios) == 2 and all(positive(r) for r in ratios), done.stdout
+
+
+def test_min_norm_quick_writes_a_finite_row_per_attack_and_peer(tmp_path):
+    out = tmp_path / "min_norm.csv"
+    command = [sys.executable, "benchmarks/min_norm.py", "--quick", "--device", "cpu", "--threads", "1", "--csv", out]
+    done = subprocess.run(command, cwd=ROOT, env=one_thread_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "n = 8, steps = 5, device cpu, threads 1" in done.stdout and "bare gradient loop" in done.stdout
+    with out.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(row["attack"], row["peer"]) for row in rows] == [
+        ("FMN-L2", "foolbox"),
+        ("FMN-L2", "foolbox-projected"),
+        ("DDN", "foolbox"),
+    ]
+    for row in rows:
+        assert all(positive(row[c]) for c in ("robench_s", "peer_s", "speed_ratio", "bare_s", "robench_over_bare"))
+        assert float(row["robench_median"]) > 0 and float(row["peer_median"]) > 0  # +inf where most samples failed
+        assert 0.0 <= float(row["robench_success"]) <= 1.0 and 0.0 <= float(row["peer_success"]) <= 1.0
 
 
 def run_gpu_check(tmp_path: Path, **extra: str) -> subprocess.CompletedProcess:

@@ -94,7 +94,7 @@ name = "black-box"
 attacks = ["PGD-10-un"]
 substitute = ["softmax", "gm"]
 """
-SUITE_LAYOUTS = ("detection", "white-box", "black-box", "accuracy", "worst-case", "summary")
+SUITE_LAYOUTS = ("detection", "white-box", "black-box", "accuracy", "worst-case", "curves", "audit", "summary")
 
 
 class Page(HTMLParser):
@@ -207,10 +207,12 @@ def test_run_report_is_one_self_contained_page(tiny_runs, run_page, tmp_path, ca
     cells = re.findall(r">(\d+\.\d) \[(\d+\.\d), (\d+\.\d)\]<", text)
     assert cells and all(float(low) <= float(value) <= float(high) for value, low, high in cells)
     pngs = embedded_pngs(page)
-    assert len(pngs) == 2 and all(
+    assert len(pngs) == 3 and all(
         png.startswith(PNG_MAGIC) and len(png) > 1000 for png in pngs
-    )  # the ROC and K-density figures
-    assert re.findall(r"Figure \d+: <code>([^<]+)</code>", text) == ["roc-gm-semi-white-box", "kd-hist-semi-white-box"]
+    )  # the ROC, K-density and robustness-curve figures
+    stems = re.findall(r"Figure \d+: <code>([^<]+)</code>", text)
+    assert stems == ["roc-gm-semi-white-box", "kd-hist-semi-white-box", "curve-gm-semi-white-box"]
+    assert {"T_curves", "T_audit"} <= tables and {"table-curves", "table-audit"} <= page.ids  # built from records
     info = json.loads((tiny_runs / "run" / "run.json").read_text())
     content_hash = info["model"]["content_hash"]
     assert f'<code title="{content_hash}">{content_hash[:12]}</code>' in text
@@ -249,7 +251,11 @@ def test_suite_report_embeds_every_figure(tiny_runs, tmp_path, capsys):
     stems = re.findall(r"Figure \d+: <code>([^<]+)</code>", text)
     expected = {f"roc-{m}-{t}" for m in ("gm", "softmax") for t in ("semi-white-box", "white-box", "black-box")}
     expected |= {f"kd-hist-{t}" for t in ("semi-white-box", "white-box", "black-box")}
-    assert set(stems) == expected and len(stems) == len(page.all("img"))
+    expected |= {f"curve-{m}-{t}" for m in ("gm", "softmax") for t in ("semi-white-box", "white-box")}
+    transfer = {s for s in stems if re.fullmatch(r"curve-(gm|softmax)-black-box-from-(gm|softmax)", s)}
+    assert {s.split("-")[1] for s in transfer} == {"gm", "softmax"}  # a curve per target and substitute
+    budget = {s for s in stems if s.startswith("budget-")}  # accuracy vs budget, where an attack ran at several
+    assert set(stems) == expected | transfer | budget and len(stems) == len(page.all("img"))
     assert all(png.startswith(PNG_MAGIC) for png in embedded_pngs(page))
 
 
@@ -343,7 +349,7 @@ def test_chromium_renders_the_tables_and_images(run_page, tmp_path):
     assert found, done.stdout[-2000:]
     tables, images, loaded = map(int, found.groups())
     assert (
-        tables == len(Page(text).all("table")) >= 3 and images == len(Page(text).all("img")) == 2 and loaded == images
+        tables == len(Page(text).all("table")) >= 3 and images == len(Page(text).all("img")) == 3 and loaded == images
     )
     shot = tmp_path / "shot.png"
     done = headless(

@@ -10,8 +10,16 @@ from robench.checkpoints.bundle import BundleMeta, save_bundle
 from robench.checkpoints.model_factory import build_classifier
 from robench.cli.report import report
 from robench.defenses import DEFENSES
-from robench.report.plots import accuracy_vs_budget, budget_table, feature_embeddings, kd_histograms, roc_figures
+from robench.report.plots import (
+    accuracy_vs_budget,
+    budget_table,
+    feature_embeddings,
+    kd_histograms,
+    robustness_curves,
+    roc_figures,
+)
 from robench.runs.output import write_run
+from robench.scoring import records as R
 from robench.scoring.metrics import metric_value, roc_points, summarize
 from synthetic import synthetic_records
 
@@ -75,6 +83,21 @@ def test_kd_histograms_per_threat_and_a_note_without_kd(tmp_path):
     assert_figures(result.files, ["kd-hist-semi-white-box"])
     without = kd_histograms(records("soft", "rotation", "rotation-30", detectors=("bu",)), tmp_path)
     assert without.files == [] and "no 'kd' scores" in without.notes[0]
+
+
+def test_robustness_curves_per_model_and_threat_with_budgets_marked(tmp_path, monkeypatch):
+    texts = _drawn_texts(monkeypatch)
+    frame = pd.concat(
+        [records("gm", "white-box", "PGD"), records("gm", "white-box", "C&W", seed=1)], ignore_index=True
+    ).assign(**{R.BUDGETS: "linf:0.3;l2:2.0", R.CRAFTED_ON: "gm"})
+    transfer = records("gm", "black-box", "PGD", seed=2).assign(**{R.CRAFTED_ON: "soft", R.BUDGETS: "linf:0.3"})
+    noise = records("gm", "noise", "noise-0.05", corruption=True)
+    result = robustness_curves(pd.concat([frame, transfer, noise], ignore_index=True), tmp_path, resamples=50)
+    assert_figures(result.files, ["curve-gm-white-box", "curve-gm-black-box-from-soft"])
+    assert {"Linf 0.3", "L2 2", "no detector", "kd (unflagged)", "Linf", "L2"} <= set(texts)
+    assert "Robustness curves: gm, black-box, crafted on soft" in texts
+    only_noise = robustness_curves(noise, tmp_path)
+    assert only_noise.files == [] and "only corruptions" in only_noise.notes[0]
 
 
 def noise_run(model: str, sigmas: list[float]) -> dict:
@@ -155,7 +178,13 @@ def test_report_plots_writes_figures_and_notes(tmp_path):
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in plots.iterdir()) == sorted(
         f"{stem}.{ext}"
-        for stem in ("roc-gm-semi-white-box", "roc-soft-semi-white-box", "kd-hist-semi-white-box")
+        for stem in (
+            "roc-gm-semi-white-box",
+            "roc-soft-semi-white-box",
+            "kd-hist-semi-white-box",
+            "curve-gm-semi-white-box",
+            "curve-soft-semi-white-box",
+        )
         for ext in ("png", "pdf")
     )
     assert "single budget" in result.stderr and "features soft: skipped, bundle" in result.stderr
@@ -211,11 +240,13 @@ def test_names_are_drawn_literally_never_as_math(tmp_path, monkeypatch, model):
             summarize(noisy), [{"model": {"name": model}, "threat": {"name": "noise", "attacks": attacks}}], tmp_path
         )
     )
-    assert len(result.files) == 6, result.notes
+    result.extend(robustness_curves(frame, tmp_path, resamples=20))
+    assert len(result.files) == 8, result.notes
     dollars = [t for t in texts if "$" in t]
     assert dollars and not [t for t in dollars if cbook.is_math_text(t)]
     shown = {t.replace(r"\$", "$") for t in dollars}  # what matplotlib draws for a text that is not math
     assert {f"ROC: {model}, {threat}", "d$e$t", f"K-density (kd) scores, {threat}", f"{model}: F$G$SM"} <= shown
+    assert {f"Robustness curves: {model}, {threat}", "d$e$t (unflagged)"} <= shown
     # the ROC legend (attack, AUC %) and the budget figure's (model): a label starting with "_" is not dropped
     assert any(t.startswith("F$G$SM (") for t in shown) and any(t.startswith("_B$I$M (") for t in shown)
     assert model in {t.replace(r"\$", "$") for t in texts}
@@ -240,7 +271,9 @@ def test_report_plots_of_a_model_named_like_math(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == sorted(
-        f"{s}.{e}" for s in ("roc-m_frac-semi-white-box", "kd-hist-semi-white-box") for e in ("png", "pdf")
+        f"{s}.{e}"
+        for s in ("roc-m_frac-semi-white-box", "kd-hist-semi-white-box", "curve-m_frac-semi-white-box")
+        for e in ("png", "pdf")
     )
 
 
@@ -269,7 +302,7 @@ def _report_in_a_clean_home(tmp_path, **env):
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    assert (out / "report.html").stat().st_size > 1000 and len(list((out / "plots").glob("*.png"))) == 2
+    assert (out / "report.html").stat().st_size > 1000 and len(list((out / "plots").glob("*.png"))) == 3
     return home, scratch
 
 

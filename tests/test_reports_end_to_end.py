@@ -40,7 +40,7 @@ def test_threat_all_report_baseline_and_check(all_run, capsys):
     assert code == 0, err
     run_dir = root / "run"
     threats = {t["name"] for t in json.loads((run_dir / "run.json").read_text())["threats"]}
-    assert threats == {"semi-white-box", "white-box", "black-box", "spsa", "noise", "rotation"}
+    assert threats == {"semi-white-box", "white-box", "black-box", "spsa", "noise", "rotation", "minimum-norm"}
 
     code, _, err = run_cli(
         capsys, "report", str(run_dir), "--format", "markdown", "--out", str(root / "tables.md"), "--plots"

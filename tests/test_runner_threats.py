@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -11,7 +12,7 @@ from robench.core.errors import ConfigError
 from robench.runs.parts import PARTS_DIR, PartStore
 from robench.runs.runner import RunConfig, run
 from robench.specs.threat_files import select_threats
-from robench.specs.threats import THREATS
+from robench.specs.threats import THREATS, distribute
 from test_cli import assert_one_line_error
 from test_cli import run as run_cli
 from tiny import two_model_suite
@@ -24,6 +25,9 @@ FAST = {
     "SPSA-un.samples": 8,
     "SPSA-tar.steps": 2,
     "SPSA-tar.samples": 8,
+    "FMN-L2.steps": 5,
+    "FMN-Linf.steps": 5,
+    "DDN.steps": 5,
 }
 
 
@@ -63,9 +67,7 @@ def test_white_box_cw_wb_records_and_attacker_density(bundles, tmp_path):
     assert (records["crafted_on"] == "gm").all() and (records["success"] == records["crafted_success"]).all()
     info = json.loads((out / "run.json").read_text())
     (density,) = info["attacker_density"]
-    assert (
-        density["kd_per_class"] == 20 and density["eta"] == pytest.approx(density["eta"]) and density["bandwidth"] > 0
-    )
+    assert density["kd_per_class"] == 20 and density["eta"] == pytest.approx(density["eta"]) and density["width"] > 0
     assert info["threat"]["name"] == "white-box"
 
 
@@ -136,6 +138,66 @@ def test_threat_configuration_errors(bundles, kwargs, message):
 def test_cli_black_box_without_substitute_is_one_line(bundles, capsys):
     code, _, err = run_cli(capsys, "run", "--model", str(bundles["gm"]), "--threat", "black-box", "--n", "4")
     assert_one_line_error(code, err, "--substitute")
+
+
+def test_cli_adds_a_registered_attack_by_name(bundles, tmp_path, capsys):
+    """``--attack fmn-l2``, not a label of the threat, joins it labelled by its name with the family's defaults."""
+    out = tmp_path / "fmn"
+    code, _, err = run_cli(
+        capsys, "run", "--model", str(bundles["softmax"]), "--threat", "semi-white-box", "--attack", "fmn-l2",
+        "--set", "fmn-l2.steps=5", "--n", "4", "--batch-size", "4", "--device", "cpu", "--detector", "max-prob",
+        "--no-sanity", "--no-progress", "--out", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    records = pd.read_parquet(out / "records.parquet")
+    assert set(zip(records["threat"], records["attack"])) == {("semi-white-box", "fmn-l2")}
+    assert len(records) == 4 and (records["target"] == -1).all()
+    (threat,) = json.loads((out / "run.json").read_text())["threats"]
+    (attack,) = threat["attacks"]
+    assert attack["label"] == attack["attack"] == "fmn-l2" and attack["target_mode"] == "none"
+    assert attack["params"]["steps"] == 5 and attack["params"]["objective"] == "adaptive-margin"
+
+
+def test_cli_runs_the_minimum_norm_threat(bundles, tmp_path, capsys):
+    out = tmp_path / "minimum-norm"
+    code, _, err = run_cli(
+        capsys, "run", "--model", str(bundles["gm"]), "--threat", "minimum-norm", "--n", "4", "--batch-size", "4",
+        "--device", "cpu", "--detector", "max-prob", "--no-sanity", "--no-progress", "--out", str(out),
+        *[arg for key, value in _fast("minimum-norm").items() for arg in ("--set", f"{key}={value}")],
+    )  # fmt: skip
+    assert code == 0, err
+    records = pd.read_parquet(out / "records.parquet")
+    assert set(records["attack"]) == {"FMN-L2", "FMN-Linf", "DDN"} and set(records["threat"]) == {"minimum-norm"}
+
+
+def test_attacks_added_by_name_join_only_threats_that_can_host_them():
+    (semi,) = distribute(select_threats("semi-white-box", False), {"ddn.steps": 7}, ("ddn",))
+    assert semi.labels() == ["ddn"] and semi.attacks[0].build("mnist").steps == 7
+    hosts = {t.name: t.labels() for t in distribute(select_threats("all", False), {}, ("ddn", "FGSM"))}
+    assert hosts == {"semi-white-box": ["FGSM", "ddn"], "white-box": ["ddn"], "minimum-norm": ["ddn"]}
+    (noise,) = distribute(select_threats("all", False), {}, ("gaussian-noise",))[:1]
+    assert noise.name == "noise" and noise.labels() == ["gaussian-noise"]
+    (white,) = distribute(select_threats("all", False), {}, ("cw-wb",))
+    assert white.name == "white-box"
+    (minimum,) = distribute(select_threats("minimum-norm", False), {}, ("FMN-L2",))  # a label selects as before
+    assert minimum.labels() == ["FMN-L2"]
+
+
+@pytest.mark.parametrize(
+    ("threat", "name", "message"),
+    [
+        ("semi-white-box", "fmn-l3", "no selected threat has an attack 'fmn-l3' (did you mean 'fmn-l2'"),
+        ("all", "FMN-L3", "did you mean 'FMN-L2'"),
+        ("noise", "fmn-l2", "cannot join threat 'noise': it is an attack (l2), and the threat's access is 'none'"),
+        ("semi-white-box", "rotation", "cannot join threat 'semi-white-box': it is a corruption"),
+        ("spsa", "ddn", "black-box with queries only"),
+        ("semi-white-box", "cw-wb", "attacks the detector, which a grey-box attacker does not know"),
+    ],
+)
+def test_attacks_added_by_name_are_refused_in_one_line(threat, name, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as caught:
+        distribute(select_threats(threat, False), {}, (name,))
+    assert "\n" not in str(caught.value)
 
 
 class _Interrupted(Exception):

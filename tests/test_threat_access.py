@@ -22,6 +22,7 @@ EXPECTED_ACCESS = {
     "noise": "none",
     "rotation": "none",
     "autoattack": "grey-box",  # AutoAttack knows the model's logits, not the defense's loss or the detector
+    "minimum-norm": "grey-box",  # FMN and DDN know the model and its defense's loss, not the detector
 }
 
 
@@ -30,6 +31,7 @@ def test_every_registered_threat_declares_a_known_access():
     assert set(ACCESS) == {"white-box", "grey-box", "black-box", "none"} and all(ACCESS.values())
     assert [n for n in THREATS.names() if THREATS.get(n).gradient_access] == [
         "autoattack",
+        "minimum-norm",
         "semi-white-box",
         "white-box",
     ]
@@ -119,6 +121,7 @@ def test_all_runs_the_papers_threats_and_autoattack_runs_by_name():
         "spsa",
         "noise",
         "rotation",
+        "minimum-norm",
     }
     assert {t.name for t in select_threats("all", True)} == {
         "semi-white-box",
@@ -127,6 +130,7 @@ def test_all_runs_the_papers_threats_and_autoattack_runs_by_name():
         "spsa",
         "noise",
         "rotation",
+        "minimum-norm",
     }
     (auto,) = select_threats("autoattack", False)
     assert not auto.in_all and auto.default_cascade == "misclassified"

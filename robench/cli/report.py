@@ -10,6 +10,10 @@ The command is added to the ``robench`` group in ``robench/cli.py``. Tables go
 to stdout (or ``--out``); notes on skipped layouts and figures, and the files
 written, go to stderr so that stdout stays the table alone.
 
+Besides the layouts, the default tables include ``curves`` and ``audit``, built from the records
+(:mod:`robench.report.curves_tables`: robust accuracy at each budget from the robustness curves, and the
+attack audit); ``--layout curves`` / ``--layout audit`` pick them like layouts (not with ``--paper``).
+
 ``--paper "001 Table 10"`` puts that table's own numbers (``reports/reproduce/papers.csv``,
 :mod:`robench.report.paper`) beside robench's, in the table's layout, with the AUC population
 the paper used and (001 Tables 9-10) the distortion on the 0-255 scale, unless
@@ -24,6 +28,7 @@ import click
 
 from robench.cli.params import NonEmptyPath
 from robench.core.errors import ConfigError
+from robench.report.curves_tables import RECORD_TABLES, record_tables
 from robench.report.paper import DEFAULT_PAPERS_FILE, PAPER_TABLES, PaperNumbers, default_population
 from robench.report.tables import DEFAULT_ORDER, DISTORTION_SCALES, FORMATS, LAYOUTS, PAPER_LAYOUTS, TableOptions
 from robench.report.tables.layouts import DISTORTION_255
@@ -105,7 +110,8 @@ def resolve_paper_options(
     "layouts",
     multiple=True,
     metavar="NAME",
-    help=f"Layout (repeatable): {', '.join(LAYOUTS.names())} [default: all that apply; summary for csv/html only].",
+    help=f"Layout (repeatable): {', '.join([*LAYOUTS.names(), *RECORD_TABLES])} "
+    "[default: all that apply; summary for csv/html only].",
 )
 @click.option(
     "--out",
@@ -220,7 +226,8 @@ def report(
     if ci is None:
         ci = full_html
     for name in layouts:
-        LAYOUTS.get(name)  # a misspelt layout fails before the records are read
+        if name not in RECORD_TABLES:
+            LAYOUTS.get(name)  # a misspelt layout fails before the records are read
     paper = load_paper_table(paper_name, papers_file) if paper_name is not None else None
     if paper_dataset is not None and paper is None:
         raise ConfigError("--paper-dataset applies with --paper (which paper table's numbers to show)")
@@ -235,7 +242,18 @@ def report(
     defaults = (
         DEFAULT_ORDER if fmt in ("csv", "html") else PAPER_LAYOUTS
     )  # the long summary table only where it reads well
-    tables, notes = build_tables(summary, run.model_meta(), list(layouts) or None, intervals, defaults, options)
+    named = [name for name in layouts if name not in RECORD_TABLES]
+    tables, notes = (
+        build_tables(summary, run.model_meta(), named or None, intervals, defaults, options)
+        if named or not layouts
+        else ([], [])
+    )
+    wanted_records = [name for name in layouts if name in RECORD_TABLES]
+    if wanted_records or (not layouts and paper is None):  # the paper's tables stand alone with --paper
+        extra, extra_notes = record_tables(run.records, wanted_records or None, resamples if ci else None)
+        at = next((i for i, t in enumerate(tables) if t.layout == "summary"), len(tables))
+        tables[at:at] = extra
+        notes += extra_notes
     if not tables:
         raise ConfigError(f"no table layout applies to {run_dir}")
     notes = option_notes + notes

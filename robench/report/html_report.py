@@ -3,9 +3,10 @@
 ``robench report RUN_DIR --out report.html`` (or ``--format html --standalone``) writes it. The page
 holds, in order: a header of what was evaluated (each model with its content hash, each run's threats,
 attacks, n and seed, the package versions and git revisions of run.json), every table layout that
-applies (the paper layouts of :mod:`robench.report.tables`, the worst-case layout, then the summary
-table; with bootstrap intervals, :mod:`robench.report.bootstrap`, unless ``--no-ci``), the sanity
-flags (:mod:`robench.runs.sanity`) and the figures of :mod:`robench.report.plots`, embedded as base64
+applies (the paper layouts of :mod:`robench.report.tables`, the worst-case layout, the robustness-curve
+and attack-audit tables of :mod:`robench.report.curves_tables`, then the summary table; with bootstrap
+intervals, :mod:`robench.report.bootstrap`, unless ``--no-ci``), the sanity flags (:mod:`robench.runs.sanity`)
+and the figures of :mod:`robench.report.plots`, embedded as base64
 PNG ``data:`` URIs, plus a table of contents.
 
 Nothing on the page refers outside it: no script, no stylesheet or font to fetch, every image a
@@ -46,6 +47,7 @@ FIGURE_KINDS = {
     "kd-hist": "K-density scores of clean vs adversarial inputs (001 Fig. 5)",
     "budget": "Robust accuracy vs attack budget",
     "features": "Test features of 2-D feature models (001 Fig. 1)",
+    "curve": "Robustness curves: robust accuracy vs eps per norm and detector, 95% bootstrap bands, budgets marked",
 }
 
 CSS = """
@@ -353,7 +355,9 @@ def _section_id(table: Table) -> str:
 
 
 def _layout_title(name: str) -> str:
-    description = LAYOUTS.get(name).description if name in LAYOUTS else name
+    from robench.report.curves_tables import RECORD_TABLES
+
+    description = LAYOUTS.get(name).description if name in LAYOUTS else RECORD_TABLES.get(name, name)
     return description[:1].upper() + description[1:]
 
 

@@ -7,7 +7,11 @@
 - ``budget-THREAT-ATTACK``: robust accuracy vs the attack's budget (eps, noise sigma, rotation degrees)
   when a run holds one registered attack at several budgets;
 - ``features-MODEL``: the test split's 2-D features coloured by class, for models whose feature_dim
-  is 2 (001 Fig. 1).
+  is 2 (001 Fig. 1);
+- ``curve-MODEL-THREAT`` (``curve-MODEL-THREAT-from-SUBSTITUTE`` for transfer): robustness curves, robust
+  accuracy vs eps from each sample's smallest breaking distance (:mod:`robench.scoring.curves`), a panel per
+  norm, a line per detector (none, then each detector: only unflagged outputs break a sample) with its
+  95% bootstrap band, the threat's budgets marked.
 
 Every function returns the files it wrote and notes on what it skipped and why. Every name drawn
 (model, threat, attack, detector, parameter) is :func:`robench.core.mpl.literal`: drawn as it is, never as math.
@@ -32,7 +36,7 @@ from robench.core.mpl import literal, pyplot
 from robench.core.provenance import atomic_write_bytes
 from robench.report.rundir import RunDir
 from robench.scoring import records as R
-from robench.scoring.metrics import metric_value, roc_points
+from robench.scoring.metrics import NO_DETECTOR, metric_value, roc_points
 
 plt = pyplot()  # Agg, its caches in a folder robench owns (robench.core.mpl)
 
@@ -240,6 +244,74 @@ def accuracy_vs_budget(summary: pd.DataFrame, runs: Sequence[Mapping[str, Any]],
     return result
 
 
+CURVE_RESAMPLES = 200  # bootstrap resamples of a figure's bands (a figure, not a table: fewer draws suffice)
+CURVE_POINTS = 201  # eps values per drawn curve
+
+
+def robustness_curves(
+    records: pd.DataFrame, out_dir: Path, resamples: int = CURVE_RESAMPLES, seed: int = 0
+) -> PlotResult:
+    """Robust accuracy vs eps per model x threat (x crafting model): a panel per norm, a line and band per detector."""
+    from robench.scoring import curves as C
+
+    result = PlotResult()
+    distances = C.smallest_distances(records)
+    if distances.empty:
+        result.notes.append("robustness curves: skipped, the run holds no attack (only corruptions)")
+        return result
+    for (model, threat, crafted_on), group in distances.groupby(list(C.GROUP), sort=False):
+        norms = list(dict.fromkeys(group[C.NORM]))
+        fig, axes = _grid(1, len(norms), 4.4, 3.6)
+        for ax, norm in zip(axes[0], norms):
+            in_norm = group[group[C.NORM] == norm]
+            key = {R.MODEL: model, R.THREAT: threat, R.CRAFTED_ON: crafted_on, C.NORM: norm}
+            budgets = C.curve_budgets(records, key)
+            grid = np.unique(
+                np.r_[np.linspace(0.0, _curve_top(in_norm, budgets), CURVE_POINTS), [b.eps for b in budgets]]
+            )
+            handles, labels = [], []
+            for i, (detector, rows) in enumerate(in_norm.groupby(C.DETECTOR, sort=False)):
+                curve = C.robustness_curve(rows, grid, resamples, C.group_seed(seed, *key.values(), detector))
+                color = f"C{i}"
+                (line,) = ax.plot(
+                    curve[C.EPS], 100 * curve[C.ROBUST_ACCURACY], color=color, lw=1.4, drawstyle="steps-post"
+                )
+                if resamples:
+                    ax.fill_between(curve[C.EPS], 100 * curve[C.LOW], 100 * curve[C.HIGH], color=color, alpha=0.18,
+                                    lw=0, step="post")  # fmt: skip
+                handles.append(line)
+                labels.append("no detector" if detector == NO_DETECTOR else literal(f"{detector} (unflagged)"))
+            for budget in budgets:
+                ax.axvline(budget.eps, color="0.45", lw=0.8, ls="--")
+                ax.annotate(literal(budget.label), (budget.eps, 100), xytext=(2, -2), textcoords="offset points",
+                            fontsize=6, color="0.35", va="top", rotation=90)  # fmt: skip
+            ax.set(xlabel=literal(f"eps ({budgets_label(norm)} distance, input units)"), ylabel="robust accuracy (%)",
+                   ylim=(0, 101), xlim=(0, grid[-1]), title=literal(budgets_label(norm)))  # fmt: skip
+        # one legend for the panels (each draws the same detectors), below them: it hides no curve
+        fig.legend(handles, labels, fontsize=7, loc="outside lower center", ncols=min(len(labels), 5), frameon=False)
+        where = threat if crafted_on == model else f"{threat}, crafted on {crafted_on}"
+        fig.suptitle(literal(f"Robustness curves: {model}, {where}"))
+        stem = (
+            _slug("curve", model, threat) if crafted_on == model else _slug("curve", model, threat, "from", crafted_on)
+        )
+        result.files += save_figure(fig, out_dir, stem)
+    return result
+
+
+def budgets_label(norm: str) -> str:
+    from robench.scoring.budgets import NORM_LABELS
+
+    return NORM_LABELS.get(norm, norm)
+
+
+def _curve_top(distances: pd.DataFrame, budgets: Sequence[Any]) -> float:
+    """The right end of a curve's eps axis: past the largest finite distance and budget."""
+    values = distances["distance"].to_numpy(dtype=float)
+    finite = values[np.isfinite(values)]
+    top = max([float(finite.max()) if len(finite) else 0.0, *(b.eps for b in budgets)])
+    return top * 1.05 if top > 0 else 1.0
+
+
 def _bundle_path(path: str, run_dir: Path) -> Path | None:
     # run.json holds the path as given on the command line: relative to where the run was started
     for candidate in (Path(path), run_dir / path):
@@ -313,5 +385,6 @@ def _plot_run_dir(run: RunDir, out_dir: Path) -> PlotResult:
     result.extend(roc_figures(run.records, out_dir))
     result.extend(kd_histograms(run.records, out_dir))
     result.extend(accuracy_vs_budget(run.summary(), run.runs, out_dir))
+    result.extend(robustness_curves(run.records, out_dir))
     result.extend(feature_embeddings(run.runs, run.path if run.path.is_dir() else run.path.parent, out_dir))
     return result

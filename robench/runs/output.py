@@ -1,5 +1,5 @@
-"""A run's output folder: records.parquet, worst_case.parquet, summary.csv, run.json and sanity.csv, each written
-atomically."""
+"""A run's output folder: records.parquet, worst_case.parquet, distances.parquet, summary.csv, run.json and sanity.csv,
+each written atomically."""
 
 from __future__ import annotations
 
@@ -32,16 +32,21 @@ def contained(root: Path, *parts: str) -> Path:
 def write_run(
     out: Path, records: pd.DataFrame, summary: pd.DataFrame, info: Mapping[str, Any], sanity: pd.DataFrame | None = None
 ) -> None:
-    """records.parquet, worst_case.parquet, summary.csv, run.json (and sanity.csv), each written atomically.
+    """records.parquet, worst_case.parquet, distances.parquet, summary.csv, run.json (and sanity.csv), each written
+    atomically.
 
     ``worst_case.parquet`` holds the derived worst-case records (:mod:`robench.scoring.worst_case`,
     with ``broken_by``: the first attack that misclassified each sample), a convenience copy of
     what every reader recomputes from ``records.parquet``; a threat of one attack has none.
+    ``distances.parquet`` holds each sample's smallest breaking distance per norm and detector
+    (:func:`robench.scoring.curves.smallest_distances`, the robustness curves'), likewise derived.
     """
+    from robench.scoring.curves import smallest_distances
     from robench.scoring.worst_case import worst_case_records
 
     out.mkdir(parents=True, exist_ok=True)
-    for name, frame in (("records.parquet", records), ("worst_case.parquet", worst_case_records(records))):
+    derived = (("worst_case.parquet", worst_case_records(records)), ("distances.parquet", smallest_distances(records)))
+    for name, frame in (("records.parquet", records), *derived):
         buffer = io.BytesIO()
         frame.to_parquet(buffer, index=False)
         atomic_write_bytes(out / name, buffer.getvalue())
@@ -64,7 +69,11 @@ def with_sanity_flags(summary: pd.DataFrame, sanity: pd.DataFrame) -> pd.DataFra
     def flagged(row: pd.Series) -> str:
         names = [
             n
-            for key in ((row[R.MODEL], "-"), (row[R.MODEL], row[R.THREAT]))
+            for key in (
+                (row[R.MODEL], "-"),
+                (row[R.MODEL], row[R.THREAT]),
+                (row[R.MODEL], f"{row[R.THREAT]}/{row[R.ATTACK]}"),  # a per-attack check (attacker-estimator-differs)
+            )
             for n in flags.get(key, "").split(",")
             if n
         ]

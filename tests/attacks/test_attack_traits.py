@@ -6,7 +6,21 @@ import pytest
 
 from robench.attacks import ATTACKS
 
-ITERATIVE = {"bim", "ilcm", "pgd", "mim", "cw-l2", "cw-hc", "cw-wb", "spsa", "apgd", "apgd-l2", "fmn-l2", "fmn-linf"}
+ITERATIVE = {
+    "bim",
+    "ilcm",
+    "pgd",
+    "mim",
+    "cw-l2",
+    "cw-hc",
+    "cw-wb",
+    "spsa",
+    "apgd",
+    "apgd-l2",
+    "fmn-l2",
+    "fmn-linf",
+    "ddn",
+}
 BUDGET = {
     "fgsm": "eps",
     "bim": "eps",
@@ -23,6 +37,7 @@ BUDGET = {
     "cw-wb": None,
     "fmn-l2": None,
     "fmn-linf": None,
+    "ddn": None,
 }
 
 
