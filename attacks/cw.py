@@ -51,7 +51,15 @@ the batch size; a float64 test compares batched with one-at-a-time runs):
   the rest of this search step. The reference compares the single losses at the
   two checks; the minimum over the window is less easily fooled by Adam's
   oscillation around the decision boundary;
-- only the samples still moving are forwarded, so aborted samples cost nothing.
+- each sample runs its own binary search: it carries its search step and its
+  iteration, and starts its next search step (fresh w and Adam moments, its
+  next c) as soon as it aborts or has run ``steps`` iterations, without waiting
+  for the rest of the batch. Every iteration forwards all samples still
+  searching, whatever their search step, so the batch stays full until fewer
+  samples are left than it holds: aborted samples cost nothing, and a batch no
+  longer waits for its slowest sample at every search step (only at the end).
+  Adam's bias correction follows each sample's own step count
+  (``MaskedAdam.step`` with a per-sample t).
 
 Success, for the binary search and for keeping a candidate, is judged as in
 the reference: the model predicts a wrong class (untargeted) or the target
@@ -113,20 +121,24 @@ class CarliniWagnerL2(Attack):
 
     Fields (defaults):
 
-    - ``binary_search_steps`` = 5: search steps over c (paper 001; 004 uses 9; the
-      reference 9). From 10 steps on, the last step reruns at the best c found, as in
+    - ``binary_search_steps`` = 5: search steps over c (paper 001 Sec. 4.4; 004 Sec. 4.3 uses 9;
+      foolbox's 9, foolbox/attacks/carlini_wagner.py:51; Carlini's own code is not on this machine,
+      not verified). From 10 steps on, the last step reruns at the best c found, as in
       the reference.
-    - ``steps`` = 1000: maximal Adam iterations per search step (004's 1,000; the
-      reference allows 10,000 with early abort). CPU cost: see the module docstring.
-    - ``lr`` = 0.01: Adam's learning rate, Carlini's reference value (004 uses 0.005;
-      001's text says 0.001). Not 0.001 because Adam moves each coordinate of w by
+    - ``steps`` = 1000: maximal Adam iterations per search step (004 Sec. 4.3's 1,000; foolbox
+      allows 10,000 with early abort, foolbox/attacks/carlini_wagner.py:52). CPU cost: see the module docstring.
+    - ``lr`` = 0.01: Adam's learning rate, foolbox's (``stepsize``, foolbox/attacks/carlini_wagner.py:53)
+      and torchattacks' (torchattacks/attacks/cw.py:39), said to be Carlini's reference value (not
+      verified: that code is not on this machine); 004 Sec. 4.3 uses 0.005, 001 Sec. 4.4's text 0.001.
+      Not 0.001 because Adam moves each coordinate of w by
       about ``lr`` per iteration, and an input on a bound (most MNIST pixels) sits at
       |w| ~ 7.25: with lr 0.001 it can move by about 1 in w in 1,000 iterations, which
       changes the pixel by less than 1e-5, so the attack could only use the
       intermediate pixels. Set ``lr=0.001`` to reproduce 001's setting literally.
-    - ``initial_const`` = 1e-3: the first c (the reference's and foolbox's; 004 uses 0.01).
+    - ``initial_const`` = 1e-3: the first c, foolbox's (foolbox/attacks/carlini_wagner.py:55; Carlini's
+      own code not verified); 004 Sec. 4.3 uses 0.01.
     - ``kappa`` = 0: required confidence; the margin objective is clamped at -kappa
-      and success needs the winning logit to lead by kappa (``cw-hc``: 10, paper 001).
+      and success needs the winning logit to lead by kappa (``cw-hc``: 10, paper 001 Sec. 4.4).
     - ``abort_early`` = True: per-sample early abort every ``steps // 10`` iterations.
     - ``objective`` = "margin": C&W's f_6 on the logits; "adaptive-margin" uses the
       defense's own margin objective (paper 004 App. B.4).
@@ -191,6 +203,12 @@ class CarliniWagnerL2(Attack):
 
         Returns the smallest successful perturbation per sample and, where none was found, the
         best attempt (``return_attempt``) or the clean input, with the criterion per sample.
+
+        Every sample runs its own search: it carries its search step and its iteration in it, and
+        moves on to its next search step (fresh w and Adam moments, the next c) as soon as its
+        current one ends (early abort or ``steps`` iterations), whatever the others do. Each
+        iteration forwards every sample still searching, so the batch stays full until fewer
+        samples are left than it holds; a sample's computation is the reference's, step for step.
         """
         n = x.shape[0]
         best_adv = x.clone()
@@ -216,83 +234,121 @@ class CarliniWagnerL2(Attack):
         origin = x if start is None else start
         w_start = torch.atanh(((origin - low) / width * 2.0 - 1.0).clamp(-_ATANH_LIMIT, _ATANH_LIMIT))
 
+        # Per sample: the binary search over c (float64), its search step and its iteration within it.
         consts = torch.full((n,), float(self.initial_const), dtype=torch.float64, device=device)
         lower = torch.zeros(n, dtype=torch.float64, device=device)
         upper = torch.full((n,), _CONST_UPPER, dtype=torch.float64, device=device)
+        search_step = torch.zeros(n, dtype=torch.long, device=device)
+        iteration = torch.zeros(n, dtype=torch.long, device=device)
         check_every = max(self.steps // 10, 1)
+        # The state of the current search step, reset when a sample starts its next one.
+        c = consts.to(x.dtype)
+        w = w_start.clone()
+        adam = MaskedAdam(w, self.lr)
+        found = torch.zeros(n, dtype=torch.bool, device=device)
+        previous = torch.full((n,), math.inf, dtype=x.dtype, device=device)
+        window_min = torch.full((n,), math.inf, dtype=x.dtype, device=device)
+        # Search step 0 never settles (upper is still _CONST_UPPER) and is no final repeat (that needs >= 10 steps).
+        moving = ~already
 
-        for search_step in range(self.binary_search_steps):
-            if self.binary_search_steps >= 10 and search_step == self.binary_search_steps - 1:
-                consts = upper.clone()  # the reference's final repeat at the best c found
-            c = consts.to(x.dtype)
-            w = w_start.clone()
-            adam = MaskedAdam(w, self.lr)
-            # bounds that met: the search is over for the sample (search_tolerance; the reference has no such stop)
-            settled = (upper < _CONST_UPPER) & (upper - lower <= self.search_tolerance * upper)
-            moving = ~already & ~settled
-            found = torch.zeros(n, dtype=torch.bool, device=device)
-            previous = torch.full((n,), math.inf, dtype=x.dtype, device=device)
-            window_min = torch.full((n,), math.inf, dtype=x.dtype, device=device)
+        while True:
+            idx = moving.nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            w_i = w[idx].requires_grad_(True)
+            x_i = self._to_input(w_i, low, width, target)
+            forward = target.forward(x_i)
+            y_i = y[idx]
+            t_i = None if targets is None else targets[idx]
+            value = objective_value(self.objective, target, forward, y_i, t_i, self.kappa, self.likelihood_weight)
+            penalty = self._penalty(target, forward, t_i, None if context is None else context[idx])
+            sq_dist = (x_i - x[idx]).flatten(1).square().sum(1)
+            loss = sq_dist + c[idx] * (value if penalty is None else value + penalty)
+            (grad,) = torch.autograd.grad(loss.sum(), w_i)
 
-            for iteration in range(self.steps):
-                idx = moving.nonzero().squeeze(1)
-                if idx.numel() == 0:
-                    break
-                w_i = w[idx].requires_grad_(True)
-                x_i = self._to_input(w_i, low, width, target)
-                forward = target.forward(x_i)
-                y_i = y[idx]
-                t_i = None if targets is None else targets[idx]
-                value = objective_value(self.objective, target, forward, y_i, t_i, self.kappa, self.likelihood_weight)
-                penalty = self._penalty(target, forward, t_i, None if context is None else context[idx])
-                sq_dist = (x_i - x[idx]).flatten(1).square().sum(1)
-                loss = sq_dist + c[idx] * (value if penalty is None else value + penalty)
-                (grad,) = torch.autograd.grad(loss.sum(), w_i)
+            with torch.no_grad():
+                detached = Forward(x=x_i.detach(), z=forward.z.detach(), logits=forward.logits.detach())
+                margin = value.detach() if not self.likelihood_weight else self._margin(target, detached, y_i, t_i)
+                hit = self._hit(detached, y_i, t_i)
+                success = hit & (margin <= -self.kappa)
+                objective = margin if penalty is None else margin + penalty.detach()
+                if penalty is not None:
+                    success &= penalty.detach() <= 0
+                dist = sq_dist.detach().sqrt()
+                found[idx[success]] = True
+                better = success & (dist < best_l2[idx])
+                best_l2[idx[better]] = dist[better]
+                best_adv[idx[better]] = detached.x[better]
+                if self.return_attempt:
+                    seen_hit = attempt_hit[idx]
+                    improves = (hit & ~seen_hit) | ((hit == seen_hit) & (objective < attempt_value[idx]))
+                    j = idx[improves]
+                    attempt_hit[j] = hit[improves]
+                    attempt_value[j] = objective[improves]
+                    attempt_adv[j] = detached.x[improves]
 
-                with torch.no_grad():
-                    detached = Forward(x=x_i.detach(), z=forward.z.detach(), logits=forward.logits.detach())
-                    margin = value.detach() if not self.likelihood_weight else self._margin(target, detached, y_i, t_i)
-                    hit = self._hit(detached, y_i, t_i)
-                    success = hit & (margin <= -self.kappa)
-                    objective = margin if penalty is None else margin + penalty.detach()
-                    if penalty is not None:
-                        success &= penalty.detach() <= 0
-                    dist = sq_dist.detach().sqrt()
-                    found[idx[success]] = True
-                    better = success & (dist < best_l2[idx])
-                    best_l2[idx[better]] = dist[better]
-                    best_adv[idx[better]] = detached.x[better]
-                    if self.return_attempt:
-                        seen_hit = attempt_hit[idx]
-                        improves = (hit & ~seen_hit) | ((hit == seen_hit) & (objective < attempt_value[idx]))
-                        j = idx[improves]
-                        attempt_hit[j] = hit[improves]
-                        attempt_value[j] = objective[improves]
-                        attempt_adv[j] = detached.x[improves]
-
-                    loss = loss.detach()
-                    step_now = torch.ones_like(success)
-                    window_min[idx] = torch.minimum(window_min[idx], loss)
-                    if self.abort_early and iteration % check_every == 0:
-                        before, now = previous[idx], window_min[idx]
-                        stalled = torch.isfinite(before) & (now > before - _ABORT_RELATIVE_DROP * before.abs())
-                        previous[idx] = now
-                        window_min[idx] = math.inf
-                        moving[idx[stalled]] = False
-                        step_now = ~stalled
-                    j = idx[step_now]
-                    # every sample still moving has taken exactly `iteration` steps
-                    w[j] = w[j] - adam.step(j, grad[step_now], iteration + 1)
-
-            # per-sample binary search (the reference's update rule)
-            upper = torch.where(found, torch.minimum(upper, consts), upper)
-            lower = torch.where(found, lower, torch.maximum(lower, consts))
-            consts = torch.where(upper < _CONST_UPPER * 0.1, (lower + upper) / 2, consts * 10)
+                loss = loss.detach()
+                it_i = iteration[idx]
+                step_now = torch.ones_like(success)
+                window_min[idx] = torch.minimum(window_min[idx], loss)
+                if self.abort_early:
+                    # the samples at a check (their iteration a multiple of check_every) compare their windows
+                    check = it_i % check_every == 0
+                    before, now = previous[idx], window_min[idx]
+                    stalled = check & torch.isfinite(before) & (now > before - _ABORT_RELATIVE_DROP * before.abs())
+                    previous[idx] = torch.where(check, now, before)
+                    window_min[idx] = torch.where(check, torch.full_like(now, math.inf), now)
+                    step_now = ~stalled
+                j = idx[step_now]
+                # each sample's own Adam step count: the iterations it has taken in this search step, plus one
+                w[j] = w[j] - adam.step(j, grad[step_now], it_i[step_now] + 1)
+                iteration[j] += 1
+                # a search step ends by early abort or after `steps` iterations: the sample moves on to its next
+                ended = idx[~step_now | (it_i + 1 >= self.steps)]
+                if ended.numel():
+                    self._next_search_step(ended, found, consts, lower, upper, search_step, moving)
+                    fresh = ended[moving[ended]]
+                    c[fresh] = consts[fresh].to(x.dtype)
+                    w[fresh] = w_start[fresh]
+                    adam.reset(fresh)
+                    iteration[fresh] = 0
+                    found[fresh] = False
+                    previous[fresh] = math.inf
+                    window_min[fresh] = math.inf
 
         reached = torch.isfinite(best_l2)
         if self.return_attempt:
             best_adv = torch.where(reached.view(-1, *([1] * (x.ndim - 1))), best_adv, attempt_adv)
         return Crafted(best_adv, reached)
+
+    def _next_search_step(
+        self,
+        ended: Tensor,
+        found: Tensor,
+        consts: Tensor,
+        lower: Tensor,
+        upper: Tensor,
+        search_step: Tensor,
+        moving: Tensor,
+    ) -> None:
+        """The samples ``ended`` finished a search step: update their c by the reference's rule and advance them.
+
+        Updates, in place, ``consts``, ``lower``, ``upper``, ``search_step`` and ``moving`` (False
+        where the search is over: every search step run, or the bounds met).
+        """
+        hit = found[ended]
+        up = torch.where(hit, torch.minimum(upper[ended], consts[ended]), upper[ended])
+        lo = torch.where(hit, lower[ended], torch.maximum(lower[ended], consts[ended]))
+        nxt = torch.where(up < _CONST_UPPER * 0.1, (lo + up) / 2, consts[ended] * 10)
+        step = search_step[ended] + 1
+        if self.binary_search_steps >= 10:
+            # the reference's final repeat at the best c found
+            nxt = torch.where(step == self.binary_search_steps - 1, up, nxt)
+        upper[ended], lower[ended], consts[ended] = up, lo, nxt
+        search_step[ended] = step
+        # bounds that met: the search is over for the sample (search_tolerance; the reference has no such stop)
+        settled = (up < _CONST_UPPER) & (up - lo <= self.search_tolerance * up)
+        moving[ended] = (step < self.binary_search_steps) & ~settled
 
     @staticmethod
     def _to_input(w: Tensor, low: float, width: float, target: AttackTarget) -> Tensor:

@@ -26,6 +26,11 @@ def test_one_row_per_summary_row_and_point_inside_interval() -> None:
     table = _with_summary(records, n_resamples=400)
     assert len(table) == len(summarize(records)) == 8  # 3 attacks and their worst case, x 2 detectors
     for metric in metric_names():
+        if metric.startswith("median_"):
+            # a percentile interval of a median need not hold the point estimate; NaN on the worst-case rows
+            defined = table[table[metric].notna()]
+            assert (defined[f"{metric}_low"] <= defined[f"{metric}_high"]).all(), metric
+            continue
         assert (table[f"{metric}_low"] <= table[metric]).all() and (table[metric] <= table[f"{metric}_high"]).all(), (
             metric
         )

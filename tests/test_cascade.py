@@ -15,9 +15,9 @@ from robench.core.errors import ConfigError
 from robench.report.bootstrap import bootstrap_intervals
 from robench.runs.runner import RunConfig, run
 from robench.scoring import records as R
+from robench.scoring.budgets import Budget
 from robench.scoring.cascade import cascade_order, flag_thresholds, still_in
 from robench.scoring.metrics import summarize
-from robench.scoring.budgets import Budget
 from robench.scoring.worst_case import with_worst_case, worst_case_label, worst_case_records
 from robench.specs.threats import AttackSpec
 from test_cli import assert_one_line_error

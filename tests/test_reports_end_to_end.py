@@ -16,7 +16,15 @@ from test_runner_threats import FAST
 from tiny import make_tiny
 
 SETTINGS = {**FAST, "C&W.steps": 5, "C&W-hc.steps": 5, "C&W-un.steps": 5, "C&W-tar.steps": 5}
-LAYOUT_CAPTIONS = ("001 Tables 7-8", "001 Tables 9-10", "001 Table 11", "004 Tables 1-2", "Worst case per sample")
+LAYOUT_CAPTIONS = (
+    "001 Tables 7-8",
+    "001 Tables 9-10",
+    "001 Table 11",
+    "004 Tables 1-2",
+    "Worst case per sample",
+    "Robustness curves at the budgets",
+    "Attack audit",
+)
 
 
 @pytest.fixture(scope="module")

@@ -166,7 +166,13 @@ name = "rotation"
     assert set(combined["model"]) == {"softmax", "gm"}
     assert set(combined["threat"]) == {"semi-white-box", "noise", "rotation"}
     assert len(combined) == 2 * (2 + 1 + 1 + 1)  # FGSM, BIM and their worst case; noise; rotation
-    assert set(combined.loc[combined["threat"] == "semi-white-box", "attack"]) == {"FGSM", "BIM", "worst-case Linf 0.1", "worst-case Linf 0.2", "worst-case Linf 0.3"}
+    assert set(combined.loc[combined["threat"] == "semi-white-box", "attack"]) == {
+        "FGSM",
+        "BIM",
+        "worst-case Linf 0.1",
+        "worst-case Linf 0.2",
+        "worst-case Linf 0.3",
+    }
     assert (tmp_path / "suite-out" / "gm" / "noise" / "run.json").exists()
     bad = tmp_path / "bad.toml"
     bad.write_text(suite.read_text().replace('name = "noise"', 'name = "noize"'))

@@ -21,9 +21,13 @@ import torchattacks
 import robench.attacks.cw  # noqa: F401  (registers cw-l2 and cw-hc)
 from robench.attacks.base import ATTACKS, AttackTarget, Bounds
 from robench.attacks.cw import CarliniWagnerHighConfidence, CarliniWagnerL2
+from robench.attacks.cw_wb import CarliniWagnerWhiteBox
 from robench.attacks.objectives import logit_margin
+from robench.attacks.optim import MaskedAdam
+from robench.attacks.targets import choose_targets
 from robench.core.errors import ConfigError
 from robench.core.models import Classifier, Normalize
+from robench.detectors.kd import KernelDensityDetector, features_of
 
 FAST = {"steps": 100, "binary_search_steps": 3, "lr": 0.1, "initial_const": 1.0}
 UNIT = Bounds(0.0, 1.0)
@@ -282,3 +286,113 @@ def test_a_settled_binary_search_stops_for_that_sample(trained_tiny):
     assert torch.equal(settled.success, full.success)  # a success, once found, is kept: stopping loses none
     # those that stopped kept their first successful perturbation; searching on can only shrink it
     assert (l2(settled.x_adv, x)[full.success] >= l2(full.x_adv, x)[full.success] - 1e-6).all()
+
+
+class RowByRow(torch.nn.Module):
+    """``inner`` run on one row at a time, so that a sample's floats cannot depend on the rest of the batch (batched
+    convolutions and products round differently for different batch sizes); ``rows`` gets the row count of every
+    forward that builds a graph (one per image-step)."""
+
+    def __init__(self, inner: torch.nn.Module, rows: list[int] | None = None) -> None:
+        super().__init__()
+        self.inner = inner
+        self.rows = rows
+        for name in ("num_classes", "feature_dim"):
+            if hasattr(inner, name):
+                setattr(self, name, getattr(inner, name))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rows is not None and torch.is_grad_enabled():
+            self.rows.append(x.shape[0])
+        return torch.cat([self.inner(x[i : i + 1]) for i in range(x.shape[0])])
+
+
+def row_by_row(model: Classifier) -> tuple[Classifier, list[int]]:
+    rows: list[int] = []
+    return Classifier(model.normalize, RowByRow(model.backbone, rows), RowByRow(model.head)), rows
+
+
+def assert_each_sample_runs_as_if_alone(attack, target, x, y, targets, rows):
+    """The batch equals each sample alone, bit for bit, and keeps every sample still searching in every forward.
+
+    A sample alone takes T_i image-steps (one forward each); with each sample's search independent of the others,
+    forward k of the batch holds exactly the samples with T_i > k: all of them until the first one has finished
+    its whole search (the refill), then one fewer per finished sample (the tail).
+    """
+    batched = attack(target, x, y, targets, generator=torch.Generator())
+    batch_rows = list(rows)
+    alone_steps = []
+    for i in range(len(x)):
+        rows.clear()
+        one = None if targets is None else targets[i : i + 1]
+        alone = attack(target, x[i : i + 1], y[i : i + 1], one, generator=torch.Generator())
+        assert torch.equal(alone.x_adv[0], batched.x_adv[i]), i
+        assert bool(alone.success[0]) == bool(batched.success[i]), i
+        assert bool(alone.best_attempt[0]) == bool(batched.best_attempt[i]), i
+        alone_steps.append(len(rows))
+    assert batch_rows == [sum(t > k for t in alone_steps) for k in range(max(alone_steps))]
+    return batched, alone_steps
+
+
+@pytest.mark.parametrize(
+    ("settings", "targeted"),
+    [
+        # 10 search steps: the last one is the reference's final repeat at the best c found
+        ({"steps": 30, "binary_search_steps": 10, "lr": 0.1, "initial_const": 1e-2}, False),
+        ({"steps": 40, "binary_search_steps": 4, "lr": 0.1, "initial_const": 1e-1, "search_tolerance": 0.0}, True),
+    ],
+)
+def test_the_refilled_search_equals_each_sample_alone_and_keeps_the_batch_full(trained_tiny, settings, targeted):
+    bundle, data = trained_tiny["softmax"], trained_tiny["data"]
+    x, y = correct_images(bundle, data, 6)
+    model, rows = row_by_row(bundle.model)
+    target = AttackTarget(model, bundle.defense, UNIT)
+    targets = None
+    if targeted:
+        targets = choose_targets("random", bundle.model(x).detach(), y, torch.Generator().manual_seed(1))
+    attack = CarliniWagnerL2(**settings)  # abort_early, return_attempt: the defaults
+    batched, alone_steps = assert_each_sample_runs_as_if_alone(attack, target, x, y, targets, rows)
+    assert batched.success.any()
+    # the samples' searches end at different iterations of different search steps, so the refill is exercised:
+    # after the first sample has finished one search step, the others still fill the batch
+    assert len(set(alone_steps)) > 1 and min(alone_steps) > settings["steps"] // 10
+    assert max(alone_steps) > settings["steps"]
+
+
+def test_the_refilled_white_box_search_equals_each_sample_alone(trained_tiny):
+    bundle, data = trained_tiny["softmax"], trained_tiny["data"]
+    x, y = data.test.x[:5], data.test.y[:5]
+    targets = choose_targets("random", bundle.model(x).detach(), y, torch.Generator().manual_seed(3))
+    model, rows = row_by_row(bundle.model)
+    kd = KernelDensityDetector(bandwidth=1.2, per_class=50)
+    kd.fit(bundle.model, bundle.defense, data.train, torch.device("cpu"))
+    eta = kd.median_training_nll(features_of(bundle.model, data.train.x, torch.device("cpu")), data.train.y)
+    log_density = kd.log_density  # row by row too: its distances are products over the batch
+    kd.log_density = lambda z, classes: torch.cat(
+        [log_density(z[i : i + 1], classes[i : i + 1]) for i in range(len(z))]
+    )
+    target = AttackTarget(model, bundle.defense, UNIT, detector=kd, detector_eta=eta)
+    attack = CarliniWagnerWhiteBox(steps=30, binary_search_steps=3, lr=0.1)
+    _, alone_steps = assert_each_sample_runs_as_if_alone(attack, target, x, y, targets, rows)
+    assert len(set(alone_steps)) > 1
+
+
+def test_masked_adam_with_a_step_per_row_equals_the_shared_step():
+    """C&W's samples sit at different iterations: a per-row t gives each row the bits of an int t."""
+    torch.manual_seed(0)
+    shared, per_row = MaskedAdam(torch.zeros(4, 3, 5), 0.01), MaskedAdam(torch.zeros(4, 3, 5), 0.01)
+    ts = [1, 1, 1, 1]
+    for _ in range(40):
+        grad = torch.randn(4, 3, 5)
+        idx = torch.randperm(4)[: int(torch.randint(1, 5, ()))]
+        steps = torch.tensor([ts[i] for i in idx.tolist()])
+        together = per_row.step(idx, grad[idx], steps)
+        for k, i in enumerate(idx.tolist()):
+            alone = shared.step(torch.tensor([i]), grad[i : i + 1], ts[i])
+            assert torch.equal(alone[0], together[k])
+            ts[i] += 1
+        if ts[0] > 9:  # a row restarts (C&W's next search step)
+            per_row.reset(torch.tensor([0]))
+            shared.reset(torch.tensor([0]))
+            ts[0] = 1
+    assert torch.equal(shared.m, per_row.m) and torch.equal(shared.v, per_row.v)
