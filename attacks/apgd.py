@@ -117,6 +117,12 @@ class _APGDBase(Attack):
         rho: condition 1's fraction of steps that must decrease J for the step size to stay.
         momentum: alpha, the weight of the new step against the previous one.
         objective: any of OBJECTIVES (``ce``, ``dlr``, the defense's ``adaptive`` and ``adaptive-dlr``, ...).
+
+    Defaults and their sources: ``rho`` = 0.75 and ``n_restarts`` = 1 are torchattacks' (APGD's ``__init__``,
+    torchattacks/attacks/apgd.py:52 and :48); ``momentum`` = 0.75 the value torchattacks hard-codes
+    (torchattacks/attacks/apgd.py:184, ``a = 0.75 if i > 0 else 1.0``); ``steps`` = 100 is said to be Croce &
+    Hein's (not verified: their paper and code are not on this machine; torchattacks' default is 10,
+    torchattacks/attacks/apgd.py:47); ``eps`` 8/255 and MNIST's 0.3 are robench's PGD budget (004 Sec. 4.3, Fig. 3).
     """
 
     description: ClassVar[str] = "Auto-PGD"

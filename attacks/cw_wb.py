@@ -28,22 +28,37 @@ per-sample binary search over c, per-sample early abort, batching) is ``cw-l2``'
 The density the attacker descends on is the estimator the runner gives it. By default it has the
 scored ``kd`` detector's settings (bandwidth, training points per class, seed), so the attacker
 attacks exactly the detector that scores it (the protocol of 001 Sec. 4.4.2); ``kd_per_class``
-(0 = all; Carlini's reference keeps the first 100 per class) and ``kd_bandwidth`` set it apart,
-and a sanity flag (``attacker-estimator-differs``) then says the attacker's estimator is not the
-scored one.
+(0 = all; Carlini's reference keeps the first 100 per class), ``kd_subset`` (``first``: the first
+``kd_per_class`` points in training-split order) and ``kd_bandwidth`` set it apart, and a sanity
+flag (``attacker-estimator-differs``) then says the attacker's estimator is not the scored one.
+
+The reference-copy attacker (:data:`CARLINI_REFERENCE`, the suite label ``C&W-wb/carlini`` of
+reports/reproduce/bundled/001-table10.toml) is the parameter set of Carlini & Wagner's public
+code (carlini/nn_breaking_detection, ``density_estimation.py``): its own kernel
+exp(-||z - z_j||^2 / 20) (``DensityEstimate``, lines 283-298: ``tf.exp(-self.dist/self.sigma)`` with
+the squared distance and ``sigma=20``), i.e. a Gaussian of width sqrt(10) (the normalising constant
+cancels in f_2, since eta is measured with the same kernel), the first 100 training points per
+class (line 421, ``[:100]``), and eta the clean input's own -log KD.
 
 Two phases (``two_phase=True``), as both reference codes do: a plain targeted C&W first
-(``first_search_steps`` search steps at ``first_lr``, starting at c = ``first_initial_const``), then the density
-phase starting from its output (distances still measured to the clean input). A sample the first
-phase did not move starts from the clean input.
+(``first_search_steps`` search steps at ``first_lr``, starting at c = ``first_initial_const`` = 1.0), then the
+density phase starting from its output (distances still measured to the clean input). A sample the first
+phase did not move starts from the clean input. The first phase is Carlini's
+(``density_estimation.py`` lines 449-451: ``CarliniL2(..., max_iterations=3000, binary_search_steps=3,
+initial_const=1.0, learning_rate=1e-1)``), hence ``first_search_steps`` = 3, ``first_lr`` = 0.1 and
+``first_initial_const`` = 1.0; the RCE reference (P2333/Reverse-Cross-Entropy, ``test_adv.py``,
+``apply_attack_carlini``) starts at ``initial_const=1.0`` too in ``carliniL2_highden`` (lines 368-373; its
+``carliniL2_specific`` at 10.0, lines 384-389). An earlier robench default of 1e-3, documented as the RCE
+reference's, is not what either code does.
 
 Differences from the reference, and why:
 
 - it runs batched (the reference attacks one image at a time);
 - by default one phase: the search starts from the clean input with the reference's initial
   constant c = 1 for the density phase, and the binary search over c does the rest;
-- the kernel is the normalised Gaussian of the KD detector (bandwidth per dataset, Feinman et al.)
-  rather than the reference's exp(-d/20), so the attacked density is exactly the detected one.
+- the kernel is the normalised Gaussian of the KD detector (its width selected per model on held-out
+  training features, Feinman et al.'s procedure) rather than the reference's exp(-d^2/20), so the
+  attacked density is exactly the detected one (:data:`CARLINI_REFERENCE` is the reference's).
 
 Why written here: neither torchattacks nor foolbox has a detector term (or a correct margin on the
 all-negative logits of GM and MMC models, see :mod:`robench.attacks.cw`).
@@ -65,6 +80,11 @@ from robench.core.models import Forward
 from robench.detectors.kd import KernelDensityDetector
 
 ETA_MODES = ("global", "class", "clean")
+# The reference-copy attacker: Carlini & Wagner's nn_breaking_detection (density_estimation.py lines 283-298, 421):
+# kernel exp(-d^2 / 20) = a Gaussian of width sqrt(10), the first 100 training points per class, eta = the clean
+# input's own -log KD. A suite gives it as params of 'cw-wb' (reports/reproduce/bundled/001-table10.toml).
+REFERENCE_COPY_LABEL = "C&W-wb/carlini"  # its label in suites and tables (the white-box layout shows it beside C&W-wb)
+CARLINI_REFERENCE = {"kd_bandwidth": 10.0**0.5, "kd_per_class": 100, "kd_subset": "first", "eta_mode": "clean"}
 
 
 @ATTACKS.register
@@ -77,22 +97,29 @@ class CarliniWagnerWhiteBox(CarliniWagnerL2):
     - ``eta_mode`` = "global": how eta is set, one of ``global``, ``class``, ``clean`` (module docstring).
     - ``kd_per_class`` = -1: training points per class in the attacker's estimator; -1 = the
       scored ``kd`` detector's (all points when the run scores no KD), 0 = all.
+    - ``kd_subset`` = "scored": which ``kd_per_class`` points, ``random`` (seeded) or ``first`` (training-split
+      order, Carlini's reference, density_estimation.py line 421); ``scored`` = the scored ``kd`` detector's.
     - ``kd_bandwidth`` = 0: the attacker's kernel bandwidth; 0 = the scored ``kd`` detector's
-      (the dataset family's default when the run scores no KD).
-    - ``initial_const`` = 1.0: the reference's constant for the density phase.
+      (KD's default, a width selected on held-out training features, when the run scores no KD).
+    - ``initial_const`` = 1.0: the constant for the density phase, Carlini & Wagner's
+      (``density_estimation.py`` lines 452-454) and the RCE reference's ``carliniL2_highden``
+      (``test_adv.py`` lines 374-378).
     - ``two_phase`` = False: a plain C&W first (``first_search_steps`` = 3 search steps at
-      ``first_lr`` = 0.1 from c = ``first_initial_const`` = 1e-3, the RCE reference's), then
-      the density phase from its output.
+      ``first_lr`` = 0.1 from c = ``first_initial_const`` = 1.0), then the density phase from its output.
+      ``first_initial_const`` = 1.0, ``first_search_steps`` = 3 and ``first_lr`` = 0.1: Carlini's first phase
+      (``density_estimation.py`` lines 449-451); the RCE reference's ``carliniL2_highden`` starts at 1.0 too
+      (``test_adv.py`` lines 368-373).
     """
 
     initial_const: float = 1.0
     eta_mode: str = choice("global", *ETA_MODES)
     kd_per_class: int = integer(-1, low=-1, note="-1 = the scored kd detector's, 0 = all")
     kd_bandwidth: float = finite(0.0, low=0, note="0 = the scored kd detector's")
+    kd_subset: str = choice("scored", "scored", "random", "first", note="scored = the scored kd detector's")
     two_phase: bool = boolean(False)
     first_search_steps: int = positive_int(3)
     first_lr: float = finite(0.1, low=0, low_open=True)
-    first_initial_const: float = finite(1e-3, low=0, low_open=True)
+    first_initial_const: float = finite(1.0, low=0, low_open=True)
 
     name: ClassVar[str] = "cw-wb"
     description: ClassVar[str] = (
@@ -107,6 +134,7 @@ class CarliniWagnerWhiteBox(CarliniWagnerL2):
             density=True,
             kd_per_class=None if self.kd_per_class < 0 else self.kd_per_class,
             kd_bandwidth=self.kd_bandwidth or None,
+            kd_subset=None if self.kd_subset == "scored" else self.kd_subset,
         )
 
     def cost(self) -> float:

@@ -156,7 +156,8 @@ def _uniform_like(x: Tensor, generator: torch.Generator) -> Tensor:
 @ATTACKS.register
 @dataclass(frozen=True)
 class FGSM(LinfGradientAttack):
-    """Fast gradient sign method (Goodfellow et al. 2015): one step of size eps; paper 001, Sec. 4.4 (eps 0.1)."""
+    """Fast gradient sign method (Goodfellow et al. 2015): one step of size eps; paper 001, Sec. 4.4 (eps 0.1 for
+    pixels in [-0.5, 0.5], a range of width 1 as robench's [0, 1])."""
 
     name: ClassVar[str] = "fgsm"
     iterative: ClassVar[bool] = False
@@ -174,7 +175,7 @@ class FGSM(LinfGradientAttack):
 @dataclass(frozen=True)
 class BIM(LinfGradientAttack):
     """Basic iterative method (Kurakin et al. 2017): 20 clipped steps of 0.01, paper 001 Sec. 4.4;
-    eps 0.2 = 20 * 0.01."""
+    eps 0.2 = 20 * 0.01 (robench's: 001 states no eps for BIM/ILCM, so the ball is the one 20 steps can reach)."""
 
     name: ClassVar[str] = "bim"
     description: ClassVar[str] = "basic iterative method, 20 steps of 0.01, eps 0.2 (Kurakin et al. 2017; 001)"
@@ -217,7 +218,7 @@ class _Paper004Budget(LinfGradientAttack):
 @dataclass(frozen=True)
 class PGD(_Paper004Budget):
     """Projected gradient descent (Madry et al. 2018) with a uniform random start; paper 004 Sec. 4.3
-    (8/255, 2/255, 10 or 50 steps)."""
+    (8/255 or 16/255, step 2/255, 10 or 50 steps; MNIST: eps 0.3, step 0.01, 004 Fig. 3's caption)."""
 
     name: ClassVar[str] = "pgd"
     description: ClassVar[str] = (
@@ -230,7 +231,8 @@ class PGD(_Paper004Budget):
 @ATTACKS.register
 @dataclass(frozen=True)
 class MIM(_Paper004Budget):
-    """Momentum iterative method (Dong et al. 2018): decay 1.0, L1-normalised gradients; paper 004's budget."""
+    """Momentum iterative method (Dong et al. 2018): decay 1.0 (torchattacks' MIFGSM, torchattacks/attacks/mifgsm.py:32;
+    Dong et al.'s paper is not on this machine), L1-normalised gradients; paper 004's budget (Sec. 4.3)."""
 
     name: ClassVar[str] = "mim"
     description: ClassVar[str] = (

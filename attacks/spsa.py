@@ -108,9 +108,9 @@ class SPSA(Attack):
 
     - ``eps`` = 8/255: L-inf budget (004's CIFAR budget); on MNIST 0.3, Madry et al.'s
       budget, the same as robench's PGD default there and 004 Fig. 3.
-    - ``lr`` = 0.01: Adam's learning rate (004, Uesato et al.).
-    - ``delta`` = 0.01: finite-difference step (004, Uesato et al.).
-    - ``samples`` = 128: Rademacher perturbations per iteration, 004's "batch size" (Table 3: 4096, 8192).
+    - ``lr`` = 0.01: Adam's learning rate (004 Sec. 4.4, "as suggested by Uesato et al.").
+    - ``delta`` = 0.01: finite-difference step (004 Sec. 4.4, after Uesato et al.).
+    - ``samples`` = 128: Rademacher perturbations per iteration, 004 Sec. 4.4's "batch size" (Table 3: 4096, 8192).
     - ``steps`` = 100: iterations; 004 does not give the number (reason in the module docstring).
     - ``objective`` = "adaptive": 004 App. B.4; any of ``ce``, ``margin``, ``adaptive``, ``adaptive-margin``.
     - ``max_batch`` = 0: at most this many perturbed inputs go through the model in one forward;

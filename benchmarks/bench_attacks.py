@@ -228,7 +228,7 @@ def build_cw_wb_target(
         detector_eta_per_class=eta_per_class.detach().cpu(),
         **precision_kw,
     )
-    return target, f"KD bandwidth {kd.bandwidth:g} over {len(train)} training points, eta {eta:.3f}"
+    return target, f"KD bandwidth {kd.width:g} ({kd.bandwidth}) over {len(train)} training points, eta {eta:.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:

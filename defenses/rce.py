@@ -25,12 +25,31 @@ on, as 004 does for MMC (and as the GM/L-GM attack losses do). The
 margin form (C&W) loses nothing by this choice: L_RCE(z, t) - L_RCE(z, y) =
 (log p_t - log p_y) / (L-1) = ((-Z)_y - (-Z)_t) / (L-1), the C&W logit
 difference on the test-time logits, scaled by 1/(L-1).
+
+Training. The loss and the test-time negation are Pang et al.'s (their code:
+the same reverse-label loss, prediction by the argmin of softmax(Z)); their
+ResNet-32 has batch norm and leaky ReLUs (slope 0.1) and is trained with
+momentum SGD (lr 0.1). On robench's small MNIST CNN (plain ReLUs, no batch norm)
+with the family's Adam (lr 2e-3) RCE trains to the loss's infimum log(L-1) and
+in doing so kills the last hidden layer: the flat non-true logits it asks for
+can only come from class-specific units (a unit active for two classes makes
+their other logits unequal), and Adam keeps sharpening them after the gradient
+has all but vanished. The first bundles kept 6-10 of 128 units active per
+input (softmax about 33), 86 never active; attacks switched those few off, the
+features fell to the biases and the outputs into a sink class (9), so targeted
+attacks could not reach their targets (gradient masking by collapse, which
+robench.runs.sanity now flags). Momentum SGD with a learning rate of 0.05 (at 0.1,
+without batch norm, 13 units stayed active and a sink formed again) leaves the
+late, tiny RCE gradients tiny: about 26 units stay
+active, no sink forms, and the unbounded targeted attack reaches every target
+(docs/defenses.md, RCE).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -68,6 +87,11 @@ class RCEDefense(Defense):
     description: ClassVar[str] = (
         "reverse cross-entropy training, negated logits at test time (Pang et al., NeurIPS 2018)"
     )
+    # SGD with Nesterov momentum, as Pang et al.'s own training (momentum SGD), not the family's Adam: Adam rescales
+    # RCE's vanishing late gradients to full-size steps and keeps sharpening the flat non-true logits, which on a
+    # ReLU network without batch norm or leaky units kills all but a few class-specific hidden units per input; the
+    # attacks then switch those off and fall into a sink class (module docstring, "Training").
+    train_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {"mnist": {"optimizer": "sgd", "lr": 0.05}}
 
     def make_head(self, feature_dim: int, num_classes: int) -> nn.Module:
         if num_classes < 2:

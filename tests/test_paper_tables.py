@@ -131,22 +131,25 @@ def invoke(*args: str):
 def test_white_box_paper_numbers_sit_beside_robench_s(white_box_run, papers):
     result = invoke(str(white_box_run), "--paper", "001 Table 10", "--papers-file", str(papers))
     header, rows = markdown_table(result.stdout)
-    # the paper's population (paired) and scale (0-255), each column as robench / paper
+    # the paper's population (paired) and scale (0-255), each column as robench / paper; the successful-only AUC
+    # always beside the paired one (the paper's number sits beside its own population only)
     assert header == [
         "Detection Method",
         "AUC pair. (%) ↑ / robench", "AUC pair. (%) ↑ / paper",
+        "AUC (%) ↑ / robench", "AUC (%) ↑ / paper",
         "Dist. (0-255) ↑ / robench", "Dist. (0-255) ↑ / paper",
         "Adv. Success (%) ↓ / robench", "Adv. Success (%) ↓ / paper",
     ]  # fmt: skip
     assert list(rows) == ["Softmax+KD", "GM+KD", "GM+Likelihood", "RCE+KD"]
     soft, gm = rows["Softmax+KD"], rows["GM+KD"]
-    assert soft[2::2] == ["55.5", "18.25", "98.5"] and gm[2::2] == ["99.9", "99.75", "0.5"]
+    assert soft[2::2] == ["55.5", "-", "18.25", "98.5"] and gm[2::2] == ["99.9", "-", "99.75", "0.5"]
     assert all(cell.strip("*") not in ("", "-") for cell in soft[1::2] + gm[1::2])  # robench's own numbers
-    assert rows["GM+Likelihood"][2::2] == ["-", "-", "-"]  # the run has it, the paper does not
-    assert rows["RCE+KD"][1::2] == ["-", "-", "-"] and rows["RCE+KD"][2] == "67.5"  # the paper has it, the run does not
-    assert rows["RCE+KD"][4] == "-"  # and the paper printed nothing else for it in this file
+    assert rows["GM+Likelihood"][2::2] == ["-", "-", "-", "-"]  # the run has it, the paper does not
+    assert rows["RCE+KD"][1::2] == ["-"] * 4 and rows["RCE+KD"][2] == "67.5"  # the paper has it, the run does not
+    assert rows["RCE+KD"][6] == "-"  # and the paper printed nothing else for it in this file
     assert (
-        "AUC population: paired (" in result.stdout
+        "AUC pair. (%) paired (" in result.stdout
+        and "AUC (%) successful (" in result.stdout
         and "0-255 pixel scale" in result.stdout
         and "001 Table 10" in result.stdout
     )
@@ -178,7 +181,7 @@ def test_robench_values_beside_the_paper_are_the_table_s_own(white_box_run, pape
 def test_latex_and_csv_with_paper_columns(white_box_run, papers):
     latex = invoke(str(white_box_run), "--paper", "001-t10", "--papers-file", str(papers), "--format", "latex").stdout
     assert r"\multicolumn{2}{c}{AUC pair. (\%) $\uparrow$}" in latex and "robench & paper" in latex
-    assert r"AUC population: paired" in latex
+    assert r"AUC populations:" in latex and "paired (" in latex
     csv_text = invoke(str(white_box_run), "--paper", "001-t10", "--papers-file", str(papers), "--format", "csv").stdout
     frame = pd.read_csv(io.StringIO(csv_text))
     assert frame.columns[1:3].tolist() == ["AUC pair. (%) ↑ / robench", "AUC pair. (%) ↑ / paper"]
@@ -194,10 +197,11 @@ def test_population_and_scale_without_paper_and_explicit_population_with_it(whit
     assert markdown_table(chosen.stdout)[0] == [
         "Detection Method",
         "AUC att. (%) ↑",
+        "AUC (%) ↑",  # the successful-only AUC, always beside the chosen population's
         "Dist. (0-255) ↑",
         "Adv. Success (%) ↓",
     ]
-    assert "AUC population: attempted (" in chosen.stdout
+    assert "AUC att. (%) attempted (" in chosen.stdout
     overridden = invoke(
         str(white_box_run), "--paper", "001 Table 10", "--papers-file", str(papers), "--population", "successful"
     )
@@ -209,7 +213,7 @@ def test_every_population_is_a_metric_the_summary_has(white_box_run):
     for name, pop in POPULATIONS.items():
         assert pop.metric in METRICS
         text = invoke(str(white_box_run), "--layout", "white-box", "--population", name).stdout
-        assert f"AUC population: {name} (" in text and METRICS.get(pop.metric).label in text
+        assert f"{name} (" in text and METRICS.get(pop.metric).label in text
 
 
 def test_black_box_paper_target_models_become_columns(tmp_path, papers):
@@ -276,7 +280,7 @@ def test_records_without_the_input_range_show_no_0_255_distortion_and_say_why(tm
     root = tmp_path / "runs"
     write_model(root, "gm", "gm", "white-box", ["C&W-wb"], shift=3.0, input_range=False)
     result = invoke(str(root), "--paper", "001-t10", "--papers-file", str(papers))
-    assert markdown_table(result.stdout)[1]["GM+KD"][3:5] == ["-", "99.75"]
+    assert markdown_table(result.stdout)[1]["GM+KD"][5:7] == ["-", "99.75"]
     assert "predate the input-range column" in result.stderr
 
 
@@ -418,7 +422,8 @@ def test_the_real_papers_file_renders_beside_a_run(white_box_run):
     result = invoke(str(white_box_run), "--paper", "001 Table 10", "--papers-file", str(REAL_PAPERS))
     header, rows = markdown_table(result.stdout)
     assert list(rows) == ["Softmax+KD", "GM+KD", "GM+Likelihood", "RCE+KD"]
-    assert all(cell not in ("", "-") for cell in rows["RCE+KD"][2::2])
+    own_population = [i for i, h in enumerate(header) if h.endswith("/ paper") and not h.startswith("AUC (%)")]
+    assert all(rows["RCE+KD"][i] not in ("", "-") for i in own_population)
 
 
 def test_another_datasets_numbers_only_when_asked_and_said_so(tmp_path, papers):

@@ -15,6 +15,9 @@ from robench.core.errors import ConfigError
 from robench.core.models import Classifier
 from robench.defenses import DEFENSES
 from robench.runs.sanity import (
+    COLLAPSED_SHARE,
+    PILE_UP_MIN_OUTPUTS,
+    PILE_UP_SHARE,
     SANITY_CHECKS,
     TABLE_COLUMNS,
     SanityResult,
@@ -75,8 +78,8 @@ def _batch(target: AttackTarget) -> tuple[torch.Tensor, torch.Tensor]:
     return x, target.predict(x)
 
 
-def _probe(target: AttackTarget, **kwargs) -> dict[str, SanityResult]:
-    x, y = _batch(target)
+def _probe(target: AttackTarget, batch=None, **kwargs) -> dict[str, SanityResult]:
+    x, y = _batch(target) if batch is None else batch
     results = probe_model(
         target, x, y, generator=torch.Generator().manual_seed(2), model_name="m", threat="t", **kwargs
     )
@@ -84,14 +87,26 @@ def _probe(target: AttackTarget, **kwargs) -> dict[str, SanityResult]:
         "gradient-zero-or-nan",
         "nondeterministic-output",
         "unbounded-budget-not-reached",
+        "gradient-vanishes-under-attack",
+        "hidden-activity-collapses",
     ]
     assert all(r.model == "m" and r.threat == "t" for r in results)
     return {r.check: r for r in results}
 
 
+def _trained(trained_tiny, name: str) -> tuple[AttackTarget, tuple[torch.Tensor, torch.Tensor]]:
+    """One of the briefly trained tiny CNNs (conftest) and N test digits. Trained, not fresh: an untrained network
+    may have no input in [0, 1] at all that it assigns to some class, and then the targeted unbounded attack
+    rightly fails."""
+    bundle, data = trained_tiny[name], trained_tiny["data"]
+    target = AttackTarget(bundle.model, bundle.defense, Bounds(0.0, 1.0))
+    return target, (data.test.x[:N], data.test.y[:N])
+
+
 @pytest.fixture(scope="module")
-def plain():
-    return _probe(_target())
+def plain(trained_tiny):
+    target, batch = _trained(trained_tiny, "softmax")
+    return _probe(target, batch)
 
 
 def test_plain_tiny_model_raises_no_flag(plain):
@@ -99,11 +114,18 @@ def test_plain_tiny_model_raises_no_flag(plain):
     assert plain["gradient-zero-or-nan"].value == 0.0
     assert plain["nondeterministic-output"].value <= plain["nondeterministic-output"].threshold
     assert plain["unbounded-budget-not-reached"].value == 1.0
+    assert "targeted (random targets)" in plain["unbounded-budget-not-reached"].detail
+    assert plain["gradient-vanishes-under-attack"].value == 0.0  # no attacked point lost its gradient
+    assert plain["hidden-activity-collapses"].value == 0.0 and plain["hidden-activity-collapses"].threshold == (
+        COLLAPSED_SHARE
+    )
+    assert "last ReLU layer" in plain["hidden-activity-collapses"].detail
 
 
 @pytest.mark.parametrize("objective", ["ce", "margin"])
-def test_other_seeds_and_objectives_stay_quiet(objective):
-    results = _probe(_target(seed=1), objective=objective, unbounded_steps=50)
+def test_other_models_and_objectives_stay_quiet(trained_tiny, objective):
+    target, batch = _trained(trained_tiny, "gm")
+    results = _probe(target, batch, objective=objective, unbounded_steps=50)
     assert not any(r.flagged for r in results.values()), results
 
 
@@ -149,8 +171,62 @@ def test_unbounded_probe_skips_when_no_sample_is_clean_correct():
     target = _target()
     x, y = _batch(target)
     wrong = (y + 1) % 10
-    result = probe_model(target, x, wrong, generator=torch.Generator().manual_seed(0))[2]
-    assert not result.flagged and math.isnan(result.value) and "not evaluated" in result.detail
+    for result in probe_model(target, x, wrong, generator=torch.Generator().manual_seed(0))[2:]:
+        assert not result.flagged and math.isnan(result.value) and "not evaluated" in result.detail
+
+
+class Collapsing(Classifier):
+    """Gradient masking by collapse, as the first RCE bundles did it: a last ReLU layer whose units are all on at
+    the inputs it was shown (``clean``) and all off a little way from them. There the features are 0, the logits
+    the head's bias (a sink class), the input gradient is zero, and no target but the sink can be reached."""
+
+    def __init__(self, model: Classifier, clean: torch.Tensor, sink: int = 0) -> None:
+        super().__init__(model.normalize, model.backbone, model.head)
+        self.gate = torch.nn.ReLU()
+        self.register_buffer("clean", clean.clone())
+        with torch.no_grad():
+            self.offset = float(super().features(clean).abs().max()) + 1.0
+            self.head.bias.zero_()
+            self.head.bias[sink] = 1.0  # argmax of the bias alone: the sink
+        self.eval()
+
+    def features(self, x):
+        # 1000 x the mean squared distance to the nearest input it was shown: 0 there, ~300 after PGD's random start
+        distance = ((x.flatten(1)[:, None, :] - self.clean.flatten(1)[None]) ** 2).mean(2).min(1).values
+        return self.gate(super().features(x) + self.offset - 1000 * distance[:, None])
+
+
+def _collapsing() -> AttackTarget:
+    base = _target()
+    x, _ = _batch(base)
+    return AttackTarget(Collapsing(base.model, x), DEFENSES.get("softmax")(), Bounds(0.0, 1.0))
+
+
+def test_collapsing_model_flags_targeted_unbounded_vanishing_gradient_and_dead_units():
+    target = _collapsing()
+    x, y = _batch(target)
+    assert (y != 0).float().mean() > 0.5  # clean inputs are classified by their features, not as the sink
+    results = _probe(target, unbounded_steps=10)
+    assert not results["gradient-zero-or-nan"].flagged  # at the clean inputs the gradient is there
+    unbounded = results["unbounded-budget-not-reached"]
+    assert unbounded.flagged and unbounded.value < 0.5, unbounded  # targets other than the sink are out of reach
+    assert "targeted (random targets)" in unbounded.detail
+    vanishing = results["gradient-vanishes-under-attack"]
+    assert vanishing.flagged and vanishing.value == 1.0, vanishing  # every attacked point: features, gradient gone
+    activity = results["hidden-activity-collapses"]
+    assert activity.flagged and activity.value == 1.0 and "mean 0.0% active attacked" in activity.detail, activity
+
+
+def test_collapse_probes_without_a_relu_module_use_the_feature_norm():
+    class Linear(Classifier):
+        def __init__(self) -> None:
+            super().__init__(_target().model.normalize, torch.nn.Flatten(), torch.nn.Linear(784, 10))
+
+    model = Linear().eval()
+    target = AttackTarget(model, DEFENSES.get("softmax")(), Bounds(0.0, 1.0))
+    results = _probe(target, unbounded_steps=5)
+    activity = results["hidden-activity-collapses"]
+    assert "no ReLU module seen" in activity.detail and not activity.flagged and activity.value == 0.0
 
 
 def test_probe_leaves_global_rng_untouched():
@@ -330,6 +406,69 @@ def test_record_flags_rejects_bad_input():
         record_flags(records.drop(columns=["linf"]))
 
 
+def _spread_records(model: str, threat: str, attack: str, outputs: list[int], *, targets: list[int] | None = None):
+    """One clean-correct sample (label 0) per entry of ``outputs``, classified as that entry after the attack."""
+    n = len(outputs)
+    adv = np.asarray(outputs)
+    target = np.asarray(targets) if targets is not None else np.full(n, -1)
+    return pd.DataFrame(
+        {
+            "model": model,
+            "threat": threat,
+            "attack": attack,
+            "corruption": False,
+            "sample": np.arange(n),
+            "label": np.zeros(n, dtype=int),
+            "target": target,
+            "clean_pred": np.zeros(n, dtype=int),
+            "adv_pred": adv,
+            "success": (adv != 0) if targets is None else adv == target,
+            "linf": np.full(n, 0.3),
+        }
+    )
+
+
+def test_outputs_piling_into_one_class_are_flagged():
+    # A targeted attack (random targets 1..8) missing 40 targets, 30 of the misses in class 9: a sink
+    outputs = [9] * 30 + list(range(2, 10)) + [2, 3] + [0] * 10
+    targets = [1 + i % 8 for i in range(50)]
+    outputs = [1 + (t % 8) if o == t else o for o, t in zip(outputs, targets)]  # no miss is "on target" by chance
+    piled = _spread_records("m", "semi-white-box", "PGD-10-tar", outputs, targets=targets)
+    (result,) = _only(record_flags(piled), "outputs-pile-into-one-class")
+    assert result.flagged and result.value >= 30 / 40 and result.threshold == PILE_UP_SHARE
+    assert "PGD-10-tar: " in result.detail and "class 9" in result.detail
+
+
+def test_outputs_spread_over_classes_are_quiet_and_untargeted_attacks_are_not_checked():
+    targets = [1 + i % 9 for i in range(45)]
+    spread = _spread_records("m", "semi-white-box", "PGD-10-tar", [1 + (i + 1) % 9 for i in range(45)], targets=targets)
+    (result,) = _only(record_flags(spread), "outputs-pile-into-one-class")
+    assert not result.flagged and result.value == pytest.approx(5 / 45)
+    # untargeted attacks head for the nearest class, which may honestly be one class: not checked
+    nearest = _spread_records("m", "semi-white-box", "PGD-10-un", [9] * 40)
+    assert _only(record_flags(nearest), "outputs-pile-into-one-class") == []
+
+
+def test_pile_up_check_leaves_out_outputs_on_their_target_and_needs_enough_outputs():
+    # A targeted attack that sent 40 samples to their target, class 9, and missed 20 (spread): no sink.
+    targets = [9] * 40 + [1 + i % 8 for i in range(20)]
+    outputs = [9] * 40 + [1 + (i + 1) % 8 for i in range(20)]
+    aimed = _spread_records("m", "t", "PGD-10-tar", outputs, targets=targets)
+    (result,) = _only(record_flags(aimed), "outputs-pile-into-one-class")
+    assert not result.flagged and "/20 misclassified" in result.detail
+    # The same attack missing its targets into class 9 is a sink.
+    missed = _spread_records("m", "t", "PGD-10-tar", [9] * 40, targets=[1 + i % 8 for i in range(40)])
+    (result,) = _only(record_flags(missed), "outputs-pile-into-one-class")
+    assert result.flagged and result.value == 1.0
+    # Fewer than PILE_UP_MIN_OUTPUTS misclassified outputs, a corruption, or too few classes: not checked.
+    few = _spread_records("m", "t", "PGD", [9] * (PILE_UP_MIN_OUTPUTS - 1), targets=[1] * (PILE_UP_MIN_OUTPUTS - 1))
+    assert _only(record_flags(few), "outputs-pile-into-one-class") == []
+    noise = _spread_records("m", "t", "noise", [9] * 40, targets=[1] * 40).assign(corruption=True)
+    assert _only(record_flags(noise), "outputs-pile-into-one-class") == []
+    binary = _spread_records("m", "t", "PGD", [1] * 40, targets=[2] * 40)
+    assert _only(record_flags(binary), "outputs-pile-into-one-class") == []
+
+
 # ---------------------------------------------------------------------- tables
 
 
@@ -359,6 +498,7 @@ def test_every_check_is_registered_with_a_citation(plain):
             "iterative-weaker-than-single-step",
             "attacker-estimator-differs",
             "library-attack-beats-threat",
+            "outputs-pile-into-one-class",
         }
         == names
     )

@@ -53,6 +53,10 @@ class Detector(Configurable, ABC):
     def fitted_state(self) -> dict[str, Tensor]:
         return {}
 
+    def fitted_info(self) -> dict[str, object]:
+        """What the fit chose, for run.json (e.g. KD's selected bandwidth); empty for most detectors."""
+        return {}
+
     def load_fitted_state(self, state: dict[str, Tensor], device: torch.device) -> None:
         if state:
             raise ConfigError(f"detector '{self.name}' has no fitted state to load")

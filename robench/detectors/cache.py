@@ -4,7 +4,10 @@
 detector's name and parameters, the bundle's content hash, and the training
 split it was fitted on. A changed model or config gives a new key, so a stale
 fit is never reused. The cache is derived data: an unreadable or mismatching
-file is refitted and atomically replaced.
+file is refitted and atomically replaced. The state holds what the fit chose as
+well as what it stored: KD's ``bandwidth`` (the width in use, selected on held-out
+training features under ``bandwidth = "select"``) and ``bandwidth_curve`` (the
+held-out log-likelihood per width of :data:`robench.detectors.kd.BANDWIDTH_GRID`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 
 from robench.checkpoints.bundle import ModelBundle
 from robench.core.data import Split
+from robench.core.errors import ConfigError
 from robench.core.provenance import atomic_write_bytes, canonical_json
 from robench.detectors.base import Detector
 
@@ -68,7 +72,10 @@ def load_cached(detector: Detector, bundle: ModelBundle, device: torch.device, t
     state = _read(path, key)
     if state is None:
         return False
-    detector.load_fitted_state(state, device)
+    try:
+        detector.load_fitted_state(state, device)
+    except ConfigError:  # a fit that lacks what this config needs (KD's selected width): refitted
+        return False
     return True
 
 

@@ -68,7 +68,7 @@ def holdout_split(n: int, fraction: float, generator: torch.Generator) -> tuple[
 @dataclass
 class KDBUDetector(Detector):
     # KD's and BU's parameters, with their defaults and constraints
-    bandwidth: float = field_like(KernelDensityDetector, "bandwidth")
+    bandwidth: float | str = field_like(KernelDensityDetector, "bandwidth")
     per_class: int = field_like(KernelDensityDetector, "per_class")
     passes: int = field_like(BayesianUncertaintyDetector, "passes")
     seed: int = field_like(KernelDensityDetector, "seed")
@@ -100,6 +100,9 @@ class KDBUDetector(Detector):
 
     def load_fitted_state(self, state: dict[str, Tensor], device: torch.device) -> None:
         self.kd.load_fitted_state(state, device)
+
+    def fitted_info(self) -> dict[str, object]:
+        return self.kd.fitted_info()
 
     def raw_features(self, model: Classifier, defense: Defense, forward: Forward) -> Tensor:
         """[KD, BU] score pairs (N x 2)."""

@@ -5,7 +5,9 @@ runner builds it once per crafting model and estimator settings and hands it to 
 its :class:`~robench.attacks.base.AttackTarget`.
 
 The attacker's estimator follows the run's scored ``kd`` detector (bandwidth, training points
-per class, seed) unless the attack sets its own: 001 Sec. 4.4.2 attacks the very detector it is
+per class and which ones, seed) unless the attack sets its own (C&W-wb's ``kd_bandwidth``,
+``kd_per_class``, ``kd_subset``; the reference-copy attacker ``C&W-wb/carlini`` of 001 Table 10
+sets all three to Carlini & Wagner's): 001 Sec. 4.4.2 attacks the very detector it is
 scored by. Where the settings agree and the attacker crafts on the evaluated model, the scored
 detector itself is used, so the two cannot drift apart.
 """
@@ -28,9 +30,10 @@ SCORED_KD = "kd"  # the detector whose settings the attacker's estimator follows
 class DensitySettings:
     """What determines an attacker's KD estimator."""
 
-    bandwidth: float
+    bandwidth: float | str  # a width, or "select" (chosen per model on held-out training features)
     per_class: int  # 0 = all training points
     seed: int
+    subset: str = "random"  # which per_class points: "random" (seeded) or "first" (training-split order)
 
 
 def scored_settings(detectors: Mapping[str, Detector]) -> DensitySettings | None:
@@ -38,23 +41,33 @@ def scored_settings(detectors: Mapping[str, Detector]) -> DensitySettings | None
     kd = detectors.get(SCORED_KD)
     if not isinstance(kd, KernelDensityDetector):
         return None
-    return DensitySettings(float(kd.bandwidth), int(kd.per_class), int(kd.seed))
+    bandwidth = kd.bandwidth if kd.selects else float(kd.bandwidth)
+    return DensitySettings(bandwidth, int(kd.per_class), int(kd.seed), str(kd.subset))
 
 
 def resolve_settings(needs: AttackNeeds, scored: DensitySettings | None, family: str) -> DensitySettings:
     """The attacker's settings: what the attack sets, else the scored detector's, else the KD defaults of ``family``."""
-    default = scored or DensitySettings(float(KernelDensityDetector.for_dataset(family).bandwidth), 0, 0)
+    kd = KernelDensityDetector.for_dataset(family)
+    default = scored or DensitySettings(kd.bandwidth if kd.selects else float(kd.bandwidth), 0, 0)
+    subset = getattr(needs, "kd_subset", None)
     return DensitySettings(
         bandwidth=float(needs.kd_bandwidth) if needs.kd_bandwidth is not None else default.bandwidth,
         per_class=int(needs.kd_per_class) if needs.kd_per_class is not None else default.per_class,
         seed=default.seed,
+        subset=str(subset) if subset is not None else default.subset,
     )
 
 
 def estimator(family: str, settings: DensitySettings) -> KernelDensityDetector:
     """An unfitted KD estimator of ``settings`` (the attacker's own, when it is not the scored detector)."""
     return KernelDensityDetector.for_dataset(
-        family, {"bandwidth": settings.bandwidth, "per_class": settings.per_class, "seed": settings.seed}
+        family,
+        {
+            "bandwidth": settings.bandwidth,
+            "per_class": settings.per_class,
+            "seed": settings.seed,
+            "subset": settings.subset,
+        },
     )
 
 

@@ -373,6 +373,7 @@ class _PlanWork:
             "fit": out["fit"],
             "eta": out["eta"],
             "eta_per_class": [float(v) for v in out["eta_per_class"]],
+            "width": out.get("width"),  # the kernel width in use (the selected one under bandwidth "select")
         }
 
     def cleans(self, samples: np.ndarray) -> list[Any]:

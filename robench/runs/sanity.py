@@ -5,10 +5,20 @@ checklist), and the checks AutoAttack (Croce & Hein 2020) runs before it
 reports a number. Two kinds of check:
 
 - model probes (:func:`probe_model`), run once per model on a small batch:
-  ``gradient-zero-or-nan``, ``nondeterministic-output``, ``unbounded-budget-not-reached``;
+  ``gradient-zero-or-nan``, ``nondeterministic-output``, ``unbounded-budget-not-reached``,
+  and, on the points a bounded PGD reached, ``gradient-vanishes-under-attack`` and
+  ``hidden-activity-collapses``;
 - record checks (:func:`record_flags`), pure functions of the runner's
   per-sample records: ``black-box-beats-white-box``, ``iterative-weaker-than-single-step``,
-  ``library-attack-beats-threat``.
+  ``library-attack-beats-threat``, ``outputs-pile-into-one-class``.
+
+The last three model probes and the pile-up check catch gradient masking by
+*collapse*: a model whose hidden ReLU units all switch off under a small
+perturbation maps every attacked input to the same feature vector (the
+biases'), so its logits go flat, its input gradient vanishes and its outputs
+fall into one sink class. Untargeted attacks then "succeed" (the sink is the
+wrong class for most inputs) while targeted ones cannot reach their target,
+and a detector scores the collapse, not the attack.
 
 A flag says "look here", not "the defense is broken": each result carries the
 measured value and the threshold it was compared with. Record checks that do
@@ -30,12 +40,13 @@ from torch import Tensor
 from robench.attacks.base import ATTACKS, Attack, AttackTarget
 from robench.attacks.linf import PGD
 from robench.attacks.objectives import OBJECTIVES, objective_value
+from robench.attacks.targets import choose_targets
 from robench.core.errors import ConfigError
 from robench.core.models import Forward
 from robench.core.registry import Registry
 from robench.scoring import records as R
 from robench.scoring.metrics import metric_value
-from robench.scoring.worst_case import WORST_CASE
+from robench.scoring.worst_case import worst_case_mask
 from robench.specs.threats import THREATS
 
 # Probe thresholds. A few exactly-zero gradients can be honest (a saturated
@@ -44,8 +55,34 @@ ZERO_GRADIENT_FRACTION = 0.05
 # Relative to max(1, max |logit|): well above cuDNN's run-to-run float noise, far below any random layer.
 NONDETERMINISM_RTOL = 1e-4
 UNBOUNDED_MIN_SUCCESS = 0.95
+# The targeted unbounded run (random targets) is held to less: 100 steps do not carry every sample of an honest model
+# to an arbitrary class (the bundled GM model: 57/64), while a collapsing one stops far below (first RCE bundle: 31/63).
+UNBOUNDED_MIN_TARGETED_SUCCESS = 0.8
 UNBOUNDED_STEPS = 100
 UNBOUNDED_STEP_FRACTION = 1 / 20  # PGD step as a fraction of the input range: 20 steps cross it
+# Collapse probes: each point an untargeted and a targeted PGD (random targets, COLLAPSE_STEPS steps of eps / 8,
+# eps = COLLAPSE_EPS_FRACTION of the input range; 0.25 of [0, 1] is near MNIST's usual 0.3) reached is compared with
+# the clean input it started from. A point has *collapsed* when its input gradient of the logit margin is below
+# GRADIENT_COLLAPSE_FACTOR x the clean input's, or its fraction of active units of the last ReLU layer (without a
+# ReLU module: its feature norm |z|) below ACTIVITY_COLLAPSE_FACTOR x the clean input's. The value is the share of
+# collapsed points, flagged above COLLAPSED_SHARE. A collapse is all or nothing per point (the units are off or
+# they are not), so the share separates well: on the first RCE bundles 40% (gradient) and 32% (activity) of the
+# points had collapsed, on the bundled softmax, GM and MMC models none.
+COLLAPSE_EPS_FRACTION = 0.25
+COLLAPSE_STEPS = 20
+GRADIENT_COLLAPSE_FACTOR = 0.1
+ACTIVITY_COLLAPSE_FACTOR = 0.25
+COLLAPSED_SHARE = 0.1
+# outputs-pile-into-one-class: among a *targeted* attack's misclassified outputs that missed their target, the share
+# of the most frequent predicted class. Targets are drawn at random, so an honest attack's misses spread over the
+# classes (with K = 10 about 1/9 each; the bundled softmax, GM and MMC models: 0.36, 0.45, 0.29 on PGD-10-tar);
+# the first RCE bundle put 0.81 of them in its sink class 9. Untargeted attacks are not checked: they head for the
+# nearest other class, which can be one class for most inputs honestly (GM's untargeted PGD: 0.53 in class 2; the
+# collapsed RCE's was lower, 0.48). Needs at least PILE_UP_MIN_OUTPUTS such outputs (fewer are noise) and
+# PILE_UP_MIN_CLASSES classes (with 2 or 3 classes one class holds half of the misses by chance).
+PILE_UP_SHARE = 0.6
+PILE_UP_MIN_OUTPUTS = 20
+PILE_UP_MIN_CLASSES = 5
 
 _BUDGET_RTOL = 1e-4  # float32 round-off in the recorded L-inf distance of a step of exactly eps
 
@@ -95,8 +132,32 @@ for _check in (
         "unbounded-budget-not-reached",
         MODEL_PROBE,
         f"PGD whose L-inf budget is the whole input range succeeds on fewer than {UNBOUNDED_MIN_SUCCESS:.0%} "
-        "of clean-correct samples",
+        f"of clean-correct samples untargeted, or fewer than {UNBOUNDED_MIN_TARGETED_SUCCESS:.0%} targeted at "
+        "random classes (with the whole range any class is reachable)",
         "Carlini et al. 2019 Sec. 5: unbounded attacks must reach 100% success",
+    ),
+    SanityCheck(
+        "gradient-vanishes-under-attack",
+        MODEL_PROBE,
+        f"at more than {COLLAPSED_SHARE:.0%} of the points PGD with eps = {COLLAPSE_EPS_FRACTION:g} x the input "
+        "range reached (untargeted and targeted), the input gradient of the logit margin (largest minus "
+        f"second-largest logit) is below {GRADIENT_COLLAPSE_FACTOR:g} x its norm at the clean input",
+        "Carlini et al. 2019 Sec. 5 (gradient masking: vanishing gradients); Athalye et al. 2018",
+    ),
+    SanityCheck(
+        "hidden-activity-collapses",
+        MODEL_PROBE,
+        f"at more than {COLLAPSED_SHARE:.0%} of the points PGD with eps = {COLLAPSE_EPS_FRACTION:g} x the input "
+        "range reached, the fraction of active units of the last ReLU layer (without one: the feature norm |z|) "
+        f"is below {ACTIVITY_COLLAPSE_FACTOR:g} x the clean input's: the features collapse to the biases",
+        "Carlini et al. 2019 Sec. 5 (gradient masking); Athalye et al. 2018",
+    ),
+    SanityCheck(
+        "outputs-pile-into-one-class",
+        RECORD_CHECK,
+        f"more than {PILE_UP_SHARE:.0%} of a targeted attack's misclassified outputs that missed their target fall "
+        f"into one class (at least {PILE_UP_MIN_OUTPUTS} such outputs and {PILE_UP_MIN_CLASSES} classes)",
+        "Carlini et al. 2019 Sec. 5 (gradient masking: inputs collapse to a sink class)",
     ),
     SanityCheck(
         "black-box-beats-white-box",
@@ -108,7 +169,7 @@ for _check in (
         "attacker-estimator-differs",
         CONFIG_CHECK,
         "a white-box attack descends on a kernel density other than the scored KD detector's "
-        "(bandwidth, points per class, seed), or the run scores no KD",
+        "(bandwidth, points per class and which ones, seed), or the run scores no KD",
         "001 Sec. 4.4.2: the white-box attacker knows the detector it is scored by; Carlini & Wagner 2017b",
     ),
     SanityCheck(
@@ -146,10 +207,12 @@ def probe_model(
     threat: str = "",
     unbounded_steps: int = UNBOUNDED_STEPS,
 ) -> list[SanityResult]:
-    """Run the three model probes on one batch (x inside ``target.bounds``, labels y).
+    """Run the five model probes on one batch (x inside ``target.bounds``, labels y).
 
+    The collapse probes (``gradient-vanishes-under-attack``, ``hidden-activity-collapses``)
+    compare the points a bounded PGD reached with the clean inputs it started from.
     The model is put in eval mode and its mode is restored afterwards. The
-    only randomness is PGD's random start, drawn from ``generator``; a model
+    only randomness is PGD's random starts and the random targets, drawn from ``generator``; a model
     that draws from the global RNG itself (dropout left on) does so under
     ``fork_rng``, so the caller's global RNG state is unchanged.
     """
@@ -172,10 +235,12 @@ def probe_model(
     try:
         model.eval()
         with torch.random.fork_rng(devices=rng_devices):
-            values = [
-                _gradient_probe(target, x, y, objective),
-                _determinism_probe(target, x),
-                _unbounded_probe(target, x, y, objective, generator, unbounded_steps),
+            values = [_gradient_probe(target, x, y, objective), _determinism_probe(target, x)]
+            values.append(_unbounded_probe(target, x, y, objective, generator, unbounded_steps))
+            clean, reached = _attacked_points(target, x, y, objective, generator)
+            values += [
+                _vanishing_gradient_probe(target, clean, reached),
+                _activity_probe(target, clean, reached),
             ]
     finally:
         model.train(was_training)
@@ -227,7 +292,13 @@ def _determinism_probe(target: AttackTarget, x: Tensor) -> _Probe:
 def _unbounded_probe(
     target: AttackTarget, x: Tensor, y: Tensor, objective: str, generator: torch.Generator, steps: int
 ) -> _Probe:
-    """Success rate of untargeted PGD with eps = the whole input range, on the clean-correct samples."""
+    """Success rates of untargeted and of targeted PGD (random targets) with eps = the whole input range, on the
+    clean-correct samples. value = the targeted rate when it is below UNBOUNDED_MIN_TARGETED_SUCCESS (threshold
+    that), else the untargeted rate (threshold UNBOUNDED_MIN_SUCCESS).
+
+    The targeted run is what catches a collapsing model: its sink class is the wrong class for most inputs, so
+    untargeted attacks succeed by falling into it, but with the whole input range every target is reachable
+    (an image of the target class is inside the budget) and an honest attack gets there."""
     width = target.bounds.width
     correct = target.predict(x) == y
     n = int(correct.sum())
@@ -240,13 +311,130 @@ def _unbounded_probe(
             "not evaluated: no clean-correct sample in the batch",
         )
     attack = PGD(eps=width, step=width * UNBOUNDED_STEP_FRACTION, steps=steps, random_start=True, objective=objective)
-    result = attack(target, x[correct], y[correct], generator=generator)
-    rate = float(result.success.float().mean())
+    x_ok, y_ok = x[correct], y[correct]
+    untargeted = attack(target, x_ok, y_ok, generator=generator)
+    with torch.no_grad():
+        logits = Forward.of(target.model, x_ok).logits
+    targets = choose_targets("random", logits, y_ok, generator)
+    aimed = attack(target, x_ok, y_ok, targets, generator=generator)
+    rate, threshold = float(untargeted.success.float().mean()), UNBOUNDED_MIN_SUCCESS
+    targeted_rate = float(aimed.success.float().mean())
+    if targeted_rate < UNBOUNDED_MIN_TARGETED_SUCCESS:
+        rate, threshold = targeted_rate, UNBOUNDED_MIN_TARGETED_SUCCESS
     detail = (
-        f"PGD-{steps} ({objective}), eps = input range {width:g}: "
-        f"{int(result.success.sum())}/{n} clean-correct samples fooled"
+        f"PGD-{steps} ({objective}), eps = input range {width:g}: untargeted {int(untargeted.success.sum())}/{n}, "
+        f"targeted (random targets) {int(aimed.success.sum())}/{n} clean-correct samples reached"
     )
-    return "unbounded-budget-not-reached", rate < UNBOUNDED_MIN_SUCCESS, rate, UNBOUNDED_MIN_SUCCESS, detail
+    return "unbounded-budget-not-reached", rate < threshold, rate, threshold, detail
+
+
+def _attacked_points(
+    target: AttackTarget, x: Tensor, y: Tensor, objective: str, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """The clean-correct inputs (twice) and the points an untargeted and a targeted PGD (random targets) with
+    eps = COLLAPSE_EPS_FRACTION of the input range reached from them: what the collapse probes compare.
+
+    A bounded budget, not the unbounded probe's: with the whole range (and a random start anywhere in it) an
+    attack lands far from the data, where a collapsing model's units are as active as anywhere; the collapse is
+    on the way, at the budgets evaluations use."""
+    correct = target.predict(x) == y
+    x_ok, y_ok = x[correct], y[correct]
+    if x_ok.shape[0] == 0:
+        return x_ok, x_ok
+    eps = target.bounds.width * COLLAPSE_EPS_FRACTION
+    attack = PGD(eps=eps, step=eps / 8, steps=COLLAPSE_STEPS, random_start=True, objective=objective)
+    untargeted = attack(target, x_ok, y_ok, generator=generator)
+    with torch.no_grad():
+        logits = Forward.of(target.model, x_ok).logits
+    aimed = attack(target, x_ok, y_ok, choose_targets("random", logits, y_ok, generator), generator=generator)
+    return torch.cat([x_ok, x_ok]), torch.cat([untargeted.x_adv, aimed.x_adv])
+
+
+def _margin_gradient_norms(target: AttackTarget, x: Tensor) -> Tensor:
+    """Per sample: the L2 norm of the input gradient of the logit margin (largest minus second-largest logit).
+
+    The margin, not the attack's loss: a loss saturates once an attack has succeeded (its gradient then
+    vanishes honestly), while the margin between the top logits stays as steep as the network is."""
+    x_in = x.clone().requires_grad_(True)
+    logits = Forward.of(target.model, x_in).logits
+    top = logits.topk(2, dim=1).values
+    margin = top[:, 0] - top[:, 1]
+    grad = None
+    if margin.requires_grad:
+        (grad,) = torch.autograd.grad(margin.sum(), x_in, allow_unused=True)
+    if grad is None:
+        return torch.zeros(x.shape[0], device=x.device)
+    return grad.flatten(1).norm(dim=1).nan_to_num(nan=0.0)
+
+
+def _vanishing_gradient_probe(target: AttackTarget, clean: Tensor, reached: Tensor) -> _Probe:
+    """Share of the points the bounded attacks reached (:func:`_attacked_points`) whose margin-gradient norm is
+    below GRADIENT_COLLAPSE_FACTOR x their clean input's; flagged above COLLAPSED_SHARE."""
+    name = "gradient-vanishes-under-attack"
+    if clean.shape[0] == 0:
+        return name, False, math.nan, COLLAPSED_SHARE, "not evaluated: no clean-correct sample in the batch"
+    at_clean, at_attacked = _margin_gradient_norms(target, clean), _margin_gradient_norms(target, reached)
+    usable = at_clean > 0  # a zero clean gradient is gradient-zero-or-nan's to report
+    if not bool(usable.any()):
+        return name, False, math.nan, COLLAPSED_SHARE, "not evaluated: the margin gradient is zero at every clean input"
+    collapsed = at_attacked[usable] < GRADIENT_COLLAPSE_FACTOR * at_clean[usable]
+    value = float(collapsed.float().mean())
+    detail = (
+        f"{int(collapsed.sum())}/{int(usable.sum())} attacked points (PGD, eps {COLLAPSE_EPS_FRACTION:g} x range) "
+        f"with |grad_x (logit margin)| below {GRADIENT_COLLAPSE_FACTOR:g} x the clean input's; median "
+        f"{float(at_attacked.median()):.3g} attacked vs {float(at_clean.median()):.3g} clean"
+    )
+    return name, value > COLLAPSED_SHARE, value, COLLAPSED_SHARE, detail
+
+
+_RELU_LIKE = (torch.nn.ReLU, torch.nn.ReLU6, torch.nn.LeakyReLU, torch.nn.ELU, torch.nn.GELU, torch.nn.SiLU)
+
+
+def _hidden_activity(target: AttackTarget, x: Tensor) -> tuple[Tensor | None, Tensor]:
+    """Per sample: the fraction of active (> 0) units of the last ReLU-like module the pass ran (None when it ran
+    none: a functional activation is not seen), and the feature norm |z|."""
+    last: list[Tensor] = []
+
+    def keep(module: torch.nn.Module, inputs: object, output: Tensor) -> None:
+        last[:] = [output.detach().flatten(1).clone()]
+
+    hooks = [m.register_forward_hook(keep) for m in target.model.modules() if isinstance(m, _RELU_LIKE)]
+    try:
+        with torch.no_grad():
+            z = Forward.of(target.model, x).z
+    finally:
+        for hook in hooks:
+            hook.remove()
+    active = (last[0] > 0).float().mean(1) if last else None
+    return active, z.flatten(1).norm(dim=1)
+
+
+def _activity_probe(target: AttackTarget, clean: Tensor, reached: Tensor) -> _Probe:
+    """Share of the points the bounded attacks reached (:func:`_attacked_points`) whose fraction of active units of
+    the last ReLU layer (for a model without a ReLU module: feature norm |z|) is below ACTIVITY_COLLAPSE_FACTOR x
+    their clean input's; flagged above COLLAPSED_SHARE."""
+    name = "hidden-activity-collapses"
+    if clean.shape[0] == 0:
+        return name, False, math.nan, COLLAPSED_SHARE, "not evaluated: no clean-correct sample in the batch"
+    active_clean, norm_clean = _hidden_activity(target, clean)
+    active_reached, norm_reached = _hidden_activity(target, reached)
+    norms = f"median |z| {float(norm_reached.median()):.3g} attacked vs {float(norm_clean.median()):.3g} clean"
+    if active_clean is not None and active_reached is not None and active_clean.shape == active_reached.shape:
+        at_clean, at_attacked, what = active_clean, active_reached, "active units of the last ReLU layer"
+        levels = f"mean {float(at_attacked.mean()):.1%} active attacked vs {float(at_clean.mean()):.1%} clean; {norms}"
+    else:
+        at_clean, at_attacked, what = norm_clean, norm_reached, "feature norm |z| (no ReLU module seen)"
+        levels = norms
+    usable = at_clean > 0
+    if not bool(usable.any()):
+        return name, False, math.nan, COLLAPSED_SHARE, f"not evaluated: no {what} at any clean input"
+    collapsed = at_attacked[usable] < ACTIVITY_COLLAPSE_FACTOR * at_clean[usable]
+    value = float(collapsed.float().mean())
+    detail = (
+        f"{int(collapsed.sum())}/{int(usable.sum())} attacked points (PGD, eps {COLLAPSE_EPS_FRACTION:g} x range) "
+        f"with {what} below {ACTIVITY_COLLAPSE_FACTOR:g} x the clean input's; {levels}"
+    )
+    return name, value > COLLAPSED_SHARE, value, COLLAPSED_SHARE, detail
 
 
 # -------------------------------------------------------------- record checks
@@ -293,6 +481,7 @@ def record_flags(
     - ``library-attack-beats-threat``: see :func:`library_flags`; ``attack_names`` maps
       (threat, label) to the registered attack name for attacks a run added (run.json's
       threats, :func:`attack_names_of`).
+    - ``outputs-pile-into-one-class``: see :func:`pile_up_flags`.
 
     Checks with nothing to compare produce no result.
     """
@@ -303,47 +492,109 @@ def record_flags(
     if missing:
         raise ConfigError(f"records lack the column(s) {', '.join(sorted(missing))} that sanity checks need")
     stats = _attack_stats(records, budgets or {})
-    return _black_box_flags(stats, margin) + _iterative_flags(stats, margin) + library_flags(records, attack_names)
+    return (
+        _black_box_flags(stats, margin)
+        + _iterative_flags(stats, margin)
+        + library_flags(records, attack_names)
+        + pile_up_flags(records)
+    )
+
+
+def pile_up_flags(records: pd.DataFrame) -> list[SanityResult]:
+    """``outputs-pile-into-one-class``: one result per model x threat with a targeted attack that has at least
+    PILE_UP_MIN_OUTPUTS misclassified outputs on clean-correct samples that missed their target. value = the
+    largest share of one predicted class among those outputs, over the threat's targeted attacks; flagged above
+    PILE_UP_SHARE. Untargeted attacks are not checked (see PILE_UP_SHARE). Corruptions and the worst-case rows are
+    left out; models with fewer than PILE_UP_MIN_CLASSES classes (the largest label or prediction seen + 1)
+    are not checked.
+    """
+    records = records[~R.corruption_mask(records)]
+    records = records[~worst_case_mask(records)]
+    results = []
+    for (model, threat), group in records.groupby([R.MODEL, R.THREAT], sort=False):
+        mine = records[records[R.MODEL] == model]
+        classes = int(max(mine[R.LABEL].max(), mine[R.CLEAN_PRED].max(), mine[R.ADV_PRED].max())) + 1
+        if classes < PILE_UP_MIN_CLASSES:
+            continue
+        worst: tuple[float, str] | None = None
+        for attack, rows in group.groupby(R.ATTACK, sort=False):
+            if not R.targeted(rows).any():
+                continue
+            wrong = R.clean_correct(rows) & ~R.robust(rows) & R.targeted(rows) & ~R.hit_target(rows)
+            outputs = rows.loc[wrong, R.ADV_PRED]
+            if len(outputs) < PILE_UP_MIN_OUTPUTS:
+                continue
+            counts = outputs.value_counts()
+            share = float(counts.iloc[0]) / len(outputs)
+            if worst is None or share > worst[0]:
+                detail = (
+                    f"{attack}: {int(counts.iloc[0])}/{len(outputs)} misclassified outputs (off target) "
+                    f"in class {counts.index[0]}"
+                )
+                worst = (share, detail)
+        if worst is not None:
+            results.append(
+                SanityResult(
+                    "outputs-pile-into-one-class",
+                    str(model),
+                    str(threat),
+                    worst[0] > PILE_UP_SHARE,
+                    worst[0],
+                    PILE_UP_SHARE,
+                    worst[1],
+                )
+            )
+    return results
 
 
 def estimator_flags(
     model: str, densities: Sequence[Mapping[str, object]], white_box_threats: Sequence[str]
 ) -> list[SanityResult]:
-    """``attacker-estimator-differs``: one result per white-box threat whose attacks used an attacker density.
+    """``attacker-estimator-differs``: one result per attack of a white-box threat that used an attacker density.
 
     ``densities`` is run.json's ``attacker_density`` (each entry: ``attacks`` as ``threat/label``,
-    ``same_as_scored``, the settings of both). value = 1 when some attack of the threat used an
-    estimator other than the scored KD detector's (or the run scored no KD), else 0; threshold 0.5.
+    ``same_as_scored``, the settings of both). Each result's ``threat`` is ``threat/label`` (the summary
+    row of that attack carries it, :func:`robench.runs.output.with_sanity_flags`), so only the rows whose
+    attacker descended on another estimator are marked: value = 1 when the attack used an estimator other
+    than the scored KD detector's (or the run scored no KD), else 0; threshold 0.5.
+    001 Table 10's reference-copy attacker (``C&W-wb/carlini``: Carlini's own kernel, the first 100 points per
+    class) is flagged by design: its row measures the detector against an attacker that does not know it.
     """
     results = []
     for threat in white_box_threats:
-        used = [
-            d
-            for d in densities
-            if any(str(a).split("/", 1)[0] == threat for a in d.get("attacks", []))  # type: ignore[union-attr]
-        ]
-        if not used:
-            continue
-        differing = [d for d in used if not d.get("same_as_scored")]
-        detail = (
-            "; ".join(
-                f"{', '.join(d['attacks'])}: bandwidth {d['bandwidth']}, "  # type: ignore[index]
-                f"{d['kd_per_class'] or 'all'} per class"
-                + (
-                    f" vs the scored kd's {d['scored_kd']['bandwidth']}, {d['scored_kd']['per_class'] or 'all'}"
-                    if d.get("scored_kd")
-                    else " (no kd scored)"
-                )  # type: ignore[index]
-                for d in differing
-            )
-            or "the attacker descends on the scored KD detector's estimator"
-        )
-        results.append(
-            SanityResult(
-                "attacker-estimator-differs", model, threat, bool(differing), float(bool(differing)), 0.5, detail
-            )
-        )
+        for d in densities:
+            for attack in d.get("attacks", []):  # type: ignore[union-attr]
+                if str(attack).split("/", 1)[0] != threat:
+                    continue
+                differs = not d.get("same_as_scored")
+                results.append(
+                    SanityResult(
+                        "attacker-estimator-differs",
+                        model,
+                        str(attack),
+                        differs,
+                        float(differs),
+                        0.5,
+                        _estimator_detail(d)
+                        if differs
+                        else "the attacker descends on the scored KD detector's estimator",
+                    )
+                )
     return results
+
+
+def _estimator_detail(d: Mapping[str, object]) -> str:
+    """How an attacker's estimator (a run.json ``attacker_density`` entry) differs from the scored KD's."""
+    text = f"bandwidth {d['bandwidth']}"
+    if isinstance(d.get("width"), (int, float)):
+        text += f" (width {d['width']:.4g})"
+    text += f", {d['kd_per_class'] or 'all'} per class"
+    if d.get("kd_per_class") and d.get("kd_subset"):
+        text += f" ({d['kd_subset']})"
+    scored = d.get("scored_kd")
+    if not isinstance(scored, Mapping):
+        return text + " (no kd scored)"
+    return text + f" vs the scored kd's {scored['bandwidth']}, {scored['per_class'] or 'all'} per class"
 
 
 def registered_attack(threat: str, label: str) -> tuple[type[Attack], str] | None:
@@ -544,7 +795,7 @@ def library_flags(
     libraries leave fewer samples robust than the threat's own attacks by more than that.
     """
     records = records[~R.corruption_mask(records)]
-    records = records[records[R.ATTACK] != WORST_CASE]
+    records = records[~worst_case_mask(records)]
     results = []
     for (model, threat), group in records.groupby([R.MODEL, R.THREAT], sort=False):
         kinds = {str(a): _library_attack(str(threat), str(a), attack_names) for a in group[R.ATTACK].unique()}

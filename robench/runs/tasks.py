@@ -228,7 +228,8 @@ def density_task(
     eta, per_class = kd.training_medians(  # type: ignore[union-attr]
         features_of(crafting.model, train.x, env.device), train.y.to(env.device)
     )
-    return {"state": state, "eta": eta, "eta_per_class": per_class.detach().cpu(), "fit": fit}
+    width = kd.width  # type: ignore[union-attr]
+    return {"state": state, "eta": eta, "eta_per_class": per_class.detach().cpu(), "fit": fit, "width": width}
 
 
 def clean_task(

@@ -102,7 +102,7 @@ class ThreatModel:
     default_cascade: str | None = None
     # The detectors a run of this threat scores unless --detector says otherwise; None: every one that applies.
     detectors: tuple[str, ...] | None = None
-    # Whether ``--threat all`` runs it: the papers' six threat models do; AutoAttack and threats defined in TOML
+    # Whether ``--threat all`` runs it: the papers' six threats and minimum-norm do; AutoAttack and threats in TOML
     # files run by name (``all`` stays the papers' protocol, and its cost does not grow with every file loaded).
     in_all: bool = False
     # The budgets its worst case is stated at, per dataset family ({"mnist": ("linf:0.3", ...)}); None, or a family

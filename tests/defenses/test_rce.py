@@ -93,3 +93,14 @@ def test_margin_form_is_the_cw_difference_of_test_time_logits_over_l_minus_1():
     torch.testing.assert_close(
         defense.adaptive_objective(head, z, y, target=t, form="margin"), expected, atol=1e-5, rtol=1e-5
     )
+
+
+def test_mnist_training_uses_momentum_sgd_not_adam():
+    # With Adam (the MNIST family's default) RCE kills the last hidden layer's units and the model collapses under
+    # attack (defenses/rce.py, "Training"); Pang et al. train with momentum SGD.
+    from robench.checkpoints.training import train_config_for
+
+    config = train_config_for("mnist", RCEDefense.train_defaults["mnist"])
+    assert (config.optimizer, config.lr, config.momentum) == ("sgd", 0.05, 0.9)
+    assert train_config_for("mnist", {**RCEDefense.train_defaults["mnist"], "lr": 0.01}).lr == 0.01  # overridable
+    assert "cifar10" not in RCEDefense.train_defaults  # the CIFAR/SVHN families already train with SGD

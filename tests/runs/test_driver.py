@@ -27,7 +27,7 @@ def test_a_renamed_model_does_not_reuse_parts_that_name_the_old_one(bundles, tmp
     shutil.copy(bundles["softmax"], renamed)
     result = run(_config(renamed, attacks=("FGSM", "BIM")), out, progress=False, echo=lambda _line: None)
     summary = pd.read_csv(out / "summary.csv")
-    assert set(summary["model"]) == {"softmax_v2"} and "worst-case" in set(summary["attack"])
+    assert set(summary["model"]) == {"softmax_v2"} and "worst-case Linf 0.1" in set(summary["attack"])
     assert result.info["parts"]["reused"] == 0
 
 

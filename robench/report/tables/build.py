@@ -55,6 +55,7 @@ def build_table(
     infos = model_infos(list(dict.fromkeys(selected[R.MODEL])), model_meta or {})
     cells = spec.cells(selected, infos, options).reset_index(drop=True)
     rows, columns, group = spec.rows, spec.columns, None
+    columns = tuple(c for c in columns if c not in spec.single_dropped or cells[c].nunique() > 1)
     datasets = {infos[m].dataset for m in cells[R.MODEL]}
     if spec.mark_best and len(datasets) > 1:
         # models from several datasets: add a Dataset level on the model axis and compare within it

@@ -77,7 +77,7 @@ def _detection_levels(row: str, column: str, metric: str) -> dict[str, str]:
 
 
 def _white_box_levels(row: str, column: str, metric: str) -> dict[str, str]:
-    return {"Detection Method": row, "Metric": metric_header(metric)}
+    return {"Detection Method": row, "Attack": column, "Metric": metric_header(metric)}
 
 
 def _black_box_levels(row: str, column: str, metric: str) -> dict[str, str]:
@@ -168,7 +168,9 @@ def with_paper_columns(
         raise ConfigError(
             f"{paper.table.name} prints numbers for {', '.join(paper.datasets)}; the run's models are on {run}{hint}"
         )
-    shown = {metric_family(m): m for m in LAYOUTS.get(table.layout).metrics(options)}
+    shown: dict[str, str] = {}
+    for m in LAYOUTS.get(table.layout).metrics(options):  # the first of a family (the white-box layout: the
+        shown.setdefault(metric_family(m), m)  # population's AUC, not the successful-only one beside it)
     notes = []
     unshown = kept[~kept["metric"].map(metric_family).isin(shown)]
     if not unshown.empty:
@@ -190,7 +192,7 @@ def with_paper_columns(
     level_names = [*table.rows, *table.columns]
     robench = table.cells.assign(**{SOURCE: ROBENCH})
     cell_keys = [tuple(k) for k in keys[["dataset", "row", "column", "family"]].itertuples(index=False)]
-    matched = [by_key.get(k) for k in cell_keys]
+    matched = [by_key.get(k) if shown.get(k[3]) == m else None for k, m in zip(cell_keys, robench[METRIC])]
     paper_values, paper_texts = [], []
     for cell_metric, entry in zip(robench[METRIC], matched):
         value, text = (
