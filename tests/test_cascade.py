@@ -48,7 +48,7 @@ def _records(rows: list[tuple[str, int, int, int, int, float]], order: dict[str,
         input_range=1.0,
         order=lambda f: f["attack"].map(order),
         cascade_mode="none",
-        budgets="linf:0.1",
+        worst_case_budgets="linf:0.1",
         **{"score_clean:kd": lambda f: f["sample"].astype(float)},
     )
 

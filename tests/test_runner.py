@@ -165,7 +165,7 @@ name = "rotation"
     combined = pd.read_csv(tmp_path / "suite-out" / "summary.csv")
     assert set(combined["model"]) == {"softmax", "gm"}
     assert set(combined["threat"]) == {"semi-white-box", "noise", "rotation"}
-    assert len(combined) == 2 * (2 + 1 + 1 + 1)  # FGSM, BIM and their worst case; noise; rotation
+    assert len(combined) == 2 * (2 + 3 + 1 + 1)  # FGSM, BIM, their worst cases at L-inf 0.1/0.2/0.3, noise, rotation
     assert set(combined.loc[combined["threat"] == "semi-white-box", "attack"]) == {
         "FGSM",
         "BIM",

@@ -499,6 +499,7 @@ def test_every_check_is_registered_with_a_citation(plain):
             "attacker-estimator-differs",
             "library-attack-beats-threat",
             "outputs-pile-into-one-class",
+            "budget-not-attacked",
         }
         == names
     )

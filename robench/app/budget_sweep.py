@@ -110,6 +110,7 @@ def sweep_config(
         model_name=model_name,
         sanity=False,
         cascade="none",  # both sides on every sample: the comparison is paired
+        budgets=(f"linf:{eps!r}",),  # the sweep's one ball: every attack runs at it, so no per-budget copies
     )
 
 

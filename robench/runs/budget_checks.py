@@ -15,21 +15,10 @@ import math
 
 import pandas as pd
 
-from robench.runs.sanity import RECORD_CHECK, SANITY_CHECKS, SanityCheck, SanityResult
+from robench.runs.sanity import BUDGET_NOT_ATTACKED, SanityResult
 from robench.scoring import records as R
 from robench.scoring.budgets import budgets_of
 from robench.scoring.worst_case import budget_attacked, worst_case_label, worst_case_mask
-
-BUDGET_NOT_ATTACKED = "budget-not-attacked"
-SANITY_CHECKS.register(
-    SanityCheck(
-        BUDGET_NOT_ATTACKED,
-        RECORD_CHECK,
-        "a worst case is stated at a budget that no attack of its threat aimed at (no bounded attack at that eps "
-        "in that norm, no minimum-norm attack of that norm): an upper bound on the robust accuracy",
-        "Carlini et al. 2019 Sec. 4 (state the threat model; report robustness at each budget an attack targets)",
-    )
-)
 
 
 def budget_flags(records: pd.DataFrame) -> list[SanityResult]:

@@ -113,8 +113,16 @@ class SanityResult:
     detail: str
 
 
+BUDGET_NOT_ATTACKED = "budget-not-attacked"  # robench.runs.budget_checks
 SANITY_CHECKS: Registry[SanityCheck] = Registry("sanity check", base=SanityCheck)
 for _check in (
+    SanityCheck(
+        BUDGET_NOT_ATTACKED,
+        RECORD_CHECK,
+        "a worst case is stated at a budget that no attack of its threat aimed at (no bounded attack at that eps "
+        "in that norm, no minimum-norm attack of that norm): an upper bound on the robust accuracy",
+        "Carlini et al. 2019 Sec. 4 (state the threat model; report robustness at each budget an attack targets)",
+    ),
     SanityCheck(
         "gradient-zero-or-nan",
         MODEL_PROBE,
