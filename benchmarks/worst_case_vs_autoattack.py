@@ -23,14 +23,10 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-import torchattacks
+from autoattack_check import torchattacks_autoattack
 
-from robench.checkpoints.bundle import load_bundle
-from robench.core.data import load_dataset
 from robench.core.threads import set_threads
-from robench.runs.runner import run, select_samples
+from robench.runs.runner import run
 from robench.scoring.budgets import Budget
 from robench.scoring.metrics import metric_value
 from robench.scoring.worst_case import worst_case_label, worst_case_records
@@ -75,19 +71,7 @@ def main() -> None:
     print(f"  attacks: {', '.join(ran)}")
 
     tic = time.perf_counter()
-    bundle = load_bundle(path)
-    data = load_dataset("mnist-5k")
-    index = select_samples(len(data.test), args.n, 0)
-    x, y = data.test.x[index], data.test.y[index]
-    with torch.random.fork_rng():  # torchattacks reseeds the global RNG itself
-        adv = torchattacks.AutoAttack(
-            bundle.model, norm="Linf", eps=args.eps, version="standard", n_classes=10, seed=0
-        )(x, y)
-    with torch.no_grad():
-        clean = bundle.model(x).argmax(1) == y
-        robust = (bundle.model(adv).argmax(1) == y)[clean].float().numpy()
-    draws = robust[np.random.default_rng(0).integers(0, len(robust), size=(1000, len(robust)))].mean(1)
-    low, high = np.quantile(draws, [0.025, 0.975])
+    robust, low, high = torchattacks_autoattack(path, args.eps, args.n)
     print(
         f"torchattacks AutoAttack (standard): {robust.mean():.3f} [{low:.3f}, {high:.3f}] "
         f"over {len(robust)} clean-correct ({time.perf_counter() - tic:.0f} s)"
