@@ -10,8 +10,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from robench.core.errors import ConfigError
-from robench.report.bootstrap import bootstrap_intervals, group_metrics, resample_counts
-from robench.scoring.metrics import metric_names, summarize
+from robench.report.bootstrap import bootstrap_intervals, group_metrics
+from robench.scoring.metrics import metric_names, resample_counts, summarize
 from test_rundir import synthetic_records
 
 KEY = ["model", "threat", "attack", "detector"]

@@ -21,7 +21,6 @@ undefined (e.g. no successful attack drawn); it is NaN where the metric itself i
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 import numpy as np
@@ -29,26 +28,22 @@ import pandas as pd
 
 from robench.core.errors import ConfigError
 from robench.scoring import records as R
-from robench.scoring.metrics import COUNT, DETECTOR, SUMMARY_KEYS, Weighted, evaluate, metric_names
+from robench.scoring.metrics import (
+    COUNT,
+    DETECTOR,
+    SUMMARY_KEYS,
+    Weighted,
+    evaluate,
+    group_seed,
+    metric_names,
+    resample_counts,
+)
 from robench.scoring.worst_case import with_worst_case
 
 
 def interval_columns() -> list[str]:
     """The output columns of :func:`bootstrap_intervals`."""
     return [*SUMMARY_KEYS, DETECTOR, COUNT, *(f"{m}_{side}" for m in metric_names() for side in ("low", "high"))]
-
-
-def _group_seed(seed: int, *key: object) -> int:
-    # Seeding per group keeps a group's interval independent of which other groups are in the records.
-    digest = hashlib.sha256("|".join(map(str, (seed, *key))).encode()).digest()
-    return int.from_bytes(digest[:8], "little")
-
-
-def resample_counts(n: int, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
-    """A (n_resamples, n) matrix: how often each of n rows is drawn in each resample of size n."""
-    index = rng.integers(0, n, size=(n_resamples, n))
-    offsets = (np.arange(n_resamples) * n)[:, None]
-    return np.bincount((index + offsets).ravel(), minlength=n_resamples * n).reshape(n_resamples, n).astype(np.float64)
 
 
 def group_metrics(group: pd.DataFrame, counts: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
@@ -75,7 +70,7 @@ def bootstrap_intervals(
     rows = []
     for key, group in R.groups(with_worst_case(records)):  # the worst-case rows resampled like the others
         group = R.scored_columns(group)
-        rng = np.random.default_rng(_group_seed(seed, *key.values()))
+        rng = np.random.default_rng(group_seed(seed, *key.values()))
         # Row 0 is the full sample (all counts 1): the point estimate decides whether the interval is NaN.
         counts = np.vstack([np.ones((1, len(group))), resample_counts(len(group), int(n_resamples), rng)])
         for detector, values in group_metrics(group, counts).items():

@@ -36,7 +36,6 @@ Everything here is a pure function of records; ``distances.parquet`` beside a ru
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -45,8 +44,17 @@ import pandas as pd
 from robench.core.errors import ConfigError
 from robench.scoring import records as R
 from robench.scoring.budgets import NORM_COLUMNS, Budget, budgets_of, norms_of
-from robench.scoring.metrics import NO_DETECTOR, Weighted, weighted_median, weighted_threshold
-from robench.scoring.worst_case import worst_case_mask
+from robench.scoring.metrics import (
+    NO_DETECTOR,
+    Weighted,
+    group_seed,
+    resample_counts,
+    weighted_median,
+    weighted_threshold,
+)
+from robench.scoring.worst_case import cascade_rank, worst_case_mask
+
+__all__ = ["group_seed", "resample_counts"]  # the report layer seeds and draws curves as the summary's bootstrap
 
 NORM = "norm"
 DETECTOR = "detector"
@@ -69,13 +77,6 @@ def attack_rows(records: pd.DataFrame) -> pd.DataFrame:
 def curve_norms(group: pd.DataFrame) -> list[str]:
     """The norms a group's curves are drawn in: those of its budgets, else every norm robench records."""
     return norms_of(budgets_of(group)) or list(NORM_COLUMNS)
-
-
-def _order(group: pd.DataFrame) -> np.ndarray:
-    if R.ORDER in group:
-        return group[R.ORDER].to_numpy(dtype=np.int64)
-    first = {a: i for i, a in enumerate(dict.fromkeys(group[R.ATTACK]))}
-    return group[R.ATTACK].map(first).to_numpy(dtype=np.int64)
 
 
 def clean_thresholds(group: pd.DataFrame, detectors: Sequence[str]) -> dict[str, float]:
@@ -108,7 +109,7 @@ def _smallest(
 
 
 def _group_distances(group: pd.DataFrame) -> list[pd.DataFrame]:
-    frame = group.assign(_order=_order(group), _row=np.arange(len(group)))
+    frame = group.assign(_order=cascade_rank(group), _row=np.arange(len(group)))
     frame = frame.sort_values([R.SAMPLE, "_order", "_row"], kind="stable")
     first = frame.drop_duplicates(R.SAMPLE, keep="first").set_index(R.SAMPLE)
     samples = first.index.to_numpy()
@@ -116,6 +117,10 @@ def _group_distances(group: pd.DataFrame) -> list[pd.DataFrame]:
     misclassified = frame[R.ADV_PRED].to_numpy() != frame[R.LABEL].to_numpy()
     detectors = [d for d in R.detectors_in(frame) if R.has_scores(frame, d)]
     thresholds = clean_thresholds(frame, detectors)
+    scored = {  # per detector: the samples with a clean score (the others get no detector-aware distance)
+        d: np.isfinite(frame.groupby(R.SAMPLE, sort=True)[R.score_clean(d)].first().reindex(samples).to_numpy(float))
+        for d in detectors
+    }
     key = {c: first[c].iloc[0] for c in GROUP}
     parts = []
     for norm in curve_norms(group):
@@ -126,8 +131,7 @@ def _group_distances(group: pd.DataFrame) -> list[pd.DataFrame]:
                 with np.errstate(invalid="ignore"):
                     unflagged = frame[R.score_adv(detector)].to_numpy(dtype=float) >= thresholds[detector]
                 breaks = misclassified & unflagged
-                clean = frame.groupby(R.SAMPLE, sort=True)[R.score_clean(detector)].first()
-                keep = np.isfinite(clean.reindex(samples).to_numpy(dtype=float))
+                keep = scored[detector]
             smallest, attack = _smallest(frame, breaks, distance, samples)
             smallest = np.where(correct, smallest, 0.0)
             attack = np.where(correct, attack, "")
@@ -172,20 +176,6 @@ def curve_groups(distances: pd.DataFrame):
     """(key, rows) per curve (model x threat x crafting model x norm x detector), in first-appearance order."""
     for key, group in distances.groupby(list(CURVE_KEYS), sort=False):
         yield dict(zip(CURVE_KEYS, key)), group
-
-
-def group_seed(seed: int, *key: object) -> int:
-    """A seed per curve derived from ``seed`` and its key: a curve's band does not depend on which others are drawn."""
-    digest = hashlib.sha256("|".join(map(str, (seed, *key))).encode()).digest()
-    return int.from_bytes(digest[:8], "little")
-
-
-def resample_counts(n: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
-    """A (resamples, n) matrix: how often each of n samples is drawn in each resample of size n (as the summary's
-    bootstrap, :mod:`robench.report.bootstrap`)."""
-    index = rng.integers(0, n, size=(resamples, n))
-    offsets = (np.arange(resamples) * n)[:, None]
-    return np.bincount((index + offsets).ravel(), minlength=resamples * n).reshape(resamples, n).astype(np.float64)
 
 
 def _norm_of(distances: pd.DataFrame) -> str:

@@ -43,6 +43,7 @@ bit-identical to the plain mean of the selected values.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -88,6 +89,21 @@ class Weighted:
 
     def nan(self) -> np.ndarray:
         return np.full(self.resamples, np.nan)
+
+
+def resample_counts(n: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """A (resamples, n) matrix: how often each of n rows is drawn in each resample of size n (a :class:`Weighted`'s
+    counts; the bootstrap of the summary and of the robustness curves)."""
+    index = rng.integers(0, n, size=(resamples, n))
+    offsets = (np.arange(resamples) * n)[:, None]
+    return np.bincount((index + offsets).ravel(), minlength=resamples * n).reshape(resamples, n).astype(np.float64)
+
+
+def group_seed(seed: int, *key: object) -> int:
+    """A seed per group derived from ``seed`` and its key: a group's bootstrap does not depend on which other
+    groups are in the records."""
+    digest = hashlib.sha256("|".join(map(str, (seed, *key))).encode()).digest()
+    return int.from_bytes(digest[:8], "little")
 
 
 def weighted_auc(

@@ -84,7 +84,7 @@ def budget_attacked(group: pd.DataFrame, budget: Budget) -> bool | None:
     return bool((norm & (np.isnan(eps) | same)).any())
 
 
-def _order(group: pd.DataFrame) -> np.ndarray:
+def cascade_rank(group: pd.DataFrame) -> np.ndarray:
     """Per row, the attack's cascade position (records before cascades: the threat's own order)."""
     if R.ORDER in group:
         return group[R.ORDER].to_numpy(dtype=np.int64)
@@ -98,7 +98,7 @@ def worst_case_group(group: pd.DataFrame, budget: Budget) -> pd.DataFrame | None
     attacks = group[~R.corruption_mask(group)]
     if attacks[R.ATTACK].nunique() < 2:
         return None
-    order = _order(attacks)
+    order = cascade_rank(attacks)
     frame = attacks.assign(_order=order, _row=np.arange(len(attacks)))
     frame = frame.sort_values([R.SAMPLE, "_order", "_row"], kind="stable")
     misclassified = (frame[R.ADV_PRED].to_numpy() != frame[R.LABEL].to_numpy()) & budget.within(frame)
