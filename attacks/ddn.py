@@ -74,17 +74,13 @@ import torch
 from torch import Tensor
 
 from robench.attacks.base import ATTACKS, Attack, AttackTarget
+from robench.attacks.fmn import l2_norms
 from robench.attacks.objectives import OBJECTIVES, objective_value
 from robench.core.config import choice, finite, positive_int
 from robench.core.errors import ConfigError
 from robench.core.precision import FP32, full_precision
 
 _NORM_FLOOR = 1e-12  # per-sample norm floor, as foolbox's 1e-12 (line 30): a zero vector stays zero instead of NaN
-
-
-def _l2(t: Tensor) -> Tensor:
-    """Per-sample L2 norms of ``t``, shape (N,)."""
-    return t.flatten(1).norm(dim=1)
 
 
 def _per_sample(v: Tensor, like: Tensor) -> Tensor:
@@ -141,7 +137,7 @@ class DDN(Attack):
             return x.clone()
         bounds = target.bounds
         # the largest perturbation any point in the bounds has: eps never needs to exceed it
-        worst = _l2(torch.maximum(x - bounds.low, bounds.high - x))
+        worst = l2_norms(torch.maximum(x - bounds.low, bounds.high - x))
         eps = torch.full((n,), float(self.init_epsilon), dtype=x.dtype, device=x.device)
         best_x = x.clone()
         best_norm = torch.full((n,), math.inf, dtype=x.dtype, device=x.device)
@@ -152,21 +148,21 @@ class DDN(Attack):
             grad, adversarial = self._evaluate(target, x_adv, y, targets)
             with torch.no_grad():
                 delta = x_adv - x
-                self._keep_best(x_adv, _l2(delta), adversarial, best_x, best_norm)
+                self._keep_best(x_adv, l2_norms(delta), adversarial, best_x, best_norm)
                 direction = self._direction(grad, generator)
                 delta = delta - alpha * direction
                 eps = torch.minimum(eps * torch.where(adversarial, 1 - self.gamma, 1 + self.gamma), worst)
-                delta = delta * _per_sample(eps / _l2(delta).clamp_min(_NORM_FLOOR), delta)
+                delta = delta * _per_sample(eps / l2_norms(delta).clamp_min(_NORM_FLOOR), delta)
                 x_adv = bounds.clip(x + delta)
         with torch.no_grad(), full_precision(x.device):  # the last iterate, which foolbox never evaluates
             adversarial = _fooled(target.forward(x_adv).logits, y, targets)
-            self._keep_best(x_adv, _l2(x_adv - x), adversarial, best_x, best_norm)
+            self._keep_best(x_adv, l2_norms(x_adv - x), adversarial, best_x, best_norm)
         return best_x
 
     @staticmethod
     def _direction(grad: Tensor, generator: torch.Generator) -> Tensor:
         """The L2-normalised gradient; a zero one replaced by a standard normal direction drawn from ``generator``."""
-        norms = _l2(grad)
+        norms = l2_norms(grad)
         zero = norms == 0
         if bool(zero.any()):
             noise = torch.randn(
@@ -174,7 +170,7 @@ class DDN(Attack):
             )
             grad = grad.clone()
             grad[zero] = noise.to(grad.device)
-            norms = _l2(grad)
+            norms = l2_norms(grad)
         return grad / _per_sample(norms.clamp_min(_NORM_FLOOR), grad)
 
     @staticmethod

@@ -196,7 +196,7 @@ class _FMNBase(Attack):
                     torch.where(found, eps * (1 + gamma), norm + boundary),
                 )
                 eps = torch.minimum(eps, worst)
-                direction = grad / _l2(grad).clamp_min(_NORM_FLOOR).view(-1, *([1] * (x.ndim - 1)))
+                direction = grad / l2_norms(grad).clamp_min(_NORM_FLOOR).view(-1, *([1] * (x.ndim - 1)))
                 delta = self._project(x_adv - x - alpha * direction, eps)
                 x_adv = bounds.clip(x + delta)
         with torch.no_grad(), full_precision(x.device):  # the last iterate, which the references never evaluate
@@ -242,7 +242,7 @@ class _FMNBase(Attack):
         return predicted == targets if targets is not None else predicted != y
 
 
-def _l2(t: Tensor) -> Tensor:
+def l2_norms(t: Tensor) -> Tensor:
     """Per-sample L2 norms of ``t``, shape (N,)."""
     return t.flatten(1).norm(dim=1)
 
@@ -261,15 +261,15 @@ class FMNL2(_FMNBase):
 
     @staticmethod
     def _norm(t: Tensor) -> Tensor:
-        return _l2(t)
+        return l2_norms(t)
 
     @staticmethod
     def _dual_norm(t: Tensor) -> Tensor:
-        return _l2(t)
+        return l2_norms(t)
 
     @staticmethod
     def _project(delta: Tensor, eps: Tensor) -> Tensor:
-        factor = (eps / _l2(delta).clamp_min(_NORM_FLOOR)).clamp(max=1.0)
+        factor = (eps / l2_norms(delta).clamp_min(_NORM_FLOOR)).clamp(max=1.0)
         return delta * factor.view(-1, *([1] * (delta.ndim - 1)))
 
 

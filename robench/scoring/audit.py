@@ -1,9 +1,9 @@
 """The attack audit: what each attack of a threat cost and how close it came to the best of them, from records.
 
 One row per model x threat x crafting model x attack x norm (the attack rows: no corruption, no derived
-worst-case row). The records do not say in which norm an attack works, so every attack is audited in
-every norm of its group (:func:`robench.scoring.curves.curve_norms`: the norms of the group's budgets,
-else ``linf`` and ``l2``). Columns:
+worst-case row). Every attack is audited in every norm of its group (:func:`robench.scoring.curves.curve_norms`:
+the norms of the group's budgets, else ``linf`` and ``l2``), whatever its own (``attack_norm``): an output counts
+in any norm, as in the worst case. Columns:
 
 - ``samples``: the samples the attack ran on (fewer than the group's in a cascade);
 - ``image_passes``: the images it forwarded through the crafting model per sample it ran on (the sum of
