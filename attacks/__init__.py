@@ -10,6 +10,7 @@ from robench.attacks import (  # noqa: F401 - registration side effects
     ddn,  # noqa: F401  (registers ddn)
     fmn,  # noqa: F401  (registers fmn-l2, fmn-linf)
     foolbox_adapter,
+    joint,  # noqa: F401  (registers orthogonal-pgd, orthogonal-pgd-l2, selective-pgd, selective-pgd-l2)
     linf,
     spsa,  # noqa: F401  (registers spsa)
     torchattacks_adapter,

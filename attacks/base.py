@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, final
 
@@ -36,7 +37,8 @@ from robench.core.precision import FP32, full_precision, lowered
 from robench.core.registry import Registry
 from robench.defenses import Defense
 
-if TYPE_CHECKING:  # only C&W-wb uses a detector, and imports it itself
+if TYPE_CHECKING:  # only the detector-aware attacks use detectors, and import them themselves
+    from robench.attacks.detector_terms import KnownDetector
     from robench.detectors import Detector
 
 _BOUND_TOLERANCE = 1e-6
@@ -78,6 +80,9 @@ class AttackTarget:
     # the leave-one-out median over the training set, and the same median per class (K,).
     detector_eta: float | None = None
     detector_eta_per_class: Tensor | None = None
+    # The scored detectors an attack that asks for them (AttackNeeds.detectors) knows: fitted, with the attacker's
+    # own flag thresholds on held-out clean data (robench.attacks.detector_terms).
+    known_detectors: tuple[KnownDetector, ...] = ()
     # The precision the attack loop runs at (robench.core.precision); its output is judged in fp32 either way.
     precision: str = FP32
 
@@ -147,12 +152,18 @@ class AttackNeeds:
     ``detector_eta_per_class`` (C&W-wb, 001 Sec. 4.4.2). Its settings follow the run's scored
     ``kd`` detector (bandwidth, training points per class, seed) unless the attack sets them:
     ``kd_per_class`` (0 = all) and ``kd_bandwidth``, None = the scored detector's.
+
+    ``detectors``: the scored detectors the attacker knows (:mod:`robench.attacks.detector_terms`), with its
+    thresholds on held-out clean data, in ``AttackTarget.known_detectors``: a name or ``all``.
     """
 
     density: bool = False
     kd_per_class: int | None = None
     kd_bandwidth: float | None = None
     kd_subset: str | None = None  # which kd_per_class points: "random" (seeded) or "first"; None = the scored's
+    # The scored detectors the attack targets, in AttackTarget.known_detectors: one detector's name, "all" (every
+    # scored detector), or None (none).
+    detectors: str | None = None
 
 
 @dataclass(frozen=True)
@@ -253,6 +264,19 @@ class Attack(Configurable, ABC):
     def needs(self) -> AttackNeeds:
         """What the runner must provide in the AttackTarget; most attacks need nothing beyond the model."""
         return AttackNeeds()
+
+    def attacked_detectors(self, scored: Sequence[str]) -> tuple[str, ...]:
+        """The scored detectors (of ``scored``, the run's) this attack descends on; empty for a detector-blind one.
+
+        Records keep it per attack (``attack_detectors``), so a detector-aware figure can say whether any attack
+        of its threat targeted that detector (the ``detector-not-attacked`` sanity flag).
+        """
+        needs = self.needs()
+        if needs.detectors is not None:
+            return tuple(scored) if needs.detectors == "all" else tuple(d for d in scored if d == needs.detectors)
+        if needs.density:  # a kernel density of the crafting model's features: the scored 'kd' detector's kind
+            return tuple(d for d in scored if d == "kd")
+        return ()
 
     @abstractmethod
     def run(

@@ -197,9 +197,18 @@ class CarliniWagnerL2(Attack):
         return reached if penalty is None else reached & (penalty <= 0)
 
     def _search(
-        self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None, start: Tensor | None = None
+        self,
+        target: AttackTarget,
+        x: Tensor,
+        y: Tensor,
+        targets: Tensor | None,
+        start: Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> Crafted:
         """The binary search over c from ``start`` (default: the clean input); distances are always to ``x``.
+
+        ``generator`` goes to :meth:`_context`, for a penalty that draws randomness (C&W-wb on a randomized
+        detector); plain C&W draws none.
 
         Returns the smallest successful perturbation per sample and, where none was found, the
         best attempt (``return_attempt``) or the clean input, with the criterion per sample.
@@ -223,7 +232,7 @@ class CarliniWagnerL2(Attack):
         attempt_hit = torch.zeros(n, dtype=torch.bool, device=device)
         attempt_value = torch.full((n,), math.inf, dtype=x.dtype, device=device)
 
-        context = self._context(target, x, y, targets)
+        context = self._context(target, x, y, targets, generator)
         with torch.no_grad():
             forward = target.forward(x)
             already = self._reached(target, forward, y, targets, self._margin(target, forward, y, targets))
@@ -355,8 +364,18 @@ class CarliniWagnerL2(Attack):
         # mathematically inside the bounds; the clip only absorbs float rounding (it passes gradients at the bound)
         return target.bounds.clip(low + width * (torch.tanh(w) + 1.0) / 2.0)
 
-    def _context(self, target: AttackTarget, x: Tensor, y: Tensor, targets: Tensor | None) -> Tensor | None:
-        """Per-sample constants a subclass's penalty needs (computed once per batch); None here."""
+    def _context(
+        self,
+        target: AttackTarget,
+        x: Tensor,
+        y: Tensor,
+        targets: Tensor | None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor | None:
+        """Per-sample constants a subclass's penalty needs (computed once per batch, indexed by sample); None here.
+
+        ``generator``: the attack's, for a penalty that draws randomness; None when the criterion is judged again.
+        """
         return None
 
     def _penalty(

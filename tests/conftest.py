@@ -74,3 +74,21 @@ def trained_tiny():
     for bundle in bundles.values():
         bundle.model.eval()
     return {**bundles, "data": load_dataset("mnist-5k")}
+
+
+@pytest.fixture(autouse=True)
+def _threat_registry_is_left_as_found():
+    """A test that registers a threat (a threat file it loads) must unload it: under xdist the next test on the
+    same worker would see it, and which tests share a worker changes from run to run."""
+    from robench.specs import threat_files
+    from robench.specs.threats import THREATS
+
+    before = set(THREATS.names())
+    yield
+    leaked = sorted(set(THREATS.names()) - before)
+    for name in leaked:
+        if threat_files.threat_file(name) is not None:
+            threat_files.unload(name)
+        else:
+            THREATS.unregister(name)
+    assert not leaked, f"the test left threats registered: {leaked}"

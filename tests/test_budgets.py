@@ -18,7 +18,7 @@ from robench.scoring.metrics import DETECTOR, metric_value, summarize
 from robench.scoring.worst_case import budget_of, is_worst_case, worst_case_label, worst_case_records
 from robench.specs import budgets as B
 from robench.specs.run_config import RunConfig
-from robench.specs.threat_files import load_threat_file
+from robench.specs.threat_files import parse_threat_file
 from robench.specs.threats import THREATS, AttackSpec
 from test_cli import assert_one_line_error
 from test_cli import run as run_cli
@@ -101,7 +101,15 @@ def test_per_budget_attacks_run_at_every_other_budget_of_their_norm():
     white = THREATS.get("white-box").with_overrides({"APGD-CE.steps": 7})
     expanded = white.at_budgets("mnist")
     added = {s.label: s for s in expanded.attacks if s.label not in white.labels()}
-    assert set(added) == {"APGD-CE@Linf 0.1", "APGD-CE@Linf 0.2", "APGD-DLR@Linf 0.1", "APGD-DLR@Linf 0.2"}
+    assert set(added) == {
+        "APGD-CE@Linf 0.1",
+        "APGD-CE@Linf 0.2",
+        "APGD-DLR@Linf 0.1",
+        "APGD-DLR@Linf 0.2",
+        "SPGD@Linf 0.1",
+        "SPGD@Linf 0.2",
+        "SPGD-L2@L2 1",
+    }
     assert added["APGD-CE@Linf 0.1"].params == {"objective": "adaptive", "steps": 7, "eps": 0.1}  # overrides kept
     assert added["APGD-CE@Linf 0.1"].build("mnist").eps == 0.1
     # the run's budgets decide; an attack already at the budget is not copied
@@ -123,7 +131,7 @@ def test_threat_file_budgets(tmp_path):
         'name = "tight"\naccess = "grey-box"\n[budgets]\nmnist = ["linf:0.05", "linf:0.15"]\n'
         '[[attack]]\nlabel = "P"\nattack = "pgd"\n[[attack]]\nlabel = "F"\nattack = "fgsm"\n'
     )
-    threat = load_threat_file(path)
+    threat = parse_threat_file(path)
     assert [b.label for b in threat.budgets_for("mnist")] == ["Linf 0.05", "Linf 0.15"]
     assert [b.label for b in threat.budgets_for("cifar10")] == ["Linf 0.0313725", "Linf 0.0627451"]
     bad = tmp_path / "bad.toml"
@@ -131,7 +139,7 @@ def test_threat_file_budgets(tmp_path):
         'name = "bad"\naccess = "grey-box"\n[budgets]\nmnist = ["l3:0.05"]\n[[attack]]\nlabel = "P"\nattack = "pgd"\n'
     )
     with pytest.raises(ConfigError, match="l3"):
-        load_threat_file(bad)
+        parse_threat_file(bad)
 
 
 def test_reserved_worst_case_labels():

@@ -54,6 +54,8 @@ ALLOWED = {
     ("attacks/fmn.py", "linf"): "an attack's norm",
     ("attacks/fmn.py", "l2"): "an attack's norm",
     ("attacks/ddn.py", "l2"): "an attack's norm",
+    ("attacks/joint.py", "linf"): "an attack's norm",
+    ("attacks/joint.py", "l2"): "an attack's norm",
     ("attacks/apgd.py", "l2"): "an attack's norm",
     ("attacks/foolbox_adapter.py", "linf"): "a library attack's norm",
     ("attacks/foolbox_adapter.py", "l2"): "a library attack's norm",

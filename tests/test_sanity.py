@@ -500,6 +500,7 @@ def test_every_check_is_registered_with_a_citation(plain):
             "library-attack-beats-threat",
             "outputs-pile-into-one-class",
             "budget-not-attacked",
+            "detector-not-attacked",
         }
         == names
     )

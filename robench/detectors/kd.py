@@ -262,6 +262,29 @@ class KernelDensityDetector(Detector):
             out = out.index_put((rows,), gaussian_kde_log_density(z[rows], self._points[k], self.width).to(out.dtype))
         return out
 
+    def log_density_leaving_out(self, z: Tensor, classes: Tensor) -> Tensor:
+        """log KD_c(z) as :meth:`log_density`, but a training point that ``z`` is (numerically) equal to is left out.
+
+        For scoring training inputs (an attacker's held-out clean data drawn from the training split): a point's own
+        kernel would otherwise dominate its density (see :meth:`training_nll`, whose matching rule this uses).
+        """
+        if not self._points:
+            raise ConfigError("kd detector is not fitted")
+        width = self.width
+        out = z.new_zeros(z.shape[0], dtype=torch.promote_types(z.dtype, torch.float32))
+        for k in classes.unique().tolist():  # a loop over classes, not samples
+            rows = (classes == k).nonzero().squeeze(1)
+            points = self._points[k]
+            part = z[rows].to(points.device, out.dtype)
+            sq = torch.cdist(part, points.to(out.dtype), compute_mode="donot_use_mm_for_euclid_dist").pow(2)
+            exact = sq.sqrt() <= 1e-5 * (1.0 + part.norm(dim=1, keepdim=True))
+            log_kernel = (-sq / (2.0 * width**2)).masked_fill(exact, float("-inf"))
+            count = (~exact).sum(1).clamp_min(1)
+            const = 0.5 * z.shape[1] * math.log(2 * math.pi * width**2)
+            values = torch.logsumexp(log_kernel, dim=1) - count.log() - const
+            out = out.index_put((rows.to(out.device),), values.to(out))
+        return out
+
     def median_training_nll(self, z: Tensor, labels: Tensor, chunk: int = 1024) -> float:
         """eta of C&W-wb (paper 001 Sec. 4.4.2): the median over training features of -log KD_y(z)
         (:meth:`training_nll`)."""

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from robench.attacks.base import Attack, AttackTarget, Bounds, attack_eps
+from robench.attacks.detector_terms import KnownDetector
 from robench.attacks.targets import choose_targets
 from robench.checkpoints.bundle import ModelBundle
 from robench.core.execution import PassCounter
@@ -93,6 +94,7 @@ def attack_batch(
     detectors: Mapping[str, Detector],
     noise_generator: torch.Generator | None = None,
     precision: str = "fp32",
+    known: tuple[KnownDetector, ...] = (),
 ) -> BatchResult:
     """One attack on one batch, crafted on ``crafting`` and judged and scored on ``bundle``.
 
@@ -101,6 +103,7 @@ def attack_batch(
     Combined detectors get raw features of the clean, a noisy (Feinman et al.'s, from
     ``noise_generator``, kept apart from the attack's randomness) and the adversarial input.
     ``precision`` is the attack loop's (:mod:`robench.core.precision`); everything returned is judged in fp32.
+    ``known``: the scored detectors as the attacker knows them (for an attack that targets detectors).
     """
     target = AttackTarget(
         crafting.model,
@@ -109,6 +112,7 @@ def attack_batch(
         detector=density.detector if density else None,
         detector_eta=density.eta if density else None,
         detector_eta_per_class=density.eta_per_class.to(x.device) if density else None,
+        known_detectors=known,
         precision=precision,
     )
     if crafting is bundle:
@@ -144,6 +148,7 @@ def attack_batch(
         R.ATTACK_EPS: np.full(len(y), attack_eps(attack), dtype=float),
         # the batch's passes shared evenly: an attack's records sum to its passes, whatever the batches
         R.IMAGE_PASSES: np.full(len(y), passes.images / max(len(y), 1), dtype=float),
+        R.ATTACK_DETECTORS: np.full(len(y), ",".join(attack.attacked_detectors(list(detectors))), dtype=object),
     }
     raw: dict[str, np.ndarray] = {}
     combined = C.combined_detectors(detectors)

@@ -29,6 +29,7 @@ from robench.core.provenance import canonical_json, jsonable
 from robench.detectors.cache import load_cached, save_cached
 from robench.runs.backend import Backend
 from robench.runs.density import DensitySettings, estimator
+from robench.runs.knowledge import knowledge_info
 from robench.runs.part_work import PartJob
 from robench.runs.plan import ExecutionReport, Flow, RunPlan, RunResult
 from robench.runs.tasks import (
@@ -40,6 +41,7 @@ from robench.runs.tasks import (
     cpu_state,
     density_task,
     fit_task,
+    knowledge_task,
     part_task,
     probe_task,
     samples_digest,
@@ -80,6 +82,7 @@ class _Driver:
         ] = {}  # a submitted task's handle -> what the driver does with its result
         self.fit_results: dict[str, dict[str, Any]] = {}  # detector key -> which fits were cached, the fit seconds
         self.density_results: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self.knowledge_results: dict[tuple[Any, ...], dict[str, Any]] = {}  # the attacker's view of the detectors
         self.probes: dict[tuple[Any, ...], list[Any]] = {}  # probe results of this run, by probe key
         self.queued: list[tuple[float, int, _Flow, int]] = []  # parts to submit: (cost, order, flow, job index)
         if len(plans) > 1:  # one bar for every plan's parts (their own bars would overwrite each other)
@@ -212,6 +215,7 @@ class _PlanWork:
         )  # fmt: skip
         self.batch_of = {int(s): b for b, batch in enumerate(plan.batches) for s in batch.numpy().tolist()}
         self.density_keys: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # the plan's density key -> the driver's
+        self.knowledge_key: tuple[Any, ...] | None = None  # the driver's key of the attacker's knowledge, once asked
         self.probe_key: tuple[Any, ...] | None = None
         self.work = ExecutionReport().work
         self.workers: set[tuple[str, int]] = set()
@@ -231,8 +235,13 @@ class _PlanWork:
         )
 
     def start(self) -> None:
-        """Submit what the plan needs whatever its parts: the sanity probes (once per model and probed samples)."""
+        """Submit what the plan needs whatever its parts: the attacker's detector thresholds (when an attack targets
+        detectors) and the sanity probes (once per model and probed samples)."""
         plan = self.plan
+        for t, threat in enumerate(plan.prepared.threats):  # run.json records them even when every part is reused
+            for i in range(len(threat.attacks)):
+                if self.knowledge(t, i) is not None:
+                    break
         if not plan.config.sanity:
             return
         index = plan.samples[:SANITY_PROBE_SAMPLES].numpy()
@@ -311,7 +320,9 @@ class _PlanWork:
         ):  # which workers computed this plan's parts, and the torch threads they ran with (each task's CPUs)
             execution["ray"].update(workers=len(self.workers), worker_threads=sorted(self.threads))
         probes = list(driver.probes.get(self.probe_key, _PROBES.get(self.probe_key, []))) if self.probe_key else []
+        knowledge = driver.knowledge_results.get(self.knowledge_key) if self.knowledge_key else None
         return ExecutionReport(
+            knowledge=knowledge,
             work=self.work,
             reused_fit=reused,
             fit_seconds=seconds,
@@ -376,6 +387,26 @@ class _PlanWork:
             "width": out.get("width"),  # the kernel width in use (the selected one under bandwidth "select")
         }
 
+    def knowledge(self, t: int, i: int) -> Any | None:
+        """The handle of the attacker's knowledge of the scored detectors, if attack ``i`` of threat ``t`` targets
+        detectors (None otherwise); computed once per model, detectors, training split and seed."""
+        plan, prepared = self.plan, self.plan.prepared
+        if prepared.threats[t].attacks[i][1].needs().detectors is None:
+            return None
+        key = ("knowledge", self.detectors.key, prepared.train_name, plan.config.seed)
+        self.knowledge_key = key
+
+        def make() -> Any:
+            args = [*self.model, self.detectors, self.fits(), self._train(), plan.config.seed]
+            return self.driver.submit(
+                knowledge_task, args, self, "attacker's detector thresholds", lambda out: self._known(key, out)
+            )
+
+        return self.driver.shared(key, make)
+
+    def _known(self, key: tuple[Any, ...], out: dict[str, Any]) -> None:
+        self.driver.knowledge_results[key] = {"detectors": knowledge_info(out["knowledge"]), "seconds": out["seconds"]}
+
     def cleans(self, samples: np.ndarray) -> list[Any]:
         """Handles of the clean passes of the original batches that hold ``samples`` (each computed once)."""
         plan = self.plan
@@ -409,6 +440,7 @@ class _PlanWork:
             crafting_data,
             self.fits(),
             self.density(job.threat, job.attack),
+            self.knowledge(job.threat, job.attack),
             *self.cleans(job.samples),
         ]
         return self.driver.submit(part_task, args, self, f"part {job.key[:12]}", done)

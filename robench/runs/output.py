@@ -57,8 +57,11 @@ def write_run(
 
 
 def with_sanity_flags(summary: pd.DataFrame, sanity: pd.DataFrame) -> pd.DataFrame:
-    """The summary plus a ``sanity_flags`` column: the flagged checks of its model (and threat)."""
+    """The summary plus a ``sanity_flags`` column: the flagged checks of its model (and threat, attack or
+    detector: :func:`robench.runs.detector_checks.detector_key`)."""
+    from robench.runs.detector_checks import detector_key
     from robench.runs.sanity import flags_by_model_threat
+    from robench.scoring.metrics import DETECTOR
 
     summary = summary.copy()
     if sanity is None or not len(sanity):
@@ -73,6 +76,7 @@ def with_sanity_flags(summary: pd.DataFrame, sanity: pd.DataFrame) -> pd.DataFra
                 (row[R.MODEL], "-"),
                 (row[R.MODEL], row[R.THREAT]),
                 (row[R.MODEL], f"{row[R.THREAT]}/{row[R.ATTACK]}"),  # a per-attack check (attacker-estimator-differs)
+                (row[R.MODEL], detector_key(row[R.THREAT], row.get(DETECTOR))),  # a per-detector check
             )
             for n in flags.get(key, "").split(",")
             if n

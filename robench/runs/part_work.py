@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from robench.attacks.base import Attack, AttackNeeds, Bounds
+from robench.attacks.detector_terms import KnownDetector
 from robench.checkpoints.bundle import ModelBundle
 from robench.core.errors import ConfigError
 from robench.core.execution import as_input, is_out_of_memory
@@ -70,7 +71,8 @@ class PartContext:
     """What every part of a run needs: the models, the built attacks, the fitted detectors, the attacker densities.
 
     ``crafting[t]`` is threat ``t``'s crafting model (the substitute for a transfer threat), and
-    ``density(crafting, needs, label)`` the attacker density an attack needs (None if none).
+    ``density(crafting, needs, label)`` the attacker density an attack needs (None if none), and
+    ``known(needs)`` the scored detectors as the attacker knows them (empty for a detector-blind attack).
     """
 
     bundle: ModelBundle
@@ -79,6 +81,7 @@ class PartContext:
     attacks: list[list[tuple[AttackSpec, Attack]]]
     detectors: dict[str, Detector]
     density: Callable[[ModelBundle, AttackNeeds, str], AttackerDensity | None]
+    known: Callable[[AttackNeeds], tuple[KnownDetector, ...]]
     bounds: Bounds
     seed: int
     precision: str
@@ -122,6 +125,7 @@ def compute_part(
             ctx.detectors,
             torch.Generator().manual_seed(derive_seed(ctx.seed, spec.label, b, *seeds, "noisy")),
             ctx.precision,
+            ctx.known(attack.needs()),
         ),
         x,
         y,

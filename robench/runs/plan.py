@@ -65,6 +65,8 @@ class ExecutionReport:
     )  # built by this call: fit, eta, eta_per_class
     probes: list[Any] = field(default_factory=list)  # the model probes' results (robench.runs.sanity)
     execution: dict[str, Any] = field(default_factory=dict)  # where the parts ran
+    # the attacker's thresholds of the scored detectors (robench.runs.knowledge), None when no attack targets them
+    knowledge: dict[str, Any] | None = None
 
 
 def select_samples(n_test: int, n: int, seed: int) -> torch.Tensor:
@@ -312,6 +314,7 @@ class RunPlan:
                 for name, d in detectors.items()
             },
             "attacker_density": self.densities.info(report.densities),
+            "attacker_detectors": report.knowledge,
             "samples": len(self.samples),
             "parts": {"reused": store.reused, "computed": store.computed},
             "sanity": sanity.to_dict(orient="records") if len(sanity) else [],
@@ -369,10 +372,12 @@ def _sanity(
     """The model probes (run by the driver), the checks that read the records, and the attacker-estimator check
     (robench.runs.sanity)."""
     from robench.runs.budget_checks import budget_flags
+    from robench.runs.detector_checks import detector_flags
     from robench.runs.sanity import estimator_flags, record_flags, sanity_table
 
     results = list(probes)
     results += budget_flags(records)
+    results += detector_flags(records)
     results += record_flags(
         records,
         attack_names={(t.threat.name, spec.label): spec.attack for t in prepared.threats for spec, _ in t.attacks},

@@ -98,6 +98,21 @@ def _check_compatible(bundle: ModelBundle, data: Dataset, what: str, path: Path)
         )
 
 
+def _check_knows(threat: ThreatModel, label: str, attack: Attack) -> None:
+    """A one-line error when attack ``label`` descends on a detector its threat's attacker does not know."""
+    needs = attack.needs()
+    if (needs.density or needs.detectors) and not threat.knows_detector:
+        raise ConfigError(
+            f"threat '{threat.name}': attack '{label}' attacks the detector, which a {threat.access} attacker does "
+            "not know"
+        )
+    if needs.detectors and threat.needs_substitute:
+        raise ConfigError(
+            f"threat '{threat.name}': attack '{label}' attacks the evaluated model's detectors, which an attacker "
+            "crafting on a substitute does not know"
+        )
+
+
 def config_threats(config: RunConfig) -> list[ThreatModel]:
     """The config's threat models with its sigmas, added attacks, attack subset and settings applied (nothing
     loaded)."""
@@ -127,11 +142,15 @@ def prepare(config: RunConfig, loader: Loader | None = None) -> Prepared:
                 f"{tuple(bundle.meta.value_range)}"
             )
     family = data.spec.family
-    threats = [t.at_budgets(family, config.budgets) for t in threats]  # the per-budget copies of bounded attacks
-    prepared_threats = [PreparedThreat(t, [(spec, spec.build(family)) for spec in t.attacks]) for t in threats]
     names = applicable_detectors(
         bundle, config.detectors if config.detectors is not None else threat_detectors(threats)
     )
+    # the per-detector copies of the detector-aware attacks, then the per-budget copies of bounded attacks (of them too)
+    threats = [t.at_detectors(tuple(names)).at_budgets(family, config.budgets) for t in threats]
+    prepared_threats = [PreparedThreat(t, [(spec, spec.build(family)) for spec in t.attacks]) for t in threats]
+    for t in prepared_threats:  # after --set and added attacks too: what an attack descends on, its attacker knows
+        for spec, attack in t.attacks:
+            _check_knows(t.threat, spec.label, attack)
     detectors = build_detectors(names, family, config.detector_settings)
     for detector in detectors.values():
         detector.check_applicable(bundle.model, bundle.defense)

@@ -114,6 +114,7 @@ class SanityResult:
 
 
 BUDGET_NOT_ATTACKED = "budget-not-attacked"  # robench.runs.budget_checks
+DETECTOR_NOT_ATTACKED = "detector-not-attacked"  # robench.runs.detector_checks
 SANITY_CHECKS: Registry[SanityCheck] = Registry("sanity check", base=SanityCheck)
 for _check in (
     SanityCheck(
@@ -122,6 +123,14 @@ for _check in (
         "a worst case is stated at a budget that no attack of its threat aimed at (no bounded attack at that eps "
         "in that norm, no minimum-norm attack of that norm): an upper bound on the robust accuracy",
         "Carlini et al. 2019 Sec. 4 (state the threat model; report robustness at each budget an attack targets)",
+    ),
+    SanityCheck(
+        DETECTOR_NOT_ATTACKED,
+        RECORD_CHECK,
+        "a detector's detector-aware figures (AUC, flagged rate, still correct or flagged, also at the worst case) "
+        "come from a threat none of whose attacks descended on that detector: an upper bound on its robustness",
+        'Carlini & Wagner 2017 ("Adversarial examples are not easily detected"); Tramer et al. 2020 ("On adaptive '
+        'attacks to adversarial example defenses")',
     ),
     SanityCheck(
         "gradient-zero-or-nan",

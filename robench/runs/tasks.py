@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from robench.attacks.base import AttackNeeds, AttackTarget, Bounds
+from robench.attacks.detector_terms import KnownDetector
 from robench.checkpoints.bundle import ModelBundle, load_bundle
 from robench.core.errors import ConfigError
 from robench.core.execution import as_input, to_memory_format, try_compile, use_channels_last
@@ -44,6 +45,7 @@ from robench.runs.density import (
     scored_settings,
 )
 from robench.runs.detection import build_detectors
+from robench.runs.knowledge import attacker_knowledge, known_detectors
 from robench.runs.part_work import PartContext, PartJob, Work, compute_part, derive_seed
 from robench.specs.threats import AttackSpec
 
@@ -232,6 +234,19 @@ def density_task(
     return {"state": state, "eta": eta, "eta_per_class": per_class.detach().cpu(), "fit": fit, "width": width}
 
 
+def knowledge_task(
+    env: TaskEnv, ref: BundleRef, data: bytes | None, spec: DetectorSpec, fits: dict[str, Any], train: Any,
+    seed: int,
+) -> dict[str, Any]:  # fmt: skip
+    """What the attacker knows of the scored detectors: thresholds, scales, levels on held-out clean training inputs
+    (:func:`robench.runs.knowledge.attacker_knowledge`), on the CPU, and the seconds it took."""
+    bundle = bundle_of(ref, data, env.device)
+    detectors = detectors_of(spec, bundle, fits["states"], env.device)
+    tic = time.perf_counter()
+    knowledge = attacker_knowledge(bundle, detectors, train, spec.family, env.device, seed)
+    return {"knowledge": knowledge, "seconds": time.perf_counter() - tic}
+
+
 def clean_task(
     env: TaskEnv,
     ref: BundleRef,
@@ -272,7 +287,7 @@ def probe_task(
 
 def part_task(
     env: TaskEnv, spec: PairSpec, job: PartJob, x: torch.Tensor, y: torch.Tensor, model: bytes | None,
-    crafting: bytes | None, fits: dict[str, Any], density: dict[str, Any] | None,
+    crafting: bytes | None, fits: dict[str, Any], density: dict[str, Any] | None, knowledge: dict[str, Any] | None,
     *cleans: tuple[np.ndarray, CleanBatch],
 ) -> dict[str, Any]:  # fmt: skip
     """One part's records (:func:`robench.runs.part_work.compute_part`), its work and notes, and who computed it."""
@@ -309,9 +324,19 @@ def part_task(
 
         return once(("density", spec.detectors.key, on.content_hash, settings, str(device)), build)
 
+    def known_of(needs: AttackNeeds) -> tuple[KnownDetector, ...]:
+        if needs.detectors is None:
+            return ()
+        assert knowledge is not None, "the driver passes the attacker's knowledge to attacks that target detectors"
+        return once(
+            ("known", spec.detectors.key, str(device)),
+            lambda: known_detectors(detectors, knowledge["knowledge"], device),
+        )
+
     ctx = PartContext(
         bundle=bundle, crafting=[bundle if r == spec.model else crafting_bundle for r in spec.crafting],
         threat_names=list(spec.threat_names), attacks=attacks, detectors=detectors, density=density_of,
+        known=known_of,
         bounds=Bounds(*bundle.meta.value_range), seed=spec.seed, precision=spec.precision,
         channels_last=use_channels_last(spec.channels_last, device, spec.precision), device=device,
         model_name=spec.model_name, substitute_name=spec.substitute_name,

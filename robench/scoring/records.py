@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-FORMAT = 5  # bump when the records' columns or meaning change: old parts are then never reused
+FORMAT = 6  # bump when the records' columns or meaning change: old parts are then never reused
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ BUDGETS = "worst_case_budgets"
 IMAGE_PASSES = "attack_image_passes"
 ATTACK_NORM = "attack_norm"
 ATTACK_EPS = "attack_eps"
+ATTACK_DETECTORS = "attack_detectors"
 BROKEN_BY = "broken_by"
 _SCORE_CLEAN = "score_clean:"
 _SCORE_ADV = "score_adv:"
@@ -98,6 +99,12 @@ COLUMNS: tuple[Column, ...] = (
         "float",
         "images forwarded through the crafting model by the attack on this sample's batch, divided by the batch's "
         "size: summed over an attack's records, its forward(+backward) passes (the attack audit)",
+    ),
+    Column(
+        ATTACK_DETECTORS,
+        "str",
+        "the scored detectors the attack descended on, comma-separated in the run's order ('' for a detector-blind "
+        "attack; robench.attacks.base.Attack.attacked_detectors)",
     ),
     Column(ORDER, "int", "the attack's place in its threat's cascade order, cheapest first (robench.scoring.cascade)"),
     Column(
@@ -140,6 +147,7 @@ BATCH_COLUMNS: tuple[str, ...] = (
     ATTACK_NORM,
     ATTACK_EPS,
     IMAGE_PASSES,
+    ATTACK_DETECTORS,
 )
 
 

@@ -458,10 +458,16 @@ def _spec(
             f"{at}: access 'none' is for corruptions (noise, rotation), but '{attack}' is a {built.norm} attack; give "
             "the threat an attacker's access"
         )
-    if built.needs().density and not knows:
+    needs = built.needs()
+    if (needs.density or needs.detectors) and not knows:
         raise ConfigError(
             f"{at}: '{attack}' attacks the detector, which a {access} attacker does not know "
             f'(use access = "white-box", or black-box with knows_detector = true)'
+        )
+    if needs.detectors and substitute:  # kd through the density (C&W-wb's default) crafts on the substitute's own KD
+        raise ConfigError(
+            f"{at}: '{attack}' attacks the evaluated model's detectors ({needs.detectors}), which an attacker crafting "
+            "on a substitute does not know (only the substitute's own KD: cw-wb with detector = 'kd')"
         )
     return spec
 

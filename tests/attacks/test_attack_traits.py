@@ -20,6 +20,10 @@ ITERATIVE = {
     "fmn-l2",
     "fmn-linf",
     "ddn",
+    "orthogonal-pgd",
+    "orthogonal-pgd-l2",
+    "selective-pgd",
+    "selective-pgd-l2",
 }
 BUDGET = {
     "fgsm": "eps",
@@ -38,6 +42,10 @@ BUDGET = {
     "fmn-l2": None,
     "fmn-linf": None,
     "ddn": None,
+    "orthogonal-pgd": "eps",
+    "orthogonal-pgd-l2": "eps",
+    "selective-pgd": "eps",
+    "selective-pgd-l2": "eps",
 }
 
 
