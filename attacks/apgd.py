@@ -56,10 +56,9 @@ import torch
 from torch import Tensor
 
 from robench.attacks.base import ATTACKS, Attack, AttackTarget
+from robench.attacks.norm_balls import L2Ball, LinfBall
 from robench.attacks.objectives import OBJECTIVES, objective_value
 from robench.core.config import choice, finite, positive_int
-
-_NORM_FLOOR = 1e-12  # per-sample L2 norm floor: a zero gradient / perturbation stays zero instead of NaN
 
 
 def checkpoints(steps: int) -> tuple[int, ...]:
@@ -140,16 +139,7 @@ class _APGDBase(Attack):
         """n_restarts x (steps + 1) forward-backward passes (the start point's included), plus the clean forward."""
         return float(self.n_restarts * (self.steps + 1) + 1)
 
-    # ---- the norm: subclasses
-
-    def _direction(self, grad: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def _project(self, x_new: Tensor, x: Tensor, target: AttackTarget) -> Tensor:
-        raise NotImplementedError
-
-    def _start(self, x: Tensor, target: AttackTarget, generator: torch.Generator) -> Tensor:
-        raise NotImplementedError
+    # ---- the norm (_direction, _project, _start): a ball of robench.attacks.norm_balls, mixed in by each subclass
 
     # ---- the algorithm
 
@@ -276,70 +266,28 @@ class _APGDBase(Attack):
         return live.keep(~fooled)
 
 
-def _draw(shape: torch.Size, x: Tensor, generator: torch.Generator, normal: bool = False) -> Tensor:
-    """U[0, 1) (or N(0, 1)) noise of ``shape`` from ``generator`` only (on its device, then moved to x's)."""
-    draw = torch.randn if normal else torch.rand
-    return draw(shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
-
-
 @ATTACKS.register
 @dataclass(frozen=True)
-class APGD(_APGDBase):
+class APGD(LinfBall, _APGDBase):
     """L-inf Auto-PGD (Croce & Hein 2020, Alg. 1); eps as robench's PGD: 8/255, 0.3 on MNIST-like data."""
 
     name: ClassVar[str] = "apgd"
     description: ClassVar[str] = (
         "Auto-PGD, L-inf, 100 steps, step-size halving at checkpoints, momentum 0.75 (Croce & Hein 2020)"
     )
-    norm: ClassVar[str] = "linf"
-    family_defaults: ClassVar = {"mnist": {"eps": 0.3}}  # Madry et al.'s MNIST budget, as robench's PGD
-
-    def _direction(self, grad: Tensor) -> Tensor:
-        return grad.sign()
-
-    def _project(self, x_new: Tensor, x: Tensor, target: AttackTarget) -> Tensor:
-        eps = float(self.eps)
-        return target.bounds.clip(torch.maximum(torch.minimum(x_new, x + eps), x - eps))
-
-    def _start(self, x: Tensor, target: AttackTarget, generator: torch.Generator) -> Tensor:
-        return target.bounds.clip(x + (2 * _draw(x.shape, x, generator) - 1) * float(self.eps))
 
 
 @ATTACKS.register
 @dataclass(frozen=True)
-class APGDL2(_APGDBase):
+class APGDL2(L2Ball, _APGDBase):
     """L2 Auto-PGD (Croce & Hein 2020, Alg. 1 with the L2 step g / ||g||_2); eps 0.5, 2.0 on MNIST-like data."""
 
     name: ClassVar[str] = "apgd-l2"
     description: ClassVar[str] = (
         "Auto-PGD, L2, 100 steps, step-size halving at checkpoints, momentum 0.75 (Croce & Hein 2020)"
     )
-    norm: ClassVar[str] = "l2"
-    family_defaults: ClassVar = {"mnist": {"eps": 2.0}}
 
     eps: float = 0.5
-
-    def _direction(self, grad: Tensor) -> Tensor:
-        return grad / _l2(grad).clamp_min(_NORM_FLOOR)
-
-    def _project(self, x_new: Tensor, x: Tensor, target: AttackTarget) -> Tensor:
-        # onto the ball, then into the bounds; clipping towards x (which lies in the bounds) never leaves the ball
-        delta = x_new - x
-        scale = (float(self.eps) / _l2(delta).clamp_min(_NORM_FLOOR)).clamp(max=1.0)
-        return target.bounds.clip(x + delta * scale)
-
-    def _start(self, x: Tensor, target: AttackTarget, generator: torch.Generator) -> Tensor:
-        # uniform in the ball: a Gaussian direction, radius eps * U^(1/d)
-        direction = _draw(x.shape, x, generator, normal=True)
-        radius = float(self.eps) * _draw(torch.Size((x.shape[0],) + (1,) * (x.ndim - 1)), x, generator) ** (
-            1.0 / x[0].numel()
-        )
-        return self._project(x + direction / _l2(direction).clamp_min(_NORM_FLOOR) * radius, x, target)
-
-
-def _l2(t: Tensor) -> Tensor:
-    """Per-sample L2 norms of ``t``, shaped to broadcast against it (N x 1 x ... x 1)."""
-    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.ndim - 1)))
 
 
 __all__ = ["APGD", "APGDL2", "checkpoints"]

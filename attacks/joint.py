@@ -93,8 +93,7 @@ from torch import Tensor
 
 from robench.attacks.base import ATTACKS, Attack, AttackNeeds, AttackTarget
 from robench.attacks.detector_terms import ALL_DETECTORS, KnownDetector, select_known
-from robench.attacks.fmn import l2_norms
-from robench.attacks.linf import _uniform_like
+from robench.attacks.norm_balls import L2Ball, LinfBall
 from robench.attacks.objectives import DLR_OBJECTIVES, OBJECTIVES, objective_value
 from robench.core.config import Constraint, boolean, choice, constrained, finite, integer, positive_int
 from robench.core.errors import ConfigError
@@ -104,7 +103,6 @@ from robench.detectors import DETECTORS
 # The DLR objectives stop each sample at its first adversarial iterate in APGD, and are not defined for K < 3:
 # they are not offered here.
 JOINT_OBJECTIVES = tuple(o for o in OBJECTIVES if o not in DLR_OBJECTIVES)
-_NORM_FLOOR = 1e-12  # per-sample L2 norm floor: a zero gradient / perturbation stays zero instead of NaN
 # Madry et al. 2018's step rule, alpha = 2.5 eps / steps (the ``step`` default).
 MADRY_STEP_FACTOR = 2.5
 
@@ -169,16 +167,7 @@ class JointPGD(Attack):
         """Backward passes per image: one per step (Selective), two (Orthogonal), plus the last iterate's forward."""
         return float(self.steps * (2 if self.orthogonal else 1) + 1)
 
-    # ---- the norm: subclasses
-
-    def _direction(self, grad: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def _project(self, x_new: Tensor, x: Tensor, target: AttackTarget) -> Tensor:
-        raise NotImplementedError
-
-    def _start(self, x: Tensor, target: AttackTarget, generator: torch.Generator) -> Tensor:
-        raise NotImplementedError
+    # ---- the norm (_direction, _project, _start): a ball of robench.attacks.norm_balls, mixed in by each subclass
 
     # ---- the algorithm
 
@@ -274,50 +263,15 @@ class JointPGD(Attack):
 
 
 @dataclass(frozen=True)
-class _Linf(JointPGD):
+class _Linf(LinfBall, JointPGD):
     """L-inf steps (sign of the direction) and projection onto the L-inf ball; eps as robench's PGD."""
-
-    norm: ClassVar[str] = "linf"
-    family_defaults: ClassVar = {"mnist": {"eps": 0.3}}  # Madry et al.'s MNIST budget (004 Fig. 3), as PGD
-
-    def _direction(self, grad: Tensor) -> Tensor:
-        return grad.sign()
-
-    def _project(self, x_new: Tensor, x: Tensor, target: AttackTarget) -> Tensor:
-        eps = float(self.eps)
-        return target.bounds.clip(torch.maximum(torch.minimum(x_new, x + eps), x - eps))
-
-    def _start(self, x: Tensor, target: AttackTarget, generator: torch.Generator) -> Tensor:
-        return target.bounds.clip(x + (2 * _uniform_like(x, generator) - 1) * float(self.eps))
 
 
 @dataclass(frozen=True)
-class _L2(JointPGD):
+class _L2(L2Ball, JointPGD):
     """L2 steps (the direction over its L2 norm) and projection onto the L2 ball; eps as ``apgd-l2``."""
 
-    norm: ClassVar[str] = "l2"
-    family_defaults: ClassVar = {"mnist": {"eps": 2.0}}  # robench's nominal MNIST L2 budget (Ding et al. 2020)
-
     eps: float = 0.5  # RobustBench's CIFAR-10 L2 budget
-
-    def _direction(self, grad: Tensor) -> Tensor:
-        norms = l2_norms(grad).clamp_min(_NORM_FLOOR)
-        return grad / norms.view(-1, *([1] * (grad.ndim - 1)))
-
-    def _project(self, x_new: Tensor, x: Tensor, target: AttackTarget) -> Tensor:
-        # onto the ball, then into the bounds: clipping towards x (inside the bounds) never leaves the ball
-        delta = x_new - x
-        factor = (float(self.eps) / l2_norms(delta).clamp_min(_NORM_FLOOR)).clamp(max=1.0)
-        return target.bounds.clip(x + delta * factor.view(-1, *([1] * (delta.ndim - 1))))
-
-    def _start(self, x: Tensor, target: AttackTarget, generator: torch.Generator) -> Tensor:
-        # uniform in the ball: a Gaussian direction, radius eps * U^(1/d)
-        shape = (-1,) + (1,) * (x.ndim - 1)
-        direction = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
-        u = torch.rand(x.shape[0], generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
-        radius = float(self.eps) * u ** (1.0 / x[0].numel())
-        unit = direction / l2_norms(direction).clamp_min(_NORM_FLOOR).view(shape)
-        return self._project(x + unit * radius.view(shape), x, target)
 
 
 @ATTACKS.register

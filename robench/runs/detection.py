@@ -7,7 +7,7 @@ false-positive rate that threshold really gives, so the number is out-of-sample.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -49,14 +49,22 @@ def applicable_detectors(bundle: ModelBundle, requested: Sequence[str] | None) -
 
 
 def clean_scores(
-    bundle: ModelBundle, detector: Detector, split: Split, device: torch.device, batch_size: int = 250
+    bundle: ModelBundle,
+    detector: Detector,
+    split: Split,
+    device: torch.device,
+    batch_size: int = 250,
+    score: Callable[[Forward], torch.Tensor] | None = None,
 ) -> torch.Tensor:
+    """The detector's scores of ``split``'s inputs (CPU, float32), batched, without gradients; ``score`` replaces
+    ``detector.score`` (e.g. KD leaving a training input's own kernel out)."""
+    score = score or (lambda forward: detector.score(bundle.model, bundle.defense, forward))
     scores = []
     with torch.no_grad():
         for i in range(0, len(split), batch_size):
             forward = Forward.of(bundle.model, split.x[i : i + batch_size].to(device))
-            scores.append(detector.score(bundle.model, bundle.defense, forward).float().cpu())
-    return torch.cat(scores)
+            scores.append(score(forward).float().cpu())
+    return torch.cat(scores) if scores else torch.zeros(0)
 
 
 def calibrate(

@@ -43,6 +43,7 @@ from robench.core.models import Forward
 from robench.detectors import Detector, threshold_at_fpr
 from robench.detectors.combined import KDBUDetector, fit_logistic
 from robench.detectors.kd import KernelDensityDetector
+from robench.runs.detection import clean_scores
 from robench.scoring import combiner as C
 from robench.scoring.metrics import FLAG_FPR
 
@@ -59,16 +60,10 @@ def held_out_indices(n_train: int, seed: int) -> Tensor:
     return order[: min(HELD_OUT, n_train)]
 
 
-def clean_training_scores(
-    bundle: ModelBundle, detector: Detector, x: Tensor, device: torch.device, batch_size: int = _BATCH
-) -> Tensor:
-    """A detector's scores (CPU, float64) of training inputs ``x``, KD leaving each input's own kernel out."""
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            forward = Forward.of(bundle.model, x[i : i + batch_size].to(device))
-            out.append(_training_score(bundle, detector, forward).double().cpu())
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+def clean_training_scores(bundle: ModelBundle, detector: Detector, x: Tensor, device: torch.device) -> Tensor:
+    """A detector's scores (CPU) of training inputs ``x``, KD leaving each input's own kernel out."""
+    held_out = Split(x, torch.zeros(len(x), dtype=torch.long))
+    return clean_scores(bundle, detector, held_out, device, _BATCH, lambda f: _training_score(bundle, detector, f))
 
 
 def _training_score(bundle: ModelBundle, detector: Detector, forward: Forward) -> Tensor:

@@ -430,3 +430,22 @@ def test_a_detector_without_gradient_is_refused(pixels):
     target = AttackTarget(model, SOFTMAX, UNIT, known_detectors=(blind,))
     with pytest.raises(ConfigError, match="gives no gradient"):
         SelectivePGD(steps=2)(target, x, y, generator=_gen())
+
+
+def test_aiming_at_the_level_ends_past_the_median_clean_score_not_just_past_the_threshold(pixels):
+    """``aim=level`` drives each success's detector score to the median held-out clean score; ``aim=threshold``
+    stops just past the 5% flag threshold, so a scorer with a slightly higher threshold would flag it."""
+    model, known, target, x, y = pixels
+    assert known.level > known.threshold
+
+    def scores(aim: str) -> torch.Tensor:
+        result = SelectivePGD(eps=0.3, steps=80, aim=aim)(target, x, y, generator=_gen())
+        with torch.no_grad():
+            s = known.detector.score(model, SOFTMAX, Forward.of(model, result.x_adv))
+        return s[result.success]
+
+    at_level, at_threshold = scores("level"), scores("threshold")
+    assert len(at_level) >= 62 and len(at_threshold) >= 62
+    assert float((at_level >= known.level - 0.05 * known.scale).float().mean()) >= 0.9
+    assert float((at_threshold >= known.level).float().mean()) <= 0.75  # about half: where each clean input was
+    assert float(at_level.median()) > float(at_threshold.median())
