@@ -135,8 +135,9 @@ class JointPGD(Attack):
             of the attacker's held-out clean scores, a typical clean input's; or ``threshold``, just past the
             attacker's 5%-FPR flag threshold. A scorer sets its own threshold on the evaluated samples' clean
             scores, which can sit well above the attacker's (measured on the committed GM model's KD with 40
-            samples: 97.7 against the attacker's 28.0 on 1,000 held-out inputs, the median near 118 for both), so
-            an output just past the attacker's threshold is often flagged; the median is past either.
+            samples: 45.8 against the attacker's 28.0 on 1,000 held-out inputs, the medians 117 and 118), so an
+            output just past the attacker's threshold is often flagged (there, 85% of the samples stayed correct
+            or flagged at L-inf 0.3 against 7.5% aiming at the level); the median is past either.
         margin: how far past the aim to go, in units of that detector's clean spread.
     """
 

@@ -1,7 +1,7 @@
 """Where detection holds and where it falls: per detector and budget, the white-box threat's detector-aware worst case
 beside what its detector-blind attacks alone give.
 
-    .venv/bin/python benchmarks/detector_evasion.py gm 200 --out build/detector-evasion --threads 2
+    .venv/bin/python benchmarks/detector_evasion.py gm 100 --cw-steps 100 3 --out build/detector-evasion --threads 2
 
 Runs ``robench run --threat white-box`` on the committed bundle with every detector that applies to it plus
 ``kd+bu`` (KD, BU, KD+BU, the GM likelihood, max-prob on the GM model), at the budgets L-inf 0.1 and 0.3
@@ -72,6 +72,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--blind-only", action="store_true")
+    parser.add_argument(
+        "--cw-steps",
+        type=int,
+        nargs=2,
+        metavar=("STEPS", "SEARCH_STEPS"),
+        default=None,
+        help="shorten C&W-wb, C&W-un and C&W-tar (e.g. 100 3, as the README's figure; default: registered lengths)",
+    )
     args = parser.parse_args()
     set_threads(args.threads)
     tic = time.perf_counter()
@@ -86,6 +94,11 @@ def main() -> None:
         sanity=False,
         cascade="none",
         budgets=BUDGETS,
+        settings={
+            f"{label}.{field}": value
+            for label in ("C&W-wb", "C&W-un", "C&W-tar")
+            for field, value in zip(("steps", "binary_search_steps"), args.cw_steps or ())
+        },
     )
     if args.blind_only:
         from robench.runs.prepare import config_threats
