@@ -559,3 +559,22 @@ def test_library_check_knows_added_attacks_by_their_registered_name():
     )
     (result,) = _only(record_flags(_records(own, added), attack_names=names), "library-attack-beats-threat")
     assert result.flagged and "APGD-lib" in result.detail
+
+
+def test_one_row_per_check_keeps_a_flagged_one():
+    """Two results under one key (one per substitute): the flagged one is kept, wherever it comes, in key order."""
+    from robench.runs.sanity import one_per_check
+
+    table = pd.DataFrame(
+        {
+            "model": ["m", "m", "m", "n"],
+            "threat": ["black-box/worst-case Linf 0.1"] * 2 + ["white-box", "white-box"],
+            "check": ["budget-not-attacked", "budget-not-attacked", "gradient-zero-or-nan", "gradient-zero-or-nan"],
+            "flagged": [False, True, False, "True"],
+            "value": [0.0, 1.0, 0.0, 1.0],
+            "threshold": [0.0] * 4,
+            "detail": ["a", "b", "c", "d"],
+        }
+    )
+    kept = one_per_check(table)
+    assert list(kept["detail"]) == ["b", "c", "d"]

@@ -30,6 +30,7 @@ import pandas as pd
 from robench.core.errors import ConfigError
 from robench.report.rundir import RUN_FILE, RunDir
 from robench.report.tables import LAYOUTS, Table, render
+from robench.runs.sanity import one_per_check
 from robench.scoring import records as R
 
 # Only inline styles and data: images may load; no script, font, frame or connection at all.
@@ -263,7 +264,7 @@ def sanity_frame(run: RunDir) -> tuple[pd.DataFrame | None, list[str]]:
         frame = pd.DataFrame(entries).reindex(columns=list(SANITY_COLUMNS)) if entries else None
     if frame is None or frame.empty:
         return None, notes
-    frame = frame[list(SANITY_COLUMNS)].drop_duplicates(subset=[R.MODEL, R.THREAT, "check"]).reset_index(drop=True)
+    frame = one_per_check(frame[list(SANITY_COLUMNS)])
     frame["flagged"] = frame["flagged"].map(lambda v: str(v).strip().lower() in ("true", "1", "yes"))
     return frame, notes
 

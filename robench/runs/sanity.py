@@ -866,6 +866,18 @@ def sanity_table(results: Sequence[SanityResult]) -> pd.DataFrame:
     return table.astype({"flagged": bool, "value": float, "threshold": float})
 
 
+def one_per_check(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, threat, check), in first-appearance order: a flagged one where any is.
+
+    A check may give several results under one key (``budget-not-attacked`` one per substitute of a transfer
+    threat); keeping the first would hide a flag behind an unflagged row.
+    """
+    keys = [R.MODEL, R.THREAT, "check"]
+    flagged = table["flagged"].map(lambda v: str(v).strip().lower() in ("true", "1", "yes"))
+    kept = table.assign(_flagged=flagged).sort_values("_flagged", ascending=False, kind="stable")
+    return kept.drop_duplicates(subset=keys).sort_index().drop(columns="_flagged").reset_index(drop=True)
+
+
 def flags_by_model_threat(table: pd.DataFrame) -> dict[tuple[str, str], str]:
     """``(model, threat) -> "check-a,check-b"``: the flagged checks, sorted by name; "" for a pair with none flagged.
 

@@ -88,7 +88,7 @@ def suite_sanity(results: list[RunResult]) -> pd.DataFrame:
     white-box attacks run as separate pairs, and only together can the black-box one be seen to beat the other."""
     from robench.runs.budget_checks import budget_flags
     from robench.runs.detector_checks import detector_flags
-    from robench.runs.sanity import SANITY_CHECKS, attack_names_of, record_flags, sanity_table
+    from robench.runs.sanity import SANITY_CHECKS, attack_names_of, one_per_check, record_flags, sanity_table
 
     # every pair's own checks (model probes, configuration checks); the record checks are redone over all pairs
     model_checks = [name for name in SANITY_CHECKS.names() if SANITY_CHECKS.get(name).kind != "records"]
@@ -99,6 +99,4 @@ def suite_sanity(results: list[RunResult]) -> pd.DataFrame:
     frames = [f for f in (*probes, combined) if len(f)]
     if not frames:
         return combined
-    return (
-        pd.concat(frames, ignore_index=True).drop_duplicates(subset=["model", "threat", "check"]).reset_index(drop=True)
-    )
+    return one_per_check(pd.concat(frames, ignore_index=True))
