@@ -47,9 +47,10 @@ class DemoBudget:
     cw_steps: int = 30  # Adam steps per binary-search step of C&W, C&W-hc, C&W-un, C&W-tar (lr 0.1)
     cw_wb_steps: int = 60  # the same for C&W-wb (lr 0.05)
     spsa_steps: int = 10  # SPSA iterations of 128 samples each (lr 0.05)
+    joint_steps: int = 30  # steps of the white-box threat's selective PGD, one copy per detector and budget
 
 
-FULL_BUDGET = DemoBudget(slow_n=100, spsa_n=32, cw_steps=100, cw_wb_steps=150, spsa_steps=15)
+FULL_BUDGET = DemoBudget(slow_n=100, spsa_n=32, cw_steps=100, cw_wb_steps=150, spsa_steps=15, joint_steps=100)
 
 
 def demo_suite_template() -> str:
@@ -132,6 +133,7 @@ def run_demo(
         cw_steps=budget.cw_steps,
         cw_wb_steps=budget.cw_wb_steps,
         spsa_steps=budget.spsa_steps,
+        joint_steps=budget.joint_steps,
         seed=seed,
         device=device.type,
         models=models,
