@@ -83,10 +83,6 @@ class KnownDetector:
         """True where ``score`` falls below the attacker's threshold."""
         return score < self.threshold
 
-    def normalised(self, score: Tensor) -> Tensor:
-        """(threshold - score) / scale: positive while flagged, in units of the clean scores' spread."""
-        return (self.threshold - score) / self.scale
-
     @staticmethod
     def _uncertainty(target, x: Tensor, generator: torch.Generator | None, passes: int) -> Tensor:
         if generator is None:
@@ -111,13 +107,4 @@ def select_known(known: Sequence[KnownDetector], detector: str, attack: str) -> 
     return chosen
 
 
-def joint_scores(
-    known: Sequence[KnownDetector], target, forward: Forward, generator: torch.Generator | None, passes: int
-) -> tuple[Tensor, Tensor]:
-    """Every known detector's score at ``forward``, stacked (D x N), and whether each sample is flagged by any (N,)."""
-    scores = torch.stack([k.score(target, forward, generator, passes) for k in known])
-    flagged = torch.stack([k.flagged(s.detach()) for k, s in zip(known, scores)]).any(0)
-    return scores, flagged
-
-
-__all__ = ["ALL_DETECTORS", "KnownDetector", "joint_scores", "select_known"]
+__all__ = ["ALL_DETECTORS", "KnownDetector", "select_known"]

@@ -238,10 +238,10 @@ class _PlanWork:
         """Submit what the plan needs whatever its parts: the attacker's detector thresholds (when an attack targets
         detectors) and the sanity probes (once per model and probed samples)."""
         plan = self.plan
-        for t, threat in enumerate(plan.prepared.threats):  # run.json records them even when every part is reused
+        # the attacker's knowledge: run.json records it even when every part is reused (computed once, shared)
+        for t, threat in enumerate(plan.prepared.threats):
             for i in range(len(threat.attacks)):
-                if self.knowledge(t, i) is not None:
-                    break
+                self.knowledge(t, i)
         if not plan.config.sanity:
             return
         index = plan.samples[:SANITY_PROBE_SAMPLES].numpy()

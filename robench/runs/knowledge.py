@@ -74,11 +74,9 @@ def _training_score(bundle: ModelBundle, detector: Detector, forward: Forward) -
 
 def _pair_features(bundle: ModelBundle, detector: KDBUDetector, forward: Forward, training: bool) -> Tensor:
     """KD+BU's raw [KD, BU] pair (N x 2, float64), KD leaving a training input's own kernel out."""
-    kd = (
-        detector.kd.log_density_leaving_out(forward.z, forward.predicted)
-        if training
-        else detector.kd.score(bundle.model, bundle.defense, forward)
-    )
+    if not training:
+        return detector.raw_features(bundle.model, bundle.defense, forward).double()
+    kd = detector.kd.log_density_leaving_out(forward.z, forward.predicted)
     bu = detector.bu.score(bundle.model, bundle.defense, forward)
     return torch.stack([kd.double(), bu.double()], dim=1)
 

@@ -371,17 +371,11 @@ def _sanity(
 ) -> pd.DataFrame:
     """The model probes (run by the driver), the checks that read the records, and the attacker-estimator check
     (robench.runs.sanity)."""
-    from robench.runs.budget_checks import budget_flags
-    from robench.runs.detector_checks import detector_flags
-    from robench.runs.sanity import estimator_flags, record_flags, sanity_table
+    from robench.runs.record_checks import record_check_results
+    from robench.runs.sanity import estimator_flags, sanity_table
 
-    results = list(probes)
-    results += budget_flags(records)
-    results += detector_flags(records)
-    results += record_flags(
-        records,
-        attack_names={(t.threat.name, spec.label): spec.attack for t in prepared.threats for spec, _ in t.attacks},
-    )
+    names = {(t.threat.name, spec.label): spec.attack for t in prepared.threats for spec, _ in t.attacks}
+    results = list(probes) + record_check_results(records, names)
     white_box = [t.threat.name for t in prepared.threats if t.threat.access == "white-box"]
     results += estimator_flags(model_name, densities, white_box)
     return sanity_table(results)

@@ -86,16 +86,14 @@ def _run_pairs(
 def suite_sanity(results: list[RunResult]) -> pd.DataFrame:
     """Every pair's model probes, plus the record checks over all pairs at once: a model's black-box and
     white-box attacks run as separate pairs, and only together can the black-box one be seen to beat the other."""
-    from robench.runs.budget_checks import budget_flags
-    from robench.runs.detector_checks import detector_flags
-    from robench.runs.sanity import SANITY_CHECKS, attack_names_of, one_per_check, record_flags, sanity_table
+    from robench.runs.record_checks import record_check_results
+    from robench.runs.sanity import SANITY_CHECKS, attack_names_of, one_per_check, sanity_table
 
     # every pair's own checks (model probes, configuration checks); the record checks are redone over all pairs
     model_checks = [name for name in SANITY_CHECKS.names() if SANITY_CHECKS.get(name).kind != "records"]
     probes = [r.sanity[r.sanity["check"].isin(model_checks)] for r in results if len(r.sanity)]
     records = pd.concat([r.records for r in results], ignore_index=True)
-    names = attack_names_of([r.info for r in results])
-    combined = sanity_table(record_flags(records, attack_names=names) + budget_flags(records) + detector_flags(records))
+    combined = sanity_table(record_check_results(records, attack_names_of([r.info for r in results])))
     frames = [f for f in (*probes, combined) if len(f)]
     if not frames:
         return combined

@@ -329,7 +329,7 @@ def part_task(
             return ()
         assert knowledge is not None, "the driver passes the attacker's knowledge to attacks that target detectors"
         return once(
-            ("known", spec.detectors.key, str(device)),
+            ("known", spec.detectors.key, spec.seed, str(device)),  # the held-out inputs are seeded by the run
             lambda: known_detectors(detectors, knowledge["knowledge"], device),
         )
 

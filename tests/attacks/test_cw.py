@@ -130,16 +130,6 @@ def test_succeeds_on_all_negative_gm_logits_where_torchattacks_does_not(trained_
     assert ours_rate >= theirs_rate + 0.5, (ours_rate, theirs_rate)
 
 
-@pytest.fixture
-def float64():
-    """Run in double precision: in float32 the convolutions round differently for different batch sizes
-    (or shifted inputs), and 180 Adam steps amplify that to ~1e-3, which would hide what these tests check."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
 def double_bundle_inputs(trained_tiny, n: int):
     bundle = trained_tiny["softmax"]
     x, y = correct_images(bundle, trained_tiny["data"], n)

@@ -100,14 +100,6 @@ def test_clean_eta_mode_uses_each_inputs_own_density(trained_tiny):
     assert (nll[result.success] <= eta[result.success] + 1e-4).all()
 
 
-@pytest.fixture
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
 def test_batched_equals_one_at_a_time(trained_tiny, float64):
     bundle, data, x, y, targets = attack_inputs(trained_tiny, 5, seed=3)
     model = copy.deepcopy(bundle.model).double().eval()

@@ -107,14 +107,6 @@ def test_gm_likelihood_reaches_the_level_where_plain_cw_does_not(trained_gm):
     assert not (wb.best_attempt & wb.success).any()
 
 
-@pytest.fixture
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
 def test_batched_equals_one_at_a_time_for_a_deterministic_detector(trained_gm, float64):
     model, defense, data = trained_gm
     model = copy.deepcopy(model).double().eval()

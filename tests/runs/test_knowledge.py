@@ -52,7 +52,7 @@ def test_kd_leaves_a_training_inputs_own_kernel_out():
         want = gaussian_kde_log_density(z[i : i + 1], others, 1.0)
         assert torch.allclose(got[i : i + 1].float(), want.float(), atol=1e-4)
     assert (got < kd.log_density(z, classes)).all()  # with itself in, every training input looks denser
-    fresh = torch.rand(3, 1, 28, 28) + 0.0
+    fresh = torch.rand(3, 1, 28, 28)
     with torch.no_grad():
         zf = model.features(fresh)
     assert torch.allclose(kd.log_density_leaving_out(zf, classes[:3]).float(), kd.log_density(zf, classes[:3]).float())
