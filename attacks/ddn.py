@@ -74,7 +74,7 @@ import torch
 from torch import Tensor
 
 from robench.attacks.base import ATTACKS, Attack, AttackTarget
-from robench.attacks.fmn import l2_norms
+from robench.attacks.norm_balls import l2_norms
 from robench.attacks.objectives import OBJECTIVES, objective_value
 from robench.core.config import choice, finite, positive_int
 from robench.core.errors import ConfigError

@@ -107,4 +107,4 @@ def select_known(known: Sequence[KnownDetector], detector: str, attack: str) -> 
     return chosen
 
 
-__all__ = ["ALL_DETECTORS", "KnownDetector", "select_known"]
+__all__ = ["ALL_DETECTORS", "RANDOMIZED", "KnownDetector", "select_known"]

@@ -94,6 +94,7 @@ import torch
 from torch import Tensor
 
 from robench.attacks.base import ATTACKS, Attack, AttackTarget
+from robench.attacks.norm_balls import l2_norms
 from robench.attacks.objectives import objective_value
 from robench.core.config import choice, finite, positive_int
 from robench.core.errors import ConfigError
@@ -240,11 +241,6 @@ class _FMNBase(Attack):
     def _fooled(logits: Tensor, y: Tensor, targets: Tensor | None) -> Tensor:
         predicted = logits.argmax(1)
         return predicted == targets if targets is not None else predicted != y
-
-
-def l2_norms(t: Tensor) -> Tensor:
-    """Per-sample L2 norms of ``t``, shape (N,)."""
-    return t.flatten(1).norm(dim=1)
 
 
 @ATTACKS.register

@@ -60,6 +60,7 @@ import torch
 from torch import Tensor
 
 from robench.attacks.base import ATTACKS, Attack, AttackTarget
+from robench.attacks.norm_balls import draw
 from robench.attacks.objectives import OBJECTIVES, objective_value
 from robench.core.config import boolean, choice, finite, positive_int
 from robench.core.errors import ConfigError
@@ -126,7 +127,7 @@ class LinfGradientAttack(Attack):
         x = x.detach()
         lower, upper = x - eps, x + eps
         if self.random_start:
-            x_adv = bounds.clip(x + (2 * _uniform_like(x, generator) - 1) * eps)
+            x_adv = bounds.clip(x + (2 * draw(x.shape, x, generator) - 1) * eps)
         else:
             x_adv = x.clone()
         momentum = torch.zeros_like(x) if self.decay > 0 else None
@@ -145,12 +146,6 @@ class LinfGradientAttack(Attack):
                 x_adv = x_adv.detach() - step * grad.sign()
                 x_adv = bounds.clip(torch.maximum(torch.minimum(x_adv, upper), lower))
         return x_adv.detach()
-
-
-def _uniform_like(x: Tensor, generator: torch.Generator) -> Tensor:
-    """U[0, 1) noise shaped like ``x``, drawn from ``generator`` only (on its device, then moved to x's)."""
-    noise = torch.rand(x.shape, generator=generator, device=generator.device, dtype=x.dtype)
-    return noise.to(x.device)
 
 
 @ATTACKS.register

@@ -23,9 +23,14 @@ def draw(shape: torch.Size, x: Tensor, generator: torch.Generator, normal: bool 
     return sample(shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
 
 
+def l2_norms(t: Tensor) -> Tensor:
+    """Per-sample L2 norms of ``t``, shape (N,)."""
+    return t.flatten(1).norm(dim=1)
+
+
 def sample_norms(t: Tensor) -> Tensor:
     """Per-sample L2 norms of ``t``, shaped to broadcast against it (N x 1 x ... x 1)."""
-    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.ndim - 1)))
+    return l2_norms(t).view(-1, *([1] * (t.ndim - 1)))
 
 
 class LinfBall:
@@ -73,4 +78,4 @@ class L2Ball:
         return self._project(x + direction / sample_norms(direction).clamp_min(_NORM_FLOOR) * radius, x, target)
 
 
-__all__ = ["L2Ball", "LinfBall", "draw", "sample_norms"]
+__all__ = ["L2Ball", "LinfBall", "draw", "l2_norms", "sample_norms"]

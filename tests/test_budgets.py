@@ -13,7 +13,7 @@ import pytest
 from robench.core.errors import ConfigError
 from robench.scoring import records as R
 from robench.scoring.budgets import ATOL, RTOL, Budget, budgets_of, format_budgets, parse_budget, parse_budgets
-from robench.scoring.cascade import still_in
+from robench.scoring.cascade import Aim, still_in
 from robench.scoring.metrics import DETECTOR, metric_value, summarize
 from robench.scoring.worst_case import budget_of, is_worst_case, worst_case_label, worst_case_records
 from robench.specs import budgets as B
@@ -257,13 +257,26 @@ def test_budget_aware_cascade_keeps_samples_broken_only_outside_the_ball():
     records = _records(ROWS, "linf:0.1;linf:0.3")
     samples = np.arange(4)
     budgets = budgets_of(records)
-    keep = still_in(records, samples, "misclassified", [], {}, budgets)
+    every = Aim(tuple((b, None) for b in budgets))
+    keep = still_in(records, samples, every, {})
     # sample 1 is broken in every ball (L-inf 0.1), sample 0 only far away, sample 3 only in the larger ball
     assert keep.tolist() == [True, False, True, True]
-    assert still_in(records, samples, "misclassified", [], {}).tolist() == [False, False, True, False]  # no budget
-    # undetected: sample 1's output in the L-inf 0.1 ball is PGD's, unflagged (2.0 >= the clean threshold)
+    # an attack aimed at the larger ball alone no longer meets sample 3, broken there
+    assert still_in(records, samples, Aim(((budgets[1], None),)), {}).tolist() == [True, False, True, False]
+    assert still_in(records, samples, Aim(((None, None),)), {}).tolist() == [False, False, True, False]  # no budget
+    # with KD's cells: sample 1's output in the L-inf 0.1 ball is PGD's, unflagged (2.0 >= the clean threshold)
     threshold = {"kd": 1.0}
-    assert still_in(records, samples, "undetected", ["kd"], threshold, budgets).tolist() == [True, False, True, True]
+    cells = Aim(tuple((b, d) for b in budgets for d in (None, "kd")))
+    assert still_in(records, samples, cells, threshold).tolist() == [True, False, True, True]
+    # a corruption's outputs close no cell (the worst case leaves corruptions out too)
+    # (sample 1, broken in every ball above, stays when only a corruption broke it)
+    noisy = records.assign(**{R.CORRUPTION: True})
+    assert still_in(pd.concat([records[records[R.SAMPLE] != 1], noisy]), samples, every, {}).tolist()[1]
+    assert not still_in(
+        pd.concat([records[records[R.SAMPLE] != 1], noisy.assign(**{R.CORRUPTION: False})]), samples, every, {}
+    ).tolist()[1]
+    # a detector the cascade cannot judge (fitted after the run): every clean-correct sample stays
+    assert still_in(records, samples, Aim(every.cells, ("kd+bu",)), {}).tolist() == [True, True, True, True]
 
 
 def test_median_distance_metrics():

@@ -16,7 +16,16 @@ from robench.report.bootstrap import bootstrap_intervals
 from robench.runs.runner import RunConfig, run
 from robench.scoring import records as R
 from robench.scoring.budgets import Budget
-from robench.scoring.cascade import cascade_order, flag_thresholds, still_in
+from robench.scoring.cascade import (
+    Aim,
+    aimed_budgets,
+    attacked_budgets,
+    cascade_aims,
+    cascade_order,
+    cell_label,
+    flag_thresholds,
+    still_in,
+)
 from robench.scoring.metrics import summarize
 from robench.scoring.worst_case import with_worst_case, worst_case_label, worst_case_records
 from robench.specs.threats import AttackSpec
@@ -123,12 +132,54 @@ def test_still_in_per_mode():
     rows = [("A", 0, 0, 0, 1, 5.0), ("A", 1, 0, 0, 1, -1.0), ("A", 2, 0, 0, 0, 0.0), ("A", 3, 0, 1, 1, 0.0)]
     records = _records(rows, {"A": 0})
     samples = np.arange(4)
-    assert list(still_in(records, samples, "none", [], {})) == [True] * 4
-    assert list(still_in(records, samples, "misclassified", [], {})) == [False, False, True, False]
+    pgd, linf = ATTACKS.get("pgd")(eps=0.1), Budget("linf", 0.1)
+    (plain,) = cascade_aims([pgd], "misclassified", [linf], ["kd"], ["kd"])
+    assert plain == Aim(((linf, None),))
+    assert list(still_in(records, samples, plain, {})) == [False, False, True, False]
     thresholds = flag_thresholds(records, ["kd"])
     assert thresholds == {"kd": 0.0}  # the smallest clean score (k = floor(0.05 * 4) = 0)
-    # sample 1 is misclassified but flagged (-1 < 0): it stays to meet the next attack
-    assert list(still_in(records, samples, "undetected", ["kd"], thresholds)) == [False, True, True, False]
+    # no attack of the threat targets KD: the blind one stands for it, so a misclassified but flagged sample
+    # (1: -1 < 0) stays to meet the next attack
+    (blind,) = cascade_aims([pgd], "undetected", [linf], ["kd"], ["kd"])
+    assert blind == Aim(((linf, None), (linf, "kd")))
+    assert list(still_in(records, samples, blind, thresholds)) == [False, True, True, False]
+
+
+def test_cascade_aims_follow_each_attacks_ball_and_detectors():
+    budgets = (Budget("linf", 0.1), Budget("linf", 0.3), Budget("l2", 1.0), Budget("l2", 2.0))
+    linf1, linf3, l21, l22 = budgets
+    pgd3, pgd1 = ATTACKS.get("pgd")(eps=0.3), ATTACKS.get("pgd")(eps=0.1)
+    spgd_kd = ATTACKS.get("selective-pgd")(eps=0.3, detector="kd")
+    spgd_kdbu = ATTACKS.get("selective-pgd")(eps=0.3, detector="kd+bu")
+    cw, cw_wb = ATTACKS.get("cw-l2")(), ATTACKS.get("cw-wb")()
+    # a bounded attack is run for the balls that hold its own; an unbounded one for every ball of its norm
+    assert aimed_budgets(pgd3, budgets) == (linf3,)
+    assert aimed_budgets(pgd1, budgets) == (linf1, linf3)
+    assert aimed_budgets(cw, budgets) == (l21, l22)
+    assert aimed_budgets(ATTACKS.get("pgd")(eps=0.5), budgets) == (linf1, linf3)  # none holds it: its norm's
+    assert aimed_budgets(pgd3, (l21,)) == (l21,)  # none of its norm: wherever its outputs fall
+    live, scored = ["kd", "max-prob"], ["kd", "max-prob", "kd+bu"]
+    aims = cascade_aims([pgd3, spgd_kd, cw, cw_wb, spgd_kdbu], "undetected", budgets, live, scored)
+    # KD is attacked at L-inf 0.3 (SPGD) and in L2 (C&W-wb): blind attacks are not run for its cells there;
+    # no attack targets max-prob: every attack stands for it
+    assert aims[0] == Aim(((linf3, None), (linf3, "max-prob")))
+    assert aims[1] == Aim(((linf3, None), (linf3, "kd"), (linf3, "max-prob")))
+    assert aims[2] == Aim(((l21, None), (l22, None), (l21, "max-prob"), (l22, "max-prob")))
+    assert aims[3].cells == ((l21, None), (l22, None), (l21, "kd"), (l21, "max-prob"), (l22, "kd"), (l22, "max-prob"))
+    assert aims[4].untracked == ("kd+bu",)  # fitted after the run: the cascade cannot judge its flags
+    # a detector counts as attacked at a budget only by an attack run at that budget: selective PGD on KD at L-inf
+    # 0.1 alone leaves KD's L-inf 0.3 cell to the blind PGD there
+    spgd_kd1 = ATTACKS.get("selective-pgd")(eps=0.1, detector="kd")
+    assert attacked_budgets(spgd_kd1, budgets) == (linf1,) and attacked_budgets(cw, budgets) == (l21, l22)
+    assert attacked_budgets(ATTACKS.get("pgd")(eps=0.5), budgets) == ()
+    blind, joint = cascade_aims([pgd3, spgd_kd1], "undetected", budgets, ["kd"], ["kd"])
+    assert blind == Aim(((linf3, None), (linf3, "kd"))) and (linf3, "kd") in joint.cells
+    # misclassified: the plain cells only
+    assert all(
+        all(d is None for _, d in a.cells)
+        for a in cascade_aims([pgd3, spgd_kd], "misclassified", budgets, live, scored)
+    )
+    assert cell_label((linf3, "kd")) == "Linf 0.3/kd" and cell_label((None, None)) == "anywhere"
 
 
 def test_worst_case_is_a_reserved_label():
@@ -258,3 +309,50 @@ def test_cli_cascade_flag_and_bad_mode(tmp_path, capsys):
     )
     code, _, err = run_cli(capsys, *args, "--out", str(tmp_path / "bad"), "--cascade", "sometimes")
     assert_one_line_error(code, err, "sometimes")
+
+
+# ---------------------------------------------------------------------------- the cells of a white-box cascade
+
+
+@pytest.fixture(scope="module")
+def white_box_full_and_undetected():
+    """The white-box threat's PGD-10-un and its selective PGD per detector and budget, deterministic, with and
+    without the undetected cascade."""
+    config = dict(
+        threat="white-box",
+        attacks=("PGD-10-un", "SPGD"),
+        settings={"PGD-10-un.random_start": False, "SPGD.steps": 10},
+        detectors=("kd", "max-prob"),
+        budgets=("linf:0.1", "linf:0.3"),
+    )
+    return {mode: run(_config(mode, **config), progress=False) for mode in ("none", "undetected")}
+
+
+def _survival(records: pd.DataFrame, budget: Budget, detector: str | None) -> float:
+    """The worst case's survival (detector None) or survival_detected in one cell, over ``records``."""
+    rows = summarize(records)
+    row = rows[(rows["attack"] == worst_case_label(budget)) & (rows["detector"] == (detector or "kd"))].iloc[0]
+    return float(row["survival" if detector is None else "survival_detected"])
+
+
+def test_undetected_cascade_runs_each_joint_attack_for_its_own_cells(white_box_full_and_undetected):
+    full, cascaded = white_box_full_and_undetected["none"], white_box_full_and_undetected["undetected"]
+    aims = cascaded.info["execution"]["cascade_aims"]["white-box"]
+    # the detector-blind PGD is not run for KD's or max-prob's cells: each has its own selective PGD there
+    assert aims["SPGD[kd]"] == ["Linf 0.3", "Linf 0.3/kd"]
+    assert aims["SPGD[max-prob]@Linf 0.1"] == ["Linf 0.1", "Linf 0.3", "Linf 0.1/max-prob", "Linf 0.3/max-prob"]
+    records, everything = cascaded.records, full.records
+    met = records.groupby("attack")["sample"].nunique()
+    assert met["PGD-10-un"] == 48 and met["SPGD[kd]"] < 48  # PGD already took some samples past KD at L-inf 0.3
+    for budget in (Budget("linf", 0.1), Budget("linf", 0.3)):
+        for detector in (None, "kd", "max-prob"):
+            cascade_value = _survival(records, budget, detector)
+            assert _survival(everything, budget, detector) <= cascade_value
+            if detector is not None:  # never above what the first attack and those run for the cell give
+                run_for = {f"SPGD[{detector}]@Linf 0.1"} | ({f"SPGD[{detector}]"} if budget.eps == 0.3 else set())
+                own = everything[everything["attack"].isin({"PGD-10-un"} | run_for)]
+                assert cascade_value <= _survival(own, budget, detector)
+    passes = {mode: sum(r.info["image_passes"].values()) for mode, r in white_box_full_and_undetected.items()}
+    assert passes["undetected"] < passes["none"]
+    # at L-inf 0.3 PGD's outputs already evade max-prob on many samples; inside 0.1 hardly any sample is broken
+    assert met["SPGD[max-prob]"] < met["SPGD[max-prob]@Linf 0.1"]

@@ -92,6 +92,23 @@ def test_access_sets_what_the_attacker_knows(tmp_path):
     assert TF.parse_threat_file(_write(tmp_path, GOOD.replace('"grey-box"', '"white-box"'))).knows_detector
 
 
+def test_a_file_threat_declares_copies_per_budget_and_per_detector(tmp_path):
+    text = (
+        'name = "joint"\naccess = "white-box"\n'
+        '[[attack]]\nlabel = "J"\nattack = "selective-pgd"\nper_budget = true\nper_detector = true\n'
+        '[[attack]]\nlabel = "P"\nattack = "pgd"\nper_budget = true\n'
+        '[[attack]]\nlabel = "C"\nattack = "cw-l2"\n'
+    )
+    threat = TF.parse_threat_file(_write(tmp_path, text))
+    assert threat.per_budget == ("J", "P") and threat.per_detector == ("J",)
+    expanded = threat.at_detectors(("kd", "max-prob")).at_budgets("mnist")
+    labels = expanded.labels()
+    assert {"J[kd]", "J[max-prob]", "J[kd]@Linf 0.1", "J[max-prob]@Linf 0.2", "P@Linf 0.1"} <= set(labels)
+    assert "J" not in labels and not any(label.startswith("C@") for label in labels)
+    spec = {s.label: s for s in expanded.attacks}["J[kd]@Linf 0.2"]
+    assert spec.params == {"detector": "kd", "eps": 0.2}
+
+
 def _attack(body: str, label: str = "A") -> str:
     return f'name = "t"\naccess = "grey-box"\n[[attack]]\nlabel = "{label}"\n{body}\n'
 
@@ -150,6 +167,22 @@ def _attack(body: str, label: str = "A") -> str:
         ('name = "t"\naccess = "grey-box"\n[[attack]]\nattack = "pgd"\n', ["attack #1 needs a label"]),
         (_attack('attack = "cw-wb"'), ["attack 'A'", "attacks the detector", "grey-box"]),
         (_attack('attack = "pgd"').replace('"grey-box"', '"none"'), ["attack 'A'", "access 'none' is for corruptions"]),
+        (_attack('attack = "cw-l2"\nper_budget = true'), ["attack 'A'", "per_budget", "no eps budget"]),
+        (_attack('attack = "pgd"\nper_budget = "yes"'), ["attack 'A'", "'per_budget' must be true or false"]),
+        (
+            _attack('attack = "pgd"\nper_detector = true').replace('"grey-box"', '"white-box"'),
+            ["attack 'A'", "per_detector", "no detector parameter"],
+        ),
+        (
+            _attack('attack = "selective-pgd"\nper_detector = true\nparams = {detector = "kd"}'),
+            ["attack 'A'", "attacks the detector", "grey-box"],
+        ),
+        (
+            _attack('attack = "cw-wb"\nper_detector = true').replace(
+                'access = "grey-box"', 'access = "black-box"\nsubstitute = true\nknows_detector = true'
+            ),
+            ["attack 'A'", "per_detector", "crafting on a substitute does not know"],
+        ),
         ('name = "t"\naccess = \n', ["not valid TOML", "line 2"]),
         ('name = "t"\n[[attack]\n', ["not valid TOML", "line 2"]),
     ],

@@ -452,7 +452,8 @@ def _execution_options(command):
             is_flag=False,
             flag_value="misclassified",
             default=None,
-            help="Run each threat's attacks cheapest first, each on the samples still robust "
+            help="Run each threat's attacks cheapest first, each on the samples still robust where it is run for "
+            "(its budgets; with undetected, also the detectors it targets and those no attack targets) "
             "(bare --cascade: misclassified) [default: none].",
         ),
         click.option(

@@ -30,7 +30,7 @@ import pandas as pd
 from robench.core.errors import ConfigError
 from robench.report.rundir import RUN_FILE, RunDir
 from robench.report.tables import LAYOUTS, Table, render
-from robench.runs.sanity import one_per_check
+from robench.runs.sanity import flag_values, one_per_check
 from robench.scoring import records as R
 
 # Only inline styles and data: images may load; no script, font, frame or connection at all.
@@ -265,7 +265,7 @@ def sanity_frame(run: RunDir) -> tuple[pd.DataFrame | None, list[str]]:
     if frame is None or frame.empty:
         return None, notes
     frame = one_per_check(frame[list(SANITY_COLUMNS)])
-    frame["flagged"] = frame["flagged"].map(lambda v: str(v).strip().lower() in ("true", "1", "yes"))
+    frame["flagged"] = flag_values(frame["flagged"])
     return frame, notes
 
 

@@ -36,7 +36,7 @@ from robench.runs.parts import PARTS_DIR, PartStore, part_key
 from robench.runs.prepare import Prepared
 from robench.scoring import records as R
 from robench.scoring.budgets import format_budgets
-from robench.scoring.cascade import cascade_order, flag_thresholds, still_in
+from robench.scoring.cascade import cascade_aims, cascade_order, cell_label, flag_thresholds, still_in
 from robench.scoring.combiner import combine, combined_detectors
 from robench.scoring.metrics import summarize
 from robench.specs.run_config import RunConfig
@@ -164,6 +164,8 @@ class RunPlan:
             name for name in prepared.detectors if name not in combined_detectors(prepared.detectors)
         ]  # scored during the run
         self.orders: dict[str, list[str]] = {}  # threat -> attack labels in cascade order (run.json)
+        # threat -> attack label -> the worst-case cells a cascade runs it for (run.json; cascaded threats only)
+        self.aims: dict[str, dict[str, list[str]]] = {}
         # per threat: the budgets its worst case is stated at (robench.specs.budgets), carried by every record
         self.budgets = [t.threat.budgets_for(self.family, config.budgets) for t in prepared.threats]
         total = len(self.batches) * sum(len(t.attacks) for t in prepared.threats)
@@ -225,16 +227,22 @@ class RunPlan:
                 part.assign(**{R.ORDER: rank[job.attack], R.CASCADE: cascade, R.BUDGETS: budgets})
                 for part, job in zip(parts, jobs)
             ]
+        # a transfer threat's attacks know the substitute's detectors, not the evaluated model's: none counts
+        known = [] if pt.threat.needs_substitute else list(self.prepared.detectors)
+        aims = cascade_aims([attack for _, attack in pt.attacks], cascade, self.budgets[t], self.live, known)
+        self.aims[pt.threat.name] = {
+            pt.attacks[i][0].label: [cell_label(c) for c in aims[i].cells]
+            + [f"{d} (every sample)" for d in aims[i].untracked]
+            for i in order[1:]
+        }
         threat_parts: list[pd.DataFrame] = []
         thresholds: dict[str, float] | None = None
         for r, i in enumerate(order):
             chunks = self.batches
-            if r > 0:  # the samples still in, re-packed into batches of the run's size
+            if r > 0:  # the samples still in for this attack's cells, re-packed into batches of the run's size
                 so_far = pd.concat(threat_parts, ignore_index=True)
                 thresholds = thresholds if thresholds is not None else flag_thresholds(so_far, self.live)
-                keep = torch.from_numpy(
-                    still_in(so_far, self.samples.numpy(), cascade, self.live, thresholds, self.budgets[t])
-                )
+                keep = torch.from_numpy(still_in(so_far, self.samples.numpy(), aims[i], thresholds))
                 chunks = [
                     c for c in self.samples[keep].split(self.config.batch_size) if len(c)
                 ]  # none when no sample is left
@@ -333,6 +341,7 @@ class RunPlan:
             "execution": {
                 "precision": config.precision,
                 "cascade_order": self.orders,
+                "cascade_aims": self.aims,
                 "channels_last": self.channels_last,
                 "compiled": prepared.compiled,
                 "out_of_memory_splits": work.splits,

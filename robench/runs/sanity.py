@@ -866,6 +866,11 @@ def sanity_table(results: Sequence[SanityResult]) -> pd.DataFrame:
     return table.astype({"flagged": bool, "value": float, "threshold": float})
 
 
+def flag_values(column: pd.Series) -> pd.Series:
+    """A sanity table's ``flagged`` column as booleans, whether it holds bools or text read back from CSV/JSON."""
+    return column.map(lambda v: str(v).strip().lower() in ("true", "1", "yes"))
+
+
 def one_per_check(table: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, threat, check), in first-appearance order: a flagged one where any is.
 
@@ -873,8 +878,7 @@ def one_per_check(table: pd.DataFrame) -> pd.DataFrame:
     threat); keeping the first would hide a flag behind an unflagged row.
     """
     keys = [R.MODEL, R.THREAT, "check"]
-    flagged = table["flagged"].map(lambda v: str(v).strip().lower() in ("true", "1", "yes"))
-    kept = table.assign(_flagged=flagged).sort_values("_flagged", ascending=False, kind="stable")
+    kept = table.assign(_flagged=flag_values(table["flagged"])).sort_values("_flagged", ascending=False, kind="stable")
     return kept.drop_duplicates(subset=keys).sort_index().drop(columns="_flagged").reset_index(drop=True)
 
 

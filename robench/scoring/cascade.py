@@ -13,26 +13,43 @@ order whether the run cascaded or not.
 
 The first attack runs on every selected sample (so every sample has a record and the clean
 accuracy and the thresholds are those of the whole run); each later attack runs on the samples
-still in, re-packed into batches of the run's size. A sample leaves (:data:`CASCADE_MODES`):
+still in *for that attack*, re-packed into batches of the run's size.
 
-- ``misclassified``: once its clean input is misclassified, or, at every budget of the threat
-  (:mod:`robench.scoring.budgets`), some output misclassified it inside that budget's ball: a
-  sample that only an unbounded attack broke far away stays in for the later attacks. The
-  worst-case robust accuracy at each budget (``survival`` of the worst-case rows) is then what
-  the full run would estimate, up to the randomness of the attacks (random starts are drawn per
-  batch, and the batches differ); the detector-aware worst case (``survival_detected``) is only
-  an upper bound, since a sample broken but flagged never meets a later attack. Records without
-  budgets (none declared) fall back to any misclassification;
-- ``undetected``: once, at every budget and for every detector the run scores during the
-  attacks, some output misclassified it inside the ball without being flagged at the 5%
-  false-positive threshold of the clean scores (from the first attack's records, every
-  sample's). Both worst cases are then the full run's, at a smaller saving. Combined detectors
-  (KD+BU) are fitted after the run and cannot be consulted: their worst-case rows of a cascaded
-  run are upper bounds.
+What a later attack is run for (:func:`cascade_aims`) is a set of *cells* of the worst case: a
+budget's ball, alone ("misclassified inside the L-inf 0.3 ball") or with a detector ("misclassified
+inside it and not flagged by KD" at the 5% false-positive threshold of the clean scores, from the
+first attack's records, every sample's). A cell is *done* for a sample once some output of the
+threat so far lies in it; an attack meets the samples for which one of its cells is not done and
+whose clean input is classified right. Its budgets (:func:`aimed_budgets`) are those whose ball
+holds its own (PGD at L-inf 0.1 counts for L-inf 0.1, 0.2 and 0.3), every budget of its norm for an
+unbounded attack (C&W: the L2 budgets), and every budget when its norm has none. Its detectors
+depend on the mode (:data:`CASCADE_MODES`):
+
+- ``misclassified``: none. The worst-case robust accuracy at each budget (``survival`` of the
+  worst-case rows) is the full run's, up to the randomness of the attacks (random starts are drawn
+  per batch, and the batches differ) and to the outputs an attack lays inside a ball it is not run
+  for; the detector-aware worst case (``survival_detected``) is only an upper bound, since a sample
+  broken but flagged never meets a later attack. Records without budgets (none declared) use one
+  cell, anywhere;
+- ``undetected``: per budget, the live detectors (scored during the attacks) that the attack
+  targets, and those that no attack of the threat run at that budget (at its eps; an unbounded
+  attack at every budget of its norm) targets: an attack that knows KD
+  (selective PGD on KD, C&W-wb) is run for KD's cells, and a detector-blind one stands in only for
+  the detectors the threat leaves unattacked (in the white-box threat, none: every scored detector
+  has its joint attacks at every budget). Combined detectors (KD+BU) are fitted after the run and
+  cannot be judged: an attack that targets one meets every sample classified right, and their
+  worst-case rows of a cascaded run are upper bounds. In a transfer threat the attacks know only
+  the substitute's detectors, so every attack there is run for every live detector's cells.
+
+In both modes, a sample the cascaded run counts as surviving a cell met every attack run for that
+cell (and no output of the run fell in it): each worst-case cell lies between the full run's
+(every attack's outputs) and that of the attacks run for it alone, and with deterministic attacks
+it equals the full run's where the other attacks lay no output in the cell (tested). run.json's
+``execution.cascade_aims`` lists each later attack's cells.
 
 The robustness curves (:mod:`robench.scoring.curves`) of a cascaded run are upper bounds between
-the budgets: a sample leaves once broken at every budget, so a later attack that would have
-found a smaller distance never meets it.
+the budgets: an attack meets a sample only while one of its cells is open, so a later attack that
+would have found a smaller distance may never meet it.
 
 Each attack's own rows in a cascaded run describe the samples it was left, not the attack
 alone: records and summary rows carry ``cascade`` (the mode), and the tables say so.
@@ -40,25 +57,29 @@ alone: records and summary rows carry ``cascade`` (the mode), and the tables say
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
-from robench.attacks.base import Attack
+from robench.attacks.base import Attack, attack_eps
 from robench.core.errors import ConfigError
 from robench.core.registry import did_you_mean
 from robench.detectors.base import threshold_at_fpr
 from robench.scoring import records as R
-from robench.scoring.budgets import Budget
+from robench.scoring.budgets import ATOL, RTOL, Budget
 from robench.scoring.metrics import FLAG_FPR
 
 CASCADE_MODES: dict[str, str] = {
     R.NO_CASCADE: "every attack on every sample",
-    "misclassified": "a sample leaves once an attack misclassifies it (exact for the worst-case robust accuracy)",
-    "undetected": "a sample leaves once misclassified unflagged by every detector scored during the run "
-    "(exact for both worst cases)",
+    "misclassified": "an attack meets the samples not yet misclassified inside the balls it is run for "
+    "(the worst-case robust accuracy)",
+    "undetected": "an attack meets the samples not yet misclassified unflagged, inside the balls it is run for, "
+    "by the detectors it is run for: those it targets, and those no attack of the threat targets there "
+    "(both worst cases, within the bounds of the module docstring)",
 }
 
 
@@ -93,38 +114,108 @@ def flag_thresholds(records: pd.DataFrame, detectors: Sequence[str], fpr: float 
     return out
 
 
-def still_in(
-    records: pd.DataFrame,
-    samples: np.ndarray,
-    mode: str,
-    detectors: Sequence[str],
-    thresholds: dict[str, float],
-    budgets: Sequence[Budget] = (),
-) -> np.ndarray:
-    """Per sample of ``samples``: whether it stays in the cascade after the attacks whose ``records`` are given.
+Cell = tuple[Budget | None, str | None]  # (budget, detector): None budget = anywhere, None detector = misclassified
 
-    ``records`` are the threat's records so far (one row per attack and sample attacked);
-    ``detectors`` the ones the ``undetected`` mode consults, with their ``thresholds``; ``budgets``
-    the threat's (none: any misclassification counts, wherever the output lies).
+
+@dataclass(frozen=True)
+class Aim:
+    """What a later attack of a cascade is run for: the worst-case cells it may still change (module docstring).
+
+    ``cells`` are (budget, detector) pairs: ``(Linf 0.3, None)`` is "misclassified inside the L-inf 0.3 ball",
+    ``(Linf 0.3, "kd")`` "misclassified inside it and not flagged by KD"; a budget of None is "anywhere" (a threat
+    without budgets). ``untracked`` names the detectors it targets that the cascade cannot judge (combined ones,
+    fitted after the run): for those it runs on every sample whose clean input is classified right.
+    """
+
+    cells: tuple[Cell, ...]
+    untracked: tuple[str, ...] = ()
+
+
+def aimed_budgets(attack: Attack, budgets: Sequence[Budget]) -> tuple[Budget, ...]:
+    """The budgets an attack's outputs are meant for: those of its norm whose ball holds its own (eps at least its
+    eps), every budget of its norm for an unbounded attack (C&W, FMN, DDN); when no budget of its norm holds its
+    ball, every budget of its norm, and when its norm has none, every budget (its outputs then count only where
+    they happen to fall)."""
+    norm = getattr(attack, "norm", "none")
+    same = tuple(b for b in budgets if b.norm == norm)
+    eps = attack_eps(attack)
+    if math.isfinite(eps):
+        holding = tuple(b for b in same if b.eps >= eps * (1 - RTOL) - ATOL)
+        return holding or same or tuple(budgets)
+    return same or tuple(budgets)
+
+
+def attacked_budgets(attack: Attack, budgets: Sequence[Budget]) -> tuple[Budget, ...]:
+    """The budgets an attack is run *at*: for a bounded attack, those of its norm with its own eps; for an unbounded
+    one, every budget of its norm; none otherwise (an attack of another norm, or one larger than the budget)."""
+    norm = getattr(attack, "norm", "none")
+    eps = attack_eps(attack)
+    if math.isfinite(eps):
+        return tuple(b for b in budgets if b.norm == norm and math.isclose(b.eps, eps, rel_tol=RTOL, abs_tol=ATOL))
+    return tuple(b for b in budgets if b.norm == norm) if norm != "none" else ()
+
+
+def cascade_aims(
+    attacks: Sequence[Attack], mode: str, budgets: Sequence[Budget], live: Sequence[str], scored: Sequence[str]
+) -> list[Aim]:
+    """Per attack of a threat, the cells a cascade in ``mode`` runs it for (module docstring).
+
+    ``live`` are the detectors scored during the attacks (whose flags the cascade can judge), ``scored`` every
+    detector the run scores (combined ones too; none for a transfer threat, whose attacks know only the
+    substitute's detectors). ``misclassified``: the plain cells of the attack's budgets. ``undetected``: also, per
+    budget, the cells of the live detectors the attack targets, and the cells of the live detectors that no attack
+    of the threat targets when run at that budget (:func:`attacked_budgets`; a detector-blind attack then stands
+    for the attacks the threat lacks).
     """
     check_cascade(mode)
-    if mode == R.NO_CASCADE:
-        return np.ones(len(samples), dtype=bool)
+    aimed = [aimed_budgets(attack, budgets) or (None,) for attack in attacks]
+    targets = [attack.attacked_detectors(scored) for attack in attacks]
+    # a detector counts as attacked at a budget only by an attack run at that budget (attacked_budgets)
+    covered = {(b, d) for attack, ds in zip(attacks, targets) for b in attacked_budgets(attack, budgets) for d in ds}
+    aims = []
+    for bs, ds in zip(aimed, targets):
+        cells: list[Cell] = [(b, None) for b in bs]
+        if mode == "undetected":
+            cells += [(b, d) for b in bs for d in live if d in ds or (b, d) not in covered]
+        aims.append(Aim(tuple(cells), tuple(d for d in ds if d not in live) if mode == "undetected" else ()))
+    return aims
+
+
+def cell_label(cell: Cell) -> str:
+    """How run.json names a cell: ``Linf 0.3`` (misclassified inside the ball), ``Linf 0.3/kd`` (and not flagged by
+    KD), ``anywhere`` for no budget."""
+    budget, detector = cell
+    where = budget.label if budget is not None else "anywhere"
+    return where if detector is None else f"{where}/{detector}"
+
+
+def still_in(records: pd.DataFrame, samples: np.ndarray, aim: Aim, thresholds: dict[str, float]) -> np.ndarray:
+    """Per sample of ``samples``: whether an attack with ``aim`` runs on it after the attacks of ``records``.
+
+    ``records`` are the threat's records so far (one row per attack and sample attacked); ``thresholds`` the flag
+    thresholds of the detectors ``aim`` names (:func:`flag_thresholds`). A sample stays unless its clean input is
+    misclassified or every cell of ``aim`` is done for it: some output misclassified it inside the cell's ball
+    (anywhere for no budget) and, for a detector's cell, was not flagged by that detector.
+    """
+    # a corruption's outputs break no sample in the worst case (robench.scoring.worst_case), so they close no cell
+    records = records[~R.corruption_mask(records)]
     sample = records[R.SAMPLE].to_numpy()
     misclassified = records[R.ADV_PRED].to_numpy() != records[R.LABEL].to_numpy()
     wrong_clean = pd.Series(records[R.CLEAN_PRED].to_numpy() != records[R.LABEL].to_numpy()).groupby(sample).any()
-    balls = [b.within(records) for b in budgets] or [np.ones(len(records), dtype=bool)]
-    done = None
-    for inside in balls:
-        hit = misclassified & inside
-        broken = pd.Series(hit).groupby(sample).any()
-        if mode == "undetected":
-            for detector in detectors:
+    if aim.untracked:
+        done = pd.Series(False, index=wrong_clean.index)
+    else:
+        done = pd.Series(True, index=wrong_clean.index)
+        balls: dict[Budget | None, np.ndarray] = {}
+        for budget, detector in aim.cells:
+            if budget not in balls:
+                balls[budget] = misclassified & (
+                    budget.within(records) if budget is not None else np.ones(len(records), dtype=bool)
+                )
+            hit = balls[budget]
+            if detector is not None:
                 with np.errstate(invalid="ignore"):
-                    unflagged = hit & (records[R.score_adv(detector)].to_numpy(dtype=float) >= thresholds[detector])
-                broken &= pd.Series(unflagged).groupby(sample).any()
-        done = broken if done is None else done & broken
-    assert done is not None
-    out = wrong_clean | done
-    gone = out.reindex(samples, fill_value=False).to_numpy(dtype=bool)
+                    hit = hit & (records[R.score_adv(detector)].to_numpy(dtype=float) >= thresholds[detector])
+            done &= pd.Series(hit).groupby(sample).any()
+    gone = (wrong_clean | done).reindex(samples, fill_value=False).to_numpy(dtype=bool)
     return ~gone

@@ -26,9 +26,9 @@ Choices:
 - an output with no distance (NaN) lies in no ball and never breaks a sample; for a detector, an output the
   detector did not score (NaN adversarial score) does not break it either, and a sample with no clean score
   (a combined detector's fit split) has no detector-aware distance;
-- a cascaded run (:mod:`robench.scoring.cascade`) gives upper bounds between its budgets: a sample leaves
-  the cascade once broken at every budget, so a later attack that would have found a smaller distance
-  never meets it.
+- a cascaded run (:mod:`robench.scoring.cascade`) gives upper bounds between its budgets: a later attack
+  meets a sample only while a budget it is run for is still open there, so one that would have found a
+  smaller distance may never meet it.
 
 Everything here is a pure function of records; ``distances.parquet`` beside a run's records
 (:mod:`robench.runs.output`) holds :func:`smallest_distances` of them.

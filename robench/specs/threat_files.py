@@ -15,6 +15,8 @@
     label = "PGD-100"                 # the records' attack name, unique in the file
     attack = "pgd"                    # a registered attack (``robench list attacks``)
     target_mode = "none"              # optional: none | random | least-likely | ...
+    per_budget = true                 # optional: also a copy at every other budget of its norm ("PGD-100@Linf 0.1")
+    per_detector = false              # optional, attacks with a detector parameter: one copy per scored detector
     [attack.params]                   # optional: the attack's parameters, checked against its fields
     steps = 100
     objective = "adaptive"
@@ -74,7 +76,7 @@ FILE_KEYS = (
     "budgets",
     "attack",
 )
-ATTACK_KEYS = ("label", "attack", "target_mode", "params")
+ATTACK_KEYS = ("label", "attack", "target_mode", "params", "per_budget", "per_detector")
 _NO_CASCADE = "none"
 
 
@@ -325,7 +327,7 @@ def _parse(path: Path) -> tuple[ThreatModel, str]:
         check_cascade(cascade)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    specs = _attacks(raw, name, access, knows, substitute, where)
+    specs, per_budget, per_detector = _attacks(raw, name, access, knows, substitute, where)
     try:
         threat = ThreatModel(
             name=name,
@@ -338,6 +340,8 @@ def _parse(path: Path) -> tuple[ThreatModel, str]:
             default_cascade=None if cascade == _NO_CASCADE else cascade,
             detectors=detectors,
             budgets=raw.get("budgets"),  # [budgets] mnist = ["linf:0.3"]: checked by ThreatModel
+            per_budget=per_budget,
+            per_detector=per_detector,
         )
     except RobenchError as exc:
         raise ConfigError(f"{where}: {exc}") from None
@@ -382,7 +386,8 @@ def _detectors(raw: Mapping[str, Any], where: str) -> tuple[str, ...] | None:
 
 def _attacks(
     raw: Mapping[str, Any], name: str, access: str, knows: bool, substitute: bool, where: str
-) -> tuple[AttackSpec, ...]:
+) -> tuple[tuple[AttackSpec, ...], tuple[str, ...], tuple[str, ...]]:
+    """The ``[[attack]]`` entries as specs, and the labels of those with ``per_budget`` and ``per_detector``."""
     entries = raw.get("attack")
     example = '[[attack]] with label = "PGD-100" and attack = "pgd" below it'
     if entries is None or entries == []:
@@ -397,6 +402,8 @@ def _attacks(
         )
     specs: list[AttackSpec] = []
     labels: set[str] = set()
+    per_budget: list[str] = []
+    per_detector: list[str] = []
     for number, entry in enumerate(entries, start=1):
         label = entry.get("label")
         if not isinstance(label, str) or not label.strip():
@@ -414,9 +421,30 @@ def _attacks(
         if label in labels:
             raise ConfigError(f"{at}: label used twice; every attack of a threat needs its own label")
         _check_keys(entry, ATTACK_KEYS, at)
-        specs.append(_spec(entry, label, name, access, knows, substitute, at))
+        spec = _spec(entry, label, name, access, knows, substitute, at)
+        specs.append(spec)
         labels.add(label)
-    return tuple(specs)
+        built = spec.build(None)
+        if _typed(entry, "per_budget", bool, at, "true or false", False):
+            if built.budget_param != "eps" or built.norm == "none":
+                raise ConfigError(
+                    f"{at}: per_budget = true repeats a bounded attack at each budget's eps, but '{spec.attack}' has "
+                    "no eps budget"
+                )
+            per_budget.append(label)
+        if _typed(entry, "per_detector", bool, at, "true or false", False):
+            if not hasattr(built, "detector"):
+                raise ConfigError(
+                    f"{at}: per_detector = true makes one copy per scored detector, but '{spec.attack}' has no "
+                    "detector parameter (the joint attacks and cw-wb have one)"
+                )
+            if substitute:  # an attack on detectors the attacker does not know is refused above (_spec)
+                raise ConfigError(
+                    f"{at}: per_detector = true attacks the evaluated model's detectors, which an attacker crafting "
+                    "on a substitute does not know"
+                )
+            per_detector.append(label)
+    return tuple(specs), tuple(per_budget), tuple(per_detector)
 
 
 def _spec(

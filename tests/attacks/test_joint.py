@@ -411,6 +411,13 @@ def test_fields_needs_and_defaults():
         assert attack.attacked_detectors(["kd", "bu"]) == ("kd", "bu")
         assert cls(detector="bu").attacked_detectors(["kd", "bu"]) == ("bu",)
     assert OrthogonalPGD(steps=10).cost() > SelectivePGD(steps=10).cost()
+    # a randomized detector's steps cost a second model pass (its dropout passes): a cascade runs them later
+    assert SelectivePGD(steps=10, detector="bu").cost() == 2 * SelectivePGD(steps=10, detector="kd").cost() == 22
+    assert (
+        SelectivePGD(detector="kd+bu").cost()
+        == SelectivePGD(detector="all").cost()
+        > SelectivePGD(detector="kd").cost()
+    )
     for bad in ({"eot": 1}, {"objective": "dlr"}, {"detector": ""}, {"margin": -1.0}, {"step": 0.0}):
         with pytest.raises(ConfigError):
             SelectivePGD(**bad)
