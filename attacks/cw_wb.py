@@ -108,7 +108,7 @@ from torch import Tensor
 
 from robench.attacks.base import ATTACKS, AttackNeeds, AttackTarget, Crafted
 from robench.attacks.cw import CarliniWagnerL2
-from robench.attacks.detector_terms import RANDOMIZED, KnownDetector, select_known
+from robench.attacks.detector_terms import KnownDetector, randomized_detector, select_known
 from robench.core.config import Constraint, boolean, choice, constrained, finite, integer, positive_int
 from robench.core.errors import ConfigError
 from robench.core.models import Forward
@@ -200,7 +200,7 @@ class CarliniWagnerWhiteBox(CarliniWagnerL2):
     @property
     def randomized(self) -> bool:
         """Whether the attacked detector draws dropout masks (its f_2 is then an expectation over ``eot`` passes)."""
-        return self.detector != "kd" and issubclass(DETECTORS.get(self.detector), RANDOMIZED)
+        return randomized_detector(self.detector)
 
     # kd: the runner gives this attack a fitted KD estimator (AttackTarget.detector) and eta; any other detector:
     # the scored one as the attacker knows it (AttackTarget.known_detectors).

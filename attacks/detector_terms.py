@@ -34,12 +34,20 @@ from torch import Tensor
 
 from robench.core.errors import ConfigError
 from robench.core.models import Forward
-from robench.detectors import Detector
+from robench.detectors import DETECTORS, Detector
 from robench.detectors.bu import BayesianUncertaintyDetector, mc_dropout_uncertainty
 from robench.detectors.combined import KDBUDetector, combiner_scores
 
 ALL_DETECTORS = "all"  # an attack's ``detector`` value for every detector the run scores at once
 RANDOMIZED = (BayesianUncertaintyDetector, KDBUDetector)
+
+
+def randomized_detector(detector: str) -> bool:
+    """Whether an attack on the detector named ``detector`` scores through dropout masks (BU, KD+BU) and so needs an
+    expectation over them; ``all`` counts as randomized (the run's detectors are not known yet, BU may be one)."""
+    if detector == ALL_DETECTORS:
+        return True
+    return detector in DETECTORS.names() and issubclass(DETECTORS.get(detector), RANDOMIZED)
 
 
 @dataclass(frozen=True)
@@ -107,4 +115,4 @@ def select_known(known: Sequence[KnownDetector], detector: str, attack: str) -> 
     return chosen
 
 
-__all__ = ["ALL_DETECTORS", "RANDOMIZED", "KnownDetector", "select_known"]
+__all__ = ["ALL_DETECTORS", "RANDOMIZED", "KnownDetector", "randomized_detector", "select_known"]

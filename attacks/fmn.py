@@ -94,7 +94,7 @@ import torch
 from torch import Tensor
 
 from robench.attacks.base import ATTACKS, Attack, AttackTarget
-from robench.attacks.norm_balls import l2_norms
+from robench.attacks.norm_balls import l2_norms, sample_norms
 from robench.attacks.objectives import objective_value
 from robench.core.config import choice, finite, positive_int
 from robench.core.errors import ConfigError
@@ -197,7 +197,7 @@ class _FMNBase(Attack):
                     torch.where(found, eps * (1 + gamma), norm + boundary),
                 )
                 eps = torch.minimum(eps, worst)
-                direction = grad / l2_norms(grad).clamp_min(_NORM_FLOOR).view(-1, *([1] * (x.ndim - 1)))
+                direction = grad / sample_norms(grad).clamp_min(_NORM_FLOOR)
                 delta = self._project(x_adv - x - alpha * direction, eps)
                 x_adv = bounds.clip(x + delta)
         with torch.no_grad(), full_precision(x.device):  # the last iterate, which the references never evaluate

@@ -92,7 +92,7 @@ import torch
 from torch import Tensor
 
 from robench.attacks.base import ATTACKS, Attack, AttackNeeds, AttackTarget
-from robench.attacks.detector_terms import ALL_DETECTORS, RANDOMIZED, KnownDetector, select_known
+from robench.attacks.detector_terms import ALL_DETECTORS, KnownDetector, randomized_detector, select_known
 from robench.attacks.norm_balls import L2Ball, LinfBall
 from robench.attacks.objectives import DLR_OBJECTIVES, OBJECTIVES, objective_value
 from robench.core.config import Constraint, boolean, choice, constrained, finite, integer, positive_int
@@ -170,13 +170,7 @@ class JointPGD(Attack):
         dropout passes (measured on the committed GM bundle: SPGD against BU took 2.5x as long as against KD, 100
         images, 100 steps), so a cascade runs it after the deterministic ones."""
         passes = float(self.steps * (2 if self.orthogonal else 1) + 1)
-        return 2 * passes if self._randomized() else passes
-
-    def _randomized(self) -> bool:
-        """Whether the targeted detector (any of them, for ``all``) draws dropout masks (BU, KD+BU)."""
-        if self.detector == ALL_DETECTORS:
-            return True  # the run's detectors are not known here; BU among them makes every step dearer
-        return self.detector in DETECTORS.names() and issubclass(DETECTORS.get(self.detector), RANDOMIZED)
+        return 2 * passes if randomized_detector(self.detector) else passes
 
     # ---- the norm (_direction, _project, _start): a ball of robench.attacks.norm_balls, mixed in by each subclass
 

@@ -55,6 +55,15 @@ def test_ball_tolerance_is_relative_plus_absolute():
     assert Budget("l2", 0.0).contains(np.array([0.0, 1e-8, 1e-6])).tolist() == [True, True, False]
 
 
+def test_an_attack_is_at_a_budget_only_at_its_eps():
+    """One rule for the worst case's flags, the per-budget copies and the cascade: the same eps up to a float's
+    round trip, far tighter than the ball's tolerance for distances."""
+    budget = Budget("linf", 0.1)
+    assert budget.is_at(0.1) and budget.is_at(0.1 + 1e-13)
+    assert not budget.is_at(0.1 * (1 + RTOL / 2)) and not budget.is_at(math.nan) and not budget.is_at(0.3)
+    assert list(budget.is_at(np.array([0.1, 0.2, math.nan]))) == [True, False, False]
+
+
 def test_budgets_sorted_without_repeats_and_carried_by_records():
     budgets = parse_budgets(["l2:2", "linf:0.3", "linf:0.1", "linf:0.3"])
     assert [b.label for b in budgets] == ["Linf 0.1", "Linf 0.3", "L2 2"]

@@ -145,6 +145,17 @@ def test_still_in_per_mode():
     assert list(still_in(records, samples, blind, thresholds)) == [False, True, True, False]
 
 
+def test_still_in_after_corruptions_only():
+    """A corruption's outputs close no cell, but its records still say whose clean input is misclassified (a threat
+    file may list a noise attack first): that sample meets no later attack."""
+    rows = [("noise", 0, 0, 0, 1, 0.0), ("noise", 1, 0, 1, 1, 0.0), ("noise", 2, 0, 0, 0, 0.0)]
+    records = _records(rows, {"noise": 0}).assign(corruption=True)
+    linf = Budget("linf", 0.1)
+    (plain,) = cascade_aims([ATTACKS.get("pgd")(eps=0.1)], "misclassified", [linf], [], [])
+    # 0: misclassified by the noise, which breaks nothing in the worst case; 1: misclassified clean; 2: robust
+    assert list(still_in(records, np.arange(4), plain, {})) == [True, False, True, True]
+
+
 def test_cascade_aims_follow_each_attacks_ball_and_detectors():
     budgets = (Budget("linf", 0.1), Budget("linf", 0.3), Budget("l2", 1.0), Budget("l2", 2.0))
     linf1, linf3, l21, l22 = budgets
@@ -338,7 +349,9 @@ def _survival(records: pd.DataFrame, budget: Budget, detector: str | None) -> fl
 def test_undetected_cascade_runs_each_joint_attack_for_its_own_cells(white_box_full_and_undetected):
     full, cascaded = white_box_full_and_undetected["none"], white_box_full_and_undetected["undetected"]
     aims = cascaded.info["execution"]["cascade_aims"]["white-box"]
-    # the detector-blind PGD is not run for KD's or max-prob's cells: each has its own selective PGD there
+    # a selective PGD is run for the plain cells and its own detector's, not the other detector's (which has its
+    # own selective PGD at each budget); PGD-10-un, the cheapest, runs first on every sample and has no aim
+    assert "PGD-10-un" not in aims
     assert aims["SPGD[kd]"] == ["Linf 0.3", "Linf 0.3/kd"]
     assert aims["SPGD[max-prob]@Linf 0.1"] == ["Linf 0.1", "Linf 0.3", "Linf 0.1/max-prob", "Linf 0.3/max-prob"]
     records, everything = cascaded.records, full.records

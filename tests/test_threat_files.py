@@ -173,7 +173,7 @@ def _attack(body: str, label: str = "A") -> str:
             _attack('attack = "pgd"\nper_detector = true').replace('"grey-box"', '"white-box"'),
             ["attack 'A'", "per_detector", "no detector parameter"],
         ),
-        (
+        (  # per_detector does not get an attack on the detector past a threat that does not know it
             _attack('attack = "selective-pgd"\nper_detector = true\nparams = {detector = "kd"}'),
             ["attack 'A'", "attacks the detector", "grey-box"],
         ),

@@ -453,7 +453,8 @@ def _execution_options(command):
             flag_value="misclassified",
             default=None,
             help="Run each threat's attacks cheapest first, each on the samples still robust where it is run for "
-            "(its budgets; with undetected, also the detectors it targets and those no attack targets) "
+            "(its norm's budgets that hold its ball; with undetected, also the detectors it targets and those no "
+            "attack targets at that budget) "
             "(bare --cascade: misclassified) [default: none].",
         ),
         click.option(

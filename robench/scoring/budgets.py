@@ -31,6 +31,11 @@ from robench.scoring import records as R
 
 RTOL = 1e-4
 ATOL = 1e-7
+# An attack is run *at* a budget when its eps is the budget's, up to the round trip of a config's float
+# (a TOML value, ``--set``, a records column): one tolerance for the worst case's flags, the threats' per-budget
+# copies and the cascade's cells, so the three never disagree on which attack a budget had.
+EPS_RTOL = 1e-9
+EPS_ATOL = 1e-12
 # The norms a budget may be stated in, and the record column that holds each one's distance.
 NORM_COLUMNS: dict[str, str] = {"linf": R.LINF, "l2": R.L2}
 NORM_LABELS: dict[str, str] = {"linf": "Linf", "l2": "L2"}
@@ -74,6 +79,11 @@ class Budget:
         """Per distance: inside the ball (NaN is outside)."""
         with np.errstate(invalid="ignore"):
             return np.asarray(distances, dtype=float) <= self.eps * (1 + RTOL) + ATOL
+
+    def is_at(self, eps: np.ndarray | float) -> np.ndarray:
+        """Per eps (an attack's radius in this budget's norm): the attack was run at this budget (NaN is not)."""
+        with np.errstate(invalid="ignore"):
+            return np.isclose(np.asarray(eps, dtype=float), self.eps, rtol=EPS_RTOL, atol=EPS_ATOL)
 
     def within(self, records: pd.DataFrame) -> np.ndarray:
         """Per record: its attack output lies in the ball."""

@@ -151,7 +151,7 @@ def attacked_budgets(attack: Attack, budgets: Sequence[Budget]) -> tuple[Budget,
     norm = getattr(attack, "norm", "none")
     eps = attack_eps(attack)
     if math.isfinite(eps):
-        return tuple(b for b in budgets if b.norm == norm and math.isclose(b.eps, eps, rel_tol=RTOL, abs_tol=ATOL))
+        return tuple(b for b in budgets if b.norm == norm and b.is_at(eps))
     return tuple(b for b in budgets if b.norm == norm) if norm != "none" else ()
 
 
@@ -197,11 +197,17 @@ def still_in(records: pd.DataFrame, samples: np.ndarray, aim: Aim, thresholds: d
     misclassified or every cell of ``aim`` is done for it: some output misclassified it inside the cell's ball
     (anywhere for no budget) and, for a detector's cell, was not flagged by that detector.
     """
-    # a corruption's outputs break no sample in the worst case (robench.scoring.worst_case), so they close no cell
+    # every record knows the clean prediction, a corruption's too (it may be the only one so far: a noise threat
+    # listed first in a threat file) ...
+    wrong_clean = (
+        pd.Series(records[R.CLEAN_PRED].to_numpy() != records[R.LABEL].to_numpy())
+        .groupby(records[R.SAMPLE].to_numpy())
+        .any()
+    )
+    # ... but a corruption's outputs break no sample in the worst case (robench.scoring.worst_case): no cell closes
     records = records[~R.corruption_mask(records)]
     sample = records[R.SAMPLE].to_numpy()
     misclassified = records[R.ADV_PRED].to_numpy() != records[R.LABEL].to_numpy()
-    wrong_clean = pd.Series(records[R.CLEAN_PRED].to_numpy() != records[R.LABEL].to_numpy()).groupby(sample).any()
     if aim.untracked:
         done = pd.Series(False, index=wrong_clean.index)
     else:
@@ -216,6 +222,6 @@ def still_in(records: pd.DataFrame, samples: np.ndarray, aim: Aim, thresholds: d
             if detector is not None:
                 with np.errstate(invalid="ignore"):
                     hit = hit & (records[R.score_adv(detector)].to_numpy(dtype=float) >= thresholds[detector])
-            done &= pd.Series(hit).groupby(sample).any()
+            done &= pd.Series(hit).groupby(sample).any().reindex(done.index, fill_value=False)
     gone = (wrong_clean | done).reindex(samples, fill_value=False).to_numpy(dtype=bool)
     return ~gone

@@ -79,9 +79,7 @@ def budget_attacked(group: pd.DataFrame, budget: Budget) -> bool | None:
     attacks = group[~R.corruption_mask(group)].drop_duplicates(R.ATTACK)
     norm = attacks[R.ATTACK_NORM].to_numpy(dtype=object) == budget.norm
     eps = attacks[R.ATTACK_EPS].to_numpy(dtype=float)
-    with np.errstate(invalid="ignore"):
-        same = np.isclose(eps, budget.eps, rtol=1e-9, atol=1e-12)
-    return bool((norm & (np.isnan(eps) | same)).any())
+    return bool((norm & (np.isnan(eps) | budget.is_at(eps))).any())
 
 
 def cascade_rank(group: pd.DataFrame) -> np.ndarray:

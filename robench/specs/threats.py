@@ -9,7 +9,6 @@ from the CLI or a suite file, type-checked against the attack's fields.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -155,7 +154,7 @@ class ThreatModel:
                 continue
             own = float(getattr(attack, "eps"))
             for budget in budgets:
-                if budget.norm != attack.norm or math.isclose(budget.eps, own, rel_tol=1e-9, abs_tol=1e-12):
+                if budget.norm != attack.norm or budget.is_at(own):
                     continue
                 label = f"{spec.label}@{budget.label}"
                 if label not in labels:

@@ -9,7 +9,6 @@ detector-blind PGD.
 from __future__ import annotations
 
 import copy
-
 from dataclasses import dataclass
 from typing import ClassVar
 

@@ -129,7 +129,8 @@ def cascade_notes(selected: pd.DataFrame) -> list[str]:
         return []
     return [
         f"Cascaded ({', '.join(modes)}): each attack ran only on the samples the cheaper attacks left, "
-        "so a per-attack cell describes those samples, not the attack alone; the worst-case cells cover every sample."
+        "so a per-attack cell describes those samples, not the attack alone; the worst-case cells cover every sample, "
+        "each between the uncascaded run's and that of the attacks run for it alone."
     ]
 
 
