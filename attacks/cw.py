@@ -91,7 +91,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -286,6 +286,8 @@ class CarliniWagnerL2(Attack):
                 dist = sq_dist.detach().sqrt()
                 found[idx[success]] = True
                 better = success & (dist < best_l2[idx])
+                if penalty is not None and bool(better.any()):
+                    better &= self._confirmed(target, detached, t_i, None if context is None else context[idx], better)
                 best_l2[idx[better]] = dist[better]
                 best_adv[idx[better]] = detached.x[better]
                 if self.return_attempt:
@@ -329,6 +331,14 @@ class CarliniWagnerL2(Attack):
         if self.return_attempt:
             best_adv = torch.where(reached.view(-1, *([1] * (x.ndim - 1))), best_adv, attempt_adv)
         return Crafted(best_adv, reached)
+
+    def _confirmed(
+        self, target: AttackTarget, forward: Forward, targets: Tensor | None, context: Any, candidates: Tensor
+    ) -> Tensor:
+        """Per row: whether a candidate (``candidates``: it met the criterion and would be the smallest output yet)
+        is kept. Always here; a penalty judged on a noisy estimate checks it again independently (C&W-wb on BU)."""
+        del target, forward, targets, context
+        return torch.ones_like(candidates)
 
     def _next_search_step(
         self,

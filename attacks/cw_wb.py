@@ -87,9 +87,10 @@ fills ``AttackTarget.known_detectors``; ``needs()`` asks for the one named) and 
   probabilities, variances).
 
 Success is as for KD: classified as the target and f_2 = 0. For a randomized detector f_2 = 0 is judged on the
-step's own EOT estimate (the scorer draws its own masks): the smallest-distortion iterate whose estimate reached the
-level is kept, so estimation noise favours iterates whose expectation lies a little below it, the less so the
-larger ``eot``. Judged again in fp32 under a lower precision, the estimate uses masks from a fixed seed.
+step's own EOT estimate, and an iterate that would become the smallest output yet is judged again on an independent
+estimate (fresh masks, as many passes as the scored detector draws, at least ``eot``) before it is kept: one noisy
+estimate alone would favour iterates whose expected score lies below the level. Judged again in fp32 under a lower
+precision, the estimate uses masks from a fixed seed.
 ``eta_mode`` and the ``kd_*`` fields apply to ``kd`` only and are refused with another detector; ``eot`` applies
 to randomized detectors only.
 
@@ -100,6 +101,7 @@ all-negative logits of GM and MMC models, see :mod:`robench.attacks.cw`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -108,7 +110,7 @@ from torch import Tensor
 
 from robench.attacks.base import ATTACKS, AttackNeeds, AttackTarget, Crafted
 from robench.attacks.cw import CarliniWagnerL2
-from robench.attacks.detector_terms import KnownDetector, randomized_detector, select_known
+from robench.attacks.detector_terms import KnownDetector, randomized_detector, scored_passes, select_known
 from robench.core.config import Constraint, boolean, choice, constrained, finite, integer, positive_int
 from robench.core.errors import ConfigError
 from robench.core.models import Forward
@@ -299,6 +301,25 @@ class CarliniWagnerWhiteBox(CarliniWagnerL2):
             return level_penalty(target_score(known, target, forward, targets, generator, self.eot), known)
         return density_penalty(target.detector.log_density(forward.z, targets), context)  # type: ignore[union-attr]
 
+    def _confirmed(
+        self, target: AttackTarget, forward: Forward, targets: Tensor | None, context: object, candidates: Tensor
+    ) -> Tensor:
+        """A randomized detector's f_2 = 0 judged again on the candidates, on an independent estimate (fresh masks
+        from the attack's generator) with as many passes as the scorer's own detector draws: the step's ``eot``-pass
+        estimate is noisy, and keeping the smallest-distortion iterate that one estimate let through would favour
+        iterates whose expected score lies below the level (then flagged more often than the attack believes)."""
+        if not isinstance(context, _Draws) or not context.known.randomized or context.generator is None:
+            return torch.ones_like(candidates)
+        assert targets is not None
+        known = context.known
+        rows = candidates.nonzero().squeeze(1)
+        sub = Forward(x=forward.x[rows], z=forward.z[rows], logits=forward.logits[rows])
+        passes = max(self.eot, scored_passes(known))
+        score = target_score(known, target, sub, targets[rows], context.generator, passes)
+        kept = torch.ones_like(candidates)
+        kept[rows] = level_penalty(score, known) <= 0
+        return kept
+
 
 @dataclass(frozen=True)
 class _Draws:
@@ -320,7 +341,9 @@ def density_penalty(log_density: Tensor, eta: Tensor) -> Tensor:
 def level_penalty(score: Tensor, known: KnownDetector) -> Tensor:
     """f_2 of C&W-wb on any detector: max(level - score, 0) / scale; zero exactly when the score reaches the
     attacker's level (the median held-out clean score)."""
-    return (known.level - score).clamp_min(0.0) / known.scale
+    # a level that could not be computed (no finite held-out score) falls back to the threshold, as the joint attacks
+    level = known.level if math.isfinite(known.level) else known.threshold
+    return (level - score).clamp_min(0.0) / known.scale
 
 
 def target_score(

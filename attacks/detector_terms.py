@@ -34,6 +34,7 @@ from torch import Tensor
 
 from robench.core.errors import ConfigError
 from robench.core.models import Forward
+from robench.core.precision import full_precision
 from robench.detectors import DETECTORS, Detector
 from robench.detectors.bu import BayesianUncertaintyDetector, mc_dropout_uncertainty
 from robench.detectors.combined import KDBUDetector, combiner_scores
@@ -85,20 +86,36 @@ class KnownDetector:
             return combiner_scores(self.combiner, torch.stack([kd, bu], dim=1)).to(forward.x.dtype)
         if isinstance(detector, BayesianUncertaintyDetector):
             return -self._uncertainty(target, forward.x, generator, passes)
-        return detector.score(model, defense, forward)
+        # a score read off the forward pass, in fp32 whatever the attack's autocast (the GM likelihood's expanded
+        # squared distances lose their digits in bf16), as the scorer computes it
+        with full_precision(forward.z.device):
+            fp32 = Forward(x=forward.x, z=forward.z.float(), logits=forward.logits.float())
+            return detector.score(model, defense, fp32).to(forward.x.dtype)
 
     def flagged(self, score: Tensor) -> Tensor:
         """True where ``score`` falls below the attacker's threshold."""
         return score < self.threshold
 
-    @staticmethod
-    def _uncertainty(target, x: Tensor, generator: torch.Generator | None, passes: int) -> Tensor:
+    def _uncertainty(self, target, x: Tensor, generator: torch.Generator | None, passes: int) -> Tensor:
+        """BU's U(x) over ``passes`` fresh masks, on the scale of the scorer's estimate: U over T passes is a sample
+        variance with divisor T, whose expectation is (1 - 1/T) tr Cov, so a T-pass estimate is rescaled by
+        (1 - 1/P) / (1 - 1/T) to the P passes the scored detector draws (unscaled, 10 passes against the scorer's
+        50 would see 8% less uncertainty than the scorer will)."""
         if generator is None:
             raise ConfigError("a randomized detector's score needs the attack's torch.Generator (fresh dropout masks)")
         if passes < 2:
             raise ConfigError(f"Monte-Carlo dropout needs at least 2 passes per estimate, got {passes}")
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-        return mc_dropout_uncertainty(target.model, x, passes, seed)
+        scored = scored_passes(self)
+        return mc_dropout_uncertainty(target.model, x, passes, seed) * ((1 - 1 / scored) / (1 - 1 / passes))
+
+
+def scored_passes(known: KnownDetector) -> int:
+    """The Monte-Carlo dropout passes the scored detector draws per input (BU's, or the BU of KD+BU); 0 for a
+    deterministic detector."""
+    detector = known.detector
+    bu = detector.bu if isinstance(detector, KDBUDetector) else detector
+    return int(bu.passes) if isinstance(bu, BayesianUncertaintyDetector) else 0
 
 
 def select_known(known: Sequence[KnownDetector], detector: str, attack: str) -> tuple[KnownDetector, ...]:
@@ -115,4 +132,4 @@ def select_known(known: Sequence[KnownDetector], detector: str, attack: str) -> 
     return chosen
 
 
-__all__ = ["ALL_DETECTORS", "RANDOMIZED", "KnownDetector", "randomized_detector", "select_known"]
+__all__ = ["ALL_DETECTORS", "RANDOMIZED", "KnownDetector", "randomized_detector", "scored_passes", "select_known"]

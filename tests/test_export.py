@@ -26,6 +26,7 @@ from robench.report.export import (
     detector_columns,
     eps_text,
     percent_text,
+    row_flags,
     shared_budget,
 )
 from robench.report.rundir import load_run_dir
@@ -188,6 +189,42 @@ def test_csv_holds_the_same_rows_as_json(runs, capsys):
                 assert text == str(value), column
 
 
+def test_rows_carry_their_sanity_flags_also_where_the_run_wrote_none(runs, tmp_path, capsys):
+    rows = _export_json(capsys, runs / "flat")["rows"]
+    assert all(isinstance(r["sanity_flags"], str) for r in rows)
+    # FGSM and PGD-10-un descend on the classifier alone: both detectors' survival_detected are upper bounds
+    worst = _row(rows, "semi-white-box")
+    assert worst["sanity_flags"] == "detector-not-attacked:kd,detector-not-attacked:max-prob"
+    assert _row(rows, "noise", "noise-0.05")["sanity_flags"] == ""  # corruptions: no attacker to judge
+    code, out, _ = robench(capsys, "export", str(runs / "flat"), "--format", "csv")
+    assert code == 0
+    table = list(csv.DictReader(io.StringIO(out)))
+    assert [line["sanity_flags"] for line in table] == [r["sanity_flags"] for r in rows]
+    # an output written before the checks: no sanity.csv, no sanity in run.json; the flags are the same
+    old = tmp_path / "old"
+    shutil.copytree(runs / "flat", old)
+    for path in old.rglob("sanity.csv"):
+        path.unlink()
+    for path in old.rglob("run.json"):
+        info = json.loads(path.read_text())
+        info.pop("sanity", None)
+        path.write_text(json.dumps(info))
+    assert [r["sanity_flags"] for r in _export_json(capsys, old)["rows"]] == [r["sanity_flags"] for r in rows]
+
+
+def test_row_flags_name_a_detector_only_where_the_flag_is_about_it():
+    point = pd.DataFrame(
+        {
+            "detector": ["kd", "max-prob"],
+            "sanity_flags": ["budget-not-attacked,detector-not-attacked", "budget-not-attacked,gradient-zero-or-nan"],
+        }
+    )
+    assert row_flags(point) == "budget-not-attacked,detector-not-attacked:kd,gradient-zero-or-nan:max-prob"
+    assert row_flags(point.assign(sanity_flags="")) == ""
+    one = pd.DataFrame({"detector": ["kd"], "sanity_flags": ["detector-not-attacked"]})
+    assert row_flags(one) == "detector-not-attacked:kd"  # which detector's column, even when it is the only one
+
+
 def test_a_shared_budget_fills_eps(aa_run, capsys):
     row = _row(_export_json(capsys, aa_run)["rows"], "autoattack")
     assert row["eps"] == 0.1 and row["norm"] == "Linf" and row["attacks"] == ", ".join(AUTOATTACK)
@@ -235,6 +272,7 @@ def test_robustbench_model_info_of_an_autoattack_run(aa_run, capsys):
     low, high = extra["autoattack_acc_interval"]
     assert low <= float(info["autoattack_acc"]) <= high
     assert set(extra["image_passes"]) <= set(AUTOATTACK) and extra["image_passes"]["APGD-CE"] > 0
+    assert "detector-not-attacked:max-prob" in extra["sanity_flags"].split(",")  # autoattack ignores max-prob
 
 
 def test_robustbench_leaves_out_models_without_autoattack_with_a_note(runs, aa_run, capsys):

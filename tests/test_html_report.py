@@ -22,9 +22,14 @@ from click.testing import CliRunner
 
 from robench.checkpoints.bundle import save_bundle
 from robench.cli.report import report as report_command
-from robench.report.html_report import CONTENT_SECURITY_POLICY, PNG_DATA_URI, info_table
+from robench.report.html_report import CONTENT_SECURITY_POLICY, PNG_DATA_URI, info_table, render_report, sanity_frame
+from robench.report.rundir import load_run_dir
+from robench.report.tables import build_tables
+from robench.runs.output import write_run
 from robench.runs.runner import RunConfig, run
 from robench.runs.suite import run_suite
+from robench.scoring.metrics import summarize
+from synthetic import synthetic_records
 from test_cli import assert_one_line_error
 from test_cli import run as run_cli
 from tiny import make_tiny
@@ -292,6 +297,29 @@ def test_info_tables_escape_what_run_json_says():
     text = info_table(frame, code=("path",))
     assert "<script>" not in text and "&lt;script&gt;" in text and 'onload="y' not in text
     assert f'title="{"ab" * 32}">{"ab" * 6}</code>' in text
+
+
+def test_the_sanity_section_holds_the_record_checks_behind_the_tables_daggers(tmp_path):
+    # records whose run wrote no sanity checks (an older output): no sanity.csv, none in run.json
+    frame = pd.concat(
+        [
+            synthetic_records(
+                "gm", "semi-white-box", attack, n=20, seed=i, wrong=2, success_p=0.6, adv_offset=3, shift=2.0
+            )
+            for i, attack in enumerate(("FGSM", "BIM"))
+        ],
+        ignore_index=True,
+    )
+    write_run(tmp_path / "run", frame, summarize(frame), {"model": {"name": "gm", "defense": "gm"}})
+    run = load_run_dir(tmp_path / "run")
+    sanity, notes = sanity_frame(run)
+    kd = sanity[sanity["check"] == "detector-not-attacked"]
+    assert kd["threat"].tolist() == ["semi-white-box/detector:kd"] and kd["flagged"].all()
+    assert any("recomputed from the records" in note for note in notes)
+    tables, _ = build_tables(run.flagged_summary(), run.model_meta(), ["detection"])
+    page = render_report(run, tables)
+    assert "GM+KD" in page and page.count("†") >= 3  # two AUC cells and the caption's sentence
+    assert "<code>detector-not-attacked</code>" in page  # the check behind the mark, in the sanity section
 
 
 # ------------------------------------------------------------------------------------------ headless Chromium

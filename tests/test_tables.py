@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from robench.cli.report import report, resolve_format
 from robench.core.errors import ConfigError, UnknownNameError
+from robench.report.rundir import load_run_dir
 from robench.report.tables import best_mask, build_table, build_tables, cell_text, format_value, render, render_tables
 from robench.runs.output import write_run
 from robench.scoring.metrics import summarize
@@ -305,6 +306,88 @@ def test_csv_and_html():
         render(table, "markdown", standalone=True)
 
 
+# ----------------------------------------------------------------------------- bounds in the defense's favour
+
+DAGGER, LATEX_DAGGER = "†", r"$^\dagger$"
+BOUND_NOTE = "† marks an upper bound on the defense's robustness"
+
+
+def flagged(frame: pd.DataFrame, model: str = "gm", flags: str = "detector-not-attacked") -> pd.DataFrame:
+    """``frame`` with a ``sanity_flags`` column (robench.runs.output.with_sanity_flags): ``flags`` on ``model``'s
+    rows, none on the others."""
+    return frame.assign(sanity_flags=["" if m != model else flags for m in frame["model"]])
+
+
+def daggered(rows: list[list[str]], labels: int) -> dict[tuple[str, ...], set[str]]:
+    """Markdown body rows -> the headers of their cells that carry a dagger (the first ``labels`` cells name a row)."""
+    header = rows[0]
+    return {
+        tuple(line[:labels]): {h for h, cell in zip(header[labels:], line[labels:]) if DAGGER in cell}
+        for line in rows[2:]
+    }
+
+
+def test_detector_not_attacked_daggers_exactly_the_detector_aware_cells_of_its_rows():
+    frame = flagged(white_box_summary())  # gm's rows (C&W-wb, PGD-10-un) come from a threat that left KD alone
+    text = render(build_table("summary", frame, META), "markdown")
+    marks = daggered(markdown_rows(text), labels=4)
+    # AUC and flagged rate measure the detector; n, accuracies, success and distortion do not
+    assert marks == {
+        ("gm", "white-box", "C&W-wb", "kd"): {"AUC (%) ↑", "Flagged (%) ↑"},
+        ("soft", "white-box", "C&W-wb", "kd"): set(),
+        ("gm", "white-box", "PGD-10-un", "kd"): {"AUC (%) ↑", "Flagged (%) ↑"},
+    }
+    assert text.count(BOUND_NOTE) == 1 and "(detector-not-attacked)" in text and "budget-not-attacked" not in text
+    white = build_table("white-box", frame, META)
+    latex = render(white, "latex")
+    assert r"GM+KD & \textbf{84.9$^\dagger$} & \textbf{0.42} & \textbf{68.1} \\" in latex
+    assert r"Softmax+KD & 55.6 & 0.18 & 98.8 \\" in latex
+    assert latex.count(LATEX_DAGGER) == 2 and DAGGER not in latex  # the cell and the caption's sentence
+    assert daggered(markdown_rows(render(white, "markdown")), labels=1) == {
+        ("Softmax+KD",): set(),
+        ("GM+KD",): {"AUC (%) ↑"},
+    }
+    assert (
+        cell_text(build_table("white-box", frame, META, intervals=hand_intervals())).loc[("GM+KD",), ("AUC (%) ↑",)]
+        == "84.9† [82.1, 86.0]"
+    )  # the mark is the value's, before its interval
+
+
+def test_no_dagger_and_no_caption_sentence_without_a_marked_cell():
+    for table in (
+        build_table("white-box", flagged(white_box_summary(), flags=""), META),  # nothing flagged
+        build_table("white-box", white_box_summary(), META),  # no sanity_flags column at all
+        build_table("accuracy", flagged(accuracy_summary()), META),  # flagged, but no detector-aware cell shown
+    ):
+        for fmt in ("markdown", "latex", "html", "csv"):
+            text = render(table, fmt)
+            assert DAGGER not in text and "dagger" not in text and "upper bound" not in text, (table.layout, fmt)
+
+
+def worst_case_summary() -> pd.DataFrame:
+    def case(model, budget, detector, flags):
+        return {**row(model, "semi-white-box", f"worst-case {budget}", detector), "survival": 0.6,
+                "survival_detected": 0.9, "sanity_flags": flags}  # fmt: skip
+
+    return summary(
+        case("gm", "Linf 0.3", "kd", "detector-not-attacked"),
+        case("gm", "Linf 0.3", "bu", ""),
+        case("soft", "Linf 0.1", "kd", "budget-not-attacked"),
+    )
+
+
+def test_worst_case_cells_carry_the_detector_and_the_budget_checks():
+    text = render(build_table("worst-case", worst_case_summary(), META), "markdown")
+    marks = daggered(markdown_rows(text), labels=1)
+    at = "semi-white-box / Linf {} / {}".format
+    assert marks == {
+        ("Softmax+KD",): {at("0.1", "Survived (%) ↑"), at("0.1", "Surv. or flagged (%) ↑")},  # no attack at 0.1
+        ("GM+KD",): {at("0.3", "Surv. or flagged (%) ↑")},  # KD not attacked: only the detector's figure
+        ("GM+BU",): set(),
+    }
+    assert "(detector-not-attacked); or no attack of the threat ran at the cell's budget (budget-not-attacked)" in text
+
+
 @pytest.mark.skipif(
     shutil.which("pdflatex") is None and not os.environ.get("ROBENCH_REQUIRE_PDFLATEX"),
     reason="pdflatex is not installed (CI installs it and sets ROBENCH_REQUIRE_PDFLATEX=1)",
@@ -312,7 +395,7 @@ def test_csv_and_html():
 def test_standalone_latex_compiles(tmp_path):
     tables = [
         build_table("detection", detection_summary(), META),
-        build_table("white-box", white_box_summary(), META, intervals=hand_intervals()),
+        build_table("white-box", flagged(white_box_summary()), META, intervals=hand_intervals()),  # daggers
         build_table("accuracy", accuracy_summary(), META),
         build_table(
             "summary", summary(*(row("gm", "semi-white-box", f"A_{i}") for i in range(50))), META
@@ -343,10 +426,16 @@ def records(
     )
 
 
-def write_pair(root, model: str, defense: str, threat: str, attacks: list[str], shift: float) -> None:
+def write_pair(
+    root, model: str, defense: str, threat: str, attacks: list[str], shift: float, attacked: str | None = None
+) -> None:
+    """One run folder of synthetic records, without sanity.csv; ``attacked``: the detectors every attack descended on
+    (None: records without the column, read as detector-blind)."""
     frame = pd.concat(
         [records(model, threat, a, seed=i, shift=shift) for i, a in enumerate(attacks)], ignore_index=True
     )
+    if attacked is not None:
+        frame["attack_detectors"] = attacked
     info = {
         "model": {"name": model, "defense": defense, "dataset": "mnist-5k", "path": f"{model}.pt"},
         "threat": {
@@ -372,7 +461,8 @@ def test_report_prints_detection_table_with_bootstrap_intervals(run_dir):
     assert rows[0] == ["Detection Method", "FGSM", "C&W"]  # the worst cases have their own table
     assert [r[0] for r in rows[2:4]] == ["Softmax+KD", "GM+KD"]  # then the worst-case table
     for cell in rows[2][1:] + rows[3][1:]:
-        value, low, high = map(float, re.fullmatch(r"\**([\d.]+) \[([\d.]+), ([\d.]+)\]\**", cell).groups())
+        # a dagger after the value: the records name no attacked detector (robench.report.tables.bounds)
+        value, low, high = map(float, re.fullmatch(r"\**([\d.]+)†? \[([\d.]+), ([\d.]+)\]\**", cell).groups())
         assert low <= value <= high
     assert "skipped: layout 'white-box'" in result.stderr  # notes go to stderr, not into the table
     assert "skipped" not in result.stdout
@@ -421,3 +511,32 @@ def test_one_target_from_two_substitutes_keeps_two_rows_in_black_box_and_summary
     assert black.to_numpy().ravel().tolist() == [pytest.approx(0.91), pytest.approx(0.97)]
     rows = build_table("summary", frame, META).values()
     assert sorted({r[1] for r in rows.index}) == ["black-box (from mmc)", "black-box (from soft)"]
+
+
+def test_a_run_directory_without_sanity_gets_its_record_checks_and_its_tables_marked(tmp_path):
+    root = tmp_path / "runs"
+    write_pair(root, "gm", "gm", "semi-white-box", ["FGSM", "C&W"], shift=3.0, attacked="kd")
+    write_pair(root, "soft", "softmax", "semi-white-box", ["FGSM", "C&W"], shift=1.0)  # no attack aimed at KD
+    assert not list(root.rglob("sanity.csv"))  # the runs wrote no sanity checks
+    run = load_run_dir(root)
+    assert "sanity_flags" not in run.summary()
+    summary = run.flagged_summary()
+    blind = summary["model"] == "soft"
+    assert summary.loc[blind, "sanity_flags"].str.contains("detector-not-attacked").all()
+    assert not summary.loc[~blind, "sanity_flags"].str.contains("detector-not-attacked").any()
+    tables, _ = build_tables(summary, run.model_meta(), ["detection"])
+    marks = daggered(markdown_rows(render_tables(tables, "markdown")), labels=1)
+    assert marks == {("Softmax+KD",): {"FGSM", "C&W"}, ("GM+KD",): set()}
+    latex = render_tables(tables, "latex")
+    assert latex.count(LATEX_DAGGER) == 3 and "(detector-not-attacked)" in latex  # two cells and the caption
+    # robench report's curves table reads the records itself: Softmax's KD row is marked, its no-detector row is not
+    result = CliRunner().invoke(report, [str(root), "--layout", "curves", "--format", "markdown"])
+    assert result.exit_code == 0, result.output
+    curves = {key: bool(cells) for key, cells in daggered(markdown_rows(result.stdout), labels=3).items()}
+    assert curves == {
+        ("gm", "semi-white-box", "-"): False,
+        ("gm", "semi-white-box", "kd"): False,
+        ("soft", "semi-white-box", "-"): False,
+        ("soft", "semi-white-box", "kd"): True,
+    }
+    assert result.stdout.count(BOUND_NOTE) == 1

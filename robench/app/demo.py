@@ -158,7 +158,7 @@ def write_reports(out: Path) -> list[Path]:
     from robench.report.tables import PAPER_LAYOUTS, build_tables, render_tables
 
     run = load_run_dir(out)
-    tables, _ = build_tables(run.summary(), run.model_meta(), None, None, PAPER_LAYOUTS)
+    tables, _ = build_tables(run.flagged_summary(), run.model_meta(), None, None, PAPER_LAYOUTS)
     atomic_write_text(out / "tables.tex", render_tables(tables, "latex", standalone=True))
     atomic_write_text(out / "tables.md", render_tables(tables, "markdown"))
     plot_run_dir(run, out / "plots")

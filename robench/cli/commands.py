@@ -638,7 +638,8 @@ def _cores(threads: int | None, command: str):
     "--sanity/--no-sanity",
     default=True,
     show_default=True,
-    help="Run the sanity probes (gradient masking, determinism, unbounded budget).",
+    help="Run the sanity probes (gradient masking, determinism, unbounded budget); the checks that read the records "
+    "(detector-not-attacked, budget-not-attacked, ...) run either way.",
 )
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option(

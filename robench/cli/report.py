@@ -233,7 +233,7 @@ def report(
         raise ConfigError("--paper-dataset applies with --paper (which paper table's numbers to show)")
     layouts, options, option_notes = resolve_paper_options(paper, layouts, population_name, scale)
     run = load_run_dir(run_dir)
-    summary = run.summary()
+    summary = run.flagged_summary()
     intervals = None
     if ci:
         from robench.report.bootstrap import bootstrap_intervals

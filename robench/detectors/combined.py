@@ -39,7 +39,8 @@ def fit_logistic(clean: np.ndarray, adversarial: np.ndarray, seed: int) -> dict[
         raise ConfigError("kd+bu needs at least 2 clean and 2 adversarial samples to fit its combiner")
     mean, std = features.mean(0), features.std(0)
     std[std == 0] = 1.0
-    model = LogisticRegression(random_state=seed).fit((features - mean) / std, labels)
+    # scikit-learn takes a seed in [0, 2^32); robench's seeds are any 64-bit integer
+    model = LogisticRegression(random_state=seed % 2**32).fit((features - mean) / std, labels)
     return {
         "mean": torch.from_numpy(mean),
         "std": torch.from_numpy(std),

@@ -262,11 +262,14 @@ class KernelDensityDetector(Detector):
             out = out.index_put((rows,), gaussian_kde_log_density(z[rows], self._points[k], self.width).to(out.dtype))
         return out
 
-    def log_density_leaving_out(self, z: Tensor, classes: Tensor) -> Tensor:
-        """log KD_c(z) as :meth:`log_density`, but a training point that ``z`` is (numerically) equal to is left out.
+    def log_density_leaving_out(self, z: Tensor, classes: Tensor, own: Tensor | None = None) -> Tensor:
+        """log KD_c(z) as :meth:`log_density`, but the training point that ``own`` (default ``z``) is (numerically)
+        equal to, row for row, is left out.
 
         For scoring training inputs (an attacker's held-out clean data drawn from the training split): a point's own
-        kernel would otherwise dominate its density (see :meth:`training_nll`, whose matching rule this uses).
+        kernel would otherwise dominate its density (see :meth:`training_nll`, whose matching rule this uses). An
+        input derived from training input i (a noisy copy of it) passes i's features as ``own``: it sits close to
+        i's kernel too, which a new input would not have.
         """
         if not self._points:
             raise ConfigError("kd detector is not fitted")
@@ -274,10 +277,14 @@ class KernelDensityDetector(Detector):
         out = z.new_zeros(z.shape[0], dtype=torch.promote_types(z.dtype, torch.float32))
         for k in classes.unique().tolist():  # a loop over classes, not samples
             rows = (classes == k).nonzero().squeeze(1)
-            points = self._points[k]
+            points = self._points[k].to(out.dtype)
             part = z[rows].to(points.device, out.dtype)
-            sq = torch.cdist(part, points.to(out.dtype), compute_mode="donot_use_mm_for_euclid_dist").pow(2)
-            exact = sq.sqrt() <= 1e-5 * (1.0 + part.norm(dim=1, keepdim=True))
+            distance = torch.cdist(part, points, compute_mode="donot_use_mm_for_euclid_dist")
+            sq = distance.pow(2)
+            source = part if own is None else own[rows].to(points.device, out.dtype)
+            if own is not None:
+                distance = torch.cdist(source, points, compute_mode="donot_use_mm_for_euclid_dist")
+            exact = distance <= 1e-5 * (1.0 + source.norm(dim=1, keepdim=True))
             log_kernel = (-sq / (2.0 * width**2)).masked_fill(exact, float("-inf"))
             count = (~exact).sum(1).clamp_min(1)
             const = 0.5 * z.shape[1] * math.log(2 * math.pi * width**2)

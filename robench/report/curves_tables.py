@@ -19,7 +19,11 @@ import numpy as np
 import pandas as pd
 
 from robench.core.errors import ConfigError
-from robench.report.tables.table import COUNT, HIGH, LOW, METRIC, TEXT, VALUE, Table
+from robench.report.tables.bounds import bound_notes
+from robench.report.tables.table import BOUND, COUNT, HIGH, LOW, METRIC, TEXT, VALUE, Table
+from robench.runs.budget_checks import budget_flags
+from robench.runs.detector_checks import detector_flags, detector_key
+from robench.runs.sanity import BUDGET_NOT_ATTACKED, DETECTOR_NOT_ATTACKED
 from robench.scoring import records as R
 from robench.scoring.audit import (
     BEST,
@@ -30,9 +34,10 @@ from robench.scoring.audit import (
     SUCCESS_RATE,
     attack_audit,
 )
-from robench.scoring.budgets import NORM_LABELS
+from robench.scoring.budgets import NORM_LABELS, Budget
 from robench.scoring.curves import (
     DETECTOR,
+    NO_DETECTOR,
     NORM,
     ROBUST_ACCURACY,
     attack_rows,
@@ -43,6 +48,7 @@ from robench.scoring.curves import (
     robustness_curve,
     smallest_distances,
 )
+from robench.scoring.worst_case import worst_case_label
 
 # The record tables by name, with what each shows (the HTML report's section titles).
 RECORD_TABLES: dict[str, str] = {
@@ -60,14 +66,43 @@ def _short(value: float) -> str | None:
     return f"{value:.3g}" if np.isfinite(value) else None
 
 
+def _flagged(records: pd.DataFrame) -> set[tuple[str, str]]:
+    """(model, threat key) of every flagged ``detector-not-attacked`` and ``budget-not-attacked`` result over the
+    records (their threat keys: ``THREAT/detector:NAME``, ``THREAT/worst-case BUDGET/detector:NAME`` and
+    ``THREAT/worst-case BUDGET``)."""
+    return {(r.model, r.threat) for r in detector_flags(records) + budget_flags(records) if r.flagged}
+
+
+def _bound(flagged: set[tuple[str, str]], key: dict[str, object], budget: Budget | None) -> str:
+    """The checks that make one curve cell a bound in the defense's favour (:mod:`robench.report.tables.bounds`):
+    a detector's curve whose detector no attack of the threat targeted, and the accuracy at a budget no attack of the
+    threat aimed at."""
+    model, threat, detector = str(key[R.MODEL]), str(key[R.THREAT]), str(key[DETECTOR])
+    at_budget = f"{threat}/{worst_case_label(budget)}" if budget is not None else None
+    # the detector flagged threat-wide, or (attacked elsewhere) at this budget alone
+    keys = [detector_key(threat, detector), *([detector_key(at_budget, detector)] if at_budget else [])]
+    checks = []
+    if detector != NO_DETECTOR and any((model, k) in flagged for k in keys):
+        checks.append(DETECTOR_NOT_ATTACKED)
+    if at_budget is not None and (model, at_budget) in flagged:
+        checks.append(BUDGET_NOT_ATTACKED)
+    return ",".join(checks)
+
+
 def curves_table(
     records: pd.DataFrame, resamples: int | None = None, seed: int = 0, distances: pd.DataFrame | None = None
 ) -> Table:
     """The ``curves`` table; ``resamples``: bootstrap intervals on the accuracies (None: none). ConfigError when the
-    records hold no attack."""
+    records hold no attack.
+
+    A detector's row whose detector no attack of the threat targeted (``detector-not-attacked``), and the accuracy
+    at a budget no attack of the threat aimed at (``budget-not-attacked``), carry a dagger (the checks are computed
+    from the records, :mod:`robench.report.tables.bounds`).
+    """
     distances = smallest_distances(records) if distances is None else distances
     if distances.empty:
         raise ConfigError("table 'curves' needs attack records; the run holds only corruptions")
+    flagged = _flagged(records)
     cells = []
     for key, group in curve_groups(distances):
         levels = {
@@ -83,11 +118,13 @@ def curves_table(
             for budget, (_, point) in zip(budgets, curve.iterrows()):
                 cells.append({**levels, "Metric": "Robust Acc. (%)", "Budget": budget.label,
                               METRIC: ROBUST_ACCURACY, VALUE: point[ROBUST_ACCURACY],
-                              LOW: point["low"], HIGH: point["high"], TEXT: None})  # fmt: skip
+                              LOW: point["low"], HIGH: point["high"], TEXT: None,
+                              BOUND: _bound(flagged, key, budget)})  # fmt: skip
         median = median_distance(group)
+        # a distance is no budget's: only its detector can make it a bound (the larger the distance, the better)
         cells.append({**levels, "Metric": "Median distance", "Budget": NORM_LABELS[key[NORM]],
                       METRIC: _MEDIAN[key[NORM]], VALUE: median, LOW: np.nan, HIGH: np.nan,
-                      TEXT: _short(median)})  # fmt: skip
+                      TEXT: _short(median), BOUND: _bound(flagged, key, None)})  # fmt: skip
     frame = pd.DataFrame(cells)
     if not resamples:
         frame = frame.drop(columns=[LOW, HIGH])
@@ -101,6 +138,7 @@ def curves_table(
     )
     if resamples:
         caption += f" Intervals: 95% percentile bootstrap over the samples ({resamples:,} resamples)."
+    caption = " ".join([caption, *bound_notes(frame[BOUND])])
     return Table("curves", caption, "tab:robench-curves", frame, ("Model", "Threat", "Detector"),
                  ("Metric", "Budget"), None)  # fmt: skip
 

@@ -43,6 +43,8 @@ from robench.core.errors import ConfigError, RobenchError
 from robench.core.provenance import jsonable
 from robench.report.bootstrap import bootstrap_intervals
 from robench.report.rundir import RunDir
+from robench.runs.output import SANITY_FLAGS
+from robench.runs.sanity import DETECTOR_NOT_ATTACKED
 from robench.scoring import records as R
 from robench.scoring.budgets import budgets_of
 from robench.scoring.metrics import COUNT, DETECTOR, NO_DETECTOR
@@ -78,8 +80,17 @@ COLUMNS: dict[str, str] = {
     "broke_most_samples": "how many clean-correct samples broke_most broke first",
     "versions": "package versions the run recorded (name=version; ...)",
     "git_revision": "robench's git revision the run recorded",
+    SANITY_FLAGS: (
+        "the flagged sanity checks of the row's summary rows, comma-separated (empty when none): as summary.csv's, "
+        "recomputed from the records where they are record checks; a check that flags only some detectors' figures "
+        "(detector-not-attacked: their survival_detected columns are upper bounds) is named once per detector, "
+        "CHECK:DETECTOR"
+    ),
 }
 DETECTOR_METRIC = "survival_detected"
+# Checks about one detector's figures (robench.runs.detector_checks): named with their detector even when every
+# detector of a row carries them, so that a reader knows which survival_detected columns they concern.
+_PER_DETECTOR = (DETECTOR_NOT_ATTACKED,)
 
 _MIXED = "mixed"
 
@@ -296,6 +307,27 @@ def _broke_most(unit: _Unit, group: pd.DataFrame, worst: pd.DataFrame) -> tuple[
     return (best, counts[best]) if counts[best] > 0 else (None, 0)
 
 
+def row_flags(point: pd.DataFrame) -> str:
+    """One export row's ``sanity_flags`` from its summary rows (one per detector, each with ``sanity_flags``).
+
+    A check every summary row carries is the row's and is named as it is; one that only some detectors' rows carry
+    says something about those detectors' columns alone and is named ``CHECK:DETECTOR`` for each of them.
+    """
+    carried: dict[str, list[str]] = {}  # check -> the detectors whose rows carry it, in order
+    for detector, flags in zip(point[DETECTOR], point[SANITY_FLAGS].fillna("")):
+        for name in str(flags).split(","):
+            if name.strip():
+                carried.setdefault(name.strip(), []).append(str(detector))
+    detectors = list(point[DETECTOR].astype(str))
+    names = []
+    for name, by in carried.items():
+        if set(by) >= set(detectors) and name not in _PER_DETECTOR:
+            names.append(name)
+        else:
+            names += [f"{name}:{detector}" for detector in by]
+    return ",".join(names)
+
+
 def _float(value: Any) -> float | None:
     value = float(value)
     return value if math.isfinite(value) else None
@@ -306,7 +338,7 @@ def export_table(run_dir: RunDir, *, n_resamples: int = 1000, seed: int = 0) -> 
     detector columns (:func:`detector_columns`), None where a value is not defined or not recorded."""
     records = R.with_crafted_on(run_dir.records)
     records = records[~worst_case_mask(records)]
-    summary = run_dir.summary()
+    summary = run_dir.flagged_summary()
     intervals = bootstrap_intervals(records, n_resamples=n_resamples, level=LEVEL, seed=seed)
     worst = worst_case_records(records)
     group_keys = [R.MODEL, R.THREAT, R.CRAFTED_ON]
@@ -350,6 +382,7 @@ def export_table(run_dir: RunDir, *, n_resamples: int = 1000, seed: int = 0) -> 
                 "broke_most_samples": broke_count,
                 "versions": _versions(runs),
                 "git_revision": _joined([r.get("git_revision") for r in runs]),
+                SANITY_FLAGS: row_flags(point),
             }
             for detector in point[DETECTOR]:
                 if detector == NO_DETECTOR:
@@ -506,6 +539,7 @@ def robustbench_info(run_dir: RunDir, *, n_resamples: int = 1000, seed: int = 0)
                 "attacks": row["attacks"],
                 "broke_most": row["broke_most"],
                 "cascade": row[R.CASCADE],
+                "sanity_flags": row[SANITY_FLAGS],
                 "settings": config.get("settings") or {},
                 "image_passes": {k[len(prefix) :]: v for k, v in passes.items() if str(k).startswith(prefix)},
                 "git_revision": row["git_revision"],

@@ -235,7 +235,8 @@ def versions_frame(run: RunDir) -> pd.DataFrame:
 
 def sanity_frame(run: RunDir) -> tuple[pd.DataFrame | None, list[str]]:
     """The sanity checks of the run: RUN_DIR/sanity.csv (a suite's, with the record checks over all pairs)
-    if there is one, else every run.json's ``sanity`` entries; None when the run checked nothing."""
+    if there is one, else every run.json's ``sanity`` entries, plus the record checks neither holds, recomputed from
+    the records (:meth:`RunDir.record_checks`); None when nothing was checked."""
     notes: list[str] = []
     top = run.path / SANITY_FILE if run.path.is_dir() else run.path.parent / SANITY_FILE
     frame = None
@@ -262,6 +263,19 @@ def sanity_frame(run: RunDir) -> tuple[pd.DataFrame | None, list[str]]:
             if isinstance(e, Mapping)
         ]
         frame = pd.DataFrame(entries).reindex(columns=list(SANITY_COLUMNS)) if entries else None
+    # the record checks the runs did not record (--no-sanity, outputs older than a check) are recomputed, as the
+    # tables' marks are (RunDir.flagged_summary): a dagger there always has its check here
+    computed = run.record_checks()
+    if frame is not None and len(frame):
+        recorded = set(zip(frame[R.MODEL].astype(str), frame[R.THREAT].astype(str), frame["check"].astype(str)))
+        keys = zip(computed[R.MODEL].astype(str), computed[R.THREAT].astype(str), computed["check"].astype(str))
+        computed = computed[[key not in recorded for key in keys]]
+    if len(computed):
+        notes.append(
+            f"sanity: {len(computed)} result(s) of the record checks ({', '.join(dict.fromkeys(computed['check']))}) "
+            "recomputed from the records: the runs did not record them"
+        )
+        frame = computed if frame is None or frame.empty else pd.concat([frame, computed], ignore_index=True)
     if frame is None or frame.empty:
         return None, notes
     frame = one_per_check(frame[list(SANITY_COLUMNS)])

@@ -9,7 +9,9 @@ source of truth (summaries are recomputed from them, never read).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,9 @@ import pandas as pd
 
 from robench.core.errors import ConfigError, RobenchError
 from robench.core.files import MAX_JSON_BYTES, UserFileError, read_user_file
+from robench.runs.output import with_sanity_flags
+from robench.runs.record_checks import record_check_results
+from robench.runs.sanity import RECORD_CHECK, SANITY_CHECKS, TABLE_COLUMNS, attack_names_of, flag_values, sanity_table
 from robench.scoring import records as R
 from robench.scoring.metrics import summarize
 
@@ -52,6 +57,51 @@ class RunDir:
     def summary(self) -> pd.DataFrame:
         """``metrics.summarize`` of the records, each group with only the detectors it was scored by."""
         return summarize_run(self.records)
+
+    def flagged_summary(self) -> pd.DataFrame:
+        """:meth:`summary` with its ``sanity_flags`` column (:func:`robench.runs.output.with_sanity_flags`) from
+        :meth:`sanity`: what tables and exports built from a run directory start from, so that a bound in the
+        defense's favour is marked whether or not the run wrote its sanity checks."""
+        return with_sanity_flags(self.summary(), self.sanity())
+
+    def sanity(self) -> pd.DataFrame:
+        """The run's sanity table (``robench.runs.sanity.TABLE_COLUMNS``): :meth:`record_checks`, then the other
+        checks (model probes, configuration checks) as each run.json recorded them."""
+        frames = [frame for frame in (self._record_checks, _recorded_checks(self.runs)) if len(frame)]
+        if not frames:
+            return sanity_table([])
+        return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].copy()
+
+    def record_checks(self) -> pd.DataFrame:
+        """The record checks (:func:`robench.runs.record_checks.record_check_results`) recomputed from the records.
+
+        They are a pure function of the records, taken over every run below the folder at once (as a suite takes
+        them over its pairs), so they hold for records whose run wrote none (``--no-sanity``, outputs older than a
+        check) and for records gathered from several runs.
+        """
+        return self._record_checks.copy()
+
+    @cached_property
+    def _record_checks(self) -> pd.DataFrame:
+        # cached: one report reads them for its tables, its export and its sanity section
+        return sanity_table(record_check_results(self.records, attack_names_of(self.runs)))
+
+
+def _recorded_checks(runs: list[dict]) -> pd.DataFrame:
+    """The checks other than the record checks from the run.json files' ``sanity`` entries (TABLE_COLUMNS)."""
+    record_checks = {name for name in SANITY_CHECKS.names() if SANITY_CHECKS.get(name).kind == RECORD_CHECK}
+    entries = [
+        entry
+        for run in runs
+        if isinstance(run.get("sanity"), list)
+        for entry in run["sanity"]
+        if isinstance(entry, Mapping) and entry.get("check") not in record_checks
+    ]
+    if not entries:
+        return sanity_table([])
+    frame = pd.DataFrame(entries).reindex(columns=TABLE_COLUMNS)
+    # run.json is read, not trusted: a flag may come back as text
+    return frame.assign(flagged=flag_values(frame["flagged"]))
 
 
 def summarize_run(records: pd.DataFrame) -> pd.DataFrame:

@@ -80,6 +80,22 @@ class BatchResult:
         )
 
 
+def aimed_detectors(attack: Attack, scored: list[str], density: AttackerDensity | None, *, transfer: bool) -> str:
+    """The ``attack_detectors`` of an attack's records: the evaluated model's detectors it descended on.
+
+    Crafted on a substitute, it descended on the substitute's own detectors: they are kept as ``substitute:NAME``,
+    which names no scored detector, so the evaluated model's detector counts as not attacked. A KD term on an
+    estimator other than the scored one (other settings: ``kd_per_class``, ``kd_bandwidth``, the reference copy's
+    kernel) is not an attack on the scored KD either.
+    """
+    aimed = attack.attacked_detectors(scored)
+    if transfer:
+        return ",".join(f"{R.SUBSTITUTE_DETECTOR}{d}" for d in aimed)
+    if density is not None and not density.is_scored:
+        aimed = tuple(d for d in aimed if d != "kd")
+    return ",".join(aimed)
+
+
 def attack_batch(
     bundle: ModelBundle,
     crafting: ModelBundle,
@@ -148,7 +164,9 @@ def attack_batch(
         R.ATTACK_EPS: np.full(len(y), attack_eps(attack), dtype=float),
         # the batch's passes shared evenly: an attack's records sum to its passes, whatever the batches
         R.IMAGE_PASSES: np.full(len(y), passes.images / max(len(y), 1), dtype=float),
-        R.ATTACK_DETECTORS: np.full(len(y), ",".join(attack.attacked_detectors(list(detectors))), dtype=object),
+        R.ATTACK_DETECTORS: np.full(
+            len(y), aimed_detectors(attack, list(detectors), density, transfer=crafting is not bundle), dtype=object
+        ),
     }
     raw: dict[str, np.ndarray] = {}
     combined = C.combined_detectors(detectors)

@@ -17,6 +17,12 @@ is not judged. Records written before the column existed are taken as detector-b
 Each result's threat is :func:`detector_key` (``THREAT/detector:NAME``): the summary
 (:func:`robench.runs.output.with_sanity_flags`) attaches it to every row of that threat whose
 detector is NAME, the per-attack and the worst-case rows alike, and to no row of another detector.
+
+A worst case at a budget is a figure of the attacks run at that budget. A detector that some attack
+of the threat targets, but none at a budget (a bounded attack in the budget's norm at its eps, or
+an unbounded one of its norm: :func:`robench.scoring.worst_case.budget_attacked`), is flagged there
+alone: the result's threat is ``THREAT/worst-case BUDGET/detector:NAME``, which the summary attaches
+to that worst-case row of that detector.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ import pandas as pd
 
 from robench.runs.sanity import DETECTOR_NOT_ATTACKED, SanityResult
 from robench.scoring import records as R
-from robench.scoring.worst_case import worst_case_mask
+from robench.scoring.budgets import budgets_of
+from robench.scoring.worst_case import budget_attacked, worst_case_label, worst_case_mask
 
 DETECTOR_KEY = "detector:"  # between a threat's name and a detector's in the key of a per-detector flag
 
@@ -81,4 +88,29 @@ def detector_flags(records: pd.DataFrame) -> list[SanityResult]:
                     DETECTOR_NOT_ATTACKED, model, detector_key(threat, detector), bool(missed), share, 0.0, detail
                 )
             )
+    return out + _budget_flags(records, seen)
+
+
+def _budget_flags(
+    records: pd.DataFrame, seen: dict[tuple[str, str], dict[str, dict[str, list[str]]]]
+) -> list[SanityResult]:
+    """Per model x threat x budget x detector that the threat's attacks target (every crafting model's), flagged
+    where none of those attacks ran at the budget (module docstring); only the flagged ones are returned."""
+    out = []
+    for (model, threat), group in records.groupby([R.MODEL, R.THREAT], sort=False):
+        for detector, by_crafting in seen.get((str(model), str(threat)), {}).items():
+            attackers = {a for attacks in by_crafting.values() for a in attacks}
+            if not attackers or not all(by_crafting.values()):  # the threat-wide flag covers every row already
+                continue
+            aimed = group[group[R.ATTACK].astype(str).isin(attackers)]
+            for budget in budgets_of(group):
+                if budget_attacked(aimed, budget) is not False:  # attacked there, or records without norm and eps
+                    continue
+                label = worst_case_label(budget)
+                detail = (
+                    f"{detector}: no attack on it ran at {budget.label} (attacked by {', '.join(sorted(attackers))} "
+                    f"elsewhere); its {label} figures are upper bounds"
+                )
+                key = detector_key(f"{threat}/{label}", detector)
+                out.append(SanityResult(DETECTOR_NOT_ATTACKED, str(model), key, True, 1.0, 0.0, detail))
     return out

@@ -16,9 +16,17 @@ thresholds on clean data of its own:
   up in comparable units) and the *level* (their median).
 - KD+BU: the scored regression is fitted after the attacks on a split of the attacked samples
   (:mod:`robench.scoring.combiner`), so the attacker fits its own as Feinman et al. do: on the first half of the
-  held-out inputs, clean and noisy ones (Gaussian noise of the adversarial L2 norm) against detector-blind
-  adversarial ones (PGD on the defense's adaptive objective at the family's L-inf budget, :data:`COMBINER_PGD`);
-  its thresholds then come from the second half only.
+  held-out inputs, the clean-correct ones clean and noisy (Gaussian noise of the adversarial L2 norm) against
+  the detector-blind adversarial ones that fool the model (PGD on the defense's adaptive objective at the
+  family's L-inf budget, :data:`COMBINER_PGD`), as the scored regression picks its rows; its thresholds then come
+  from the second half only. Every [KD, BU] row derived from a training input, noisy and adversarial ones too,
+  leaves that input's kernel out. With fewer than two such adversarial (or clean) inputs there is nothing to fit
+  a regression on, and the run stops with a :class:`~robench.core.errors.ConfigError` saying so: an attacker
+  without a regression cannot aim at KD+BU, and a stand-in regression would be a different detector.
+
+Randomness: the held-out permutation is seeded by the run seed itself; the PGD random starts, the noise and the
+regression each by a seed derived from it for that purpose (:func:`~robench.runs.part_work.derive_seed`), reduced
+to what the consumer accepts, so every run seed the command line allows works.
 
 Training inputs look a little cleaner to most detectors than test inputs, so these thresholds err high: the
 attacker aims at a stricter level than the scorer's (set on the evaluated samples' clean scores), which can
@@ -44,6 +52,7 @@ from robench.detectors import Detector, threshold_at_fpr
 from robench.detectors.combined import KDBUDetector, fit_logistic
 from robench.detectors.kd import KernelDensityDetector
 from robench.runs.detection import clean_scores
+from robench.runs.part_work import derive_seed
 from robench.scoring import combiner as C
 from robench.scoring.metrics import FLAG_FPR
 
@@ -51,6 +60,15 @@ HELD_OUT = 1000  # training inputs the attacker calibrates on (all of a smaller 
 COMBINER_PGD = {"steps": 20, "random_start": True, "objective": "adaptive"}  # the family's eps and step (PGD's)
 _BATCH = 250
 _IQR_TO_STD = 1.349  # the interquartile range of a normal distribution, in standard deviations
+_SKLEARN_SEEDS = 2**32  # scikit-learn's random_state takes 0 .. 2**32 - 1
+MIN_FIT_ROWS = C.MIN_ROWS  # fewest clean-correct and fooling inputs the attacker's regression is fitted on
+
+
+def knowledge_seed(seed: int, purpose: str) -> int:
+    """The seed (0 .. 2**63 - 1, any torch generator takes it) of one random draw of the attacker's knowledge,
+    derived from the run seed (any integer) and the draw's ``purpose``: draws for different purposes are
+    independent, and none depends on another's count of draws."""
+    return derive_seed(seed, "attacker-knowledge", purpose)
 
 
 def held_out_indices(n_train: int, seed: int) -> Tensor:
@@ -72,11 +90,12 @@ def _training_score(bundle: ModelBundle, detector: Detector, forward: Forward) -
     return detector.score(bundle.model, bundle.defense, forward)
 
 
-def _pair_features(bundle: ModelBundle, detector: KDBUDetector, forward: Forward, training: bool) -> Tensor:
-    """KD+BU's raw [KD, BU] pair (N x 2, float64), KD leaving a training input's own kernel out."""
-    if not training:
+def _pair_features(bundle: ModelBundle, detector: KDBUDetector, forward: Forward, own: Tensor | None) -> Tensor:
+    """KD+BU's raw [KD, BU] pair (N x 2, float64) of ``forward``'s inputs, derived row for row from the training
+    inputs whose features are ``own`` (KD leaves their kernels out), or from no training input (None)."""
+    if own is None:
         return detector.raw_features(bundle.model, bundle.defense, forward).double()
-    kd = detector.kd.log_density_leaving_out(forward.z, forward.predicted)
+    kd = detector.kd.log_density_leaving_out(forward.z, forward.predicted, own)
     bu = detector.bu.score(bundle.model, bundle.defense, forward)
     return torch.stack([kd.double(), bu.double()], dim=1)
 
@@ -89,30 +108,51 @@ def fit_attacker_combiner(
     family: str,
     device: torch.device,
     seed: int,
+    name: str = "kd+bu",
 ) -> tuple[dict[str, Tensor], dict[str, int]]:
-    """The attacker's own KD+BU regression, fitted on training inputs ``x``: clean and noisy (negatives) against
-    detector-blind PGD outputs that fool the model (positives); the regression and the counts it saw."""
+    """The attacker's own KD+BU regression, fitted on training inputs ``x``: the clean-correct ones clean and noisy
+    (negatives) against their detector-blind PGD outputs that fool the model (positives), as the scored regression
+    picks its rows (:func:`robench.scoring.combiner.fit_group`); the regression and the counts it saw.
+
+    ``seed`` is the run seed (any integer); ``name`` the detector's, for the error raised when there are fewer than
+    :data:`MIN_FIT_ROWS` rows on either side to fit on."""
     bounds = Bounds(*bundle.meta.value_range)
     target = AttackTarget(bundle.model, bundle.defense, bounds)
     attack = PGD.for_dataset(family, COMBINER_PGD)
-    generator = torch.Generator().manual_seed(seed)
-    noise = torch.Generator().manual_seed(seed + 1)
+    generator = torch.Generator().manual_seed(knowledge_seed(seed, "kdbu-pgd"))
+    noise = torch.Generator().manual_seed(knowledge_seed(seed, "kdbu-noise"))
     clean, noisy, adversarial = [], [], []
+    n_correct = 0
     for i in range(0, len(x), _BATCH):
         xb, yb = x[i : i + _BATCH].to(device), y[i : i + _BATCH].to(device)
         result = attack(target, xb, yb, None, generator=generator)
         with torch.no_grad():
             forward = Forward.of(bundle.model, xb)
+            own = forward.z  # every row below comes from one of these training inputs: its kernel is left out
             correct = (forward.predicted == yb).cpu()
+            # an input the model already gets wrong is no adversarial example, nor a clean one the regression learns
+            fooled = correct & result.success.cpu()
             noisy_x = C.noisy_like(xb, result.x_adv, bounds.low, bounds.high, noise)
-            clean.append(_pair_features(bundle, detector, forward, training=True).cpu()[correct])
-            noisy.append(_pair_features(bundle, detector, Forward.of(bundle.model, noisy_x), False).cpu()[correct])
-            adversarial.append(_pair_features(bundle, detector, result.forward, False).cpu()[result.success.cpu()])
-    negatives = torch.cat(clean + noisy)
-    positives = torch.cat(adversarial)
-    combiner = fit_logistic(negatives.numpy(), positives.numpy(), seed)
-    return combiner, {"clean": int(sum(len(c) for c in clean)), "noisy": int(sum(len(n) for n in noisy)),
-                      "adversarial": len(positives)}  # fmt: skip
+            rows = (
+                (clean, forward, correct),
+                (noisy, Forward.of(bundle.model, noisy_x), correct),
+                (adversarial, result.forward, fooled),
+            )
+            for kept, kind, keep in rows:
+                features = _pair_features(bundle, detector, kind, own).cpu()
+                kept.append(features[keep & torch.isfinite(features).all(dim=1)])  # as the scored fit: finite rows
+            n_correct += int(correct.sum())
+    negatives, positives = torch.cat(clean + noisy), torch.cat(adversarial)
+    n_clean = sum(len(c) for c in clean)
+    if n_clean < MIN_FIT_ROWS or len(positives) < MIN_FIT_ROWS:
+        raise ConfigError(
+            f"detector '{name}': the attacker cannot fit its own KD+BU regression: of the {len(x)} held-out "
+            f"training inputs it fits on, {n_correct} are classified correctly and detector-blind "
+            f"PGD-{COMBINER_PGD['steps']} at L-inf {attack.eps:g} fooled the model on {len(positives)} of them; "
+            f"it needs at least {MIN_FIT_ROWS} of each"
+        )
+    combiner = fit_logistic(negatives.numpy(), positives.numpy(), knowledge_seed(seed, "kdbu-fit") % _SKLEARN_SEEDS)
+    return combiner, {"clean": n_clean, "noisy": sum(len(n) for n in noisy), "adversarial": len(positives)}
 
 
 def _robust_scale(scores: Tensor) -> float:
@@ -136,7 +176,10 @@ def attacker_knowledge(
     fpr: float = FLAG_FPR,
 ) -> dict[str, dict[str, Any]]:
     """Per scored detector: the attacker's ``threshold``, ``scale``, ``level``, the inputs they were set on and, for
-    KD+BU, its own regression (``combiner``, tensors on the CPU)."""
+    KD+BU, its own regression (``combiner``, tensors on the CPU).
+
+    ``seed`` is the run seed, any integer: it picks the held-out inputs (:func:`held_out_indices`) and, through
+    :func:`knowledge_seed`, KD+BU's random draws."""
     index = held_out_indices(len(train), seed)
     if len(index) < 4:
         raise ConfigError(
@@ -149,12 +192,14 @@ def attacker_knowledge(
     for name, detector in detectors.items():
         entry: dict[str, Any] = {"held_out": len(index), "source": "training split (seeded subset)"}
         if isinstance(detector, KDBUDetector):
-            combiner, counts = fit_attacker_combiner(bundle, detector, x[:half], y[:half], family, device, seed)
+            # fitted on the first half, thresholds from the second: the regression's own fit rows would score
+            # as cleaner than the inputs it never saw
+            combiner, counts = fit_attacker_combiner(bundle, detector, x[:half], y[:half], family, device, seed, name)
             features = []
             with torch.no_grad():
                 for i in range(half, len(index), _BATCH):
                     forward = Forward.of(bundle.model, x[i : i + _BATCH].to(device))
-                    features.append(_pair_features(bundle, detector, forward, training=True).cpu())
+                    features.append(_pair_features(bundle, detector, forward, forward.z).cpu())
             scores = C.combiner_scores(combiner, torch.cat(features))
             entry.update(combiner={k: v.detach().cpu() for k, v in combiner.items()}, combiner_fit=counts)
             entry["calibrated_on"] = len(index) - half
@@ -203,10 +248,12 @@ def knowledge_info(knowledge: Mapping[str, Mapping[str, Any]]) -> dict[str, dict
 
 __all__ = [
     "HELD_OUT",
+    "MIN_FIT_ROWS",
     "attacker_knowledge",
     "clean_training_scores",
     "fit_attacker_combiner",
     "held_out_indices",
     "known_detectors",
     "knowledge_info",
+    "knowledge_seed",
 ]

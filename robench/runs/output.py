@@ -77,6 +77,8 @@ def with_sanity_flags(summary: pd.DataFrame, sanity: pd.DataFrame) -> pd.DataFra
                 (row[R.MODEL], row[R.THREAT]),
                 (row[R.MODEL], f"{row[R.THREAT]}/{row[R.ATTACK]}"),  # a per-attack check (attacker-estimator-differs)
                 (row[R.MODEL], detector_key(row[R.THREAT], row.get(DETECTOR))),  # a per-detector check
+                # ... and one at a budget (detector-not-attacked on a worst-case row)
+                (row[R.MODEL], detector_key(f"{row[R.THREAT]}/{row[R.ATTACK]}", row.get(DETECTOR))),
             )
             for n in flags.get(key, "").split(",")
             if n

@@ -295,11 +295,10 @@ class RunPlan:
         combined = combined_detectors(detectors)
         if combined:  # fitted on a held-out split of each group's samples, scored on the rest
             records = combine(records, combined)
-        sanity = (
-            _sanity(prepared, records, model_name, report.probes, self.densities.info(report.densities))
-            if config.sanity
-            else pd.DataFrame()
-        )
+        # --no-sanity skips the probes (model passes) only: the checks that read the records cost nothing, and a
+        # detector-aware figure must carry its flag however the run was called (a suite runs them always too)
+        probes = report.probes if config.sanity else []
+        sanity = _sanity(prepared, records, model_name, probes, self.densities.info(report.densities))
         summary = with_sanity_flags(summarize(records), sanity)
         info = {
             "config": jsonable(dataclasses.asdict(config)),

@@ -62,6 +62,7 @@ IMAGE_PASSES = "attack_image_passes"
 ATTACK_NORM = "attack_norm"
 ATTACK_EPS = "attack_eps"
 ATTACK_DETECTORS = "attack_detectors"
+SUBSTITUTE_DETECTOR = "substitute:"  # in attack_detectors: a detector of the substitute the attack was crafted on
 BROKEN_BY = "broken_by"
 _SCORE_CLEAN = "score_clean:"
 _SCORE_ADV = "score_adv:"
@@ -104,7 +105,8 @@ COLUMNS: tuple[Column, ...] = (
         ATTACK_DETECTORS,
         "str",
         "the scored detectors the attack descended on, comma-separated in the run's order ('' for a detector-blind "
-        "attack; robench.attacks.base.Attack.attacked_detectors)",
+        "attack; robench.attacks.base.Attack.attacked_detectors); 'substitute:NAME' for a substitute's own detector "
+        "in a transfer threat, which is not the evaluated model's",
     ),
     Column(ORDER, "int", "the attack's place in its threat's cascade order, cheapest first (robench.scoring.cascade)"),
     Column(

@@ -4,6 +4,7 @@ configuration, batched = one at a time, and the threats that refuse a detector-a
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import ClassVar
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from robench.attacks.base import ATTACKS, AttackTarget, Bounds
-from robench.attacks.cw_wb import CarliniWagnerWhiteBox, level_penalty, target_score
+from robench.attacks.cw_wb import CarliniWagnerWhiteBox, _Draws, level_penalty, target_score
 from robench.attacks.detector_terms import KnownDetector
 from robench.attacks.targets import choose_targets
 from robench.core.data import load_dataset
@@ -167,13 +168,36 @@ def test_bu_with_an_expectation_over_dropout_masks(trained_dropout):
     assert above > plain_above + 0.2
 
 
+def test_a_bu_candidate_is_kept_only_where_an_independent_estimate_reaches_the_level(trained_dropout):
+    """The smallest output yet must reach the level again on fresh masks (as many passes as the scorer draws):
+    one noisy estimate would let through iterates whose expected score lies below it."""
+    model, defense, data = trained_dropout
+    known = known_detector("bu", model, defense, data.train.x[-300:])
+    x, y, targets = inputs(data, model, 8)
+    target = AttackTarget(model, defense, UNIT, known_detectors=(known,))
+    attack = CarliniWagnerWhiteBox(**FAST, detector="bu", eot=4)
+    forward = Forward.of(model, x)
+    candidates = torch.tensor([True, False] * 4)
+
+    def kept(level: float) -> torch.Tensor:
+        draws = _Draws(dataclasses.replace(known, level=level), torch.Generator().manual_seed(0))
+        return attack._confirmed(target, forward, targets, draws, candidates)
+
+    assert kept(1e9).tolist() == [False, True] * 4  # unreachable: every candidate dropped, the others untouched
+    assert kept(-1e9).all()
+    # a deterministic detector's f_2 needs no second look
+    max_prob = known_detector("max-prob", model, defense, data.train.x[-300:])
+    draws = _Draws(dataclasses.replace(max_prob, level=1e9), torch.Generator().manual_seed(0))
+    assert attack._confirmed(target, forward, targets, draws, candidates).all()
+
+
 def test_bu_criterion_judged_again_in_fp32(trained_dropout):
     """At bf16 the criterion is judged again in fp32, on masks from a fixed seed: every success meets it there."""
     model, defense, data = trained_dropout
     known = known_detector("bu", model, defense, data.train.x[-300:])
     x, y, targets = inputs(data, model, 8)
     target = AttackTarget(model, defense, UNIT, known_detectors=(known,), precision="bf16")
-    attack = CarliniWagnerWhiteBox(**{**FAST, "steps": 50}, detector="bu", eot=4)
+    attack = CarliniWagnerWhiteBox(**FAST, detector="bu", eot=4)
     result = attack(target, x, y, targets, generator=torch.Generator().manual_seed(0))
     fp32 = AttackTarget(model, defense, UNIT, known_detectors=(known,))
     criterion = attack.criterion(fp32, x, y, targets, result.forward)
@@ -210,10 +234,14 @@ def test_kd_bu_through_the_attackers_regression(trained_dropout):
     result = CarliniWagnerWhiteBox(**FAST, detector="kd+bu", eot=4)(
         target, x, y, targets, generator=torch.Generator().manual_seed(0)
     )
-    assert result.success.sum() >= 5
-    assert (result.predicted[result.success] == targets[result.success]).all()
+    # a success is confirmed on a 20-pass estimate (the scorer's passes), so fewer are claimed than reach the target
+    # (measured: 2 of 12, 7 reach it); every output that reaches the target counts against the scored detector
+    hit = result.predicted == targets
+    assert result.success.sum() >= 2 and bool((hit | ~result.success).all())
     plain = ATTACKS.get("cw-l2")(**FAST)(AttackTarget(model, defense, UNIT), x, y, targets, generator=torch.Generator())
-    unflagged = (detector.score(model, defense, result.forward) >= known.threshold)[result.success].float().mean()
+    unflagged_hits = (detector.score(model, defense, result.forward) >= known.threshold) & hit
+    assert int(unflagged_hits.sum()) >= 5
+    unflagged = unflagged_hits[hit].float().mean()
     plain_unflagged = (detector.score(model, defense, plain.forward) >= known.threshold)[plain.success].float().mean()
     assert unflagged > plain_unflagged + 0.4
 

@@ -131,3 +131,73 @@ def test_the_check_is_registered_with_its_citations():
     check = SANITY_CHECKS.get(DETECTOR_NOT_ATTACKED)
     assert check.kind == "records"
     assert "Carlini & Wagner 2017" in check.citation and "Tramer et al. 2020" in check.citation
+
+
+def _at(threat: str, attack: str, aimed: str, norm: str, eps: float, seed: int) -> pd.DataFrame:
+    budgets = "linf:0.1;linf:0.3;l2:1.0"
+    return _attack(threat, attack, aimed, seed=seed).assign(
+        **{R.ATTACK_NORM: norm, R.ATTACK_EPS: eps, R.BUDGETS: budgets}
+    )
+
+
+def test_a_detector_attacked_at_some_budgets_is_flagged_on_the_worst_case_of_the_others():
+    """KD is attacked at L-inf 0.3 (a bounded attack at that eps) and at L2 1 (an unbounded L2 attack, which counts
+    for every L2 budget), not at L-inf 0.1, where only a detector-blind PGD ran: that worst case alone is flagged
+    for KD. max-prob, attacked nowhere, carries the threat-wide flag instead (no per-budget results for it)."""
+    records = pd.concat(
+        [
+            _at("t", "PGD", "", "linf", 0.1, 0),
+            _at("t", "SPGD[kd]", "kd", "linf", 0.3, 1),
+            _at("t", "C&W-wb", "kd", "l2", float("nan"), 2),
+        ],
+        ignore_index=True,
+    )
+    assert _flags(records) == {
+        "t/detector:kd": False,
+        "t/detector:max-prob": True,
+        "t/worst-case Linf 0.1/detector:kd": True,
+    }
+    summary = with_sanity_flags(summarize(records), sanity_table(detector_flags(records)))
+    kd = summary[summary[DETECTOR] == "kd"].set_index(R.ATTACK)[SANITY_FLAGS]
+    assert kd["worst-case Linf 0.1"] == DETECTOR_NOT_ATTACKED
+    assert kd["worst-case Linf 0.3"] == kd["worst-case L2 1"] == kd["SPGD[kd]"] == kd["PGD"] == ""
+    # the same attacks without their norm and eps (older records): nothing to judge per budget
+    old = records.drop(columns=[R.ATTACK_NORM, R.ATTACK_EPS])
+    assert "t/worst-case Linf 0.1/detector:kd" not in _flags(old)
+
+
+def test_what_an_attacks_records_say_it_attacked():
+    """The scored detectors an attack descended on; crafted on a substitute, the substitute's (which name no
+    scored detector); a KD term on another estimator than the scored KD is no attack on it."""
+    from robench.attacks.base import ATTACKS
+    from robench.runs.attack_batch import aimed_detectors
+
+    scored = ["kd", "bu", "max-prob"]
+    cw_wb, spgd = ATTACKS.get("cw-wb")(), ATTACKS.get("selective-pgd")(detector="all")
+    own, other = SimpleNamespace(is_scored=True), SimpleNamespace(is_scored=False)
+    assert aimed_detectors(cw_wb, scored, own, transfer=False) == "kd"
+    assert aimed_detectors(cw_wb, scored, other, transfer=False) == ""
+    assert aimed_detectors(cw_wb, scored, other, transfer=True) == "substitute:kd"
+    assert aimed_detectors(spgd, scored, None, transfer=False) == "kd,bu,max-prob"
+    assert aimed_detectors(ATTACKS.get("pgd")(), scored, None, transfer=False) == ""
+    # a transfer attack's records leave the evaluated model's KD not attacked
+    records = _attack("bb", "C&W-wb", "substitute:kd", crafted_on="s")
+    assert _flags(records)["bb/detector:kd"]
+
+
+def test_a_run_without_its_probes_still_flags_a_detector_no_attack_targeted():
+    """--no-sanity skips the model probes, not the checks that read the records."""
+    from pathlib import Path
+
+    from robench.runs.runner import RunConfig, run
+
+    model = Path(__file__).resolve().parents[2] / "reports" / "regression" / "models" / "softmax.pt"
+    config = RunConfig(
+        model=model, threat="semi-white-box", n=8, batch_size=8, device="cpu", attacks=("FGSM",),
+        detectors=("max-prob",), sanity=False,
+    )  # fmt: skip
+    result = run(config, progress=False)
+    mine = result.sanity[result.sanity["check"] == DETECTOR_NOT_ATTACKED]
+    assert mine["flagged"].tolist() == [True]
+    assert (result.summary[SANITY_FLAGS] == DETECTOR_NOT_ATTACKED).all()
+    assert not result.sanity["check"].str.contains("gradient").any()  # no probe ran

@@ -19,6 +19,8 @@ Modules, one job each:
 - :mod:`.layouts`: :class:`Layout`, the cell builders and the ``LAYOUTS`` registry;
 - :mod:`.build`: :func:`build_table` / :func:`build_tables`, a layout applied to a summary;
 - :mod:`.format`: numbers as displayed, best-value marks, the display frame;
+- :mod:`.bounds`: the dagger on cells that are bounds in the defense's favour (a summary row's ``sanity_flags``:
+  ``detector-not-attacked``, ``budget-not-attacked``) and the caption's sentence on it;
 - :mod:`.render`: LaTeX, Markdown, CSV and HTML;
 - :mod:`.paper_columns`: a paper's own numbers (``reports/reproduce/papers.csv``, :mod:`robench.report.paper`)
   beside robench's, each column split into ``robench`` and ``paper``.
@@ -29,6 +31,7 @@ Modules, one job each:
 
 from __future__ import annotations
 
+from robench.report.tables.bounds import DAGGER
 from robench.report.tables.build import DATASET_LEVEL, build_table, build_tables, metric_notes
 from robench.report.tables.format import NA, best_mask, cell_text, display_frame, format_value
 from robench.report.tables.labels import DOWN, UP, ModelInfo, detector_label, metric_header, model_infos
@@ -60,6 +63,7 @@ from robench.report.tables.table import Table
 __all__ = [
     "ACCURACY_THREATS",
     "COMPACT_LATEX",
+    "DAGGER",
     "DATASET_LEVEL",
     "DEFAULT_OPTIONS",
     "DEFAULT_ORDER",

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from robench.core.errors import ConfigError
+from robench.report.tables.bounds import bound_notes, with_bounds
 from robench.report.tables.labels import model_infos
 from robench.report.tables.layouts import (
     DEFAULT_OPTIONS,
@@ -19,7 +20,7 @@ from robench.report.tables.layouts import (
     Layout,
     TableOptions,
 )
-from robench.report.tables.table import COUNT, DETECTOR, HIGH, LOW, METRIC, Table
+from robench.report.tables.table import BOUND, COUNT, DETECTOR, HIGH, LOW, METRIC, Table
 from robench.scoring import records as R
 from robench.scoring.metrics import METRICS, POPULATIONS, SUMMARY_KEYS
 
@@ -37,6 +38,8 @@ def build_table(
 
     ``intervals`` (``bootstrap.bootstrap_intervals``) adds ``low``/``high`` to each cell;
     ``options`` picks the AUC population and the distortion scale (:class:`TableOptions`).
+    A summary with ``sanity_flags`` (:func:`robench.runs.output.with_sanity_flags`) marks the cells that are bounds
+    in the defense's favour with a dagger, and the caption says why (:mod:`.bounds`).
     Raises ConfigError when the layout's threat, attack or detectors are absent.
     """
     spec = LAYOUTS.get(layout) if isinstance(layout, str) else layout
@@ -53,7 +56,7 @@ def build_table(
         raise ConfigError(f"layout '{spec.name}': the summary holds no rows")
     selected = selected.reset_index(drop=True)
     infos = model_infos(list(dict.fromkeys(selected[R.MODEL])), model_meta or {})
-    cells = spec.cells(selected, infos, options).reset_index(drop=True)
+    cells = with_bounds(spec.cells(selected, infos, options).reset_index(drop=True), selected)
     rows, columns, group = spec.rows, spec.columns, None
     columns = tuple(c for c in columns if c not in spec.single_dropped or cells[c].nunique() > 1)
     datasets = {infos[m].dataset for m in cells[R.MODEL]}
@@ -72,7 +75,14 @@ def build_table(
     if intervals is not None:
         cells = _join_intervals(cells, intervals)
     best_along = None if not spec.mark_best else ("columns" if spec.model_axis == "rows" else "rows")
-    caption = " ".join([_caption(spec, selected), *metric_notes(cells[METRIC].unique()), *cascade_notes(selected)])
+    caption = " ".join(
+        [
+            _caption(spec, selected),
+            *metric_notes(cells[METRIC].unique()),
+            *cascade_notes(selected),
+            *bound_notes(cells.get(BOUND, ())),
+        ]
+    )
     return Table(spec.name, caption, f"tab:robench-{spec.name}", cells, rows, columns, best_along, group)
 
 

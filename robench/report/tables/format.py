@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from robench.report.tables.table import COUNT, HIGH, LOW, METRIC, TEXT, Table
+from robench.report.tables.bounds import DAGGER, is_marked
+from robench.report.tables.table import BOUND, COUNT, HIGH, LOW, METRIC, TEXT, Table
 from robench.scoring.metrics import METRICS
 
 NA = "-"  # a NaN value, or no cell
@@ -67,7 +68,8 @@ def best_mask(table: Table) -> pd.DataFrame:
 def cell_text(table: Table) -> pd.DataFrame:
     """Each cell as displayed: ``84.3``, or ``84.3 [82.1, 86.0]`` with intervals; ``-`` for NaN or no cell.
 
-    A cell with a ``text`` (a paper's ``≤1.0``) shows that text instead.
+    A cell with a ``text`` (a paper's ``≤1.0``) shows that text instead. A cell that is a bound in the defense's
+    favour (:mod:`.bounds`) carries a dagger after its value: ``100.0†``, ``100.0† [98.1, 100.0]``.
     """
     values, metrics = table.values(), table.values(METRIC).fillna(COUNT)
     fmt = np.vectorize(format_value, otypes=[object])
@@ -75,6 +77,9 @@ def cell_text(table: Table) -> pd.DataFrame:
     if TEXT in table.cells:
         given = table.values(TEXT).to_numpy()
         text = np.where(pd.isna(given), text, given)
+    if BOUND in table.cells:  # beside the value, so an interval after it reads as the value's
+        marked = np.vectorize(is_marked, otypes=[bool])(table.values(BOUND).to_numpy()) & (text != NA)
+        text = np.where(marked, text + DAGGER, text)
     if table.has_intervals:
         low = fmt(table.values(LOW).to_numpy(), metrics.to_numpy())
         high = fmt(table.values(HIGH).to_numpy(), metrics.to_numpy())

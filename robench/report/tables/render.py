@@ -15,6 +15,7 @@ import pandas as pd
 
 from robench.core.errors import ConfigError
 from robench.core.registry import did_you_mean
+from robench.report.tables.bounds import DAGGER
 from robench.report.tables.format import display_frame, flat_columns
 from robench.report.tables.labels import DOWN, UP
 from robench.report.tables.table import Table
@@ -38,11 +39,12 @@ STANDALONE_HTML = (
 )
 _LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
                   "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}  # fmt: skip
+_LATEX_DAGGER = r"$^\dagger$"  # a bound's mark (bounds.DAGGER): pdflatex rejects the character itself
 
 
 def _latex_text(text: str) -> str:
     """Escape a caption (Styler escapes cells and headers itself, but not the caption)."""
-    return _arrows_to_latex("".join(_LATEX_SPECIAL.get(ch, ch) for ch in text))
+    return _arrows_to_latex("".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)).replace(DAGGER, _LATEX_DAGGER)
 
 
 def _arrows_to_latex(label: Any) -> str:
@@ -51,8 +53,8 @@ def _arrows_to_latex(label: Any) -> str:
 
 
 def _cell_to_latex(text: Any) -> str:
-    # a paper's bound (``≤1.0``, see paper_columns) is not ASCII either
-    return str(text).replace("\u2264", r"$\leq$")
+    # a paper's bound (``≤1.0``, see paper_columns) and the dagger of an upper bound (bounds.py) are not ASCII either
+    return str(text).replace("\u2264", r"$\leq$").replace(DAGGER, _LATEX_DAGGER)
 
 
 def _latex(table: Table, best: bool, compact: bool = False) -> str:

@@ -14,7 +14,10 @@ from robench.scoring.metrics import COUNT, DETECTOR  # noqa: F401 - re-exported 
 
 METRIC, VALUE, LOW, HIGH = "metric", "value", "low", "high"  # a cell's metric, value and interval
 TEXT = "text"  # optional: a cell's display text where it is not its formatted value (a paper's "<= 1")
-_OBJECT_FIELDS = (METRIC, TEXT)
+# optional: the sanity checks that make a cell a bound in the defense's favour, comma-separated ("" or NaN: none);
+# see robench.report.tables.bounds
+BOUND = "bound"
+_OBJECT_FIELDS = (METRIC, TEXT, BOUND)
 
 
 @dataclass(frozen=True)
@@ -22,7 +25,8 @@ class Table:
     """A built layout: long ``cells`` (with ``low``/``high`` when intervals were joined) and how to pivot them.
 
     ``reference`` ``(level, value)``: the cells whose column ``level`` holds ``value`` are reference
-    numbers (a paper's, see :mod:`.paper_columns`), shown but never marked best.
+    numbers (a paper's, see :mod:`.paper_columns`), shown but never marked best. Cells whose ``bound``
+    names a sanity check are shown with a dagger (:mod:`.bounds`).
     """
 
     layout: str
@@ -46,7 +50,7 @@ class Table:
 
 def pivot(cells: pd.DataFrame, rows: Sequence[str], columns: Sequence[str], field: str) -> pd.DataFrame:
     """``cells[field]`` as a rows x columns frame, both in first-appearance order; no cell: NaN
-    (None for ``metric`` and ``text``)."""
+    (None for ``metric``, ``text`` and ``bound``)."""
     row_keys = list(zip(*(cells[level] for level in rows)))
     col_keys = list(zip(*(cells[level] for level in columns)))
     row_order, col_order = list(dict.fromkeys(row_keys)), list(dict.fromkeys(col_keys))
