@@ -64,7 +64,7 @@ COLUMNS: dict[str, str] = {
     "crafted_on": "the model the attacks were crafted on (the model itself, or a black-box threat's substitute)",
     "attacks": "the attacks the row's worst case is over, in cascade order",
     "norm": "the norm of the attacks' budget: Linf, L2, none (corruptions), mixed (attacks in different norms)",
-    "eps": "the budget the attacks share; empty when they have different budgets or none",
+    "eps": "the worst case's budget (a row per budget); without budgets, the one the attacks share, else empty",
     "budgets": "each attack's own budget as run.json records it",
     "n": "samples evaluated",
     "seed": "the run's --seed (several, comma-separated, when the row's runs differ)",
