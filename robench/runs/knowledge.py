@@ -25,8 +25,9 @@ thresholds on clean data of its own:
   without a regression cannot aim at KD+BU, and a stand-in regression would be a different detector.
 
 Randomness: the held-out permutation is seeded by the run seed itself; the PGD random starts, the noise and the
-regression each by a seed derived from it for that purpose (:func:`~robench.runs.part_work.derive_seed`), reduced
-to what the consumer accepts, so every run seed the command line allows works.
+regression each by a seed derived from it for that purpose (:func:`~robench.runs.part_work.derive_seed`; the
+regression's seed is reduced to scikit-learn's range by :func:`~robench.detectors.combined.fit_logistic`), so every
+run seed the command line allows works.
 
 Training inputs look a little cleaner to most detectors than test inputs, so these thresholds err high: the
 attacker aims at a stricter level than the scorer's (set on the evaluated samples' clean scores), which can
@@ -60,7 +61,6 @@ HELD_OUT = 1000  # training inputs the attacker calibrates on (all of a smaller 
 COMBINER_PGD = {"steps": 20, "random_start": True, "objective": "adaptive"}  # the family's eps and step (PGD's)
 _BATCH = 250
 _IQR_TO_STD = 1.349  # the interquartile range of a normal distribution, in standard deviations
-_SKLEARN_SEEDS = 2**32  # scikit-learn's random_state takes 0 .. 2**32 - 1
 MIN_FIT_ROWS = C.MIN_ROWS  # fewest clean-correct and fooling inputs the attacker's regression is fitted on
 
 
@@ -151,7 +151,7 @@ def fit_attacker_combiner(
             f"PGD-{COMBINER_PGD['steps']} at L-inf {attack.eps:g} fooled the model on {len(positives)} of them; "
             f"it needs at least {MIN_FIT_ROWS} of each"
         )
-    combiner = fit_logistic(negatives.numpy(), positives.numpy(), knowledge_seed(seed, "kdbu-fit") % _SKLEARN_SEEDS)
+    combiner = fit_logistic(negatives.numpy(), positives.numpy(), knowledge_seed(seed, "kdbu-fit"))
     return combiner, {"clean": n_clean, "noisy": sum(len(n) for n in noisy), "adversarial": len(positives)}
 
 

@@ -889,5 +889,6 @@ def flags_by_model_threat(table: pd.DataFrame) -> dict[tuple[str, str], str]:
     """
     flags: dict[tuple[str, str], str] = {}
     for (model, threat), group in table.groupby([R.MODEL, R.THREAT], sort=False):
-        flags[(str(model), str(threat))] = ",".join(sorted(set(group.loc[group["flagged"].astype(bool), "check"])))
+        flagged = flag_values(group["flagged"]).to_numpy(dtype=bool)  # text read back from CSV/JSON too
+        flags[(str(model), str(threat))] = ",".join(sorted(set(group.loc[flagged, "check"])))
     return flags

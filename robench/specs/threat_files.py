@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from robench.attacks.base import ATTACKS
+from robench.attacks.base import ATTACKS, Attack
 from robench.core.errors import ConfigError, RobenchError, UnknownNameError
 from robench.core.files import UserFileError, load_user_toml, one_line_errors, safe_name, shown
 from robench.core.registry import did_you_mean
@@ -421,10 +421,9 @@ def _attacks(
         if label in labels:
             raise ConfigError(f"{at}: label used twice; every attack of a threat needs its own label")
         _check_keys(entry, ATTACK_KEYS, at)
-        spec = _spec(entry, label, name, access, knows, substitute, at)
+        spec, built = _spec(entry, label, name, access, knows, substitute, at)
         specs.append(spec)
         labels.add(label)
-        built = spec.build(None)
         if _typed(entry, "per_budget", bool, at, "true or false", False):
             if built.budget_param != "eps" or built.norm == "none":
                 raise ConfigError(
@@ -449,9 +448,9 @@ def _attacks(
 
 def _spec(
     entry: Mapping[str, Any], label: str, threat: str, access: str, knows: bool, substitute: bool, at: str
-) -> AttackSpec:
+) -> tuple[AttackSpec, Attack]:
     """One ``[[attack]]``: its attack resolved by ATTACKS.get (robench's, or a library's ``torchattacks:NAME``), its
-    params built."""
+    params built; the spec and the attack it builds (without the family's defaults)."""
     if "attack" not in entry:
         raise ConfigError(f"{at}: needs an attack, e.g. attack = \"pgd\" (see 'robench list attacks')")
     attack = _typed(entry, "attack", str, at, 'an attack name, e.g. attack = "pgd"')
@@ -497,7 +496,7 @@ def _spec(
             f"{at}: '{attack}' attacks the evaluated model's detectors ({needs.detectors}), which an attacker crafting "
             "on a substitute does not know (only the substitute's own KD: cw-wb with detector = 'kd')"
         )
-    return spec
+    return spec, built
 
 
 def select_threats(name: str, substitute: bool) -> list[ThreatModel]:
